@@ -1,0 +1,149 @@
+//! The one error type shared by the store, the server and the client.
+//!
+//! Every error carries a stable snake_case `code`, a human `message` and, where it concerns an
+//! input, the `field` path. The HTTP layer maps [`ErrorCode`] to a status; nothing else does.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Result alias so every ferry API speaks the same error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Stable classes of failure; clients branch on these, so they never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed request (bad JSON, wrong types): 400.
+    BadRequest,
+    /// Well-formed but semantically invalid input: 422.
+    ValidationFailed,
+    /// Missing or invalid credentials: 401.
+    Unauthorized,
+    /// Credentials without the needed scope: 403.
+    Forbidden,
+    /// The job (or other object) does not exist: 404.
+    NotFound,
+    /// The lease token is not the job's current one (fencing): 409.
+    StaleLease,
+    /// The operation does not apply to the object's current state: 409.
+    InvalidState,
+    /// A size limit was exceeded: 413.
+    PayloadTooLarge,
+    /// Too many requests or a full queue: 429.
+    RateLimited,
+    /// The database refuses work for now (outage, saturation): 503.
+    Unavailable,
+    /// The database was written by a newer ferry: refuse rather than corrupt it.
+    SchemaTooNew,
+    /// A bug or an unexpected storage failure: 500.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire name, e.g. `stale_lease`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::StaleLease => "stale_lease",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SchemaTooNew => "schema_too_new",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status this class of error is answered with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::ValidationFailed => 422,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::StaleLease | ErrorCode::InvalidState => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::SchemaTooNew | ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// A ferry error: what went wrong, for whom, and where in the input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Error {
+    /// Stable class, see [`ErrorCode`].
+    pub code: ErrorCode,
+    /// One human sentence.
+    pub message: String,
+    /// Path of the offending input field, e.g. `jobs[3].queue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Error {
+    /// Builds an error without a field.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error { code, message: message.into(), field: None }
+    }
+
+    /// Builds a 422 for one input field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error { code: ErrorCode::ValidationFailed, message: message.into(), field: Some(field.into()) }
+    }
+
+    /// Builds a 413 for one input field.
+    pub fn too_large(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error { code: ErrorCode::PayloadTooLarge, message: message.into(), field: Some(field.into()) }
+    }
+
+    /// The job does not exist.
+    pub fn job_not_found(id: impl fmt::Display) -> Self {
+        Error::new(ErrorCode::NotFound, format!("job {id} not found"))
+    }
+
+    /// The presented lease is not current.
+    pub fn stale_lease(id: impl fmt::Display) -> Self {
+        Error::new(
+            ErrorCode::StaleLease,
+            format!("lease for job {id} is not current (expired, or the job was re-leased or finished)"),
+        )
+    }
+
+    /// A storage failure the caller may retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Unavailable, message)
+    }
+
+    /// An unexpected failure.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Internal, message)
+    }
+
+    /// Prefixes the field path, e.g. `queue` becomes `jobs[3].queue`.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = Some(match self.field.take() {
+            Some(f) if f.starts_with('[') => format!("{prefix}{f}"),
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_string(),
+        });
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {} (field {field})", self.code.as_str(), self.message),
+            None => write!(f, "{}: {}", self.code.as_str(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

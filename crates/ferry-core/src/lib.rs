@@ -1,0 +1,19 @@
+//! ferry-core: the job model and its rules, with no I/O.
+//!
+//! Everything here is pure so that both storage backends and the HTTP layer agree on one
+//! definition of a job, its states, its limits and its errors. Storage lives in `ferry-store`;
+//! the server in `ferry-server`.
+
+pub mod backoff;
+pub mod clock;
+pub mod error;
+pub mod job;
+pub mod limits;
+pub mod time;
+pub mod validate;
+
+pub use backoff::{Backoff, Jitter};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, ErrorCode, Result};
+pub use job::*;
+pub use limits::Limits;

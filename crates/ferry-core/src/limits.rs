@@ -1,0 +1,77 @@
+//! Every bound ferry enforces, in one place.
+//!
+//! A limit that is not here does not exist. Each is configurable (the server reads a
+//! `[limits]` table from `ferry.toml`) and each is enforced by a test that goes one past it.
+
+use serde::{Deserialize, Serialize};
+
+/// Input and resource bounds; names carry their units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest job payload, as serialized JSON bytes.
+    pub max_payload_bytes: usize,
+    /// Largest completion result, as serialized JSON bytes.
+    pub max_result_bytes: usize,
+    /// Most jobs in one enqueue call, and most items in one batch complete/fail.
+    pub max_batch: usize,
+    /// Longest queue name (names are 1.. of `[A-Za-z0-9._:-]`).
+    pub max_queue_name_len: usize,
+    /// Longest worker name.
+    pub max_worker_name_len: usize,
+    /// Most tags on one job.
+    pub max_tags: usize,
+    /// Longest tag.
+    pub max_tag_len: usize,
+    /// Longest unique key.
+    pub max_unique_key_len: usize,
+    /// Most dependencies of one job.
+    pub max_depends_on: usize,
+    /// Longest error message kept per failure; longer ones are truncated, not rejected,
+    /// so a worker's failure report is never lost.
+    pub max_error_len: usize,
+    /// Most error-history entries kept per job; the oldest are dropped past it.
+    pub max_error_history: usize,
+    /// Most jobs handed out by one claim.
+    pub max_claim: usize,
+    /// Longest long-poll wait of a claim.
+    pub max_wait_ms: i64,
+    /// Shortest lease a job or a claim may ask for.
+    pub min_lease_ms: i64,
+    /// Longest lease a job or a claim may ask for.
+    pub max_lease_ms: i64,
+    /// Largest `max_attempts`.
+    pub max_attempts: u32,
+    /// Furthest a job may be scheduled into the future.
+    pub max_delay_ms: i64,
+    /// Largest page of a list call.
+    pub max_page_size: usize,
+    /// Largest HTTP request body; bigger bodies are cut off while streaming, not buffered.
+    pub max_request_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1 << 20,
+            max_result_bytes: 1 << 20,
+            max_batch: 10_000,
+            max_queue_name_len: 128,
+            max_worker_name_len: 128,
+            max_tags: 32,
+            max_tag_len: 64,
+            max_unique_key_len: 256,
+            max_depends_on: 100,
+            max_error_len: 4096,
+            max_error_history: 1000,
+            max_claim: 1000,
+            max_wait_ms: 30_000,
+            min_lease_ms: 10,
+            max_lease_ms: 24 * 3_600_000,
+            max_attempts: 1000,
+            max_delay_ms: 366 * 24 * 3_600_000,
+            max_page_size: 1000,
+            max_request_bytes: 32 << 20,
+        }
+    }
+}
