@@ -1,14 +1,124 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! ferry-store: durable storage for ferry behind one [`Store`] trait.
+//!
+//! Every backend (SQLite now, PostgreSQL next) implements the same trait and passes the same
+//! conformance suite (`tests/conformance`). Nothing backend-specific leaks above this trait:
+//! the server, the maintenance loops and the long-poll claim only see `dyn Store`.
+
+pub mod maintenance;
+pub mod notify;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use ferry_core::{
+    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, FailItem, FailOutcome,
+    HeartbeatOutcome, Job, JobFilter, JobState, NewJob, Page, QueueStats, ReapOutcome, Result,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub use notify::Notifier;
+pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
+
+/// The storage contract every backend fulfils; the conformance suite is its specification.
+///
+/// Rules every implementation keeps:
+/// - each call is atomic: a batch enqueue inserts all jobs or none;
+/// - `complete`, `fail` and `heartbeat` change a job only when it is `running`, its lease
+///   token matches and the lease has not expired; otherwise they answer `stale_lease`;
+/// - background passes (`reap_expired`, `promote_due`, `prune_finished`) are safe to run
+///   concurrently from several nodes, and the reaper never overwrites a finished job;
+/// - wake-ups go to [`Store::notifier`] only after the change is durable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for logs and metrics (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Wakes long-polling claimers; backends signal it after each commit.
+    fn notifier(&self) -> &Arc<Notifier>;
+
+    /// The clock every timestamp of this store comes from.
+    fn clock(&self) -> &Arc<dyn Clock>;
+
+    /// How often a long-poll should re-check even without a wake-up; `None` when wake-ups
+    /// cannot be lost (one process), some interval when they can (several nodes).
+    fn fallback_poll(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Inserts jobs all-or-nothing; duplicates by `unique_key` return the existing id.
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>>;
+
+    /// Leases up to `max` ready jobs of one queue, best first; empty when paused.
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>>;
+
+    /// Extends a lease by `extend_ms` (default: the job's `lease_ms`) from now.
+    async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome>;
+
+    /// Records completions; each item succeeds or fails on its own.
+    async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>>;
+
+    /// Records failures (retry after backoff, or dead); each item on its own.
+    async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>>;
+
+    /// Cancels a job that is not running; its waiting dependants are cancelled too.
+    async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState>;
+
+    /// One job with its history; `not_found` when absent.
+    async fn get_job(&self, id: Uuid) -> Result<Job>;
+
+    /// Jobs in insertion order, filtered, one page at a time.
+    async fn list_jobs(&self, filter: JobFilter, limit: usize, cursor: Option<String>) -> Result<Page<Job>>;
+
+    /// Counts by state, oldest ready age and pause flag for every known queue.
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>>;
+
+    /// Pauses or resumes a queue; resuming wakes its claimers.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
+
+    /// Returns up to `max` dead jobs to `ready` with attempts reset and history kept.
+    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>>;
+
+    /// Deletes up to `max` dead jobs.
+    async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64>;
+
+    /// Returns up to `max` jobs whose lease expired to `ready` (or `dead`).
+    async fn reap_expired(&self, max: usize) -> Result<ReapOutcome>;
+
+    /// Moves up to `max` due `scheduled` jobs to `ready` and wakes their queues.
+    async fn promote_due(&self, max: usize) -> Result<u64>;
+
+    /// The earliest `run_at` among scheduled jobs.
+    async fn next_due_ms(&self) -> Result<Option<i64>>;
+
+    /// Deletes up to `max` completed or cancelled jobs finished at or before `before_ms`.
+    async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64>;
+
+    /// Checks storage integrity and ferry's invariants; returns every violation found.
+    async fn check_invariants(&self) -> Result<Vec<String>>;
+
+    /// Flushes pending writes and stops accepting new ones.
+    async fn close(&self);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Long-poll claim: returns as soon as jobs are available, woken by the notifier, or an
+/// empty list once `wait` has passed.
+pub async fn claim_wait(store: &dyn Store, req: ClaimRequest, wait: Duration) -> Result<Vec<ClaimedJob>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let notify = store.notifier().queue(&req.queue);
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let jobs = store.claim(req.clone()).await?;
+        let now = tokio::time::Instant::now();
+        if !jobs.is_empty() || now >= deadline {
+            return Ok(jobs);
+        }
+        let until = match store.fallback_poll() {
+            Some(poll) => deadline.min(now + poll),
+            None => deadline,
+        };
+        let _woken = tokio::time::timeout_at(until, notified).await;
     }
 }

@@ -1,0 +1,833 @@
+//! The job commands as SQL over one SQLite connection.
+//!
+//! Write functions run on the writer thread inside a savepoint (see `writer`), so each is
+//! atomic and nothing else writes meanwhile; read functions run on a read-only connection.
+
+use super::db_err;
+use super::writer::Effects;
+use ferry_core::validate::truncate_error;
+use ferry_core::{
+    Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
+    ErrorRecord, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
+    Page, QueueStats, ReapOutcome, Result, RunAt, Timestamp,
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+const FINISHED: &str = "('completed', 'dead', 'cancelled')";
+
+fn raw(text: String) -> Result<Box<RawValue>> {
+    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
+}
+
+fn json_list<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Vec<T>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => {
+            serde_json::from_str(&t).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
+        }
+    }
+}
+
+fn list_json<T: serde::Serialize>(items: &[T]) -> Option<String> {
+    (!items.is_empty()).then(|| serde_json::to_string(items).expect("serializable"))
+}
+
+fn state_of(text: &str) -> Result<JobState> {
+    JobState::parse(text).ok_or_else(|| Error::internal(format!("unknown stored state {text:?}")))
+}
+
+/// Inserts a batch; duplicates by unique key return the existing id. All or nothing (the
+/// caller's savepoint undoes every insert on error).
+pub fn enqueue(
+    conn: &Connection,
+    now: i64,
+    jobs: Vec<NewJob>,
+    fx: &mut Effects,
+) -> Result<Vec<EnqueueOutcome>> {
+    let batch = jobs.len() > 1;
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut find_unique = conn
+        .prepare_cached(&format!("SELECT id FROM jobs WHERE unique_key = ?1 AND state NOT IN {FINISHED}"))
+        .map_err(db_err)?;
+    let mut find_dep = conn.prepare_cached("SELECT seq, state FROM jobs WHERE id = ?1").map_err(db_err)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO jobs (id, queue, state, priority, run_at, payload, max_attempts, backoff_base_ms,
+                backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, tags, depends_on,
+                pending_deps, cancel_reason, created_at, updated_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19)",
+        )
+        .map_err(db_err)?;
+    let mut add_dep = conn
+        .prepare_cached("INSERT OR IGNORE INTO job_deps (dep_seq, job_seq) VALUES (?1, ?2)")
+        .map_err(db_err)?;
+    let mut mark_dep =
+        conn.prepare_cached("UPDATE jobs SET has_dependants = 1 WHERE seq = ?1").map_err(db_err)?;
+    for (i, job) in jobs.into_iter().enumerate() {
+        let at = |e: Error| if batch { e.within(&format!("jobs[{i}]")) } else { e };
+        if let Some(key) = &job.unique_key {
+            let existing: Option<Uuid> =
+                find_unique.query_row([key], |r| r.get(0)).optional().map_err(db_err)?;
+            if let Some(id) = existing {
+                out.push(EnqueueOutcome { id, duplicate: true });
+                continue;
+            }
+        }
+        let run_at = match job.run_at {
+            RunAt::Now => now,
+            RunAt::At(t) => t,
+            RunAt::Delay(d) => now.saturating_add(d),
+        };
+        let mut pending = Vec::new();
+        let mut cancel_reason: Option<String> = None;
+        for (j, dep) in job.depends_on.iter().enumerate() {
+            let found: Option<(i64, String)> =
+                find_dep.query_row([dep], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(db_err)?;
+            let Some((dep_seq, dep_state)) = found else {
+                return Err(at(Error::invalid(
+                    format!("depends_on[{j}]"),
+                    format!("no job {dep} to depend on"),
+                )));
+            };
+            match state_of(&dep_state)? {
+                JobState::Completed => {}
+                JobState::Dead | JobState::Cancelled => {
+                    cancel_reason.get_or_insert_with(|| format!("dependency {dep} is {dep_state}"));
+                }
+                _ => pending.push(dep_seq),
+            }
+        }
+        let state = if cancel_reason.is_some() {
+            JobState::Cancelled
+        } else if !pending.is_empty() {
+            JobState::Waiting
+        } else if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Ready
+        };
+        let id = Uuid::now_v7();
+        let pending_deps = if state == JobState::Waiting { pending.len() as i64 } else { 0 };
+        insert
+            .execute(params![
+                id,
+                job.queue,
+                state.as_str(),
+                job.priority,
+                run_at,
+                job.payload.get(),
+                job.max_attempts,
+                job.backoff.base_ms,
+                job.backoff.factor,
+                job.backoff.max_ms,
+                job.backoff.jitter.0,
+                job.lease_ms,
+                job.unique_key,
+                list_json(&job.tags),
+                list_json(&job.depends_on),
+                pending_deps,
+                cancel_reason,
+                now,
+                (state == JobState::Cancelled).then_some(now),
+            ])
+            .map_err(db_err)?;
+        if state == JobState::Waiting {
+            let seq = conn.last_insert_rowid();
+            for dep_seq in pending {
+                add_dep.execute([dep_seq, seq]).map_err(db_err)?;
+                mark_dep.execute([dep_seq]).map_err(db_err)?;
+            }
+        }
+        match state {
+            JobState::Ready => fx.wake(&job.queue),
+            JobState::Scheduled => fx.due(run_at),
+            _ => {}
+        }
+        out.push(EnqueueOutcome { id, duplicate: false });
+    }
+    Ok(out)
+}
+
+/// Leases up to `req.max` ready jobs, best first.
+pub fn claim(conn: &Connection, now: i64, req: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+    let paused: Option<bool> = conn
+        .prepare_cached("SELECT paused FROM queues WHERE name = ?1")
+        .and_then(|mut s| s.query_row([&req.queue], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    if paused == Some(true) {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease = lower(hex(randomblob(16))),
+                lease_expires_at = ?1 + coalesce(?2, lease_ms), worker = ?3, started_at = ?1, updated_at = ?1
+             WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?4 AND state = 'ready'
+                           ORDER BY priority DESC, run_at, seq LIMIT ?5)
+             RETURNING seq, id, payload, attempt, max_attempts, priority, tags, lease, lease_expires_at, run_at",
+        )
+        .map_err(db_err)?;
+    let mut rows =
+        stmt.query(params![now, req.lease_ms, req.worker, req.queue, req.max as i64]).map_err(db_err)?;
+    let mut jobs: Vec<(i64, i64, ClaimedJob)> = Vec::with_capacity(req.max.min(1024));
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let job = ClaimedJob {
+            id: r.get(1).map_err(db_err)?,
+            queue: req.queue.clone(),
+            payload: raw(r.get(2).map_err(db_err)?)?,
+            attempt: r.get(3).map_err(db_err)?,
+            max_attempts: r.get(4).map_err(db_err)?,
+            priority: r.get(5).map_err(db_err)?,
+            tags: json_list(r.get(6).map_err(db_err)?)?,
+            lease: r.get(7).map_err(db_err)?,
+            lease_expires_at: Timestamp(r.get(8).map_err(db_err)?),
+        };
+        jobs.push((r.get(0).map_err(db_err)?, r.get(9).map_err(db_err)?, job));
+    }
+    // RETURNING order is unspecified: restore the claim order.
+    jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+    Ok(jobs.into_iter().map(|(_, _, j)| j).collect())
+}
+
+/// Extends a live lease.
+pub fn heartbeat(
+    conn: &Connection,
+    now: i64,
+    id: Uuid,
+    lease: &str,
+    extend_ms: Option<i64>,
+) -> Result<HeartbeatOutcome> {
+    let expires: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE jobs SET lease_expires_at = ?1 + coalesce(?2, lease_ms), updated_at = ?1
+             WHERE id = ?3 AND state = 'running' AND lease = ?4 AND lease_expires_at > ?1
+             RETURNING lease_expires_at",
+        )
+        .and_then(|mut s| s.query_row(params![now, extend_ms, id, lease], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    match expires {
+        Some(t) => Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(t) }),
+        None => Err(lease_failure(conn, id)?),
+    }
+}
+
+/// The error for a lease check that matched no row: not found, or stale.
+fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
+    let exists: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    Ok(if exists.is_some() { Error::stale_lease(id) } else { Error::job_not_found(id) })
+}
+
+/// Records one completion; a repeat with the lease that completed the job succeeds again.
+pub fn complete(conn: &Connection, now: i64, item: CompleteItem, fx: &mut Effects) -> Result<()> {
+    let done: Option<(i64, bool)> = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'completed', result = ?1, lease_expires_at = NULL, finished_at = ?2,
+                updated_at = ?2
+             WHERE id = ?3 AND state = 'running' AND lease = ?4 AND lease_expires_at > ?2
+             RETURNING seq, has_dependants",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![item.result.as_ref().map(|r| r.get()), now, item.id, item.lease], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(db_err)?;
+    match done {
+        Some((seq, has_dependants)) => {
+            if has_dependants {
+                resolve_dependants(conn, now, seq, fx)?;
+            }
+            Ok(())
+        }
+        None => {
+            let row: Option<(String, Option<String>)> = conn
+                .prepare_cached("SELECT state, lease FROM jobs WHERE id = ?1")
+                .and_then(|mut s| s.query_row([item.id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(db_err)?;
+            match row {
+                None => Err(Error::job_not_found(item.id)),
+                Some((state, Some(lease))) if state == "completed" && lease == item.lease => Ok(()),
+                Some(_) => Err(Error::stale_lease(item.id)),
+            }
+        }
+    }
+}
+
+/// A dependency completed: count it off its dependants; those with none left become due.
+fn resolve_dependants(conn: &Connection, now: i64, dep_seq: i64, fx: &mut Effects) -> Result<()> {
+    let dependants: Vec<i64> = conn
+        .prepare_cached("DELETE FROM job_deps WHERE dep_seq = ?1 RETURNING job_seq")
+        .and_then(|mut s| s.query_map([dep_seq], |r| r.get(0))?.collect())
+        .map_err(db_err)?;
+    let mut step = conn
+        .prepare_cached(
+            "UPDATE jobs SET pending_deps = pending_deps - 1, updated_at = ?1,
+                state = CASE WHEN pending_deps > 1 THEN 'waiting'
+                             WHEN run_at > ?1 THEN 'scheduled' ELSE 'ready' END
+             WHERE seq = ?2 AND state = 'waiting'
+             RETURNING state, queue, run_at",
+        )
+        .map_err(db_err)?;
+    for seq in dependants {
+        let row: Option<(String, String, i64)> = step
+            .query_row([now, seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(db_err)?;
+        match row.as_ref().map(|(s, q, t)| (s.as_str(), q, *t)) {
+            Some(("ready", q, _)) => fx.wake(q),
+            Some(("scheduled", _, t)) => fx.due(t),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A job died or was cancelled: cancel every waiting job that depends on it, transitively.
+fn cancel_dependants(
+    conn: &Connection,
+    now: i64,
+    root_seq: i64,
+    root_id: Uuid,
+    root_state: JobState,
+) -> Result<()> {
+    let mut take =
+        conn.prepare_cached("DELETE FROM job_deps WHERE dep_seq = ?1 RETURNING job_seq").map_err(db_err)?;
+    let mut cancel = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'cancelled', cancel_reason = ?1, pending_deps = 0, finished_at = ?2,
+                updated_at = ?2
+             WHERE seq = ?3 AND state = 'waiting'
+             RETURNING seq, id, has_dependants",
+        )
+        .map_err(db_err)?;
+    let mut stack = vec![(root_seq, root_id, root_state)];
+    while let Some((seq, id, state)) = stack.pop() {
+        let reason = format!("dependency {id} is {state}");
+        let dependants: Vec<i64> =
+            take.query_map([seq], |r| r.get(0)).and_then(|m| m.collect()).map_err(db_err)?;
+        for job_seq in dependants {
+            let row: Option<(i64, Uuid, bool)> = cancel
+                .query_row(params![reason, now, job_seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+                .map_err(db_err)?;
+            if let Some((s, i, true)) = row {
+                stack.push((s, i, JobState::Cancelled));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Leased {
+    seq: i64,
+    state: JobState,
+    lease: Option<String>,
+    lease_expires_at: Option<i64>,
+    attempt: u32,
+    max_attempts: u32,
+    backoff: Backoff,
+    queue: String,
+    worker: Option<String>,
+    errors: Option<String>,
+    has_dependants: bool,
+    run_at: i64,
+}
+
+fn load_leased(conn: &Connection, id: Uuid) -> Result<Option<Leased>> {
+    conn.prepare_cached(
+        "SELECT seq, state, lease, lease_expires_at, attempt, max_attempts, backoff_base_ms, backoff_factor,
+            backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at
+         FROM jobs WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(1)?,
+                Leased {
+                    seq: r.get(0)?,
+                    state: JobState::Ready,
+                    lease: r.get(2)?,
+                    lease_expires_at: r.get(3)?,
+                    attempt: r.get(4)?,
+                    max_attempts: r.get(5)?,
+                    backoff: Backoff {
+                        base_ms: r.get(6)?,
+                        factor: r.get(7)?,
+                        max_ms: r.get(8)?,
+                        jitter: Jitter(r.get(9)?),
+                    },
+                    queue: r.get(10)?,
+                    worker: r.get(11)?,
+                    errors: r.get(12)?,
+                    has_dependants: r.get(13)?,
+                    run_at: r.get(14)?,
+                },
+            ))
+        })
+        .optional()
+    })
+    .map_err(db_err)?
+    .map(|(state, mut l)| {
+        l.state = state_of(&state)?;
+        Ok(l)
+    })
+    .transpose()
+}
+
+fn push_error(errors: Option<String>, record: ErrorRecord, limits: &Limits) -> Result<String> {
+    let mut list: Vec<ErrorRecord> = json_list(errors)?;
+    list.push(record);
+    if list.len() > limits.max_error_history {
+        let drop = list.len() - limits.max_error_history;
+        list.drain(..drop);
+    }
+    Ok(serde_json::to_string(&list).expect("serializable"))
+}
+
+/// Records one failure: a retry after backoff, or the dead-letter queue.
+pub fn fail(
+    conn: &Connection,
+    now: i64,
+    item: FailItem,
+    limits: &Limits,
+    u: f64,
+    fx: &mut Effects,
+) -> Result<FailOutcome> {
+    let Some(job) = load_leased(conn, item.id)? else {
+        return Err(Error::job_not_found(item.id));
+    };
+    let ours = job.lease.as_deref() == Some(item.lease.as_str());
+    if job.state != JobState::Running || !ours || job.lease_expires_at.is_none_or(|t| t <= now) {
+        // A repeat of the failure that already moved this job on answers the same outcome.
+        if ours && matches!(job.state, JobState::Scheduled | JobState::Ready | JobState::Dead) {
+            let run_at = (job.state == JobState::Scheduled).then_some(Timestamp(job.run_at));
+            return Ok(FailOutcome { id: item.id, state: job.state, attempt: job.attempt, run_at });
+        }
+        return Err(Error::stale_lease(item.id));
+    }
+    let record = ErrorRecord {
+        attempt: job.attempt,
+        at: Timestamp(now),
+        worker: job.worker.clone(),
+        kind: "failed".into(),
+        message: truncate_error(item.error, limits),
+    };
+    let errors = push_error(job.errors, record, limits)?;
+    let (state, run_at) = if !item.retry || job.attempt >= job.max_attempts {
+        (JobState::Dead, job.run_at)
+    } else {
+        let delay = job.backoff.delay_ms(job.attempt, u);
+        if delay > 0 { (JobState::Scheduled, now + delay) } else { (JobState::Ready, now) }
+    };
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?1, run_at = ?2, lease_expires_at = NULL, errors = ?3, updated_at = ?4,
+            finished_at = ?5
+         WHERE seq = ?6",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            state.as_str(),
+            run_at,
+            errors,
+            now,
+            (state == JobState::Dead).then_some(now),
+            job.seq
+        ])
+    })
+    .map_err(db_err)?;
+    match state {
+        JobState::Dead if job.has_dependants => {
+            cancel_dependants(conn, now, job.seq, item.id, JobState::Dead)?
+        }
+        JobState::Ready => fx.wake(&job.queue),
+        JobState::Scheduled => fx.due(run_at),
+        _ => {}
+    }
+    let run_at = (state == JobState::Scheduled).then_some(Timestamp(run_at));
+    Ok(FailOutcome { id: item.id, state, attempt: job.attempt, run_at })
+}
+
+/// Cancels a job that is not running (idempotent for an already cancelled job).
+pub fn cancel(conn: &Connection, now: i64, id: Uuid, reason: &str) -> Result<JobState> {
+    let Some(job) = load_leased(conn, id)? else {
+        return Err(Error::job_not_found(id));
+    };
+    match job.state {
+        JobState::Cancelled => return Ok(JobState::Cancelled),
+        JobState::Running => {
+            return Err(Error::new(
+                ErrorCode::InvalidState,
+                format!("job {id} is running; only a job that is not running can be cancelled"),
+            ));
+        }
+        JobState::Completed | JobState::Dead => {
+            return Err(Error::new(ErrorCode::InvalidState, format!("job {id} is already {}", job.state)));
+        }
+        JobState::Scheduled | JobState::Waiting | JobState::Ready => {}
+    }
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'cancelled', cancel_reason = ?1, pending_deps = 0, lease = NULL,
+            finished_at = ?2, updated_at = ?2
+         WHERE seq = ?3",
+    )
+    .and_then(|mut s| s.execute(params![reason, now, job.seq]))
+    .map_err(db_err)?;
+    if job.has_dependants {
+        cancel_dependants(conn, now, job.seq, id, JobState::Cancelled)?;
+    }
+    Ok(JobState::Cancelled)
+}
+
+/// Returns expired leases to ready (or dead), checking state and lease in the same statement.
+pub fn reap(
+    conn: &Connection,
+    now: i64,
+    max: usize,
+    limits: &Limits,
+    fx: &mut Effects,
+) -> Result<ReapOutcome> {
+    let expired: Vec<(Uuid, String)> = conn
+        .prepare_cached(
+            "SELECT id, lease FROM jobs WHERE state = 'running' AND lease_expires_at <= ?1
+             ORDER BY lease_expires_at LIMIT ?2",
+        )
+        .and_then(|mut s| s.query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(db_err)?;
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = ?1, lease = NULL, lease_expires_at = NULL, errors = ?2, updated_at = ?3,
+                finished_at = ?4
+             WHERE seq = ?5 AND state = 'running' AND lease = ?6",
+        )
+        .map_err(db_err)?;
+    let mut out = ReapOutcome::default();
+    for (id, lease) in expired {
+        let Some(job) = load_leased(conn, id)? else { continue };
+        let record = ErrorRecord {
+            attempt: job.attempt,
+            at: Timestamp(now),
+            worker: job.worker.clone(),
+            kind: "lease_expired".into(),
+            message: format!(
+                "lease expired at {}",
+                ferry_core::time::format_ms(job.lease_expires_at.unwrap_or(now))
+            ),
+        };
+        let errors = push_error(job.errors, record, limits)?;
+        let state = if job.attempt >= job.max_attempts { JobState::Dead } else { JobState::Ready };
+        let finished = (state == JobState::Dead).then_some(now);
+        let changed =
+            update.execute(params![state.as_str(), errors, now, finished, job.seq, lease]).map_err(db_err)?;
+        if changed == 0 {
+            continue;
+        }
+        if state == JobState::Dead {
+            out.dead += 1;
+            if job.has_dependants {
+                cancel_dependants(conn, now, job.seq, id, JobState::Dead)?;
+            }
+        } else {
+            out.requeued += 1;
+            fx.wake(&job.queue);
+        }
+    }
+    Ok(out)
+}
+
+/// Moves due scheduled jobs to ready.
+pub fn promote(conn: &Connection, now: i64, max: usize, fx: &mut Effects) -> Result<u64> {
+    let queues: Vec<String> = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'ready', updated_at = ?1
+             WHERE seq IN (SELECT seq FROM jobs WHERE state = 'scheduled' AND run_at <= ?1 ORDER BY run_at LIMIT ?2)
+             RETURNING queue",
+        )
+        .and_then(|mut s| s.query_map(params![now, max as i64], |r| r.get(0))?.collect())
+        .map_err(db_err)?;
+    for q in &queues {
+        fx.wake(q);
+    }
+    Ok(queues.len() as u64)
+}
+
+/// Deletes finished (completed, cancelled) jobs older than `before_ms`, at most `max`.
+pub fn prune(conn: &Connection, before_ms: i64, max: usize) -> Result<u64> {
+    conn.prepare_cached(
+        "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN ('completed', 'cancelled')
+            AND finished_at <= ?1 LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![before_ms, max as i64]))
+    .map(|n| n as u64)
+    .map_err(db_err)
+}
+
+fn dead_seqs(conn: &Connection, selector: &DeadSelector, max: usize) -> Result<Vec<(i64, Uuid, String)>> {
+    let map = |r: &Row| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+    match selector {
+        DeadSelector::Ids(ids) => {
+            let mut s = conn
+                .prepare_cached("SELECT seq, id, queue FROM jobs WHERE id = ?1 AND state = 'dead'")
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for id in ids.iter().take(max) {
+                if let Some(row) = s.query_row([id], map).optional().map_err(db_err)? {
+                    out.push(row);
+                }
+            }
+            Ok(out)
+        }
+        DeadSelector::Queue(q) => conn
+            .prepare_cached(
+                "SELECT seq, id, queue FROM jobs WHERE queue = ?1 AND state = 'dead' ORDER BY seq LIMIT ?2",
+            )
+            .and_then(|mut s| s.query_map(params![q, max as i64], map)?.collect())
+            .map_err(db_err),
+    }
+}
+
+/// Dead jobs back to ready: attempts reset, history kept.
+pub fn replay(
+    conn: &Connection,
+    now: i64,
+    selector: &DeadSelector,
+    max: usize,
+    fx: &mut Effects,
+) -> Result<Vec<Uuid>> {
+    let rows = dead_seqs(conn, selector, max)?;
+    let mut s = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'ready', attempt = 0, lease = NULL, run_at = ?1, finished_at = NULL,
+                updated_at = ?1
+             WHERE seq = ?2",
+        )
+        .map_err(db_err)?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for (seq, id, queue) in rows {
+        s.execute(params![now, seq]).map_err(db_err)?;
+        fx.wake(&queue);
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Deletes dead jobs.
+pub fn purge(conn: &Connection, selector: &DeadSelector, max: usize) -> Result<u64> {
+    let rows = dead_seqs(conn, selector, max)?;
+    let mut del = conn.prepare_cached("DELETE FROM jobs WHERE seq = ?1").map_err(db_err)?;
+    let mut del_deps = conn.prepare_cached("DELETE FROM job_deps WHERE dep_seq = ?1").map_err(db_err)?;
+    for (seq, _, _) in &rows {
+        del.execute([seq]).map_err(db_err)?;
+        del_deps.execute([seq]).map_err(db_err)?;
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Pauses or resumes a queue.
+pub fn set_paused(conn: &Connection, now: i64, queue: &str, paused: bool, fx: &mut Effects) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO queues (name, paused, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut s| s.execute(params![queue, paused, now]))
+    .map_err(db_err)?;
+    if !paused {
+        fx.wake(queue);
+    }
+    Ok(())
+}
+
+const JOB_COLS: &str = "seq, id, queue, state, payload, priority, attempt, max_attempts, backoff_base_ms,
+    backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, depends_on, tags, run_at, created_at,
+    updated_at, started_at, finished_at, lease_expires_at, worker, result, errors, cancel_reason";
+
+fn job_from_row(r: &Row) -> Result<(i64, Job)> {
+    let g = |e| db_err(e);
+    let state: String = r.get(3).map_err(g)?;
+    let ts = |i: usize| -> Result<Option<Timestamp>> {
+        Ok(r.get::<_, Option<i64>>(i).map_err(db_err)?.map(Timestamp))
+    };
+    Ok((
+        r.get(0).map_err(g)?,
+        Job {
+            id: r.get(1).map_err(g)?,
+            queue: r.get(2).map_err(g)?,
+            state: state_of(&state)?,
+            payload: raw(r.get(4).map_err(g)?)?,
+            priority: r.get(5).map_err(g)?,
+            attempt: r.get(6).map_err(g)?,
+            max_attempts: r.get(7).map_err(g)?,
+            backoff: Backoff {
+                base_ms: r.get(8).map_err(g)?,
+                factor: r.get(9).map_err(g)?,
+                max_ms: r.get(10).map_err(g)?,
+                jitter: Jitter(r.get(11).map_err(g)?),
+            },
+            lease_ms: r.get(12).map_err(g)?,
+            unique_key: r.get(13).map_err(g)?,
+            depends_on: json_list(r.get(14).map_err(g)?)?,
+            tags: json_list(r.get(15).map_err(g)?)?,
+            run_at: Timestamp(r.get(16).map_err(g)?),
+            created_at: Timestamp(r.get(17).map_err(g)?),
+            updated_at: Timestamp(r.get(18).map_err(g)?),
+            started_at: ts(19)?,
+            finished_at: ts(20)?,
+            lease_expires_at: ts(21)?,
+            worker: r.get(22).map_err(g)?,
+            result: r.get::<_, Option<String>>(23).map_err(g)?.map(raw).transpose()?,
+            errors: json_list(r.get(24).map_err(g)?)?,
+            cancel_reason: r.get(25).map_err(g)?,
+        },
+    ))
+}
+
+/// One job by id.
+pub fn get(conn: &Connection, id: Uuid) -> Result<Job> {
+    let mut s = conn.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1")).map_err(db_err)?;
+    let mut rows = s.query([id]).map_err(db_err)?;
+    match rows.next().map_err(db_err)? {
+        Some(r) => Ok(job_from_row(r)?.1),
+        None => Err(Error::job_not_found(id)),
+    }
+}
+
+/// One page of jobs after `cursor` (a `seq`), in insertion order.
+pub fn list(conn: &Connection, filter: &JobFilter, limit: usize, cursor: Option<i64>) -> Result<Page<Job>> {
+    let mut sql = format!("SELECT {JOB_COLS} FROM jobs WHERE seq > ?1");
+    if filter.queue.is_some() {
+        sql.push_str(" AND queue = ?2");
+    }
+    if filter.state.is_some() {
+        sql.push_str(" AND state = ?3");
+    }
+    sql.push_str(" ORDER BY seq LIMIT ?4");
+    let mut s = conn.prepare_cached(&sql).map_err(db_err)?;
+    // Unused positional parameters are bound anyway; SQLite allows gaps only if numbered.
+    for (i, v) in [(2usize, filter.queue.clone()), (3, filter.state.map(|s| s.as_str().to_string()))] {
+        if v.is_some() {
+            s.raw_bind_parameter(i, v).map_err(db_err)?;
+        }
+    }
+    s.raw_bind_parameter(1, cursor.unwrap_or(0)).map_err(db_err)?;
+    s.raw_bind_parameter(4, limit as i64 + 1).map_err(db_err)?;
+    let mut rows = s.raw_query();
+    let mut items = Vec::with_capacity(limit.min(1024));
+    let mut last_seq = 0;
+    let mut more = false;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        let (seq, job) = job_from_row(r)?;
+        last_seq = seq;
+        items.push(job);
+    }
+    Ok(Page { items, next_cursor: more.then(|| last_seq.to_string()) })
+}
+
+/// Counts by queue and state, oldest ready age, pause flags.
+pub fn stats(conn: &Connection, now: i64) -> Result<Vec<QueueStats>> {
+    let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
+    let blank = |q: &str| QueueStats {
+        queue: q.to_string(),
+        counts: JobState::ALL.iter().map(|s| (*s, 0)).collect(),
+        oldest_ready_age_ms: None,
+        paused: false,
+    };
+    let mut s = conn
+        .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")
+        .map_err(db_err)?;
+    let mut rows = s.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let q: String = r.get(0).map_err(db_err)?;
+        let st: String = r.get(1).map_err(db_err)?;
+        let n: i64 = r.get(2).map_err(db_err)?;
+        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).counts.insert(state_of(&st)?, n as u64);
+    }
+    let mut s = conn
+        .prepare_cached("SELECT queue, min(run_at) FROM jobs WHERE state = 'ready' GROUP BY queue")
+        .map_err(db_err)?;
+    let mut rows = s.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let q: String = r.get(0).map_err(db_err)?;
+        let oldest: i64 = r.get(1).map_err(db_err)?;
+        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).oldest_ready_age_ms =
+            Some((now - oldest).max(0));
+    }
+    let mut s = conn.prepare_cached("SELECT name, paused FROM queues").map_err(db_err)?;
+    let mut rows = s.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let q: String = r.get(0).map_err(db_err)?;
+        let paused: bool = r.get(1).map_err(db_err)?;
+        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).paused = paused;
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+/// Earliest run_at of scheduled jobs.
+pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
+    conn.prepare_cached("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(db_err)
+}
+
+/// ferry's own invariants, each as a count of violating rows.
+pub fn invariants(conn: &Connection) -> Result<Vec<String>> {
+    let checks = [
+        ("running job without a lease", "state = 'running' AND (lease IS NULL OR lease_expires_at IS NULL)"),
+        ("job with a live lease that is not running", "state != 'running' AND lease_expires_at IS NOT NULL"),
+        (
+            "finished job without finished_at",
+            "state IN ('completed', 'dead', 'cancelled') AND finished_at IS NULL",
+        ),
+        (
+            "unfinished job with finished_at",
+            "state NOT IN ('completed', 'dead', 'cancelled') AND finished_at IS NOT NULL",
+        ),
+        ("waiting job with no pending dependency", "state = 'waiting' AND pending_deps <= 0"),
+        ("non-waiting job with pending dependencies", "state != 'waiting' AND pending_deps != 0"),
+        ("attempts over max_attempts", "attempt > max_attempts"),
+        ("completed job without a recorded attempt", "state = 'completed' AND attempt < 1"),
+        (
+            "unknown state",
+            "state NOT IN ('scheduled', 'waiting', 'ready', 'running', 'completed', 'dead', 'cancelled')",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (what, cond) in checks {
+        let n: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM jobs WHERE {cond}"), [], |r| r.get(0))
+            .map_err(db_err)?;
+        if n > 0 {
+            out.push(format!("{n} × {what}"));
+        }
+    }
+    let dup: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM (SELECT unique_key FROM jobs WHERE unique_key IS NOT NULL
+                 AND state NOT IN {FINISHED} GROUP BY unique_key HAVING count(*) > 1)"
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    if dup > 0 {
+        out.push(format!("{dup} × unique key held by two unfinished jobs"));
+    }
+    let (total, summed): (i64, i64) = conn
+        .query_row("SELECT (SELECT count(*) FROM jobs), (SELECT sum(n) FROM (SELECT count(*) AS n FROM jobs GROUP BY queue, state))", [], |r| {
+            Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0)))
+        })
+        .map_err(db_err)?;
+    if total != summed {
+        out.push(format!("job count {total} differs from the sum of counts by state {summed}"));
+    }
+    Ok(out)
+}

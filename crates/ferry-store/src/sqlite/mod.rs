@@ -1,0 +1,302 @@
+//! The SQLite backend: WAL, one group-commit writer thread, a pool of read-only readers.
+//!
+//! `synchronous=FULL` (the default) makes every acknowledged write survive power loss;
+//! `NORMAL` survives a process crash but may lose the last commits on power loss, for
+//! roughly 4× the single-writer commit rate. Group commit pays one fsync per batch either way.
+
+mod jobs;
+mod read_pool;
+pub mod schema;
+mod writer;
+
+use crate::Store;
+use crate::notify::Notifier;
+use async_trait::async_trait;
+use ferry_core::{
+    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, FailItem,
+    FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats, ReapOutcome,
+    Result,
+};
+use read_pool::ReadPool;
+use rusqlite::{Connection, OpenFlags};
+use std::path::PathBuf;
+use std::sync::Arc;
+use uuid::Uuid;
+use writer::Writer;
+
+pub use writer::WriterStats;
+
+/// SQLite durability level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: nothing acknowledged is lost, even on power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives process crashes, not power loss.
+    Normal,
+}
+
+/// How to open a SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Database file; created with its directory if missing.
+    pub path: PathBuf,
+    /// Durability level.
+    pub synchronous: Synchronous,
+    /// Read-only connections in the pool.
+    pub readers: usize,
+    /// Most commands committed in one transaction.
+    pub max_batch_ops: usize,
+    /// Most commands waiting for the writer before callers wait for room.
+    pub channel_capacity: usize,
+    /// Input limits (error text, history length).
+    pub limits: Limits,
+}
+
+impl SqliteConfig {
+    /// Defaults for a database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteConfig {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            readers: 4,
+            max_batch_ops: 1024,
+            channel_capacity: 8192,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A ferry store in one SQLite file.
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Arc<ReadPool>,
+    notifier: Arc<Notifier>,
+    clock: Arc<dyn Clock>,
+    limits: Arc<Limits>,
+}
+
+/// Maps a SQLite error to a ferry error: busy and I/O trouble is `unavailable`, the rest
+/// `internal`.
+pub(crate) fn db_err(e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::SystemIoFailure
+                    | C::DiskFull
+                    | C::ReadOnly
+                    | C::CannotOpen
+            ) =>
+        {
+            Error::unavailable(format!("storage unavailable: {e}"))
+        }
+        _ => Error::internal(format!("storage error: {e}")),
+    }
+}
+
+fn open_conn(path: &PathBuf, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database.
+    pub fn open(config: SqliteConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        assert!(config.readers >= 1);
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot create data directory {}: {e}", dir.display()),
+                )
+            })?;
+        }
+        let mut conn =
+            open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let sync = match config.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;
+             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; PRAGMA journal_size_limit = 67108864;"
+        ))
+        .map_err(db_err)?;
+        schema::migrate(&mut conn)?;
+        let mut readers = Vec::with_capacity(config.readers);
+        for _ in 0..config.readers {
+            let r = open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            r.execute_batch("PRAGMA cache_size = -16384; PRAGMA query_only = ON;").map_err(db_err)?;
+            readers.push(r);
+        }
+        let notifier = Notifier::new();
+        let writer = Writer::spawn(conn, notifier.clone(), config.max_batch_ops, config.channel_capacity);
+        Ok(SqliteStore {
+            writer,
+            readers: ReadPool::new(readers),
+            notifier,
+            clock,
+            limits: Arc::new(config.limits),
+        })
+    }
+
+    /// The writer's own counters (commits, commands, busy time).
+    pub fn writer_stats(&self) -> &Arc<WriterStats> {
+        &self.writer.stats
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64, &mut writer::Effects) -> Result<T> + Send + 'static,
+    {
+        let clock = self.clock.clone();
+        self.writer.write(move |conn, fx| f(conn, clock.now_ms(), fx)).await
+    }
+}
+
+fn parse_cursor(cursor: Option<String>) -> Result<Option<i64>> {
+    cursor
+        .map(|c| {
+            c.parse::<i64>().map_err(|_| Error::invalid("cursor", "not a cursor returned by this server"))
+        })
+        .transpose()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
+    }
+
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
+        self.write(move |c, now, fx| jobs::enqueue(c, now, jobs, fx)).await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        assert!(req.max >= 1, "claim max is validated above the store");
+        self.write(move |c, now, _| jobs::claim(c, now, &req)).await
+    }
+
+    async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
+        let lease = lease.to_string();
+        self.write(move |c, now, _| jobs::heartbeat(c, now, id, &lease, extend_ms)).await
+    }
+
+    async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
+        self.write(move |c, now, fx| {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.push(match jobs::complete(c, now, item, fx) {
+                    Err(e) if is_storage(&e) => return Err(e),
+                    r => r,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
+        let limits = self.limits.clone();
+        self.write(move |c, now, fx| {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                let u: f64 = rand::random();
+                out.push(match jobs::fail(c, now, item, &limits, u, fx) {
+                    Err(e) if is_storage(&e) => return Err(e),
+                    r => r,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
+        let reason = reason.to_string();
+        self.write(move |c, now, _| jobs::cancel(c, now, id, &reason)).await
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Job> {
+        self.readers.read(move |c| jobs::get(c, id)).await
+    }
+
+    async fn list_jobs(&self, filter: JobFilter, limit: usize, cursor: Option<String>) -> Result<Page<Job>> {
+        let cursor = parse_cursor(cursor)?;
+        self.readers.read(move |c| jobs::list(c, &filter, limit, cursor)).await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        let now = self.clock.now_ms();
+        self.readers.read(move |c| jobs::stats(c, now)).await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let queue = queue.to_string();
+        self.write(move |c, now, fx| jobs::set_paused(c, now, &queue, paused, fx)).await
+    }
+
+    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
+        self.write(move |c, now, fx| jobs::replay(c, now, &selector, max, fx)).await
+    }
+
+    async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {
+        self.write(move |c, _, _| jobs::purge(c, &selector, max)).await
+    }
+
+    async fn reap_expired(&self, max: usize) -> Result<ReapOutcome> {
+        let limits = self.limits.clone();
+        self.write(move |c, now, fx| jobs::reap(c, now, max, &limits, fx)).await
+    }
+
+    async fn promote_due(&self, max: usize) -> Result<u64> {
+        self.write(move |c, now, fx| jobs::promote(c, now, max, fx)).await
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<i64>> {
+        self.readers.read(jobs::next_due).await
+    }
+
+    async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
+        self.write(move |c, _, _| jobs::prune(c, before_ms, max)).await
+    }
+
+    async fn check_invariants(&self) -> Result<Vec<String>> {
+        self.readers
+            .read(|c| {
+                let integrity: String =
+                    c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
+                let mut out = jobs::invariants(c)?;
+                if integrity != "ok" {
+                    out.insert(0, format!("integrity_check: {integrity}"));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+    }
+}
+
+/// Storage failures abort a whole batch; per-item outcomes (stale, not found) do not.
+fn is_storage(e: &Error) -> bool {
+    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
+}

@@ -1,0 +1,97 @@
+//! SQLite schema and its migrations: versioned, applied on open, safe to run twice, and a
+//! database written by a newer ferry is refused instead of being misread.
+//!
+//! Table registry (kept in step with `ferry migrate` and the PostgreSQL schema): `ferry_meta`,
+//! `jobs`, `job_deps`, `queues`.
+
+use ferry_core::{Error, ErrorCode, Result};
+use rusqlite::{Connection, OptionalExtension};
+
+/// Migrations in order; index + 1 is the schema version after applying it.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    seq              INTEGER PRIMARY KEY,
+    id               BLOB NOT NULL UNIQUE,
+    queue            TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    priority         INTEGER NOT NULL,
+    run_at           INTEGER NOT NULL,
+    payload          TEXT NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    backoff_base_ms  INTEGER NOT NULL,
+    backoff_factor   REAL NOT NULL,
+    backoff_max_ms   INTEGER NOT NULL,
+    backoff_jitter   REAL NOT NULL,
+    lease_ms         INTEGER NOT NULL,
+    unique_key       TEXT,
+    tags             TEXT,
+    depends_on       TEXT,
+    pending_deps     INTEGER NOT NULL DEFAULT 0,
+    has_dependants   INTEGER NOT NULL DEFAULT 0,
+    lease            TEXT,
+    lease_expires_at INTEGER,
+    worker           TEXT,
+    result           TEXT,
+    errors           TEXT,
+    cancel_reason    TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER
+);
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at, seq) WHERE state = 'ready';
+CREATE INDEX jobs_running ON jobs (lease_expires_at) WHERE state = 'running';
+CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state IN ('completed', 'cancelled');
+CREATE INDEX jobs_queue_state ON jobs (queue, state);
+CREATE INDEX jobs_state ON jobs (state);
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state NOT IN ('completed', 'dead', 'cancelled');
+CREATE TABLE job_deps (
+    dep_seq INTEGER NOT NULL,
+    job_seq INTEGER NOT NULL,
+    PRIMARY KEY (dep_seq, job_seq)
+) WITHOUT ROWID;
+CREATE TABLE queues (
+    name       TEXT PRIMARY KEY,
+    paused     INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+);
+"#];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`SCHEMA_VERSION`], or refuses one that is newer.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS ferry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        .map_err(super::db_err)?;
+    let tx =
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(super::db_err)?;
+    let current: i64 = tx
+        .query_row("SELECT value FROM ferry_meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))
+        .optional()
+        .map_err(super::db_err)?
+        .map(|v| v.parse().unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::new(
+            ErrorCode::SchemaTooNew,
+            format!(
+                "this database has schema version {current}, written by a newer ferry; this build knows \
+                 versions up to {SCHEMA_VERSION}. Upgrade ferry to open it."
+            ),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(super::db_err)?;
+        tx.execute(
+            "INSERT INTO ferry_meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(i as i64 + 1).to_string()],
+        )
+        .map_err(super::db_err)?;
+    }
+    tx.commit().map_err(super::db_err)
+}

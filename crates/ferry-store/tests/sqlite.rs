@@ -1,0 +1,49 @@
+//! The conformance suite against the SQLite backend, plus SQLite-only checks (schema
+//! versioning and reopening).
+
+mod conformance;
+
+use conformance::Harness;
+use ferry_core::{Clock, ErrorCode, ManualClock, SystemClock};
+use ferry_store::{SqliteConfig, SqliteStore, Store};
+use std::sync::Arc;
+
+async fn harness(clock: Arc<ManualClock>) -> Option<Harness> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("ferry.db")), clock.clone()).unwrap();
+    Some(Harness { store: Arc::new(store), clock, guard: Box::new(dir) })
+}
+
+conformance_tests!(harness);
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/ferry.db");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let id = {
+        let s = SqliteStore::open(SqliteConfig::new(&path), clock.clone()).unwrap();
+        let id = s.enqueue(vec![conformance::job("q")]).await.unwrap()[0].id;
+        s.close().await;
+        id
+    };
+    for _ in 0..2 {
+        let s = SqliteStore::open(SqliteConfig::new(&path), clock.clone()).unwrap();
+        assert_eq!(s.get_job(id).await.unwrap().queue, "q");
+        s.close().await;
+    }
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    SqliteStore::open(SqliteConfig::new(&path), clock.clone()).unwrap().close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE ferry_meta SET value = '999' WHERE key = 'schema_version'", []).unwrap();
+    drop(conn);
+    let err = SqliteStore::open(SqliteConfig::new(&path), clock).err().expect("refused");
+    assert_eq!(err.code, ErrorCode::SchemaTooNew);
+    assert!(err.message.contains("999"), "{}", err.message);
+}
