@@ -55,6 +55,11 @@ impl JobState {
         }
     }
 
+    /// Position in [`JobState::ALL`], for per-state arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Parses a stored or wire name.
     pub fn parse(s: &str) -> Option<JobState> {
         JobState::ALL.into_iter().find(|st| st.as_str() == s)

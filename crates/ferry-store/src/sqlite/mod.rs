@@ -4,6 +4,7 @@
 //! `NORMAL` survives a process crash but may lose the last commits on power loss, for
 //! roughly 4× the single-writer commit rate. Group commit pays one fsync per batch either way.
 
+mod counts;
 mod jobs;
 mod read_pool;
 pub mod schema;
@@ -12,6 +13,7 @@ mod writer;
 use crate::Store;
 use crate::notify::Notifier;
 use async_trait::async_trait;
+use counts::{Counts, CountsCell};
 use ferry_core::{
     ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, FailItem,
     FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats, ReapOutcome,
@@ -75,6 +77,46 @@ pub struct SqliteStore {
     notifier: Arc<Notifier>,
     clock: Arc<dyn Clock>,
     limits: Arc<Limits>,
+    counts: Arc<CountsCell>,
+    checkpointer: Checkpointer,
+}
+
+/// Copies the WAL back into the database from its own thread, so the writer never pays for
+/// checkpoints (SQLite's automatic checkpoint is switched off on the writer's connection).
+struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How often the checkpointer runs.
+const CHECKPOINT_INTERVAL_MS: u64 = 200;
+
+impl Checkpointer {
+    fn spawn(conn: Connection) -> Checkpointer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferry-sqlite-checkpoint".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::park_timeout(std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS));
+                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .expect("spawn checkpoint thread");
+        Checkpointer { stop, thread: std::sync::Mutex::new(Some(thread)) }
+    }
+
+    async fn close(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let handle = self.thread.lock().expect("checkpointer handle").take();
+        if let Some(h) = handle {
+            h.thread().unpark();
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
 }
 
 /// Maps a SQLite error to a ferry error: busy and I/O trouble is `unavailable`, the rest
@@ -100,6 +142,8 @@ pub(crate) fn db_err(e: rusqlite::Error) -> Error {
 }
 
 fn open_conn(path: &PathBuf, flags: OpenFlags) -> Result<Connection> {
+    // Each connection is used by one thread at a time: SQLite's own mutexes are pure cost.
+    let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -126,7 +170,8 @@ impl SqliteStore {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;
-             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; PRAGMA journal_size_limit = 67108864;"
+             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; PRAGMA journal_size_limit = 67108864;
+             PRAGMA wal_autocheckpoint = 0;"
         ))
         .map_err(db_err)?;
         schema::migrate(&mut conn)?;
@@ -136,14 +181,24 @@ impl SqliteStore {
             r.execute_batch("PRAGMA cache_size = -16384; PRAGMA query_only = ON;").map_err(db_err)?;
             readers.push(r);
         }
+        let checkpointer = Checkpointer::spawn(open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_WRITE)?);
         let notifier = Notifier::new();
-        let writer = Writer::spawn(conn, notifier.clone(), config.max_batch_ops, config.channel_capacity);
+        let counts = Arc::new(CountsCell::new(Counts::from_rows(jobs::count_rows(&conn)?)));
+        let writer = Writer::spawn(
+            conn,
+            notifier.clone(),
+            counts.clone(),
+            config.max_batch_ops,
+            config.channel_capacity,
+        );
         Ok(SqliteStore {
             writer,
             readers: ReadPool::new(readers),
             notifier,
             clock,
             limits: Arc::new(config.limits),
+            counts,
+            checkpointer,
         })
     }
 
@@ -190,7 +245,7 @@ impl Store for SqliteStore {
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
         assert!(req.max >= 1, "claim max is validated above the store");
-        self.write(move |c, now, _| jobs::claim(c, now, &req)).await
+        self.write(move |c, now, fx| jobs::claim(c, now, &req, fx)).await
     }
 
     async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
@@ -203,7 +258,7 @@ impl Store for SqliteStore {
             let mut out = Vec::with_capacity(items.len());
             for item in items {
                 out.push(match jobs::complete(c, now, item, fx) {
-                    Err(e) if is_storage(&e) => return Err(e),
+                    Err(e) if writer::is_storage_error(&e) => return Err(e),
                     r => r,
                 });
             }
@@ -219,7 +274,7 @@ impl Store for SqliteStore {
             for item in items {
                 let u: f64 = rand::random();
                 out.push(match jobs::fail(c, now, item, &limits, u, fx) {
-                    Err(e) if is_storage(&e) => return Err(e),
+                    Err(e) if writer::is_storage_error(&e) => return Err(e),
                     r => r,
                 });
             }
@@ -230,7 +285,7 @@ impl Store for SqliteStore {
 
     async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
         let reason = reason.to_string();
-        self.write(move |c, now, _| jobs::cancel(c, now, id, &reason)).await
+        self.write(move |c, now, fx| jobs::cancel(c, now, id, &reason, fx)).await
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Job> {
@@ -244,7 +299,8 @@ impl Store for SqliteStore {
 
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         let now = self.clock.now_ms();
-        self.readers.read(move |c| jobs::stats(c, now)).await
+        let counts = self.counts.snapshot();
+        self.readers.read(move |c| jobs::stats(c, now, &counts)).await
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
@@ -257,7 +313,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {
-        self.write(move |c, _, _| jobs::purge(c, &selector, max)).await
+        self.write(move |c, _, fx| jobs::purge(c, &selector, max, fx)).await
     }
 
     async fn reap_expired(&self, max: usize) -> Result<ReapOutcome> {
@@ -274,17 +330,35 @@ impl Store for SqliteStore {
     }
 
     async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
-        self.write(move |c, _, _| jobs::prune(c, before_ms, max)).await
+        self.write(move |c, _, fx| jobs::prune(c, before_ms, max, fx)).await
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>> {
+        let cell = self.counts.clone();
         self.readers
-            .read(|c| {
+            .read(move |c| {
                 let integrity: String =
                     c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
                 let mut out = jobs::invariants(c)?;
                 if integrity != "ok" {
                     out.insert(0, format!("integrity_check: {integrity}"));
+                }
+                // Compare the in-memory counts with a full count, retrying while commits land.
+                for attempt in 0.. {
+                    let epoch = cell.epoch();
+                    let cached = cell.snapshot().nonzero();
+                    let actual = Counts::from_rows(jobs::count_rows(c)?).nonzero();
+                    if epoch.is_multiple_of(2) && cell.epoch() == epoch {
+                        if cached != actual {
+                            out.push(format!("cached counts {cached:?} differ from the table {actual:?}"));
+                        }
+                        break;
+                    }
+                    if attempt == 100 {
+                        out.push("counts could not be compared: writes never paused".into());
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 Ok(out)
             })
@@ -292,11 +366,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.checkpointer.close().await;
         self.writer.close().await;
     }
-}
-
-/// Storage failures abort a whole batch; per-item outcomes (stale, not found) do not.
-fn is_storage(e: &Error) -> bool {
-    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
 }

@@ -3,6 +3,9 @@
 //!
 //! Table registry (kept in step with `ferry migrate` and the PostgreSQL schema): `ferry_meta`,
 //! `jobs`, `job_deps`, `queues`.
+//!
+//! Indexes are partial wherever a state is rare, so a transition touches as few b-trees as
+//! possible; counts per state are kept in memory (see `counts`), not in an index.
 
 use ferry_core::{Error, ErrorCode, Result};
 use rusqlite::{Connection, OptionalExtension};
@@ -44,8 +47,8 @@ CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at, seq) WHERE state 
 CREATE INDEX jobs_running ON jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state IN ('completed', 'cancelled');
-CREATE INDEX jobs_queue_state ON jobs (queue, state);
-CREATE INDEX jobs_state ON jobs (state);
+CREATE INDEX jobs_dead ON jobs (queue, seq) WHERE state = 'dead';
+CREATE INDEX jobs_waiting ON jobs (seq) WHERE state = 'waiting';
 CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state NOT IN ('completed', 'dead', 'cancelled');
 CREATE TABLE job_deps (
