@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How a job's retries are spaced.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Backoff {
     /// Delay before the first retry.
@@ -17,6 +17,7 @@ pub struct Backoff {
     /// Cap on any single delay.
     pub max_ms: i64,
     /// Randomized fraction of the delay, 0..=1; accepts `"full"`, `"equal"` and `"none"` too.
+    #[schema(value_type = f64)]
     pub jitter: Jitter,
 }
 

@@ -10,7 +10,7 @@ use std::fmt;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Stable classes of failure; clients branch on these, so they never change meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Malformed request (bad JSON, wrong types): 400.
@@ -76,7 +76,7 @@ impl ErrorCode {
 }
 
 /// A ferry error: what went wrong, for whom, and where in the input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Error {
     /// Stable class, see [`ErrorCode`].
     pub code: ErrorCode,

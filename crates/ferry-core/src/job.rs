@@ -11,7 +11,7 @@ use std::fmt;
 use uuid::Uuid;
 
 /// Where a job is in its life; see the state diagram in ARCHITECTURE.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Due in the future (delayed, or waiting out a retry backoff).
@@ -133,7 +133,7 @@ pub struct NewJob {
 }
 
 /// What an enqueue did for one job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnqueueOutcome {
     /// The new job's id, or the existing one's for a duplicate.
     pub id: Uuid,
@@ -155,13 +155,14 @@ pub struct ClaimRequest {
 }
 
 /// A job handed to a worker, with the lease it must present to finish it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClaimedJob {
     /// Job id.
     pub id: Uuid,
     /// Its queue.
     pub queue: String,
     /// The producer's payload, verbatim.
+    #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
     /// 1 on the first run, 2 on the first retry, …
     pub attempt: u32,
@@ -174,6 +175,7 @@ pub struct ClaimedJob {
     /// The fencing token: complete, fail and heartbeat must present it.
     pub lease: String,
     /// When the lease lapses unless extended by a heartbeat.
+    #[schema(value_type = String, format = DateTime)]
     pub lease_expires_at: Timestamp,
 }
 
@@ -202,7 +204,7 @@ pub struct FailItem {
 }
 
 /// The state a failed job moved to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailOutcome {
     /// Job id.
     pub id: Uuid,
@@ -212,24 +214,27 @@ pub struct FailOutcome {
     pub attempt: u32,
     /// When the retry is due, if one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub run_at: Option<Timestamp>,
 }
 
 /// A renewed lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatOutcome {
     /// Job id.
     pub id: Uuid,
     /// The new expiry.
+    #[schema(value_type = String, format = DateTime)]
     pub lease_expires_at: Timestamp,
 }
 
 /// One entry of a job's error history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorRecord {
     /// The attempt that failed.
     pub attempt: u32,
     /// When it was recorded.
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
     /// The worker holding the lease, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,7 +246,7 @@ pub struct ErrorRecord {
 }
 
 /// Everything ferry knows about a job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     /// Job id (UUIDv7).
     pub id: Uuid,
@@ -250,6 +255,7 @@ pub struct Job {
     /// Current state.
     pub state: JobState,
     /// The producer's payload, verbatim.
+    #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
     /// Higher runs first.
     pub priority: i32,
@@ -269,25 +275,32 @@ pub struct Job {
     /// Labels.
     pub tags: Vec<String>,
     /// When it is (or was) due.
+    #[schema(value_type = String, format = DateTime)]
     pub run_at: Timestamp,
     /// When it was enqueued.
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     /// Last state change.
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     /// Start of the latest attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Timestamp>,
     /// When it reached a finished state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
     /// Lease expiry while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub lease_expires_at: Option<Timestamp>,
     /// Worker of the latest attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
     /// Completion result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Box<RawValue>>,
     /// Every failure, oldest first.
     pub errors: Vec<ErrorRecord>,
@@ -325,7 +338,7 @@ pub enum DeadSelector {
 }
 
 /// A queue's counts and state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Queue name.
     pub queue: String,
@@ -339,7 +352,7 @@ pub struct QueueStats {
 }
 
 /// Counts of what one reaper pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReapOutcome {
     /// Expired leases returned to ready.
     pub requeued: u64,

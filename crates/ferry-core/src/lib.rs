@@ -11,6 +11,7 @@ pub mod job;
 pub mod limits;
 pub mod time;
 pub mod validate;
+pub mod wire;
 
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};

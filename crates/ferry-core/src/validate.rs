@@ -12,13 +12,14 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// A job as a producer writes it (the body of `POST /v1/jobs`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Queue name: 1–128 of `[A-Za-z0-9._:-]`.
     pub queue: String,
     /// Any JSON; `null` when absent.
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<RawValue>>,
     /// Higher first (an i32); default 0.
     #[serde(default)]

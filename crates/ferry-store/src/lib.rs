@@ -55,6 +55,9 @@ pub trait Store: Send + Sync + 'static {
     /// Extends a lease by `extend_ms` (default: the job's `lease_ms`) from now.
     async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome>;
 
+    /// Gives a claimed job back unstarted: `ready` again, the attempt not counted.
+    async fn release(&self, id: Uuid, lease: &str) -> Result<JobState>;
+
     /// Records completions; each item succeeds or fails on its own.
     async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>>;
 
@@ -104,6 +107,19 @@ pub trait Store: Send + Sync + 'static {
 /// Long-poll claim: returns as soon as jobs are available, woken by the notifier, or an
 /// empty list once `wait` has passed.
 pub async fn claim_wait(store: &dyn Store, req: ClaimRequest, wait: Duration) -> Result<Vec<ClaimedJob>> {
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    claim_wait_until(store, req, wait, never).await
+}
+
+/// [`claim_wait`] that also returns (empty-handed) once `stop` turns true, as on shutdown.
+/// A claim already sent to the store always completes and its jobs are returned, so no job
+/// is leased without being handed out.
+pub async fn claim_wait_until(
+    store: &dyn Store,
+    req: ClaimRequest,
+    wait: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<ClaimedJob>> {
     let deadline = tokio::time::Instant::now() + wait;
     let notify = store.notifier().queue(&req.queue);
     loop {
@@ -112,13 +128,17 @@ pub async fn claim_wait(store: &dyn Store, req: ClaimRequest, wait: Duration) ->
         notified.as_mut().enable();
         let jobs = store.claim(req.clone()).await?;
         let now = tokio::time::Instant::now();
-        if !jobs.is_empty() || now >= deadline {
+        if !jobs.is_empty() || now >= deadline || *stop.borrow() {
             return Ok(jobs);
         }
         let until = match store.fallback_poll() {
             Some(poll) => deadline.min(now + poll),
             None => deadline,
         };
-        let _woken = tokio::time::timeout_at(until, notified).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = &mut notified => {}
+            _ = stop.changed() => return Ok(Vec::new()),
+        }
     }
 }

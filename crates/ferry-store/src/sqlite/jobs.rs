@@ -228,6 +228,27 @@ pub fn heartbeat(
     }
 }
 
+/// Returns a leased job to `ready` without counting the attempt.
+pub fn release(conn: &Connection, now: i64, id: Uuid, lease: &str, fx: &mut Effects) -> Result<JobState> {
+    let queue: Option<String> = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'ready', attempt = attempt - 1, lease = NULL, lease_expires_at = NULL,
+                started_at = NULL, updated_at = ?1
+             WHERE seq = ?2 AND id = ?3 AND state = 'running' AND lease = ?4 AND lease_expires_at > ?1
+             RETURNING queue",
+        )
+        .and_then(|mut s| s.query_row(params![now, lease_seq(lease), id, lease], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    match queue {
+        Some(q) => {
+            fx.moved(&q, Some(JobState::Running), Some(JobState::Ready), 1);
+            fx.wake(&q);
+            Ok(JobState::Ready)
+        }
+        None => Err(lease_failure(conn, id)?),
+    }
+}
+
 /// The error for a lease check that matched no row: not found, or stale.
 fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
     let exists: Option<i64> = conn

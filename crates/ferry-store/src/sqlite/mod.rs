@@ -253,6 +253,11 @@ impl Store for SqliteStore {
         self.write(move |c, now, _| jobs::heartbeat(c, now, id, &lease, extend_ms)).await
     }
 
+    async fn release(&self, id: Uuid, lease: &str) -> Result<JobState> {
+        let lease = lease.to_string();
+        self.write(move |c, now, fx| jobs::release(c, now, id, &lease, fx)).await
+    }
+
     async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
         self.write(move |c, now, fx| {
             let mut out = Vec::with_capacity(items.len());

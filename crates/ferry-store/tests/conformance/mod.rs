@@ -45,7 +45,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $make;
             enqueue_and_get, payload_is_kept_verbatim, batch_is_all_or_nothing, claim_order,
             claim_respects_max_and_hands_distinct_leases, complete_requires_current_lease,
-            complete_is_idempotent_for_its_own_lease, heartbeat_extends_live_lease_only,
+            complete_is_idempotent_for_its_own_lease, release_returns_job_uncounted, heartbeat_extends_live_lease_only,
             fail_retries_with_backoff, fail_until_dead_keeps_history, fail_without_retry_is_dead,
             fail_repeat_answers_same_outcome, dlq_replay_by_ids_and_queue, dlq_purge,
             reaper_requeues_expired_leases, reaper_kills_at_max_attempts, reaper_never_overwrites_completed,
@@ -282,6 +282,22 @@ pub async fn complete_is_idempotent_for_its_own_lease(h: Harness) {
     assert_eq!(complete(&h, id, "other").await.unwrap_err().code, ErrorCode::StaleLease);
     assert_eq!(fail(&h, id, &c.lease, true).await.unwrap_err().code, ErrorCode::StaleLease);
     assert_eq!(state(&h, id).await, JobState::Completed);
+    h.finish().await;
+}
+
+pub async fn release_returns_job_uncounted(h: Harness) {
+    let id = enqueue1(&h, job("q")).await;
+    let c = claim_one(&h, "q").await;
+    assert_eq!(h.store.release(id, "wrong").await.unwrap_err().code, ErrorCode::StaleLease);
+    assert_eq!(h.store.release(Uuid::now_v7(), &c.lease).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(h.store.release(id, &c.lease).await.unwrap(), JobState::Ready);
+    let j = h.store.get_job(id).await.unwrap();
+    assert_eq!((j.state, j.attempt, j.errors.len()), (JobState::Ready, 0, 0));
+    assert!(j.started_at.is_none());
+    assert_eq!(complete(&h, id, &c.lease).await.unwrap_err().code, ErrorCode::StaleLease);
+    assert_eq!(h.store.release(id, &c.lease).await.unwrap_err().code, ErrorCode::StaleLease);
+    let again = claim_one(&h, "q").await;
+    assert_eq!((again.id, again.attempt), (id, 1));
     h.finish().await;
 }
 

@@ -1,0 +1,242 @@
+//! `ferry bench`: measures a live server over HTTP with the SDK.
+//!
+//! 1. end to end: N no-op jobs enqueued in batches, then worked by SDK workers (claim batches
+//!    with long-poll, batched completions);
+//! 2. enqueue → start latency on an idle server (one job at a time, one waiting worker);
+//! 3. C concurrent clients each doing enqueue(1) → claim(1) → complete(1);
+//!
+//! and the server's resident memory after each phase (from `GET /v1/server`).
+
+use ferry_client::{Client, Worker};
+use ferry_core::validate::JobSpec;
+use ferry_core::wire::ClaimBody;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Options of `ferry bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Server URL.
+    #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700")]
+    url: String,
+    /// Jobs for the end-to-end phase.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: usize,
+    /// Jobs per enqueue request.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// SDK workers (each its own claim loop).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Handlers per worker.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Jobs per claim.
+    #[arg(long, default_value_t = 256)]
+    claim: usize,
+    /// Samples for the enqueue → start latency phase.
+    #[arg(long, default_value_t = 500)]
+    latency_samples: usize,
+    /// Concurrent single-job clients.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Rounds per single-job client.
+    #[arg(long, default_value_t = 50)]
+    rounds: usize,
+    /// Phases to run (e2e, latency, clients); all by default.
+    phases: Vec<String>,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn now_us() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros())
+}
+
+async fn rss(c: &Client) -> String {
+    match c.server_info().await {
+        Ok(i) => i.rss_bytes.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or("?".into()),
+        Err(e) => format!("? ({e})"),
+    }
+}
+
+/// Runs the benchmark and prints one line per figure.
+pub async fn run(a: BenchArgs) -> i32 {
+    let client = Client::new(&a.url);
+    if let Err(e) = client.ready().await {
+        eprintln!("ferry: server at {} is not ready: {e}", a.url);
+        return 1;
+    }
+    let want = |p: &str| a.phases.is_empty() || a.phases.iter().any(|x| x == p);
+    let run_id = format!("{:x}", now_us());
+    println!("ferry bench against {} (server memory at start: {})", a.url, rss(&client).await);
+    if want("e2e") {
+        let queue = format!("bench-e2e-{run_id}");
+        let t0 = Instant::now();
+        let mut left = a.jobs;
+        let mut batches = Vec::new();
+        while left > 0 {
+            let n = left.min(a.batch);
+            left -= n;
+            let specs: Vec<JobSpec> = (0..n).map(|_| JobSpec { queue: queue.clone(), ..Default::default() }).collect();
+            batches.push(specs);
+        }
+        let mut sends = tokio::task::JoinSet::new();
+        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        for specs in batches {
+            let (c, sem) = (client.clone(), sem.clone());
+            sends.spawn(async move {
+                let _p = sem.acquire().await.expect("open");
+                c.enqueue_batch(&specs).await.map(|r| r.ids.len())
+            });
+        }
+        while let Some(r) = sends.join_next().await {
+            if let Err(e) = r.expect("task") {
+                eprintln!("ferry: enqueue failed: {e}");
+                return 1;
+            }
+        }
+        let enq = t0.elapsed();
+        let done = Arc::new(AtomicU64::new(0));
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut workers = Vec::new();
+        let t1 = Instant::now();
+        for w in 0..a.workers {
+            let done = done.clone();
+            let mut stop = stop_tx.subscribe();
+            let worker = Worker::new(client.clone(), format!("bench-{w}"))
+                .concurrency(a.concurrency)
+                .claim_batch(a.claim)
+                .wait_ms(1_000)
+                .handle(&queue, move |_ctx| {
+                    let done = done.clone();
+                    async move {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        Ok(None)
+                    }
+                });
+            workers.push(tokio::spawn(worker.run(async move {
+                let _ = stop.recv().await;
+            })));
+        }
+        let mut completed = 0;
+        while completed < a.jobs as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let q = client.queues().await.ok().and_then(|r| r.queues.into_iter().find(|q| q.queue == queue));
+            completed = q.map_or(0, |q| q.counts.get(&ferry_core::JobState::Completed).copied().unwrap_or(0));
+        }
+        let work = t1.elapsed();
+        let _ = stop_tx.send(());
+        for w in workers {
+            let _ = w.await;
+        }
+        let total = t0.elapsed();
+        println!("e2e       enqueue {} jobs in batches of {}: {:.0} jobs/s", a.jobs, a.batch, a.jobs as f64 / enq.as_secs_f64());
+        println!(
+            "e2e       work them with {} SDK workers x {} handlers, claim {}: {:.0} jobs/s",
+            a.workers,
+            a.concurrency,
+            a.claim,
+            a.jobs as f64 / work.as_secs_f64()
+        );
+        println!("e2e       end to end (enqueue + work): {:.0} jobs/s; server memory {}", a.jobs as f64 / total.as_secs_f64(), rss(&client).await);
+    }
+    if want("latency") {
+        let queue = format!("bench-lat-{run_id}");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let worker = Worker::new(client.clone(), "bench-latency").concurrency(4).claim_batch(1).wait_ms(30_000).handle(
+            &queue,
+            move |ctx| {
+                let tx = tx.clone();
+                async move {
+                    let sent: u128 = ctx.payload::<String>()?.parse().unwrap_or(0);
+                    let _ = tx.send((now_us().saturating_sub(sent)) as f64 / 1000.0);
+                    Ok(None)
+                }
+            },
+        );
+        let handle = tokio::spawn(worker.run(async move {
+            let _ = stop_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut samples = Vec::with_capacity(a.latency_samples);
+        for _ in 0..a.latency_samples {
+            let payload = serde_json::value::to_raw_value(&now_us().to_string()).expect("json");
+            let spec = JobSpec { queue: queue.clone(), payload: Some(payload), ..Default::default() };
+            if let Err(e) = client.enqueue(&spec).await {
+                eprintln!("ferry: enqueue failed: {e}");
+                return 1;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(ms)) => samples.push(ms),
+                _ => {
+                    eprintln!("ferry: a job did not start within 5 s");
+                    return 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = stop_tx.send(());
+        let _ = handle.await;
+        samples.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+        println!(
+            "latency   enqueue -> start on an idle server, {} samples: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            samples.len(),
+            pct(&samples, 0.5),
+            pct(&samples, 0.99),
+            samples.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    if want("clients") {
+        let queue = format!("bench-cli-{run_id}");
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..a.clients {
+            let (client, queue, rounds) = (client.clone(), format!("{queue}-{c}"), a.rounds);
+            tasks.spawn(async move {
+                let mut lat = Vec::with_capacity(rounds * 3);
+                for _ in 0..rounds {
+                    let t = Instant::now();
+                    client.enqueue(&JobSpec { queue: queue.clone(), ..Default::default() }).await?;
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    let t = Instant::now();
+                    let body = ClaimBody { worker: Some("bench".into()), max: Some(1), ..Default::default() };
+                    let jobs = client.claim(&queue, &body).await?;
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    let t = Instant::now();
+                    client.complete(jobs[0].id, &jobs[0].lease, None).await?;
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok::<_, ferry_client::ClientError>(lat)
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r.expect("task") {
+                Ok(l) => all.extend(l),
+                Err(e) => {
+                    eprintln!("ferry: client call failed: {e}");
+                    return 1;
+                }
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        all.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+        println!(
+            "clients   {} concurrent single-job clients (enqueue, claim, complete): {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms; server memory {}",
+            a.clients,
+            all.len() as f64 / secs,
+            pct(&all, 0.5),
+            pct(&all, 0.99),
+            rss(&client).await
+        );
+    }
+    0
+}

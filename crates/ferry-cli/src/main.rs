@@ -1,0 +1,155 @@
+//! `ferry`: the server (`ferry serve`) and a command-line client for every job operation.
+//!
+//! Client commands talk HTTP to `--url` / `FERRY_URL`, print tables for people and JSON with
+//! `--json`, and exit non-zero with the server's error message on failure.
+
+mod bench;
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// ferry: a durable job queue and coordination server.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by every client command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// Server URL.
+    #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700")]
+    pub url: String,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (SQLite in ./ferry-data/ by default).
+    Serve(ServeArgs),
+    /// Enqueue a job (payload from an argument, --file or stdin) or, with --batch, JSON lines.
+    Enqueue(commands::EnqueueArgs),
+    /// Show, list or cancel jobs.
+    Jobs {
+        #[command(subcommand)]
+        cmd: commands::JobsCmd,
+    },
+    /// The dead-letter queue: list, replay, purge.
+    Dlq {
+        #[command(subcommand)]
+        cmd: commands::DlqCmd,
+    },
+    /// Queues: list with counts, pause, resume.
+    Queues {
+        #[command(subcommand)]
+        cmd: commands::QueuesCmd,
+    },
+    /// Benchmark a live server: enqueue in batches, then work the jobs with SDK workers.
+    Bench(bench::BenchArgs),
+}
+
+/// Options of `ferry serve`; each overrides `ferry.toml` and its `FERRY_*` variable.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on [default 127.0.0.1:7700].
+    #[arg(long, env = "FERRY_LISTEN")]
+    listen: Option<String>,
+    /// Data directory for the embedded SQLite database [default ./ferry-data].
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database: a SQLite path or sqlite: URL (PostgreSQL URLs come with that backend).
+    #[arg(long, env = "FERRY_DATABASE_URL")]
+    database: Option<String>,
+    /// Config file [default ./ferry.toml if present].
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// SQLite durability: full (default) or normal.
+    #[arg(long, env = "FERRY_SYNCHRONOUS", value_parser = ["full", "normal"])]
+    synchronous: Option<String>,
+    /// Log filter, e.g. info or debug [default info].
+    #[arg(long, env = "FERRY_LOG")]
+    log: Option<String>,
+}
+
+fn load_config(args: ServeArgs) -> Result<ferry_server::Config, String> {
+    let mut config = match &args.config {
+        Some(path) => ferry_server::Config::from_file(path).map_err(|e| e.message)?,
+        None if std::path::Path::new("ferry.toml").exists() => {
+            ferry_server::Config::from_file(std::path::Path::new("ferry.toml")).map_err(|e| e.message)?
+        }
+        None => ferry_server::Config::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.database {
+        config.database = Some(v);
+    }
+    if let Some(v) = args.synchronous {
+        config.synchronous = if v == "normal" { ferry_store::Synchronous::Normal } else { ferry_store::Synchronous::Full };
+    }
+    if let Some(v) = args.log {
+        config.log = v;
+    }
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve(args) => match load_config(args) {
+            Err(e) => {
+                eprintln!("ferry: {e}");
+                2
+            }
+            Ok(config) => {
+                let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+                tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+                match ferry_server::run(config, shutdown_signal()).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("ferry: {}", e.message);
+                        1
+                    }
+                }
+            }
+        },
+        Command::Enqueue(args) => commands::enqueue(args).await,
+        Command::Jobs { cmd } => commands::jobs(cmd).await,
+        Command::Dlq { cmd } => commands::dlq(cmd).await,
+        Command::Queues { cmd } => commands::queues(cmd).await,
+        Command::Bench(args) => bench::run(args).await,
+    };
+    std::process::exit(code);
+}

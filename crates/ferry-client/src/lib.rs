@@ -1,0 +1,251 @@
+//! ferry-client: a Rust client for every ferry endpoint, and a worker runtime on top of it.
+//!
+//! `Client` is a thin typed layer over HTTP (one connection pool, JSON bodies from
+//! `ferry_core::wire`); `worker` runs handlers with claims, heartbeats and batched reports.
+
+pub mod worker;
+
+pub use worker::{JobContext, JobError, Worker, WorkerStats};
+
+use ferry_core::validate::JobSpec;
+use ferry_core::wire::*;
+use ferry_core::{ClaimedJob, Error, FailOutcome, HeartbeatOutcome, Job};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What can go wrong talking to ferry.
+#[derive(Debug, Clone)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The server's error.
+        error: Error,
+    },
+    /// The request did not get an answer (connection refused, reset, timeout).
+    Transport(String),
+    /// The answer was not what the API promises.
+    Decode(String),
+}
+
+impl ClientError {
+    /// Worth retrying: no answer, or the server said "later" (429, 502, 503, 504).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport(_) => true,
+            ClientError::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            ClientError::Decode(_) => false,
+        }
+    }
+
+    /// The API error code, if the server answered with one.
+    pub fn code(&self) -> Option<ferry_core::ErrorCode> {
+        match self {
+            ClientError::Api { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Api { status, error } => write!(f, "{status}: {error}"),
+            ClientError::Transport(e) => write!(f, "cannot reach ferry: {e}"),
+            ClientError::Decode(e) => write!(f, "unexpected answer from ferry: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Result of every client call.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A ferry server at one base URL.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// A client for `base_url` (e.g. `http://127.0.0.1:7700`).
+    pub fn new(base_url: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("HTTP client");
+        Client { http, base: base_url.trim_end_matches('/').to_string() }
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<(u16, T)> {
+        let resp = req.send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        if status >= 400 {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => ClientError::Api { status, error: b.error },
+                Err(_) => ClientError::Api {
+                    status,
+                    error: Error::new(ferry_core::ErrorCode::Internal, String::from_utf8_lossy(&bytes).into_owned()),
+                },
+            });
+        }
+        serde_json::from_slice(&bytes).map(|v| (status, v)).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes);
+        Ok(self.send(req).await?.1)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
+        Ok(self.send(self.http.get(format!("{}{path}", self.base)).query(query)).await?.1)
+    }
+
+    /// Enqueues one job.
+    pub async fn enqueue(&self, job: &JobSpec) -> Result<EnqueueResponse> {
+        self.post("/v1/jobs", job).await
+    }
+
+    /// Enqueues a batch, all or nothing.
+    pub async fn enqueue_batch(&self, jobs: &[JobSpec]) -> Result<EnqueueBatchResponse> {
+        #[derive(Serialize)]
+        struct Batch<'a> {
+            jobs: &'a [JobSpec],
+        }
+        self.post("/v1/jobs", &Batch { jobs }).await
+    }
+
+    /// Claims jobs of `queue` (long-polls when `body.wait_ms` is set).
+    pub async fn claim(&self, queue: &str, body: &ClaimBody) -> Result<Vec<ClaimedJob>> {
+        let r: ClaimResponse = self.post(&format!("/v1/queues/{queue}/claim"), body).await?;
+        Ok(r.jobs)
+    }
+
+    /// Extends a lease.
+    pub async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
+        self.post(&format!("/v1/jobs/{id}/heartbeat"), &HeartbeatBody { lease: lease.into(), extend_ms }).await
+    }
+
+    /// Completes a job.
+    pub async fn complete(&self, id: Uuid, lease: &str, result: Option<serde_json::Value>) -> Result<StateResponse> {
+        let result = result.map(|v| serde_json::value::to_raw_value(&v).expect("JSON value"));
+        self.post(&format!("/v1/jobs/{id}/complete"), &CompleteBody { lease: lease.into(), result }).await
+    }
+
+    /// Fails a job (retry after backoff unless `retry` is false).
+    pub async fn fail(&self, id: Uuid, lease: &str, error: &str, retry: bool) -> Result<FailOutcome> {
+        let body = FailBody { lease: lease.into(), error: error.into(), retry: Some(retry) };
+        self.post(&format!("/v1/jobs/{id}/fail"), &body).await
+    }
+
+    /// Gives a claimed, unstarted job back.
+    pub async fn release(&self, id: Uuid, lease: &str) -> Result<StateResponse> {
+        self.post(&format!("/v1/jobs/{id}/release"), &ReleaseBody { lease: lease.into() }).await
+    }
+
+    /// Completes many jobs; one outcome per item.
+    pub async fn complete_batch(&self, items: Vec<CompleteItemBody>) -> Result<BatchResponse> {
+        self.post("/v1/jobs/complete", &CompleteBatchBody { items }).await
+    }
+
+    /// Fails many jobs; one outcome per item.
+    pub async fn fail_batch(&self, items: Vec<FailItemBody>) -> Result<BatchResponse> {
+        self.post("/v1/jobs/fail", &FailBatchBody { items }).await
+    }
+
+    /// Cancels a job that is not running.
+    pub async fn cancel(&self, id: &str, reason: Option<&str>) -> Result<StateResponse> {
+        self.post(&format!("/v1/jobs/{id}/cancel"), &CancelBody { reason: reason.map(String::from) }).await
+    }
+
+    /// One job with its history.
+    pub async fn get_job(&self, id: &str) -> Result<Job> {
+        self.get(&format!("/v1/jobs/{id}"), &[]).await
+    }
+
+    /// One page of jobs.
+    pub async fn list_jobs(
+        &self,
+        queue: Option<&str>,
+        state: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<JobsPage> {
+        self.get("/v1/jobs", &list_query(queue, state, limit, cursor)).await
+    }
+
+    /// Stats of every queue.
+    pub async fn queues(&self) -> Result<QueuesResponse> {
+        self.get("/v1/queues", &[]).await
+    }
+
+    /// Pauses a queue.
+    pub async fn pause(&self, queue: &str) -> Result<PauseResponse> {
+        self.post(&format!("/v1/queues/{queue}/pause"), &serde_json::json!({})).await
+    }
+
+    /// Resumes a queue.
+    pub async fn resume(&self, queue: &str) -> Result<PauseResponse> {
+        self.post(&format!("/v1/queues/{queue}/resume"), &serde_json::json!({})).await
+    }
+
+    /// One page of the dead-letter queue.
+    pub async fn dlq(&self, queue: Option<&str>, limit: Option<usize>, cursor: Option<&str>) -> Result<JobsPage> {
+        self.get("/v1/dlq", &list_query(queue, None, limit, cursor)).await
+    }
+
+    /// Replays dead jobs selected by ids or queue.
+    pub async fn dlq_replay(&self, selector: &DlqSelectorBody) -> Result<ReplayResponse> {
+        self.post("/v1/dlq/replay", selector).await
+    }
+
+    /// Purges dead jobs selected by ids or queue.
+    pub async fn dlq_purge(&self, selector: &DlqSelectorBody) -> Result<PurgeResponse> {
+        self.post("/v1/dlq/purge", selector).await
+    }
+
+    /// Version, backend, uptime and memory of the server.
+    pub async fn server_info(&self) -> Result<ServerInfo> {
+        self.get("/v1/server", &[]).await
+    }
+
+    /// `GET /readyz`.
+    pub async fn ready(&self) -> Result<HealthResponse> {
+        self.get("/readyz", &[]).await
+    }
+}
+
+fn list_query(q: Option<&str>, s: Option<&str>, limit: Option<usize>, cursor: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(q) = q {
+        out.push(("queue", q.to_string()));
+    }
+    if let Some(s) = s {
+        out.push(("state", s.to_string()));
+    }
+    if let Some(l) = limit {
+        out.push(("limit", l.to_string()));
+    }
+    if let Some(c) = cursor {
+        out.push(("cursor", c.to_string()));
+    }
+    out
+}

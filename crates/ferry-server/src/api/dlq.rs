@@ -1,0 +1,83 @@
+//! The dead-letter queue: list dead jobs, replay them (attempts reset, history kept), purge.
+
+use crate::AppState;
+use crate::api::jobs::{ListParams, list_filter};
+use crate::error::{ApiQuery, ApiResult, JsonBody};
+use axum::Json;
+use axum::extract::State;
+use ferry_core::wire::{DlqSelectorBody, ErrorBody, JobsPage, PurgeResponse, ReplayResponse};
+use ferry_core::{DeadSelector, Error, JobState, validate};
+
+/// Dead jobs, optionally of one queue, cursor-paginated.
+#[utoipa::path(get, path = "/v1/dlq", tag = "dlq", params(ListParams),
+    responses((status = 200, body = JobsPage), (status = 422, body = ErrorBody)))]
+pub async fn list(State(st): State<AppState>, ApiQuery(mut p): ApiQuery<ListParams>) -> ApiResult<Json<JobsPage>> {
+    p.state = Some(JobState::Dead.as_str().into());
+    let (filter, limit) = list_filter(&p, &st)?;
+    let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
+    Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
+}
+
+fn selector(body: DlqSelectorBody, st: &AppState) -> Result<DeadSelector, Error> {
+    match (body.ids, body.queue) {
+        (Some(ids), None) => {
+            if ids.len() > st.limits.max_batch {
+                return Err(Error::too_large("ids", format!("{} ids; the limit is {}", ids.len(), st.limits.max_batch)));
+            }
+            // Ids that are not UUIDs name no dead job: skipped like any other non-dead id.
+            Ok(DeadSelector::Ids(ids.iter().filter_map(|i| uuid::Uuid::parse_str(i).ok()).collect()))
+        }
+        (None, Some(q)) => {
+            validate::queue_name(&q, &st.limits, "queue")?;
+            Ok(DeadSelector::Queue(q))
+        }
+        _ => Err(Error::invalid("ids", "give exactly one of ids or queue")),
+    }
+}
+
+/// Rows per write when a replay or purge selects a whole queue.
+const DLQ_STEP: usize = 1_000;
+
+/// Return dead jobs to ready: by `ids` or by `queue`.
+#[utoipa::path(post, path = "/v1/dlq/replay", tag = "dlq", request_body = DlqSelectorBody,
+    responses((status = 200, body = ReplayResponse), (status = 422, body = ErrorBody)))]
+pub async fn replay(
+    State(st): State<AppState>,
+    JsonBody(body): JsonBody<DlqSelectorBody>,
+) -> ApiResult<Json<ReplayResponse>> {
+    let sel = selector(body, &st)?;
+    let mut replayed = 0u64;
+    match sel {
+        DeadSelector::Ids(ids) => replayed += st.store.replay_dead(DeadSelector::Ids(ids), usize::MAX).await?.len() as u64,
+        DeadSelector::Queue(q) => loop {
+            let n = st.store.replay_dead(DeadSelector::Queue(q.clone()), DLQ_STEP).await?.len();
+            replayed += n as u64;
+            if n < DLQ_STEP {
+                break;
+            }
+        },
+    }
+    Ok(Json(ReplayResponse { replayed }))
+}
+
+/// Delete dead jobs: by `ids` or by `queue`.
+#[utoipa::path(post, path = "/v1/dlq/purge", tag = "dlq", request_body = DlqSelectorBody,
+    responses((status = 200, body = PurgeResponse), (status = 422, body = ErrorBody)))]
+pub async fn purge(
+    State(st): State<AppState>,
+    JsonBody(body): JsonBody<DlqSelectorBody>,
+) -> ApiResult<Json<PurgeResponse>> {
+    let sel = selector(body, &st)?;
+    let mut purged = 0u64;
+    match sel {
+        DeadSelector::Ids(ids) => purged += st.store.purge_dead(DeadSelector::Ids(ids), usize::MAX).await?,
+        DeadSelector::Queue(q) => loop {
+            let n = st.store.purge_dead(DeadSelector::Queue(q.clone()), DLQ_STEP).await?;
+            purged += n;
+            if (n as usize) < DLQ_STEP {
+                break;
+            }
+        },
+    }
+    Ok(Json(PurgeResponse { purged }))
+}

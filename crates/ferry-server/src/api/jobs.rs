@@ -1,0 +1,309 @@
+//! Job endpoints: enqueue, claim (with long-poll), heartbeat, complete, fail, release,
+//! cancel, show and list.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiQuery, ApiResult, JsonBody, OptionalJson, parse_json, read_body};
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferry_core::validate::{self, JobSpec};
+use ferry_core::wire::*;
+use ferry_core::{ClaimRequest, CompleteItem, Error, FailItem, Job, JobFilter, JobState};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A job id from the path; anything that is not a UUID names no job (404).
+fn path_id(text: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(text).map_err(|_| ApiError(Error::job_not_found(text)))
+}
+
+fn lease_present(lease: &str, field: &str) -> Result<(), Error> {
+    if lease.is_empty() { Err(Error::invalid(field, "lease must not be empty")) } else { Ok(()) }
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    jobs: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    jobs: &'a RawValue,
+}
+
+/// Enqueue one job (201 `{"id"}`, or 200 `{"id","duplicate":true}`) or a batch
+/// `{"jobs":[...]}` (201 `{"ids":[...]}`), all or nothing.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSpec, responses(
+    (status = 201, body = EnqueueResponse), (status = 200, description = "duplicate", body = EnqueueResponse),
+    (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn enqueue(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
+    let bytes = read_body(req, st.limits.max_request_bytes).await?;
+    let probe: Probe = parse_json(&bytes, "")?;
+    if probe.jobs.is_some() {
+        let batch: BatchBody = parse_json(&bytes, "")?;
+        let specs: Vec<JobSpec> = parse_json(batch.jobs.get().as_bytes(), "jobs")?;
+        let jobs = validate::batch(specs, &st.limits)?;
+        let out = st.store.enqueue(jobs).await?;
+        let duplicates = out.iter().enumerate().filter(|(_, o)| o.duplicate).map(|(i, _)| i).collect();
+        let body = EnqueueBatchResponse { ids: out.iter().map(|o| o.id).collect(), duplicates };
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    }
+    let spec: JobSpec = parse_json(&bytes, "")?;
+    let job = spec.validate(&st.limits)?;
+    let out = st.store.enqueue(vec![job]).await?;
+    let o = out[0];
+    let status = if o.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(EnqueueResponse { id: o.id, duplicate: o.duplicate })).into_response())
+}
+
+/// Lease up to `max` ready jobs; with `wait_ms`, wait for one (woken, not polling).
+#[utoipa::path(post, path = "/v1/queues/{queue}/claim", tag = "jobs", request_body = ClaimBody,
+    params(("queue" = String, Path)), responses((status = 200, body = ClaimResponse),
+    (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn claim(
+    State(st): State<AppState>,
+    Path(queue): Path<String>,
+    OptionalJson(body): OptionalJson<ClaimBody>,
+) -> ApiResult<Json<ClaimResponse>> {
+    let l = &st.limits;
+    validate::queue_name(&queue, l, "queue")?;
+    let worker = body.worker.ok_or_else(|| Error::invalid("worker", "worker is required"))?;
+    validate::worker_name(&worker, l, "worker")?;
+    let max = body.max.unwrap_or(1);
+    if max < 1 || max > l.max_claim as i64 {
+        return Err(Error::invalid("max", format!("max must be 1..={}, got {max}", l.max_claim)).into());
+    }
+    let lease_ms = body.lease_ms.map(|ms| validate::lease_ms(ms, l, "lease_ms")).transpose()?;
+    let wait_ms = body.wait_ms.unwrap_or(0);
+    if wait_ms < 0 || wait_ms > l.max_wait_ms {
+        return Err(Error::invalid("wait_ms", format!("wait_ms must be 0..={}, got {wait_ms}", l.max_wait_ms)).into());
+    }
+    let req = ClaimRequest { queue, worker, max: max as usize, lease_ms };
+    let jobs = if wait_ms == 0 {
+        st.store.claim(req).await?
+    } else {
+        let wait = Duration::from_millis(wait_ms as u64);
+        ferry_store::claim_wait_until(st.store.as_ref(), req, wait, st.shutdown.clone()).await?
+    };
+    Ok(Json(ClaimResponse { jobs }))
+}
+
+/// Extend a live lease.
+#[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "jobs", request_body = HeartbeatBody,
+    params(("id" = String, Path)), responses((status = 200, body = ferry_core::HeartbeatOutcome),
+    (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
+pub async fn heartbeat(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<HeartbeatBody>,
+) -> ApiResult<Json<ferry_core::HeartbeatOutcome>> {
+    let id = path_id(&id)?;
+    lease_present(&body.lease, "lease")?;
+    let extend = body.extend_ms.map(|ms| validate::lease_ms(ms, &st.limits, "extend_ms")).transpose()?;
+    Ok(Json(st.store.heartbeat(id, &body.lease, extend).await?))
+}
+
+/// Record a completion (fenced by the lease).
+#[utoipa::path(post, path = "/v1/jobs/{id}/complete", tag = "jobs", request_body = CompleteBody,
+    params(("id" = String, Path)), responses((status = 200, body = StateResponse),
+    (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody),
+    (status = 413, body = ErrorBody)))]
+pub async fn complete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CompleteBody>,
+) -> ApiResult<Json<StateResponse>> {
+    let id = path_id(&id)?;
+    lease_present(&body.lease, "lease")?;
+    if let Some(r) = &body.result {
+        validate::json_size(r, st.limits.max_result_bytes, "result")?;
+    }
+    let item = CompleteItem { id, lease: body.lease, result: body.result };
+    let mut out = st.store.complete(vec![item]).await?;
+    out.pop().expect("one outcome per item")?;
+    Ok(Json(StateResponse { id, state: JobState::Completed }))
+}
+
+/// Record a failure: retry after backoff, or dead.
+#[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "jobs", request_body = FailBody,
+    params(("id" = String, Path)), responses((status = 200, body = ferry_core::FailOutcome),
+    (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
+pub async fn fail(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<FailBody>,
+) -> ApiResult<Json<ferry_core::FailOutcome>> {
+    let id = path_id(&id)?;
+    lease_present(&body.lease, "lease")?;
+    let item = FailItem { id, lease: body.lease, error: body.error, retry: body.retry.unwrap_or(true) };
+    let mut out = st.store.fail(vec![item]).await?;
+    Ok(Json(out.pop().expect("one outcome per item")?))
+}
+
+/// Give a claimed job back unstarted (ready again, the attempt not counted).
+#[utoipa::path(post, path = "/v1/jobs/{id}/release", tag = "jobs", request_body = ReleaseBody,
+    params(("id" = String, Path)), responses((status = 200, body = StateResponse),
+    (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
+pub async fn release(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReleaseBody>,
+) -> ApiResult<Json<StateResponse>> {
+    let id = path_id(&id)?;
+    lease_present(&body.lease, "lease")?;
+    let state = st.store.release(id, &body.lease).await?;
+    Ok(Json(StateResponse { id, state }))
+}
+
+/// Cancel a job that is not running (409 if it is running or finished).
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", request_body = Option<CancelBody>,
+    params(("id" = String, Path)), responses((status = 200, body = StateResponse),
+    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<CancelBody>,
+) -> ApiResult<Json<StateResponse>> {
+    let id = path_id(&id)?;
+    let reason = body.reason.unwrap_or_else(|| "cancelled by request".into());
+    let reason = validate::truncate_error(reason, &st.limits);
+    let state = st.store.cancel(id, &reason).await?;
+    Ok(Json(StateResponse { id, state }))
+}
+
+/// One job: state, attempts, error history, result, timestamps.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    Ok(Json(st.store.get_job(path_id(&id)?).await?))
+}
+
+/// Query of `GET /v1/jobs` and `GET /v1/dlq`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct ListParams {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this state.
+    pub state: Option<String>,
+    /// Page size (default 100, at most the page-size limit).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Validates list parameters into a filter and a page size.
+pub fn list_filter(p: &ListParams, st: &AppState) -> ApiResult<(JobFilter, usize)> {
+    if let Some(q) = &p.queue {
+        validate::queue_name(q, &st.limits, "queue")?;
+    }
+    let state = match p.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            Error::invalid("state", format!("unknown state {s:?}; one of scheduled, waiting, ready, running, completed, dead, cancelled"))
+        })?),
+    };
+    let limit = p.limit.unwrap_or(100);
+    if limit < 1 || limit > st.limits.max_page_size as i64 {
+        return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)).into());
+    }
+    Ok((JobFilter { queue: p.queue.clone(), state }, limit as usize))
+}
+
+/// Jobs in insertion order, filtered, cursor-paginated.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
+    responses((status = 200, body = JobsPage), (status = 422, body = ErrorBody)))]
+pub async fn list(State(st): State<AppState>, ApiQuery(p): ApiQuery<ListParams>) -> ApiResult<Json<JobsPage>> {
+    let (filter, limit) = list_filter(&p, &st)?;
+    let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
+    Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
+}
+
+fn batch_size(n: usize, st: &AppState) -> Result<(), Error> {
+    if n > st.limits.max_batch {
+        return Err(Error::too_large("items", format!("{n} items; the batch limit is {}", st.limits.max_batch)));
+    }
+    Ok(())
+}
+
+fn item_error(id: String, e: Error) -> ItemOutcome {
+    ItemOutcome { id, ok: false, state: None, attempt: None, run_at: None, error: Some(e) }
+}
+
+/// Complete many jobs; each item's outcome is reported on its own.
+#[utoipa::path(post, path = "/v1/jobs/complete", tag = "jobs", request_body = CompleteBatchBody,
+    responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
+pub async fn complete_batch(
+    State(st): State<AppState>,
+    JsonBody(body): JsonBody<CompleteBatchBody>,
+) -> ApiResult<Json<BatchResponse>> {
+    batch_size(body.items.len(), &st)?;
+    let mut results: Vec<Option<ItemOutcome>> = Vec::with_capacity(body.items.len());
+    let mut items = Vec::with_capacity(body.items.len());
+    let mut slots = Vec::with_capacity(body.items.len());
+    for (i, it) in body.items.into_iter().enumerate() {
+        let checked = Uuid::parse_str(&it.id)
+            .map_err(|_| Error::job_not_found(&it.id))
+            .and_then(|id| lease_present(&it.lease, &format!("items[{i}].lease")).map(|_| id))
+            .and_then(|id| match &it.result {
+                Some(r) => validate::json_size(r, st.limits.max_result_bytes, &format!("items[{i}].result")).map(|_| id),
+                None => Ok(id),
+            });
+        match checked {
+            Ok(id) => {
+                slots.push((i, it.id));
+                items.push(CompleteItem { id, lease: it.lease, result: it.result });
+                results.push(None);
+            }
+            Err(e) => results.push(Some(item_error(it.id, e))),
+        }
+    }
+    let outcomes = if items.is_empty() { Vec::new() } else { st.store.complete(items).await? };
+    for ((i, id), r) in slots.into_iter().zip(outcomes) {
+        results[i] = Some(match r {
+            Ok(()) => ItemOutcome { id, ok: true, state: Some(JobState::Completed), attempt: None, run_at: None, error: None },
+            Err(e) => item_error(id, e),
+        });
+    }
+    Ok(Json(BatchResponse { results: results.into_iter().map(|r| r.expect("every item answered")).collect() }))
+}
+
+/// Fail many jobs; each item's outcome is reported on its own.
+#[utoipa::path(post, path = "/v1/jobs/fail", tag = "jobs", request_body = FailBatchBody,
+    responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
+pub async fn fail_batch(
+    State(st): State<AppState>,
+    JsonBody(body): JsonBody<FailBatchBody>,
+) -> ApiResult<Json<BatchResponse>> {
+    batch_size(body.items.len(), &st)?;
+    let mut results: Vec<Option<ItemOutcome>> = Vec::with_capacity(body.items.len());
+    let mut items = Vec::with_capacity(body.items.len());
+    let mut slots = Vec::with_capacity(body.items.len());
+    for (i, it) in body.items.into_iter().enumerate() {
+        let checked = Uuid::parse_str(&it.id)
+            .map_err(|_| Error::job_not_found(&it.id))
+            .and_then(|id| lease_present(&it.lease, &format!("items[{i}].lease")).map(|_| id));
+        match checked {
+            Ok(id) => {
+                slots.push((i, it.id));
+                items.push(FailItem { id, lease: it.lease, error: it.error, retry: it.retry.unwrap_or(true) });
+                results.push(None);
+            }
+            Err(e) => results.push(Some(item_error(it.id, e))),
+        }
+    }
+    let outcomes = if items.is_empty() { Vec::new() } else { st.store.fail(items).await? };
+    for ((i, id), r) in slots.into_iter().zip(outcomes) {
+        results[i] = Some(match r {
+            Ok(o) => ItemOutcome { id, ok: true, state: Some(o.state), attempt: Some(o.attempt), run_at: o.run_at, error: None },
+            Err(e) => item_error(id, e),
+        });
+    }
+    Ok(Json(BatchResponse { results: results.into_iter().map(|r| r.expect("every item answered")).collect() }))
+}
+

@@ -1,0 +1,67 @@
+//! The router: every route is registered through `utoipa-axum`, so the OpenAPI document at
+//! `/v1/openapi.json` is generated from the same handler list that serves requests and cannot
+//! miss a route.
+
+pub mod dlq;
+pub mod health;
+pub mod jobs;
+pub mod queues;
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::response::IntoResponse;
+use ferry_core::{Error, ErrorCode};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(OpenApi)]
+#[openapi(info(title = "ferry", description = "Durable job queue and coordination server"))]
+struct ApiDoc;
+
+/// Builds the HTTP router and its OpenAPI document.
+pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jobs::enqueue, jobs::list))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::claim))
+        .routes(routes!(jobs::heartbeat))
+        .routes(routes!(jobs::complete))
+        .routes(routes!(jobs::fail))
+        .routes(routes!(jobs::release))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::complete_batch))
+        .routes(routes!(jobs::fail_batch))
+        .routes(routes!(queues::list))
+        .routes(routes!(queues::pause))
+        .routes(routes!(queues::resume))
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::replay))
+        .routes(routes!(dlq::purge))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::server_info))
+        .routes(routes!(health::openapi))
+        .with_state(state)
+        .split_for_parts();
+    let doc = api.clone();
+    let router = router
+        .layer(axum::Extension(std::sync::Arc::new(doc)))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError(Error::internal("the server hit a bug handling this request")).into_response()
+        }));
+    (router, api)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError(Error::new(ErrorCode::NotFound, format!("no route {}", uri.path())))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> impl IntoResponse {
+    let body = ferry_core::wire::ErrorBody {
+        error: Error::new(ErrorCode::BadRequest, format!("{method} is not allowed on {}", uri.path())),
+    };
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+}

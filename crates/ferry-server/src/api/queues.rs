@@ -1,0 +1,34 @@
+//! Queue endpoints: stats for every queue, pause and resume.
+
+use crate::AppState;
+use crate::error::ApiResult;
+use axum::Json;
+use axum::extract::{Path, State};
+use ferry_core::validate;
+use ferry_core::wire::{ErrorBody, PauseResponse, QueuesResponse};
+
+/// Every known queue: counts by state, age of the oldest ready job, paused flag.
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, body = QueuesResponse)))]
+pub async fn list(State(st): State<AppState>) -> ApiResult<Json<QueuesResponse>> {
+    Ok(Json(QueuesResponse { queues: st.store.queue_stats().await? }))
+}
+
+async fn set(st: AppState, queue: String, paused: bool) -> ApiResult<Json<PauseResponse>> {
+    validate::queue_name(&queue, &st.limits, "queue")?;
+    st.store.set_paused(&queue, paused).await?;
+    Ok(Json(PauseResponse { queue, paused }))
+}
+
+/// Pause a queue: claims return nothing until it is resumed.
+#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "queues", params(("queue" = String, Path)),
+    responses((status = 200, body = PauseResponse), (status = 422, body = ErrorBody)))]
+pub async fn pause(State(st): State<AppState>, Path(queue): Path<String>) -> ApiResult<Json<PauseResponse>> {
+    set(st, queue, true).await
+}
+
+/// Resume a paused queue (wakes its waiting claimers).
+#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "queues", params(("queue" = String, Path)),
+    responses((status = 200, body = PauseResponse), (status = 422, body = ErrorBody)))]
+pub async fn resume(State(st): State<AppState>, Path(queue): Path<String>) -> ApiResult<Json<PauseResponse>> {
+    set(st, queue, false).await
+}

@@ -1,0 +1,101 @@
+//! Server configuration: defaults, then `ferry.toml`, then `FERRY_*` environment variables,
+//! then command-line flags (the CLI applies the last two).
+
+use ferry_core::{Error, ErrorCode, Limits};
+use ferry_store::Synchronous;
+use ferry_store::maintenance::MaintenanceConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything `ferry serve` can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Directory of the embedded SQLite database (used when `database` is not set).
+    pub data_dir: PathBuf,
+    /// A SQLite path or `sqlite:` URL; PostgreSQL URLs arrive with the PostgreSQL backend.
+    pub database: Option<String>,
+    /// SQLite durability: `full` (default) or `normal`.
+    pub synchronous: Synchronous,
+    /// Log filter, e.g. `info` or `ferry_server=debug,info`.
+    pub log: String,
+    /// Input and resource limits.
+    pub limits: Limits,
+    /// Reaper, scheduler and retention settings.
+    pub maintenance: MaintenanceConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7700".into(),
+            data_dir: PathBuf::from("./ferry-data"),
+            database: None,
+            synchronous: Synchronous::Full,
+            log: "info".into(),
+            limits: Limits::default(),
+            maintenance: MaintenanceConfig::default(),
+        }
+    }
+}
+
+/// Where the data lives, resolved from `database` and `data_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors so typos do not pass silently.
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("invalid config {}: {e}", path.display())))
+    }
+
+    /// The database this configuration points at.
+    pub fn database(&self) -> Result<Database, Error> {
+        let Some(url) = self.database.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(Database::Sqlite(self.data_dir.join("ferry.db")));
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(Error::new(
+                ErrorCode::ValidationFailed,
+                "this build of ferry has no PostgreSQL backend yet; use a SQLite path",
+            ));
+        }
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        if path.is_empty() {
+            return Err(Error::new(ErrorCode::ValidationFailed, "the database URL names no file"));
+        }
+        Ok(Database::Sqlite(PathBuf::from(path)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_resolution() {
+        let mut c = Config::default();
+        assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from("./ferry-data/ferry.db")));
+        for (url, path) in [("sqlite:///tmp/a.db", "/tmp/a.db"), ("sqlite:b.db", "b.db"), ("/x/c.db", "/x/c.db")] {
+            c.database = Some(url.into());
+            assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from(path)));
+        }
+        c.database = Some("postgres://localhost/db".into());
+        assert!(c.database().is_err());
+    }
+
+    #[test]
+    fn toml_is_strict() {
+        let c: Config = toml::from_str("listen = \"0.0.0.0:1\"\n[limits]\nmax_batch = 5\n").unwrap();
+        assert_eq!((c.listen.as_str(), c.limits.max_batch), ("0.0.0.0:1", 5));
+        assert!(toml::from_str::<Config>("lisen = 1").is_err());
+    }
+}

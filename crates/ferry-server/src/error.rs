@@ -1,0 +1,119 @@
+//! HTTP face of errors and input: every failure becomes `{"error":{"code","message","field"}}`
+//! with its status, and request bodies and query strings are parsed here, with the path of the
+//! offending field and with the body limit enforced while streaming.
+
+use crate::AppState;
+use axum::Json;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use ferry_core::wire::ErrorBody;
+use ferry_core::{Error, ErrorCode};
+use serde::de::DeserializeOwned;
+
+/// A ferry error on its way out as an HTTP response.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(code = self.0.code.as_str(), message = %self.0.message, "request failed");
+        }
+        let retry = matches!(self.0.code, ErrorCode::Unavailable | ErrorCode::RateLimited);
+        let mut resp = (status, Json(ErrorBody { error: self.0 })).into_response();
+        if retry {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// Result type of every handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses JSON with the path of the failing field: syntax and type errors are 400, a missing
+/// required field is 422.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], prefix: &str) -> Result<T, Error> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = match (prefix, path.as_str()) {
+            ("", ".") => None,
+            ("", p) => Some(p.to_string()),
+            (pre, ".") => Some(pre.to_string()),
+            (pre, p) if p.starts_with('[') => Some(format!("{pre}{p}")),
+            (pre, p) => Some(format!("{pre}.{p}")),
+        };
+        let msg = inner.to_string();
+        let code = if inner.is_data() && msg.starts_with("missing field") {
+            ErrorCode::ValidationFailed
+        } else {
+            ErrorCode::BadRequest
+        };
+        let message = if inner.is_syntax() || inner.is_eof() { format!("malformed JSON: {msg}") } else { msg };
+        Error { code, message, field }
+    })?;
+    Ok(value)
+}
+
+/// Reads the whole body, refusing (413) as soon as it passes the limit: a declared
+/// Content-Length over the limit is refused before reading, a streamed body is cut off.
+pub async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, Error> {
+    let too_large = || Error::too_large("body", format!("request body is over the {limit}-byte limit"));
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large())
+}
+
+/// A JSON body of `T`; an empty body is `T::default()` when `T` allows it (see [`OptionalJson`]).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state.limits.max_request_bytes).await?;
+        Ok(JsonBody(parse_json(&bytes, "")?))
+    }
+}
+
+/// A JSON body that may be absent (empty), standing for `T::default()`.
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state.limits.max_request_bytes).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        Ok(OptionalJson(parse_json(&bytes, "")?))
+    }
+}
+
+/// Query-string parameters of `T`; a malformed query is a JSON 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError(Error::new(ErrorCode::BadRequest, format!("bad query string: {}", e.body_text()))))
+    }
+}
