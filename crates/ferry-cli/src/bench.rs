@@ -84,7 +84,8 @@ pub async fn run(a: BenchArgs) -> i32 {
         while left > 0 {
             let n = left.min(a.batch);
             left -= n;
-            let specs: Vec<JobSpec> = (0..n).map(|_| JobSpec { queue: queue.clone(), ..Default::default() }).collect();
+            let specs: Vec<JobSpec> =
+                (0..n).map(|_| JobSpec { queue: queue.clone(), ..Default::default() }).collect();
             batches.push(specs);
         }
         let mut sends = tokio::task::JoinSet::new();
@@ -137,7 +138,12 @@ pub async fn run(a: BenchArgs) -> i32 {
             let _ = w.await;
         }
         let total = t0.elapsed();
-        println!("e2e       enqueue {} jobs in batches of {}: {:.0} jobs/s", a.jobs, a.batch, a.jobs as f64 / enq.as_secs_f64());
+        println!(
+            "e2e       enqueue {} jobs in batches of {}: {:.0} jobs/s",
+            a.jobs,
+            a.batch,
+            a.jobs as f64 / enq.as_secs_f64()
+        );
         println!(
             "e2e       work them with {} SDK workers x {} handlers, claim {}: {:.0} jobs/s",
             a.workers,
@@ -145,23 +151,28 @@ pub async fn run(a: BenchArgs) -> i32 {
             a.claim,
             a.jobs as f64 / work.as_secs_f64()
         );
-        println!("e2e       end to end (enqueue + work): {:.0} jobs/s; server memory {}", a.jobs as f64 / total.as_secs_f64(), rss(&client).await);
+        println!(
+            "e2e       end to end (enqueue + work): {:.0} jobs/s; server memory {}",
+            a.jobs as f64 / total.as_secs_f64(),
+            rss(&client).await
+        );
     }
     if want("latency") {
         let queue = format!("bench-lat-{run_id}");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let worker = Worker::new(client.clone(), "bench-latency").concurrency(4).claim_batch(1).wait_ms(30_000).handle(
-            &queue,
-            move |ctx| {
+        let worker = Worker::new(client.clone(), "bench-latency")
+            .concurrency(4)
+            .claim_batch(1)
+            .wait_ms(30_000)
+            .handle(&queue, move |ctx| {
                 let tx = tx.clone();
                 async move {
                     let sent: u128 = ctx.payload::<String>()?.parse().unwrap_or(0);
                     let _ = tx.send((now_us().saturating_sub(sent)) as f64 / 1000.0);
                     Ok(None)
                 }
-            },
-        );
+            });
         let handle = tokio::spawn(worker.run(async move {
             let _ = stop_rx.await;
         }));

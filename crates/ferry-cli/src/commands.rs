@@ -120,10 +120,12 @@ pub async fn enqueue(a: EnqueueArgs) -> i32 {
     }
     let Some(queue) = a.queue.clone() else { return fail("a queue name is required") };
     let text = match a.payload.as_deref() {
-        Some("-") | None if a.file.is_some() || !std::io::stdin().is_terminal() => match read_input(&a.file) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        },
+        Some("-") | None if a.file.is_some() || !std::io::stdin().is_terminal() => {
+            match read_input(&a.file) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            }
+        }
         Some(p) => p.to_string(),
         None => "null".to_string(),
     };
@@ -180,16 +182,17 @@ async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
     let chunk = a.chunk.clamp(1, 10_000);
     let mut pending: Vec<JobSpec> = Vec::with_capacity(chunk);
     let (mut sent, mut dups) = (0usize, 0usize);
-    let flush = async |pending: &mut Vec<JobSpec>, sent: &mut usize, dups: &mut usize| -> Result<(), ClientError> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let r = client.enqueue_batch(pending).await?;
-        *sent += r.ids.len();
-        *dups += r.duplicates.len();
-        pending.clear();
-        Ok(())
-    };
+    let flush =
+        async |pending: &mut Vec<JobSpec>, sent: &mut usize, dups: &mut usize| -> Result<(), ClientError> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let r = client.enqueue_batch(pending).await?;
+            *sent += r.ids.len();
+            *dups += r.duplicates.len();
+            pending.clear();
+            Ok(())
+        };
     for (n, line) in reader.lines().enumerate() {
         let line = match line {
             Ok(l) => l,
@@ -302,17 +305,19 @@ pub async fn jobs(cmd: JobsCmd) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        JobsCmd::Cancel { id, reason, client: o } => match Client::new(&o.url).cancel(&id, reason.as_deref()).await {
-            Ok(r) if o.json => {
-                print_json(&r);
-                0
+        JobsCmd::Cancel { id, reason, client: o } => {
+            match Client::new(&o.url).cancel(&id, reason.as_deref()).await {
+                Ok(r) if o.json => {
+                    print_json(&r);
+                    0
+                }
+                Ok(r) => {
+                    println!("{} {}", r.id, r.state);
+                    0
+                }
+                Err(e) => fail(e),
             }
-            Ok(r) => {
-                println!("{} {}", r.id, r.state);
-                0
-            }
-            Err(e) => fail(e),
-        },
+        }
     }
 }
 
@@ -503,13 +508,28 @@ pub async fn queues(cmd: QueuesCmd) -> i32 {
                         for st in [Ready, Scheduled, Waiting, Running, Completed, Dead, Cancelled] {
                             row.push(q.counts.get(&st).copied().unwrap_or(0).to_string());
                         }
-                        row.push(q.oldest_ready_age_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or("-".into()));
+                        row.push(
+                            q.oldest_ready_age_ms
+                                .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                                .unwrap_or("-".into()),
+                        );
                         row.push(if q.paused { "yes".into() } else { "no".into() });
                         row
                     })
                     .collect();
                 table(
-                    &["queue", "ready", "scheduled", "waiting", "running", "completed", "dead", "cancelled", "oldest ready", "paused"],
+                    &[
+                        "queue",
+                        "ready",
+                        "scheduled",
+                        "waiting",
+                        "running",
+                        "completed",
+                        "dead",
+                        "cancelled",
+                        "oldest ready",
+                        "paused",
+                    ],
                     &rows,
                 );
                 0

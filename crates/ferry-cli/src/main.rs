@@ -94,7 +94,8 @@ fn load_config(args: ServeArgs) -> Result<ferry_server::Config, String> {
         config.database = Some(v);
     }
     if let Some(v) = args.synchronous {
-        config.synchronous = if v == "normal" { ferry_store::Synchronous::Normal } else { ferry_store::Synchronous::Full };
+        config.synchronous =
+            if v == "normal" { ferry_store::Synchronous::Normal } else { ferry_store::Synchronous::Full };
     }
     if let Some(v) = args.log {
         config.log = v;
@@ -135,7 +136,12 @@ async fn main() {
             Ok(config) => {
                 let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-                tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+                use std::io::IsTerminal;
+                tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_target(false)
+                    .with_ansi(std::io::stdout().is_terminal())
+                    .init();
                 match ferry_server::run(config, shutdown_signal()).await {
                     Ok(()) => 0,
                     Err(e) => {

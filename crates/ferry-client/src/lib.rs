@@ -98,7 +98,10 @@ impl Client {
                 Ok(b) => ClientError::Api { status, error: b.error },
                 Err(_) => ClientError::Api {
                     status,
-                    error: Error::new(ferry_core::ErrorCode::Internal, String::from_utf8_lossy(&bytes).into_owned()),
+                    error: Error::new(
+                        ferry_core::ErrorCode::Internal,
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ),
                 },
             });
         }
@@ -141,11 +144,17 @@ impl Client {
 
     /// Extends a lease.
     pub async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
-        self.post(&format!("/v1/jobs/{id}/heartbeat"), &HeartbeatBody { lease: lease.into(), extend_ms }).await
+        self.post(&format!("/v1/jobs/{id}/heartbeat"), &HeartbeatBody { lease: lease.into(), extend_ms })
+            .await
     }
 
     /// Completes a job.
-    pub async fn complete(&self, id: Uuid, lease: &str, result: Option<serde_json::Value>) -> Result<StateResponse> {
+    pub async fn complete(
+        &self,
+        id: Uuid,
+        lease: &str,
+        result: Option<serde_json::Value>,
+    ) -> Result<StateResponse> {
         let result = result.map(|v| serde_json::value::to_raw_value(&v).expect("JSON value"));
         self.post(&format!("/v1/jobs/{id}/complete"), &CompleteBody { lease: lease.into(), result }).await
     }
@@ -208,7 +217,12 @@ impl Client {
     }
 
     /// One page of the dead-letter queue.
-    pub async fn dlq(&self, queue: Option<&str>, limit: Option<usize>, cursor: Option<&str>) -> Result<JobsPage> {
+    pub async fn dlq(
+        &self,
+        queue: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<JobsPage> {
         self.get("/v1/dlq", &list_query(queue, None, limit, cursor)).await
     }
 
@@ -233,7 +247,12 @@ impl Client {
     }
 }
 
-fn list_query(q: Option<&str>, s: Option<&str>, limit: Option<usize>, cursor: Option<&str>) -> Vec<(&'static str, String)> {
+fn list_query(
+    q: Option<&str>,
+    s: Option<&str>,
+    limit: Option<usize>,
+    cursor: Option<&str>,
+) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     if let Some(q) = q {
         out.push(("queue", q.to_string()));

@@ -158,7 +158,8 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (report_tx, report_rx) = mpsc::channel::<Report>(self.concurrency * 4 + self.report_batch);
-        let reporter = tokio::spawn(reporter(self.client.clone(), report_rx, self.report_batch, stats.clone()));
+        let reporter =
+            tokio::spawn(reporter(self.client.clone(), report_rx, self.report_batch, stats.clone()));
         let mut fetchers = Vec::new();
         for (queue, handler) in &self.handlers {
             let f = Fetcher {
@@ -269,7 +270,13 @@ impl Fetcher {
 }
 
 /// Runs one job's handler beside its heartbeat; reports the outcome unless the lease was lost.
-async fn run_one(client: Client, handler: Handler, job: ClaimedJob, reports: mpsc::Sender<Report>, stats: Arc<WorkerStats>) {
+async fn run_one(
+    client: Client,
+    handler: Handler,
+    job: ClaimedJob,
+    reports: mpsc::Sender<Report>,
+    stats: Arc<WorkerStats>,
+) {
     let ctx = JobContext {
         id: job.id,
         queue: job.queue.clone(),
@@ -278,7 +285,9 @@ async fn run_one(client: Client, handler: Handler, job: ClaimedJob, reports: mps
         payload: job.payload.clone(),
         tags: job.tags.clone(),
     };
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let lease_left = (job.lease_expires_at.0 - now_ms).max(30);
     let beat_every = Duration::from_millis((lease_left / 3).max(10) as u64);
     let heartbeat = async {
@@ -286,7 +295,9 @@ async fn run_one(client: Client, handler: Handler, job: ClaimedJob, reports: mps
             tokio::time::sleep(beat_every).await;
             match client.heartbeat(job.id, &job.lease, None).await {
                 Ok(_) => {}
-                Err(e) if e.is_transient() => tracing::warn!(job = %job.id, error = %e, "heartbeat failed; will retry"),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(job = %job.id, error = %e, "heartbeat failed; will retry")
+                }
                 Err(e) => {
                     tracing::warn!(job = %job.id, error = %e, "lease lost; cancelling the handler");
                     return;
@@ -308,9 +319,12 @@ async fn run_one(client: Client, handler: Handler, job: ClaimedJob, reports: mps
             lease: job.lease,
             result: result.map(|v| serde_json::value::to_raw_value(&v).expect("JSON value")),
         }),
-        Some(Err(e)) => {
-            Report::Failed(FailItemBody { id: job.id.to_string(), lease: job.lease, error: e.message, retry: Some(e.retry) })
-        }
+        Some(Err(e)) => Report::Failed(FailItemBody {
+            id: job.id.to_string(),
+            lease: job.lease,
+            error: e.message,
+            retry: Some(e.retry),
+        }),
     };
     let _ = reports.send(report).await;
 }
@@ -339,7 +353,12 @@ async fn reporter(client: Client, mut rx: mpsc::Receiver<Report>, max: usize, st
     }
 }
 
-fn count(r: Result<ferry_core::wire::BatchResponse, ClientError>, n: usize, ok: &AtomicU64, stats: &WorkerStats) {
+fn count(
+    r: Result<ferry_core::wire::BatchResponse, ClientError>,
+    n: usize,
+    ok: &AtomicU64,
+    stats: &WorkerStats,
+) {
     match r {
         Ok(resp) => {
             for o in resp.results {

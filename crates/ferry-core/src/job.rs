@@ -11,7 +11,9 @@ use std::fmt;
 use uuid::Uuid;
 
 /// Where a job is in its life; see the state diagram in ARCHITECTURE.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Due in the future (delayed, or waiting out a retry backoff).

@@ -51,10 +51,12 @@ pub enum Database {
 impl Config {
     /// Reads a TOML file; unknown keys are errors so typos do not pass silently.
     pub fn from_file(path: &Path) -> Result<Config, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("invalid config {}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(ErrorCode::ValidationFailed, format!("cannot read {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            Error::new(ErrorCode::ValidationFailed, format!("invalid config {}: {e}", path.display()))
+        })
     }
 
     /// The database this configuration points at.
@@ -84,7 +86,9 @@ mod tests {
     fn database_resolution() {
         let mut c = Config::default();
         assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from("./ferry-data/ferry.db")));
-        for (url, path) in [("sqlite:///tmp/a.db", "/tmp/a.db"), ("sqlite:b.db", "b.db"), ("/x/c.db", "/x/c.db")] {
+        for (url, path) in
+            [("sqlite:///tmp/a.db", "/tmp/a.db"), ("sqlite:b.db", "b.db"), ("/x/c.db", "/x/c.db")]
+        {
             c.database = Some(url.into());
             assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from(path)));
         }

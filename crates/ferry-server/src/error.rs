@@ -23,7 +23,8 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(code = self.0.code.as_str(), message = %self.0.message, "request failed");
         }
@@ -59,7 +60,8 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], prefix: &str) 
         } else {
             ErrorCode::BadRequest
         };
-        let message = if inner.is_syntax() || inner.is_eof() { format!("malformed JSON: {msg}") } else { msg };
+        let message =
+            if inner.is_syntax() || inner.is_eof() { format!("malformed JSON: {msg}") } else { msg };
         Error { code, message, field }
     })?;
     Ok(value)
@@ -69,7 +71,8 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], prefix: &str) 
 /// Content-Length over the limit is refused before reading, a streamed body is cut off.
 pub async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, Error> {
     let too_large = || Error::too_large("body", format!("request body is over the {limit}-byte limit"));
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large());
@@ -111,9 +114,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError(Error::new(ErrorCode::BadRequest, format!("bad query string: {}", e.body_text()))))
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| ApiQuery(q.0)).map_err(
+            |e| ApiError(Error::new(ErrorCode::BadRequest, format!("bad query string: {}", e.body_text()))),
+        )
     }
 }

@@ -49,9 +49,9 @@ pub fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<dyn Sto
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (store, where_data) = open_store(&config, clock)?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| Error::new(ErrorCode::Unavailable, format!("cannot listen on {}: {e}", config.listen)))?;
+    let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| {
+        Error::new(ErrorCode::Unavailable, format!("cannot listen on {}: {e}", config.listen))
+    })?;
     let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState {

@@ -44,7 +44,10 @@ impl Server {
             .expect("start ferry serve");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let (tx, log) = (tx.clone(), log.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -87,11 +90,9 @@ impl Server {
         }
     }
 
-    /// Stops the server, keeping its data directory for a restart.
-    pub fn into_dir(mut self) -> tempfile::TempDir {
-        self.stop();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        dir
+    /// Takes the data directory (for a restart); the server should be stopped first.
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     /// A URL under the server.
@@ -127,7 +128,13 @@ pub fn http() -> reqwest::Client {
 
 /// POSTs raw text and returns (status, JSON body).
 pub async fn post_raw(url: &str, body: &str) -> (u16, serde_json::Value) {
-    let r = http().post(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+    let r = http()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}")))

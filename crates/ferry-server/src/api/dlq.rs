@@ -11,7 +11,10 @@ use ferry_core::{DeadSelector, Error, JobState, validate};
 /// Dead jobs, optionally of one queue, cursor-paginated.
 #[utoipa::path(get, path = "/v1/dlq", tag = "dlq", params(ListParams),
     responses((status = 200, body = JobsPage), (status = 422, body = ErrorBody)))]
-pub async fn list(State(st): State<AppState>, ApiQuery(mut p): ApiQuery<ListParams>) -> ApiResult<Json<JobsPage>> {
+pub async fn list(
+    State(st): State<AppState>,
+    ApiQuery(mut p): ApiQuery<ListParams>,
+) -> ApiResult<Json<JobsPage>> {
     p.state = Some(JobState::Dead.as_str().into());
     let (filter, limit) = list_filter(&p, &st)?;
     let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
@@ -22,7 +25,10 @@ fn selector(body: DlqSelectorBody, st: &AppState) -> Result<DeadSelector, Error>
     match (body.ids, body.queue) {
         (Some(ids), None) => {
             if ids.len() > st.limits.max_batch {
-                return Err(Error::too_large("ids", format!("{} ids; the limit is {}", ids.len(), st.limits.max_batch)));
+                return Err(Error::too_large(
+                    "ids",
+                    format!("{} ids; the limit is {}", ids.len(), st.limits.max_batch),
+                ));
             }
             // Ids that are not UUIDs name no dead job: skipped like any other non-dead id.
             Ok(DeadSelector::Ids(ids.iter().filter_map(|i| uuid::Uuid::parse_str(i).ok()).collect()))
@@ -48,7 +54,9 @@ pub async fn replay(
     let sel = selector(body, &st)?;
     let mut replayed = 0u64;
     match sel {
-        DeadSelector::Ids(ids) => replayed += st.store.replay_dead(DeadSelector::Ids(ids), usize::MAX).await?.len() as u64,
+        DeadSelector::Ids(ids) => {
+            replayed += st.store.replay_dead(DeadSelector::Ids(ids), usize::MAX).await?.len() as u64
+        }
         DeadSelector::Queue(q) => loop {
             let n = st.store.replay_dead(DeadSelector::Queue(q.clone()), DLQ_STEP).await?.len();
             replayed += n as u64;

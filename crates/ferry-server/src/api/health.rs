@@ -20,7 +20,8 @@ pub async fn healthz() -> Json<HealthResponse> {
 pub async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
     let backend = Some(st.store.backend().to_string());
     if *st.shutdown.borrow() {
-        let body = HealthResponse { status: "unavailable".into(), backend, reason: Some("shutting down".into()) };
+        let body =
+            HealthResponse { status: "unavailable".into(), backend, reason: Some("shutting down".into()) };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
     }
     match st.store.next_due_ms().await {
@@ -34,7 +35,8 @@ pub async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<HealthRespo
 
 fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 =
+        status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
@@ -51,6 +53,8 @@ pub async fn server_info(State(st): State<AppState>) -> Json<ServerInfo> {
 
 /// This API's OpenAPI 3 document, generated from the handlers.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "health", responses((status = 200, description = "OpenAPI document")))]
-pub async fn openapi(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi(
+    Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
     Json((*doc).clone())
 }

@@ -82,7 +82,11 @@ pub async fn claim(
     let lease_ms = body.lease_ms.map(|ms| validate::lease_ms(ms, l, "lease_ms")).transpose()?;
     let wait_ms = body.wait_ms.unwrap_or(0);
     if wait_ms < 0 || wait_ms > l.max_wait_ms {
-        return Err(Error::invalid("wait_ms", format!("wait_ms must be 0..={}, got {wait_ms}", l.max_wait_ms)).into());
+        return Err(Error::invalid(
+            "wait_ms",
+            format!("wait_ms must be 0..={}, got {wait_ms}", l.max_wait_ms),
+        )
+        .into());
     }
     let req = ClaimRequest { queue, worker, max: max as usize, lease_ms };
     let jobs = if wait_ms == 0 {
@@ -218,7 +222,10 @@ pub fn list_filter(p: &ListParams, st: &AppState) -> ApiResult<(JobFilter, usize
 /// Jobs in insertion order, filtered, cursor-paginated.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
     responses((status = 200, body = JobsPage), (status = 422, body = ErrorBody)))]
-pub async fn list(State(st): State<AppState>, ApiQuery(p): ApiQuery<ListParams>) -> ApiResult<Json<JobsPage>> {
+pub async fn list(
+    State(st): State<AppState>,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> ApiResult<Json<JobsPage>> {
     let (filter, limit) = list_filter(&p, &st)?;
     let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
@@ -226,7 +233,10 @@ pub async fn list(State(st): State<AppState>, ApiQuery(p): ApiQuery<ListParams>)
 
 fn batch_size(n: usize, st: &AppState) -> Result<(), Error> {
     if n > st.limits.max_batch {
-        return Err(Error::too_large("items", format!("{n} items; the batch limit is {}", st.limits.max_batch)));
+        return Err(Error::too_large(
+            "items",
+            format!("{n} items; the batch limit is {}", st.limits.max_batch),
+        ));
     }
     Ok(())
 }
@@ -251,7 +261,8 @@ pub async fn complete_batch(
             .map_err(|_| Error::job_not_found(&it.id))
             .and_then(|id| lease_present(&it.lease, &format!("items[{i}].lease")).map(|_| id))
             .and_then(|id| match &it.result {
-                Some(r) => validate::json_size(r, st.limits.max_result_bytes, &format!("items[{i}].result")).map(|_| id),
+                Some(r) => validate::json_size(r, st.limits.max_result_bytes, &format!("items[{i}].result"))
+                    .map(|_| id),
                 None => Ok(id),
             });
         match checked {
@@ -266,11 +277,20 @@ pub async fn complete_batch(
     let outcomes = if items.is_empty() { Vec::new() } else { st.store.complete(items).await? };
     for ((i, id), r) in slots.into_iter().zip(outcomes) {
         results[i] = Some(match r {
-            Ok(()) => ItemOutcome { id, ok: true, state: Some(JobState::Completed), attempt: None, run_at: None, error: None },
+            Ok(()) => ItemOutcome {
+                id,
+                ok: true,
+                state: Some(JobState::Completed),
+                attempt: None,
+                run_at: None,
+                error: None,
+            },
             Err(e) => item_error(id, e),
         });
     }
-    Ok(Json(BatchResponse { results: results.into_iter().map(|r| r.expect("every item answered")).collect() }))
+    Ok(Json(BatchResponse {
+        results: results.into_iter().map(|r| r.expect("every item answered")).collect(),
+    }))
 }
 
 /// Fail many jobs; each item's outcome is reported on its own.
@@ -291,7 +311,12 @@ pub async fn fail_batch(
         match checked {
             Ok(id) => {
                 slots.push((i, it.id));
-                items.push(FailItem { id, lease: it.lease, error: it.error, retry: it.retry.unwrap_or(true) });
+                items.push(FailItem {
+                    id,
+                    lease: it.lease,
+                    error: it.error,
+                    retry: it.retry.unwrap_or(true),
+                });
                 results.push(None);
             }
             Err(e) => results.push(Some(item_error(it.id, e))),
@@ -300,10 +325,18 @@ pub async fn fail_batch(
     let outcomes = if items.is_empty() { Vec::new() } else { st.store.fail(items).await? };
     for ((i, id), r) in slots.into_iter().zip(outcomes) {
         results[i] = Some(match r {
-            Ok(o) => ItemOutcome { id, ok: true, state: Some(o.state), attempt: Some(o.attempt), run_at: o.run_at, error: None },
+            Ok(o) => ItemOutcome {
+                id,
+                ok: true,
+                state: Some(o.state),
+                attempt: Some(o.attempt),
+                run_at: o.run_at,
+                error: None,
+            },
             Err(e) => item_error(id, e),
         });
     }
-    Ok(Json(BatchResponse { results: results.into_iter().map(|r| r.expect("every item answered")).collect() }))
+    Ok(Json(BatchResponse {
+        results: results.into_iter().map(|r| r.expect("every item answered")).collect(),
+    }))
 }
-
