@@ -133,11 +133,11 @@ pub async fn run(a: BenchArgs) -> i32 {
             completed = q.map_or(0, |q| q.counts.get(&ferry_core::JobState::Completed).copied().unwrap_or(0));
         }
         let work = t1.elapsed();
+        let total = t0.elapsed(); // before the workers' shutdown (their long-polls) is waited out
         let _ = stop_tx.send(());
         for w in workers {
             let _ = w.await;
         }
-        let total = t0.elapsed();
         println!(
             "e2e       enqueue {} jobs in batches of {}: {:.0} jobs/s",
             a.jobs,

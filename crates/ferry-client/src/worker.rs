@@ -116,7 +116,7 @@ impl Worker {
             handlers: HashMap::new(),
             concurrency: 8,
             claim_batch: 100,
-            wait_ms: 5_000,
+            wait_ms: 1_000,
             report_batch: 500,
         }
     }
@@ -145,7 +145,7 @@ impl Worker {
         self
     }
 
-    /// Long-poll wait per claim (default 5,000 ms).
+    /// Long-poll wait per claim (default 1,000 ms; shutdown waits for at most one of these).
     pub fn wait_ms(mut self, ms: i64) -> Self {
         self.wait_ms = ms;
         self
