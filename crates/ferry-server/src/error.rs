@@ -41,30 +41,58 @@ impl IntoResponse for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Parses JSON with the path of the failing field: syntax and type errors are 400, a missing
-/// required field is 422.
+/// required field is 422. Text after the JSON value is malformed input, not ignored.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], prefix: &str) -> Result<T, Error> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = match (prefix, path.as_str()) {
+        let msg = inner.to_string();
+        let missing = inner.is_data() && msg.starts_with("missing field");
+        let mut field = match (prefix, path.as_str()) {
             ("", ".") => None,
             ("", p) => Some(p.to_string()),
             (pre, ".") => Some(pre.to_string()),
             (pre, p) if p.starts_with('[') => Some(format!("{pre}{p}")),
             (pre, p) => Some(format!("{pre}.{p}")),
         };
-        let msg = inner.to_string();
-        let code = if inner.is_data() && msg.starts_with("missing field") {
-            ErrorCode::ValidationFailed
-        } else {
-            ErrorCode::BadRequest
-        };
+        if missing && let Some(name) = msg.split('`').nth(1) {
+            // The path names the object; the missing key is the field.
+            field = Some(match field {
+                Some(f) => format!("{f}.{name}"),
+                None => name.to_string(),
+            });
+        }
+        let code = if missing { ErrorCode::ValidationFailed } else { ErrorCode::BadRequest };
         let message =
             if inner.is_syntax() || inner.is_eof() { format!("malformed JSON: {msg}") } else { msg };
         Error { code, message, field }
     })?;
+    de.end().map_err(|e| {
+        Error::new(ErrorCode::BadRequest, format!("malformed JSON: {e} (text after the JSON value)"))
+    })?;
     Ok(value)
+}
+
+/// A JSON object of `T`: derived `Deserialize` would also accept an array of the fields in
+/// order, which no client means; this refuses anything but an object.
+#[derive(Debug)]
+pub struct Obj<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// Reads the whole body, refusing (413) as soon as it passes the limit: a declared
@@ -88,7 +116,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = read_body(req, state.limits.max_request_bytes).await?;
-        Ok(JsonBody(parse_json(&bytes, "")?))
+        let Obj(value) = parse_json(&bytes, "")?;
+        Ok(JsonBody(value))
     }
 }
 
@@ -103,7 +132,27 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
-        Ok(OptionalJson(parse_json(&bytes, "")?))
+        let Obj(value) = parse_json(&bytes, "")?;
+        Ok(OptionalJson(value))
+    }
+}
+
+/// Path parameters of `T`; an undecodable segment is a JSON error: 422 for a queue name,
+/// 404 for anything else (a job id that cannot be decoded names no job).
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state).await.map(|p| ApiPath(p.0)).map_err(|e| {
+            let text = e.body_text();
+            ApiError(if text.contains("`queue`") {
+                Error::invalid("queue", format!("bad queue name in the path: {text}"))
+            } else {
+                Error::new(ErrorCode::NotFound, format!("no such resource: {text}"))
+            })
+        })
     }
 }
 

@@ -2,9 +2,11 @@
 //! cancel, show and list.
 
 use crate::AppState;
-use crate::error::{ApiError, ApiQuery, ApiResult, JsonBody, OptionalJson, parse_json, read_body};
+use crate::error::{
+    ApiError, ApiPath, ApiQuery, ApiResult, JsonBody, Obj, OptionalJson, parse_json, read_body,
+};
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ferry_core::validate::{self, JobSpec};
@@ -44,17 +46,17 @@ struct BatchBody<'a> {
     (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn enqueue(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
     let bytes = read_body(req, st.limits.max_request_bytes).await?;
-    let probe: Probe = parse_json(&bytes, "")?;
+    let Obj(probe): Obj<Probe> = parse_json(&bytes, "")?;
     if probe.jobs.is_some() {
-        let batch: BatchBody = parse_json(&bytes, "")?;
-        let specs: Vec<JobSpec> = parse_json(batch.jobs.get().as_bytes(), "jobs")?;
-        let jobs = validate::batch(specs, &st.limits)?;
+        let Obj(batch): Obj<BatchBody> = parse_json(&bytes, "")?;
+        let specs: Vec<Obj<JobSpec>> = parse_json(batch.jobs.get().as_bytes(), "jobs")?;
+        let jobs = validate::batch(specs.into_iter().map(|o| o.0).collect(), &st.limits)?;
         let out = st.store.enqueue(jobs).await?;
         let duplicates = out.iter().enumerate().filter(|(_, o)| o.duplicate).map(|(i, _)| i).collect();
         let body = EnqueueBatchResponse { ids: out.iter().map(|o| o.id).collect(), duplicates };
         return Ok((StatusCode::CREATED, Json(body)).into_response());
     }
-    let spec: JobSpec = parse_json(&bytes, "")?;
+    let Obj(spec): Obj<JobSpec> = parse_json(&bytes, "")?;
     let job = spec.validate(&st.limits)?;
     let out = st.store.enqueue(vec![job]).await?;
     let o = out[0];
@@ -68,7 +70,7 @@ pub async fn enqueue(State(st): State<AppState>, req: Request) -> ApiResult<Resp
     (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn claim(
     State(st): State<AppState>,
-    Path(queue): Path<String>,
+    ApiPath(queue): ApiPath<String>,
     OptionalJson(body): OptionalJson<ClaimBody>,
 ) -> ApiResult<Json<ClaimResponse>> {
     let l = &st.limits;
@@ -104,7 +106,7 @@ pub async fn claim(
     (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
 pub async fn heartbeat(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<HeartbeatBody>,
 ) -> ApiResult<Json<ferry_core::HeartbeatOutcome>> {
     let id = path_id(&id)?;
@@ -120,7 +122,7 @@ pub async fn heartbeat(
     (status = 413, body = ErrorBody)))]
 pub async fn complete(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<CompleteBody>,
 ) -> ApiResult<Json<StateResponse>> {
     let id = path_id(&id)?;
@@ -140,7 +142,7 @@ pub async fn complete(
     (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
 pub async fn fail(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<FailBody>,
 ) -> ApiResult<Json<ferry_core::FailOutcome>> {
     let id = path_id(&id)?;
@@ -156,7 +158,7 @@ pub async fn fail(
     (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
 pub async fn release(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<ReleaseBody>,
 ) -> ApiResult<Json<StateResponse>> {
     let id = path_id(&id)?;
@@ -171,7 +173,7 @@ pub async fn release(
     (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> ApiResult<Json<StateResponse>> {
     let id = path_id(&id)?;
@@ -184,7 +186,7 @@ pub async fn cancel(
 /// One job: state, attempts, error history, result, timestamps.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
-pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+pub async fn get(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Job>> {
     Ok(Json(st.store.get_job(path_id(&id)?).await?))
 }
 
@@ -231,6 +233,13 @@ pub async fn list(
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
 }
 
+/// `{"items":[...]}` whose items must be JSON objects.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemsBody<T> {
+    items: Vec<Obj<T>>,
+}
+
 fn batch_size(n: usize, st: &AppState) -> Result<(), Error> {
     if n > st.limits.max_batch {
         return Err(Error::too_large(
@@ -250,8 +259,9 @@ fn item_error(id: String, e: Error) -> ItemOutcome {
     responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
 pub async fn complete_batch(
     State(st): State<AppState>,
-    JsonBody(body): JsonBody<CompleteBatchBody>,
+    JsonBody(body): JsonBody<ItemsBody<CompleteItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
+    let body = CompleteBatchBody { items: body.items.into_iter().map(|o| o.0).collect() };
     batch_size(body.items.len(), &st)?;
     let mut results: Vec<Option<ItemOutcome>> = Vec::with_capacity(body.items.len());
     let mut items = Vec::with_capacity(body.items.len());
@@ -298,8 +308,9 @@ pub async fn complete_batch(
     responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
 pub async fn fail_batch(
     State(st): State<AppState>,
-    JsonBody(body): JsonBody<FailBatchBody>,
+    JsonBody(body): JsonBody<ItemsBody<FailItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
+    let body = FailBatchBody { items: body.items.into_iter().map(|o| o.0).collect() };
     batch_size(body.items.len(), &st)?;
     let mut results: Vec<Option<ItemOutcome>> = Vec::with_capacity(body.items.len());
     let mut items = Vec::with_capacity(body.items.len());

@@ -1,9 +1,9 @@
 //! Queue endpoints: stats for every queue, pause and resume.
 
 use crate::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiPath, ApiResult};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ferry_core::validate;
 use ferry_core::wire::{ErrorBody, PauseResponse, QueuesResponse};
 
@@ -22,13 +22,19 @@ async fn set(st: AppState, queue: String, paused: bool) -> ApiResult<Json<PauseR
 /// Pause a queue: claims return nothing until it is resumed.
 #[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "queues", params(("queue" = String, Path)),
     responses((status = 200, body = PauseResponse), (status = 422, body = ErrorBody)))]
-pub async fn pause(State(st): State<AppState>, Path(queue): Path<String>) -> ApiResult<Json<PauseResponse>> {
+pub async fn pause(
+    State(st): State<AppState>,
+    ApiPath(queue): ApiPath<String>,
+) -> ApiResult<Json<PauseResponse>> {
     set(st, queue, true).await
 }
 
 /// Resume a paused queue (wakes its waiting claimers).
 #[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "queues", params(("queue" = String, Path)),
     responses((status = 200, body = PauseResponse), (status = 422, body = ErrorBody)))]
-pub async fn resume(State(st): State<AppState>, Path(queue): Path<String>) -> ApiResult<Json<PauseResponse>> {
+pub async fn resume(
+    State(st): State<AppState>,
+    ApiPath(queue): ApiPath<String>,
+) -> ApiResult<Json<PauseResponse>> {
     set(st, queue, false).await
 }

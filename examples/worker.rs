@@ -1,4 +1,5 @@
-//! A worker for a local ferry server: `cargo run -p ferry-client --example worker`.
+//! A worker for a local ferry server: `cargo run -p ferry-client --example worker`
+//! (this file is the `worker` example of `crates/ferry-client`).
 //!
 //! It handles the `emails` queue with 8 concurrent handlers until Ctrl-C, then finishes the
 //! jobs it is running and reports them before it exits.
