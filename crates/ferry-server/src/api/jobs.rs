@@ -254,6 +254,46 @@ fn item_error(id: String, e: Error) -> ItemOutcome {
     ItemOutcome { id, ok: false, state: None, attempt: None, run_at: None, error: Some(e) }
 }
 
+/// Runs a batch whose items were checked one by one: the valid ones go to the store in one
+/// call, and every item gets its outcome back in input order.
+async fn run_batch<S, O, Fut>(
+    checked: Vec<(String, Result<S, Error>)>,
+    call: impl FnOnce(Vec<S>) -> Fut,
+    ok: impl Fn(String, O) -> ItemOutcome,
+) -> ApiResult<Json<BatchResponse>>
+where
+    Fut: std::future::Future<Output = ferry_core::Result<Vec<ferry_core::Result<O>>>>,
+{
+    let mut results: Vec<Option<ItemOutcome>> = Vec::with_capacity(checked.len());
+    let mut valid = Vec::with_capacity(checked.len());
+    let mut slots = Vec::with_capacity(checked.len());
+    for (i, (id, item)) in checked.into_iter().enumerate() {
+        match item {
+            Ok(item) => {
+                slots.push((i, id));
+                valid.push(item);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(item_error(id, e))),
+        }
+    }
+    let outcomes = if valid.is_empty() { Vec::new() } else { call(valid).await? };
+    assert_eq!(outcomes.len(), slots.len(), "the store answers every item");
+    for ((i, id), r) in slots.into_iter().zip(outcomes) {
+        results[i] = Some(match r {
+            Ok(o) => ok(id, o),
+            Err(e) => item_error(id, e),
+        });
+    }
+    Ok(Json(BatchResponse {
+        results: results.into_iter().map(|r| r.expect("every item answered")).collect(),
+    }))
+}
+
+fn batch_id(text: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(text).map_err(|_| Error::job_not_found(text))
+}
+
 /// Complete many jobs; each item's outcome is reported on its own.
 #[utoipa::path(post, path = "/v1/jobs/complete", tag = "jobs", request_body = CompleteBatchBody,
     responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
@@ -261,46 +301,36 @@ pub async fn complete_batch(
     State(st): State<AppState>,
     JsonBody(body): JsonBody<ItemsBody<CompleteItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
-    let body = CompleteBatchBody { items: body.items.into_iter().map(|o| o.0).collect() };
     batch_size(body.items.len(), &st)?;
-    let mut results: Vec<Option<ItemOutcome>> = Vec::with_capacity(body.items.len());
-    let mut items = Vec::with_capacity(body.items.len());
-    let mut slots = Vec::with_capacity(body.items.len());
-    for (i, it) in body.items.into_iter().enumerate() {
-        let checked = Uuid::parse_str(&it.id)
-            .map_err(|_| Error::job_not_found(&it.id))
-            .and_then(|id| lease_present(&it.lease, &format!("items[{i}].lease")).map(|_| id))
-            .and_then(|id| match &it.result {
-                Some(r) => validate::json_size(r, st.limits.max_result_bytes, &format!("items[{i}].result"))
-                    .map(|_| id),
-                None => Ok(id),
+    let max_result = st.limits.max_result_bytes;
+    let checked = body
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(i, Obj(it))| {
+            let item = batch_id(&it.id).and_then(|id| {
+                lease_present(&it.lease, &format!("items[{i}].lease"))?;
+                if let Some(r) = &it.result {
+                    validate::json_size(r, max_result, &format!("items[{i}].result"))?;
+                }
+                Ok(CompleteItem { id, lease: it.lease, result: it.result })
             });
-        match checked {
-            Ok(id) => {
-                slots.push((i, it.id));
-                items.push(CompleteItem { id, lease: it.lease, result: it.result });
-                results.push(None);
-            }
-            Err(e) => results.push(Some(item_error(it.id, e))),
-        }
-    }
-    let outcomes = if items.is_empty() { Vec::new() } else { st.store.complete(items).await? };
-    for ((i, id), r) in slots.into_iter().zip(outcomes) {
-        results[i] = Some(match r {
-            Ok(()) => ItemOutcome {
-                id,
-                ok: true,
-                state: Some(JobState::Completed),
-                attempt: None,
-                run_at: None,
-                error: None,
-            },
-            Err(e) => item_error(id, e),
-        });
-    }
-    Ok(Json(BatchResponse {
-        results: results.into_iter().map(|r| r.expect("every item answered")).collect(),
-    }))
+            (it.id, item)
+        })
+        .collect();
+    run_batch(
+        checked,
+        |items| st.store.complete(items),
+        |id, ()| ItemOutcome {
+            id,
+            ok: true,
+            state: Some(JobState::Completed),
+            attempt: None,
+            run_at: None,
+            error: None,
+        },
+    )
+    .await
 }
 
 /// Fail many jobs; each item's outcome is reported on its own.
@@ -310,44 +340,30 @@ pub async fn fail_batch(
     State(st): State<AppState>,
     JsonBody(body): JsonBody<ItemsBody<FailItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
-    let body = FailBatchBody { items: body.items.into_iter().map(|o| o.0).collect() };
     batch_size(body.items.len(), &st)?;
-    let mut results: Vec<Option<ItemOutcome>> = Vec::with_capacity(body.items.len());
-    let mut items = Vec::with_capacity(body.items.len());
-    let mut slots = Vec::with_capacity(body.items.len());
-    for (i, it) in body.items.into_iter().enumerate() {
-        let checked = Uuid::parse_str(&it.id)
-            .map_err(|_| Error::job_not_found(&it.id))
-            .and_then(|id| lease_present(&it.lease, &format!("items[{i}].lease")).map(|_| id));
-        match checked {
-            Ok(id) => {
-                slots.push((i, it.id));
-                items.push(FailItem {
-                    id,
-                    lease: it.lease,
-                    error: it.error,
-                    retry: it.retry.unwrap_or(true),
-                });
-                results.push(None);
-            }
-            Err(e) => results.push(Some(item_error(it.id, e))),
-        }
-    }
-    let outcomes = if items.is_empty() { Vec::new() } else { st.store.fail(items).await? };
-    for ((i, id), r) in slots.into_iter().zip(outcomes) {
-        results[i] = Some(match r {
-            Ok(o) => ItemOutcome {
-                id,
-                ok: true,
-                state: Some(o.state),
-                attempt: Some(o.attempt),
-                run_at: o.run_at,
-                error: None,
-            },
-            Err(e) => item_error(id, e),
-        });
-    }
-    Ok(Json(BatchResponse {
-        results: results.into_iter().map(|r| r.expect("every item answered")).collect(),
-    }))
+    let checked = body
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(i, Obj(it))| {
+            let item = batch_id(&it.id).and_then(|id| {
+                lease_present(&it.lease, &format!("items[{i}].lease"))?;
+                Ok(FailItem { id, lease: it.lease, error: it.error, retry: it.retry.unwrap_or(true) })
+            });
+            (it.id, item)
+        })
+        .collect();
+    run_batch(
+        checked,
+        |items| st.store.fail(items),
+        |id, o: ferry_core::FailOutcome| ItemOutcome {
+            id,
+            ok: true,
+            state: Some(o.state),
+            attempt: Some(o.attempt),
+            run_at: o.run_at,
+            error: None,
+        },
+    )
+    .await
 }
