@@ -62,7 +62,7 @@ struct ServeArgs {
     /// Data directory for the embedded SQLite database [default ./ferry-data].
     #[arg(long, env = "FERRY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Database: a SQLite path or sqlite: URL (PostgreSQL URLs come with that backend).
+    /// Database: a SQLite path or sqlite: URL, or a postgres:// URL.
     #[arg(long, env = "FERRY_DATABASE_URL")]
     database: Option<String>,
     /// Config file [default ./ferry.toml if present].

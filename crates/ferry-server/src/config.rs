@@ -15,7 +15,7 @@ pub struct Config {
     pub listen: String,
     /// Directory of the embedded SQLite database (used when `database` is not set).
     pub data_dir: PathBuf,
-    /// A SQLite path or `sqlite:` URL; PostgreSQL URLs arrive with the PostgreSQL backend.
+    /// A SQLite path or `sqlite:` URL, or a `postgres://` URL.
     pub database: Option<String>,
     /// SQLite durability: `full` (default) or `normal`.
     pub synchronous: Synchronous,
@@ -46,6 +46,8 @@ impl Default for Config {
 pub enum Database {
     /// An embedded SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database shared by any number of nodes.
+    Postgres(String),
 }
 
 impl Config {
@@ -65,10 +67,7 @@ impl Config {
             return Ok(Database::Sqlite(self.data_dir.join("ferry.db")));
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(Error::new(
-                ErrorCode::ValidationFailed,
-                "this build of ferry has no PostgreSQL backend yet; use a SQLite path",
-            ));
+            return Ok(Database::Postgres(url.to_string()));
         }
         let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
         if path.is_empty() {
@@ -93,6 +92,8 @@ mod tests {
             assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from(path)));
         }
         c.database = Some("postgres://localhost/db".into());
+        assert_eq!(c.database().unwrap(), Database::Postgres("postgres://localhost/db".into()));
+        c.database = Some("sqlite:".into());
         assert!(c.database().is_err());
     }
 

@@ -12,7 +12,7 @@ pub use config::{Config, Database};
 
 use ferry_core::{Clock, Error, ErrorCode, Limits, SystemClock};
 use ferry_store::maintenance::Maintenance;
-use ferry_store::{SqliteConfig, SqliteStore, Store};
+use ferry_store::{PgConfig, PgStore, SqliteConfig, SqliteStore, Store};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,8 +32,14 @@ pub struct AppState {
 }
 
 /// Opens the configured store.
-pub fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<dyn Store>, String), Error> {
+pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<dyn Store>, String), Error> {
     match config.database()? {
+        Database::Postgres(url) => {
+            let mut cfg = PgConfig::new(&url);
+            cfg.limits = config.limits.clone();
+            let store = PgStore::open(cfg, clock).await?;
+            Ok((Arc::new(store), format!("postgres database {}", redact(&url))))
+        }
         Database::Sqlite(path) => {
             let mut cfg = SqliteConfig::new(&path);
             cfg.synchronous = config.synchronous;
@@ -44,11 +50,23 @@ pub fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<dyn Sto
     }
 }
 
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Runs the server until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish (long-polls return early), stops the background loops and flushes the writer.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (store, where_data) = open_store(&config, clock)?;
+    let (store, where_data) = open_store(&config, clock).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| {
         Error::new(ErrorCode::Unavailable, format!("cannot listen on {}: {e}", config.listen))
     })?;

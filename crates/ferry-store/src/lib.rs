@@ -6,6 +6,7 @@
 
 pub mod maintenance;
 pub mod notify;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use notify::Notifier;
+pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
 
 /// The storage contract every backend fulfils; the conformance suite is its specification.

@@ -1,0 +1,839 @@
+//! The job commands as PostgreSQL statements, one transaction per call (see `mod.rs`).
+//!
+//! The rules are those of the SQLite backend (`sqlite/jobs.rs`); what differs is how they are
+//! kept with several writers: claims skip locked rows, read-then-write locks the row first,
+//! dependencies are read `FOR SHARE` so a dependency cannot finish unseen, and unique keys
+//! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
+
+use super::pg_err;
+use ferry_core::validate::truncate_error;
+use ferry_core::{
+    Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
+    ErrorRecord, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
+    Page, QueueStats, ReapOutcome, Result, RunAt, Timestamp,
+};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use tokio_postgres::{Client, Row, Transaction};
+use uuid::Uuid;
+
+/// Queues to wake and the earliest new due time, announced after commit.
+#[derive(Debug, Default)]
+pub struct Wakes {
+    /// Queues that gained ready jobs.
+    pub queues: Vec<String>,
+    /// Earliest `run_at` of jobs that became scheduled.
+    pub due: Option<i64>,
+}
+
+impl Wakes {
+    fn wake(&mut self, q: &str) {
+        if !self.queues.iter().any(|x| x == q) {
+            self.queues.push(q.to_string());
+        }
+    }
+    fn due(&mut self, at: i64) {
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
+    }
+}
+
+const FINISHED: &str = "('completed', 'dead', 'cancelled')";
+
+fn raw(text: String) -> Result<Box<RawValue>> {
+    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
+}
+
+fn json_list<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Vec<T>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => {
+            serde_json::from_str(&t).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
+        }
+    }
+}
+
+fn list_json<T: serde::Serialize>(items: &[T]) -> Option<String> {
+    (!items.is_empty()).then(|| serde_json::to_string(items).expect("serializable"))
+}
+
+fn state_of(text: &str) -> Result<JobState> {
+    JobState::parse(text).ok_or_else(|| Error::internal(format!("unknown stored state {text:?}")))
+}
+
+fn lease_seq(lease: &str) -> i64 {
+    lease.split_once('.').and_then(|(seq, _)| seq.parse().ok()).unwrap_or(-1)
+}
+
+/// Inserts a batch; all or nothing (the caller's transaction).
+pub async fn enqueue(
+    tx: &Transaction<'_>,
+    now: i64,
+    jobs: Vec<NewJob>,
+    w: &mut Wakes,
+) -> Result<Vec<EnqueueOutcome>> {
+    let batch = jobs.len() > 1;
+    let find_dep = tx.prepare("SELECT seq, state FROM jobs WHERE id = $1 FOR SHARE").await.map_err(pg_err)?;
+    let find_unique = tx
+        .prepare(&format!("SELECT id FROM jobs WHERE unique_key = $1 AND state NOT IN {FINISHED}"))
+        .await
+        .map_err(pg_err)?;
+    let insert = tx
+        .prepare(&format!(
+            "INSERT INTO jobs (id, queue, state, priority, run_at, payload, max_attempts, backoff_base_ms,
+                backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, tags, depends_on,
+                pending_deps, cancel_reason, created_at, updated_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19)
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state NOT IN {FINISHED} DO NOTHING
+             RETURNING seq"
+        ))
+        .await
+        .map_err(pg_err)?;
+    let mut resolved = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        let mut pending = Vec::new();
+        let mut cancel_reason: Option<String> = None;
+        for (j, dep) in job.depends_on.iter().enumerate() {
+            let Some(row) = tx.query_opt(&find_dep, &[dep]).await.map_err(pg_err)? else {
+                let e = Error::invalid(format!("depends_on[{j}]"), format!("no job {dep} to depend on"));
+                return Err(if batch { e.within(&format!("jobs[{i}]")) } else { e });
+            };
+            let (dep_seq, dep_state): (i64, String) = (row.get(0), row.get(1));
+            match state_of(&dep_state)? {
+                JobState::Completed => {}
+                JobState::Dead | JobState::Cancelled => {
+                    cancel_reason.get_or_insert_with(|| format!("dependency {dep} is {dep_state}"));
+                }
+                _ => pending.push(dep_seq),
+            }
+        }
+        resolved.push((pending, cancel_reason));
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    for (job, (pending, cancel_reason)) in jobs.into_iter().zip(resolved) {
+        if let Some(key) = &job.unique_key
+            && let Some(row) = tx.query_opt(&find_unique, &[key]).await.map_err(pg_err)?
+        {
+            out.push(EnqueueOutcome { id: row.get(0), duplicate: true });
+            continue;
+        }
+        let run_at = match job.run_at {
+            RunAt::Now => now,
+            RunAt::At(t) => t,
+            RunAt::Delay(d) => now.saturating_add(d),
+        };
+        let state = if cancel_reason.is_some() {
+            JobState::Cancelled
+        } else if !pending.is_empty() {
+            JobState::Waiting
+        } else if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Ready
+        };
+        let id = Uuid::now_v7();
+        let pending_deps: i32 = if state == JobState::Waiting { pending.len() as i32 } else { 0 };
+        let row = tx
+            .query_opt(
+                &insert,
+                &[
+                    &id,
+                    &job.queue,
+                    &state.as_str(),
+                    &job.priority,
+                    &run_at,
+                    &job.payload.get(),
+                    &(job.max_attempts as i32),
+                    &job.backoff.base_ms,
+                    &job.backoff.factor,
+                    &job.backoff.max_ms,
+                    &job.backoff.jitter.0,
+                    &job.lease_ms,
+                    &job.unique_key,
+                    &list_json(&job.tags),
+                    &list_json(&job.depends_on),
+                    &pending_deps,
+                    &cancel_reason,
+                    &now,
+                    &(state == JobState::Cancelled).then_some(now),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        let Some(row) = row else {
+            // Another node inserted the same unique key since we looked: it holds the key.
+            let key = job.unique_key.as_ref().expect("only a unique key conflicts");
+            let existing = tx.query_one(&find_unique, &[key]).await.map_err(pg_err)?;
+            out.push(EnqueueOutcome { id: existing.get(0), duplicate: true });
+            continue;
+        };
+        if state == JobState::Waiting {
+            let seq: i64 = row.get(0);
+            for dep_seq in pending {
+                tx.execute(
+                    "INSERT INTO job_deps (dep_seq, job_seq) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&dep_seq, &seq],
+                )
+                .await
+                .map_err(pg_err)?;
+                tx.execute("UPDATE jobs SET has_dependants = TRUE WHERE seq = $1", &[&dep_seq])
+                    .await
+                    .map_err(pg_err)?;
+            }
+        }
+        match state {
+            JobState::Ready => w.wake(&job.queue),
+            JobState::Scheduled => w.due(run_at),
+            _ => {}
+        }
+        out.push(EnqueueOutcome { id, duplicate: false });
+    }
+    Ok(out)
+}
+
+/// Leases up to `req.max` ready jobs, best first, skipping rows other claimers hold.
+pub async fn claim(tx: &Transaction<'_>, now: i64, req: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+    let paused = tx
+        .query_opt("SELECT paused FROM queues WHERE name = $1", &[&req.queue])
+        .await
+        .map_err(pg_err)?
+        .is_some_and(|r| r.get::<_, bool>(0));
+    if paused {
+        return Ok(Vec::new());
+    }
+    let rows = tx
+        .query(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1,
+                lease = seq::text || '.' || replace(gen_random_uuid()::text, '-', ''),
+                lease_expires_at = $1 + coalesce($2, lease_ms), worker = $3, started_at = $1, updated_at = $1
+             WHERE seq IN (SELECT seq FROM jobs WHERE queue = $4 AND state = 'ready'
+                           ORDER BY priority DESC, run_at, seq LIMIT $5 FOR UPDATE SKIP LOCKED)
+             RETURNING seq, id, payload, attempt, max_attempts, priority, tags, lease, lease_expires_at, run_at",
+            &[&now, &req.lease_ms, &req.worker, &req.queue, &(req.max as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for r in rows {
+        let job = ClaimedJob {
+            id: r.get(1),
+            queue: req.queue.clone(),
+            payload: raw(r.get(2))?,
+            attempt: r.get::<_, i32>(3) as u32,
+            max_attempts: r.get::<_, i32>(4) as u32,
+            priority: r.get(5),
+            tags: json_list(r.get(6))?,
+            lease: r.get(7),
+            lease_expires_at: Timestamp(r.get(8)),
+        };
+        jobs.push((r.get::<_, i64>(0), r.get::<_, i64>(9), job));
+    }
+    jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+    Ok(jobs.into_iter().map(|(_, _, j)| j).collect())
+}
+
+async fn lease_failure(tx: &Transaction<'_>, id: Uuid) -> Result<Error> {
+    let exists = tx.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id]).await.map_err(pg_err)?;
+    Ok(if exists.is_some() { Error::stale_lease(id) } else { Error::job_not_found(id) })
+}
+
+/// Extends a live lease.
+pub async fn heartbeat(
+    tx: &Transaction<'_>,
+    now: i64,
+    id: Uuid,
+    lease: &str,
+    extend_ms: Option<i64>,
+) -> Result<HeartbeatOutcome> {
+    let row = tx
+        .query_opt(
+            "UPDATE jobs SET lease_expires_at = $1 + coalesce($2, lease_ms), updated_at = $1
+             WHERE seq = $5 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $1
+             RETURNING lease_expires_at",
+            &[&now, &extend_ms, &id, &lease, &lease_seq(lease)],
+        )
+        .await
+        .map_err(pg_err)?;
+    match row {
+        Some(r) => Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(r.get(0)) }),
+        None => Err(lease_failure(tx, id).await?),
+    }
+}
+
+/// Returns a leased job to `ready` without counting the attempt.
+pub async fn release(
+    tx: &Transaction<'_>,
+    now: i64,
+    id: Uuid,
+    lease: &str,
+    w: &mut Wakes,
+) -> Result<JobState> {
+    let row = tx
+        .query_opt(
+            "UPDATE jobs SET state = 'ready', attempt = attempt - 1, lease = NULL, lease_expires_at = NULL,
+                started_at = NULL, updated_at = $1
+             WHERE seq = $2 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $1
+             RETURNING queue",
+            &[&now, &lease_seq(lease), &id, &lease],
+        )
+        .await
+        .map_err(pg_err)?;
+    match row {
+        Some(r) => {
+            w.wake(r.get::<_, &str>(0));
+            Ok(JobState::Ready)
+        }
+        None => Err(lease_failure(tx, id).await?),
+    }
+}
+
+/// Records one completion; a repeat with the lease that completed the job succeeds again.
+pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mut Wakes) -> Result<()> {
+    let result = item.result.as_ref().map(|r| r.get());
+    let row = tx
+        .query_opt(
+            "UPDATE jobs SET state = 'completed', result = $1, lease_expires_at = NULL, finished_at = $2,
+                updated_at = $2
+             WHERE seq = $5 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $2
+             RETURNING seq, has_dependants",
+            &[&result, &now, &item.id, &item.lease, &lease_seq(&item.lease)],
+        )
+        .await
+        .map_err(pg_err)?;
+    match row {
+        Some(r) => {
+            if r.get::<_, bool>(1) {
+                resolve_dependants(tx, now, r.get(0), w).await?;
+            }
+            Ok(())
+        }
+        None => {
+            let row = tx
+                .query_opt("SELECT state, lease FROM jobs WHERE id = $1", &[&item.id])
+                .await
+                .map_err(pg_err)?;
+            match row {
+                None => Err(Error::job_not_found(item.id)),
+                Some(r)
+                    if r.get::<_, &str>(0) == "completed"
+                        && r.get::<_, Option<&str>>(1) == Some(&item.lease) =>
+                {
+                    Ok(())
+                }
+                Some(_) => Err(Error::stale_lease(item.id)),
+            }
+        }
+    }
+}
+
+async fn resolve_dependants(tx: &Transaction<'_>, now: i64, dep_seq: i64, w: &mut Wakes) -> Result<()> {
+    let rows = tx
+        .query(
+            "UPDATE jobs SET pending_deps = pending_deps - 1, updated_at = $1,
+                state = CASE WHEN pending_deps > 1 THEN 'waiting' WHEN run_at > $1 THEN 'scheduled' ELSE 'ready' END
+             WHERE seq IN (SELECT job_seq FROM job_deps WHERE dep_seq = $2) AND state = 'waiting'
+             RETURNING state, queue, run_at",
+            &[&now, &dep_seq],
+        )
+        .await
+        .map_err(pg_err)?;
+    tx.execute("DELETE FROM job_deps WHERE dep_seq = $1", &[&dep_seq]).await.map_err(pg_err)?;
+    for r in rows {
+        match r.get::<_, &str>(0) {
+            "ready" => w.wake(r.get::<_, &str>(1)),
+            "scheduled" => w.due(r.get(2)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn cancel_dependants(
+    tx: &Transaction<'_>,
+    now: i64,
+    root_seq: i64,
+    root_id: Uuid,
+    root_state: JobState,
+) -> Result<()> {
+    let mut stack = vec![(root_seq, root_id, root_state)];
+    while let Some((seq, id, state)) = stack.pop() {
+        let reason = format!("dependency {id} is {state}");
+        let rows = tx
+            .query(
+                "UPDATE jobs SET state = 'cancelled', cancel_reason = $1, pending_deps = 0, finished_at = $2,
+                    updated_at = $2
+                 WHERE seq IN (SELECT job_seq FROM job_deps WHERE dep_seq = $3) AND state = 'waiting'
+                 RETURNING seq, id, has_dependants",
+                &[&reason, &now, &seq],
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.execute("DELETE FROM job_deps WHERE dep_seq = $1", &[&seq]).await.map_err(pg_err)?;
+        for r in rows {
+            if r.get::<_, bool>(2) {
+                stack.push((r.get(0), r.get(1), JobState::Cancelled));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Locked {
+    seq: i64,
+    state: JobState,
+    lease: Option<String>,
+    lease_expires_at: Option<i64>,
+    attempt: u32,
+    max_attempts: u32,
+    backoff: Backoff,
+    queue: String,
+    worker: Option<String>,
+    errors: Option<String>,
+    has_dependants: bool,
+    run_at: i64,
+}
+
+async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Locked>> {
+    let Some(r) = tx
+        .query_opt(
+            "SELECT seq, state, lease, lease_expires_at, attempt, max_attempts, backoff_base_ms, backoff_factor,
+                backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at
+             FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Locked {
+        seq: r.get(0),
+        state: state_of(r.get(1))?,
+        lease: r.get(2),
+        lease_expires_at: r.get(3),
+        attempt: r.get::<_, i32>(4) as u32,
+        max_attempts: r.get::<_, i32>(5) as u32,
+        backoff: Backoff { base_ms: r.get(6), factor: r.get(7), max_ms: r.get(8), jitter: Jitter(r.get(9)) },
+        queue: r.get(10),
+        worker: r.get(11),
+        errors: r.get(12),
+        has_dependants: r.get(13),
+        run_at: r.get(14),
+    }))
+}
+
+fn push_error(errors: Option<String>, record: ErrorRecord, limits: &Limits) -> Result<String> {
+    let mut list: Vec<ErrorRecord> = json_list(errors)?;
+    list.push(record);
+    if list.len() > limits.max_error_history {
+        let drop = list.len() - limits.max_error_history;
+        list.drain(..drop);
+    }
+    Ok(serde_json::to_string(&list).expect("serializable"))
+}
+
+/// Records one failure: a retry after backoff, or the dead-letter queue.
+pub async fn fail(
+    tx: &Transaction<'_>,
+    now: i64,
+    item: FailItem,
+    limits: &Limits,
+    u: f64,
+    w: &mut Wakes,
+) -> Result<FailOutcome> {
+    let Some(job) = lock_job(tx, item.id).await? else {
+        return Err(Error::job_not_found(item.id));
+    };
+    let ours = job.lease.as_deref() == Some(item.lease.as_str());
+    if job.state != JobState::Running || !ours || job.lease_expires_at.is_none_or(|t| t <= now) {
+        if ours && matches!(job.state, JobState::Scheduled | JobState::Ready | JobState::Dead) {
+            let run_at = (job.state == JobState::Scheduled).then_some(Timestamp(job.run_at));
+            return Ok(FailOutcome { id: item.id, state: job.state, attempt: job.attempt, run_at });
+        }
+        return Err(Error::stale_lease(item.id));
+    }
+    let record = ErrorRecord {
+        attempt: job.attempt,
+        at: Timestamp(now),
+        worker: job.worker.clone(),
+        kind: "failed".into(),
+        message: truncate_error(item.error, limits),
+    };
+    let errors = push_error(job.errors, record, limits)?;
+    let (state, run_at) = if !item.retry || job.attempt >= job.max_attempts {
+        (JobState::Dead, job.run_at)
+    } else {
+        let delay = job.backoff.delay_ms(job.attempt, u);
+        if delay > 0 { (JobState::Scheduled, now + delay) } else { (JobState::Ready, now) }
+    };
+    tx.execute(
+        "UPDATE jobs SET state = $1, run_at = $2, lease_expires_at = NULL, errors = $3, updated_at = $4,
+            finished_at = $5
+         WHERE seq = $6",
+        &[&state.as_str(), &run_at, &errors, &now, &(state == JobState::Dead).then_some(now), &job.seq],
+    )
+    .await
+    .map_err(pg_err)?;
+    match state {
+        JobState::Dead if job.has_dependants => {
+            cancel_dependants(tx, now, job.seq, item.id, JobState::Dead).await?
+        }
+        JobState::Ready => w.wake(&job.queue),
+        JobState::Scheduled => w.due(run_at),
+        _ => {}
+    }
+    let run_at = (state == JobState::Scheduled).then_some(Timestamp(run_at));
+    Ok(FailOutcome { id: item.id, state, attempt: job.attempt, run_at })
+}
+
+/// Cancels a job that is not running (idempotent for an already cancelled job).
+pub async fn cancel(tx: &Transaction<'_>, now: i64, id: Uuid, reason: &str) -> Result<JobState> {
+    let Some(job) = lock_job(tx, id).await? else {
+        return Err(Error::job_not_found(id));
+    };
+    match job.state {
+        JobState::Cancelled => return Ok(JobState::Cancelled),
+        JobState::Running => {
+            return Err(Error::new(
+                ErrorCode::InvalidState,
+                format!("job {id} is running; only a job that is not running can be cancelled"),
+            ));
+        }
+        JobState::Completed | JobState::Dead => {
+            return Err(Error::new(ErrorCode::InvalidState, format!("job {id} is already {}", job.state)));
+        }
+        JobState::Scheduled | JobState::Waiting | JobState::Ready => {}
+    }
+    tx.execute(
+        "UPDATE jobs SET state = 'cancelled', cancel_reason = $1, pending_deps = 0, lease = NULL, finished_at = $2,
+            updated_at = $2
+         WHERE seq = $3",
+        &[&reason, &now, &job.seq],
+    )
+    .await
+    .map_err(pg_err)?;
+    if job.has_dependants {
+        cancel_dependants(tx, now, job.seq, id, JobState::Cancelled).await?;
+    }
+    Ok(JobState::Cancelled)
+}
+
+/// Returns expired leases to ready (or dead); rows other nodes are reaping are skipped, and
+/// the update re-checks state and lease.
+pub async fn reap(
+    tx: &Transaction<'_>,
+    now: i64,
+    max: usize,
+    limits: &Limits,
+    w: &mut Wakes,
+) -> Result<ReapOutcome> {
+    let expired = tx
+        .query(
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= $1
+             ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now, &(max as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut out = ReapOutcome::default();
+    for r in expired {
+        let id: Uuid = r.get(0);
+        let Some(job) = lock_job(tx, id).await? else { continue };
+        if job.state != JobState::Running || job.lease_expires_at.is_none_or(|t| t > now) {
+            continue;
+        }
+        let record = ErrorRecord {
+            attempt: job.attempt,
+            at: Timestamp(now),
+            worker: job.worker.clone(),
+            kind: "lease_expired".into(),
+            message: format!(
+                "lease expired at {}",
+                ferry_core::time::format_ms(job.lease_expires_at.unwrap_or(now))
+            ),
+        };
+        let errors = push_error(job.errors, record, limits)?;
+        let state = if job.attempt >= job.max_attempts { JobState::Dead } else { JobState::Ready };
+        let changed = tx
+            .execute(
+                "UPDATE jobs SET state = $1, lease = NULL, lease_expires_at = NULL, errors = $2, updated_at = $3,
+                    finished_at = $4
+                 WHERE seq = $5 AND state = 'running' AND lease = $6",
+                &[&state.as_str(), &errors, &now, &(state == JobState::Dead).then_some(now), &job.seq, &job.lease],
+            )
+            .await
+            .map_err(pg_err)?;
+        if changed == 0 {
+            continue;
+        }
+        if state == JobState::Dead {
+            out.dead += 1;
+            if job.has_dependants {
+                cancel_dependants(tx, now, job.seq, id, JobState::Dead).await?;
+            }
+        } else {
+            out.requeued += 1;
+            w.wake(&job.queue);
+        }
+    }
+    Ok(out)
+}
+
+/// Moves due scheduled jobs to ready.
+pub async fn promote(tx: &Transaction<'_>, now: i64, max: usize, w: &mut Wakes) -> Result<u64> {
+    let rows = tx
+        .query(
+            "UPDATE jobs SET state = 'ready', updated_at = $1
+             WHERE seq IN (SELECT seq FROM jobs WHERE state = 'scheduled' AND run_at <= $1
+                           ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING queue",
+            &[&now, &(max as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
+    for r in &rows {
+        w.wake(r.get::<_, &str>(0));
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Deletes finished jobs older than `before_ms`, at most `max`.
+pub async fn prune(tx: &Transaction<'_>, before_ms: i64, max: usize) -> Result<u64> {
+    tx.execute(
+        "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN ('completed', 'cancelled')
+            AND finished_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        &[&before_ms, &(max as i64)],
+    )
+    .await
+    .map_err(pg_err)
+}
+
+async fn dead_rows(
+    tx: &Transaction<'_>,
+    selector: &DeadSelector,
+    max: usize,
+) -> Result<Vec<(i64, Uuid, String)>> {
+    let rows = match selector {
+        DeadSelector::Ids(ids) => {
+            let ids: Vec<Uuid> = ids.iter().take(max).copied().collect();
+            tx.query(
+                "SELECT seq, id, queue FROM jobs WHERE id = ANY($1) AND state = 'dead' ORDER BY seq FOR UPDATE",
+                &[&ids],
+            )
+            .await
+        }
+        DeadSelector::Queue(q) => {
+            tx.query(
+                "SELECT seq, id, queue FROM jobs WHERE queue = $1 AND state = 'dead' ORDER BY seq LIMIT $2
+                 FOR UPDATE SKIP LOCKED",
+                &[q, &(max.min(i64::MAX as usize) as i64)],
+            )
+            .await
+        }
+    }
+    .map_err(pg_err)?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+/// Dead jobs back to ready: attempts reset, history kept.
+pub async fn replay(
+    tx: &Transaction<'_>,
+    now: i64,
+    selector: &DeadSelector,
+    max: usize,
+    w: &mut Wakes,
+) -> Result<Vec<Uuid>> {
+    let rows = dead_rows(tx, selector, max).await?;
+    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    tx.execute(
+        "UPDATE jobs SET state = 'ready', attempt = 0, lease = NULL, run_at = $1, finished_at = NULL, updated_at = $1
+         WHERE seq = ANY($2)",
+        &[&now, &seqs],
+    )
+    .await
+    .map_err(pg_err)?;
+    for (_, _, q) in &rows {
+        w.wake(q);
+    }
+    // Keep the caller's order for ids.
+    let mut ids: Vec<Uuid> = rows.into_iter().map(|r| r.1).collect();
+    if let DeadSelector::Ids(order) = selector {
+        ids.sort_by_key(|id| order.iter().position(|o| o == id));
+    }
+    Ok(ids)
+}
+
+/// Deletes dead jobs.
+pub async fn purge(tx: &Transaction<'_>, selector: &DeadSelector, max: usize) -> Result<u64> {
+    let rows = dead_rows(tx, selector, max).await?;
+    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    tx.execute("DELETE FROM jobs WHERE seq = ANY($1)", &[&seqs]).await.map_err(pg_err)?;
+    tx.execute("DELETE FROM job_deps WHERE dep_seq = ANY($1)", &[&seqs]).await.map_err(pg_err)?;
+    Ok(rows.len() as u64)
+}
+
+/// Pauses or resumes a queue.
+pub async fn set_paused(
+    tx: &Transaction<'_>,
+    now: i64,
+    queue: &str,
+    paused: bool,
+    w: &mut Wakes,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+        &[&queue, &paused, &now],
+    )
+    .await
+    .map_err(pg_err)?;
+    if !paused {
+        w.wake(queue);
+    }
+    Ok(())
+}
+
+const JOB_COLS: &str = "seq, id, queue, state, payload, priority, attempt, max_attempts, backoff_base_ms,
+    backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, depends_on, tags, run_at, created_at,
+    updated_at, started_at, finished_at, lease_expires_at, worker, result, errors, cancel_reason";
+
+fn job_from_row(r: &Row) -> Result<(i64, Job)> {
+    let ts = |i: usize| r.get::<_, Option<i64>>(i).map(Timestamp);
+    Ok((
+        r.get(0),
+        Job {
+            id: r.get(1),
+            queue: r.get(2),
+            state: state_of(r.get(3))?,
+            payload: raw(r.get(4))?,
+            priority: r.get(5),
+            attempt: r.get::<_, i32>(6) as u32,
+            max_attempts: r.get::<_, i32>(7) as u32,
+            backoff: Backoff {
+                base_ms: r.get(8),
+                factor: r.get(9),
+                max_ms: r.get(10),
+                jitter: Jitter(r.get(11)),
+            },
+            lease_ms: r.get(12),
+            unique_key: r.get(13),
+            depends_on: json_list(r.get(14))?,
+            tags: json_list(r.get(15))?,
+            run_at: Timestamp(r.get(16)),
+            created_at: Timestamp(r.get(17)),
+            updated_at: Timestamp(r.get(18)),
+            started_at: ts(19),
+            finished_at: ts(20),
+            lease_expires_at: ts(21),
+            worker: r.get(22),
+            result: r.get::<_, Option<String>>(23).map(raw).transpose()?,
+            errors: json_list(r.get(24))?,
+            cancel_reason: r.get(25),
+        },
+    ))
+}
+
+/// One job by id.
+pub async fn get(c: &Client, id: Uuid) -> Result<Job> {
+    let row =
+        c.query_opt(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"), &[&id]).await.map_err(pg_err)?;
+    match row {
+        Some(r) => Ok(job_from_row(&r)?.1),
+        None => Err(Error::job_not_found(id)),
+    }
+}
+
+/// One page of jobs after `cursor`, in insertion order.
+pub async fn list(c: &Client, filter: &JobFilter, limit: usize, cursor: Option<i64>) -> Result<Page<Job>> {
+    let mut sql = format!("SELECT {JOB_COLS} FROM jobs WHERE seq > $1 AND ($2::text IS NULL OR queue = $2)");
+    if let Some(state) = filter.state {
+        sql.push_str(&format!(" AND state = '{}'", state.as_str()));
+    }
+    sql.push_str(" ORDER BY seq LIMIT $3");
+    let rows =
+        c.query(&sql, &[&cursor.unwrap_or(0), &filter.queue, &(limit as i64 + 1)]).await.map_err(pg_err)?;
+    let more = rows.len() > limit;
+    let mut items = Vec::with_capacity(limit.min(rows.len()));
+    let mut last = 0;
+    for r in rows.iter().take(limit) {
+        let (seq, job) = job_from_row(r)?;
+        last = seq;
+        items.push(job);
+    }
+    Ok(Page { items, next_cursor: more.then(|| last.to_string()) })
+}
+
+/// Counts by queue and state, oldest ready age, pause flags.
+pub async fn stats(c: &Client, now: i64) -> Result<Vec<QueueStats>> {
+    let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
+    let blank = |q: &str| QueueStats {
+        queue: q.to_string(),
+        counts: JobState::ALL.iter().map(|s| (*s, 0)).collect(),
+        oldest_ready_age_ms: None,
+        paused: false,
+    };
+    for r in
+        c.query("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state", &[]).await.map_err(pg_err)?
+    {
+        let q: String = r.get(0);
+        let st = state_of(r.get(1))?;
+        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).counts.insert(st, r.get::<_, i64>(2) as u64);
+    }
+    for r in c
+        .query("SELECT queue, min(run_at) FROM jobs WHERE state = 'ready' GROUP BY queue", &[])
+        .await
+        .map_err(pg_err)?
+    {
+        let q: String = r.get(0);
+        let oldest: i64 = r.get(1);
+        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).oldest_ready_age_ms =
+            Some((now - oldest).max(0));
+    }
+    for r in c.query("SELECT name, paused FROM queues", &[]).await.map_err(pg_err)? {
+        let q: String = r.get(0);
+        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).paused = r.get(1);
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+/// Earliest run_at of scheduled jobs.
+pub async fn next_due(c: &Client) -> Result<Option<i64>> {
+    let r =
+        c.query_one("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'", &[]).await.map_err(pg_err)?;
+    Ok(r.get(0))
+}
+
+/// ferry's invariants, each as a count of violating rows.
+pub async fn invariants(c: &Client) -> Result<Vec<String>> {
+    let checks = [
+        ("running job without a lease", "state = 'running' AND (lease IS NULL OR lease_expires_at IS NULL)"),
+        ("job with a live lease that is not running", "state != 'running' AND lease_expires_at IS NOT NULL"),
+        (
+            "finished job without finished_at",
+            "state IN ('completed', 'dead', 'cancelled') AND finished_at IS NULL",
+        ),
+        (
+            "unfinished job with finished_at",
+            "state NOT IN ('completed', 'dead', 'cancelled') AND finished_at IS NOT NULL",
+        ),
+        ("waiting job with no pending dependency", "state = 'waiting' AND pending_deps <= 0"),
+        ("non-waiting job with pending dependencies", "state != 'waiting' AND pending_deps != 0"),
+        ("attempts over max_attempts", "attempt > max_attempts"),
+        ("completed job without a recorded attempt", "state = 'completed' AND attempt < 1"),
+        (
+            "unknown state",
+            "state NOT IN ('scheduled', 'waiting', 'ready', 'running', 'completed', 'dead', 'cancelled')",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (what, cond) in checks {
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM jobs WHERE {cond}"), &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if n > 0 {
+            out.push(format!("{n} × {what}"));
+        }
+    }
+    Ok(out)
+}

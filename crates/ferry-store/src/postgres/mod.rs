@@ -1,0 +1,374 @@
+//! The PostgreSQL backend: several ferry nodes on one database.
+//!
+//! Every call is one transaction on a pooled connection. Claims use `FOR UPDATE SKIP LOCKED`,
+//! so concurrent claimers on any node never block on or double-lease a row; every
+//! read-then-write locks its row first (`FOR UPDATE`), and lease checks sit in the same
+//! statement as the change. Wake-ups cross nodes with `pg_notify` (one per queue per committed
+//! transaction, delivered at commit) to a `LISTEN`ing connection on each node; claimers also
+//! re-check every `fallback_poll`, so a lost notification only delays a job.
+
+mod jobs;
+pub mod schema;
+
+use crate::Store;
+use crate::notify::Notifier;
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use ferry_core::{
+    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, FailItem,
+    FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats, ReapOutcome,
+    Result,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// `postgres://user@host:port/db` (libpq-style key=value strings work too).
+    pub url: String,
+    /// A schema to keep ferry's tables in (created if missing); `None` is the default
+    /// search path. Tests use one schema per run.
+    pub schema: Option<String>,
+    /// Most pooled connections of this node.
+    pub pool_size: usize,
+    /// How often a long-poll re-checks without a notification.
+    pub fallback_poll_ms: u64,
+    /// Input limits (error text, history length).
+    pub limits: Limits,
+}
+
+impl PgConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgConfig {
+            url: url.into(),
+            schema: None,
+            pool_size: 16,
+            fallback_poll_ms: 1_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A ferry store in PostgreSQL.
+pub struct PgStore {
+    pool: Pool,
+    notifier: Arc<Notifier>,
+    clock: Arc<dyn Clock>,
+    limits: Arc<Limits>,
+    channel: String,
+    fallback_poll: Duration,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// Maps a PostgreSQL error: lost connections and server shutdowns are `unavailable`.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
+    let transient = e.is_closed()
+        || e.code().is_some_and(|c| {
+            let s = c.code();
+            s.starts_with("08") || s.starts_with("57P") || s == "53300" || s == "40001" || s == "40P01"
+        })
+        || e.code().is_none();
+    if transient {
+        Error::unavailable(format!("database unavailable: {e}"))
+    } else {
+        Error::internal(format!("database error: {e}"))
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> Error {
+    Error::unavailable(format!("database unavailable: {e}"))
+}
+
+fn valid_schema(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(Error::invalid("schema", "a schema name is 1–63 of [a-z0-9_]"));
+    }
+    Ok(())
+}
+
+impl PgStore {
+    /// Connects, creates the schema if asked, migrates, and starts listening for wake-ups.
+    pub async fn open(config: PgConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        assert!(config.pool_size >= 1);
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("bad PostgreSQL URL: {e}")))?;
+        let channel = match &config.schema {
+            Some(s) => {
+                valid_schema(s)?;
+                let (client, conn) = pg.connect(NoTls).await.map_err(pg_err)?;
+                let driver = tokio::spawn(conn);
+                client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {s}")).await.map_err(pg_err)?;
+                drop(client);
+                let _ = driver.await;
+                pg.options(format!("-c search_path={s}"));
+                format!("ferry_wake_{s}")
+            }
+            None => "ferry_wake".to_string(),
+        };
+        let mgr = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(config.pool_size)
+            .build()
+            .map_err(|e| Error::internal(format!("cannot build the connection pool: {e}")))?;
+        {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            schema::migrate(&mut client).await?;
+        }
+        let notifier = Notifier::new();
+        let listener = tokio::spawn(listen(pg, channel.clone(), notifier.clone()));
+        Ok(PgStore {
+            pool,
+            notifier,
+            clock,
+            limits: Arc::new(config.limits),
+            channel,
+            fallback_poll: Duration::from_millis(config.fallback_poll_ms),
+            listener,
+        })
+    }
+
+    /// Drops a schema and everything in it (test clean-up).
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+        valid_schema(schema)?;
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(pg_err)?;
+        let driver = tokio::spawn(conn);
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.map_err(pg_err)?;
+        drop(client);
+        let _ = driver.await;
+        Ok(())
+    }
+
+    /// Runs `f` in one transaction, then announces its wake-ups on this node and, through
+    /// `pg_notify` inside the same transaction, on every other node.
+    async fn tx<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'a> FnOnce(
+            &'a tokio_postgres::Transaction<'a>,
+            i64,
+            &'a mut jobs::Wakes,
+        ) -> futures_util::future::BoxFuture<'a, Result<T>>,
+    {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let mut wakes = jobs::Wakes::default();
+        let now = self.clock.now_ms();
+        let out = f(&tx, now, &mut wakes).await?;
+        if !wakes.queues.is_empty() {
+            tx.execute(
+                "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q",
+                &[&self.channel, &wakes.queues],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        for q in &wakes.queues {
+            self.notifier.wake(q);
+        }
+        if let Some(d) = wakes.due {
+            self.notifier.due_at(d);
+        }
+        Ok(out)
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'a> FnOnce(&'a tokio_postgres::Client) -> futures_util::future::BoxFuture<'a, Result<T>>,
+    {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        f(&client).await
+    }
+}
+
+/// Keeps one `LISTEN` connection per node, reconnecting after failures, and turns each
+/// notification into a local wake-up of its queue.
+async fn listen(pg: tokio_postgres::Config, channel: String, notifier: Arc<Notifier>) {
+    use futures_util::StreamExt;
+    loop {
+        match pg.connect(NoTls).await {
+            Ok((client, mut conn)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(msg) = stream.next().await {
+                        match msg {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                if tx.send(n.payload().to_string()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+                if client.batch_execute(&format!("LISTEN {channel}")).await.is_ok() {
+                    while let Some(queue) = rx.recv().await {
+                        notifier.wake(&queue);
+                    }
+                }
+                driver.abort();
+                tracing::warn!("PostgreSQL LISTEN connection lost; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the PostgreSQL LISTEN connection; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+macro_rules! boxed {
+    ($body:expr) => {
+        Box::pin(async move { $body })
+    };
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
+    }
+
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn fallback_poll(&self) -> Option<Duration> {
+        Some(self.fallback_poll)
+    }
+
+    async fn enqueue(&self, new: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
+        self.tx(move |tx, now, w| boxed!(jobs::enqueue(tx, now, new, w).await)).await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        assert!(req.max >= 1, "claim max is validated above the store");
+        self.tx(move |tx, now, _| boxed!(jobs::claim(tx, now, &req).await)).await
+    }
+
+    async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
+        let lease = lease.to_string();
+        self.tx(move |tx, now, _| boxed!(jobs::heartbeat(tx, now, id, &lease, extend_ms).await)).await
+    }
+
+    async fn release(&self, id: Uuid, lease: &str) -> Result<JobState> {
+        let lease = lease.to_string();
+        self.tx(move |tx, now, w| boxed!(jobs::release(tx, now, id, &lease, w).await)).await
+    }
+
+    async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
+        self.tx(move |tx, now, w| {
+            boxed!({
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(match jobs::complete(tx, now, item, w).await {
+                        Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                            return Err(e);
+                        }
+                        r => r,
+                    });
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
+        let limits = self.limits.clone();
+        self.tx(move |tx, now, w| {
+            boxed!({
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    let u: f64 = rand::random();
+                    out.push(match jobs::fail(tx, now, item, &limits, u, w).await {
+                        Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                            return Err(e);
+                        }
+                        r => r,
+                    });
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
+        let reason = reason.to_string();
+        self.tx(move |tx, now, _| boxed!(jobs::cancel(tx, now, id, &reason).await)).await
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Job> {
+        self.read(move |c| boxed!(jobs::get(c, id).await)).await
+    }
+
+    async fn list_jobs(&self, filter: JobFilter, limit: usize, cursor: Option<String>) -> Result<Page<Job>> {
+        let cursor = cursor
+            .map(|c| {
+                c.parse::<i64>().map_err(|_| Error::invalid("cursor", "not a cursor returned by this server"))
+            })
+            .transpose()?;
+        self.read(move |c| boxed!(jobs::list(c, &filter, limit, cursor).await)).await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        let now = self.clock.now_ms();
+        self.read(move |c| boxed!(jobs::stats(c, now).await)).await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let queue = queue.to_string();
+        self.tx(move |tx, now, w| boxed!(jobs::set_paused(tx, now, &queue, paused, w).await)).await
+    }
+
+    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
+        self.tx(move |tx, now, w| boxed!(jobs::replay(tx, now, &selector, max, w).await)).await
+    }
+
+    async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {
+        self.tx(move |tx, _, _| boxed!(jobs::purge(tx, &selector, max).await)).await
+    }
+
+    async fn reap_expired(&self, max: usize) -> Result<ReapOutcome> {
+        let limits = self.limits.clone();
+        self.tx(move |tx, now, w| boxed!(jobs::reap(tx, now, max, &limits, w).await)).await
+    }
+
+    async fn promote_due(&self, max: usize) -> Result<u64> {
+        self.tx(move |tx, now, w| boxed!(jobs::promote(tx, now, max, w).await)).await
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<i64>> {
+        self.read(|c| boxed!(jobs::next_due(c).await)).await
+    }
+
+    async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
+        self.tx(move |tx, _, _| boxed!(jobs::prune(tx, before_ms, max).await)).await
+    }
+
+    async fn check_invariants(&self) -> Result<Vec<String>> {
+        self.read(|c| boxed!(jobs::invariants(c).await)).await
+    }
+
+    async fn close(&self) {
+        self.listener.abort();
+        self.pool.close();
+    }
+}

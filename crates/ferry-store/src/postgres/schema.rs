@@ -1,0 +1,104 @@
+//! PostgreSQL schema and migrations: applied at start under an advisory lock so nodes that
+//! start together do not race, and a schema newer than this build is refused.
+//!
+//! Table registry (kept in step with the SQLite schema): `ferry_meta`, `jobs`, `job_deps`,
+//! `queues`. Unlike SQLite, several processes write here, so counts per state come from an
+//! index (`jobs_state_queue`), not from memory.
+
+use super::pg_err;
+use ferry_core::{Error, ErrorCode, Result};
+
+/// Migrations in order; index + 1 is the schema version after applying it.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    seq              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               UUID NOT NULL UNIQUE,
+    queue            TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    priority         INTEGER NOT NULL,
+    run_at           BIGINT NOT NULL,
+    payload          TEXT NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    backoff_base_ms  BIGINT NOT NULL,
+    backoff_factor   DOUBLE PRECISION NOT NULL,
+    backoff_max_ms   BIGINT NOT NULL,
+    backoff_jitter   DOUBLE PRECISION NOT NULL,
+    lease_ms         BIGINT NOT NULL,
+    unique_key       TEXT,
+    tags             TEXT,
+    depends_on       TEXT,
+    pending_deps     INTEGER NOT NULL DEFAULT 0,
+    has_dependants   BOOLEAN NOT NULL DEFAULT FALSE,
+    lease            TEXT,
+    lease_expires_at BIGINT,
+    worker           TEXT,
+    result           TEXT,
+    errors           TEXT,
+    cancel_reason    TEXT,
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    started_at       BIGINT,
+    finished_at      BIGINT
+);
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at, seq) WHERE state = 'ready';
+CREATE INDEX jobs_running ON jobs (lease_expires_at) WHERE state = 'running';
+CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE state = 'scheduled';
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state IN ('completed', 'cancelled');
+CREATE INDEX jobs_dead ON jobs (queue, seq) WHERE state = 'dead';
+CREATE INDEX jobs_waiting ON jobs (seq) WHERE state = 'waiting';
+CREATE INDEX jobs_state_queue ON jobs (state, queue);
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state NOT IN ('completed', 'dead', 'cancelled');
+CREATE TABLE job_deps (
+    dep_seq BIGINT NOT NULL,
+    job_seq BIGINT NOT NULL,
+    PRIMARY KEY (dep_seq, job_seq)
+);
+CREATE TABLE queues (
+    name       TEXT PRIMARY KEY,
+    paused     BOOLEAN NOT NULL DEFAULT FALSE,
+    updated_at BIGINT NOT NULL
+);
+"#];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Advisory lock key serializing migrations across nodes ("ferry" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
+
+/// Brings the schema to [`SCHEMA_VERSION`] under an advisory lock, or refuses a newer one.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<()> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_err)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS ferry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        .await
+        .map_err(pg_err)?;
+    let current: i64 = tx
+        .query_opt("SELECT value FROM ferry_meta WHERE key = 'schema_version'", &[])
+        .await
+        .map_err(pg_err)?
+        .map(|r| r.get::<_, String>(0).parse().unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::new(
+            ErrorCode::SchemaTooNew,
+            format!(
+                "this database has schema version {current}, written by a newer ferry; this build knows \
+                 versions up to {SCHEMA_VERSION}. Upgrade ferry to open it."
+            ),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(sql).await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO ferry_meta (key, value) VALUES ('schema_version', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&(i as i64 + 1).to_string()],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
+    tx.commit().await.map_err(pg_err)
+}
