@@ -9,7 +9,7 @@ mod conformance;
 
 use conformance::Harness;
 use ferry_core::ManualClock;
-use ferry_store::{PgConfig, PgStore};
+use ferry_store::{PgConfig, PgStore, Store};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -58,3 +58,124 @@ async fn harness(clock: Arc<ManualClock>) -> Option<Harness> {
 }
 
 conformance_tests!(harness);
+
+// ---------- PostgreSQL-only: several nodes on one database ----------
+
+/// Opens `n` stores (nodes) on one fresh schema; None when PostgreSQL is absent and optional.
+async fn nodes(n: usize, fallback_poll_ms: u64) -> Option<(Vec<Arc<PgStore>>, SchemaGuard)> {
+    let clock = ManualClock::new(conformance::T0);
+    let h = harness(clock.clone()).await?;
+    let guard = *h.guard.downcast::<SchemaGuard>().expect("postgres guard");
+    h.store.close().await;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut cfg = PgConfig::new(url());
+        cfg.schema = Some(guard.0.clone());
+        cfg.fallback_poll_ms = fallback_poll_ms;
+        out.push(Arc::new(PgStore::open(cfg, clock.clone()).await.unwrap()));
+    }
+    Some((out, guard))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_on_one_node_wakes_a_claimer_on_another() {
+    // A 60 s fallback poll: only the notification can wake the claimer in time.
+    let Some((nodes, _guard)) = nodes(2, 60_000).await else { return };
+    let (a, b) = (nodes[0].clone(), nodes[1].clone());
+    let waiter = tokio::spawn(async move {
+        let req = ferry_core::ClaimRequest { queue: "x".into(), worker: "w".into(), max: 1, lease_ms: None };
+        let jobs =
+            ferry_store::claim_wait(b.as_ref(), req, std::time::Duration::from_secs(30)).await.unwrap();
+        (jobs, std::time::Instant::now())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sent = std::time::Instant::now();
+    a.enqueue(vec![conformance::job("x")]).await.unwrap();
+    let (jobs, got) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await.unwrap().unwrap();
+    assert_eq!(jobs.len(), 1);
+    let latency = got.duration_since(sent);
+    assert!(latency < std::time::Duration::from_millis(500), "cross-node wake-up took {latency:?}");
+    for n in nodes {
+        n.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_once_and_newer_schemas_are_refused() {
+    let Some((first, guard)) = nodes(1, 1_000).await else { return };
+    first[0].close().await;
+    // Four nodes open the same schema at once: the advisory lock serializes them.
+    let opens = (0..4).map(|_| {
+        let mut cfg = PgConfig::new(url());
+        cfg.schema = Some(guard.0.clone());
+        PgStore::open(cfg, ManualClock::new(conformance::T0))
+    });
+    for r in futures_util::future::join_all(opens).await {
+        r.expect("concurrent open").close().await;
+    }
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let table = format!("{}.ferry_meta", guard.0);
+    let v: String = client
+        .query_one(&format!("SELECT value FROM {table} WHERE key = 'schema_version'"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, ferry_store::postgres::schema::SCHEMA_VERSION.to_string());
+    client
+        .execute(&format!("UPDATE {table} SET value = '999' WHERE key = 'schema_version'"), &[])
+        .await
+        .unwrap();
+    let mut cfg = PgConfig::new(url());
+    cfg.schema = Some(guard.0.clone());
+    let err =
+        PgStore::open(cfg, ManualClock::new(conformance::T0)).await.err().expect("a newer schema is refused");
+    assert_eq!(err.code, ferry_core::ErrorCode::SchemaTooNew);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimers_on_three_nodes_lease_each_job_once() {
+    let Some((nodes, _guard)) = nodes(3, 1_000).await else { return };
+    for _ in 0..5 {
+        let batch = (0..1_000).map(|_| conformance::job("m")).collect();
+        nodes[0].enqueue(batch).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..12 {
+        let node = nodes[w % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let req = ferry_core::ClaimRequest {
+                    queue: "m".into(),
+                    worker: format!("w{w}"),
+                    max: 25,
+                    lease_ms: None,
+                };
+                let jobs = node.claim(req).await.unwrap();
+                if jobs.is_empty() {
+                    return seen;
+                }
+                let items = jobs
+                    .iter()
+                    .map(|j| ferry_core::CompleteItem { id: j.id, lease: j.lease.clone(), result: None })
+                    .collect();
+                for r in node.complete(items).await.unwrap() {
+                    r.unwrap();
+                }
+                seen.extend(jobs.into_iter().map(|j| j.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!((all.len(), unique.len()), (5_000, 5_000), "every job leased exactly once across nodes");
+    assert!(nodes[1].check_invariants().await.unwrap().is_empty());
+    for n in nodes {
+        n.close().await;
+    }
+}
