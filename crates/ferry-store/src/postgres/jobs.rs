@@ -6,6 +6,7 @@
 //! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
 
 use super::pg_err;
+use deadpool_postgres::{ClientWrapper as Client, Transaction};
 use ferry_core::validate::truncate_error;
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
@@ -14,7 +15,7 @@ use ferry_core::{
 };
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 /// Queues to wake and the earliest new due time, announced after commit.
@@ -72,7 +73,8 @@ pub async fn enqueue(
     w: &mut Wakes,
 ) -> Result<Vec<EnqueueOutcome>> {
     let batch = jobs.len() > 1;
-    let find_dep = tx.prepare("SELECT seq, state FROM jobs WHERE id = $1 FOR SHARE").await.map_err(pg_err)?;
+    let find_dep =
+        tx.prepare_cached("SELECT seq, state FROM jobs WHERE id = $1 FOR SHARE").await.map_err(pg_err)?;
     let find_unique = tx
         .prepare(&format!("SELECT id FROM jobs WHERE unique_key = $1 AND state NOT IN {FINISHED}"))
         .await
@@ -170,14 +172,23 @@ pub async fn enqueue(
             let seq: i64 = row.get(0);
             for dep_seq in pending {
                 tx.execute(
-                    "INSERT INTO job_deps (dep_seq, job_seq) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &tx.prepare_cached(
+                        "INSERT INTO job_deps (dep_seq, job_seq) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .await
+                    .map_err(pg_err)?,
                     &[&dep_seq, &seq],
                 )
                 .await
                 .map_err(pg_err)?;
-                tx.execute("UPDATE jobs SET has_dependants = TRUE WHERE seq = $1", &[&dep_seq])
-                    .await
-                    .map_err(pg_err)?;
+                tx.execute(
+                    &tx.prepare_cached("UPDATE jobs SET has_dependants = TRUE WHERE seq = $1")
+                        .await
+                        .map_err(pg_err)?,
+                    &[&dep_seq],
+                )
+                .await
+                .map_err(pg_err)?;
             }
         }
         match state {
@@ -232,7 +243,10 @@ pub async fn claim(tx: &Transaction<'_>, now: i64, req: &ClaimRequest) -> Result
 }
 
 async fn lease_failure(tx: &Transaction<'_>, id: Uuid) -> Result<Error> {
-    let exists = tx.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id]).await.map_err(pg_err)?;
+    let exists = tx
+        .query_opt(&tx.prepare_cached("SELECT 1 FROM jobs WHERE id = $1").await.map_err(pg_err)?, &[&id])
+        .await
+        .map_err(pg_err)?;
     Ok(if exists.is_some() { Error::stale_lease(id) } else { Error::job_not_found(id) })
 }
 
@@ -336,7 +350,12 @@ async fn resolve_dependants(tx: &Transaction<'_>, now: i64, dep_seq: i64, w: &mu
         )
         .await
         .map_err(pg_err)?;
-    tx.execute("DELETE FROM job_deps WHERE dep_seq = $1", &[&dep_seq]).await.map_err(pg_err)?;
+    tx.execute(
+        &tx.prepare_cached("DELETE FROM job_deps WHERE dep_seq = $1").await.map_err(pg_err)?,
+        &[&dep_seq],
+    )
+    .await
+    .map_err(pg_err)?;
     for r in rows {
         match r.get::<_, &str>(0) {
             "ready" => w.wake(r.get::<_, &str>(1)),
@@ -367,7 +386,12 @@ async fn cancel_dependants(
             )
             .await
             .map_err(pg_err)?;
-        tx.execute("DELETE FROM job_deps WHERE dep_seq = $1", &[&seq]).await.map_err(pg_err)?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM job_deps WHERE dep_seq = $1").await.map_err(pg_err)?,
+            &[&seq],
+        )
+        .await
+        .map_err(pg_err)?;
         for r in rows {
             if r.get::<_, bool>(2) {
                 stack.push((r.get(0), r.get(1), JobState::Cancelled));
@@ -466,9 +490,13 @@ pub async fn fail(
         if delay > 0 { (JobState::Scheduled, now + delay) } else { (JobState::Ready, now) }
     };
     tx.execute(
-        "UPDATE jobs SET state = $1, run_at = $2, lease_expires_at = NULL, errors = $3, updated_at = $4,
+        &tx.prepare_cached(
+            "UPDATE jobs SET state = $1, run_at = $2, lease_expires_at = NULL, errors = $3, updated_at = $4,
             finished_at = $5
          WHERE seq = $6",
+        )
+        .await
+        .map_err(pg_err)?,
         &[&state.as_str(), &run_at, &errors, &now, &(state == JobState::Dead).then_some(now), &job.seq],
     )
     .await
@@ -503,10 +531,9 @@ pub async fn cancel(tx: &Transaction<'_>, now: i64, id: Uuid, reason: &str) -> R
         }
         JobState::Scheduled | JobState::Waiting | JobState::Ready => {}
     }
-    tx.execute(
-        "UPDATE jobs SET state = 'cancelled', cancel_reason = $1, pending_deps = 0, lease = NULL, finished_at = $2,
+    tx.execute(&tx.prepare_cached("UPDATE jobs SET state = 'cancelled', cancel_reason = $1, pending_deps = 0, lease = NULL, finished_at = $2,
             updated_at = $2
-         WHERE seq = $3",
+         WHERE seq = $3").await.map_err(pg_err)?,
         &[&reason, &now, &job.seq],
     )
     .await
@@ -599,8 +626,12 @@ pub async fn promote(tx: &Transaction<'_>, now: i64, max: usize, w: &mut Wakes) 
 /// Deletes finished jobs older than `before_ms`, at most `max`.
 pub async fn prune(tx: &Transaction<'_>, before_ms: i64, max: usize) -> Result<u64> {
     tx.execute(
-        "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN ('completed', 'cancelled')
+        &tx.prepare_cached(
+            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN ('completed', 'cancelled')
             AND finished_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .await
+        .map_err(pg_err)?,
         &[&before_ms, &(max as i64)],
     )
     .await
@@ -615,16 +646,14 @@ async fn dead_rows(
     let rows = match selector {
         DeadSelector::Ids(ids) => {
             let ids: Vec<Uuid> = ids.iter().take(max).copied().collect();
-            tx.query(
-                "SELECT seq, id, queue FROM jobs WHERE id = ANY($1) AND state = 'dead' ORDER BY seq FOR UPDATE",
+            tx.query(&tx.prepare_cached("SELECT seq, id, queue FROM jobs WHERE id = ANY($1) AND state = 'dead' ORDER BY seq FOR UPDATE").await.map_err(pg_err)?,
                 &[&ids],
             )
             .await
         }
         DeadSelector::Queue(q) => {
-            tx.query(
-                "SELECT seq, id, queue FROM jobs WHERE queue = $1 AND state = 'dead' ORDER BY seq LIMIT $2
-                 FOR UPDATE SKIP LOCKED",
+            tx.query(&tx.prepare_cached("SELECT seq, id, queue FROM jobs WHERE queue = $1 AND state = 'dead' ORDER BY seq LIMIT $2
+                 FOR UPDATE SKIP LOCKED").await.map_err(pg_err)?,
                 &[q, &(max.min(i64::MAX as usize) as i64)],
             )
             .await
@@ -644,9 +673,8 @@ pub async fn replay(
 ) -> Result<Vec<Uuid>> {
     let rows = dead_rows(tx, selector, max).await?;
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    tx.execute(
-        "UPDATE jobs SET state = 'ready', attempt = 0, lease = NULL, run_at = $1, finished_at = NULL, updated_at = $1
-         WHERE seq = ANY($2)",
+    tx.execute(&tx.prepare_cached("UPDATE jobs SET state = 'ready', attempt = 0, lease = NULL, run_at = $1, finished_at = NULL, updated_at = $1
+         WHERE seq = ANY($2)").await.map_err(pg_err)?,
         &[&now, &seqs],
     )
     .await
@@ -666,8 +694,15 @@ pub async fn replay(
 pub async fn purge(tx: &Transaction<'_>, selector: &DeadSelector, max: usize) -> Result<u64> {
     let rows = dead_rows(tx, selector, max).await?;
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    tx.execute("DELETE FROM jobs WHERE seq = ANY($1)", &[&seqs]).await.map_err(pg_err)?;
-    tx.execute("DELETE FROM job_deps WHERE dep_seq = ANY($1)", &[&seqs]).await.map_err(pg_err)?;
+    tx.execute(&tx.prepare_cached("DELETE FROM jobs WHERE seq = ANY($1)").await.map_err(pg_err)?, &[&seqs])
+        .await
+        .map_err(pg_err)?;
+    tx.execute(
+        &tx.prepare_cached("DELETE FROM job_deps WHERE dep_seq = ANY($1)").await.map_err(pg_err)?,
+        &[&seqs],
+    )
+    .await
+    .map_err(pg_err)?;
     Ok(rows.len() as u64)
 }
 
@@ -680,8 +715,12 @@ pub async fn set_paused(
     w: &mut Wakes,
 ) -> Result<()> {
     tx.execute(
-        "INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3)
+        &tx.prepare_cached(
+            "INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3)
          ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+        )
+        .await
+        .map_err(pg_err)?,
         &[&queue, &paused, &now],
     )
     .await
@@ -734,8 +773,13 @@ fn job_from_row(r: &Row) -> Result<(i64, Job)> {
 
 /// One job by id.
 pub async fn get(c: &Client, id: Uuid) -> Result<Job> {
-    let row =
-        c.query_opt(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"), &[&id]).await.map_err(pg_err)?;
+    let row = c
+        .query_opt(
+            &c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1")).await.map_err(pg_err)?,
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?;
     match row {
         Some(r) => Ok(job_from_row(&r)?.1),
         None => Err(Error::job_not_found(id)),
@@ -749,8 +793,13 @@ pub async fn list(c: &Client, filter: &JobFilter, limit: usize, cursor: Option<i
         sql.push_str(&format!(" AND state = '{}'", state.as_str()));
     }
     sql.push_str(" ORDER BY seq LIMIT $3");
-    let rows =
-        c.query(&sql, &[&cursor.unwrap_or(0), &filter.queue, &(limit as i64 + 1)]).await.map_err(pg_err)?;
+    let rows = c
+        .query(
+            &c.prepare_cached(&sql).await.map_err(pg_err)?,
+            &[&cursor.unwrap_or(0), &filter.queue, &(limit as i64 + 1)],
+        )
+        .await
+        .map_err(pg_err)?;
     let more = rows.len() > limit;
     let mut items = Vec::with_capacity(limit.min(rows.len()));
     let mut last = 0;
@@ -771,8 +820,15 @@ pub async fn stats(c: &Client, now: i64) -> Result<Vec<QueueStats>> {
         oldest_ready_age_ms: None,
         paused: false,
     };
-    for r in
-        c.query("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state", &[]).await.map_err(pg_err)?
+    for r in c
+        .query(
+            &c.prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")
+                .await
+                .map_err(pg_err)?,
+            &[],
+        )
+        .await
+        .map_err(pg_err)?
     {
         let q: String = r.get(0);
         let st = state_of(r.get(1))?;
@@ -788,7 +844,11 @@ pub async fn stats(c: &Client, now: i64) -> Result<Vec<QueueStats>> {
         by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).oldest_ready_age_ms =
             Some((now - oldest).max(0));
     }
-    for r in c.query("SELECT name, paused FROM queues", &[]).await.map_err(pg_err)? {
+    for r in c
+        .query(&c.prepare_cached("SELECT name, paused FROM queues").await.map_err(pg_err)?, &[])
+        .await
+        .map_err(pg_err)?
+    {
         let q: String = r.get(0);
         by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).paused = r.get(1);
     }
@@ -797,8 +857,15 @@ pub async fn stats(c: &Client, now: i64) -> Result<Vec<QueueStats>> {
 
 /// Earliest run_at of scheduled jobs.
 pub async fn next_due(c: &Client) -> Result<Option<i64>> {
-    let r =
-        c.query_one("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'", &[]).await.map_err(pg_err)?;
+    let r = c
+        .query_one(
+            &c.prepare_cached("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'")
+                .await
+                .map_err(pg_err)?,
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
     Ok(r.get(0))
 }
 

@@ -156,7 +156,7 @@ impl PgStore {
     async fn tx<T, F>(&self, f: F) -> Result<T>
     where
         F: for<'a> FnOnce(
-            &'a tokio_postgres::Transaction<'a>,
+            &'a deadpool_postgres::Transaction<'a>,
             i64,
             &'a mut jobs::Wakes,
         ) -> futures_util::future::BoxFuture<'a, Result<T>>,
@@ -186,7 +186,9 @@ impl PgStore {
 
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
-        F: for<'a> FnOnce(&'a tokio_postgres::Client) -> futures_util::future::BoxFuture<'a, Result<T>>,
+        F: for<'a> FnOnce(
+            &'a deadpool_postgres::ClientWrapper,
+        ) -> futures_util::future::BoxFuture<'a, Result<T>>,
     {
         let client = self.pool.get().await.map_err(pool_err)?;
         f(&client).await
