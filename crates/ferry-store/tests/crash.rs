@@ -28,6 +28,7 @@ async fn sigkill_loses_no_acknowledged_write() {
             .spawn()
             .expect("start child");
         let stdout = child.stdout.take().unwrap();
+        let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut lines = Vec::new();
@@ -35,14 +36,18 @@ async fn sigkill_loses_no_acknowledged_write() {
             while r.read_line(&mut line).unwrap_or(0) > 0 {
                 if line.ends_with('\n') {
                     lines.push(std::mem::take(&mut line));
+                    let _ = first_tx.send(());
                 } // a torn last line was never a full promise
             }
             lines
         });
+        // The kill lands at a random moment of the load, counted from the first acknowledged
+        // write (the child's start-up time varies with the machine's load and the file's size).
+        first_rx.recv_timeout(Duration::from_secs(60)).expect("the child acknowledged a write");
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let wait_ms = 80 + seed % 400;
+        let wait_ms = 20 + seed % 400;
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         child.kill().expect("SIGKILL child");
         child.wait().unwrap();
