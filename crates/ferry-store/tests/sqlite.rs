@@ -47,3 +47,15 @@ async fn newer_schema_is_refused() {
     assert_eq!(err.code, ErrorCode::SchemaTooNew);
     assert!(err.message.contains("999"), "{}", err.message);
 }
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let first = SqliteStore::open(SqliteConfig::new(&path), clock.clone()).unwrap();
+    let err = SqliteStore::open(SqliteConfig::new(&path), clock.clone()).err().expect("refused while open");
+    assert!(err.message.contains("in use"), "{}", err.message);
+    first.close().await;
+    SqliteStore::open(SqliteConfig::new(&path), clock).unwrap().close().await;
+}

@@ -79,6 +79,36 @@ pub struct SqliteStore {
     limits: Arc<Limits>,
     counts: Arc<CountsCell>,
     checkpointer: Checkpointer,
+    /// Held while open: one process per database file (the in-memory counts rely on it).
+    lock: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+/// The lock file beside a database (`<db>.lock`).
+pub fn lock_path(db: &std::path::Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Takes the database's exclusive process lock, or says who holds it.
+pub fn lock_file(db: &std::path::Path) -> Result<std::fs::File> {
+    let path = lock_path(db);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::unavailable(format!("cannot open lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
+            ErrorCode::Unavailable,
+            format!("database {} is in use by another ferry process", db.display()),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::unavailable(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 /// Copies the WAL back into the database from its own thread, so the writer never pays for
@@ -162,6 +192,7 @@ impl SqliteStore {
                 )
             })?;
         }
+        let lock = lock_file(&config.path)?;
         let mut conn =
             open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         let sync = match config.synchronous {
@@ -199,6 +230,7 @@ impl SqliteStore {
             limits: Arc::new(config.limits),
             counts,
             checkpointer,
+            lock: std::sync::Mutex::new(Some(lock)),
         })
     }
 
@@ -373,5 +405,6 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.checkpointer.close().await;
         self.writer.close().await;
+        self.lock.lock().expect("lock handle").take();
     }
 }
