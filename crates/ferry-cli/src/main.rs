@@ -5,6 +5,7 @@
 
 mod bench;
 mod commands;
+mod migrate;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ enum Command {
     },
     /// Benchmark a live server: enqueue in batches, then work the jobs with SDK workers.
     Bench(bench::BenchArgs),
+    /// Copy a SQLite database into PostgreSQL (batches, progress, verification, --resume).
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Options of `ferry serve`; each overrides `ferry.toml` and its `FERRY_*` variable.
@@ -156,6 +159,7 @@ async fn main() {
         Command::Dlq { cmd } => commands::dlq(cmd).await,
         Command::Queues { cmd } => commands::queues(cmd).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
     };
     std::process::exit(code);
 }

@@ -51,7 +51,7 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
 }
 
 /// The URL without its password, for logs.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];

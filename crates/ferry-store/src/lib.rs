@@ -5,6 +5,7 @@
 //! the server, the maintenance loops and the long-poll claim only see `dyn Store`.
 
 pub mod maintenance;
+pub mod migrate;
 pub mod notify;
 pub mod postgres;
 pub mod sqlite;

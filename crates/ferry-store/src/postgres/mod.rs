@@ -71,7 +71,11 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
             let s = c.code();
             s.starts_with("08") || s.starts_with("57P") || s == "53300" || s == "40001" || s == "40P01"
         })
-        || e.code().is_none();
+        || (e.code().is_none() && {
+            // No SQLSTATE: a connection-level failure, unless it is our own (de)serialization.
+            let msg = e.to_string();
+            !msg.starts_with("error serializing") && !msg.starts_with("error deserializing")
+        });
     if transient {
         Error::unavailable(format!("database unavailable: {e}"))
     } else {

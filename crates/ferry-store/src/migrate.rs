@@ -1,0 +1,450 @@
+//! `ferry migrate`: copies a SQLite database into PostgreSQL, table by table, in batches,
+//! then verifies row counts and checksums per table.
+//!
+//! [`TABLES`] is the one registry of migrated tables; a test compares it with the tables both
+//! schemas really have, so a table added later cannot be forgotten here. The copy is
+//! resumable: with `resume`, each table continues after the highest key already copied (small
+//! tables are copied again whole); without it a non-empty target is refused.
+
+use crate::postgres::{PgConfig, PgStore, pg_err};
+use crate::sqlite::{db_err, lock_file};
+use ferry_core::{Clock, Error, ErrorCode, Result, SystemClock};
+use rusqlite::OpenFlags;
+use std::path::Path;
+use std::sync::Arc;
+use tokio_postgres::types::ToSql;
+
+/// How a column is stored, so values cross between the two databases unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Col {
+    /// 64-bit integer (SQLite INTEGER, PostgreSQL BIGINT).
+    I64,
+    /// 32-bit integer (PostgreSQL INTEGER).
+    I32,
+    /// Boolean (SQLite 0/1).
+    Bool,
+    /// Double.
+    F64,
+    /// Text.
+    Text,
+    /// UUID (SQLite 16-byte BLOB).
+    Uuid,
+}
+
+/// One migrated table: its columns in key order first.
+#[derive(Debug)]
+pub struct Table {
+    /// Table name (the same in both schemas).
+    pub name: &'static str,
+    /// Columns with their types.
+    pub columns: &'static [(&'static str, Col)],
+    /// Key columns (a prefix of `columns`), the copy order.
+    pub key: &'static [&'static str],
+    /// Large tables resume after the last copied key; small ones are copied again whole.
+    pub resumable: bool,
+}
+
+use Col::*;
+
+/// Every table ferry keeps, except `ferry_meta` (each database keeps its own schema version).
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "jobs",
+        columns: &[
+            ("seq", I64),
+            ("id", Uuid),
+            ("queue", Text),
+            ("state", Text),
+            ("priority", I32),
+            ("run_at", I64),
+            ("payload", Text),
+            ("attempt", I32),
+            ("max_attempts", I32),
+            ("backoff_base_ms", I64),
+            ("backoff_factor", F64),
+            ("backoff_max_ms", I64),
+            ("backoff_jitter", F64),
+            ("lease_ms", I64),
+            ("unique_key", Text),
+            ("tags", Text),
+            ("depends_on", Text),
+            ("pending_deps", I32),
+            ("has_dependants", Bool),
+            ("lease", Text),
+            ("lease_expires_at", I64),
+            ("worker", Text),
+            ("result", Text),
+            ("errors", Text),
+            ("cancel_reason", Text),
+            ("created_at", I64),
+            ("updated_at", I64),
+            ("started_at", I64),
+            ("finished_at", I64),
+        ],
+        key: &["seq"],
+        resumable: true,
+    },
+    Table {
+        name: "job_deps",
+        columns: &[("dep_seq", I64), ("job_seq", I64)],
+        key: &["dep_seq", "job_seq"],
+        resumable: false,
+    },
+    Table {
+        name: "queues",
+        columns: &[("name", Text), ("paused", Bool), ("updated_at", I64)],
+        key: &["name"],
+        resumable: false,
+    },
+];
+
+/// Tables that exist in both schemas but are deliberately not copied, with the reason.
+pub const NOT_COPIED: &[(&str, &str)] = &[("ferry_meta", "each database records its own schema version")];
+
+/// One value in transit.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Null(Col),
+    I64(i64),
+    I32(i32),
+    Bool(bool),
+    F64(f64),
+    Text(String),
+    Uuid(uuid::Uuid),
+}
+
+impl Val {
+    fn to_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Val::Null(c) => null_of(*c),
+            Val::I64(v) => v,
+            Val::I32(v) => v,
+            Val::Bool(v) => v,
+            Val::F64(v) => v,
+            Val::Text(v) => v,
+            Val::Uuid(v) => v,
+        }
+    }
+
+    /// Canonical bytes for the checksum: equal values give equal bytes on both sides.
+    fn feed(&self, h: &mut Fnv) {
+        match self {
+            Val::Null(_) => h.write(b"N"),
+            Val::I64(v) => h.write(format!("i{v}").as_bytes()),
+            Val::I32(v) => h.write(format!("i{v}").as_bytes()),
+            Val::Bool(v) => h.write(if *v { b"t" } else { b"f" }),
+            Val::F64(v) => h.write(format!("f{:x}", v.to_bits()).as_bytes()),
+            Val::Text(v) => {
+                h.write(format!("s{}:", v.len()).as_bytes());
+                h.write(v.as_bytes())
+            }
+            Val::Uuid(v) => h.write(v.as_bytes()),
+        }
+        h.write(b"|");
+    }
+}
+
+/// A typed NULL: PostgreSQL checks a parameter's type even when it is NULL.
+fn null_of(col: Col) -> &'static (dyn ToSql + Sync) {
+    static I64_: Option<i64> = None;
+    static I32_: Option<i32> = None;
+    static BOOL_: Option<bool> = None;
+    static F64_: Option<f64> = None;
+    static TEXT_: Option<String> = None;
+    static UUID_: Option<uuid::Uuid> = None;
+    match col {
+        I64 => &I64_,
+        I32 => &I32_,
+        Bool => &BOOL_,
+        F64 => &F64_,
+        Text => &TEXT_,
+        Uuid => &UUID_,
+    }
+}
+
+/// FNV-1a, 64 bit: a fixed, dependency-free checksum of a table's rows in key order.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+fn sqlite_val(row: &rusqlite::Row, i: usize, col: Col) -> Result<Val> {
+    use rusqlite::types::ValueRef;
+    let v = row.get_ref(i).map_err(db_err)?;
+    Ok(match (v, col) {
+        (ValueRef::Null, c) => Val::Null(c),
+        (ValueRef::Integer(n), I64) => Val::I64(n),
+        (ValueRef::Integer(n), I32) => {
+            Val::I32(i32::try_from(n).map_err(|_| Error::internal(format!("{n} overflows i32")))?)
+        }
+        (ValueRef::Integer(n), Bool) => Val::Bool(n != 0),
+        (ValueRef::Integer(n), F64) => Val::F64(n as f64),
+        (ValueRef::Real(f), F64) => Val::F64(f),
+        (ValueRef::Text(t), Text) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+        (ValueRef::Blob(b), Uuid) => Val::Uuid(
+            uuid::Uuid::from_slice(b).map_err(|e| Error::internal(format!("bad stored uuid: {e}")))?,
+        ),
+        (other, c) => {
+            return Err(Error::internal(format!("unexpected SQLite value {other:?} for a {c:?} column")));
+        }
+    })
+}
+
+fn pg_val(row: &tokio_postgres::Row, i: usize, col: Col) -> Val {
+    let opt = match col {
+        I64 => row.get::<_, Option<i64>>(i).map(Val::I64),
+        I32 => row.get::<_, Option<i32>>(i).map(Val::I32),
+        Bool => row.get::<_, Option<bool>>(i).map(Val::Bool),
+        F64 => row.get::<_, Option<f64>>(i).map(Val::F64),
+        Text => row.get::<_, Option<String>>(i).map(Val::Text),
+        Uuid => row.get::<_, Option<uuid::Uuid>>(i).map(Val::Uuid),
+    };
+    opt.unwrap_or(Val::Null(col))
+}
+
+/// What the caller is told while the copy runs.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A table starts: its name, rows in the source, rows already in the target.
+    Table { name: &'static str, total: u64, skipped: u64 },
+    /// More rows of the current table were copied.
+    Rows(u64),
+    /// A table was verified: rows and checksum on both sides.
+    Verified { name: &'static str, rows: u64, checksum: u64 },
+}
+
+/// Options of a migration.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Continue an interrupted copy instead of refusing a non-empty target.
+    pub resume: bool,
+    /// Rows per INSERT.
+    pub batch: usize,
+    /// Target schema (None: the default search path).
+    pub schema: Option<String>,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions { resume: false, batch: 1_000, schema: None }
+    }
+}
+
+/// Per-table outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableReport {
+    /// Table name.
+    pub name: &'static str,
+    /// Rows in the source (and, verified, in the target).
+    pub rows: u64,
+    /// Rows copied by this run.
+    pub copied: u64,
+    /// FNV-1a checksum of the rows in key order, equal on both sides.
+    pub checksum: u64,
+}
+
+/// Copies the SQLite database at `from` into the PostgreSQL database at `to`.
+pub async fn sqlite_to_postgres(
+    from: &Path,
+    to: &str,
+    opts: &MigrateOptions,
+    mut progress: impl FnMut(Progress),
+) -> Result<Vec<TableReport>> {
+    assert!(opts.batch >= 1);
+    if !from.exists() {
+        return Err(Error::invalid("from", format!("no SQLite database at {}", from.display())));
+    }
+    // A running server holds this lock: copying a database that is still changing is refused.
+    let _lock = lock_file(from).map_err(|e| {
+        Error::new(
+            ErrorCode::InvalidState,
+            format!("{}; stop the server first (online migration is not implemented)", e.message),
+        )
+    })?;
+    let src =
+        rusqlite::Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db_err)?;
+    let version: String = src
+        .query_row("SELECT value FROM ferry_meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .map_err(|e| Error::invalid("from", format!("{} is not a ferry database: {e}", from.display())))?;
+    if version != crate::sqlite::schema::SCHEMA_VERSION.to_string() {
+        return Err(Error::invalid(
+            "from",
+            format!(
+                "source schema version {version} is not the one this ferry writes; open it with `ferry serve` first"
+            ),
+        ));
+    }
+    // Create (or check) the target schema through the backend itself.
+    let mut cfg = PgConfig::new(to);
+    cfg.schema = opts.schema.clone();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = PgStore::open(cfg, clock).await?;
+    crate::Store::close(&store).await;
+    let mut pg: tokio_postgres::Config =
+        to.parse().map_err(|e| Error::invalid("to", format!("bad PostgreSQL URL: {e}")))?;
+    if let Some(s) = &opts.schema {
+        pg.options(format!("-c search_path={s}"));
+    }
+    let (mut client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(pg_err)?;
+    let driver = tokio::spawn(conn);
+
+    if !opts.resume {
+        for t in TABLES {
+            let n: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {}", t.name), &[])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if n > 0 {
+                return Err(Error::new(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "the target already has {n} rows in {}; migrate into an empty database, or pass --resume",
+                        t.name
+                    ),
+                ));
+            }
+        }
+    }
+
+    let mut reports = Vec::new();
+    for t in TABLES {
+        let cols: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+        let col_list = cols.join(", ");
+        let key_list = t.key.join(", ");
+        let total: i64 =
+            src.query_row(&format!("SELECT count(*) FROM {}", t.name), [], |r| r.get(0)).map_err(db_err)?;
+        // Where to start: after the last copied key (resumable) or from scratch.
+        let mut after: Option<i64> = None;
+        let mut skipped = 0u64;
+        if opts.resume {
+            if t.resumable {
+                let max: Option<i64> = client
+                    .query_one(&format!("SELECT max({key_list}) FROM {}", t.name), &[])
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                after = max;
+                skipped = client
+                    .query_one(&format!("SELECT count(*) FROM {}", t.name), &[])
+                    .await
+                    .map_err(pg_err)?
+                    .get::<_, i64>(0) as u64;
+            } else {
+                client.execute(&format!("DELETE FROM {}", t.name), &[]).await.map_err(pg_err)?;
+            }
+        }
+        progress(Progress::Table { name: t.name, total: total as u64, skipped });
+        let overriding = if t.name == "jobs" { " OVERRIDING SYSTEM VALUE" } else { "" };
+        let mut copied = 0u64;
+        let mut stmt = src
+            .prepare(&format!(
+                "SELECT {col_list} FROM {} {} ORDER BY {key_list}",
+                t.name,
+                if after.is_some() { format!("WHERE {} > ?1", t.key[0]) } else { String::new() }
+            ))
+            .map_err(db_err)?;
+        let mut rows = match after {
+            Some(a) => stmt.query([a]),
+            None => stmt.query([]),
+        }
+        .map_err(db_err)?;
+        let mut batch: Vec<Vec<Val>> = Vec::with_capacity(opts.batch);
+        loop {
+            let row = rows.next().map_err(db_err)?;
+            if let Some(r) = row {
+                let vals = t
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, c))| sqlite_val(r, i, *c))
+                    .collect::<Result<Vec<_>>>()?;
+                batch.push(vals);
+            }
+            let done = row.is_none();
+            if batch.len() == opts.batch || (done && !batch.is_empty()) {
+                let n = cols.len();
+                let placeholders: Vec<String> = (0..batch.len())
+                    .map(|r| {
+                        format!(
+                            "({})",
+                            (1..=n).map(|c| format!("${}", r * n + c)).collect::<Vec<_>>().join(", ")
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {} ({col_list}){overriding} VALUES {}",
+                    t.name,
+                    placeholders.join(", ")
+                );
+                let params: Vec<&(dyn ToSql + Sync)> = batch.iter().flatten().map(Val::to_sql).collect();
+                let tx = client.transaction().await.map_err(pg_err)?;
+                tx.execute(&sql, &params).await.map_err(pg_err)?;
+                tx.commit().await.map_err(pg_err)?;
+                copied += batch.len() as u64;
+                progress(Progress::Rows(batch.len() as u64));
+                batch.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        if t.name == "jobs" {
+            client
+                .execute("SELECT setval(pg_get_serial_sequence('jobs', 'seq'), GREATEST((SELECT max(seq) FROM jobs), 1))", &[])
+                .await
+                .map_err(pg_err)?;
+        }
+        // Verify: same row count and the same checksum over every row in key order.
+        let mut h_src = Fnv::new();
+        let mut stmt =
+            src.prepare(&format!("SELECT {col_list} FROM {} ORDER BY {key_list}", t.name)).map_err(db_err)?;
+        let mut rows = stmt.query([]).map_err(db_err)?;
+        let mut n_src = 0u64;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            for (i, (_, c)) in t.columns.iter().enumerate() {
+                sqlite_val(r, i, *c)?.feed(&mut h_src);
+            }
+            n_src += 1;
+        }
+        let mut h_dst = Fnv::new();
+        let mut n_dst = 0u64;
+        let no_params: [&(dyn ToSql + Sync); 0] = [];
+        let stream = client
+            .query_raw(
+                &format!("SELECT {col_list} FROM {} ORDER BY {key_list}", t.name),
+                no_params.iter().map(|p| *p as &dyn ToSql),
+            )
+            .await
+            .map_err(pg_err)?;
+        futures_util::pin_mut!(stream);
+        while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream).await.map_err(pg_err)? {
+            for (i, (_, c)) in t.columns.iter().enumerate() {
+                pg_val(&r, i, *c).feed(&mut h_dst);
+            }
+            n_dst += 1;
+        }
+        if n_src != n_dst || h_src.0 != h_dst.0 {
+            return Err(Error::internal(format!(
+                "verification failed for {}: source {n_src} rows (checksum {:016x}), target {n_dst} rows (checksum {:016x})",
+                t.name, h_src.0, h_dst.0
+            )));
+        }
+        progress(Progress::Verified { name: t.name, rows: n_src, checksum: h_src.0 });
+        reports.push(TableReport { name: t.name, rows: n_src, copied, checksum: h_src.0 });
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(reports)
+}
