@@ -111,7 +111,27 @@ pub async fn enqueue(
         resolved.push((pending, cancel_reason));
     }
     let mut out = Vec::with_capacity(jobs.len());
+    let mut simple = SimpleBatch::default();
     for (job, (pending, cancel_reason)) in jobs.into_iter().zip(resolved) {
+        if job.unique_key.is_none() && job.depends_on.is_empty() {
+            // The common case goes into one multi-row insert.
+            let run_at = match job.run_at {
+                RunAt::Now => now,
+                RunAt::At(t) => t,
+                RunAt::Delay(d) => now.saturating_add(d),
+            };
+            let state = if run_at > now { JobState::Scheduled } else { JobState::Ready };
+            match state {
+                JobState::Ready => w.wake(&job.queue),
+                _ => w.due(run_at),
+            }
+            let id = Uuid::now_v7();
+            simple.push(id, job, state, run_at);
+            out.push(EnqueueOutcome { id, duplicate: false });
+            continue;
+        }
+        // Keep insertion order: what was batched so far goes in before this job.
+        simple.flush(tx, now).await?;
         if let Some(key) = &job.unique_key
             && let Some(row) = tx.query_opt(&find_unique, &[key]).await.map_err(pg_err)?
         {
@@ -198,7 +218,86 @@ pub async fn enqueue(
         }
         out.push(EnqueueOutcome { id, duplicate: false });
     }
+    simple.flush(tx, now).await?;
     Ok(out)
+}
+
+/// Jobs without unique key or dependencies, inserted together with one `unnest` statement.
+#[derive(Default)]
+struct SimpleBatch {
+    ids: Vec<Uuid>,
+    queues: Vec<String>,
+    states: Vec<&'static str>,
+    priorities: Vec<i32>,
+    run_ats: Vec<i64>,
+    payloads: Vec<String>,
+    max_attempts: Vec<i32>,
+    base_ms: Vec<i64>,
+    factors: Vec<f64>,
+    max_ms: Vec<i64>,
+    jitters: Vec<f64>,
+    lease_ms: Vec<i64>,
+    tags: Vec<Option<String>>,
+}
+
+impl SimpleBatch {
+    fn push(&mut self, id: Uuid, job: NewJob, state: JobState, run_at: i64) {
+        self.ids.push(id);
+        self.states.push(state.as_str());
+        self.priorities.push(job.priority);
+        self.run_ats.push(run_at);
+        self.payloads.push(job.payload.get().to_string());
+        self.max_attempts.push(job.max_attempts as i32);
+        self.base_ms.push(job.backoff.base_ms);
+        self.factors.push(job.backoff.factor);
+        self.max_ms.push(job.backoff.max_ms);
+        self.jitters.push(job.backoff.jitter.0);
+        self.lease_ms.push(job.lease_ms);
+        self.tags.push(list_json(&job.tags));
+        self.queues.push(job.queue);
+    }
+
+    async fn flush(&mut self, tx: &Transaction<'_>, now: i64) -> Result<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO jobs (id, queue, state, priority, run_at, payload, max_attempts, backoff_base_ms,
+                    backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, tags, created_at, updated_at)
+                 SELECT id, queue, state, priority, run_at, payload, max_attempts, base, factor, max_ms, jitter,
+                    lease_ms, tags, $14, $14
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::int[],
+                    $8::bigint[], $9::float8[], $10::bigint[], $11::float8[], $12::bigint[], $13::text[])
+                    AS x(id, queue, state, priority, run_at, payload, max_attempts, base, factor, max_ms, jitter,
+                         lease_ms, tags)",
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.execute(
+            &stmt,
+            &[
+                &self.ids,
+                &self.queues,
+                &self.states,
+                &self.priorities,
+                &self.run_ats,
+                &self.payloads,
+                &self.max_attempts,
+                &self.base_ms,
+                &self.factors,
+                &self.max_ms,
+                &self.jitters,
+                &self.lease_ms,
+                &self.tags,
+                &now,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        *self = SimpleBatch::default();
+        Ok(())
+    }
 }
 
 /// Leases up to `req.max` ready jobs, best first, skipping rows other claimers hold.
@@ -298,6 +397,52 @@ pub async fn release(
         }
         None => Err(lease_failure(tx, id).await?),
     }
+}
+
+/// Records a batch of completions with one statement; items it did not apply are looked at
+/// one by one (a repeat of an applied completion, a stale lease, an unknown job).
+pub async fn complete_many(
+    tx: &Transaction<'_>,
+    now: i64,
+    items: Vec<CompleteItem>,
+    w: &mut Wakes,
+) -> Result<Vec<Result<()>>> {
+    let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
+    let leases: Vec<&str> = items.iter().map(|i| i.lease.as_str()).collect();
+    let seqs: Vec<i64> = items.iter().map(|i| lease_seq(&i.lease)).collect();
+    let results: Vec<Option<&str>> = items.iter().map(|i| i.result.as_ref().map(|r| r.get())).collect();
+    let rows = tx
+        .query(
+            &tx.prepare_cached(
+                "UPDATE jobs AS j SET state = 'completed', result = x.result, lease_expires_at = NULL,
+                    finished_at = $1, updated_at = $1
+                 FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[]) AS x(id, lease, seq, result)
+                 WHERE j.seq = x.seq AND j.id = x.id AND j.state = 'running' AND j.lease = x.lease
+                    AND j.lease_expires_at > $1
+                 RETURNING j.id, j.lease, j.seq, j.has_dependants",
+            )
+            .await
+            .map_err(pg_err)?,
+            &[&now, &ids, &leases, &seqs, &results],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut done = std::collections::HashSet::with_capacity(rows.len());
+    for r in &rows {
+        done.insert((r.get::<_, Uuid>(0), r.get::<_, String>(1)));
+        if r.get::<_, bool>(3) {
+            resolve_dependants(tx, now, r.get(2), w).await?;
+        }
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        if done.remove(&(item.id, item.lease.clone())) {
+            out.push(Ok(()));
+        } else {
+            out.push(complete(tx, now, item, w).await);
+        }
+    }
+    Ok(out)
 }
 
 /// Records one completion; a repeat with the lease that completed the job succeeds again.

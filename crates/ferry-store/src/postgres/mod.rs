@@ -281,14 +281,11 @@ impl Store for PgStore {
     async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
         self.tx(move |tx, now, w| {
             boxed!({
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    out.push(match jobs::complete(tx, now, item, w).await {
-                        Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
-                            return Err(e);
-                        }
-                        r => r,
-                    });
+                let out = jobs::complete_many(tx, now, items, w).await?;
+                if let Some(Err(e)) = out.iter().find(
+                    |r| matches!(r, Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)),
+                ) {
+                    return Err(e.clone());
                 }
                 Ok(out)
             })
