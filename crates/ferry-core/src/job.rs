@@ -132,6 +132,21 @@ pub struct NewJob {
     pub depends_on: Vec<Uuid>,
     /// Free-form labels for filtering and events.
     pub tags: Vec<String>,
+    /// Set only by imports from other systems (`ferry import-dir`).
+    pub import: Option<Import>,
+}
+
+/// How an imported job arrives; its `unique_key` then dedups against jobs in any state, so
+/// importing the same file twice never creates two jobs.
+#[derive(Debug, Clone)]
+pub enum Import {
+    /// Waiting to run (a queued or a claimed-but-unfinished file).
+    Ready,
+    /// Already done elsewhere, with its result.
+    Completed {
+        /// The recorded result.
+        result: Option<Box<RawValue>>,
+    },
 }
 
 /// What an enqueue did for one job.

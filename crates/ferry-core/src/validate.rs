@@ -243,6 +243,7 @@ impl JobSpec {
             unique_key,
             depends_on,
             tags,
+            import: None,
         })
     }
 }

@@ -113,7 +113,7 @@ pub async fn enqueue(
     let mut out = Vec::with_capacity(jobs.len());
     let mut simple = SimpleBatch::default();
     for (job, (pending, cancel_reason)) in jobs.into_iter().zip(resolved) {
-        if job.unique_key.is_none() && job.depends_on.is_empty() {
+        if job.unique_key.is_none() && job.depends_on.is_empty() && job.import.is_none() {
             // The common case goes into one multi-row insert.
             let run_at = match job.run_at {
                 RunAt::Now => now,
@@ -133,7 +133,15 @@ pub async fn enqueue(
         // Keep insertion order: what was batched so far goes in before this job.
         simple.flush(tx, now).await?;
         if let Some(key) = &job.unique_key
-            && let Some(row) = tx.query_opt(&find_unique, &[key]).await.map_err(pg_err)?
+            && let Some(row) = if job.import.is_some() {
+                let any = tx
+                    .prepare_cached("SELECT id FROM jobs WHERE unique_key = $1 AND unique_key IS NOT NULL ORDER BY seq DESC LIMIT 1")
+                    .await
+                    .map_err(pg_err)?;
+                tx.query_opt(&any, &[key]).await.map_err(pg_err)?
+            } else {
+                tx.query_opt(&find_unique, &[key]).await.map_err(pg_err)?
+            }
         {
             out.push(EnqueueOutcome { id: row.get(0), duplicate: true });
             continue;
@@ -143,7 +151,9 @@ pub async fn enqueue(
             RunAt::At(t) => t,
             RunAt::Delay(d) => now.saturating_add(d),
         };
-        let state = if cancel_reason.is_some() {
+        let state = if matches!(job.import, Some(ferry_core::Import::Completed { .. })) {
+            JobState::Completed
+        } else if cancel_reason.is_some() {
             JobState::Cancelled
         } else if !pending.is_empty() {
             JobState::Waiting
@@ -176,7 +186,7 @@ pub async fn enqueue(
                     &pending_deps,
                     &cancel_reason,
                     &now,
-                    &(state == JobState::Cancelled).then_some(now),
+                    &state.is_finished().then_some(now),
                 ],
             )
             .await
@@ -188,6 +198,14 @@ pub async fn enqueue(
             out.push(EnqueueOutcome { id: existing.get(0), duplicate: true });
             continue;
         };
+        if let Some(ferry_core::Import::Completed { result }) = &job.import {
+            let seq: i64 = row.get(0);
+            let set = tx
+                .prepare_cached("UPDATE jobs SET result = $1, attempt = 1, started_at = $2 WHERE seq = $3")
+                .await
+                .map_err(pg_err)?;
+            tx.execute(&set, &[&result.as_ref().map(|r| r.get()), &now, &seq]).await.map_err(pg_err)?;
+        }
         if state == JobState::Waiting {
             let seq: i64 = row.get(0);
             for dep_seq in pending {

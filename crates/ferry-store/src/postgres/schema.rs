@@ -50,6 +50,7 @@ CREATE INDEX jobs_waiting ON jobs (seq) WHERE state = 'waiting';
 CREATE INDEX jobs_state_queue ON jobs (state, queue);
 CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state NOT IN ('completed', 'dead', 'cancelled');
+CREATE INDEX jobs_unique_key_any ON jobs (unique_key, seq) WHERE unique_key IS NOT NULL;
 CREATE TABLE job_deps (
     dep_seq BIGINT NOT NULL,
     job_seq BIGINT NOT NULL,

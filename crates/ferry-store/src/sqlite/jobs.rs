@@ -92,8 +92,14 @@ pub fn enqueue(
     }
     for (job, (pending, cancel_reason)) in jobs.into_iter().zip(resolved) {
         if let Some(key) = &job.unique_key {
-            let existing: Option<Uuid> =
-                find_unique.query_row([key], |r| r.get(0)).optional().map_err(db_err)?;
+            // An import dedups against jobs in any state, so a re-run creates nothing.
+            let existing: Option<Uuid> = if job.import.is_some() {
+                conn.prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1 AND unique_key IS NOT NULL ORDER BY seq DESC LIMIT 1")
+                    .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+                    .map_err(db_err)?
+            } else {
+                find_unique.query_row([key], |r| r.get(0)).optional().map_err(db_err)?
+            };
             if let Some(id) = existing {
                 out.push(EnqueueOutcome { id, duplicate: true });
                 continue;
@@ -104,7 +110,9 @@ pub fn enqueue(
             RunAt::At(t) => t,
             RunAt::Delay(d) => now.saturating_add(d),
         };
-        let state = if cancel_reason.is_some() {
+        let state = if matches!(job.import, Some(ferry_core::Import::Completed { .. })) {
+            JobState::Completed
+        } else if cancel_reason.is_some() {
             JobState::Cancelled
         } else if !pending.is_empty() {
             JobState::Waiting
@@ -135,9 +143,16 @@ pub fn enqueue(
                 pending_deps,
                 cancel_reason,
                 now,
-                (state == JobState::Cancelled).then_some(now),
+                (state.is_finished()).then_some(now),
             ])
             .map_err(db_err)?;
+        if let Some(ferry_core::Import::Completed { result }) = &job.import {
+            conn.prepare_cached("UPDATE jobs SET result = ?1, attempt = 1, started_at = ?2 WHERE seq = ?3")
+                .and_then(|mut s| {
+                    s.execute(params![result.as_ref().map(|r| r.get()), now, conn.last_insert_rowid()])
+                })
+                .map_err(db_err)?;
+        }
         if state == JobState::Waiting {
             let seq = conn.last_insert_rowid();
             for dep_seq in pending {

@@ -54,7 +54,7 @@ macro_rules! conformance_tests {
             cancel_rules, pause_and_resume, queue_stats_counts, delayed_jobs, retention_prunes_in_batches,
             wakeup_on_enqueue, wakeup_on_retry_due, wakeup_on_dependency, wakeup_on_resume,
             claim_wait_times_out_empty, concurrent_claimers_each_job_once, list_pagination_and_filters,
-            error_text_is_truncated_and_history_bounded, maintenance_loops_run, property_state_machine);
+            error_text_is_truncated_and_history_bounded, imports_dedup_in_any_state, maintenance_loops_run, property_state_machine);
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
         $(
@@ -897,6 +897,35 @@ pub async fn error_text_is_truncated_and_history_bounded(h: Harness) {
     let j = h.store.get_job(id).await.unwrap();
     assert!(j.errors[0].message.len() < 4_200);
     assert!(j.errors[0].message.ends_with("[truncated]"));
+    h.finish().await;
+}
+
+// ---------- imports ----------
+
+pub async fn imports_dedup_in_any_state(h: Harness) {
+    let mut done = job_with(|s| s.unique_key = Some("import:a".into()));
+    done.import = Some(Import::Completed { result: Some(raw(r#"{"sent":1}"#)) });
+    let mut waiting = job_with(|s| s.unique_key = Some("import:b".into()));
+    waiting.import = Some(Import::Ready);
+    let out = h.store.enqueue(vec![done.clone(), waiting.clone()]).await.unwrap();
+    let a = h.store.get_job(out[0].id).await.unwrap();
+    assert_eq!((a.state, a.attempt), (JobState::Completed, 1));
+    assert_eq!(a.result.unwrap().get(), r#"{"sent":1}"#);
+    assert!(a.finished_at.is_some() && a.started_at.is_some());
+    assert_eq!(state(&h, out[1].id).await, JobState::Ready);
+    // Importing the same files again creates nothing, whatever state the jobs are in now.
+    let again = h.store.enqueue(vec![done, waiting]).await.unwrap();
+    assert_eq!(
+        again,
+        vec![
+            EnqueueOutcome { id: out[0].id, duplicate: true },
+            EnqueueOutcome { id: out[1].id, duplicate: true }
+        ]
+    );
+    let c = claim_one(&h, "q").await;
+    assert_eq!(c.id, out[1].id);
+    let stats = h.store.queue_stats().await.unwrap();
+    assert_eq!(stats[0].counts[&JobState::Completed], 1);
     h.finish().await;
 }
 
