@@ -5,6 +5,7 @@
 
 mod bench;
 mod commands;
+mod import_dir;
 mod migrate;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Copy a SQLite database into PostgreSQL (batches, progress, verification, --resume).
     Migrate(migrate::MigrateArgs),
+    /// Import a legacy file-based queue (*.job.json, *.claimed, *.result.json).
+    ImportDir(import_dir::ImportDirArgs),
 }
 
 /// Options of `ferry serve`; each overrides `ferry.toml` and its `FERRY_*` variable.
@@ -160,6 +163,7 @@ async fn main() {
         Command::Queues { cmd } => commands::queues(cmd).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::ImportDir(args) => import_dir::run(args).await,
     };
     std::process::exit(code);
 }

@@ -420,6 +420,7 @@ async fn openapi_document_covers_every_route() {
         ("post", "/v1/jobs/{id}/cancel"),
         ("post", "/v1/jobs/complete"),
         ("post", "/v1/jobs/fail"),
+        ("post", "/v1/import"),
         ("get", "/v1/queues"),
         ("post", "/v1/queues/{queue}/pause"),
         ("post", "/v1/queues/{queue}/resume"),

@@ -136,6 +136,11 @@ impl Client {
         self.post("/v1/jobs", &Batch { jobs }).await
     }
 
+    /// Imports jobs from another system (dedup by unique key in any state).
+    pub async fn import(&self, jobs: Vec<ImportItem>) -> Result<EnqueueBatchResponse> {
+        self.post("/v1/import", &ImportBody { jobs }).await
+    }
+
     /// Claims jobs of `queue` (long-polls when `body.wait_ms` is set).
     pub async fn claim(&self, queue: &str, body: &ClaimBody) -> Result<Vec<ClaimedJob>> {
         let r: ClaimResponse = self.post(&format!("/v1/queues/{queue}/claim"), body).await?;

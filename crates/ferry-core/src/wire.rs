@@ -275,3 +275,26 @@ pub struct ServerInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
 }
+
+/// One job of `POST /v1/import`: a job from another system, already queued or already done.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportItem {
+    /// The job; its `unique_key` is required and dedups against jobs in any state.
+    pub job: crate::validate::JobSpec,
+    /// `ready` (default) or `completed`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// The result of a completed job.
+    #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub result: Option<Box<RawValue>>,
+}
+
+/// `POST /v1/import` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// Jobs to import, all or nothing.
+    pub jobs: Vec<ImportItem>,
+}

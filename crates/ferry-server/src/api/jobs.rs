@@ -367,3 +367,52 @@ pub async fn fail_batch(
     )
     .await
 }
+
+/// Import jobs from another system (used by `ferry import-dir`): each needs a `unique_key`,
+/// which dedups against jobs in any state, so importing twice creates nothing new.
+#[utoipa::path(post, path = "/v1/import", tag = "jobs", request_body = ImportBody, responses(
+    (status = 200, body = EnqueueBatchResponse), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn import(
+    State(st): State<AppState>,
+    JsonBody(body): JsonBody<ImportBody>,
+) -> ApiResult<Json<EnqueueBatchResponse>> {
+    let l = &st.limits;
+    if body.jobs.len() > l.max_batch {
+        return Err(Error::too_large(
+            "jobs",
+            format!("{} jobs; the batch limit is {}", body.jobs.len(), l.max_batch),
+        )
+        .into());
+    }
+    let mut jobs = Vec::with_capacity(body.jobs.len());
+    for (i, item) in body.jobs.into_iter().enumerate() {
+        let at = |e: Error| e.within(&format!("jobs[{i}]"));
+        if item.job.unique_key.is_none() {
+            return Err(at(Error::invalid("job.unique_key", "an imported job needs a unique_key")).into());
+        }
+        let mut job = item.job.validate(l).map_err(|e| at(e.within("job")))?;
+        job.import = Some(match item.state.as_deref() {
+            None | Some("ready") => ferry_core::Import::Ready,
+            Some("completed") => {
+                if let Some(r) = &item.result {
+                    validate::json_size(r, l.max_result_bytes, "result").map_err(at)?;
+                }
+                ferry_core::Import::Completed { result: item.result }
+            }
+            Some(other) => {
+                return Err(at(Error::invalid(
+                    "state",
+                    format!("state must be ready or completed, not {other:?}"),
+                ))
+                .into());
+            }
+        });
+        jobs.push(job);
+    }
+    if jobs.is_empty() {
+        return Ok(Json(EnqueueBatchResponse { ids: Vec::new(), duplicates: Vec::new() }));
+    }
+    let out = st.store.enqueue(jobs).await?;
+    let duplicates = out.iter().enumerate().filter(|(_, o)| o.duplicate).map(|(i, _)| i).collect();
+    Ok(Json(EnqueueBatchResponse { ids: out.iter().map(|o| o.id).collect(), duplicates }))
+}
