@@ -19,6 +19,8 @@ pub struct Config {
     pub database: Option<String>,
     /// SQLite durability: `full` (default) or `normal`.
     pub synchronous: Synchronous,
+    /// PostgreSQL connections per node.
+    pub pg_pool_size: usize,
     /// Log filter, e.g. `info` or `ferry_server=debug,info`.
     pub log: String,
     /// Input and resource limits.
@@ -34,6 +36,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./ferry-data"),
             database: None,
             synchronous: Synchronous::Full,
+            pg_pool_size: 16,
             log: "info".into(),
             limits: Limits::default(),
             maintenance: MaintenanceConfig::default(),

@@ -37,6 +37,7 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
         Database::Postgres(url) => {
             let mut cfg = PgConfig::new(&url);
             cfg.limits = config.limits.clone();
+            cfg.pool_size = config.pg_pool_size.max(1);
             let store = PgStore::open(cfg, clock).await?;
             Ok((Arc::new(store), format!("postgres database {}", redact(&url))))
         }
