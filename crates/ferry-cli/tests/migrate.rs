@@ -6,6 +6,7 @@
 mod common;
 
 use common::Server;
+use common::pg::TestDb;
 use ferry_client::Client;
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::ClaimBody;
@@ -15,55 +16,6 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn admin_url() -> String {
-    std::env::var("FERRY_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-struct TestDb {
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create() -> Option<TestDb> {
-        let admin = admin_url();
-        let (client, conn) = match tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
-            Ok(c) => c,
-            Err(e) if std::env::var("FERRY_REQUIRE_PG").as_deref() != Ok("1") => {
-                eprintln!(
-                    "SKIPPED: PostgreSQL at {admin} is not reachable ({e}); set FERRY_REQUIRE_PG=1 to fail instead"
-                );
-                return None;
-            }
-            Err(e) => panic!("PostgreSQL is required (FERRY_REQUIRE_PG=1) but {admin} is not usable: {e}"),
-        };
-        tokio::spawn(conn);
-        let name = format!("ferry_mig_{}_{:x}", std::process::id(), rand::random::<u32>());
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        Some(TestDb { url: format!("{base}/{name}"), name })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ =
-                        client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-                }
-            })
-        })
-        .join();
-    }
-}
 
 fn spec(queue: &str) -> ferry_core::NewJob {
     JobSpec {
@@ -152,7 +104,7 @@ fn ferry(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_thousand_jobs_move_to_postgres_and_are_served_from_there() {
-    let Some(db) = TestDb::create().await else { return };
+    let Some(db) = TestDb::create("ferry_mig").await else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("ferry.db");
     let expected = build_source(&src).await;
@@ -237,7 +189,7 @@ async fn two_hundred_thousand_jobs_move_to_postgres_and_are_served_from_there() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_table_registry_matches_both_schemas() {
-    let Some(db) = TestDb::create().await else { return };
+    let Some(db) = TestDb::create("ferry_mig").await else { return };
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     SqliteStore::open(SqliteConfig::new(dir.path().join("f.db")), clock.clone()).unwrap().close().await;

@@ -9,6 +9,7 @@
 mod common;
 
 use common::Server;
+use common::pg::TestDb;
 use ferry_client::{Client, Worker};
 use ferry_core::JobState;
 use ferry_core::validate::JobSpec;
@@ -16,62 +17,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn admin_url() -> String {
-    std::env::var("FERRY_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A database of its own for this test, dropped at the end.
-struct TestDb {
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create() -> Option<TestDb> {
-        let admin = admin_url();
-        let (client, conn) = match tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
-            Ok(c) => c,
-            Err(e) if std::env::var("FERRY_REQUIRE_PG").as_deref() != Ok("1") => {
-                eprintln!(
-                    "SKIPPED: PostgreSQL at {admin} is not reachable ({e}); set FERRY_REQUIRE_PG=1 to fail instead"
-                );
-                return None;
-            }
-            Err(e) => panic!("PostgreSQL is required (FERRY_REQUIRE_PG=1) but {admin} is not usable: {e}"),
-        };
-        tokio::spawn(conn);
-        let name = format!("ferry_mn_{}_{:x}", std::process::id(), rand::random::<u32>());
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        Some(TestDb { url: format!("{base}/{name}"), name })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ =
-                        client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
 const JOBS: usize = 100_000;
 const WORKERS: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_finish_every_job_after_one_is_killed() {
-    let Some(db) = TestDb::create().await else { return };
+    let Some(db) = TestDb::create("ferry_mn").await else { return };
     let mut nodes: Vec<Server> =
         (0..3).map(|_| Server::start_with(&["--database", &db.url], tempfile::tempdir().unwrap())).collect();
     let clients: Vec<Client> = nodes.iter().map(|n| Client::new(&n.url)).collect();
@@ -122,10 +73,10 @@ async fn three_nodes_finish_every_job_after_one_is_killed() {
     assert_eq!(enqueued.len(), JOBS);
 
     // Kill node 2 once a good share of the work is done; its workers go with it.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let done = completed(&clients[0]).await;
-        if done >= (JOBS / 4) as u64 {
+        if done >= (JOBS / 10) as u64 {
             break;
         }
         assert!(Instant::now() < deadline, "too slow before the kill: {done} done");
@@ -142,7 +93,7 @@ async fn three_nodes_finish_every_job_after_one_is_killed() {
     }
 
     // The other nodes reap the dead node's leases and finish every job.
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(400);
     loop {
         let done = completed(&clients[0]).await;
         if done == JOBS as u64 {

@@ -8,6 +8,7 @@ pub mod maintenance;
 pub mod migrate;
 pub mod notify;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;

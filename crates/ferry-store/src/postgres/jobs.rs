@@ -6,14 +6,13 @@
 //! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
 
 use super::pg_err;
+use crate::rows::*;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
-use ferry_core::validate::truncate_error;
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
-    ErrorRecord, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
-    Page, QueueStats, ReapOutcome, Result, RunAt, Timestamp,
+    FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob, Page,
+    QueueStats, ReapOutcome, Result, RunAt, Timestamp,
 };
-use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -36,33 +35,6 @@ impl Wakes {
     fn due(&mut self, at: i64) {
         self.due = Some(self.due.map_or(at, |d| d.min(at)));
     }
-}
-
-const FINISHED: &str = "('completed', 'dead', 'cancelled')";
-
-fn raw(text: String) -> Result<Box<RawValue>> {
-    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
-}
-
-fn json_list<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Vec<T>> {
-    match text {
-        None => Ok(Vec::new()),
-        Some(t) => {
-            serde_json::from_str(&t).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
-        }
-    }
-}
-
-fn list_json<T: serde::Serialize>(items: &[T]) -> Option<String> {
-    (!items.is_empty()).then(|| serde_json::to_string(items).expect("serializable"))
-}
-
-fn state_of(text: &str) -> Result<JobState> {
-    JobState::parse(text).ok_or_else(|| Error::internal(format!("unknown stored state {text:?}")))
-}
-
-fn lease_seq(lease: &str) -> i64 {
-    lease.split_once('.').and_then(|(seq, _)| seq.parse().ok()).unwrap_or(-1)
 }
 
 /// Inserts a batch; all or nothing (the caller's transaction).
@@ -564,22 +536,7 @@ async fn cancel_dependants(
     Ok(())
 }
 
-struct Locked {
-    seq: i64,
-    state: JobState,
-    lease: Option<String>,
-    lease_expires_at: Option<i64>,
-    attempt: u32,
-    max_attempts: u32,
-    backoff: Backoff,
-    queue: String,
-    worker: Option<String>,
-    errors: Option<String>,
-    has_dependants: bool,
-    run_at: i64,
-}
-
-async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Locked>> {
+async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Leased>> {
     let Some(r) = tx
         .query_opt(
             "SELECT seq, state, lease, lease_expires_at, attempt, max_attempts, backoff_base_ms, backoff_factor,
@@ -592,7 +549,7 @@ async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Locked>> {
     else {
         return Ok(None);
     };
-    Ok(Some(Locked {
+    Ok(Some(Leased {
         seq: r.get(0),
         state: state_of(r.get(1))?,
         lease: r.get(2),
@@ -608,16 +565,6 @@ async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Locked>> {
     }))
 }
 
-fn push_error(errors: Option<String>, record: ErrorRecord, limits: &Limits) -> Result<String> {
-    let mut list: Vec<ErrorRecord> = json_list(errors)?;
-    list.push(record);
-    if list.len() > limits.max_error_history {
-        let drop = list.len() - limits.max_error_history;
-        list.drain(..drop);
-    }
-    Ok(serde_json::to_string(&list).expect("serializable"))
-}
-
 /// Records one failure: a retry after backoff, or the dead-letter queue.
 pub async fn fail(
     tx: &Transaction<'_>,
@@ -630,27 +577,11 @@ pub async fn fail(
     let Some(job) = lock_job(tx, item.id).await? else {
         return Err(Error::job_not_found(item.id));
     };
-    let ours = job.lease.as_deref() == Some(item.lease.as_str());
-    if job.state != JobState::Running || !ours || job.lease_expires_at.is_none_or(|t| t <= now) {
-        if ours && matches!(job.state, JobState::Scheduled | JobState::Ready | JobState::Dead) {
-            let run_at = (job.state == JobState::Scheduled).then_some(Timestamp(job.run_at));
-            return Ok(FailOutcome { id: item.id, state: job.state, attempt: job.attempt, run_at });
-        }
-        return Err(Error::stale_lease(item.id));
-    }
-    let record = ErrorRecord {
-        attempt: job.attempt,
-        at: Timestamp(now),
-        worker: job.worker.clone(),
-        kind: "failed".into(),
-        message: truncate_error(item.error, limits),
-    };
-    let errors = push_error(job.errors, record, limits)?;
-    let (state, run_at) = if !item.retry || job.attempt >= job.max_attempts {
-        (JobState::Dead, job.run_at)
-    } else {
-        let delay = job.backoff.delay_ms(job.attempt, u);
-        if delay > 0 { (JobState::Scheduled, now + delay) } else { (JobState::Ready, now) }
+    let id = item.id;
+    let (state, run_at, errors) = match decide_failure(&job, item, now, limits, u)? {
+        FailDecision::Repeat(outcome) => return Ok(outcome),
+        FailDecision::Stale => return Err(Error::stale_lease(id)),
+        FailDecision::Apply { state, run_at, errors } => (state, run_at, errors),
     };
     tx.execute(
         &tx.prepare_cached(
@@ -666,14 +597,14 @@ pub async fn fail(
     .map_err(pg_err)?;
     match state {
         JobState::Dead if job.has_dependants => {
-            cancel_dependants(tx, now, job.seq, item.id, JobState::Dead).await?
+            cancel_dependants(tx, now, job.seq, id, JobState::Dead).await?
         }
         JobState::Ready => w.wake(&job.queue),
         JobState::Scheduled => w.due(run_at),
         _ => {}
     }
     let run_at = (state == JobState::Scheduled).then_some(Timestamp(run_at));
-    Ok(FailOutcome { id: item.id, state, attempt: job.attempt, run_at })
+    Ok(FailOutcome { id, state, attempt: job.attempt, run_at })
 }
 
 /// Cancels a job that is not running (idempotent for an already cancelled job).
@@ -731,18 +662,7 @@ pub async fn reap(
         if job.state != JobState::Running || job.lease_expires_at.is_none_or(|t| t > now) {
             continue;
         }
-        let record = ErrorRecord {
-            attempt: job.attempt,
-            at: Timestamp(now),
-            worker: job.worker.clone(),
-            kind: "lease_expired".into(),
-            message: format!(
-                "lease expired at {}",
-                ferry_core::time::format_ms(job.lease_expires_at.unwrap_or(now))
-            ),
-        };
-        let errors = push_error(job.errors, record, limits)?;
-        let state = if job.attempt >= job.max_attempts { JobState::Dead } else { JobState::Ready };
+        let (state, errors) = decide_expiry(&job, now, limits)?;
         let changed = tx
             .execute(
                 "UPDATE jobs SET state = $1, lease = NULL, lease_expires_at = NULL, errors = $2, updated_at = $3,
@@ -894,10 +814,6 @@ pub async fn set_paused(
     Ok(())
 }
 
-const JOB_COLS: &str = "seq, id, queue, state, payload, priority, attempt, max_attempts, backoff_base_ms,
-    backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, depends_on, tags, run_at, created_at,
-    updated_at, started_at, finished_at, lease_expires_at, worker, result, errors, cancel_reason";
-
 fn job_from_row(r: &Row) -> Result<(i64, Job)> {
     let ts = |i: usize| r.get::<_, Option<i64>>(i).map(Timestamp);
     Ok((
@@ -1034,28 +950,9 @@ pub async fn next_due(c: &Client) -> Result<Option<i64>> {
 
 /// ferry's invariants, each as a count of violating rows.
 pub async fn invariants(c: &Client) -> Result<Vec<String>> {
-    let checks = [
-        ("running job without a lease", "state = 'running' AND (lease IS NULL OR lease_expires_at IS NULL)"),
-        ("job with a live lease that is not running", "state != 'running' AND lease_expires_at IS NOT NULL"),
-        (
-            "finished job without finished_at",
-            "state IN ('completed', 'dead', 'cancelled') AND finished_at IS NULL",
-        ),
-        (
-            "unfinished job with finished_at",
-            "state NOT IN ('completed', 'dead', 'cancelled') AND finished_at IS NOT NULL",
-        ),
-        ("waiting job with no pending dependency", "state = 'waiting' AND pending_deps <= 0"),
-        ("non-waiting job with pending dependencies", "state != 'waiting' AND pending_deps != 0"),
-        ("attempts over max_attempts", "attempt > max_attempts"),
-        ("completed job without a recorded attempt", "state = 'completed' AND attempt < 1"),
-        (
-            "unknown state",
-            "state NOT IN ('scheduled', 'waiting', 'ready', 'running', 'completed', 'dead', 'cancelled')",
-        ),
-    ];
+    let checks = INVARIANT_CHECKS;
     let mut out = Vec::new();
-    for (what, cond) in checks {
+    for &(what, cond) in checks {
         let n: i64 = c
             .query_one(&format!("SELECT count(*) FROM jobs WHERE {cond}"), &[])
             .await

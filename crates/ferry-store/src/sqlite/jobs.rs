@@ -6,39 +6,15 @@
 use super::counts::Counts;
 use super::db_err;
 use super::writer::Effects;
-use ferry_core::validate::truncate_error;
+use crate::rows::*;
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
-    ErrorRecord, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
-    Page, QueueStats, ReapOutcome, Result, RunAt, Timestamp,
+    FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob, Page,
+    QueueStats, ReapOutcome, Result, RunAt, Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use uuid::Uuid;
-
-const FINISHED: &str = "('completed', 'dead', 'cancelled')";
-
-fn raw(text: String) -> Result<Box<RawValue>> {
-    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
-}
-
-fn json_list<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Vec<T>> {
-    match text {
-        None => Ok(Vec::new()),
-        Some(t) => {
-            serde_json::from_str(&t).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
-        }
-    }
-}
-
-fn list_json<T: serde::Serialize>(items: &[T]) -> Option<String> {
-    (!items.is_empty()).then(|| serde_json::to_string(items).expect("serializable"))
-}
-
-fn state_of(text: &str) -> Result<JobState> {
-    JobState::parse(text).ok_or_else(|| Error::internal(format!("unknown stored state {text:?}")))
-}
 
 /// Inserts a batch; duplicates by unique key return the existing id. All or nothing (the
 /// caller's savepoint undoes every insert on error).
@@ -212,13 +188,6 @@ pub fn claim(conn: &Connection, now: i64, req: &ClaimRequest, fx: &mut Effects) 
     Ok(jobs.into_iter().map(|(_, _, j)| j).collect())
 }
 
-/// The row a lease token names: tokens are `<seq>.<random>`, so a lease check finds its row
-/// by rowid instead of through the id index. A malformed token yields a seq that matches
-/// nothing, and is then reported stale like any other wrong token.
-fn lease_seq(lease: &str) -> i64 {
-    lease.split_once('.').and_then(|(seq, _)| seq.parse().ok()).unwrap_or(-1)
-}
-
 /// Extends a live lease.
 pub fn heartbeat(
     conn: &Connection,
@@ -389,21 +358,6 @@ fn cancel_dependants(
     Ok(())
 }
 
-struct Leased {
-    seq: i64,
-    state: JobState,
-    lease: Option<String>,
-    lease_expires_at: Option<i64>,
-    attempt: u32,
-    max_attempts: u32,
-    backoff: Backoff,
-    queue: String,
-    worker: Option<String>,
-    errors: Option<String>,
-    has_dependants: bool,
-    run_at: i64,
-}
-
 fn load_leased(conn: &Connection, id: Uuid) -> Result<Option<Leased>> {
     conn.prepare_cached(
         "SELECT seq, state, lease, lease_expires_at, attempt, max_attempts, backoff_base_ms, backoff_factor,
@@ -445,16 +399,6 @@ fn load_leased(conn: &Connection, id: Uuid) -> Result<Option<Leased>> {
     .transpose()
 }
 
-fn push_error(errors: Option<String>, record: ErrorRecord, limits: &Limits) -> Result<String> {
-    let mut list: Vec<ErrorRecord> = json_list(errors)?;
-    list.push(record);
-    if list.len() > limits.max_error_history {
-        let drop = list.len() - limits.max_error_history;
-        list.drain(..drop);
-    }
-    Ok(serde_json::to_string(&list).expect("serializable"))
-}
-
 /// Records one failure: a retry after backoff, or the dead-letter queue.
 pub fn fail(
     conn: &Connection,
@@ -464,31 +408,14 @@ pub fn fail(
     u: f64,
     fx: &mut Effects,
 ) -> Result<FailOutcome> {
-    let Some(job) = load_leased(conn, item.id)? else {
-        return Err(Error::job_not_found(item.id));
+    let id = item.id;
+    let Some(job) = load_leased(conn, id)? else {
+        return Err(Error::job_not_found(id));
     };
-    let ours = job.lease.as_deref() == Some(item.lease.as_str());
-    if job.state != JobState::Running || !ours || job.lease_expires_at.is_none_or(|t| t <= now) {
-        // A repeat of the failure that already moved this job on answers the same outcome.
-        if ours && matches!(job.state, JobState::Scheduled | JobState::Ready | JobState::Dead) {
-            let run_at = (job.state == JobState::Scheduled).then_some(Timestamp(job.run_at));
-            return Ok(FailOutcome { id: item.id, state: job.state, attempt: job.attempt, run_at });
-        }
-        return Err(Error::stale_lease(item.id));
-    }
-    let record = ErrorRecord {
-        attempt: job.attempt,
-        at: Timestamp(now),
-        worker: job.worker.clone(),
-        kind: "failed".into(),
-        message: truncate_error(item.error, limits),
-    };
-    let errors = push_error(job.errors, record, limits)?;
-    let (state, run_at) = if !item.retry || job.attempt >= job.max_attempts {
-        (JobState::Dead, job.run_at)
-    } else {
-        let delay = job.backoff.delay_ms(job.attempt, u);
-        if delay > 0 { (JobState::Scheduled, now + delay) } else { (JobState::Ready, now) }
+    let (state, run_at, errors) = match decide_failure(&job, item, now, limits, u)? {
+        FailDecision::Repeat(outcome) => return Ok(outcome),
+        FailDecision::Stale => return Err(Error::stale_lease(id)),
+        FailDecision::Apply { state, run_at, errors } => (state, run_at, errors),
     };
     conn.prepare_cached(
         "UPDATE jobs SET state = ?1, run_at = ?2, lease_expires_at = NULL, errors = ?3, updated_at = ?4,
@@ -509,14 +436,14 @@ pub fn fail(
     fx.moved(&job.queue, Some(JobState::Running), Some(state), 1);
     match state {
         JobState::Dead if job.has_dependants => {
-            cancel_dependants(conn, now, job.seq, item.id, JobState::Dead, fx)?
+            cancel_dependants(conn, now, job.seq, id, JobState::Dead, fx)?
         }
         JobState::Ready => fx.wake(&job.queue),
         JobState::Scheduled => fx.due(run_at),
         _ => {}
     }
     let run_at = (state == JobState::Scheduled).then_some(Timestamp(run_at));
-    Ok(FailOutcome { id: item.id, state, attempt: job.attempt, run_at })
+    Ok(FailOutcome { id, state, attempt: job.attempt, run_at })
 }
 
 /// Cancels a job that is not running (idempotent for an already cancelled job).
@@ -576,18 +503,7 @@ pub fn reap(
     let mut out = ReapOutcome::default();
     for (id, lease) in expired {
         let Some(job) = load_leased(conn, id)? else { continue };
-        let record = ErrorRecord {
-            attempt: job.attempt,
-            at: Timestamp(now),
-            worker: job.worker.clone(),
-            kind: "lease_expired".into(),
-            message: format!(
-                "lease expired at {}",
-                ferry_core::time::format_ms(job.lease_expires_at.unwrap_or(now))
-            ),
-        };
-        let errors = push_error(job.errors, record, limits)?;
-        let state = if job.attempt >= job.max_attempts { JobState::Dead } else { JobState::Ready };
+        let (state, errors) = decide_expiry(&job, now, limits)?;
         let finished = (state == JobState::Dead).then_some(now);
         let changed =
             update.execute(params![state.as_str(), errors, now, finished, job.seq, lease]).map_err(db_err)?;
@@ -719,10 +635,6 @@ pub fn set_paused(conn: &Connection, now: i64, queue: &str, paused: bool, fx: &m
     }
     Ok(())
 }
-
-const JOB_COLS: &str = "seq, id, queue, state, payload, priority, attempt, max_attempts, backoff_base_ms,
-    backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, depends_on, tags, run_at, created_at,
-    updated_at, started_at, finished_at, lease_expires_at, worker, result, errors, cancel_reason";
 
 fn job_from_row(r: &Row) -> Result<(i64, Job)> {
     let g = |e| db_err(e);
@@ -868,28 +780,9 @@ pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
 
 /// ferry's own invariants, each as a count of violating rows.
 pub fn invariants(conn: &Connection) -> Result<Vec<String>> {
-    let checks = [
-        ("running job without a lease", "state = 'running' AND (lease IS NULL OR lease_expires_at IS NULL)"),
-        ("job with a live lease that is not running", "state != 'running' AND lease_expires_at IS NOT NULL"),
-        (
-            "finished job without finished_at",
-            "state IN ('completed', 'dead', 'cancelled') AND finished_at IS NULL",
-        ),
-        (
-            "unfinished job with finished_at",
-            "state NOT IN ('completed', 'dead', 'cancelled') AND finished_at IS NOT NULL",
-        ),
-        ("waiting job with no pending dependency", "state = 'waiting' AND pending_deps <= 0"),
-        ("non-waiting job with pending dependencies", "state != 'waiting' AND pending_deps != 0"),
-        ("attempts over max_attempts", "attempt > max_attempts"),
-        ("completed job without a recorded attempt", "state = 'completed' AND attempt < 1"),
-        (
-            "unknown state",
-            "state NOT IN ('scheduled', 'waiting', 'ready', 'running', 'completed', 'dead', 'cancelled')",
-        ),
-    ];
+    let checks = INVARIANT_CHECKS;
     let mut out = Vec::new();
-    for (what, cond) in checks {
+    for &(what, cond) in checks {
         let n: i64 = conn
             .query_row(&format!("SELECT count(*) FROM jobs WHERE {cond}"), [], |r| r.get(0))
             .map_err(db_err)?;

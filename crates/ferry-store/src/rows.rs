@@ -1,0 +1,184 @@
+//! What both backends share about stored jobs: the encodings of stored columns, the
+//! invariant checks, and the decisions that turn a failure or an expired lease into the
+//! job's next state. Each backend keeps only its SQL.
+
+use ferry_core::validate::truncate_error;
+use ferry_core::{Backoff, Error, ErrorRecord, FailItem, FailOutcome, JobState, Limits, Result, Timestamp};
+use serde_json::value::RawValue;
+
+/// The finished states, as an SQL list.
+pub const FINISHED: &str = "('completed', 'dead', 'cancelled')";
+
+/// Stored JSON text back into a raw value.
+pub fn raw(text: String) -> Result<Box<RawValue>> {
+    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
+}
+
+/// A stored JSON list (NULL is empty).
+pub fn json_list<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Vec<T>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => {
+            serde_json::from_str(&t).map_err(|e| Error::internal(format!("stored JSON is corrupt: {e}")))
+        }
+    }
+}
+
+/// A list as stored JSON (empty is NULL).
+pub fn list_json<T: serde::Serialize>(items: &[T]) -> Option<String> {
+    (!items.is_empty()).then(|| serde_json::to_string(items).expect("serializable"))
+}
+
+/// A stored state name.
+pub fn state_of(text: &str) -> Result<JobState> {
+    JobState::parse(text).ok_or_else(|| Error::internal(format!("unknown stored state {text:?}")))
+}
+
+/// The row a lease token names: tokens are `<seq>.<random>`, so a lease check finds its row
+/// by key instead of through the id index. A malformed token yields a seq that matches
+/// nothing, and is then reported stale like any other wrong token.
+pub fn lease_seq(lease: &str) -> i64 {
+    lease.split_once('.').and_then(|(seq, _)| seq.parse().ok()).unwrap_or(-1)
+}
+
+/// Appends to a stored error history, keeping the newest `max_error_history` entries.
+pub fn push_error(errors: Option<String>, record: ErrorRecord, limits: &Limits) -> Result<String> {
+    let mut list: Vec<ErrorRecord> = json_list(errors)?;
+    list.push(record);
+    if list.len() > limits.max_error_history {
+        let drop = list.len() - limits.max_error_history;
+        list.drain(..drop);
+    }
+    Ok(serde_json::to_string(&list).expect("serializable"))
+}
+
+/// The columns of a job a failure or an expiry needs, read (and locked, where that applies)
+/// before deciding.
+#[derive(Debug)]
+pub struct Leased {
+    /// Row key.
+    pub seq: i64,
+    /// Current state.
+    pub state: JobState,
+    /// Current or last lease token.
+    pub lease: Option<String>,
+    /// Lease expiry while running.
+    pub lease_expires_at: Option<i64>,
+    /// Attempts started.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Retry spacing.
+    pub backoff: Backoff,
+    /// Its queue.
+    pub queue: String,
+    /// Worker of the current attempt.
+    pub worker: Option<String>,
+    /// Stored error history.
+    pub errors: Option<String>,
+    /// Whether other jobs wait for it.
+    pub has_dependants: bool,
+    /// Due time.
+    pub run_at: i64,
+}
+
+/// What a failure report does.
+#[derive(Debug)]
+pub enum FailDecision {
+    /// A repeat of the report that already moved the job on: answer the same outcome.
+    Repeat(FailOutcome),
+    /// The lease is not the job's live one.
+    Stale,
+    /// Move the job to `state` (due at `run_at`) with this error history.
+    Apply {
+        /// `scheduled`, `ready` or `dead`.
+        state: JobState,
+        /// When it is due (unchanged for `dead`).
+        run_at: i64,
+        /// The history with this failure appended.
+        errors: String,
+    },
+}
+
+/// Decides a failure report against the job as read; `u` is the jitter draw.
+pub fn decide_failure(
+    job: &Leased,
+    item: FailItem,
+    now: i64,
+    limits: &Limits,
+    u: f64,
+) -> Result<FailDecision> {
+    let ours = job.lease.as_deref() == Some(item.lease.as_str());
+    if job.state != JobState::Running || !ours || job.lease_expires_at.is_none_or(|t| t <= now) {
+        if ours && matches!(job.state, JobState::Scheduled | JobState::Ready | JobState::Dead) {
+            let run_at = (job.state == JobState::Scheduled).then_some(Timestamp(job.run_at));
+            return Ok(FailDecision::Repeat(FailOutcome {
+                id: item.id,
+                state: job.state,
+                attempt: job.attempt,
+                run_at,
+            }));
+        }
+        return Ok(FailDecision::Stale);
+    }
+    let record = ErrorRecord {
+        attempt: job.attempt,
+        at: Timestamp(now),
+        worker: job.worker.clone(),
+        kind: "failed".into(),
+        message: truncate_error(item.error, limits),
+    };
+    let errors = push_error(job.errors.clone(), record, limits)?;
+    let (state, run_at) = if !item.retry || job.attempt >= job.max_attempts {
+        (JobState::Dead, job.run_at)
+    } else {
+        let delay = job.backoff.delay_ms(job.attempt, u);
+        if delay > 0 { (JobState::Scheduled, now + delay) } else { (JobState::Ready, now) }
+    };
+    Ok(FailDecision::Apply { state, run_at, errors })
+}
+
+/// Decides an expired lease: back to `ready`, or `dead` with no attempts left; returns the
+/// new state and the history with `lease_expired` appended.
+pub fn decide_expiry(job: &Leased, now: i64, limits: &Limits) -> Result<(JobState, String)> {
+    let record = ErrorRecord {
+        attempt: job.attempt,
+        at: Timestamp(now),
+        worker: job.worker.clone(),
+        kind: "lease_expired".into(),
+        message: format!(
+            "lease expired at {}",
+            ferry_core::time::format_ms(job.lease_expires_at.unwrap_or(now))
+        ),
+    };
+    let errors = push_error(job.errors.clone(), record, limits)?;
+    let state = if job.attempt >= job.max_attempts { JobState::Dead } else { JobState::Ready };
+    Ok((state, errors))
+}
+
+/// Columns of a full job row, in the order both backends decode them.
+pub const JOB_COLS: &str = "seq, id, queue, state, payload, priority, attempt, max_attempts, backoff_base_ms,
+    backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, depends_on, tags, run_at, created_at,
+    updated_at, started_at, finished_at, lease_expires_at, worker, result, errors, cancel_reason";
+
+/// ferry's invariants as (what, SQL condition of violating rows); both backends count them.
+pub const INVARIANT_CHECKS: &[(&str, &str)] = &[
+    ("running job without a lease", "state = 'running' AND (lease IS NULL OR lease_expires_at IS NULL)"),
+    ("job with a live lease that is not running", "state != 'running' AND lease_expires_at IS NOT NULL"),
+    (
+        "finished job without finished_at",
+        "state IN ('completed', 'dead', 'cancelled') AND finished_at IS NULL",
+    ),
+    (
+        "unfinished job with finished_at",
+        "state NOT IN ('completed', 'dead', 'cancelled') AND finished_at IS NOT NULL",
+    ),
+    ("waiting job with no pending dependency", "state = 'waiting' AND pending_deps <= 0"),
+    ("non-waiting job with pending dependencies", "state != 'waiting' AND pending_deps != 0"),
+    ("attempts over max_attempts", "attempt > max_attempts"),
+    ("completed job without a recorded attempt", "state = 'completed' AND attempt < 1"),
+    (
+        "unknown state",
+        "state NOT IN ('scheduled', 'waiting', 'ready', 'running', 'completed', 'dead', 'cancelled')",
+    ),
+];
