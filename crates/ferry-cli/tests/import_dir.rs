@@ -58,19 +58,10 @@ async fn a_legacy_directory_is_imported_once_and_nothing_is_dropped() {
     let (ok, out, err) = import(&s.url, d);
     assert!(ok, "{out}{err}");
     assert!(out.contains("KIND"), "a summary table: {out}");
-    let line = |kind: &str| {
-        out.lines()
-            .find(|l| l.starts_with(kind))
-            .unwrap()
-            .split_whitespace()
-            .rev()
-            .take(3)
-            .collect::<Vec<_>>()
-    };
     // (rejected, already, imported) per kind, read from the right.
-    assert_eq!(line("jobs"), vec!["3", "1", "1"], "{out}"); // a.job.json is already imported as a's result
-    assert_eq!(line("claimed"), vec!["0", "0", "2"], "{out}");
-    assert_eq!(line("results"), vec!["0", "0", "2"], "{out}");
+    assert_eq!(line_of(&out, "jobs"), vec!["3", "1", "1"], "{out}"); // a.job.json is already imported as a's result
+    assert_eq!(line_of(&out, "claimed"), vec!["0", "0", "2"], "{out}");
+    assert_eq!(line_of(&out, "results"), vec!["0", "0", "2"], "{out}");
 
     // Files were filed: nothing left in the inbox or outbox, rejects have reasons.
     assert!(names(&d.join("inbox")).is_empty(), "{:?}", names(&d.join("inbox")));

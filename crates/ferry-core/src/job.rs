@@ -109,6 +109,17 @@ pub enum RunAt {
     Delay(i64),
 }
 
+impl RunAt {
+    /// The due time in epoch ms, given the store's `now`.
+    pub fn resolve(self, now: i64) -> i64 {
+        match self {
+            RunAt::Now => now,
+            RunAt::At(t) => t,
+            RunAt::Delay(d) => now.saturating_add(d),
+        }
+    }
+}
+
 /// A validated job, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct NewJob {

@@ -11,7 +11,7 @@ use deadpool_postgres::{ClientWrapper as Client, Transaction};
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
     FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob, Page,
-    QueueStats, ReapOutcome, Result, RunAt, Timestamp,
+    QueueStats, ReapOutcome, Result, Timestamp,
 };
 use std::collections::BTreeMap;
 use tokio_postgres::Row;
@@ -87,11 +87,7 @@ pub async fn enqueue(
     for (job, (pending, cancel_reason)) in jobs.into_iter().zip(resolved) {
         if job.unique_key.is_none() && job.depends_on.is_empty() && job.import.is_none() {
             // The common case goes into one multi-row insert.
-            let run_at = match job.run_at {
-                RunAt::Now => now,
-                RunAt::At(t) => t,
-                RunAt::Delay(d) => now.saturating_add(d),
-            };
+            let run_at = job.run_at.resolve(now);
             let state = if run_at > now { JobState::Scheduled } else { JobState::Ready };
             match state {
                 JobState::Ready => w.wake(&job.queue),
@@ -118,11 +114,7 @@ pub async fn enqueue(
             out.push(EnqueueOutcome { id: row.get(0), duplicate: true });
             continue;
         }
-        let run_at = match job.run_at {
-            RunAt::Now => now,
-            RunAt::At(t) => t,
-            RunAt::Delay(d) => now.saturating_add(d),
-        };
+        let run_at = job.run_at.resolve(now);
         let state = if matches!(job.import, Some(ferry_core::Import::Completed { .. })) {
             JobState::Completed
         } else if cancel_reason.is_some() {

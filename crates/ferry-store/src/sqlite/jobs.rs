@@ -10,7 +10,7 @@ use crate::rows::*;
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
     FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob, Page,
-    QueueStats, ReapOutcome, Result, RunAt, Timestamp,
+    QueueStats, ReapOutcome, Result, Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
@@ -81,11 +81,7 @@ pub fn enqueue(
                 continue;
             }
         }
-        let run_at = match job.run_at {
-            RunAt::Now => now,
-            RunAt::At(t) => t,
-            RunAt::Delay(d) => now.saturating_add(d),
-        };
+        let run_at = job.run_at.resolve(now);
         let state = if matches!(job.import, Some(ferry_core::Import::Completed { .. })) {
             JobState::Completed
         } else if cancel_reason.is_some() {
