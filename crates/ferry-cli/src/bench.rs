@@ -6,6 +6,11 @@
 //! 3. C concurrent clients each doing enqueue(1) → claim(1) → complete(1);
 //!
 //! and the server's resident memory after each phase (from `GET /v1/server`).
+//!
+//! With several comma-separated URLs (nodes of one PostgreSQL database) producers and workers
+//! are spread over the nodes, and the latency phase enqueues on the first node while the
+//! worker waits on the last, so it measures cross-node wake-ups. The `soak` phase (only when
+//! named) holds a steady rate for a while and reports throughput and database size per interval.
 
 use ferry_client::{Client, Worker};
 use ferry_core::validate::JobSpec;
@@ -17,9 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Options of `ferry bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Server URL.
-    #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700")]
-    url: String,
+    /// Server URL, or several comma-separated nodes of one database.
+    #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700", value_delimiter = ',')]
+    url: Vec<String>,
     /// Jobs for the end-to-end phase.
     #[arg(long, default_value_t = 100_000)]
     jobs: usize,
@@ -44,7 +49,16 @@ pub struct BenchArgs {
     /// Rounds per single-job client.
     #[arg(long, default_value_t = 50)]
     rounds: usize,
-    /// Phases to run (e2e, latency, clients); all by default.
+    /// Soak: seconds to hold the steady rate.
+    #[arg(long, default_value_t = 1_200)]
+    soak_secs: u64,
+    /// Soak: jobs per second enqueued (and worked).
+    #[arg(long, default_value_t = 5_000)]
+    soak_rate: u64,
+    /// Soak: seconds between report lines.
+    #[arg(long, default_value_t = 60)]
+    soak_report_secs: u64,
+    /// Phases to run (e2e, latency, clients; soak only when named); e2e, latency, clients by default.
     phases: Vec<String>,
 }
 
@@ -68,14 +82,23 @@ async fn rss(c: &Client) -> String {
 
 /// Runs the benchmark and prints one line per figure.
 pub async fn run(a: BenchArgs) -> i32 {
-    let client = Client::new(&a.url);
-    if let Err(e) = client.ready().await {
-        eprintln!("ferry: server at {} is not ready: {e}", a.url);
-        return 1;
+    let nodes: Vec<Client> = a.url.iter().map(|u| Client::new(u)).collect();
+    for (c, u) in nodes.iter().zip(&a.url) {
+        if let Err(e) = c.ready().await {
+            eprintln!("ferry: server at {u} is not ready: {e}");
+            return 1;
+        }
     }
-    let want = |p: &str| a.phases.is_empty() || a.phases.iter().any(|x| x == p);
+    let client = nodes[0].clone();
+    let node = |i: usize| nodes[i % nodes.len()].clone();
+    let want = |p: &str| (a.phases.is_empty() && p != "soak") || a.phases.iter().any(|x| x == p);
     let run_id = format!("{:x}", now_us());
-    println!("ferry bench against {} (server memory at start: {})", a.url, rss(&client).await);
+    println!(
+        "ferry bench against {} node(s) {} (server memory at start: {})",
+        nodes.len(),
+        a.url.join(", "),
+        rss(&client).await
+    );
     if want("e2e") {
         let queue = format!("bench-e2e-{run_id}");
         let t0 = Instant::now();
@@ -90,8 +113,8 @@ pub async fn run(a: BenchArgs) -> i32 {
         }
         let mut sends = tokio::task::JoinSet::new();
         let sem = Arc::new(tokio::sync::Semaphore::new(4));
-        for specs in batches {
-            let (c, sem) = (client.clone(), sem.clone());
+        for (i, specs) in batches.into_iter().enumerate() {
+            let (c, sem) = (node(i), sem.clone());
             sends.spawn(async move {
                 let _p = sem.acquire().await.expect("open");
                 c.enqueue_batch(&specs).await.map(|r| r.ids.len())
@@ -111,7 +134,7 @@ pub async fn run(a: BenchArgs) -> i32 {
         for w in 0..a.workers {
             let done = done.clone();
             let mut stop = stop_tx.subscribe();
-            let worker = Worker::new(client.clone(), format!("bench-{w}"))
+            let worker = Worker::new(node(w), format!("bench-{w}"))
                 .concurrency(a.concurrency)
                 .claim_batch(a.claim)
                 .wait_ms(1_000)
@@ -126,9 +149,13 @@ pub async fn run(a: BenchArgs) -> i32 {
                 let _ = stop.recv().await;
             })));
         }
+        // Handlers first (cheap, local), then the server's count, so polling costs it little.
+        while done.load(Ordering::Relaxed) < a.jobs as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let mut completed = 0;
         while completed < a.jobs as u64 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
             let q = client.queues().await.ok().and_then(|r| r.queues.into_iter().find(|q| q.queue == queue));
             completed = q.map_or(0, |q| q.counts.get(&ferry_core::JobState::Completed).copied().unwrap_or(0));
         }
@@ -161,7 +188,7 @@ pub async fn run(a: BenchArgs) -> i32 {
         let queue = format!("bench-lat-{run_id}");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let worker = Worker::new(client.clone(), "bench-latency")
+        let worker = Worker::new(node(nodes.len() - 1), "bench-latency")
             .concurrency(4)
             .claim_batch(1)
             .wait_ms(30_000)
@@ -198,7 +225,8 @@ pub async fn run(a: BenchArgs) -> i32 {
         let _ = handle.await;
         samples.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
         println!(
-            "latency   enqueue -> start on an idle server, {} samples: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "latency   enqueue -> start on an idle server{}, {} samples: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            if nodes.len() > 1 { " (enqueued on the first node, worked on the last)" } else { "" },
             samples.len(),
             pct(&samples, 0.5),
             pct(&samples, 0.99),
@@ -210,7 +238,7 @@ pub async fn run(a: BenchArgs) -> i32 {
         let t0 = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for c in 0..a.clients {
-            let (client, queue, rounds) = (client.clone(), format!("{queue}-{c}"), a.rounds);
+            let (client, queue, rounds) = (node(c), format!("{queue}-{c}"), a.rounds);
             tasks.spawn(async move {
                 let mut lat = Vec::with_capacity(rounds * 3);
                 for _ in 0..rounds {
@@ -249,5 +277,86 @@ pub async fn run(a: BenchArgs) -> i32 {
             rss(&client).await
         );
     }
+    if want("soak") && soak(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
     0
+}
+
+/// Enqueues `soak_rate` jobs/s in ten batches a second, spread over the nodes, while SDK
+/// workers work them; prints one line per interval: jobs enqueued and completed, backlog, and
+/// the database's size, which should level off once retention or vacuum keeps pace.
+async fn soak(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    let queue = format!("bench-soak-{run_id}");
+    let client = nodes[0].clone();
+    let done = Arc::new(AtomicU64::new(0));
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut workers = Vec::new();
+    for w in 0..a.workers {
+        let done = done.clone();
+        let mut stop = stop_tx.subscribe();
+        let worker = Worker::new(nodes[w % nodes.len()].clone(), format!("soak-{w}"))
+            .concurrency(a.concurrency)
+            .claim_batch(a.claim)
+            .wait_ms(1_000)
+            .handle(&queue, move |_ctx| {
+                let done = done.clone();
+                async move {
+                    done.fetch_add(1, Ordering::Relaxed);
+                    Ok(None)
+                }
+            });
+        workers.push(tokio::spawn(worker.run(async move {
+            let _ = stop.recv().await;
+        })));
+    }
+    let per_tick = (a.soak_rate / 10).max(1) as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let t0 = Instant::now();
+    let mut next_report = Duration::from_secs(a.soak_report_secs);
+    let (mut enqueued, mut last_enq, mut last_done, mut i) = (0u64, 0u64, 0u64, 0usize);
+    let mut failed = false;
+    println!(
+        "soak      {} jobs/s for {} s over {} node(s); one line per {} s",
+        a.soak_rate,
+        a.soak_secs,
+        nodes.len(),
+        a.soak_report_secs
+    );
+    while t0.elapsed() < Duration::from_secs(a.soak_secs) {
+        tick.tick().await;
+        let specs: Vec<JobSpec> =
+            (0..per_tick).map(|_| JobSpec { queue: queue.clone(), ..Default::default() }).collect();
+        match nodes[i % nodes.len()].enqueue_batch(&specs).await {
+            Ok(r) => enqueued += r.ids.len() as u64,
+            Err(e) => {
+                eprintln!("ferry: enqueue failed: {e}");
+                failed = true;
+                break;
+            }
+        }
+        i += 1;
+        if t0.elapsed() >= next_report {
+            let secs = a.soak_report_secs as f64;
+            let d = done.load(Ordering::Relaxed);
+            let info = client.server_info().await.ok();
+            println!(
+                "soak      t={:>5} s  enqueued {:>7.0}/s  completed {:>7.0}/s  backlog {:>7}  db {:>6.1} MiB  server memory {}",
+                next_report.as_secs(),
+                (enqueued - last_enq) as f64 / secs,
+                (d - last_done) as f64 / secs,
+                enqueued.saturating_sub(d),
+                info.as_ref().and_then(|i| i.db_bytes).unwrap_or(0) as f64 / 1048576.0,
+                rss(&client).await
+            );
+            (last_enq, last_done) = (enqueued, d);
+            next_report += Duration::from_secs(a.soak_report_secs);
+        }
+    }
+    let _ = stop_tx.send(());
+    for w in workers {
+        let _ = w.await;
+    }
+    if failed { Err(()) } else { Ok(()) }
 }

@@ -274,6 +274,9 @@ pub struct ServerInfo {
     /// Resident memory of the server process, when the OS tells.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
+    /// Bytes the database occupies (SQLite file + WAL, or ferry's PostgreSQL tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_bytes: Option<u64>,
 }
 
 /// One job of `POST /v1/import`: a job from another system, already queued or already done.

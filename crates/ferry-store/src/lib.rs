@@ -101,6 +101,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `max` completed or cancelled jobs finished at or before `before_ms`.
     async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64>;
 
+    /// Bytes the database occupies (file and WAL, or ferry's tables with their indexes), so
+    /// operators and the soak benchmark can see whether it grows.
+    async fn storage_bytes(&self) -> Result<u64>;
+
     /// Checks storage integrity and ferry's invariants; returns every violation found.
     async fn check_invariants(&self) -> Result<Vec<String>>;
 

@@ -48,6 +48,7 @@ pub async fn server_info(State(st): State<AppState>) -> Json<ServerInfo> {
         backend: st.store.backend().into(),
         uptime_ms: st.started.elapsed().as_millis() as u64,
         rss_bytes: rss_bytes(),
+        db_bytes: st.store.storage_bytes().await.ok(),
     })
 }
 

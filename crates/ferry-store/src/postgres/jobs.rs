@@ -940,6 +940,19 @@ pub async fn next_due(c: &Client) -> Result<Option<i64>> {
     Ok(r.get(0))
 }
 
+/// Size of ferry's tables in the current schema, indexes and TOAST included.
+pub async fn storage_bytes(c: &Client) -> Result<u64> {
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+             WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(r.get::<_, i64>(0).max(0) as u64)
+}
+
 /// ferry's invariants, each as a count of violating rows.
 pub async fn invariants(c: &Client) -> Result<Vec<String>> {
     let checks = INVARIANT_CHECKS;

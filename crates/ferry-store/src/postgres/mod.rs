@@ -366,6 +366,10 @@ impl Store for PgStore {
         self.tx(move |tx, _, _| boxed!(jobs::prune(tx, before_ms, max).await)).await
     }
 
+    async fn storage_bytes(&self) -> Result<u64> {
+        self.read(|c| boxed!(jobs::storage_bytes(c).await)).await
+    }
+
     async fn check_invariants(&self) -> Result<Vec<String>> {
         self.read(|c| boxed!(jobs::invariants(c).await)).await
     }

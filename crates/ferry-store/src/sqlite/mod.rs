@@ -81,6 +81,7 @@ pub struct SqliteStore {
     checkpointer: Checkpointer,
     /// Held while open: one process per database file (the in-memory counts rely on it).
     lock: std::sync::Mutex<Option<std::fs::File>>,
+    path: PathBuf,
 }
 
 /// The lock file beside a database (`<db>.lock`).
@@ -231,6 +232,7 @@ impl SqliteStore {
             counts,
             checkpointer,
             lock: std::sync::Mutex::new(Some(lock)),
+            path: config.path.clone(),
         })
     }
 
@@ -368,6 +370,16 @@ impl Store for SqliteStore {
 
     async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
         self.write(move |c, _, fx| jobs::prune(c, before_ms, max, fx)).await
+    }
+
+    async fn storage_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.as_os_str().to_owned();
+            p.push(suffix);
+            total += std::fs::metadata(&p).map_or(0, |m| m.len());
+        }
+        Ok(total)
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>> {

@@ -54,7 +54,8 @@ macro_rules! conformance_tests {
             cancel_rules, pause_and_resume, queue_stats_counts, delayed_jobs, retention_prunes_in_batches,
             wakeup_on_enqueue, wakeup_on_retry_due, wakeup_on_dependency, wakeup_on_resume,
             claim_wait_times_out_empty, concurrent_claimers_each_job_once, list_pagination_and_filters,
-            error_text_is_truncated_and_history_bounded, imports_dedup_in_any_state, maintenance_loops_run, property_state_machine);
+            error_text_is_truncated_and_history_bounded, imports_dedup_in_any_state, maintenance_loops_run, storage_bytes_grow_with_data,
+            property_state_machine);
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
         $(
@@ -930,6 +931,25 @@ pub async fn imports_dedup_in_any_state(h: Harness) {
 }
 
 // ---------- background loops with the real scheduler ----------
+
+/// The reported size is real: it grows when thousands of jobs with payloads arrive.
+pub async fn storage_bytes_grow_with_data(h: Harness) {
+    let before = h.store.storage_bytes().await.unwrap();
+    assert!(before > 0, "an opened store occupies some bytes");
+    // Random hex, so that no backend can compress it away.
+    let jobs: Vec<NewJob> = (0..2_000)
+        .map(|_| {
+            let hex: String = (0..60).map(|_| Uuid::new_v4().simple().to_string()).collect();
+            let mut j = job("sized");
+            j.payload = RawValue::from_string(format!("\"{hex}\"")).unwrap();
+            j
+        })
+        .collect();
+    h.store.enqueue(jobs).await.unwrap();
+    let after = h.store.storage_bytes().await.unwrap();
+    assert!(after >= before + 2_000_000, "3.8 MB of payloads: {before} -> {after} bytes");
+    h.finish().await;
+}
 
 pub async fn maintenance_loops_run(h: Harness) {
     use ferry_store::maintenance::{Maintenance, MaintenanceConfig};
