@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod error;
+pub mod event;
 pub mod job;
 pub mod limits;
 pub mod time;
@@ -16,5 +17,6 @@ pub mod wire;
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCode, Result};
+pub use event::{Event, EventFilter, EventType};
 pub use job::*;
 pub use limits::Limits;

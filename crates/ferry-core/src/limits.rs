@@ -48,6 +48,18 @@ pub struct Limits {
     pub max_page_size: usize,
     /// Largest HTTP request body; bigger bodies are cut off while streaming, not buffered.
     pub max_request_bytes: usize,
+    /// Event subscribers (WebSocket, SSE, waiting long-polls) one node serves at once.
+    pub max_subscribers: usize,
+    /// Events buffered per subscriber before it is told it lagged.
+    pub event_buffer: usize,
+    /// Largest WebSocket message a client may send.
+    pub max_ws_message_bytes: usize,
+    /// Rooms one WebSocket may join.
+    pub max_rooms: usize,
+    /// Schedules kept.
+    pub max_schedules: usize,
+    /// Most missed ticks a `catch_up` schedule may enqueue after downtime.
+    pub max_catch_up: u32,
 }
 
 impl Default for Limits {
@@ -72,6 +84,12 @@ impl Default for Limits {
             max_delay_ms: 366 * 24 * 3_600_000,
             max_page_size: 1000,
             max_request_bytes: 32 << 20,
+            max_subscribers: 10_000,
+            event_buffer: 1_024,
+            max_ws_message_bytes: 4_096,
+            max_rooms: 256,
+            max_schedules: 10_000,
+            max_catch_up: 1_000,
         }
     }
 }

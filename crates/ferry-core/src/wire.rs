@@ -301,3 +301,12 @@ pub struct ImportBody {
     /// Jobs to import, all or nothing.
     pub jobs: Vec<ImportItem>,
 }
+
+/// `GET /v1/events` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventsResponse {
+    /// Matching events, oldest first.
+    pub events: Vec<crate::Event>,
+    /// Pass as `since` next time (it moves past events that did not match, too).
+    pub next_cursor: u64,
+}

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod events;
 
 pub use config::{Config, Database};
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// When the server started.
     pub started: Instant,
+    /// Routes committed events to this node's subscribers.
+    pub hub: Arc<events::Hub>,
 }
 
 /// Opens the configured store.
@@ -73,11 +76,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     })?;
     let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let hub = events::Hub::new(store.clone(), config.limits.event_buffer, config.limits.max_subscribers);
+    tokio::spawn(hub.clone().run(stop_rx.clone()));
     let state = AppState {
         store: store.clone(),
         limits: Arc::new(config.limits.clone()),
         shutdown: stop_rx,
         started: Instant::now(),
+        hub,
     };
     let maintenance = Maintenance::spawn(store.clone(), config.maintenance.clone());
     let app = api::router(state).0;

@@ -4,6 +4,7 @@
 //! conformance suite (`tests/conformance`). Nothing backend-specific leaks above this trait:
 //! the server, the maintenance loops and the long-poll claim only see `dyn Store`.
 
+pub mod events;
 pub mod maintenance;
 pub mod migrate;
 pub mod notify;
@@ -13,13 +14,14 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use ferry_core::{
-    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, FailItem, FailOutcome,
-    HeartbeatOutcome, Job, JobFilter, JobState, NewJob, Page, QueueStats, ReapOutcome, Result,
+    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Event, FailItem,
+    FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, NewJob, Page, QueueStats, ReapOutcome, Result,
 };
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
+pub use events::EventBus;
 pub use notify::Notifier;
 pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
@@ -100,6 +102,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes up to `max` completed or cancelled jobs finished at or before `before_ms`.
     async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64>;
+
+    /// The bus this node's subscribers hear committed events on (events of every node, with
+    /// PostgreSQL).
+    fn events(&self) -> &Arc<EventBus>;
+
+    /// Committed events after cursor `after`, oldest first, at most `limit`.
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+
+    /// Deletes up to `max` stored event batches that are older than `before_ms` or lie
+    /// entirely before the newest `keep` events; the newest batch always stays (it carries the
+    /// cursor on).
+    async fn prune_events(&self, before_ms: i64, keep: u64, max: usize) -> Result<u64>;
 
     /// Bytes the database occupies (file and WAL, or ferry's tables with their indexes), so
     /// operators and the soak benchmark can see whether it grows.

@@ -21,6 +21,10 @@ pub struct MaintenanceConfig {
     pub prune_interval_ms: u64,
     /// Rows per write of every pass (keeps each transaction short).
     pub batch: usize,
+    /// How long events are kept for consumers that resume from a cursor.
+    pub events_retention_ms: i64,
+    /// Most events kept, whatever their age.
+    pub events_keep_max: u64,
 }
 
 impl Default for MaintenanceConfig {
@@ -31,6 +35,8 @@ impl Default for MaintenanceConfig {
             retention_ms: 7 * 24 * 3_600_000,
             prune_interval_ms: 60_000,
             batch: 1_000,
+            events_retention_ms: 24 * 3_600_000,
+            events_keep_max: 1_000_000,
         }
     }
 }
@@ -157,6 +163,17 @@ async fn retention(store: Arc<dyn Store>, cfg: MaintenanceConfig, mut rx: watch:
         }
         if total > 0 {
             tracing::info!(pruned = total, "retention removed finished jobs");
+        }
+        let before = store.clock().now_ms() - cfg.events_retention_ms;
+        loop {
+            match store.prune_events(before, cfg.events_keep_max, cfg.batch).await {
+                Ok(n) if (n as usize) >= cfg.batch && !*rx.borrow() => tokio::task::yield_now().await,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event retention pass failed");
+                    break;
+                }
+            }
         }
     }
 }

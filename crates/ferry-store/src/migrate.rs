@@ -42,6 +42,9 @@ pub struct Table {
     pub key: &'static [&'static str],
     /// Large tables resume after the last copied key; small ones are copied again whole.
     pub resumable: bool,
+    /// A PostgreSQL identity column: values are copied as they are, then its sequence moves
+    /// past them.
+    pub identity: Option<&'static str>,
 }
 
 use Col::*;
@@ -83,18 +86,47 @@ pub const TABLES: &[Table] = &[
         ],
         key: &["seq"],
         resumable: true,
+        identity: Some("seq"),
     },
     Table {
         name: "job_deps",
         columns: &[("dep_seq", I64), ("job_seq", I64)],
         key: &["dep_seq", "job_seq"],
         resumable: false,
+        identity: None,
     },
     Table {
         name: "queues",
         columns: &[("name", Text), ("paused", Bool), ("updated_at", I64)],
         key: &["name"],
         resumable: false,
+        identity: None,
+    },
+    Table {
+        name: "event_log",
+        columns: &[("id", I64), ("first_cursor", I64), ("n", I32), ("at", I64), ("body", Text)],
+        key: &["id"],
+        resumable: true,
+        identity: Some("id"),
+    },
+    Table {
+        name: "schedules",
+        columns: &[
+            ("name", Text),
+            ("cron", Text),
+            ("timezone", Text),
+            ("job", Text),
+            ("misfire", Text),
+            ("catch_up_max", I32),
+            ("paused", Bool),
+            ("next_run_at", I64),
+            ("last_run_at", I64),
+            ("created_at", I64),
+            ("updated_at", I64),
+        ],
+        key: &["name"],
+        resumable: false,
+        identity: None,
     },
 ];
 
@@ -344,7 +376,7 @@ pub async fn sqlite_to_postgres(
             }
         }
         progress(Progress::Table { name: t.name, total: total as u64, skipped });
-        let overriding = if t.name == "jobs" { " OVERRIDING SYSTEM VALUE" } else { "" };
+        let overriding = if t.identity.is_some() { " OVERRIDING SYSTEM VALUE" } else { "" };
         let mut copied = 0u64;
         let mut stmt = src
             .prepare(&format!(
@@ -400,9 +432,15 @@ pub async fn sqlite_to_postgres(
         }
         drop(rows);
         drop(stmt);
-        if t.name == "jobs" {
+        if let Some(col) = t.identity {
+            let table = t.name;
             client
-                .execute("SELECT setval(pg_get_serial_sequence('jobs', 'seq'), GREATEST((SELECT max(seq) FROM jobs), 1))", &[])
+                .execute(
+                    &format!(
+                        "SELECT setval(pg_get_serial_sequence('{table}', '{col}'), GREATEST((SELECT max({col}) FROM {table}), 1))"
+                    ),
+                    &[],
+                )
                 .await
                 .map_err(pg_err)?;
         }

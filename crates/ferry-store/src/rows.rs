@@ -3,8 +3,11 @@
 //! job's next state. Each backend keeps only its SQL.
 
 use ferry_core::validate::truncate_error;
-use ferry_core::{Backoff, Error, ErrorRecord, FailItem, FailOutcome, JobState, Limits, Result, Timestamp};
+use ferry_core::{
+    Backoff, Error, ErrorRecord, Event, EventType, FailItem, FailOutcome, JobState, Limits, Result, Timestamp,
+};
 use serde_json::value::RawValue;
+use uuid::Uuid;
 
 /// The finished states, as an SQL list.
 pub const FINISHED: &str = "('completed', 'dead', 'cancelled')";
@@ -80,6 +83,8 @@ pub struct Leased {
     pub has_dependants: bool,
     /// Due time.
     pub run_at: i64,
+    /// Stored tags (JSON list), carried onto its events.
+    pub tags: Option<String>,
 }
 
 /// What a failure report does.
@@ -182,3 +187,63 @@ pub const INVARIANT_CHECKS: &[(&str, &str)] = &[
         "state NOT IN ('scheduled', 'waiting', 'ready', 'running', 'completed', 'dead', 'cancelled')",
     ),
 ];
+
+/// Tags as stored, for an event (unreadable tags give none rather than failing the write).
+pub fn event_tags(stored: Option<String>) -> Vec<String> {
+    json_list(stored).unwrap_or_default()
+}
+
+/// A job event at `now`.
+pub fn job_event(kind: EventType, now: i64, queue: &str, id: Uuid, tags: Vec<String>) -> Event {
+    Event::job(kind, now, queue, id, tags)
+}
+
+/// The event a new job gets, with the state it entered.
+pub fn enqueued_event(now: i64, queue: &str, id: Uuid, tags: &[String], state: JobState) -> Event {
+    job_event(EventType::JobEnqueued, now, queue, id, tags.to_vec())
+        .with(serde_json::json!({ "state": state.as_str() }))
+}
+
+/// The events of a failed attempt or an expired lease that moved the job to `state`:
+/// `job.failed` then `job.retried` (with when it runs) or `job.dead`.
+pub fn failure_events(
+    job: &Leased,
+    id: Uuid,
+    now: i64,
+    state: JobState,
+    run_at: i64,
+    error: &str,
+) -> [Event; 2] {
+    let tags = event_tags(job.tags.clone());
+    let mut short = error.to_string();
+    if short.len() > 200 {
+        let mut cut = 200;
+        while !short.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        short.truncate(cut);
+    }
+    let failed = job_event(EventType::JobFailed, now, &job.queue, id, tags.clone())
+        .with(serde_json::json!({ "attempt": job.attempt, "error": short }));
+    let next = if state == JobState::Dead {
+        job_event(EventType::JobDead, now, &job.queue, id, tags)
+            .with(serde_json::json!({ "attempt": job.attempt }))
+    } else {
+        job_event(EventType::JobRetried, now, &job.queue, id, tags)
+            .with(serde_json::json!({ "attempt": job.attempt, "run_at": Timestamp(run_at) }))
+    };
+    [failed, next]
+}
+
+/// A queue paused or resumed.
+pub fn queue_event(now: i64, queue: &str, paused: bool) -> Event {
+    Event {
+        cursor: 0,
+        kind: if paused { EventType::QueuePaused } else { EventType::QueueResumed },
+        at: Timestamp(now),
+        queue: Some(queue.to_string()),
+        job_id: None,
+        tags: Vec::new(),
+        data: None,
+    }
+}

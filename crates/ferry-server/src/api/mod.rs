@@ -3,6 +3,7 @@
 //! miss a route.
 
 pub mod dlq;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod queues;
@@ -39,6 +40,9 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(dlq::list))
         .routes(routes!(dlq::replay))
         .routes(routes!(dlq::purge))
+        .routes(routes!(events::poll))
+        .routes(routes!(events::stream))
+        .routes(routes!(events::ws))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::server_info))

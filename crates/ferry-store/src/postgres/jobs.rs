@@ -9,9 +9,9 @@ use super::pg_err;
 use crate::rows::*;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
 use ferry_core::{
-    Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
-    FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob, Page,
-    QueueStats, ReapOutcome, Result, Timestamp,
+    Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
+    EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
+    Page, QueueStats, ReapOutcome, Result, Timestamp,
 };
 use std::collections::BTreeMap;
 use tokio_postgres::Row;
@@ -24,6 +24,8 @@ pub struct Wakes {
     pub queues: Vec<String>,
     /// Earliest `run_at` of jobs that became scheduled.
     pub due: Option<i64>,
+    /// Events to record with the transaction.
+    pub events: Vec<Event>,
 }
 
 impl Wakes {
@@ -94,6 +96,7 @@ pub async fn enqueue(
                 _ => w.due(run_at),
             }
             let id = Uuid::now_v7();
+            w.events.push(enqueued_event(now, &job.queue, id, &job.tags, state));
             simple.push(id, job, state, run_at);
             out.push(EnqueueOutcome { id, duplicate: false });
             continue;
@@ -198,6 +201,7 @@ pub async fn enqueue(
             JobState::Scheduled => w.due(run_at),
             _ => {}
         }
+        w.events.push(enqueued_event(now, &job.queue, id, &job.tags, state));
         out.push(EnqueueOutcome { id, duplicate: false });
     }
     simple.flush(tx, now).await?;
@@ -283,7 +287,12 @@ impl SimpleBatch {
 }
 
 /// Leases up to `req.max` ready jobs, best first, skipping rows other claimers hold.
-pub async fn claim(tx: &Transaction<'_>, now: i64, req: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+pub async fn claim(
+    tx: &Transaction<'_>,
+    now: i64,
+    req: &ClaimRequest,
+    w: &mut Wakes,
+) -> Result<Vec<ClaimedJob>> {
     let paused = tx
         .query_opt("SELECT paused FROM queues WHERE name = $1", &[&req.queue])
         .await
@@ -320,6 +329,12 @@ pub async fn claim(tx: &Transaction<'_>, now: i64, req: &ClaimRequest) -> Result
         jobs.push((r.get::<_, i64>(0), r.get::<_, i64>(9), job));
     }
     jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+    for (_, _, j) in &jobs {
+        w.events.push(
+            job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone())
+                .with(serde_json::json!({ "attempt": j.attempt, "worker": req.worker })),
+        );
+    }
     Ok(jobs.into_iter().map(|(_, _, j)| j).collect())
 }
 
@@ -401,7 +416,7 @@ pub async fn complete_many(
                  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[]) AS x(id, lease, seq, result)
                  WHERE j.seq = x.seq AND j.id = x.id AND j.state = 'running' AND j.lease = x.lease
                     AND j.lease_expires_at > $1
-                 RETURNING j.id, j.lease, j.seq, j.has_dependants",
+                 RETURNING j.id, j.lease, j.seq, j.has_dependants, j.queue, j.tags",
             )
             .await
             .map_err(pg_err)?,
@@ -412,6 +427,7 @@ pub async fn complete_many(
     let mut done = std::collections::HashSet::with_capacity(rows.len());
     for r in &rows {
         done.insert((r.get::<_, Uuid>(0), r.get::<_, String>(1)));
+        w.events.push(job_event(EventType::JobCompleted, now, r.get(4), r.get(0), event_tags(r.get(5))));
         if r.get::<_, bool>(3) {
             resolve_dependants(tx, now, r.get(2), w).await?;
         }
@@ -435,13 +451,14 @@ pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mu
             "UPDATE jobs SET state = 'completed', result = $1, lease_expires_at = NULL, finished_at = $2,
                 updated_at = $2
              WHERE seq = $5 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $2
-             RETURNING seq, has_dependants",
+             RETURNING seq, has_dependants, queue, tags",
             &[&result, &now, &item.id, &item.lease, &lease_seq(&item.lease)],
         )
         .await
         .map_err(pg_err)?;
     match row {
         Some(r) => {
+            w.events.push(job_event(EventType::JobCompleted, now, r.get(2), item.id, event_tags(r.get(3))));
             if r.get::<_, bool>(1) {
                 resolve_dependants(tx, now, r.get(0), w).await?;
             }
@@ -499,6 +516,7 @@ async fn cancel_dependants(
     root_seq: i64,
     root_id: Uuid,
     root_state: JobState,
+    w: &mut Wakes,
 ) -> Result<()> {
     let mut stack = vec![(root_seq, root_id, root_state)];
     while let Some((seq, id, state)) = stack.pop() {
@@ -508,7 +526,7 @@ async fn cancel_dependants(
                 "UPDATE jobs SET state = 'cancelled', cancel_reason = $1, pending_deps = 0, finished_at = $2,
                     updated_at = $2
                  WHERE seq IN (SELECT job_seq FROM job_deps WHERE dep_seq = $3) AND state = 'waiting'
-                 RETURNING seq, id, has_dependants",
+                 RETURNING seq, id, has_dependants, queue, tags",
                 &[&reason, &now, &seq],
             )
             .await
@@ -520,6 +538,10 @@ async fn cancel_dependants(
         .await
         .map_err(pg_err)?;
         for r in rows {
+            w.events.push(
+                job_event(EventType::JobCancelled, now, r.get(3), r.get(1), event_tags(r.get(4)))
+                    .with(serde_json::json!({ "reason": reason })),
+            );
             if r.get::<_, bool>(2) {
                 stack.push((r.get(0), r.get(1), JobState::Cancelled));
             }
@@ -532,7 +554,7 @@ async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Leased>> {
     let Some(r) = tx
         .query_opt(
             "SELECT seq, state, lease, lease_expires_at, attempt, max_attempts, backoff_base_ms, backoff_factor,
-                backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at
+                backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at, tags
              FROM jobs WHERE id = $1 FOR UPDATE",
             &[&id],
         )
@@ -554,6 +576,7 @@ async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Leased>> {
         errors: r.get(12),
         has_dependants: r.get(13),
         run_at: r.get(14),
+        tags: r.get(15),
     }))
 }
 
@@ -570,6 +593,7 @@ pub async fn fail(
         return Err(Error::job_not_found(item.id));
     };
     let id = item.id;
+    let message = item.error.clone();
     let (state, run_at, errors) = match decide_failure(&job, item, now, limits, u)? {
         FailDecision::Repeat(outcome) => return Ok(outcome),
         FailDecision::Stale => return Err(Error::stale_lease(id)),
@@ -587,9 +611,10 @@ pub async fn fail(
     )
     .await
     .map_err(pg_err)?;
+    w.events.extend(failure_events(&job, id, now, state, run_at, &message));
     match state {
         JobState::Dead if job.has_dependants => {
-            cancel_dependants(tx, now, job.seq, id, JobState::Dead).await?
+            cancel_dependants(tx, now, job.seq, id, JobState::Dead, w).await?
         }
         JobState::Ready => w.wake(&job.queue),
         JobState::Scheduled => w.due(run_at),
@@ -600,7 +625,13 @@ pub async fn fail(
 }
 
 /// Cancels a job that is not running (idempotent for an already cancelled job).
-pub async fn cancel(tx: &Transaction<'_>, now: i64, id: Uuid, reason: &str) -> Result<JobState> {
+pub async fn cancel(
+    tx: &Transaction<'_>,
+    now: i64,
+    id: Uuid,
+    reason: &str,
+    w: &mut Wakes,
+) -> Result<JobState> {
     let Some(job) = lock_job(tx, id).await? else {
         return Err(Error::job_not_found(id));
     };
@@ -624,8 +655,12 @@ pub async fn cancel(tx: &Transaction<'_>, now: i64, id: Uuid, reason: &str) -> R
     )
     .await
     .map_err(pg_err)?;
+    w.events.push(
+        job_event(EventType::JobCancelled, now, &job.queue, id, event_tags(job.tags.clone()))
+            .with(serde_json::json!({ "reason": reason })),
+    );
     if job.has_dependants {
-        cancel_dependants(tx, now, job.seq, id, JobState::Cancelled).await?;
+        cancel_dependants(tx, now, job.seq, id, JobState::Cancelled, w).await?;
     }
     Ok(JobState::Cancelled)
 }
@@ -667,10 +702,11 @@ pub async fn reap(
         if changed == 0 {
             continue;
         }
+        w.events.extend(failure_events(&job, id, now, state, now, "lease expired"));
         if state == JobState::Dead {
             out.dead += 1;
             if job.has_dependants {
-                cancel_dependants(tx, now, job.seq, id, JobState::Dead).await?;
+                cancel_dependants(tx, now, job.seq, id, JobState::Dead, w).await?;
             }
         } else {
             out.requeued += 1;
@@ -717,17 +753,17 @@ async fn dead_rows(
     tx: &Transaction<'_>,
     selector: &DeadSelector,
     max: usize,
-) -> Result<Vec<(i64, Uuid, String)>> {
+) -> Result<Vec<(i64, Uuid, String, Option<String>)>> {
     let rows = match selector {
         DeadSelector::Ids(ids) => {
             let ids: Vec<Uuid> = ids.iter().take(max).copied().collect();
-            tx.query(&tx.prepare_cached("SELECT seq, id, queue FROM jobs WHERE id = ANY($1) AND state = 'dead' ORDER BY seq FOR UPDATE").await.map_err(pg_err)?,
+            tx.query(&tx.prepare_cached("SELECT seq, id, queue, tags FROM jobs WHERE id = ANY($1) AND state = 'dead' ORDER BY seq FOR UPDATE").await.map_err(pg_err)?,
                 &[&ids],
             )
             .await
         }
         DeadSelector::Queue(q) => {
-            tx.query(&tx.prepare_cached("SELECT seq, id, queue FROM jobs WHERE queue = $1 AND state = 'dead' ORDER BY seq LIMIT $2
+            tx.query(&tx.prepare_cached("SELECT seq, id, queue, tags FROM jobs WHERE queue = $1 AND state = 'dead' ORDER BY seq LIMIT $2
                  FOR UPDATE SKIP LOCKED").await.map_err(pg_err)?,
                 &[q, &(max.min(i64::MAX as usize) as i64)],
             )
@@ -735,7 +771,7 @@ async fn dead_rows(
         }
     }
     .map_err(pg_err)?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
 }
 
 /// Dead jobs back to ready: attempts reset, history kept.
@@ -754,8 +790,9 @@ pub async fn replay(
     )
     .await
     .map_err(pg_err)?;
-    for (_, _, q) in &rows {
+    for (_, id, q, tags) in &rows {
         w.wake(q);
+        w.events.push(job_event(EventType::JobReplayed, now, q, *id, event_tags(tags.clone())));
     }
     // Keep the caller's order for ids.
     let mut ids: Vec<Uuid> = rows.into_iter().map(|r| r.1).collect();
@@ -800,6 +837,7 @@ pub async fn set_paused(
     )
     .await
     .map_err(pg_err)?;
+    w.events.push(queue_event(now, queue, paused));
     if !paused {
         w.wake(queue);
     }

@@ -7,17 +7,19 @@
 //! transaction, delivered at commit) to a `LISTEN`ing connection on each node; claimers also
 //! re-check every `fallback_poll`, so a lost notification only delays a job.
 
+mod events;
 mod jobs;
 pub mod schema;
 
 use crate::Store;
+use crate::events::EventBus;
 use crate::notify::Notifier;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use ferry_core::{
-    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, FailItem,
-    FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats, ReapOutcome,
-    Result,
+    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
+    FailItem, FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats,
+    ReapOutcome, Result,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,9 @@ pub struct PgConfig {
     pub fallback_poll_ms: u64,
     /// Input limits (error text, history length).
     pub limits: Limits,
+    /// How often this node checks ferry's hot tables for dead row versions and vacuums them
+    /// (one node at a time); 0 leaves it to autovacuum alone.
+    pub vacuum_interval_ms: u64,
 }
 
 impl PgConfig {
@@ -49,6 +54,7 @@ impl PgConfig {
             pool_size: 16,
             fallback_poll_ms: 1_000,
             limits: Limits::default(),
+            vacuum_interval_ms: 10_000,
         }
     }
 }
@@ -61,7 +67,10 @@ pub struct PgStore {
     limits: Arc<Limits>,
     channel: String,
     fallback_poll: Duration,
-    listener: tokio::task::JoinHandle<()>,
+    bus: Arc<EventBus>,
+    /// Wakes this node's event sequencer after a commit that recorded events.
+    sequence: Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Maps a PostgreSQL error: lost connections and server shutdowns are `unavailable`.
@@ -83,7 +92,7 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
     }
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> Error {
+pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> Error {
     Error::unavailable(format!("database unavailable: {e}"))
 }
 
@@ -105,7 +114,7 @@ impl PgStore {
             .url
             .parse()
             .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("bad PostgreSQL URL: {e}")))?;
-        let channel = match &config.schema {
+        let (channel, events_channel) = match &config.schema {
             Some(s) => {
                 valid_schema(s)?;
                 let (client, conn) = pg.connect(NoTls).await.map_err(pg_err)?;
@@ -114,9 +123,9 @@ impl PgStore {
                 drop(client);
                 let _ = driver.await;
                 pg.options(format!("-c search_path={s}"));
-                format!("ferry_wake_{s}")
+                (format!("ferry_wake_{s}"), format!("ferry_events_{s}"))
             }
-            None => "ferry_wake".to_string(),
+            None => ("ferry_wake".to_string(), "ferry_events".to_string()),
         };
         let mgr = Manager::from_config(
             pg.clone(),
@@ -131,8 +140,23 @@ impl PgStore {
             let mut client = pool.get().await.map_err(pool_err)?;
             schema::migrate(&mut client).await?;
         }
+        let head = events::head(&*pool.get().await.map_err(pool_err)?).await?;
+        let bus = EventBus::new(head);
         let notifier = Notifier::new();
-        let listener = tokio::spawn(listen(pg, channel.clone(), notifier.clone()));
+        let sequence = Arc::new(tokio::sync::Notify::new());
+        let tail = Arc::new(tokio::sync::Notify::new());
+        let tasks = vec![
+            tokio::spawn(listen(pg, channel.clone(), events_channel.clone(), notifier.clone(), tail.clone())),
+            tokio::spawn(events::sequencer(pool.clone(), events_channel, sequence.clone())),
+            tokio::spawn(events::tailer(pool.clone(), bus.clone(), tail)),
+        ];
+        let mut tasks = tasks;
+        if config.vacuum_interval_ms > 0 {
+            tasks.push(tokio::spawn(vacuum_loop(
+                pool.clone(),
+                Duration::from_millis(config.vacuum_interval_ms),
+            )));
+        }
         Ok(PgStore {
             pool,
             notifier,
@@ -140,7 +164,9 @@ impl PgStore {
             limits: Arc::new(config.limits),
             channel,
             fallback_poll: Duration::from_millis(config.fallback_poll_ms),
-            listener,
+            bus,
+            sequence,
+            tasks,
         })
     }
 
@@ -170,6 +196,17 @@ impl PgStore {
         let mut wakes = jobs::Wakes::default();
         let now = self.clock.now_ms();
         let out = f(&tx, now, &mut wakes).await?;
+        if !wakes.events.is_empty() {
+            let at = wakes.events.last().map_or(now, |e| e.at.0);
+            tx.execute(
+                &tx.prepare_cached("INSERT INTO event_log (n, at, body) VALUES ($1, $2, $3)")
+                    .await
+                    .map_err(pg_err)?,
+                &[&(wakes.events.len() as i32), &at, &crate::events::encode(&wakes.events)],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
         if !wakes.queues.is_empty() {
             tx.execute(
                 "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q",
@@ -184,6 +221,9 @@ impl PgStore {
         }
         if let Some(d) = wakes.due {
             self.notifier.due_at(d);
+        }
+        if !wakes.events.is_empty() {
+            self.sequence.notify_one();
         }
         Ok(out)
     }
@@ -200,19 +240,28 @@ impl PgStore {
 }
 
 /// Keeps one `LISTEN` connection per node, reconnecting after failures, and turns each
-/// notification into a local wake-up of its queue.
-async fn listen(pg: tokio_postgres::Config, channel: String, notifier: Arc<Notifier>) {
+/// notification into a local wake-up of its queue, or of the event tailer.
+async fn listen(
+    pg: tokio_postgres::Config,
+    channel: String,
+    events_channel: String,
+    notifier: Arc<Notifier>,
+    tail: Arc<tokio::sync::Notify>,
+) {
     use futures_util::StreamExt;
     loop {
         match pg.connect(NoTls).await {
             Ok((client, mut conn)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let (channel_of_wakes, tail) = (channel.clone(), tail.clone());
                 let driver = tokio::spawn(async move {
                     let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                     while let Some(msg) = stream.next().await {
                         match msg {
                             Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                if tx.send(n.payload().to_string()).is_err() {
+                                if n.channel() != channel_of_wakes {
+                                    tail.notify_one();
+                                } else if tx.send(n.payload().to_string()).is_err() {
                                     return;
                                 }
                             }
@@ -221,7 +270,7 @@ async fn listen(pg: tokio_postgres::Config, channel: String, notifier: Arc<Notif
                         }
                     }
                 });
-                if client.batch_execute(&format!("LISTEN {channel}")).await.is_ok() {
+                if client.batch_execute(&format!("LISTEN {channel}; LISTEN {events_channel}")).await.is_ok() {
                     while let Some(queue) = rx.recv().await {
                         notifier.wake(&queue);
                     }
@@ -232,6 +281,55 @@ async fn listen(pg: tokio_postgres::Config, channel: String, notifier: Arc<Notif
             Err(e) => tracing::warn!(error = %e, "cannot open the PostgreSQL LISTEN connection; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Advisory lock key letting one node vacuum at a time ("fvac" in ASCII).
+const VACUUM_LOCK: i64 = 0x6676_6163;
+
+/// Dead row versions a table may hold before ferry vacuums it: the larger of this and a tenth
+/// of its live rows.
+const VACUUM_MIN_DEAD: i64 = 20_000;
+
+/// Every claim and completion leaves a dead row version in `jobs`; claims walk past them until
+/// a vacuum clears them, so throughput and table size depend on it. Autovacuum may be off or
+/// too slow for a table that turns over thousands of times a second, so each node checks the
+/// counts on a timer and, holding an advisory lock, vacuums what needs it.
+async fn vacuum_loop(pool: Pool, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(client) = pool.get().await else { continue };
+        let locked = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&VACUUM_LOCK])
+            .await
+            .is_ok_and(|r| r.get::<_, bool>(0));
+        if !locked {
+            continue;
+        }
+        let due = client
+            .query(
+                "SELECT relname::text FROM pg_stat_user_tables
+                 WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps')
+                   AND n_dead_tup > greatest($1, n_live_tup / 10)",
+                &[&VACUUM_MIN_DEAD],
+            )
+            .await;
+        match due {
+            Ok(rows) => {
+                for r in rows {
+                    let table: String = r.get(0);
+                    let started = std::time::Instant::now();
+                    match client.batch_execute(&format!("VACUUM (ANALYZE) {table}")).await {
+                        Ok(()) => {
+                            tracing::info!(table, ms = started.elapsed().as_millis() as u64, "vacuumed")
+                        }
+                        Err(e) => tracing::warn!(table, error = %e, "vacuum failed"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read table statistics"),
+        }
+        let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&VACUUM_LOCK]).await;
     }
 }
 
@@ -265,7 +363,7 @@ impl Store for PgStore {
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
         assert!(req.max >= 1, "claim max is validated above the store");
-        self.tx(move |tx, now, _| boxed!(jobs::claim(tx, now, &req).await)).await
+        self.tx(move |tx, now, w| boxed!(jobs::claim(tx, now, &req, w).await)).await
     }
 
     async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
@@ -315,7 +413,7 @@ impl Store for PgStore {
 
     async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
         let reason = reason.to_string();
-        self.tx(move |tx, now, _| boxed!(jobs::cancel(tx, now, id, &reason).await)).await
+        self.tx(move |tx, now, w| boxed!(jobs::cancel(tx, now, id, &reason, w).await)).await
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Job> {
@@ -366,6 +464,18 @@ impl Store for PgStore {
         self.tx(move |tx, _, _| boxed!(jobs::prune(tx, before_ms, max).await)).await
     }
 
+    fn events(&self) -> &Arc<EventBus> {
+        &self.bus
+    }
+
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.read(move |c| boxed!(events::read_events(c, after, limit).await)).await
+    }
+
+    async fn prune_events(&self, before_ms: i64, keep: u64, max: usize) -> Result<u64> {
+        self.read(move |c| boxed!(events::prune(c, before_ms, keep, max).await)).await
+    }
+
     async fn storage_bytes(&self) -> Result<u64> {
         self.read(|c| boxed!(jobs::storage_bytes(c).await)).await
     }
@@ -375,7 +485,9 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
-        self.listener.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
         self.pool.close();
     }
 }

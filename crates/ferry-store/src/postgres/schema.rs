@@ -2,7 +2,7 @@
 //! start together do not race, and a schema newer than this build is refused.
 //!
 //! Table registry (kept in step with the SQLite schema): `ferry_meta`, `jobs`, `job_deps`,
-//! `queues`. Unlike SQLite, several processes write here, so counts per state come from a
+//! `queues`, `event_log`, `schedules`. Unlike SQLite, several processes write here, so counts per state come from a
 //! scan of the table, not from memory.
 
 use super::pg_err;
@@ -71,6 +71,32 @@ CREATE TABLE queues (
 DROP INDEX jobs_state_queue;
 ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05,
                       autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.05);
+"#,
+    r#"
+-- One row per committed transaction that produced events; first_cursor is assigned later, in
+-- commit order, by the sequencer (postgres/events.rs).
+CREATE TABLE event_log (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    first_cursor BIGINT UNIQUE,
+    n            INTEGER NOT NULL,
+    at           BIGINT NOT NULL,
+    body         TEXT NOT NULL
+);
+CREATE INDEX event_log_unsequenced ON event_log (id) WHERE first_cursor IS NULL;
+CREATE TABLE schedules (
+    name         TEXT PRIMARY KEY,
+    cron         TEXT NOT NULL,
+    timezone     TEXT NOT NULL,
+    job          TEXT NOT NULL,
+    misfire      TEXT NOT NULL,
+    catch_up_max INTEGER NOT NULL,
+    paused       BOOLEAN NOT NULL DEFAULT FALSE,
+    next_run_at  BIGINT,
+    last_run_at  BIGINT,
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL
+);
+CREATE INDEX schedules_due ON schedules (next_run_at) WHERE NOT paused AND next_run_at IS NOT NULL;
 "#,
 ];
 

@@ -8,9 +8,9 @@ use super::db_err;
 use super::writer::Effects;
 use crate::rows::*;
 use ferry_core::{
-    Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
-    FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob, Page,
-    QueueStats, ReapOutcome, Result, Timestamp,
+    Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
+    EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
+    Page, QueueStats, ReapOutcome, Result, Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
@@ -133,6 +133,7 @@ pub fn enqueue(
             }
         }
         fx.moved(&job.queue, None, Some(state), 1);
+        fx.event(enqueued_event(now, &job.queue, id, &job.tags, state));
         match state {
             JobState::Ready => fx.wake(&job.queue),
             JobState::Scheduled => fx.due(run_at),
@@ -179,6 +180,12 @@ pub fn claim(conn: &Connection, now: i64, req: &ClaimRequest, fx: &mut Effects) 
         jobs.push((r.get(0).map_err(db_err)?, r.get(9).map_err(db_err)?, job));
     }
     fx.moved(&req.queue, Some(JobState::Ready), Some(JobState::Running), jobs.len() as i64);
+    for (_, _, j) in &jobs {
+        fx.event(
+            job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone())
+                .with(serde_json::json!({ "attempt": j.attempt, "worker": req.worker })),
+        );
+    }
     // RETURNING order is unspecified: restore the claim order.
     jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
     Ok(jobs.into_iter().map(|(_, _, j)| j).collect())
@@ -240,24 +247,25 @@ fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
 
 /// Records one completion; a repeat with the lease that completed the job succeeds again.
 pub fn complete(conn: &Connection, now: i64, item: CompleteItem, fx: &mut Effects) -> Result<()> {
-    let done: Option<(i64, bool, String)> = conn
+    let done: Option<(i64, bool, String, Option<String>)> = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'completed', result = ?1, lease_expires_at = NULL, finished_at = ?2,
                 updated_at = ?2
              WHERE seq = ?5 AND id = ?3 AND state = 'running' AND lease = ?4 AND lease_expires_at > ?2
-             RETURNING seq, has_dependants, queue",
+             RETURNING seq, has_dependants, queue, tags",
         )
         .and_then(|mut s| {
             let seq = lease_seq(&item.lease);
             s.query_row(params![item.result.as_ref().map(|r| r.get()), now, item.id, item.lease, seq], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()
         })
         .map_err(db_err)?;
     match done {
-        Some((seq, has_dependants, queue)) => {
+        Some((seq, has_dependants, queue, tags)) => {
             fx.moved(&queue, Some(JobState::Running), Some(JobState::Completed), 1);
+            fx.event(job_event(EventType::JobCompleted, now, &queue, item.id, event_tags(tags)));
             if has_dependants {
                 resolve_dependants(conn, now, seq, fx)?;
             }
@@ -328,7 +336,7 @@ fn cancel_dependants(
             "UPDATE jobs SET state = 'cancelled', cancel_reason = ?1, pending_deps = 0, finished_at = ?2,
                 updated_at = ?2
              WHERE seq = ?3 AND state = 'waiting'
-             RETURNING seq, id, has_dependants, queue",
+             RETURNING seq, id, has_dependants, queue, tags",
         )
         .map_err(db_err)?;
     let mut stack = vec![(root_seq, root_id, root_state)];
@@ -337,14 +345,18 @@ fn cancel_dependants(
         let dependants: Vec<i64> =
             take.query_map([seq], |r| r.get(0)).and_then(|m| m.collect()).map_err(db_err)?;
         for job_seq in dependants {
-            let row: Option<(i64, Uuid, bool, String)> = cancel
+            let row: Option<(i64, Uuid, bool, String, Option<String>)> = cancel
                 .query_row(params![reason, now, job_seq], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
                 .optional()
                 .map_err(db_err)?;
-            if let Some((s, i, has_dependants, queue)) = row {
+            if let Some((s, i, has_dependants, queue, tags)) = row {
                 fx.moved(&queue, Some(JobState::Waiting), Some(JobState::Cancelled), 1);
+                fx.event(
+                    job_event(EventType::JobCancelled, now, &queue, i, event_tags(tags))
+                        .with(serde_json::json!({ "reason": reason })),
+                );
                 if has_dependants {
                     stack.push((s, i, JobState::Cancelled));
                 }
@@ -357,7 +369,7 @@ fn cancel_dependants(
 fn load_leased(conn: &Connection, id: Uuid) -> Result<Option<Leased>> {
     conn.prepare_cached(
         "SELECT seq, state, lease, lease_expires_at, attempt, max_attempts, backoff_base_ms, backoff_factor,
-            backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at
+            backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at, tags
          FROM jobs WHERE id = ?1",
     )
     .and_then(|mut s| {
@@ -382,6 +394,7 @@ fn load_leased(conn: &Connection, id: Uuid) -> Result<Option<Leased>> {
                     errors: r.get(12)?,
                     has_dependants: r.get(13)?,
                     run_at: r.get(14)?,
+                    tags: r.get(15)?,
                 },
             ))
         })
@@ -408,6 +421,7 @@ pub fn fail(
     let Some(job) = load_leased(conn, id)? else {
         return Err(Error::job_not_found(id));
     };
+    let message = item.error.clone();
     let (state, run_at, errors) = match decide_failure(&job, item, now, limits, u)? {
         FailDecision::Repeat(outcome) => return Ok(outcome),
         FailDecision::Stale => return Err(Error::stale_lease(id)),
@@ -430,6 +444,9 @@ pub fn fail(
     })
     .map_err(db_err)?;
     fx.moved(&job.queue, Some(JobState::Running), Some(state), 1);
+    for e in failure_events(&job, id, now, state, run_at, &message) {
+        fx.event(e);
+    }
     match state {
         JobState::Dead if job.has_dependants => {
             cancel_dependants(conn, now, job.seq, id, JobState::Dead, fx)?
@@ -468,6 +485,10 @@ pub fn cancel(conn: &Connection, now: i64, id: Uuid, reason: &str, fx: &mut Effe
     .and_then(|mut s| s.execute(params![reason, now, job.seq]))
     .map_err(db_err)?;
     fx.moved(&job.queue, Some(job.state), Some(JobState::Cancelled), 1);
+    fx.event(
+        job_event(EventType::JobCancelled, now, &job.queue, id, event_tags(job.tags.clone()))
+            .with(serde_json::json!({ "reason": reason })),
+    );
     if job.has_dependants {
         cancel_dependants(conn, now, job.seq, id, JobState::Cancelled, fx)?;
     }
@@ -507,6 +528,9 @@ pub fn reap(
             continue;
         }
         fx.moved(&job.queue, Some(JobState::Running), Some(state), 1);
+        for e in failure_events(&job, id, now, state, now, "lease expired") {
+            fx.event(e);
+        }
         if state == JobState::Dead {
             out.dead += 1;
             if job.has_dependants {
@@ -555,12 +579,14 @@ pub fn prune(conn: &Connection, before_ms: i64, max: usize, fx: &mut Effects) ->
     Ok(gone.len() as u64)
 }
 
-fn dead_seqs(conn: &Connection, selector: &DeadSelector, max: usize) -> Result<Vec<(i64, Uuid, String)>> {
-    let map = |r: &Row| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+type DeadRow = (i64, Uuid, String, Option<String>);
+
+fn dead_seqs(conn: &Connection, selector: &DeadSelector, max: usize) -> Result<Vec<DeadRow>> {
+    let map = |r: &Row| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
     match selector {
         DeadSelector::Ids(ids) => {
             let mut s = conn
-                .prepare_cached("SELECT seq, id, queue FROM jobs WHERE id = ?1 AND state = 'dead'")
+                .prepare_cached("SELECT seq, id, queue, tags FROM jobs WHERE id = ?1 AND state = 'dead'")
                 .map_err(db_err)?;
             let mut out = Vec::new();
             for id in ids.iter().take(max) {
@@ -572,7 +598,7 @@ fn dead_seqs(conn: &Connection, selector: &DeadSelector, max: usize) -> Result<V
         }
         DeadSelector::Queue(q) => conn
             .prepare_cached(
-                "SELECT seq, id, queue FROM jobs WHERE queue = ?1 AND state = 'dead' ORDER BY seq LIMIT ?2",
+                "SELECT seq, id, queue, tags FROM jobs WHERE queue = ?1 AND state = 'dead' ORDER BY seq LIMIT ?2",
             )
             .and_then(|mut s| s.query_map(params![q, max as i64], map)?.collect())
             .map_err(db_err),
@@ -596,9 +622,10 @@ pub fn replay(
         )
         .map_err(db_err)?;
     let mut ids = Vec::with_capacity(rows.len());
-    for (seq, id, queue) in rows {
+    for (seq, id, queue, tags) in rows {
         s.execute(params![now, seq]).map_err(db_err)?;
         fx.moved(&queue, Some(JobState::Dead), Some(JobState::Ready), 1);
+        fx.event(job_event(EventType::JobReplayed, now, &queue, id, event_tags(tags)));
         fx.wake(&queue);
         ids.push(id);
     }
@@ -610,7 +637,7 @@ pub fn purge(conn: &Connection, selector: &DeadSelector, max: usize, fx: &mut Ef
     let rows = dead_seqs(conn, selector, max)?;
     let mut del = conn.prepare_cached("DELETE FROM jobs WHERE seq = ?1").map_err(db_err)?;
     let mut del_deps = conn.prepare_cached("DELETE FROM job_deps WHERE dep_seq = ?1").map_err(db_err)?;
-    for (seq, _, queue) in &rows {
+    for (seq, _, queue, _) in &rows {
         del.execute([seq]).map_err(db_err)?;
         del_deps.execute([seq]).map_err(db_err)?;
         fx.moved(queue, Some(JobState::Dead), None, 1);
@@ -626,6 +653,7 @@ pub fn set_paused(conn: &Connection, now: i64, queue: &str, paused: bool, fx: &m
     )
     .and_then(|mut s| s.execute(params![queue, paused, now]))
     .map_err(db_err)?;
+    fx.event(queue_event(now, queue, paused));
     if !paused {
         fx.wake(queue);
     }
@@ -800,4 +828,37 @@ pub fn invariants(conn: &Connection) -> Result<Vec<String>> {
         out.push(format!("{dup} × unique key held by two unfinished jobs"));
     }
     Ok(out)
+}
+
+/// Events after cursor `after`: the batch holding `after + 1`, then the ones after it.
+pub fn read_events(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Event>> {
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT first_cursor, body FROM event_log
+             WHERE first_cursor >= coalesce((SELECT max(first_cursor) FROM event_log WHERE first_cursor <= ?1), 0)
+             ORDER BY first_cursor LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![after as i64 + 1, limit.clamp(1, 1_000) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(db_err)?;
+    let batches = rows.iter().map(|(f, b)| crate::events::decode(*f, b)).collect::<Result<Vec<_>>>()?;
+    Ok(crate::events::after(batches, after, limit))
+}
+
+/// Deletes old event batches (see `Store::prune_events`).
+pub fn prune_events(conn: &Connection, before_ms: i64, keep: u64, max: usize) -> Result<u64> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM event_log WHERE id IN (
+                SELECT id FROM event_log
+                WHERE first_cursor < (SELECT max(first_cursor) FROM event_log)
+                  AND (at < ?1 OR first_cursor + n - 1
+                       <= (SELECT first_cursor + n - 1 FROM event_log ORDER BY first_cursor DESC LIMIT 1) - ?2)
+                ORDER BY first_cursor LIMIT ?3)",
+        )
+        .and_then(|mut s| s.execute(params![before_ms, keep.min(i64::MAX as u64) as i64, max as i64]))
+        .map_err(db_err)?;
+    Ok(n as u64)
 }

@@ -11,16 +11,17 @@ pub mod schema;
 mod writer;
 
 use crate::Store;
+use crate::events::EventBus;
 use crate::notify::Notifier;
 use async_trait::async_trait;
 use counts::{Counts, CountsCell};
 use ferry_core::{
-    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, FailItem,
-    FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats, ReapOutcome,
-    Result,
+    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
+    FailItem, FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats,
+    ReapOutcome, Result,
 };
 use read_pool::ReadPool;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::PathBuf;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -82,6 +83,7 @@ pub struct SqliteStore {
     /// Held while open: one process per database file (the in-memory counts rely on it).
     lock: std::sync::Mutex<Option<std::fs::File>>,
     path: PathBuf,
+    bus: Arc<EventBus>,
 }
 
 /// The lock file beside a database (`<db>.lock`).
@@ -216,10 +218,21 @@ impl SqliteStore {
         let checkpointer = Checkpointer::spawn(open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_WRITE)?);
         let notifier = Notifier::new();
         let counts = Arc::new(CountsCell::new(Counts::from_rows(jobs::count_rows(&conn)?)));
+        let head: i64 = conn
+            .query_row(
+                "SELECT first_cursor + n - 1 FROM event_log ORDER BY first_cursor DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .unwrap_or(0);
+        let bus = EventBus::new(head as u64);
         let writer = Writer::spawn(
             conn,
             notifier.clone(),
             counts.clone(),
+            bus.clone(),
             config.max_batch_ops,
             config.channel_capacity,
         );
@@ -233,6 +246,7 @@ impl SqliteStore {
             checkpointer,
             lock: std::sync::Mutex::new(Some(lock)),
             path: config.path.clone(),
+            bus,
         })
     }
 
@@ -370,6 +384,18 @@ impl Store for SqliteStore {
 
     async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
         self.write(move |c, _, fx| jobs::prune(c, before_ms, max, fx)).await
+    }
+
+    fn events(&self) -> &Arc<EventBus> {
+        &self.bus
+    }
+
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.readers.read(move |c| jobs::read_events(c, after, limit)).await
+    }
+
+    async fn prune_events(&self, before_ms: i64, keep: u64, max: usize) -> Result<u64> {
+        self.writer.write(move |c, _| jobs::prune_events(c, before_ms, keep, max)).await
     }
 
     async fn storage_bytes(&self) -> Result<u64> {

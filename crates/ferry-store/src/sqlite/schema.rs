@@ -2,7 +2,8 @@
 //! database written by a newer ferry is refused instead of being misread.
 //!
 //! Table registry (kept in step with `ferry migrate` and the PostgreSQL schema): `ferry_meta`,
-//! `jobs`, `job_deps`, `queues`.
+//! `jobs`, `job_deps`, `queues`, `event_log` (one row per committed group of events),
+//! `schedules`.
 //!
 //! Indexes are partial wherever a state is rare, so a transition touches as few b-trees as
 //! possible; counts per state are kept in memory (see `counts`), not in an index.
@@ -11,7 +12,8 @@ use ferry_core::{Error, ErrorCode, Result};
 use rusqlite::{Connection, OptionalExtension};
 
 /// Migrations in order; index + 1 is the schema version after applying it.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     seq              INTEGER PRIMARY KEY,
     id               BLOB NOT NULL UNIQUE,
@@ -62,7 +64,31 @@ CREATE TABLE queues (
     paused     INTEGER NOT NULL DEFAULT 0,
     updated_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE event_log (
+    id           INTEGER PRIMARY KEY,
+    first_cursor INTEGER NOT NULL UNIQUE,
+    n            INTEGER NOT NULL,
+    at           INTEGER NOT NULL,
+    body         TEXT NOT NULL
+);
+CREATE TABLE schedules (
+    name         TEXT PRIMARY KEY,
+    cron         TEXT NOT NULL,
+    timezone     TEXT NOT NULL,
+    job          TEXT NOT NULL,
+    misfire      TEXT NOT NULL,
+    catch_up_max INTEGER NOT NULL,
+    paused       INTEGER NOT NULL DEFAULT 0,
+    next_run_at  INTEGER,
+    last_run_at  INTEGER,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX schedules_due ON schedules (next_run_at) WHERE paused = 0 AND next_run_at IS NOT NULL;
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

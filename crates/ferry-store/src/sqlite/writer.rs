@@ -13,9 +13,10 @@
 //! - the queue of pending commands is bounded (`channel_capacity`): callers wait for room.
 
 use super::counts::{CountsCell, Deltas};
+use crate::events::EventBus;
 use crate::notify::Notifier;
-use ferry_core::JobState;
 use ferry_core::{Error, ErrorCode, Result};
+use ferry_core::{Event, JobState};
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub(crate) struct Effects {
     pub due_ms: Option<i64>,
     /// State transitions, for the in-memory counts.
     pub deltas: Deltas,
+    /// Events to record in the same transaction and publish after commit.
+    pub events: Vec<Event>,
 }
 
 impl Effects {
@@ -52,6 +55,11 @@ impl Effects {
         self.deltas.moved(queue, from, to, n);
     }
 
+    /// Records an event (numbered and stored when the transaction commits).
+    pub fn event(&mut self, e: Event) {
+        self.events.push(e);
+    }
+
     fn merge(&mut self, other: Effects) {
         for q in other.wake {
             self.wake(&q);
@@ -60,6 +68,7 @@ impl Effects {
             self.due(d);
         }
         self.deltas.merge(other.deltas);
+        self.events.extend(other.events);
     }
 }
 
@@ -97,6 +106,7 @@ impl Writer {
         conn: Connection,
         notifier: Arc<Notifier>,
         counts: Arc<CountsCell>,
+        bus: Arc<EventBus>,
         max_batch_ops: usize,
         capacity: usize,
     ) -> Writer {
@@ -106,7 +116,7 @@ impl Writer {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
-            .spawn(move || run(conn, rx, notifier, counts, max_batch_ops, thread_stats))
+            .spawn(move || run(conn, rx, notifier, counts, bus, max_batch_ops, thread_stats))
             .expect("spawn writer thread");
         Writer { tx, thread: std::sync::Mutex::new(Some(thread)), stats }
     }
@@ -170,6 +180,7 @@ fn run(
     mut rx: mpsc::Receiver<Msg>,
     notifier: Arc<Notifier>,
     counts: Arc<CountsCell>,
+    bus: Arc<EventBus>,
     max_batch_ops: usize,
     stats: Arc<WriterStats>,
 ) {
@@ -214,6 +225,26 @@ fn run(
                     break;
                 }
             }
+            // The group's events, numbered after the last committed cursor, in one row.
+            let head = bus.head();
+            if !poisoned && !fx.events.is_empty() {
+                for (i, e) in fx.events.iter_mut().enumerate() {
+                    e.cursor = head + 1 + i as u64;
+                }
+                let at = fx.events.last().map_or(0, |e| e.at.0);
+                if let Err(e) = conn.execute(
+                    "INSERT INTO event_log (first_cursor, n, at, body) VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![
+                        head as i64 + 1,
+                        fx.events.len() as i64,
+                        at,
+                        crate::events::encode(&fx.events)
+                    ],
+                ) {
+                    tracing::error!(error = %e, "writer could not record events; the batch is rolled back");
+                    poisoned = true;
+                }
+            }
             counts.begin_commit();
             let commit = if poisoned {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -236,6 +267,7 @@ fn run(
                 if let Some(d) = fx.due_ms {
                     notifier.due_at(d);
                 }
+                bus.publish(std::mem::take(&mut fx.events));
             }
             for reply in replies.drain(..) {
                 // The poisoning command keeps its own error; its batch mates get `commit`'s.
@@ -267,7 +299,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER)").unwrap();
-        (Writer::spawn(conn, Notifier::new(), Default::default(), 64, 64), dir)
+        (Writer::spawn(conn, Notifier::new(), Default::default(), EventBus::new(0), 64, 64), dir)
     }
 
     async fn count(w: &Writer, v: i64) -> i64 {

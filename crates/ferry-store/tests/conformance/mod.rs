@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             wakeup_on_enqueue, wakeup_on_retry_due, wakeup_on_dependency, wakeup_on_resume,
             claim_wait_times_out_empty, concurrent_claimers_each_job_once, list_pagination_and_filters,
             error_text_is_truncated_and_history_bounded, imports_dedup_in_any_state, maintenance_loops_run, storage_bytes_grow_with_data,
+            events_record_every_transition, events_cursor_is_gap_free_under_concurrency, events_prune_keeps_the_newest,
             property_state_machine);
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -932,6 +933,150 @@ pub async fn imports_dedup_in_any_state(h: Harness) {
 
 // ---------- background loops with the real scheduler ----------
 
+/// Waits until the bus has published up to `cursor` (PostgreSQL numbers events shortly after
+/// commit), then reads the stored log after `after`.
+async fn events_after(h: &Harness, after: u64, at_least: usize) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = h.store.read_events(after, 100_000).await.unwrap();
+        if got.len() >= at_least {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "expected {at_least} events after {after}, have {}", got.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every state change is an event, in order, with the job's queue and tags.
+pub async fn events_record_every_transition(h: Harness) {
+    let start = h.store.events().head();
+    let mut bus = h.store.events().subscribe();
+    let tagged = enqueue1(&h, job_with(|s| s.tags = Some(vec!["vip".into()]))).await;
+    let c = claim_one(&h, "q").await;
+    complete(&h, c.id, &c.lease).await.unwrap();
+    let failing = enqueue1(&h, job_with(|s| s.max_attempts = Some(2))).await;
+    let c = claim_one(&h, "q").await;
+    fail(&h, c.id, &c.lease, true).await.unwrap();
+    h.clock.advance(3_600_000);
+    h.store.promote_due(100).await.unwrap();
+    let c = claim_one(&h, "q").await;
+    fail(&h, c.id, &c.lease, true).await.unwrap();
+    h.store.replay_dead(DeadSelector::Ids(vec![failing]), 10).await.unwrap();
+    let cancelled = enqueue1(&h, job_with(|s| s.delay_ms = Some(60_000))).await;
+    h.store.cancel(cancelled, "no longer needed").await.unwrap();
+    h.store.set_paused("q", true).await.unwrap();
+    h.store.set_paused("q", false).await.unwrap();
+    let got = events_after(&h, start, 15).await;
+    let kinds: Vec<&str> = got.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "job.enqueued",
+            "job.started",
+            "job.completed",
+            "job.enqueued",
+            "job.started",
+            "job.failed",
+            "job.retried",
+            "job.started",
+            "job.failed",
+            "job.dead",
+            "job.replayed",
+            "job.enqueued",
+            "job.cancelled",
+            "queue.paused",
+            "queue.resumed"
+        ]
+    );
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(e.cursor, start + 1 + i as u64, "cursors grow by one");
+        assert_eq!(e.queue.as_deref(), Some("q"));
+    }
+    assert_eq!(got[0].job_id, Some(tagged));
+    assert_eq!(got[2].tags, vec!["vip".to_string()], "a completion carries the job's tags");
+    assert_eq!(got[5].data.as_ref().unwrap()["attempt"], 1);
+    assert_eq!(got[9].job_id, Some(failing));
+    // The bus saw the same events, in the same order.
+    let mut live = Vec::new();
+    while live.len() < got.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(10), bus.recv()).await.unwrap().unwrap();
+        live.extend(batch.iter().cloned());
+    }
+    assert_eq!(live, got);
+    // Resuming mid-way yields exactly the rest.
+    let rest = h.store.read_events(start + 7, 100).await.unwrap();
+    assert_eq!(rest, got[7..].to_vec());
+    assert_eq!(h.store.read_events(start + 7, 3).await.unwrap(), got[7..10].to_vec());
+    h.finish().await;
+}
+
+/// Concurrent writers: the stored log and the bus both hold every event exactly once, with
+/// cursors 1, 2, 3... in the order the bus published them.
+pub async fn events_cursor_is_gap_free_under_concurrency(h: Harness) {
+    let start = h.store.events().head();
+    let mut bus = h.store.events().subscribe();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = h.store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let jobs = (0..4).map(|_| job(&format!("c{t}"))).collect();
+                store.enqueue(jobs).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored = events_after(&h, start, 800).await;
+    assert_eq!(stored.len(), 800);
+    let mut live = Vec::new();
+    while live.len() < 800 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), bus.recv()).await.unwrap().unwrap();
+        live.extend(batch.iter().cloned());
+    }
+    assert_eq!(live, stored);
+    let ids: HashSet<Uuid> = stored.iter().filter_map(|e| e.job_id).collect();
+    assert_eq!(ids.len(), 800, "one event per job");
+    for (i, e) in stored.iter().enumerate() {
+        assert_eq!(e.cursor, start + 1 + i as u64);
+    }
+    h.finish().await;
+}
+
+/// Pruning removes old batches but never the newest, so cursors carry on after it.
+pub async fn events_prune_keeps_the_newest(h: Harness) {
+    for _ in 0..5 {
+        enqueue1(&h, job("p")).await;
+        h.clock.advance(1_000);
+    }
+    let all = events_after(&h, 0, 5).await;
+    let last = all.last().unwrap().cursor;
+    // By age: everything older than now is eligible, yet the newest batch stays.
+    let mut pruned = 0;
+    loop {
+        let n = h.store.prune_events(h.clock.now_ms() + 1, u64::MAX, 2).await.unwrap();
+        pruned += n;
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(pruned >= 4, "old batches go: {pruned}");
+    let left = h.store.read_events(0, 100).await.unwrap();
+    assert_eq!(left.last().map(|e| e.cursor), Some(last), "the newest event stays");
+    enqueue1(&h, job("p")).await;
+    let next = events_after(&h, last, 1).await;
+    assert_eq!(next[0].cursor, last + 1, "cursors continue after pruning");
+    // By count: keep the newest 1 event.
+    enqueue1(&h, job("p")).await;
+    events_after(&h, last + 1, 1).await;
+    h.store.prune_events(0, 1, 100).await.unwrap();
+    let left = h.store.read_events(0, 100).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].cursor, last + 2);
+    h.finish().await;
+}
+
 /// The reported size is real: it grows when thousands of jobs with payloads arrive.
 pub async fn storage_bytes_grow_with_data(h: Harness) {
     let before = h.store.storage_bytes().await.unwrap();
@@ -959,6 +1104,7 @@ pub async fn maintenance_loops_run(h: Harness) {
         retention_ms: 1_000,
         prune_interval_ms: 20,
         batch: 2,
+        ..Default::default()
     };
     let m = Maintenance::spawn(h.store.clone(), cfg);
     // Reaper: an expired lease comes back without anyone calling reap.

@@ -1,0 +1,372 @@
+//! Event delivery: long-poll (`GET /v1/events`), SSE (`GET /v1/events/stream`) and
+//! WebSocket (`GET /v1/ws`), all with the same event JSON and the same filters, all resuming
+//! from a cursor through [`Feed`].
+//!
+//! Filters are query parameters, each a comma-separated list: `queue`, `job_id`, `tag` (rooms:
+//! an event passes if it belongs to any named room, or to any room when none is named) and
+//! `type` (restricts to those event types). A consumer too slow for its buffer gets a
+//! `lagged` message with the cursor to resume from, then the stream ends.
+
+use crate::AppState;
+use crate::error::{ApiQuery, ApiResult};
+use crate::events::{Feed, Item};
+use axum::Json;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use ferry_core::wire::{ErrorBody, EventsResponse};
+use ferry_core::{Error, ErrorCode, Event, EventFilter, EventType, validate};
+use serde::Deserialize;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Filters and position shared by the three delivery endpoints.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Deliver events after this cursor; without it, only events from now on.
+    pub since: Option<u64>,
+    /// Long-poll only: how long to wait for a first event (0..=max_wait_ms, default 0).
+    pub wait_ms: Option<i64>,
+    /// Long-poll only: most events returned (default 100, at most the page size limit).
+    pub limit: Option<usize>,
+    /// Queues, comma-separated.
+    pub queue: Option<String>,
+    /// Job ids, comma-separated.
+    pub job_id: Option<String>,
+    /// Tags, comma-separated.
+    pub tag: Option<String>,
+    /// Event types, comma-separated (`job.completed,job.dead`).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kind: Option<String>,
+}
+
+fn list(v: &Option<String>) -> Vec<&str> {
+    v.as_deref().map(|s| s.split(',').map(str::trim).filter(|x| !x.is_empty()).collect()).unwrap_or_default()
+}
+
+/// Builds and validates a filter from the query.
+pub fn filter_of(q: &EventQuery, st: &AppState) -> Result<EventFilter, Error> {
+    let l = &st.limits;
+    let mut f = EventFilter::default();
+    for name in list(&q.queue) {
+        validate::queue_name(name, l, "queue")?;
+        f.queues.push(name.to_string());
+    }
+    for id in list(&q.job_id) {
+        f.job_ids.push(
+            Uuid::parse_str(id).map_err(|_| Error::invalid("job_id", format!("{id:?} is not a job id")))?,
+        );
+    }
+    for t in list(&q.tag) {
+        if t.len() > l.max_tag_len {
+            return Err(Error::invalid("tag", format!("a tag is at most {} bytes", l.max_tag_len)));
+        }
+        f.tags.push(t.to_string());
+    }
+    for t in list(&q.kind) {
+        f.types.push(EventType::parse(t).ok_or_else(|| {
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+            Error::invalid("type", format!("unknown event type {t:?}; known: {}", known.join(", ")))
+        })?);
+    }
+    let rooms = f.queues.len() + f.job_ids.len() + f.tags.len();
+    if rooms > l.max_rooms {
+        return Err(Error::invalid(
+            "queue",
+            format!("at most {} rooms (queues, job ids, tags) at once", l.max_rooms),
+        ));
+    }
+    Ok(f)
+}
+
+/// Events after `since`, filtered; waits up to `wait_ms` for a first one. `next_cursor` is
+/// where to continue (it moves past events that did not match, too).
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery),
+    responses((status = 200, body = EventsResponse), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn poll(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> ApiResult<Json<EventsResponse>> {
+    let filter = filter_of(&q, &st)?;
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if !(0..=st.limits.max_wait_ms).contains(&wait_ms) {
+        return Err(Error::invalid(
+            "wait_ms",
+            format!("wait_ms must be 0..={}, got {wait_ms}", st.limits.max_wait_ms),
+        )
+        .into());
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > st.limits.max_page_size {
+        return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)).into());
+    }
+    let mut feed = Feed::open(&st.hub, Some(filter), q.since)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
+    let mut shutdown = st.shutdown.clone();
+    let mut events: Vec<Event> = Vec::new();
+    // Stored events first (no waiting), then, if none matched, the first live one.
+    while events.len() < limit {
+        match feed.next_stored().await? {
+            Some(Item::Event(d)) => events.push(d.event.clone()),
+            Some(Item::Lagged(_)) | None => break,
+        }
+    }
+    if events.is_empty() && wait_ms > 0 {
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, feed.next()) => {
+                if let Ok(Ok(Item::Event(d))) = r {
+                    events.push(d.event.clone());
+                } else if let Ok(Err(e)) = r {
+                    return Err(e.into());
+                }
+            }
+            _ = shutdown.changed() => {}
+        }
+    }
+    Ok(Json(EventsResponse { next_cursor: feed.cursor(), events }))
+}
+
+fn resume_from(q: &EventQuery, headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| Error::invalid("Last-Event-ID", "Last-Event-ID must be a cursor (a number)")),
+        None => Ok(q.since),
+    }
+}
+
+/// Server-sent events: each event's `id` is its cursor, so a reconnecting `EventSource`
+/// resumes with `Last-Event-ID` (which wins over `since`). A `lagged` event carries the
+/// cursor to resume from, then the stream ends.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(EventQuery),
+    responses((status = 200, description = "text/event-stream of events"), (status = 422, body = ErrorBody)))]
+pub async fn stream(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> ApiResult<Response> {
+    let filter = filter_of(&q, &st)?;
+    let since = resume_from(&q, &headers)?;
+    let feed = Feed::open(&st.hub, Some(filter), since)?;
+    let shutdown = st.shutdown.clone();
+    let s =
+        futures_util::stream::unfold((feed, shutdown, false), |(mut feed, mut shutdown, done)| async move {
+            if done || *shutdown.borrow() {
+                return None;
+            }
+            let item = tokio::select! {
+                r = feed.next() => r,
+                _ = shutdown.changed() => return None,
+            };
+            let (ev, done) = match item {
+                Ok(Item::Event(d)) => {
+                    (SseEvent::default().id(d.event.cursor.to_string()).data(d.json.clone()), false)
+                }
+                Ok(Item::Lagged(c)) => (
+                    SseEvent::default()
+                        .event("lagged")
+                        .id(c.to_string())
+                        .data(serde_json::json!({ "type": "lagged", "cursor": c }).to_string()),
+                    true,
+                ),
+                Err(e) => (
+                    SseEvent::default()
+                        .event("error")
+                        .data(serde_json::json!({ "type": "error", "error": e }).to_string()),
+                    true,
+                ),
+            };
+            Some((Ok::<_, std::convert::Infallible>(ev), (feed, shutdown, done)))
+        });
+    Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// A client's WebSocket message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientMsg {
+    /// `subscribe`, `unsubscribe` or `ping`.
+    op: String,
+    /// Rooms: `queue:<name>`, `job:<id>`, `tag:<t>`, or `*` for every event.
+    #[serde(default)]
+    rooms: Vec<String>,
+    /// One room (same as a one-element `rooms`).
+    #[serde(default)]
+    room: Option<String>,
+}
+
+/// Applies a room change to the filter; `None` means no room yet.
+fn change_rooms(
+    current: Option<&EventFilter>,
+    types: &[EventType],
+    rooms: &[String],
+    join: bool,
+    st: &AppState,
+) -> Result<Option<EventFilter>, Error> {
+    let mut f = current.cloned().unwrap_or_default();
+    let mut all = current.is_some_and(|c| c.is_firehose());
+    for (i, room) in rooms.iter().enumerate() {
+        let field = format!("rooms[{i}]");
+        if room == "*" {
+            all = join;
+            continue;
+        }
+        let (kind, name) = room.split_once(':').ok_or_else(|| {
+            Error::invalid(&field, format!("{room:?} is not a room (queue:<name>, job:<id>, tag:<t>, *)"))
+        })?;
+        match kind {
+            "queue" => {
+                validate::queue_name(name, &st.limits, &field)?;
+                f.queues.retain(|q| q != name);
+                if join {
+                    f.queues.push(name.to_string());
+                }
+            }
+            "job" => {
+                let id = Uuid::parse_str(name)
+                    .map_err(|_| Error::invalid(&field, format!("{name:?} is not a job id")))?;
+                f.job_ids.retain(|j| *j != id);
+                if join {
+                    f.job_ids.push(id);
+                }
+            }
+            "tag" => {
+                if name.is_empty() || name.len() > st.limits.max_tag_len {
+                    return Err(Error::invalid(
+                        &field,
+                        format!("a tag is 1..={} bytes", st.limits.max_tag_len),
+                    ));
+                }
+                f.tags.retain(|t| t != name);
+                if join {
+                    f.tags.push(name.to_string());
+                }
+            }
+            _ => return Err(Error::invalid(&field, format!("unknown room kind {kind:?} (queue, job, tag)"))),
+        }
+    }
+    if f.queues.len() + f.job_ids.len() + f.tags.len() > st.limits.max_rooms {
+        return Err(Error::invalid("rooms", format!("at most {} rooms per connection", st.limits.max_rooms)));
+    }
+    f.types = types.to_vec();
+    let named = !(f.queues.is_empty() && f.job_ids.is_empty() && f.tags.is_empty());
+    Ok(if all {
+        // Every event: the rooms no longer narrow anything.
+        Some(EventFilter { types: f.types, ..Default::default() })
+    } else if named {
+        Some(f)
+    } else {
+        None
+    })
+}
+
+fn rooms_of(f: Option<&EventFilter>) -> Vec<String> {
+    let Some(f) = f else { return Vec::new() };
+    if f.is_firehose() {
+        return vec!["*".into()];
+    }
+    let mut r: Vec<String> = f.queues.iter().map(|q| format!("queue:{q}")).collect();
+    r.extend(f.job_ids.iter().map(|j| format!("job:{j}")));
+    r.extend(f.tags.iter().map(|t| format!("tag:{t}")));
+    r
+}
+
+/// WebSocket: join rooms with `{"op":"subscribe","rooms":["queue:mail","job:<id>","tag:vip"]}`
+/// (or `"*"` for all), leave with `{"op":"unsubscribe",...}`; events arrive as the same JSON
+/// as elsewhere. Query filters (`queue`, `job_id`, `tag`) join rooms at connect, `type`
+/// restricts types, `since` resumes. Replies: `subscribed`, `unsubscribed`, `pong`, `error`,
+/// and `lagged` (with the cursor to resume from) before the server closes a connection too
+/// slow for its buffer.
+#[utoipa::path(get, path = "/v1/ws", tag = "events", params(EventQuery),
+    responses((status = 101, description = "WebSocket upgrade"), (status = 422, body = ErrorBody)))]
+pub async fn ws(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let query_filter = filter_of(&q, &st)?;
+    let types = query_filter.types.clone();
+    let initial = if query_filter.is_firehose() { None } else { Some(query_filter) };
+    let feed = Feed::open(&st.hub, initial, q.since)?;
+    let max = st.limits.max_ws_message_bytes;
+    Ok(upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| session(socket, feed, types, st))
+        .into_response())
+}
+
+fn reply(v: serde_json::Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+async fn session(mut socket: WebSocket, mut feed: Feed, types: Vec<EventType>, st: AppState) {
+    let mut shutdown = st.shutdown.clone();
+    loop {
+        tokio::select! {
+            item = feed.next() => match item {
+                Ok(Item::Event(d)) => {
+                    if socket.send(Message::Text(d.json.clone().into())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Item::Lagged(c)) => {
+                    let _ = socket.send(reply(serde_json::json!({ "type": "lagged", "cursor": c }))).await;
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 4008, reason: "lagged".into() }))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = socket.send(reply(serde_json::json!({ "type": "error", "error": e }))).await;
+                    return;
+                }
+            },
+            msg = socket.recv() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = Error::new(ErrorCode::BadRequest, "send JSON text messages");
+                        let _ = socket.send(reply(serde_json::json!({ "type": "error", "error": e }))).await;
+                        continue;
+                    }
+                    Some(Ok(_)) => continue, // ping/pong are answered by the library
+                    Some(Err(_)) | None => return,
+                };
+                let answer = match serde_json::from_str::<ClientMsg>(&text) {
+                    Err(e) => Err(Error::new(ErrorCode::BadRequest, format!("bad message: {e}"))),
+                    Ok(m) if m.op == "ping" => Ok(serde_json::json!({ "type": "pong", "cursor": feed.cursor() })),
+                    Ok(m) if m.op == "subscribe" || m.op == "unsubscribe" => {
+                        let join = m.op == "subscribe";
+                        let rooms: Vec<String> = m.rooms.into_iter().chain(m.room).collect();
+                        change_rooms(feed.filter(), &types, &rooms, join, &st).map(|f| {
+                            feed.set_filter(f);
+                            serde_json::json!({
+                                "type": if join { "subscribed" } else { "unsubscribed" },
+                                "rooms": rooms_of(feed.filter()),
+                                "cursor": feed.cursor(),
+                            })
+                        })
+                    }
+                    Ok(m) => Err(Error::invalid("op", format!("unknown op {:?} (subscribe, unsubscribe, ping)", m.op))),
+                };
+                let out = match answer {
+                    Ok(v) => v,
+                    Err(e) => serde_json::json!({ "type": "error", "error": e }),
+                };
+                if socket.send(reply(out)).await.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                return;
+            }
+        }
+    }
+}
