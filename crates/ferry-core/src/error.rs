@@ -27,6 +27,8 @@ pub enum ErrorCode {
     StaleLease,
     /// The operation does not apply to the object's current state: 409.
     InvalidState,
+    /// The thing to create exists already.
+    Conflict,
     /// A size limit was exceeded: 413.
     PayloadTooLarge,
     /// Too many requests or a full queue: 429.
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::StaleLease => "stale_lease",
             ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
@@ -66,7 +69,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::StaleLease | ErrorCode::InvalidState => 409,
+            ErrorCode::StaleLease | ErrorCode::InvalidState | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
@@ -85,22 +88,35 @@ pub struct Error {
     /// Path of the offending input field, e.g. `jobs[3].queue`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Character offset of the error inside the field's text (a cron expression), from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
 }
 
 impl Error {
     /// Builds an error without a field.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code, message: message.into(), field: None }
+        Error { code, message: message.into(), field: None, position: None }
     }
 
     /// Builds a 422 for one input field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error { code: ErrorCode::ValidationFailed, message: message.into(), field: Some(field.into()) }
+        Error {
+            code: ErrorCode::ValidationFailed,
+            message: message.into(),
+            field: Some(field.into()),
+            position: None,
+        }
     }
 
     /// Builds a 413 for one input field.
     pub fn too_large(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error { code: ErrorCode::PayloadTooLarge, message: message.into(), field: Some(field.into()) }
+        Error {
+            code: ErrorCode::PayloadTooLarge,
+            message: message.into(),
+            field: Some(field.into()),
+            position: None,
+        }
     }
 
     /// The job does not exist.
@@ -124,6 +140,12 @@ impl Error {
     /// An unexpected failure.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::new(ErrorCode::Internal, message)
+    }
+
+    /// Notes where in the field's text the error is.
+    pub fn at(mut self, position: usize) -> Self {
+        self.position = Some(position);
+        self
     }
 
     /// Prefixes the field path, e.g. `queue` becomes `jobs[3].queue`.

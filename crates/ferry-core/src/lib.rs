@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod job;
 pub mod limits;
+pub mod schedule;
 pub mod time;
 pub mod validate;
 pub mod wire;

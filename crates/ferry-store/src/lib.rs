@@ -13,6 +13,7 @@ mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use ferry_core::schedule::Schedule;
 use ferry_core::{
     ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Event, FailItem,
     FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, NewJob, Page, QueueStats, ReapOutcome, Result,
@@ -114,6 +115,29 @@ pub trait Store: Send + Sync + 'static {
     /// entirely before the newest `keep` events; the newest batch always stays (it carries the
     /// cursor on).
     async fn prune_events(&self, before_ms: i64, keep: u64, max: usize) -> Result<u64>;
+
+    /// Stores a new schedule; `conflict` if the name is taken, 422 past `max_schedules`.
+    async fn create_schedule(&self, s: Schedule) -> Result<Schedule>;
+
+    /// Replaces an existing schedule; `not_found` if absent.
+    async fn update_schedule(&self, s: Schedule) -> Result<Schedule>;
+
+    /// One schedule; `not_found` if absent.
+    async fn get_schedule(&self, name: &str) -> Result<Schedule>;
+
+    /// Every schedule, by name.
+    async fn list_schedules(&self) -> Result<Vec<Schedule>>;
+
+    /// Deletes a schedule; `not_found` if absent.
+    async fn delete_schedule(&self, name: &str) -> Result<()>;
+
+    /// Enqueues the jobs of up to `max` due schedules, each tick exactly once even when every
+    /// node runs this (the schedule row is locked, and each job's unique key holds its tick);
+    /// returns the jobs enqueued.
+    async fn fire_schedules(&self, max: usize) -> Result<u64>;
+
+    /// The earliest next tick of any active schedule.
+    async fn next_schedule_ms(&self) -> Result<Option<i64>>;
 
     /// Bytes the database occupies (file and WAL, or ferry's tables with their indexes), so
     /// operators and the soak benchmark can see whether it grows.

@@ -117,7 +117,26 @@ async fn scheduler(store: Arc<dyn Store>, cfg: MaintenanceConfig, mut rx: watch:
                 }
             }
         }
-        let next = store.next_due_ms().await.ok().flatten();
+        loop {
+            match store.fire_schedules(cfg.batch).await {
+                Ok(_) => {
+                    // Schedules still due (more than one batch of them) go round again.
+                    match store.next_schedule_ms().await {
+                        Ok(Some(t)) if t <= store.clock().now_ms() => continue,
+                        _ => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "schedule pass failed");
+                    break;
+                }
+            }
+        }
+        let next =
+            match (store.next_due_ms().await.ok().flatten(), store.next_schedule_ms().await.ok().flatten()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         let hint = notifier.take_due_hint();
         let due = match (next, hint) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -247,3 +247,62 @@ pub fn queue_event(now: i64, queue: &str, paused: bool) -> Event {
         data: None,
     }
 }
+
+/// Columns of a schedule row, in the order `schedule_from` reads them.
+pub const SCHEDULE_COLS: &str = "name, cron, timezone, job, misfire, catch_up_max, paused, next_run_at, last_run_at, created_at, updated_at";
+
+/// A schedule's stored columns, in [`SCHEDULE_COLS`] order.
+pub type ScheduleRow =
+    (String, String, String, String, String, i64, bool, Option<i64>, Option<i64>, i64, i64);
+
+/// A schedule from its stored columns.
+pub fn schedule_from(r: ScheduleRow) -> Result<ferry_core::schedule::Schedule> {
+    let (
+        name,
+        cron,
+        timezone,
+        job,
+        misfire,
+        catch_up_max,
+        paused,
+        next_run_at,
+        last_run_at,
+        created_at,
+        updated_at,
+    ) = r;
+    Ok(ferry_core::schedule::Schedule {
+        job: serde_json::from_str(&job)
+            .map_err(|e| Error::internal(format!("stored schedule {name} is corrupt: {e}")))?,
+        misfire: ferry_core::schedule::Misfire::parse(&misfire)
+            .ok_or_else(|| Error::internal(format!("stored schedule {name} has misfire {misfire:?}")))?,
+        name,
+        cron,
+        timezone,
+        catch_up_max: catch_up_max.clamp(1, u32::MAX as i64) as u32,
+        paused,
+        next_run_at: next_run_at.map(Timestamp),
+        last_run_at: last_run_at.map(Timestamp),
+        created_at: Timestamp(created_at),
+        updated_at: Timestamp(updated_at),
+        next_runs: Vec::new(),
+    })
+}
+
+/// The `schedule.fired` event of one tick.
+pub fn fired_event(
+    now: i64,
+    schedule: &str,
+    tick: i64,
+    job: &ferry_core::EnqueueOutcome,
+    queue: &str,
+    tags: &[String],
+) -> Event {
+    job_event(EventType::ScheduleFired, now, queue, job.id, tags.to_vec()).with(serde_json::json!({
+        "schedule": schedule, "tick": Timestamp(tick), "duplicate": job.duplicate
+    }))
+}
+
+/// The error for a schedule that is not there.
+pub fn schedule_not_found(name: &str) -> Error {
+    Error::new(ferry_core::ErrorCode::NotFound, format!("schedule {name:?} not found"))
+}

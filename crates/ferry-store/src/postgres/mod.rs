@@ -9,6 +9,7 @@
 
 mod events;
 mod jobs;
+mod schedules;
 pub mod schema;
 
 use crate::Store;
@@ -16,6 +17,7 @@ use crate::events::EventBus;
 use crate::notify::Notifier;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use ferry_core::schedule::Schedule;
 use ferry_core::{
     ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
     FailItem, FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats,
@@ -454,6 +456,38 @@ impl Store for PgStore {
 
     async fn promote_due(&self, max: usize) -> Result<u64> {
         self.tx(move |tx, now, w| boxed!(jobs::promote(tx, now, max, w).await)).await
+    }
+
+    async fn create_schedule(&self, s: Schedule) -> Result<Schedule> {
+        let limits = self.limits.clone();
+        self.tx(move |tx, _, _| boxed!(schedules::create(tx, s, &limits).await)).await
+    }
+
+    async fn update_schedule(&self, s: Schedule) -> Result<Schedule> {
+        self.tx(move |tx, _, _| boxed!(schedules::update(tx, s).await)).await
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Schedule> {
+        let name = name.to_string();
+        self.read(move |c| boxed!(schedules::get(c, &name).await)).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        self.read(|c| boxed!(schedules::list(c).await)).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.tx(move |tx, _, _| boxed!(schedules::delete(tx, &name).await)).await
+    }
+
+    async fn fire_schedules(&self, max: usize) -> Result<u64> {
+        let limits = self.limits.clone();
+        self.tx(move |tx, now, w| boxed!(schedules::fire(tx, now, max, &limits, w).await)).await
+    }
+
+    async fn next_schedule_ms(&self) -> Result<Option<i64>> {
+        self.read(|c| boxed!(schedules::next_due(c).await)).await
     }
 
     async fn next_due_ms(&self) -> Result<Option<i64>> {

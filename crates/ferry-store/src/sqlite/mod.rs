@@ -7,6 +7,7 @@
 mod counts;
 mod jobs;
 mod read_pool;
+mod schedules;
 pub mod schema;
 mod writer;
 
@@ -15,6 +16,7 @@ use crate::events::EventBus;
 use crate::notify::Notifier;
 use async_trait::async_trait;
 use counts::{Counts, CountsCell};
+use ferry_core::schedule::Schedule;
 use ferry_core::{
     ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
     FailItem, FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats,
@@ -376,6 +378,47 @@ impl Store for SqliteStore {
 
     async fn promote_due(&self, max: usize) -> Result<u64> {
         self.write(move |c, now, fx| jobs::promote(c, now, max, fx)).await
+    }
+
+    async fn create_schedule(&self, s: Schedule) -> Result<Schedule> {
+        let (limits, wake) = (self.limits.clone(), s.next_run_at);
+        let out = self.writer.write(move |c, _| schedules::create(c, s, &limits)).await?;
+        if let Some(t) = wake {
+            self.notifier.due_at(t.0);
+        }
+        Ok(out)
+    }
+
+    async fn update_schedule(&self, s: Schedule) -> Result<Schedule> {
+        let wake = s.next_run_at;
+        let out = self.writer.write(move |c, _| schedules::update(c, s)).await?;
+        if let Some(t) = wake {
+            self.notifier.due_at(t.0);
+        }
+        Ok(out)
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Schedule> {
+        let name = name.to_string();
+        self.readers.read(move |c| schedules::get(c, &name)).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        self.readers.read(schedules::list).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.writer.write(move |c, _| schedules::delete(c, &name)).await
+    }
+
+    async fn fire_schedules(&self, max: usize) -> Result<u64> {
+        let (now, limits) = (self.clock.now_ms(), self.limits.clone());
+        self.writer.write(move |c, fx| schedules::fire(c, now, max, &limits, fx)).await
+    }
+
+    async fn next_schedule_ms(&self) -> Result<Option<i64>> {
+        self.readers.read(schedules::next_due).await
     }
 
     async fn next_due_ms(&self) -> Result<Option<i64>> {
