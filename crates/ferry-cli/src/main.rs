@@ -7,6 +7,7 @@ mod bench;
 mod commands;
 mod import_dir;
 mod migrate;
+mod schedules;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -51,6 +52,13 @@ enum Command {
         #[command(subcommand)]
         cmd: commands::QueuesCmd,
     },
+    /// Cron schedules: list, add, rm, pause, resume, next.
+    Schedules {
+        #[command(subcommand)]
+        cmd: schedules::SchedulesCmd,
+    },
+    /// Print events live (job, queue and schedule changes).
+    Watch(schedules::WatchArgs),
     /// Benchmark a live server: enqueue in batches, then work the jobs with SDK workers.
     Bench(bench::BenchArgs),
     /// Copy a SQLite database into PostgreSQL (batches, progress, verification, --resume).
@@ -161,6 +169,8 @@ async fn main() {
         Command::Jobs { cmd } => commands::jobs(cmd).await,
         Command::Dlq { cmd } => commands::dlq(cmd).await,
         Command::Queues { cmd } => commands::queues(cmd).await,
+        Command::Schedules { cmd } => schedules::schedules(cmd).await,
+        Command::Watch(args) => schedules::watch(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::ImportDir(args) => import_dir::run(args).await,

@@ -7,6 +7,7 @@ pub mod worker;
 
 pub use worker::{JobContext, JobError, Worker, WorkerStats};
 
+use ferry_core::schedule::{DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse};
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::*;
 use ferry_core::{ClaimedJob, Error, FailOutcome, HeartbeatOutcome, Job};
@@ -120,6 +121,54 @@ impl Client {
 
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
         Ok(self.send(self.http.get(format!("{}{path}", self.base)).query(query)).await?.1)
+    }
+
+    /// Creates a schedule.
+    pub async fn create_schedule(&self, spec: &ScheduleSpec) -> Result<Schedule> {
+        self.post("/v1/schedules", spec).await
+    }
+
+    /// Every schedule.
+    pub async fn schedules(&self) -> Result<SchedulesResponse> {
+        self.get("/v1/schedules", &[]).await
+    }
+
+    /// One schedule with its next `count` runs.
+    pub async fn schedule(&self, name: &str, count: usize) -> Result<Schedule> {
+        self.get(&format!("/v1/schedules/{name}"), &[("count", count.to_string())]).await
+    }
+
+    /// Changes a schedule.
+    pub async fn patch_schedule(&self, name: &str, patch: &SchedulePatch) -> Result<Schedule> {
+        let req = self.http.patch(format!("{}/v1/schedules/{name}", self.base)).json(patch);
+        Ok(self.send(req).await?.1)
+    }
+
+    /// Deletes a schedule.
+    pub async fn delete_schedule(&self, name: &str) -> Result<DeletedResponse> {
+        Ok(self.send(self.http.delete(format!("{}/v1/schedules/{name}", self.base))).await?.1)
+    }
+
+    /// Pauses (`true`) or resumes a schedule.
+    pub async fn pause_schedule(&self, name: &str, paused: bool) -> Result<Schedule> {
+        let op = if paused { "pause" } else { "resume" };
+        self.post(&format!("/v1/schedules/{name}/{op}"), &serde_json::json!({})).await
+    }
+
+    /// Events after `since` matching `filters` (`queue`, `job_id`, `tag`, `type`), waiting up
+    /// to `wait_ms` for one.
+    pub async fn events(
+        &self,
+        since: Option<u64>,
+        wait_ms: i64,
+        filters: &[(&str, String)],
+    ) -> Result<EventsResponse> {
+        let mut q: Vec<(&str, String)> = filters.to_vec();
+        if let Some(s) = since {
+            q.push(("since", s.to_string()));
+        }
+        q.push(("wait_ms", wait_ms.to_string()));
+        self.get("/v1/events", &q).await
     }
 
     /// Enqueues one job.

@@ -308,6 +308,31 @@ pub struct Schedule {
     pub next_runs: Vec<Timestamp>,
 }
 
+/// A job template as stored: absent fields left out.
+fn template_json(job: &JobSpec) -> serde_json::Value {
+    let mut v = serde_json::to_value(job).expect("job spec serializes");
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|_, x| !x.is_null());
+    }
+    v
+}
+
+/// `GET /v1/schedules` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SchedulesResponse {
+    /// Every schedule, by name.
+    pub schedules: Vec<Schedule>,
+}
+
+/// `DELETE /v1/schedules/{name}` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeletedResponse {
+    /// The schedule's name.
+    pub name: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
 /// Default catch-up cap.
 pub const DEFAULT_CATCH_UP_MAX: u32 = 100;
 
@@ -358,7 +383,7 @@ pub fn from_spec(spec: ScheduleSpec, now: i64, limits: &Limits) -> Result<Schedu
         name: spec.name,
         cron: spec.cron,
         timezone,
-        job: serde_json::to_value(&spec.job).expect("job spec serializes"),
+        job: template_json(&spec.job),
         misfire,
         catch_up_max,
         paused,
@@ -383,7 +408,7 @@ pub fn apply_patch(mut s: Schedule, p: SchedulePatch, now: i64, limits: &Limits)
     let cron = CronSpec::parse(&s.cron, &s.timezone)?;
     if let Some(job) = p.job {
         check_template(&job, limits)?;
-        s.job = serde_json::to_value(&job).expect("job spec serializes");
+        s.job = template_json(&job);
     }
     if let Some(m) = p.misfire {
         s.misfire = Misfire::parse(&m).ok_or_else(|| {

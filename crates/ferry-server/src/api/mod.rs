@@ -7,6 +7,7 @@ pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod queues;
+pub mod schedules;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -40,6 +41,10 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(dlq::list))
         .routes(routes!(dlq::replay))
         .routes(routes!(dlq::purge))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(schedules::get, schedules::patch, schedules::delete))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
         .routes(routes!(events::poll))
         .routes(routes!(events::stream))
         .routes(routes!(events::ws))

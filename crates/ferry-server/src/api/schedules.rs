@@ -1,0 +1,120 @@
+//! Schedule endpoints: create, list, show (with the next runs), change, delete, pause, resume.
+//! The firing itself is a maintenance pass (`ferry_store::maintenance`), on every node.
+
+use crate::AppState;
+use crate::error::{ApiPath, ApiQuery, ApiResult, JsonBody};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use ferry_core::schedule::{
+    self, CronSpec, DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse,
+};
+use ferry_core::wire::ErrorBody;
+use ferry_core::{Error, Timestamp};
+use serde::Deserialize;
+
+/// How many next runs `GET /v1/schedules/{name}` shows.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NextQuery {
+    /// Next runs to list (1..=100, default 5).
+    pub count: Option<usize>,
+}
+
+/// Most next runs one request may list.
+const MAX_NEXT_RUNS: usize = 100;
+
+fn with_next_runs(mut s: Schedule, count: usize) -> Schedule {
+    if let (Some(next), Ok(cron)) = (s.next_run_at, CronSpec::parse(&s.cron, &s.timezone)) {
+        let mut runs = vec![next];
+        runs.extend(cron.upcoming(next.0, count.saturating_sub(1)).into_iter().map(Timestamp));
+        s.next_runs = runs;
+    }
+    s
+}
+
+/// Create a schedule: a cron expression (5 or 6 fields, or `@daily`...) in an IANA time
+/// zone, the job each tick enqueues, and a misfire policy. 409 if the name exists; 422 with
+/// `position` for a bad expression.
+#[utoipa::path(post, path = "/v1/schedules", tag = "schedules", request_body = ScheduleSpec, responses(
+    (status = 201, body = Schedule), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(st): State<AppState>,
+    JsonBody(spec): JsonBody<ScheduleSpec>,
+) -> ApiResult<(StatusCode, Json<Schedule>)> {
+    let s = schedule::from_spec(spec, st.store.clock().now_ms(), &st.limits)?;
+    let s = st.store.create_schedule(s).await?;
+    Ok((StatusCode::CREATED, Json(with_next_runs(s, 5))))
+}
+
+/// Every schedule.
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules", responses((status = 200, body = SchedulesResponse)))]
+pub async fn list(State(st): State<AppState>) -> ApiResult<Json<SchedulesResponse>> {
+    Ok(Json(SchedulesResponse { schedules: st.store.list_schedules().await? }))
+}
+
+fn check_name(st: &AppState, name: &str) -> Result<(), Error> {
+    ferry_core::validate::queue_name(name, &st.limits, "name")
+}
+
+/// One schedule with its next runs (`count`, default 5).
+#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path), NextQuery),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<NextQuery>,
+) -> ApiResult<Json<Schedule>> {
+    check_name(&st, &name)?;
+    let count = q.count.unwrap_or(5);
+    if count == 0 || count > MAX_NEXT_RUNS {
+        return Err(Error::invalid("count", format!("count must be 1..={MAX_NEXT_RUNS}")).into());
+    }
+    Ok(Json(with_next_runs(st.store.get_schedule(&name).await?, count)))
+}
+
+async fn change(st: &AppState, name: &str, patch: SchedulePatch) -> ApiResult<Json<Schedule>> {
+    check_name(st, name)?;
+    let current = st.store.get_schedule(name).await?;
+    let s = schedule::apply_patch(current, patch, st.store.clock().now_ms(), &st.limits)?;
+    Ok(Json(with_next_runs(st.store.update_schedule(s).await?, 5)))
+}
+
+/// Change a schedule; absent fields stay. A new expression or zone, or a resume, waits for
+/// the next tick from now (a paused period is not caught up).
+#[utoipa::path(patch, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
+    request_body = SchedulePatch,
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    JsonBody(p): JsonBody<SchedulePatch>,
+) -> ApiResult<Json<Schedule>> {
+    change(&st, &name, p).await
+}
+
+/// Delete a schedule (jobs it already enqueued stay).
+#[utoipa::path(delete, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
+    responses((status = 200, body = DeletedResponse), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<DeletedResponse>> {
+    check_name(&st, &name)?;
+    st.store.delete_schedule(&name).await?;
+    Ok(Json(DeletedResponse { name, deleted: true }))
+}
+
+/// Pause a schedule: its ticks are ignored until it resumes.
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path)),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+pub async fn pause(State(st): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Schedule>> {
+    change(&st, &name, SchedulePatch { paused: Some(true), ..Default::default() }).await
+}
+
+/// Resume a schedule from its next tick after now.
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path)),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+pub async fn resume(State(st): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Schedule>> {
+    change(&st, &name, SchedulePatch { paused: Some(false), ..Default::default() }).await
+}
