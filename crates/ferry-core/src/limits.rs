@@ -50,7 +50,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Event subscribers (WebSocket, SSE, waiting long-polls) one node serves at once.
     pub max_subscribers: usize,
-    /// Events buffered per subscriber before it is told it lagged.
+    /// Events buffered per subscriber before it is told it lagged (pointers to shared events;
+    /// above `max_batch`, so one full batch does not make a keeping-up consumer lag).
     pub event_buffer: usize,
     /// Largest WebSocket message a client may send.
     pub max_ws_message_bytes: usize,
@@ -85,7 +86,7 @@ impl Default for Limits {
             max_page_size: 1000,
             max_request_bytes: 32 << 20,
             max_subscribers: 10_000,
-            event_buffer: 1_024,
+            event_buffer: 16_384,
             max_ws_message_bytes: 4_096,
             max_rooms: 256,
             max_schedules: 10_000,
