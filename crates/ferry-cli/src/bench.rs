@@ -58,7 +58,17 @@ pub struct BenchArgs {
     /// Soak: seconds between report lines.
     #[arg(long, default_value_t = 60)]
     soak_report_secs: u64,
-    /// Phases to run (e2e, latency, clients; soak only when named); e2e, latency, clients by default.
+    /// Fan-out: WebSocket subscribers.
+    #[arg(long, default_value_t = 1_000)]
+    subscribers: usize,
+    /// Fan-out: jobs per second flowing meanwhile.
+    #[arg(long, default_value_t = 10_000)]
+    fanout_rate: u64,
+    /// Fan-out: seconds per measurement (without, then with subscribers).
+    #[arg(long, default_value_t = 10)]
+    fanout_secs: u64,
+    /// Phases to run (e2e, latency, clients; soak and fanout only when named); e2e, latency,
+    /// clients by default.
     phases: Vec<String>,
 }
 
@@ -91,7 +101,8 @@ pub async fn run(a: BenchArgs) -> i32 {
     }
     let client = nodes[0].clone();
     let node = |i: usize| nodes[i % nodes.len()].clone();
-    let want = |p: &str| (a.phases.is_empty() && p != "soak") || a.phases.iter().any(|x| x == p);
+    let want =
+        |p: &str| (a.phases.is_empty() && p != "soak" && p != "fanout") || a.phases.iter().any(|x| x == p);
     let run_id = format!("{:x}", now_us());
     println!(
         "ferry bench against {} node(s) {} (server memory at start: {})",
@@ -280,7 +291,130 @@ pub async fn run(a: BenchArgs) -> i32 {
     if want("soak") && soak(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
+    if want("fanout") && fanout(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
     0
+}
+
+/// Holds `rate` jobs/s (enqueued in ten batches a second, worked by SDK workers) for `secs`;
+/// returns the completion rate achieved.
+async fn steady_load(a: &BenchArgs, client: &Client, queue: &str, secs: u64) -> Result<f64, ()> {
+    let done = Arc::new(AtomicU64::new(0));
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut workers = Vec::new();
+    for w in 0..a.workers {
+        let done = done.clone();
+        let mut stop = stop_tx.subscribe();
+        let worker = Worker::new(client.clone(), format!("fan-{w}"))
+            .concurrency(a.concurrency)
+            .claim_batch(a.claim)
+            .wait_ms(1_000)
+            .handle(queue, move |_ctx| {
+                let done = done.clone();
+                async move {
+                    done.fetch_add(1, Ordering::Relaxed);
+                    Ok(None)
+                }
+            });
+        workers.push(tokio::spawn(worker.run(async move {
+            let _ = stop.recv().await;
+        })));
+    }
+    let per_tick = (a.fanout_rate / 10).max(1) as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Warm up one second, then count.
+    let warm = Instant::now() + Duration::from_secs(1);
+    let (mut t0, mut base) = (None, 0);
+    let end = warm + Duration::from_secs(secs);
+    while Instant::now() < end {
+        tick.tick().await;
+        if t0.is_none() && Instant::now() >= warm {
+            t0 = Some(Instant::now());
+            base = done.load(Ordering::Relaxed);
+        }
+        let specs: Vec<JobSpec> =
+            (0..per_tick).map(|_| JobSpec { queue: queue.to_string(), ..Default::default() }).collect();
+        if let Err(e) = client.enqueue_batch(&specs).await {
+            eprintln!("ferry: enqueue failed: {e}");
+            return Err(());
+        }
+    }
+    let rate = (done.load(Ordering::Relaxed) - base) as f64 / t0.map_or(1.0, |t| t.elapsed().as_secs_f64());
+    let _ = stop_tx.send(());
+    for w in workers {
+        let _ = w.await;
+    }
+    Ok(rate)
+}
+
+/// Job throughput at a steady rate without, then with, `subscribers` WebSocket subscribers
+/// receiving a probe event every 100 ms; prints the throughput drop and the delivery latency
+/// (event time to arrival at each subscriber).
+async fn fanout(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    use futures_util::StreamExt;
+    let client = nodes[0].clone();
+    let base = a.url[0].replace("http://", "ws://");
+    let without = steady_load(a, &client, &format!("bench-fan-load-a-{run_id}"), a.fanout_secs).await?;
+    let probe_queue = format!("bench-fan-probe-{run_id}");
+    let lat = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let mut subs = Vec::with_capacity(a.subscribers);
+    for _ in 0..a.subscribers {
+        let url = format!("{base}/v1/ws?queue={probe_queue}&type=job.enqueued");
+        let (ws, _) = match tokio_tungstenite::connect_async(url).await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("ferry: websocket connect failed: {e}");
+                return Err(());
+            }
+        };
+        let lat = lat.clone();
+        subs.push(tokio::spawn(async move {
+            let (_, mut rx) = ws.split();
+            while let Some(Ok(m)) = rx.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                    let now = now_us() as f64 / 1000.0;
+                    if let Ok(e) = serde_json::from_str::<ferry_core::Event>(&t) {
+                        lat.lock().expect("latency lock").push(now - e.at.0 as f64);
+                    }
+                }
+            }
+        }));
+    }
+    let probing = {
+        let (client, q) = (client.clone(), probe_queue.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if client.enqueue(&JobSpec { queue: q.clone(), ..Default::default() }).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let with = steady_load(a, &client, &format!("bench-fan-load-b-{run_id}"), a.fanout_secs).await?;
+    probing.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in subs {
+        s.abort();
+    }
+    let mut l = lat.lock().expect("latency lock").clone();
+    l.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+    println!(
+        "fanout    {} jobs/s target: {:.0} jobs/s without subscribers, {:.0} with {} WebSocket subscribers ({:+.1}%); \
+         {} deliveries, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        a.fanout_rate,
+        without,
+        with,
+        a.subscribers,
+        (with / without - 1.0) * 100.0,
+        l.len(),
+        pct(&l, 0.5),
+        pct(&l, 0.99),
+        l.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
 }
 
 /// Enqueues `soak_rate` jobs/s in ten batches a second, spread over the nodes, while SDK

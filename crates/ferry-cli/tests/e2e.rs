@@ -431,6 +431,16 @@ async fn openapi_document_covers_every_route() {
         ("get", "/readyz"),
         ("get", "/v1/server"),
         ("get", "/v1/openapi.json"),
+        ("post", "/v1/schedules"),
+        ("get", "/v1/schedules"),
+        ("get", "/v1/schedules/{name}"),
+        ("patch", "/v1/schedules/{name}"),
+        ("delete", "/v1/schedules/{name}"),
+        ("post", "/v1/schedules/{name}/pause"),
+        ("post", "/v1/schedules/{name}/resume"),
+        ("get", "/v1/events"),
+        ("get", "/v1/events/stream"),
+        ("get", "/v1/ws"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in expected {
@@ -439,13 +449,22 @@ async fn openapi_document_covers_every_route() {
             "{method} {path} missing from the OpenAPI document"
         );
         // And the route really is served (not a 404 from the fallback).
-        let url = s.at(&path.replace("{id}", "00000000-0000-7000-8000-000000000000").replace("{queue}", "q"));
-        let resp = if method == "get" {
-            common::http().get(&url).send().await
-        } else {
-            common::http().post(&url).body("{}").send().await
+        let url = s.at(&path
+            .replace("{id}", "00000000-0000-7000-8000-000000000000")
+            .replace("{queue}", "q")
+            .replace("{name}", "s"));
+        let resp = match method {
+            "get" => common::http().get(&url).send().await,
+            "patch" => common::http().patch(&url).body("{}").send().await,
+            "delete" => common::http().delete(&url).send().await,
+            _ => common::http().post(&url).body("{}").send().await,
         };
         let resp = resp.unwrap();
+        if path == "/v1/events/stream" {
+            // An endless stream: its status and content type are the proof.
+            assert_eq!(resp.status(), 200);
+            continue;
+        }
         let body: serde_json::Value = resp.json().await.unwrap_or(json!({}));
         assert!(
             body["error"]["message"].as_str().is_none_or(|m| !m.starts_with("no route")),
