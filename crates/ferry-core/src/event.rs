@@ -49,7 +49,8 @@ pub enum EventType {
 }
 
 impl EventType {
-    /// Every event type, for validation and documentation.
+    /// Every event type, for validation and documentation. The stored event log refers to
+    /// types by their index here: append new types, never reorder.
     pub const ALL: [EventType; 11] = [
         EventType::JobEnqueued,
         EventType::JobStarted,
