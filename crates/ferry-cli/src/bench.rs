@@ -90,6 +90,53 @@ async fn rss(c: &Client) -> String {
     }
 }
 
+/// SDK workers spread over the nodes, counting the no-op jobs of one queue they handle.
+struct CountingWorkers {
+    done: Arc<AtomicU64>,
+    stop: tokio::sync::broadcast::Sender<()>,
+    handles: Vec<tokio::task::JoinHandle<Arc<ferry_client::worker::WorkerStats>>>,
+}
+
+impl CountingWorkers {
+    fn spawn(a: &BenchArgs, nodes: &[Client], queue: &str, name: &str) -> CountingWorkers {
+        let done = Arc::new(AtomicU64::new(0));
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        let handles = (0..a.workers)
+            .map(|w| {
+                let (done, mut stopped) = (done.clone(), stop.subscribe());
+                let worker = Worker::new(nodes[w % nodes.len()].clone(), format!("{name}-{w}"))
+                    .concurrency(a.concurrency)
+                    .claim_batch(a.claim)
+                    .wait_ms(1_000)
+                    .handle(queue, move |_ctx| {
+                        let done = done.clone();
+                        async move {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            Ok(None)
+                        }
+                    });
+                tokio::spawn(worker.run(async move {
+                    let _ = stopped.recv().await;
+                }))
+            })
+            .collect();
+        CountingWorkers { done, stop, handles }
+    }
+
+    /// Jobs handled so far.
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Stops the workers and waits for them to flush.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
 /// Runs the benchmark and prints one line per figure.
 pub async fn run(a: BenchArgs) -> i32 {
     let nodes: Vec<Client> = a.url.iter().map(|u| Client::new(u)).collect();
@@ -138,30 +185,10 @@ pub async fn run(a: BenchArgs) -> i32 {
             }
         }
         let enq = t0.elapsed();
-        let done = Arc::new(AtomicU64::new(0));
-        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-        let mut workers = Vec::new();
         let t1 = Instant::now();
-        for w in 0..a.workers {
-            let done = done.clone();
-            let mut stop = stop_tx.subscribe();
-            let worker = Worker::new(node(w), format!("bench-{w}"))
-                .concurrency(a.concurrency)
-                .claim_batch(a.claim)
-                .wait_ms(1_000)
-                .handle(&queue, move |_ctx| {
-                    let done = done.clone();
-                    async move {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        Ok(None)
-                    }
-                });
-            workers.push(tokio::spawn(worker.run(async move {
-                let _ = stop.recv().await;
-            })));
-        }
+        let workers = CountingWorkers::spawn(&a, &nodes, &queue, "bench");
         // Handlers first (cheap, local), then the server's count, so polling costs it little.
-        while done.load(Ordering::Relaxed) < a.jobs as u64 {
+        while workers.done() < a.jobs as u64 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut completed = 0;
@@ -172,10 +199,7 @@ pub async fn run(a: BenchArgs) -> i32 {
         }
         let work = t1.elapsed();
         let total = t0.elapsed(); // before the workers' shutdown (their long-polls) is waited out
-        let _ = stop_tx.send(());
-        for w in workers {
-            let _ = w.await;
-        }
+        workers.stop().await;
         println!(
             "e2e       enqueue {} jobs in batches of {}: {:.0} jobs/s",
             a.jobs,
@@ -300,27 +324,7 @@ pub async fn run(a: BenchArgs) -> i32 {
 /// Holds `rate` jobs/s (enqueued in ten batches a second, worked by SDK workers) for `secs`;
 /// returns the completion rate achieved.
 async fn steady_load(a: &BenchArgs, client: &Client, queue: &str, secs: u64) -> Result<f64, ()> {
-    let done = Arc::new(AtomicU64::new(0));
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut workers = Vec::new();
-    for w in 0..a.workers {
-        let done = done.clone();
-        let mut stop = stop_tx.subscribe();
-        let worker = Worker::new(client.clone(), format!("fan-{w}"))
-            .concurrency(a.concurrency)
-            .claim_batch(a.claim)
-            .wait_ms(1_000)
-            .handle(queue, move |_ctx| {
-                let done = done.clone();
-                async move {
-                    done.fetch_add(1, Ordering::Relaxed);
-                    Ok(None)
-                }
-            });
-        workers.push(tokio::spawn(worker.run(async move {
-            let _ = stop.recv().await;
-        })));
-    }
+    let workers = CountingWorkers::spawn(a, std::slice::from_ref(client), queue, "fan");
     let per_tick = (a.fanout_rate / 10).max(1) as usize;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -332,7 +336,7 @@ async fn steady_load(a: &BenchArgs, client: &Client, queue: &str, secs: u64) -> 
         tick.tick().await;
         if t0.is_none() && Instant::now() >= warm {
             t0 = Some(Instant::now());
-            base = done.load(Ordering::Relaxed);
+            base = workers.done();
         }
         let specs: Vec<JobSpec> =
             (0..per_tick).map(|_| JobSpec { queue: queue.to_string(), ..Default::default() }).collect();
@@ -341,11 +345,8 @@ async fn steady_load(a: &BenchArgs, client: &Client, queue: &str, secs: u64) -> 
             return Err(());
         }
     }
-    let rate = (done.load(Ordering::Relaxed) - base) as f64 / t0.map_or(1.0, |t| t.elapsed().as_secs_f64());
-    let _ = stop_tx.send(());
-    for w in workers {
-        let _ = w.await;
-    }
+    let rate = (workers.done() - base) as f64 / t0.map_or(1.0, |t| t.elapsed().as_secs_f64());
+    workers.stop().await;
     Ok(rate)
 }
 
@@ -423,27 +424,7 @@ async fn fanout(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()>
 async fn soak(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
     let queue = format!("bench-soak-{run_id}");
     let client = nodes[0].clone();
-    let done = Arc::new(AtomicU64::new(0));
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut workers = Vec::new();
-    for w in 0..a.workers {
-        let done = done.clone();
-        let mut stop = stop_tx.subscribe();
-        let worker = Worker::new(nodes[w % nodes.len()].clone(), format!("soak-{w}"))
-            .concurrency(a.concurrency)
-            .claim_batch(a.claim)
-            .wait_ms(1_000)
-            .handle(&queue, move |_ctx| {
-                let done = done.clone();
-                async move {
-                    done.fetch_add(1, Ordering::Relaxed);
-                    Ok(None)
-                }
-            });
-        workers.push(tokio::spawn(worker.run(async move {
-            let _ = stop.recv().await;
-        })));
-    }
+    let workers = CountingWorkers::spawn(a, nodes, &queue, "soak");
     let per_tick = (a.soak_rate / 10).max(1) as usize;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -473,7 +454,7 @@ async fn soak(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
         i += 1;
         if t0.elapsed() >= next_report {
             let secs = a.soak_report_secs as f64;
-            let d = done.load(Ordering::Relaxed);
+            let d = workers.done();
             let info = client.server_info().await.ok();
             println!(
                 "soak      t={:>5} s  enqueued {:>7.0}/s  completed {:>7.0}/s  backlog {:>7}  db {:>6.1} MiB  server memory {}",
@@ -488,9 +469,6 @@ async fn soak(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
             next_report += Duration::from_secs(a.soak_report_secs);
         }
     }
-    let _ = stop_tx.send(());
-    for w in workers {
-        let _ = w.await;
-    }
+    workers.stop().await;
     if failed { Err(()) } else { Ok(()) }
 }

@@ -359,25 +359,29 @@ pub fn check_template(job: &JobSpec, limits: &Limits) -> Result<()> {
     job.clone().validate(limits).map(|_| ()).map_err(|e| e.within("job"))
 }
 
+fn misfire_of(m: &str) -> Result<Misfire> {
+    Misfire::parse(m)
+        .ok_or_else(|| Error::invalid("misfire", format!("misfire is skip, run_once or catch_up, not {m:?}")))
+}
+
+fn catch_up_of(n: u32, limits: &Limits) -> Result<u32> {
+    if n == 0 || n > limits.max_catch_up {
+        return Err(Error::invalid(
+            "catch_up_max",
+            format!("catch_up_max must be 1..={}", limits.max_catch_up),
+        ));
+    }
+    Ok(n)
+}
+
 /// Builds a full schedule from a spec, validated, waiting for its first tick after `now`.
 pub fn from_spec(spec: ScheduleSpec, now: i64, limits: &Limits) -> Result<Schedule> {
     validate::queue_name(&spec.name, limits, "name")?;
     let timezone = spec.timezone.unwrap_or_else(|| "UTC".into());
     let cron = CronSpec::parse(&spec.cron, &timezone)?;
     check_template(&spec.job, limits)?;
-    let misfire = match spec.misfire.as_deref() {
-        None => Misfire::RunOnce,
-        Some(m) => Misfire::parse(m).ok_or_else(|| {
-            Error::invalid("misfire", format!("misfire is skip, run_once or catch_up, not {m:?}"))
-        })?,
-    };
-    let catch_up_max = spec.catch_up_max.unwrap_or(DEFAULT_CATCH_UP_MAX);
-    if catch_up_max == 0 || catch_up_max > limits.max_catch_up {
-        return Err(Error::invalid(
-            "catch_up_max",
-            format!("catch_up_max must be 1..={}", limits.max_catch_up),
-        ));
-    }
+    let misfire = spec.misfire.as_deref().map_or(Ok(Misfire::RunOnce), misfire_of)?;
+    let catch_up_max = catch_up_of(spec.catch_up_max.unwrap_or(DEFAULT_CATCH_UP_MAX), limits)?;
     let paused = spec.paused.unwrap_or(false);
     Ok(Schedule {
         name: spec.name,
@@ -411,18 +415,10 @@ pub fn apply_patch(mut s: Schedule, p: SchedulePatch, now: i64, limits: &Limits)
         s.job = template_json(&job);
     }
     if let Some(m) = p.misfire {
-        s.misfire = Misfire::parse(&m).ok_or_else(|| {
-            Error::invalid("misfire", format!("misfire is skip, run_once or catch_up, not {m:?}"))
-        })?;
+        s.misfire = misfire_of(&m)?;
     }
     if let Some(n) = p.catch_up_max {
-        if n == 0 || n > limits.max_catch_up {
-            return Err(Error::invalid(
-                "catch_up_max",
-                format!("catch_up_max must be 1..={}", limits.max_catch_up),
-            ));
-        }
-        s.catch_up_max = n;
+        s.catch_up_max = catch_up_of(n, limits)?;
     }
     if let Some(paused) = p.paused {
         s.paused = paused;

@@ -147,12 +147,11 @@ impl PgStore {
         let notifier = Notifier::new();
         let sequence = Arc::new(tokio::sync::Notify::new());
         let tail = Arc::new(tokio::sync::Notify::new());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(listen(pg, channel.clone(), events_channel.clone(), notifier.clone(), tail.clone())),
             tokio::spawn(events::sequencer(pool.clone(), events_channel, sequence.clone())),
             tokio::spawn(events::tailer(pool.clone(), bus.clone(), tail)),
         ];
-        let mut tasks = tasks;
         if config.vacuum_interval_ms > 0 {
             tasks.push(tokio::spawn(vacuum_loop(
                 pool.clone(),

@@ -27,18 +27,10 @@ fn row(r: &Row) -> ScheduleRow {
     )
 }
 
-async fn write(tx: &Transaction<'_>, s: &Schedule, insert: bool) -> Result<u64> {
-    let sql = if insert {
-        format!(
-            "INSERT INTO schedules ({SCHEDULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        )
-    } else {
-        "UPDATE schedules SET cron = $2, timezone = $3, job = $4, misfire = $5, catch_up_max = $6, paused = $7,
-            next_run_at = $8, last_run_at = $9, created_at = $10, updated_at = $11 WHERE name = $1"
-            .to_string()
-    };
+/// Runs `sql` with the schedule's columns as `$1..$11`, in [`SCHEDULE_COLS`] order.
+async fn write(tx: &Transaction<'_>, sql: &str, s: &Schedule) -> Result<u64> {
     tx.execute(
-        &sql,
+        sql,
         &[
             &s.name,
             &s.cron,
@@ -66,28 +58,11 @@ pub async fn create(tx: &Transaction<'_>, s: Schedule, limits: &Limits) -> Resul
             format!("ferry keeps at most {} schedules", limits.max_schedules),
         ));
     }
-    let inserted = tx
-        .execute(
-            &format!(
-                "INSERT INTO schedules ({SCHEDULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (name) DO NOTHING"
-            ),
-            &[
-                &s.name,
-                &s.cron,
-                &s.timezone,
-                &s.job.to_string(),
-                &s.misfire.as_str(),
-                &(s.catch_up_max.min(i32::MAX as u32) as i32),
-                &s.paused,
-                &s.next_run_at.map(|t| t.0),
-                &s.last_run_at.map(|t| t.0),
-                &s.created_at.0,
-                &s.updated_at.0,
-            ],
-        )
-        .await
-        .map_err(pg_err)?;
+    let sql = format!(
+        "INSERT INTO schedules ({SCHEDULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (name) DO NOTHING"
+    );
+    let inserted = write(tx, &sql, &s).await?;
     if inserted == 0 {
         return Err(Error::new(ErrorCode::Conflict, format!("schedule {:?} exists already", s.name)));
     }
@@ -96,7 +71,10 @@ pub async fn create(tx: &Transaction<'_>, s: Schedule, limits: &Limits) -> Resul
 
 /// Replaces an existing schedule.
 pub async fn update(tx: &Transaction<'_>, s: Schedule) -> Result<Schedule> {
-    match write(tx, &s, false).await? {
+    let sql = "UPDATE schedules SET cron = $2, timezone = $3, job = $4, misfire = $5, catch_up_max = $6,
+                   paused = $7, next_run_at = $8, last_run_at = $9, created_at = $10, updated_at = $11
+               WHERE name = $1";
+    match write(tx, sql, &s).await? {
         0 => Err(schedule_not_found(&s.name)),
         _ => Ok(s),
     }
