@@ -377,6 +377,9 @@ pub struct QueueStats {
     pub oldest_ready_age_ms: Option<i64>,
     /// Paused queues hand out nothing.
     pub paused: bool,
+    /// The queue's flow limits, if any is set.
+    #[serde(default, skip_serializing_if = "crate::QueueLimits::is_empty")]
+    pub limits: crate::QueueLimits,
 }
 
 /// Counts of what one reaper pass did.

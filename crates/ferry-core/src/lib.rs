@@ -4,6 +4,7 @@
 //! definition of a job, its states, its limits and its errors. Storage lives in `ferry-store`;
 //! the server in `ferry-server`.
 
+pub mod access;
 pub mod backoff;
 pub mod clock;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod time;
 pub mod validate;
 pub mod wire;
 
+pub use access::{HostRecord, QueueLimits, Scope, TokenRecord, WorkerInfo, WorkerStatus};
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCode, Result};

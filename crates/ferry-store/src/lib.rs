@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use ferry_core::schedule::Schedule;
 use ferry_core::{
     ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Event, FailItem,
-    FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, NewJob, Page, QueueStats, ReapOutcome, Result,
+    FailOutcome, HeartbeatOutcome, HostRecord, Job, JobFilter, JobState, NewJob, Page, QueueLimits, QueueStats, ReapOutcome, Result,
+    TokenRecord, WorkerInfo,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +143,72 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes the database occupies (file and WAL, or ferry's tables with their indexes), so
     /// operators and the soak benchmark can see whether it grows.
     async fn storage_bytes(&self) -> Result<u64>;
+
+    /// Replaces a queue's flow limits (an empty value clears them); creates the queue row if
+    /// needed. Claims honour `max_running` and `max_starts_per_sec` across every node.
+    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        let _ = (queue, limits);
+        Err(ferry_core::Error::internal("set_queue_limits: not implemented by this backend"))
+    }
+
+    /// Every queue that has a limit set, by name.
+    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
+        Err(ferry_core::Error::internal("queue_limits: not implemented by this backend"))
+    }
+
+    /// Stores a new API token (only its hash).
+    async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        let _ = token;
+        Err(ferry_core::Error::internal("create_token: not implemented by this backend"))
+    }
+
+    /// Every token, revoked ones included, oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        Err(ferry_core::Error::internal("list_tokens: not implemented by this backend"))
+    }
+
+    /// Revokes a token (idempotent); `not_found` if no such id.
+    async fn revoke_token(&self, id: Uuid) -> Result<TokenRecord> {
+        let _ = id;
+        Err(ferry_core::Error::internal("revoke_token: not implemented by this backend"))
+    }
+
+    /// Records that workers were heard from (name, epoch ms): registers new ones, moves
+    /// `last_seen` forward, and marks them `active` again.
+    async fn touch_workers(&self, seen: Vec<(String, i64)>) -> Result<()> {
+        let _ = seen;
+        Err(ferry_core::Error::internal("touch_workers: not implemented by this backend"))
+    }
+
+    /// Every registered worker with its jobs in flight, by name.
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        Err(ferry_core::Error::internal("list_workers: not implemented by this backend"))
+    }
+
+    /// Marks `active` workers last seen before `silent_before_ms` as `lost` and releases
+    /// their leases at once (each running job is handled as an expired lease would be, with
+    /// the error kind `worker_lost`); returns the names marked lost (at most `max`).
+    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>> {
+        let _ = (silent_before_ms, max);
+        Err(ferry_core::Error::internal("release_lost_workers: not implemented by this backend"))
+    }
+
+    /// Registers a host to probe; `conflict` if the name is taken.
+    async fn create_host(&self, host: HostRecord) -> Result<()> {
+        let _ = host;
+        Err(ferry_core::Error::internal("create_host: not implemented by this backend"))
+    }
+
+    /// Every registered host, by name.
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>> {
+        Err(ferry_core::Error::internal("list_hosts: not implemented by this backend"))
+    }
+
+    /// Forgets a host; `not_found` if absent.
+    async fn delete_host(&self, name: &str) -> Result<()> {
+        let _ = name;
+        Err(ferry_core::Error::internal("delete_host: not implemented by this backend"))
+    }
 
     /// Checks storage integrity and ferry's invariants; returns every violation found.
     async fn check_invariants(&self) -> Result<Vec<String>>;

@@ -928,6 +928,7 @@ pub async fn stats(c: &Client, now: i64) -> Result<Vec<QueueStats>> {
         counts: JobState::ALL.iter().map(|s| (*s, 0)).collect(),
         oldest_ready_age_ms: None,
         paused: false,
+        limits: Default::default(),
     };
     for r in c
         .query(

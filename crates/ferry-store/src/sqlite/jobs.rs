@@ -765,6 +765,7 @@ pub fn stats(conn: &Connection, now: i64, counts: &Counts) -> Result<Vec<QueueSt
         counts: JobState::ALL.iter().map(|s| (*s, 0)).collect(),
         oldest_ready_age_ms: None,
         paused: false,
+        limits: Default::default(),
     };
     for (q, c) in counts.iter() {
         if c.iter().all(|n| *n == 0) {

@@ -1,0 +1,134 @@
+//! Who may do what, and how much: API tokens and their scopes, per-queue flow limits, the
+//! worker registry and registered hosts. Pure types shared by the store, the server and the
+//! client; the rules that use them live in the server (`protect`, `auth`) and the store
+//! (claims honour [`QueueLimits`]).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+/// What a token may do; `admin` implies every other scope.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Everything, including tokens, queue settings and hosts.
+    Admin,
+    /// Enqueue jobs.
+    Produce,
+    /// Claim, heartbeat, complete, fail and release jobs.
+    Work,
+    /// Read jobs, queues, events, workers and stats.
+    Read,
+}
+
+impl Scope {
+    /// Every scope, in wire order.
+    pub const ALL: [Scope; 4] = [Scope::Admin, Scope::Produce, Scope::Work, Scope::Read];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Produce => "produce",
+            Scope::Work => "work",
+            Scope::Read => "read",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored API token: only the SHA-256 of its secret is kept, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenRecord {
+    /// Token id (also the public prefix of the secret, so logs can name a token).
+    pub id: Uuid,
+    /// Human name, e.g. `ci-producer`; not unique.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the secret.
+    #[serde(skip_serializing)]
+    #[schema(ignore)]
+    pub hash: String,
+    /// What the token may do.
+    pub scopes: Vec<Scope>,
+    /// When set, the token may only touch these queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<String>>,
+    /// Creation time, epoch ms.
+    pub created_at: i64,
+    /// Revocation time, epoch ms; a revoked token authenticates nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}
+
+/// Flow control of one queue, enforced across every node (stored with the queue).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueLimits {
+    /// Most jobs of this queue running at once, across all workers and nodes; claims beyond
+    /// it return fewer jobs (possibly none), never an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// Most job starts per second (a token bucket with a burst of `max(1, rate)`), across all
+    /// nodes; claims beyond it return fewer jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_starts_per_sec: Option<f64>,
+    /// Most `ready` + `scheduled` jobs; enqueues beyond it get 429 `queue_full`. Unset: the
+    /// server-wide default (`limits.max_queue_depth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
+}
+
+impl QueueLimits {
+    /// True when no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.max_running.is_none() && self.max_starts_per_sec.is_none() && self.max_depth.is_none()
+    }
+}
+
+/// Whether a worker is heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerStatus {
+    /// Seen within the worker timeout.
+    Active,
+    /// Silent past the timeout; its leases were released.
+    Lost,
+}
+
+/// A worker as the registry knows it (registered by its claims and heartbeats).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkerInfo {
+    /// The name the worker claims with.
+    pub name: String,
+    /// First claim or heartbeat, epoch ms.
+    pub first_seen_ms: i64,
+    /// Latest claim or heartbeat, epoch ms.
+    pub last_seen_ms: i64,
+    /// Jobs it holds a lease on now.
+    pub jobs_in_flight: u64,
+    /// `active` or `lost`.
+    pub status: WorkerStatus,
+}
+
+/// A host whose health URL ferry probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostRecord {
+    /// Unique name.
+    pub name: String,
+    /// `http://` URL answered with 2xx when healthy.
+    pub health_url: String,
+    /// Registration time, epoch ms.
+    pub created_at: i64,
+}
