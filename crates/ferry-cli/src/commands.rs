@@ -13,17 +13,17 @@ use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
 
 /// Prints a failure and returns the exit code.
-fn fail(e: impl std::fmt::Display) -> i32 {
+pub(crate) fn fail(e: impl std::fmt::Display) -> i32 {
     eprintln!("ferry: {e}");
     1
 }
 
-fn print_json<T: Serialize>(v: &T) {
+pub(crate) fn print_json<T: Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
 
 /// Prints rows under headers with columns padded to their widest cell.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -114,7 +114,7 @@ fn raw(text: &str, what: &str) -> Result<Box<RawValue>, String> {
 
 /// Runs `ferry enqueue`.
 pub async fn enqueue(a: EnqueueArgs) -> i32 {
-    let client = Client::new(&a.client.url);
+    let client = a.client.client();
     if a.batch {
         return enqueue_batch(&client, &a).await;
     }
@@ -277,7 +277,7 @@ pub enum JobsCmd {
 /// Runs `ferry jobs`.
 pub async fn jobs(cmd: JobsCmd) -> i32 {
     match cmd {
-        JobsCmd::Show { id, client: o } => match Client::new(&o.url).get_job(&id).await {
+        JobsCmd::Show { id, client: o } => match o.client().get_job(&id).await {
             Ok(j) if o.json => {
                 print_json(&j);
                 0
@@ -289,7 +289,7 @@ pub async fn jobs(cmd: JobsCmd) -> i32 {
             Err(e) => fail(e),
         },
         JobsCmd::List { queue, state, limit, cursor, client: o } => {
-            let c = Client::new(&o.url);
+            let c = o.client();
             match c.list_jobs(queue.as_deref(), state.as_deref(), Some(limit), cursor.as_deref()).await {
                 Ok(p) if o.json => {
                     print_json(&p);
@@ -305,19 +305,17 @@ pub async fn jobs(cmd: JobsCmd) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        JobsCmd::Cancel { id, reason, client: o } => {
-            match Client::new(&o.url).cancel(&id, reason.as_deref()).await {
-                Ok(r) if o.json => {
-                    print_json(&r);
-                    0
-                }
-                Ok(r) => {
-                    println!("{} {}", r.id, r.state);
-                    0
-                }
-                Err(e) => fail(e),
+        JobsCmd::Cancel { id, reason, client: o } => match o.client().cancel(&id, reason.as_deref()).await {
+            Ok(r) if o.json => {
+                print_json(&r);
+                0
             }
-        }
+            Ok(r) => {
+                println!("{} {}", r.id, r.state);
+                0
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 
@@ -417,7 +415,7 @@ pub enum DlqCmd {
 pub async fn dlq(cmd: DlqCmd) -> i32 {
     match cmd {
         DlqCmd::List { queue, limit, cursor, client: o } => {
-            match Client::new(&o.url).dlq(queue.as_deref(), Some(limit), cursor.as_deref()).await {
+            match o.client().dlq(queue.as_deref(), Some(limit), cursor.as_deref()).await {
                 Ok(p) if o.json => {
                     print_json(&p);
                     0
@@ -441,7 +439,7 @@ pub async fn dlq(cmd: DlqCmd) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        DlqCmd::Replay { select, client: o } => match Client::new(&o.url).dlq_replay(&select.body()).await {
+        DlqCmd::Replay { select, client: o } => match o.client().dlq_replay(&select.body()).await {
             Ok(r) if o.json => {
                 print_json(&r);
                 0
@@ -452,7 +450,7 @@ pub async fn dlq(cmd: DlqCmd) -> i32 {
             }
             Err(e) => fail(e),
         },
-        DlqCmd::Purge { select, client: o } => match Client::new(&o.url).dlq_purge(&select.body()).await {
+        DlqCmd::Purge { select, client: o } => match o.client().dlq_purge(&select.body()).await {
             Ok(r) if o.json => {
                 print_json(&r);
                 0
@@ -488,12 +486,31 @@ pub enum QueuesCmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Set a queue's flow limits (unset ones are cleared); with none given, show them.
+    Limit {
+        /// Queue name.
+        queue: String,
+        /// Most jobs running at once across all workers and nodes.
+        #[arg(long)]
+        max_running: Option<u32>,
+        /// Most job starts per second across all nodes.
+        #[arg(long)]
+        max_starts_per_sec: Option<f64>,
+        /// Most ready + scheduled jobs before enqueues get 429.
+        #[arg(long)]
+        max_depth: Option<u64>,
+        /// Clear every limit.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 /// Runs `ferry queues`.
 pub async fn queues(cmd: QueuesCmd) -> i32 {
     match cmd {
-        QueuesCmd::List { client: o } => match Client::new(&o.url).queues().await {
+        QueuesCmd::List { client: o } => match o.client().queues().await {
             Ok(r) if o.json => {
                 print_json(&r);
                 0
@@ -538,11 +555,30 @@ pub async fn queues(cmd: QueuesCmd) -> i32 {
         },
         QueuesCmd::Pause { queue, client: o } => pause(&o, &queue, true).await,
         QueuesCmd::Resume { queue, client: o } => pause(&o, &queue, false).await,
+        QueuesCmd::Limit { queue, max_running, max_starts_per_sec, max_depth, clear, client: o } => {
+            let path = format!("/v1/queues/{queue}/limits");
+            let none = max_running.is_none() && max_starts_per_sec.is_none() && max_depth.is_none();
+            let r = if none && !clear {
+                o.client().call_json(ferry_client::Method::GET, &path, None).await
+            } else {
+                let body = serde_json::json!({
+                    "max_running": max_running, "max_starts_per_sec": max_starts_per_sec, "max_depth": max_depth
+                });
+                o.client().call_json(ferry_client::Method::PUT, &path, Some(&body)).await
+            };
+            match r {
+                Ok(v) => {
+                    print_json(&v);
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
     }
 }
 
 async fn pause(o: &ClientOpts, queue: &str, paused: bool) -> i32 {
-    let c = Client::new(&o.url);
+    let c = o.client();
     let r = if paused { c.pause(queue).await } else { c.resume(queue).await };
     match r {
         Ok(r) if o.json => {

@@ -12,7 +12,6 @@
 //! with a `.reason` file beside each. Nothing is skipped silently.
 
 use crate::ClientOpts;
-use ferry_client::Client;
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::ImportItem;
 use serde_json::Value;
@@ -166,7 +165,7 @@ pub async fn run(a: ImportDirArgs) -> i32 {
         return 1;
     }
     files.sort();
-    let client = Client::new(&a.client.url);
+    let client = a.client.client();
     let mut rows = [Row::default(); 3];
     let idx = |k: Kind| k as usize;
     // Results first: a job that has both files is imported once, as completed.

@@ -8,6 +8,7 @@ mod commands;
 mod import_dir;
 mod migrate;
 mod schedules;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,9 +27,19 @@ pub struct ClientOpts {
     /// Server URL.
     #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700")]
     pub url: String,
+    /// API token, when the server has auth on.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ClientOpts {
+    /// A client for `--url` with `--token`.
+    pub fn client(&self) -> ferry_client::Client {
+        ferry_client::Client::new(&self.url).with_token(self.token.clone())
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,11 +76,23 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Import a legacy file-based queue (*.job.json, *.claimed, *.result.json).
     ImportDir(import_dir::ImportDirArgs),
+    /// API tokens: create (prints the secret once), list, revoke.
+    Tokens {
+        #[command(subcommand)]
+        cmd: tokens::TokensCmd,
+    },
+    /// Workers registered by their claims and heartbeats.
+    Workers(ClientOpts),
+    /// Registered hosts and their probed health: list, add, rm.
+    Hosts {
+        #[command(subcommand)]
+        cmd: tokens::HostsCmd,
+    },
 }
 
 /// Options of `ferry serve`; each overrides `ferry.toml` and its `FERRY_*` variable.
 #[derive(clap::Args, Debug)]
-struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on [default 127.0.0.1:7700].
     #[arg(long, env = "FERRY_LISTEN")]
     listen: Option<String>,
@@ -88,9 +111,15 @@ struct ServeArgs {
     /// Log filter, e.g. info or debug [default info].
     #[arg(long, env = "FERRY_LOG")]
     log: Option<String>,
+    /// Require API tokens (true), never (false); unset: required once a token exists.
+    #[arg(long, env = "FERRY_AUTH")]
+    auth: Option<bool>,
+    /// Allow listening on a non-loopback address without auth.
+    #[arg(long, env = "FERRY_INSECURE")]
+    insecure: bool,
 }
 
-fn load_config(args: ServeArgs) -> Result<ferry_server::Config, String> {
+pub(crate) fn load_config(args: ServeArgs) -> Result<ferry_server::Config, String> {
     let mut config = match &args.config {
         Some(path) => ferry_server::Config::from_file(path).map_err(|e| e.message)?,
         None if std::path::Path::new("ferry.toml").exists() => {
@@ -113,6 +142,12 @@ fn load_config(args: ServeArgs) -> Result<ferry_server::Config, String> {
     }
     if let Some(v) = args.log {
         config.log = v;
+    }
+    if let Some(v) = args.auth {
+        config.auth = Some(v);
+    }
+    if args.insecure {
+        config.insecure = true;
     }
     Ok(config)
 }
@@ -174,6 +209,9 @@ async fn main() {
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::ImportDir(args) => import_dir::run(args).await,
+        Command::Tokens { cmd } => tokens::tokens(cmd).await,
+        Command::Workers(o) => tokens::workers(o).await,
+        Command::Hosts { cmd } => tokens::hosts(cmd).await,
     };
     std::process::exit(code);
 }

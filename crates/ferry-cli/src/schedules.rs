@@ -2,7 +2,6 @@
 
 use crate::ClientOpts;
 use clap::Subcommand;
-use ferry_client::Client;
 use ferry_core::schedule::{Schedule, ScheduleSpec};
 use ferry_core::validate::JobSpec;
 use serde::Serialize;
@@ -106,7 +105,7 @@ fn show(o: &ClientOpts, r: Result<Schedule, ferry_client::ClientError>, what: &s
 /// Runs `ferry schedules ...`.
 pub async fn schedules(cmd: SchedulesCmd) -> i32 {
     match cmd {
-        SchedulesCmd::List { client: o } => match Client::new(&o.url).schedules().await {
+        SchedulesCmd::List { client: o } => match o.client().schedules().await {
             Ok(r) if o.json => {
                 print_json(&r);
                 0
@@ -155,9 +154,9 @@ pub async fn schedules(cmd: SchedulesCmd) -> i32 {
                 catch_up_max,
                 paused: paused.then_some(true),
             };
-            show(&o, Client::new(&o.url).create_schedule(&spec).await, "created")
+            show(&o, o.client().create_schedule(&spec).await, "created")
         }
-        SchedulesCmd::Rm { name, client: o } => match Client::new(&o.url).delete_schedule(&name).await {
+        SchedulesCmd::Rm { name, client: o } => match o.client().delete_schedule(&name).await {
             Ok(r) if o.json => {
                 print_json(&r);
                 0
@@ -169,26 +168,24 @@ pub async fn schedules(cmd: SchedulesCmd) -> i32 {
             Err(e) => fail(e),
         },
         SchedulesCmd::Pause { name, client: o } => {
-            show(&o, Client::new(&o.url).pause_schedule(&name, true).await, "paused")
+            show(&o, o.client().pause_schedule(&name, true).await, "paused")
         }
         SchedulesCmd::Resume { name, client: o } => {
-            show(&o, Client::new(&o.url).pause_schedule(&name, false).await, "resumed")
+            show(&o, o.client().pause_schedule(&name, false).await, "resumed")
         }
-        SchedulesCmd::Next { name, count, client: o } => {
-            match Client::new(&o.url).schedule(&name, count).await {
-                Ok(s) if o.json => {
-                    print_json(&s.next_runs);
-                    0
-                }
-                Ok(s) => {
-                    for t in s.next_runs {
-                        println!("{}", ferry_core::time::format_ms(t.0));
-                    }
-                    0
-                }
-                Err(e) => fail(e),
+        SchedulesCmd::Next { name, count, client: o } => match o.client().schedule(&name, count).await {
+            Ok(s) if o.json => {
+                print_json(&s.next_runs);
+                0
             }
-        }
+            Ok(s) => {
+                for t in s.next_runs {
+                    println!("{}", ferry_core::time::format_ms(t.0));
+                }
+                0
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 
@@ -219,7 +216,7 @@ pub struct WatchArgs {
 
 /// Prints events live (long-poll, so it works through any proxy), one line each.
 pub async fn watch(a: WatchArgs) -> i32 {
-    let c = Client::new(&a.client.url);
+    let c = a.client.client();
     let mut filters = Vec::new();
     for (k, v) in [("queue", &a.queue), ("job_id", &a.job), ("tag", &a.tag), ("type", &a.kind)] {
         if let Some(v) = v {

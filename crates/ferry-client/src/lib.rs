@@ -5,6 +5,7 @@
 
 pub mod worker;
 
+pub use reqwest::Method;
 pub use worker::{JobContext, JobError, Worker, WorkerStats};
 
 use ferry_core::schedule::{DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse};
@@ -71,6 +72,8 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    token: Option<String>,
+    name: Option<String>,
 }
 
 impl Client {
@@ -82,7 +85,20 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("HTTP client");
-        Client { http, base: base_url.trim_end_matches('/').to_string() }
+        Client { http, base: base_url.trim_end_matches('/').to_string(), token: None, name: None }
+    }
+
+    /// This client, sending `token` as `Authorization: Bearer` (servers with auth on need one).
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// This client, naming itself `name` (`X-Ferry-Client`: the rate limiter's key without a
+    /// token; heartbeats carry it so the worker registry sees the worker alive).
+    pub fn named(mut self, name: impl Into<String>) -> Client {
+        self.name = Some(name.into());
+        self
     }
 
     /// The base URL.
@@ -91,6 +107,14 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<(u16, T)> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let req = match &self.name {
+            Some(n) => req.header("x-ferry-client", n),
+            None => req,
+        };
         let resp = req.send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
@@ -121,6 +145,45 @@ impl Client {
 
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
         Ok(self.send(self.http.get(format!("{}{path}", self.base)).query(query)).await?.1)
+    }
+
+    /// Any endpoint as plain JSON, for administration calls without typed methods (tokens,
+    /// queue limits, workers, hosts).
+    pub async fn call_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+        .send()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        if status >= 400 {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => ClientError::Api { status, error: b.error },
+                Err(_) => ClientError::Api {
+                    status,
+                    error: Error::new(
+                        ferry_core::ErrorCode::Internal,
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ),
+                },
+            });
+        }
+        if bytes.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// Creates a schedule.
@@ -198,8 +261,11 @@ impl Client {
 
     /// Extends a lease.
     pub async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
-        self.post(&format!("/v1/jobs/{id}/heartbeat"), &HeartbeatBody { lease: lease.into(), extend_ms })
-            .await
+        self.post(
+            &format!("/v1/jobs/{id}/heartbeat"),
+            &HeartbeatBody { lease: lease.into(), extend_ms, worker: self.name.clone() },
+        )
+        .await
     }
 
     /// Completes a job.

@@ -110,9 +110,10 @@ const REPORT_RETRY_LIMIT: u32 = 12;
 impl Worker {
     /// A worker named `name` (recorded on each job it runs).
     pub fn new(client: Client, name: impl Into<String>) -> Worker {
+        let name = name.into();
         Worker {
-            client,
-            name: name.into(),
+            client: client.named(name.clone()),
+            name,
             handlers: HashMap::new(),
             concurrency: 8,
             claim_batch: 100,

@@ -31,8 +31,14 @@ pub enum ErrorCode {
     Conflict,
     /// A size limit was exceeded: 413.
     PayloadTooLarge,
-    /// Too many requests or a full queue: 429.
+    /// Too many requests from one client: 429.
     RateLimited,
+    /// The queue holds its maximum of ready + scheduled jobs (backpressure): 429.
+    QueueFull,
+    /// The server has its maximum of pending writes or requests in flight: 503.
+    ServerSaturated,
+    /// The database failed repeatedly; requests fail fast until a probe succeeds: 503.
+    CircuitOpen,
     /// The database refuses work for now (outage, saturation): 503.
     Unavailable,
     /// The database was written by a newer ferry: refuse rather than corrupt it.
@@ -55,6 +61,9 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::ServerSaturated => "server_saturated",
+            ErrorCode::CircuitOpen => "circuit_open",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SchemaTooNew => "schema_too_new",
             ErrorCode::Internal => "internal",
@@ -71,8 +80,8 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::StaleLease | ErrorCode::InvalidState | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::RateLimited => 429,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::RateLimited | ErrorCode::QueueFull => 429,
+            ErrorCode::Unavailable | ErrorCode::ServerSaturated | ErrorCode::CircuitOpen => 503,
             ErrorCode::SchemaTooNew | ErrorCode::Internal => 500,
         }
     }

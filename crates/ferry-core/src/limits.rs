@@ -61,6 +61,24 @@ pub struct Limits {
     pub max_schedules: usize,
     /// Most missed ticks a `catch_up` schedule may enqueue after downtime.
     pub max_catch_up: u32,
+    /// Default most `ready` + `scheduled` jobs per queue (a queue's own `max_depth` wins);
+    /// enqueues beyond it get 429 `queue_full`.
+    pub max_queue_depth: u64,
+    /// Most job writes (enqueued jobs, reports) admitted but not yet answered by the store,
+    /// across the node; beyond it writes get 503 `server_saturated`.
+    pub max_pending_writes: usize,
+    /// Most HTTP requests in flight on one node (long-polls included); beyond it 503.
+    pub max_concurrent_requests: usize,
+    /// Most clients the rate limiter tracks at once; beyond it, new clients share one bucket.
+    pub max_rate_limit_keys: usize,
+    /// Most API tokens (revoked ones included).
+    pub max_tokens: usize,
+    /// Most registered hosts.
+    pub max_hosts: usize,
+    /// Longest token or host name.
+    pub max_name_len: usize,
+    /// Longest host health URL.
+    pub max_url_len: usize,
 }
 
 impl Default for Limits {
@@ -91,6 +109,14 @@ impl Default for Limits {
             max_rooms: 256,
             max_schedules: 10_000,
             max_catch_up: 1_000,
+            max_queue_depth: 1_000_000,
+            max_pending_writes: 50_000,
+            max_concurrent_requests: 10_000,
+            max_rate_limit_keys: 100_000,
+            max_tokens: 10_000,
+            max_hosts: 1_000,
+            max_name_len: 128,
+            max_url_len: 2_048,
         }
     }
 }

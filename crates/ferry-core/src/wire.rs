@@ -61,6 +61,9 @@ pub struct HeartbeatBody {
     /// New lease length from now; default the job's `lease_ms`.
     #[serde(default)]
     pub extend_ms: Option<i64>,
+    /// The worker sending it, so the registry sees it alive between claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// `POST /v1/jobs/{id}/complete` body.
@@ -260,6 +263,9 @@ pub struct HealthResponse {
     /// Why the server is not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Circuit breaker state on `/readyz`: `closed`, `open` or `half_open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<String>,
 }
 
 /// `GET /v1/server` answer: facts about the running process.

@@ -27,6 +27,14 @@ pub struct Config {
     pub limits: Limits,
     /// Reaper, scheduler and retention settings.
     pub maintenance: MaintenanceConfig,
+    /// API tokens required: `true`, `false`, or unset = required once any token exists.
+    pub auth: Option<bool>,
+    /// Allows a non-loopback listener without auth.
+    pub insecure: bool,
+    /// Circuit breaker, rate limits and backpressure refresh.
+    pub protection: crate::protect::ProtectionConfig,
+    /// Worker timeout and host probing.
+    pub health: crate::health::HealthConfig,
 }
 
 impl Default for Config {
@@ -40,6 +48,10 @@ impl Default for Config {
             log: "info".into(),
             limits: Limits::default(),
             maintenance: MaintenanceConfig::default(),
+            auth: None,
+            insecure: false,
+            protection: Default::default(),
+            health: Default::default(),
         }
     }
 }

@@ -28,8 +28,18 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code = self.0.code.as_str(), message = %self.0.message, "request failed");
         }
-        let retry = matches!(self.0.code, ErrorCode::Unavailable | ErrorCode::RateLimited);
+        let code = self.0.code;
+        let retry = matches!(
+            code,
+            ErrorCode::Unavailable
+                | ErrorCode::RateLimited
+                | ErrorCode::QueueFull
+                | ErrorCode::ServerSaturated
+                | ErrorCode::CircuitOpen
+        );
         let mut resp = (status, Json(ErrorBody { error: self.0 })).into_response();
+        // The protection layer reads the code: storage failures feed the circuit breaker.
+        resp.extensions_mut().insert(code);
         if retry {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

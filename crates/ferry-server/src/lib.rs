@@ -5,9 +5,13 @@
 //! shape the answer. Nothing here knows which backend it talks to.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod protect;
 
 pub use config::{Config, Database};
 
@@ -32,6 +36,43 @@ pub struct AppState {
     pub started: Instant,
     /// Routes committed events to this node's subscribers.
     pub hub: Arc<events::Hub>,
+    /// Breaker, backpressure and rate limits.
+    pub protection: Arc<protect::Protection>,
+    /// API tokens known to this node.
+    pub tokens: Arc<auth::Tokens>,
+    /// Workers heard from since the last flush to the store.
+    pub sightings: Arc<health::WorkerSightings>,
+    /// Probe results of registered hosts.
+    pub prober: Arc<health::HostProber>,
+    /// The Prometheus registry.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl AppState {
+    /// State for `store` as configured, with its background loops not yet started.
+    pub fn new(store: Arc<dyn Store>, config: &Config, shutdown: watch::Receiver<bool>) -> AppState {
+        let hub = events::Hub::new(store.clone(), config.limits.event_buffer, config.limits.max_subscribers);
+        let protection = Arc::new(protect::Protection::new(config.protection.clone(), &config.limits));
+        AppState {
+            store,
+            limits: Arc::new(config.limits.clone()),
+            shutdown,
+            started: Instant::now(),
+            hub,
+            metrics: Arc::new(metrics::Metrics::new(protection.clone())),
+            protection,
+            tokens: Arc::new(auth::Tokens::new(config.auth)),
+            sightings: Arc::new(health::WorkerSightings::new(config.limits.max_rate_limit_keys)),
+            prober: Arc::new(health::HostProber::new(config.health.clone())),
+        }
+    }
+}
+
+/// Whether `listen` binds only the loopback interface.
+pub fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Opens the configured store.
@@ -71,29 +112,42 @@ pub fn redact(url: &str) -> String {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (store, where_data) = open_store(&config, clock).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState::new(store.clone(), &config, stop_rx.clone());
+    state.tokens.reload(store.as_ref()).await?;
+    if !is_loopback(&config.listen) && !config.insecure && config.auth != Some(true) && !state.tokens.any() {
+        store.close().await;
+        return Err(Error::new(
+            ErrorCode::ValidationFailed,
+            format!(
+                "refusing to listen on {} without auth: create a token (ferry tokens create --scopes admin) \
+                 and set auth = true, or pass --insecure",
+                config.listen
+            ),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| {
         Error::new(ErrorCode::Unavailable, format!("cannot listen on {}: {e}", config.listen))
     })?;
     let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let hub = events::Hub::new(store.clone(), config.limits.event_buffer, config.limits.max_subscribers);
-    tokio::spawn(hub.clone().run(stop_rx.clone()));
-    let state = AppState {
-        store: store.clone(),
-        limits: Arc::new(config.limits.clone()),
-        shutdown: stop_rx,
-        started: Instant::now(),
-        hub,
-    };
+    tokio::spawn(state.hub.clone().run(stop_rx.clone()));
+    tokio::spawn(state.protection.clone().depth_loop(store.clone(), stop_rx.clone()));
+    tokio::spawn(state.tokens.clone().refresh_loop(store.clone(), stop_rx.clone()));
+    let workers =
+        tokio::spawn(state.sightings.clone().run(store.clone(), config.health.clone(), stop_rx.clone()));
+    tokio::spawn(state.prober.clone().run(store.clone(), stop_rx.clone()));
+    let auth_note = if state.tokens.active() { "auth on" } else { "auth off" };
     let maintenance = Maintenance::spawn(store.clone(), config.maintenance.clone());
     let app = api::router(state).0;
-    tracing::info!("ferry listening on http://{addr} with {where_data}");
+    tracing::info!("ferry listening on http://{addr} with {where_data} ({auth_note})");
     let graceful = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
     };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app).with_graceful_shutdown(graceful).await;
+    let _ = workers.await;
     maintenance.shutdown().await;
     store.close().await;
     tracing::info!("ferry stopped");

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use ferry_core::schedule::Schedule;
 use ferry_core::{
     ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Event, FailItem,
-    FailOutcome, HeartbeatOutcome, HostRecord, Job, JobFilter, JobState, NewJob, Page, QueueLimits, QueueStats, ReapOutcome, Result,
-    TokenRecord, WorkerInfo,
+    FailOutcome, HeartbeatOutcome, HostRecord, Job, JobFilter, JobState, NewJob, Page, QueueLimits,
+    QueueStats, ReapOutcome, Result, TokenRecord, WorkerInfo,
 };
 use std::sync::Arc;
 use std::time::Duration;

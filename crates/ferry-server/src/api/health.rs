@@ -3,7 +3,8 @@
 
 use crate::AppState;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ferry_core::wire::{HealthResponse, ServerInfo};
 use std::sync::Arc;
@@ -11,26 +12,44 @@ use std::sync::Arc;
 /// Liveness: the process answers HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthResponse)))]
 pub async fn healthz() -> Json<HealthResponse> {
-    Json(HealthResponse { status: "ok".into(), backend: None, reason: None })
+    Json(HealthResponse { status: "ok".into(), backend: None, reason: None, circuit: None })
 }
 
-/// Readiness: the store answers a read.
+/// Readiness: the store answers a read and the circuit is closed. (While the circuit is open
+/// the protection layer answers 503 `circuit_open` before this runs.)
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
-pub async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+pub async fn readyz(State(st): State<AppState>) -> Response {
     let backend = Some(st.store.backend().to_string());
+    let circuit = Some(st.protection.breaker.state().as_str().to_string());
+    let unavailable = |reason: String, backend, circuit| {
+        let body = HealthResponse { status: "unavailable".into(), backend, reason: Some(reason), circuit };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
     if *st.shutdown.borrow() {
-        let body =
-            HealthResponse { status: "unavailable".into(), backend, reason: Some("shutting down".into()) };
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
+        return unavailable("shutting down".into(), backend, circuit);
     }
-    match st.store.next_due_ms().await {
-        Ok(_) => (StatusCode::OK, Json(HealthResponse { status: "ready".into(), backend, reason: None })),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(HealthResponse { status: "unavailable".into(), backend, reason: Some(e.message) }),
-        ),
+    let breaker = &st.protection.breaker;
+    let admission = match breaker.admit() {
+        Ok(a) => a,
+        Err(e) => return unavailable(e.message, backend, circuit),
+    };
+    let read = st.store.next_due_ms().await;
+    breaker.record(admission, read.is_ok());
+    let circuit = Some(breaker.state().as_str().to_string());
+    match read {
+        Ok(_) => {
+            Json(HealthResponse { status: "ready".into(), backend, reason: None, circuit }).into_response()
+        }
+        Err(e) => unavailable(e.message, backend, circuit),
     }
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let body = st.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 fn rss_bytes() -> Option<u64> {

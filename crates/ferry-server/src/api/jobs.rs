@@ -2,19 +2,22 @@
 //! cancel, show and list.
 
 use crate::AppState;
+use crate::auth::{Principal, check_queue};
 use crate::error::{
     ApiError, ApiPath, ApiQuery, ApiResult, JsonBody, Obj, OptionalJson, parse_json, read_body,
 };
-use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use ferry_core::validate::{self, JobSpec};
 use ferry_core::wire::*;
-use ferry_core::{ClaimRequest, CompleteItem, Error, FailItem, Job, JobFilter, JobState};
+use ferry_core::{ClaimRequest, CompleteItem, Error, FailItem, Job, JobFilter, JobState, NewJob};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 /// A job id from the path; anything that is not a UUID names no job (404).
@@ -44,13 +47,18 @@ struct BatchBody<'a> {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSpec, responses(
     (status = 201, body = EnqueueResponse), (status = 200, description = "duplicate", body = EnqueueResponse),
     (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn enqueue(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
+pub async fn enqueue(
+    State(st): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    req: Request,
+) -> ApiResult<Response> {
     let bytes = read_body(req, st.limits.max_request_bytes).await?;
     let Obj(probe): Obj<Probe> = parse_json(&bytes, "")?;
     if probe.jobs.is_some() {
         let Obj(batch): Obj<BatchBody> = parse_json(&bytes, "")?;
         let specs: Vec<Obj<JobSpec>> = parse_json(batch.jobs.get().as_bytes(), "jobs")?;
         let jobs = validate::batch(specs.into_iter().map(|o| o.0).collect(), &st.limits)?;
+        let _permit = admit(&st, principal.as_deref(), &jobs)?;
         let out = st.store.enqueue(jobs).await?;
         let duplicates = out.iter().enumerate().filter(|(_, o)| o.duplicate).map(|(i, _)| i).collect();
         let body = EnqueueBatchResponse { ids: out.iter().map(|o| o.id).collect(), duplicates };
@@ -58,10 +66,31 @@ pub async fn enqueue(State(st): State<AppState>, req: Request) -> ApiResult<Resp
     }
     let Obj(spec): Obj<JobSpec> = parse_json(&bytes, "")?;
     let job = spec.validate(&st.limits)?;
-    let out = st.store.enqueue(vec![job]).await?;
+    let jobs = vec![job];
+    let _permit = admit(&st, principal.as_deref(), &jobs)?;
+    let out = st.store.enqueue(jobs).await?;
     let o = out[0];
     let status = if o.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(EnqueueResponse { id: o.id, duplicate: o.duplicate })).into_response())
+}
+
+/// Admission of new jobs: the caller's queues, then queue depth, then pending writes. The
+/// permit is held until the store answers.
+fn admit(
+    st: &AppState,
+    principal: Option<&Principal>,
+    jobs: &[NewJob],
+) -> Result<OwnedSemaphorePermit, Error> {
+    let mut per_queue: HashMap<&str, u64> = HashMap::new();
+    for j in jobs {
+        *per_queue.entry(j.queue.as_str()).or_default() += 1;
+    }
+    for q in per_queue.keys() {
+        check_queue(principal, q)?;
+    }
+    let permit = st.protection.writes(jobs.len())?;
+    st.protection.depth.admit(&per_queue)?;
+    Ok(permit)
 }
 
 /// Lease up to `max` ready jobs; with `wait_ms`, wait for one (woken, not polling).
@@ -90,6 +119,7 @@ pub async fn claim(
         )
         .into());
     }
+    st.sightings.note(&worker, st.store.clock().now_ms());
     let req = ClaimRequest { queue, worker, max: max as usize, lease_ms };
     let jobs = if wait_ms == 0 {
         st.store.claim(req).await?
@@ -112,7 +142,14 @@ pub async fn heartbeat(
     let id = path_id(&id)?;
     lease_present(&body.lease, "lease")?;
     let extend = body.extend_ms.map(|ms| validate::lease_ms(ms, &st.limits, "extend_ms")).transpose()?;
-    Ok(Json(st.store.heartbeat(id, &body.lease, extend).await?))
+    if let Some(w) = &body.worker {
+        validate::worker_name(w, &st.limits, "worker")?;
+    }
+    let out = st.store.heartbeat(id, &body.lease, extend).await?;
+    if let Some(w) = &body.worker {
+        st.sightings.note(w, st.store.clock().now_ms());
+    }
+    Ok(Json(out))
 }
 
 /// Record a completion (fenced by the lease).
@@ -412,6 +449,7 @@ pub async fn import(
     if jobs.is_empty() {
         return Ok(Json(EnqueueBatchResponse { ids: Vec::new(), duplicates: Vec::new() }));
     }
+    let _permit = st.protection.writes(jobs.len())?;
     let out = st.store.enqueue(jobs).await?;
     let duplicates = out.iter().enumerate().filter(|(_, o)| o.duplicate).map(|(i, _)| i).collect();
     Ok(Json(EnqueueBatchResponse { ids: out.iter().map(|o| o.id).collect(), duplicates }))

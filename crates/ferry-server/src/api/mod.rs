@@ -2,6 +2,7 @@
 //! `/v1/openapi.json` is generated from the same handler list that serves requests and cannot
 //! miss a route.
 
+pub mod access;
 pub mod dlq;
 pub mod events;
 pub mod health;
@@ -48,17 +49,25 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(events::poll))
         .routes(routes!(events::stream))
         .routes(routes!(events::ws))
+        .routes(routes!(access::create_token, access::list_tokens))
+        .routes(routes!(access::revoke_token))
+        .routes(routes!(access::set_queue_limits, access::get_queue_limits))
+        .routes(routes!(access::workers))
+        .routes(routes!(access::create_host, access::list_hosts))
+        .routes(routes!(access::delete_host))
+        .routes(routes!(health::metrics))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::server_info))
         .routes(routes!(health::openapi))
-        .with_state(state)
+        .with_state(state.clone())
         .split_for_parts();
     let doc = api.clone();
     let router = router
         .layer(axum::Extension(std::sync::Arc::new(doc)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state, crate::protect::guard))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError(Error::internal("the server hit a bug handling this request")).into_response()
         }));

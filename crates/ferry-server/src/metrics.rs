@@ -1,0 +1,86 @@
+//! `GET /metrics`: the node's measurements in the Prometheus text format (prometheus-client).
+//!
+//! Values that already live elsewhere (breaker state, refusal counts, pending writes) are read
+//! at scrape time by a collector rather than copied on every change, so the hot path pays
+//! nothing for them.
+
+use crate::protect::{BreakerState, Protection, REJECTION_REASONS};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// The node's metric registry.
+pub struct Metrics {
+    registry: Registry,
+}
+
+struct ProtectionCollector(Arc<Protection>);
+
+impl std::fmt::Debug for ProtectionCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProtectionCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for ProtectionCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = &self.0;
+        let rejected = ConstCounter::new(0u64);
+        let mut m = enc.encode_descriptor(
+            "ferry_rejections",
+            "Requests refused by protection, by reason",
+            None,
+            rejected.metric_type(),
+        )?;
+        for (i, reason) in REJECTION_REASONS.iter().enumerate() {
+            let c = ConstCounter::new(p.rejected[i].load(Ordering::Relaxed));
+            c.encode(m.encode_family(&[("reason", *reason)])?)?;
+        }
+        let state = p.breaker.state();
+        let g = ConstGauge::new(0i64);
+        let mut m = enc.encode_descriptor(
+            "ferry_circuit_state",
+            "Circuit breaker around the database: 1 for the current state",
+            None,
+            g.metric_type(),
+        )?;
+        for s in [BreakerState::Closed, BreakerState::HalfOpen, BreakerState::Open] {
+            ConstGauge::new(i64::from(s == state)).encode(m.encode_family(&[("state", s.as_str())])?)?;
+        }
+        let opened = ConstCounter::new(p.breaker.opened_total.load(Ordering::Relaxed));
+        opened.encode(enc.encode_descriptor(
+            "ferry_circuit_opened",
+            "Times the circuit breaker opened",
+            None,
+            opened.metric_type(),
+        )?)?;
+        let pending = ConstGauge::new(p.pending_writes() as i64);
+        pending.encode(enc.encode_descriptor(
+            "ferry_pending_writes",
+            "Job writes admitted and not yet answered by the store",
+            None,
+            pending.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// A registry with this node's collectors.
+    pub fn new(protection: Arc<Protection>) -> Metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProtectionCollector(protection)));
+        Metrics { registry }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("metrics encode to a String");
+        out
+    }
+}

@@ -1,0 +1,627 @@
+//! Protection of the node and its database: the circuit breaker around storage, backpressure
+//! (requests in flight, pending writes, queue depth) and per-client rate limits.
+//!
+//! Every request passes [`guard`] (see `api/mod.rs`) in this order: a slot among
+//! `max_concurrent_requests`, authentication and scope (`auth.rs`), the client's token bucket,
+//! then the breaker. Refusals are cheap and carry `Retry-After`, so an overloaded node keeps
+//! answering and its memory stays bounded by the limits, not by the offered load.
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ferry_core::{Error, ErrorCode, Limits, QueueLimits};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter, clock::Clock as _};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+/// Breaker and rate-limit settings (`[protection]` in `ferry.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtectionConfig {
+    /// Requests per second per client (token, else `X-Ferry-Client`, else address); 0 = off.
+    pub rate_per_sec: u32,
+    /// Burst per client; 0 means equal to `rate_per_sec`.
+    pub rate_burst: u32,
+    /// Consecutive storage failures that open the breaker.
+    pub breaker_failures: u32,
+    /// Failure share over `breaker_window_ms` that opens the breaker (with enough requests).
+    pub breaker_failure_rate: f64,
+    /// Requests a window needs before its failure rate counts.
+    pub breaker_min_requests: u32,
+    /// Length of the failure-rate window.
+    pub breaker_window_ms: u64,
+    /// Time the breaker stays open before letting one probe through.
+    pub breaker_cooldown_ms: u64,
+    /// How often queue depths are re-read for backpressure.
+    pub depth_refresh_ms: u64,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        ProtectionConfig {
+            rate_per_sec: 0,
+            rate_burst: 0,
+            breaker_failures: 5,
+            breaker_failure_rate: 0.5,
+            breaker_min_requests: 20,
+            breaker_window_ms: 10_000,
+            breaker_cooldown_ms: 2_000,
+            depth_refresh_ms: 1_000,
+        }
+    }
+}
+
+/// Where the breaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// Requests fail fast until the cool-down ends.
+    Open,
+    /// One probe is let through; its outcome closes or re-opens the breaker.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+struct BreakerInner {
+    state: BreakerState,
+    consecutive: u32,
+    window_start: Instant,
+    window_total: u32,
+    window_failed: u32,
+    opened_at: Instant,
+    probe_sent_at: Option<Instant>,
+}
+
+/// Opens after repeated storage failures so a sick database is not hammered, and closes again
+/// after one successful probe.
+pub struct Breaker {
+    cfg: ProtectionConfig,
+    inner: Mutex<BreakerInner>,
+    /// Times the breaker opened, for metrics.
+    pub opened_total: AtomicU64,
+}
+
+/// A request let through the breaker; `probe` when it decides a half-open breaker.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    probe: bool,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(cfg: ProtectionConfig) -> Breaker {
+        let now = Instant::now();
+        Breaker {
+            cfg,
+            inner: Mutex::new(BreakerInner {
+                state: BreakerState::Closed,
+                consecutive: 0,
+                window_start: now,
+                window_total: 0,
+                window_failed: 0,
+                opened_at: now,
+                probe_sent_at: None,
+            }),
+            opened_total: AtomicU64::new(0),
+        }
+    }
+
+    fn cooldown(&self) -> Duration {
+        Duration::from_millis(self.cfg.breaker_cooldown_ms)
+    }
+
+    /// The state now (an open breaker past its cool-down reports `half_open`).
+    pub fn state(&self) -> BreakerState {
+        let g = self.inner.lock().expect("breaker lock");
+        match g.state {
+            BreakerState::Open if g.opened_at.elapsed() >= self.cooldown() => BreakerState::HalfOpen,
+            s => s,
+        }
+    }
+
+    /// Lets a request through, or refuses it fast with 503 `circuit_open`.
+    pub fn admit(&self) -> Result<Admission, Error> {
+        let mut g = self.inner.lock().expect("breaker lock");
+        let now = Instant::now();
+        match g.state {
+            BreakerState::Closed => Ok(Admission { probe: false }),
+            BreakerState::Open | BreakerState::HalfOpen => {
+                let cooled = now.duration_since(g.opened_at) >= self.cooldown();
+                // A probe that never reported (its request vanished) is replaced after a cool-down.
+                let probe_free = g.probe_sent_at.is_none_or(|t| now.duration_since(t) >= self.cooldown());
+                if cooled && probe_free {
+                    g.state = BreakerState::HalfOpen;
+                    g.probe_sent_at = Some(now);
+                    return Ok(Admission { probe: true });
+                }
+                let left = self.cooldown().saturating_sub(now.duration_since(g.opened_at));
+                Err(Error::new(
+                    ErrorCode::CircuitOpen,
+                    format!(
+                        "the database failed repeatedly; the circuit is open, retry in {} ms",
+                        left.as_millis().max(1)
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Records the outcome of an admitted request; `ok` is false for storage failures only.
+    pub fn record(&self, adm: Admission, ok: bool) {
+        let mut g = self.inner.lock().expect("breaker lock");
+        let now = Instant::now();
+        if adm.probe || g.state == BreakerState::HalfOpen {
+            if adm.probe {
+                g.probe_sent_at = None;
+            }
+            if ok {
+                if adm.probe {
+                    tracing::info!("circuit closed: the probe succeeded");
+                    g.state = BreakerState::Closed;
+                    g.consecutive = 0;
+                    g.window_start = now;
+                    g.window_total = 0;
+                    g.window_failed = 0;
+                }
+            } else {
+                g.state = BreakerState::Open;
+                g.opened_at = now;
+            }
+            return;
+        }
+        if g.state != BreakerState::Closed {
+            return; // a request admitted before the breaker opened; the opening stands
+        }
+        if now.duration_since(g.window_start) >= Duration::from_millis(self.cfg.breaker_window_ms) {
+            g.window_start = now;
+            g.window_total = 0;
+            g.window_failed = 0;
+        }
+        g.window_total += 1;
+        if ok {
+            g.consecutive = 0;
+            return;
+        }
+        g.consecutive += 1;
+        g.window_failed += 1;
+        let rate_trip = g.window_total >= self.cfg.breaker_min_requests
+            && f64::from(g.window_failed) / f64::from(g.window_total) > self.cfg.breaker_failure_rate;
+        if g.consecutive >= self.cfg.breaker_failures.max(1) || rate_trip {
+            tracing::warn!(
+                consecutive = g.consecutive,
+                window_failed = g.window_failed,
+                window_total = g.window_total,
+                "circuit opened: storage is failing"
+            );
+            g.state = BreakerState::Open;
+            g.opened_at = now;
+            self.opened_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Seconds a refused client should wait.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.cfg.breaker_cooldown_ms.div_ceil(1000).max(1)
+    }
+}
+
+/// Is this response a storage failure the breaker should count? Only errors the store raised
+/// (`unavailable`, `internal`); refusals by the protection layer itself are not.
+fn storage_failed(resp: &Response) -> bool {
+    matches!(resp.extensions().get::<ErrorCode>(), Some(ErrorCode::Unavailable | ErrorCode::Internal))
+}
+
+type KeyedLimiter = RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    governor::clock::DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// Per-client token buckets (governor), bounded in the number of clients tracked.
+pub struct ClientLimiter {
+    limiter: KeyedLimiter,
+    limit: u32,
+    max_keys: usize,
+}
+
+impl ClientLimiter {
+    fn new(cfg: &ProtectionConfig, max_keys: usize) -> Option<ClientLimiter> {
+        let rate = NonZeroU32::new(cfg.rate_per_sec)?;
+        let burst = NonZeroU32::new(cfg.rate_burst).unwrap_or(rate);
+        let limiter = RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            .with_middleware::<StateInformationMiddleware>();
+        Some(ClientLimiter { limiter, limit: burst.get(), max_keys: max_keys.max(1) })
+    }
+
+    /// Takes one token for `key`; on refusal, the wait in seconds.
+    fn check(&self, key: &str) -> Result<(u32, u64), u64> {
+        let key = if self.limiter.len() >= self.max_keys {
+            self.limiter.retain_recent();
+            if self.limiter.len() >= self.max_keys { "(overflow)" } else { key }
+        } else {
+            key
+        };
+        match self.limiter.check_key(&key.to_string()) {
+            Ok(snap) => {
+                let remaining = snap.remaining_burst_capacity();
+                let per_token = snap.quota().replenish_interval().as_secs_f64();
+                let reset = (f64::from(self.limit - remaining.min(self.limit)) * per_token).ceil() as u64;
+                Ok((remaining, reset))
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                Err(wait.as_secs_f64().ceil().max(1.0) as u64)
+            }
+        }
+    }
+}
+
+/// Last known depth of a queue, and what this node admitted since.
+#[derive(Default)]
+struct Depth {
+    stored: u64,
+    admitted: u64,
+    limit: Option<u64>,
+}
+
+/// Queue-depth backpressure: enqueues that would take a queue past its `max_depth` are
+/// refused whole. Depths are re-read every `depth_refresh_ms`; between reads this node adds
+/// what it admitted, so one node is exact and several nodes overshoot by at most what the
+/// others admitted within one refresh.
+pub struct DepthGate {
+    default_max: u64,
+    queues: Mutex<HashMap<String, Depth>>,
+}
+
+impl DepthGate {
+    fn new(default_max: u64) -> DepthGate {
+        DepthGate { default_max, queues: Mutex::new(HashMap::new()) }
+    }
+
+    /// Admits `per_queue` new jobs all together, or refuses the whole batch with 429.
+    pub fn admit(&self, per_queue: &HashMap<&str, u64>) -> Result<(), Error> {
+        let mut g = self.queues.lock().expect("depth lock");
+        for (q, n) in per_queue {
+            let d = g.get(*q);
+            let (now, max) = match d {
+                Some(d) => (d.stored + d.admitted, d.limit.unwrap_or(self.default_max)),
+                None => (0, self.default_max),
+            };
+            if now + n > max {
+                return Err(Error {
+                    code: ErrorCode::QueueFull,
+                    message: format!(
+                        "queue {q} is full: {now} ready or scheduled jobs, {n} more would pass its limit of {max}"
+                    ),
+                    field: Some("queue".into()),
+                    position: None,
+                });
+            }
+        }
+        for (q, n) in per_queue {
+            g.entry((*q).to_string()).or_default().admitted += n;
+        }
+        Ok(())
+    }
+
+    /// Sets one queue's own limit at once (an API change must not wait for a refresh).
+    pub fn set_limit(&self, queue: &str, limit: Option<u64>) {
+        self.queues.lock().expect("depth lock").entry(queue.to_string()).or_default().limit = limit;
+    }
+
+    /// Replaces the stored depths and limits with a fresh reading.
+    fn refresh(&self, depths: HashMap<String, u64>, limits: HashMap<String, QueueLimits>) {
+        let mut g = self.queues.lock().expect("depth lock");
+        g.retain(|q, _| depths.contains_key(q) || limits.contains_key(q));
+        for (q, stored) in &depths {
+            let d = g.entry(q.clone()).or_default();
+            d.stored = *stored;
+            d.admitted = 0;
+        }
+        for (q, d) in g.iter_mut() {
+            if !depths.contains_key(q) {
+                d.stored = 0;
+                d.admitted = 0;
+            }
+            d.limit = limits.get(q).and_then(|l| l.max_depth);
+        }
+    }
+}
+
+/// The node's protection state, shared by every request.
+pub struct Protection {
+    /// The breaker around storage.
+    pub breaker: Breaker,
+    /// Per-client rate limits, when configured.
+    pub limiter: Option<ClientLimiter>,
+    /// Queue-depth backpressure.
+    pub depth: DepthGate,
+    requests: std::sync::Arc<Semaphore>,
+    writes: std::sync::Arc<Semaphore>,
+    max_writes: usize,
+    /// Refusals by reason (`rate_limited`, `queue_full`, `server_saturated`, `circuit_open`).
+    pub rejected: [AtomicU64; 4],
+    cfg: ProtectionConfig,
+}
+
+/// Index of a refusal reason in [`Protection::rejected`].
+pub fn rejection_index(code: ErrorCode) -> Option<usize> {
+    match code {
+        ErrorCode::RateLimited => Some(0),
+        ErrorCode::QueueFull => Some(1),
+        ErrorCode::ServerSaturated => Some(2),
+        ErrorCode::CircuitOpen => Some(3),
+        _ => None,
+    }
+}
+
+/// Names of the refusal reasons, in [`Protection::rejected`] order.
+pub const REJECTION_REASONS: [&str; 4] = ["rate_limited", "queue_full", "server_saturated", "circuit_open"];
+
+impl Protection {
+    /// Protection as configured.
+    pub fn new(cfg: ProtectionConfig, limits: &Limits) -> Protection {
+        Protection {
+            breaker: Breaker::new(cfg.clone()),
+            limiter: ClientLimiter::new(&cfg, limits.max_rate_limit_keys),
+            depth: DepthGate::new(limits.max_queue_depth),
+            requests: std::sync::Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
+            writes: std::sync::Arc::new(Semaphore::new(limits.max_pending_writes.max(1))),
+            max_writes: limits.max_pending_writes.max(1),
+            rejected: Default::default(),
+            cfg,
+        }
+    }
+
+    /// Reserves `n` pending writes (an enqueue of n jobs, a report of n items) until the
+    /// permit drops; refuses with 503 when the node has `max_pending_writes` outstanding.
+    pub fn writes(&self, n: usize) -> Result<OwnedSemaphorePermit, Error> {
+        let n = n.clamp(1, self.max_writes) as u32;
+        self.writes.clone().try_acquire_many_owned(n).map_err(|_| {
+            Error::new(
+                ErrorCode::ServerSaturated,
+                format!("the server has {} writes pending; retry shortly", self.max_writes),
+            )
+        })
+    }
+
+    /// Writes admitted and not yet answered.
+    pub fn pending_writes(&self) -> usize {
+        self.max_writes - self.writes.available_permits()
+    }
+
+    /// Re-reads queue depths and limits every `depth_refresh_ms` until `stop`.
+    pub async fn depth_loop(
+        self: std::sync::Arc<Self>,
+        store: std::sync::Arc<dyn ferry_store::Store>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let every = Duration::from_millis(self.cfg.depth_refresh_ms.max(10));
+        loop {
+            if let (Ok(stats), Ok(limits)) = (store.queue_stats().await, store.queue_limits().await) {
+                let depths = stats
+                    .iter()
+                    .map(|s| {
+                        let c = |st| s.counts.get(&st).copied().unwrap_or(0);
+                        (s.queue.clone(), c(ferry_core::JobState::Ready) + c(ferry_core::JobState::Scheduled))
+                    })
+                    .collect();
+                self.depth.refresh(depths, limits.into_iter().collect());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+fn refuse(st: &AppState, e: Error, retry_after: u64) -> Response {
+    if let Some(i) = rejection_index(e.code) {
+        st.protection.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+    let mut resp = ApiError(e).into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp
+}
+
+/// Who the rate limiter counts a request against: its token, else the name the client gives
+/// (`X-Ferry-Client`, set by the SDK to the worker name), else its address.
+fn client_key(req: &Request, principal: Option<&Principal>) -> String {
+    if let Some(p) = principal {
+        return format!("token:{}", p.token_id);
+    }
+    if let Some(name) = req.headers().get("x-ferry-client").and_then(|v| v.to_str().ok())
+        && !name.is_empty()
+        && name.len() <= 128
+    {
+        return format!("client:{name}");
+    }
+    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => format!("addr:{}", addr.ip()),
+        None => "addr:unknown".into(),
+    }
+}
+
+/// The middleware every request passes; see the module doc for the order of checks.
+pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return next.run(req).await;
+    }
+    let Ok(_slot) = st.protection.requests.clone().try_acquire_owned().map_err(|e| match e {
+        TryAcquireError::Closed | TryAcquireError::NoPermits => (),
+    }) else {
+        let e = Error::new(ErrorCode::ServerSaturated, "too many requests in flight on this node");
+        return refuse(&st, e, 1);
+    };
+    let principal = match crate::auth::authenticate(&st, &req) {
+        None => None,
+        Some(check) => match check.await {
+            Ok(p) => p,
+            Err(e) => return ApiError(e).into_response(),
+        },
+    };
+    let mut headers = None;
+    if let Some(limiter) = &st.protection.limiter {
+        let key = client_key(&req, principal.as_ref());
+        match limiter.check(&key) {
+            Ok((remaining, reset)) => headers = Some((limiter.limit, remaining, reset)),
+            Err(wait) => {
+                let e = Error::new(
+                    ErrorCode::RateLimited,
+                    format!("rate limit of {} requests/s exceeded; retry in {wait} s", limiter.limit),
+                );
+                let mut resp = refuse(&st, e, wait);
+                let h = resp.headers_mut();
+                h.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(limiter.limit));
+                h.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(0));
+                h.insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(wait));
+                return resp;
+            }
+        }
+    }
+    if let Some(p) = principal {
+        req.extensions_mut().insert(p);
+    }
+    // `/readyz` deals with the breaker itself, so it can report the circuit's state.
+    let uses_store = path.starts_with("/v1/") && path != "/v1/openapi.json";
+    let admission = if uses_store {
+        match st.protection.breaker.admit() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let retry = st.protection.breaker.retry_after_secs();
+                return refuse(&st, e, retry);
+            }
+        }
+    } else {
+        None
+    };
+    let mut resp = next.run(req).await;
+    if let Some(a) = admission {
+        st.protection.breaker.record(a, !storage_failed(&resp));
+    }
+    if let Some(code) = resp.extensions().get::<ErrorCode>().copied()
+        && let Some(i) = rejection_index(code)
+    {
+        st.protection.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some((limit, remaining, reset)) = headers {
+        let h = resp.headers_mut();
+        h.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(limit));
+        h.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(remaining));
+        h.insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(reset));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ProtectionConfig {
+        ProtectionConfig {
+            breaker_failures: 3,
+            breaker_cooldown_ms: 50,
+            breaker_min_requests: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn breaker_opens_after_consecutive_failures_and_closes_on_a_probe() {
+        let b = Breaker::new(cfg());
+        for _ in 0..2 {
+            let a = b.admit().unwrap();
+            b.record(a, false);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        let a = b.admit().unwrap();
+        b.record(a, true); // a success resets the run
+        for _ in 0..3 {
+            let a = b.admit().unwrap();
+            b.record(a, false);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.admit().unwrap_err().code, ErrorCode::CircuitOpen);
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.admit().unwrap();
+        assert!(probe.probe);
+        assert_eq!(b.admit().unwrap_err().code, ErrorCode::CircuitOpen, "one probe at a time");
+        b.record(probe, false);
+        assert_eq!(b.admit().unwrap_err().code, ErrorCode::CircuitOpen, "failed probe re-opens");
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.admit().unwrap();
+        b.record(probe, true);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.admit().is_ok());
+        assert_eq!(b.opened_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn breaker_opens_on_failure_rate() {
+        let b = Breaker::new(ProtectionConfig { breaker_failures: 100, ..cfg() });
+        // alternate: never 3 in a row, but 60% failures over 10 requests
+        for i in 0..10 {
+            let a = b.admit().unwrap();
+            b.record(a, i % 5 == 1 || i % 5 == 3 || i % 5 == 4);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "40% failures stay closed");
+        for i in 0..10 {
+            let a = b.admit().unwrap();
+            b.record(a, i % 5 == 0 || i % 5 == 2);
+        }
+        assert_eq!(b.state(), BreakerState::Open, "a failure rate over 50% opens");
+    }
+
+    #[test]
+    fn depth_gate_is_all_or_nothing_and_counts_admissions() {
+        let g = DepthGate::new(10);
+        let one = |q, n| HashMap::from([(q, n)]);
+        g.admit(&one("a", 10)).unwrap();
+        assert_eq!(g.admit(&one("a", 1)).unwrap_err().code, ErrorCode::QueueFull);
+        let both = HashMap::from([("b", 5), ("a", 1)]);
+        assert!(g.admit(&both).is_err());
+        g.admit(&one("b", 10)).unwrap(); // b got nothing from the refused batch
+        g.set_limit("a", Some(11));
+        g.admit(&one("a", 1)).unwrap();
+        g.refresh(HashMap::from([("a".to_string(), 3)]), HashMap::new());
+        g.admit(&one("a", 7)).unwrap(); // the stored depth replaced what was admitted
+        assert!(g.admit(&one("a", 1)).is_err(), "limit back to the default 10 after refresh");
+    }
+
+    #[test]
+    fn rate_limiter_refuses_past_the_burst() {
+        let l =
+            ClientLimiter::new(&ProtectionConfig { rate_per_sec: 1, rate_burst: 3, ..cfg() }, 10).unwrap();
+        assert_eq!(l.check("a").unwrap().0, 2);
+        l.check("a").unwrap();
+        assert_eq!(l.check("a").unwrap().0, 0);
+        assert!(l.check("a").unwrap_err() >= 1);
+        assert!(l.check("b").is_ok(), "buckets are per client");
+    }
+}
