@@ -25,6 +25,9 @@ pub struct BenchArgs {
     /// Server URL, or several comma-separated nodes of one database.
     #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700", value_delimiter = ',')]
     url: Vec<String>,
+    /// API token (scopes produce, work and read), when the server has auth on.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Jobs for the end-to-end phase.
     #[arg(long, default_value_t = 100_000)]
     jobs: usize,
@@ -67,8 +70,17 @@ pub struct BenchArgs {
     /// Fan-out: seconds per measurement (without, then with subscribers).
     #[arg(long, default_value_t = 10)]
     fanout_secs: u64,
-    /// Phases to run (e2e, latency, clients; soak and fanout only when named); e2e, latency,
-    /// clients by default.
+    /// Overload: jobs per enqueue request.
+    #[arg(long, default_value_t = 10)]
+    overload_batch: usize,
+    /// Overload: seconds of offered load (after as long measuring capacity).
+    #[arg(long, default_value_t = 10)]
+    overload_secs: u64,
+    /// Overload: offered load as a multiple of the measured capacity.
+    #[arg(long, default_value_t = 10.0)]
+    overload_factor: f64,
+    /// Phases to run (e2e, latency, clients; soak, fanout and overload only when named); e2e,
+    /// latency, clients by default.
     phases: Vec<String>,
 }
 
@@ -139,7 +151,7 @@ impl CountingWorkers {
 
 /// Runs the benchmark and prints one line per figure.
 pub async fn run(a: BenchArgs) -> i32 {
-    let nodes: Vec<Client> = a.url.iter().map(|u| Client::new(u)).collect();
+    let nodes: Vec<Client> = a.url.iter().map(|u| Client::new(u).with_token(a.token.clone())).collect();
     for (c, u) in nodes.iter().zip(&a.url) {
         if let Err(e) = c.ready().await {
             eprintln!("ferry: server at {u} is not ready: {e}");
@@ -149,7 +161,7 @@ pub async fn run(a: BenchArgs) -> i32 {
     let client = nodes[0].clone();
     let node = |i: usize| nodes[i % nodes.len()].clone();
     let want =
-        |p: &str| (a.phases.is_empty() && p != "soak" && p != "fanout") || a.phases.iter().any(|x| x == p);
+        |p: &str| (a.phases.is_empty() && !matches!(p, "soak" | "fanout" | "overload")) || a.phases.iter().any(|x| x == p);
     let run_id = format!("{:x}", now_us());
     println!(
         "ferry bench against {} node(s) {} (server memory at start: {})",
@@ -315,6 +327,9 @@ pub async fn run(a: BenchArgs) -> i32 {
     if want("soak") && soak(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
+    if want("overload") && overload(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
     if want("fanout") && fanout(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
@@ -471,4 +486,110 @@ async fn soak(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
     }
     workers.stop().await;
     if failed { Err(()) } else { Ok(()) }
+}
+
+/// Overload: measures capacity with closed-loop producers, then offers `overload_factor` times
+/// that rate open-loop (each request on its own task, as independent clients would) and
+/// reports what was admitted (and its latency), what was refused (429/503, and how fast),
+/// what failed otherwise, and the server's peak memory.
+async fn overload(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    let client = nodes[0].clone();
+    let specs = |q: &str| -> Vec<JobSpec> {
+        (0..a.overload_batch).map(|_| JobSpec { queue: q.to_string(), ..Default::default() }).collect()
+    };
+    // 1. Capacity: 32 closed-loop producers for overload_secs.
+    let queue = format!("bench-cap-{run_id}");
+    let stop_at = Instant::now() + Duration::from_secs(a.overload_secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let (c, body) = (nodes[i % nodes.len()].clone(), specs(&queue));
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < stop_at {
+                if c.enqueue_batch(&body).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = tasks.join_next().await {
+        done += r.expect("task");
+    }
+    let capacity = done as f64 / a.overload_secs as f64;
+    let offered = capacity * a.overload_factor;
+    println!(
+        "overload  capacity {capacity:.0} requests/s ({:.0} jobs/s); offering {offered:.0} requests/s for {} s",
+        capacity * a.overload_batch as f64,
+        a.overload_secs
+    );
+    // 2. Open loop at `offered` requests/s, at most 50,000 outstanding on the client side.
+    let queue = format!("bench-over-{run_id}");
+    let outstanding = Arc::new(tokio::sync::Semaphore::new(50_000));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u16, f64)>();
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (c, peak) = (client.clone(), peak_rss.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(i) = c.server_info().await {
+                    peak.fetch_max(i.rss_bytes.unwrap_or(0), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / offered.max(1.0));
+    let mut sent = 0u64;
+    let mut dropped = 0u64;
+    while t0.elapsed() < Duration::from_secs(a.overload_secs) {
+        let due = (t0.elapsed().as_secs_f64() / interval.as_secs_f64()) as u64;
+        while sent < due {
+            sent += 1;
+            let Ok(permit) = outstanding.clone().try_acquire_owned() else {
+                dropped += 1;
+                continue;
+            };
+            let (c, body, tx) = (nodes[sent as usize % nodes.len()].clone(), specs(&queue), tx.clone());
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let status = match c.enqueue_batch(&body).await {
+                    Ok(_) => 201,
+                    Err(ferry_client::ClientError::Api { status, .. }) => status,
+                    Err(_) => 0,
+                };
+                let _ = tx.send((status, t.elapsed().as_secs_f64() * 1000.0));
+                drop(permit);
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(tx);
+    let (mut admitted, mut refused, mut other) = (Vec::new(), Vec::new(), 0u64);
+    while let Some((status, ms)) = rx.recv().await {
+        match status {
+            200 | 201 => admitted.push(ms),
+            429 | 503 => refused.push(ms),
+            _ => other += 1,
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    sampler.abort();
+    for v in [&mut admitted, &mut refused] {
+        v.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+    }
+    println!(
+        "overload  offered {:.0} requests/s: admitted {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), refused {:.0}/s (p99 {:.2} ms), other errors {other}, not sent (client cap) {dropped}; server memory peak {:.0} MiB, now {}",
+        sent as f64 / secs,
+        admitted.len() as f64 / secs,
+        pct(&admitted, 0.5),
+        pct(&admitted, 0.99),
+        refused.len() as f64 / secs,
+        pct(&refused, 0.99),
+        peak_rss.load(Ordering::Relaxed) as f64 / 1048576.0,
+        rss(&client).await
+    );
+    if other > 0 { Err(()) } else { Ok(()) }
 }
