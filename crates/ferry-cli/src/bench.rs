@@ -160,8 +160,10 @@ pub async fn run(a: BenchArgs) -> i32 {
     }
     let client = nodes[0].clone();
     let node = |i: usize| nodes[i % nodes.len()].clone();
-    let want =
-        |p: &str| (a.phases.is_empty() && !matches!(p, "soak" | "fanout" | "overload")) || a.phases.iter().any(|x| x == p);
+    let want = |p: &str| {
+        (a.phases.is_empty() && !matches!(p, "soak" | "fanout" | "overload"))
+            || a.phases.iter().any(|x| x == p)
+    };
     let run_id = format!("{:x}", now_us());
     println!(
         "ferry bench against {} node(s) {} (server memory at start: {})",

@@ -152,6 +152,53 @@ pub(crate) fn load_config(args: ServeArgs) -> Result<ferry_server::Config, Strin
     Ok(config)
 }
 
+/// Sets up logging: the configured filter, JSON or text on stdout, and optionally a JSON file
+/// rotated by size (written off the request path by a background thread).
+fn init_logs(
+    config: &ferry_server::Config,
+) -> Result<Option<tracing_appender::non_blocking::WorkerGuard>, String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .map_err(|e| format!("invalid log filter {:?}: {e}", config.log))?;
+    let json = match config.log_format.as_str() {
+        "json" => true,
+        "text" => false,
+        "auto" => !std::io::stdout().is_terminal(),
+        other => return Err(format!("log_format must be auto, json or text, not {other:?}")),
+    };
+    let stdout = if json {
+        tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_target(false).with_ansi(std::io::stdout().is_terminal()).boxed()
+    };
+    let (file, guard) = match &config.log_file {
+        Some(path) => {
+            if config.log_file_max_bytes == 0 || config.log_files_kept == 0 {
+                return Err("log_file_max_bytes and log_files_kept must be at least 1".into());
+            }
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let rotating = file_rotate::FileRotate::new(
+                path,
+                file_rotate::suffix::AppendCount::new(config.log_files_kept),
+                file_rotate::ContentLimit::BytesSurpassed(config.log_file_max_bytes),
+                file_rotate::compression::Compression::None,
+                None,
+            );
+            let (writer, guard) = tracing_appender::non_blocking(rotating);
+            let layer = tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false);
+            (Some(layer.with_writer(writer).boxed()), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(filter).with(stdout).with(file).init();
+    Ok(guard)
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -183,14 +230,13 @@ async fn main() {
                 2
             }
             Ok(config) => {
-                let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-                use std::io::IsTerminal;
-                tracing_subscriber::fmt()
-                    .with_env_filter(filter)
-                    .with_target(false)
-                    .with_ansi(std::io::stdout().is_terminal())
-                    .init();
+                let _log_guard = match init_logs(&config) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        eprintln!("ferry: {e}");
+                        std::process::exit(2);
+                    }
+                };
                 match ferry_server::run(config, shutdown_signal()).await {
                     Ok(()) => 0,
                     Err(e) => {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod job;
 pub mod limits;
+pub mod measure;
 pub mod schedule;
 pub mod time;
 pub mod validate;

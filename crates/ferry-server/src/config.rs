@@ -35,6 +35,16 @@ pub struct Config {
     pub protection: crate::protect::ProtectionConfig,
     /// Worker timeout and host probing.
     pub health: crate::health::HealthConfig,
+    /// Log lines as `json`, `text`, or `auto` (JSON unless writing to a terminal).
+    pub log_format: String,
+    /// Also write logs (always JSON) to this file, rotated by size.
+    pub log_file: Option<PathBuf>,
+    /// Size at which the log file is rotated.
+    pub log_file_max_bytes: usize,
+    /// Rotated log files kept (`<file>.1` is the newest).
+    pub log_files_kept: usize,
+    /// Log every job state transition (target `ferry::audit`).
+    pub audit_log: bool,
 }
 
 impl Default for Config {
@@ -52,6 +62,11 @@ impl Default for Config {
             insecure: false,
             protection: Default::default(),
             health: Default::default(),
+            log_format: "auto".into(),
+            log_file: None,
+            log_file_max_bytes: 100 << 20,
+            log_files_kept: 5,
+            audit_log: false,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod observe;
 pub mod protect;
 
 pub use config::{Config, Database};
@@ -46,6 +47,8 @@ pub struct AppState {
     pub prober: Arc<health::HostProber>,
     /// The Prometheus registry.
     pub metrics: Arc<metrics::Metrics>,
+    /// HTTP request counts and durations.
+    pub http: Arc<observe::HttpMetrics>,
 }
 
 impl AppState {
@@ -53,13 +56,15 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, config: &Config, shutdown: watch::Receiver<bool>) -> AppState {
         let hub = events::Hub::new(store.clone(), config.limits.event_buffer, config.limits.max_subscribers);
         let protection = Arc::new(protect::Protection::new(config.protection.clone(), &config.limits));
+        let http = Arc::new(observe::HttpMetrics::default());
         AppState {
+            http: http.clone(),
             store,
             limits: Arc::new(config.limits.clone()),
             shutdown,
             started: Instant::now(),
             hub,
-            metrics: Arc::new(metrics::Metrics::new(protection.clone())),
+            metrics: Arc::new(metrics::Metrics::new(protection.clone(), http)),
             protection,
             tokens: Arc::new(auth::Tokens::new(config.auth)),
             sightings: Arc::new(health::WorkerSightings::new(config.limits.max_rate_limit_keys)),
@@ -136,6 +141,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let workers =
         tokio::spawn(state.sightings.clone().run(store.clone(), config.health.clone(), stop_rx.clone()));
     tokio::spawn(state.prober.clone().run(store.clone(), stop_rx.clone()));
+    if config.audit_log {
+        tokio::spawn(observe::audit_loop(store.clone(), stop_rx.clone()));
+    }
     let auth_note = if state.tokens.active() { "auth on" } else { "auth off" };
     let maintenance = Maintenance::spawn(store.clone(), config.maintenance.clone());
     let app = api::router(state).0;

@@ -4,6 +4,7 @@
 //! at scrape time by a collector rather than copied on every change, so the hot path pays
 //! nothing for them.
 
+use crate::observe::HttpMetrics;
 use crate::protect::{BreakerState, Protection, REJECTION_REASONS};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -18,6 +19,72 @@ pub struct Metrics {
 }
 
 struct ProtectionCollector(Arc<Protection>);
+
+struct HttpCollector(Arc<HttpMetrics>);
+
+impl std::fmt::Debug for HttpCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpCollector")
+    }
+}
+
+/// Encodes a histogram snapshot under `name` (in the family opened by the caller).
+pub fn encode_histogram(
+    m: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    h: &ferry_core::measure::HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let mut cumulative = 0u64;
+    let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(h.counts.len());
+    for (i, c) in h.counts.iter().enumerate() {
+        cumulative += c;
+        buckets.push((h.bounds.get(i).copied().unwrap_or(f64::MAX), cumulative));
+    }
+    // prometheus-client writes the last bucket as +Inf when its bound is f64::MAX.
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, cumulative, &buckets, None)
+}
+
+impl prometheus_client::collector::Collector for HttpCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let http = &self.0;
+        let c = ConstCounter::new(0u64);
+        let mut m = enc.encode_descriptor(
+            "ferry_http_requests",
+            "HTTP requests by route and status",
+            None,
+            c.metric_type(),
+        )?;
+        for (key, [n]) in http.requests.snapshot() {
+            let mut parts = key.splitn(3, ' ');
+            let (method, route, status) =
+                (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            ConstCounter::new(n).encode(m.encode_family(&[
+                ("method", method),
+                ("route", route),
+                ("status", status),
+            ])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "ferry_http_request_duration_seconds",
+            "HTTP request duration by route",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (key, h) in http.durations() {
+            let (method, route) = key.split_once(' ').unwrap_or(("", &key));
+            let labels = [("method", method), ("route", route)];
+            let mut f = m.encode_family(&labels)?;
+            encode_histogram(&mut f, &h)?;
+        }
+        let g = ConstGauge::new(http.in_flight.load(Ordering::Relaxed));
+        g.encode(enc.encode_descriptor(
+            "ferry_http_requests_in_flight",
+            "HTTP requests being served (connections in use)",
+            None,
+            g.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
 
 impl std::fmt::Debug for ProtectionCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,9 +137,10 @@ impl prometheus_client::collector::Collector for ProtectionCollector {
 
 impl Metrics {
     /// A registry with this node's collectors.
-    pub fn new(protection: Arc<Protection>) -> Metrics {
+    pub fn new(protection: Arc<Protection>, http: Arc<HttpMetrics>) -> Metrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ProtectionCollector(protection)));
+        registry.register_collector(Box::new(HttpCollector(http)));
         Metrics { registry }
     }
 

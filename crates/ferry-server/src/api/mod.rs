@@ -67,7 +67,8 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .layer(axum::Extension(std::sync::Arc::new(doc)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state, crate::protect::guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::protect::guard))
+        .layer(axum::middleware::from_fn_with_state(state, crate::observe::observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError(Error::internal("the server hit a bug handling this request")).into_response()
         }));
