@@ -1583,7 +1583,6 @@ pub async fn lost_workers_release_their_leases(h: Harness) {
     let kept = claim_as(&h, "q", "w2", 1).await;
     assert_eq!(kept[0].id, other);
     h.clock.advance(20_000); // the leases (30 s) are still live
-    let start = h.store.events().head();
     let lost = h.store.release_lost_workers(T0 + 5_000, 10).await.unwrap();
     assert_eq!(lost, vec!["w1".to_string()], "only the worker silent since before the cut-off");
     // Its jobs come back at once, handled as expired leases are.
@@ -1601,15 +1600,29 @@ pub async fn lost_workers_release_their_leases(h: Harness) {
     assert_eq!(complete(&h, a, &held[0].lease).await.unwrap_err().code, ErrorCode::StaleLease);
     assert_eq!(fail(&h, b, &held[1].lease, true).await.unwrap_err().code, ErrorCode::StaleLease);
     complete(&h, a, &again[0].lease).await.unwrap();
-    // The same events as the reaper's.
-    let events = events_after(&h, start, 5).await;
-    let of = |id: Uuid| {
-        events.iter().filter(|e| e.job_id == Some(id)).map(|e| e.kind.as_str()).collect::<Vec<_>>()
+    // The same events as the reaper's. PostgreSQL numbers events after commit: wait for the
+    // newest one (a's completion), then every earlier one is there too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let all = h.store.read_events(0, 100_000).await.unwrap();
+        if all.iter().any(|e| e.job_id == Some(a) && e.kind == EventType::JobCompleted) {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "a's completion event never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(of(a)[..2], ["job.failed", "job.retried"]);
+    let of = |id: Uuid| {
+        events
+            .iter()
+            .filter(|e| e.job_id == Some(id))
+            .map(|e| e.kind.as_str())
+            .filter(|k| !matches!(*k, "job.enqueued" | "job.started" | "job.completed"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(a), ["job.failed", "job.retried"]);
     assert_eq!(of(b), ["job.failed", "job.dead"]);
     assert_eq!(of(dependant), ["job.cancelled"]);
-    let failed = events.iter().find(|e| e.job_id == Some(a)).unwrap();
+    let failed = events.iter().find(|e| e.job_id == Some(a) && e.kind == EventType::JobFailed).unwrap();
     assert_eq!(failed.data.as_ref().unwrap()["error"], "worker lost");
     // The active worker and its job are untouched.
     let ws = h.store.list_workers().await.unwrap();
