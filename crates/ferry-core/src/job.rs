@@ -267,7 +267,8 @@ pub struct ErrorRecord {
     /// The worker holding the lease, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
-    /// `failed` (reported by the worker) or `lease_expired` (found by the reaper).
+    /// `failed` (reported by the worker), `lease_expired` (found by the reaper) or
+    /// `worker_lost` (its worker went silent and was marked lost).
     pub kind: String,
     /// The worker's error text, or a description of what ferry saw.
     pub message: String,

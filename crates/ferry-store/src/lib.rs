@@ -57,7 +57,8 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts jobs all-or-nothing; duplicates by `unique_key` return the existing id.
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>>;
 
-    /// Leases up to `max` ready jobs of one queue, best first; empty when paused.
+    /// Leases up to `max` ready jobs of one queue, best first; empty when paused, fewer
+    /// (possibly none, never an error) when the queue's flow limits allow fewer.
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>>;
 
     /// Extends a lease by `extend_ms` (default: the job's `lease_ms`) from now.
@@ -145,70 +146,43 @@ pub trait Store: Send + Sync + 'static {
     async fn storage_bytes(&self) -> Result<u64>;
 
     /// Replaces a queue's flow limits (an empty value clears them); creates the queue row if
-    /// needed. Claims honour `max_running` and `max_starts_per_sec` across every node.
-    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
-        let _ = (queue, limits);
-        Err(ferry_core::Error::internal("set_queue_limits: not implemented by this backend"))
-    }
+    /// needed. Claims honour `max_running` and `max_starts_per_sec` across every node; a
+    /// negative or non-finite rate is refused (422).
+    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()>;
 
     /// Every queue that has a limit set, by name.
-    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
-        Err(ferry_core::Error::internal("queue_limits: not implemented by this backend"))
-    }
+    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>>;
 
-    /// Stores a new API token (only its hash).
-    async fn create_token(&self, token: TokenRecord) -> Result<()> {
-        let _ = token;
-        Err(ferry_core::Error::internal("create_token: not implemented by this backend"))
-    }
+    /// Stores a new API token (only its hash); `conflict` if its id exists.
+    async fn create_token(&self, token: TokenRecord) -> Result<()>;
 
     /// Every token, revoked ones included, oldest first.
-    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        Err(ferry_core::Error::internal("list_tokens: not implemented by this backend"))
-    }
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
 
-    /// Revokes a token (idempotent); `not_found` if no such id.
-    async fn revoke_token(&self, id: Uuid) -> Result<TokenRecord> {
-        let _ = id;
-        Err(ferry_core::Error::internal("revoke_token: not implemented by this backend"))
-    }
+    /// Revokes a token (idempotent: the first revocation time stays) and returns it;
+    /// `not_found` if no such id.
+    async fn revoke_token(&self, id: Uuid) -> Result<TokenRecord>;
 
     /// Records that workers were heard from (name, epoch ms): registers new ones, moves
     /// `last_seen` forward, and marks them `active` again.
-    async fn touch_workers(&self, seen: Vec<(String, i64)>) -> Result<()> {
-        let _ = seen;
-        Err(ferry_core::Error::internal("touch_workers: not implemented by this backend"))
-    }
+    async fn touch_workers(&self, seen: Vec<(String, i64)>) -> Result<()>;
 
     /// Every registered worker with its jobs in flight, by name.
-    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
-        Err(ferry_core::Error::internal("list_workers: not implemented by this backend"))
-    }
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
 
     /// Marks `active` workers last seen before `silent_before_ms` as `lost` and releases
     /// their leases at once (each running job is handled as an expired lease would be, with
     /// the error kind `worker_lost`); returns the names marked lost (at most `max`).
-    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>> {
-        let _ = (silent_before_ms, max);
-        Err(ferry_core::Error::internal("release_lost_workers: not implemented by this backend"))
-    }
+    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>>;
 
     /// Registers a host to probe; `conflict` if the name is taken.
-    async fn create_host(&self, host: HostRecord) -> Result<()> {
-        let _ = host;
-        Err(ferry_core::Error::internal("create_host: not implemented by this backend"))
-    }
+    async fn create_host(&self, host: HostRecord) -> Result<()>;
 
     /// Every registered host, by name.
-    async fn list_hosts(&self) -> Result<Vec<HostRecord>> {
-        Err(ferry_core::Error::internal("list_hosts: not implemented by this backend"))
-    }
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>>;
 
     /// Forgets a host; `not_found` if absent.
-    async fn delete_host(&self, name: &str) -> Result<()> {
-        let _ = name;
-        Err(ferry_core::Error::internal("delete_host: not implemented by this backend"))
-    }
+    async fn delete_host(&self, name: &str) -> Result<()>;
 
     /// Checks storage integrity and ferry's invariants; returns every violation found.
     async fn check_invariants(&self) -> Result<Vec<String>>;

@@ -1,12 +1,15 @@
-//! What both backends share about stored jobs: the encodings of stored columns, the
-//! invariant checks, and the decisions that turn a failure or an expired lease into the
-//! job's next state. Each backend keeps only its SQL.
+//! What both backends share about stored rows: the encodings of stored columns, the
+//! invariant checks, the decisions that turn a failure or an expired lease into the job's
+//! next state, and a queue's flow limits (the claim allowance and its token bucket). Each
+//! backend keeps only its SQL.
 
 use ferry_core::validate::truncate_error;
 use ferry_core::{
-    Backoff, Error, ErrorRecord, Event, EventType, FailItem, FailOutcome, JobState, Limits, Result, Timestamp,
+    Backoff, Error, ErrorRecord, Event, EventType, FailItem, FailOutcome, JobState, Limits, QueueLimits,
+    Result, Timestamp, TokenRecord, WorkerStatus,
 };
 use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// The finished states, as an SQL list.
@@ -143,18 +146,45 @@ pub fn decide_failure(
     Ok(FailDecision::Apply { state, run_at, errors })
 }
 
-/// Decides an expired lease: back to `ready`, or `dead` with no attempts left; returns the
-/// new state and the history with `lease_expired` appended.
-pub fn decide_expiry(job: &Leased, now: i64, limits: &Limits) -> Result<(JobState, String)> {
+/// Why a running job's lease is taken back before the worker reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry<'a> {
+    /// The lease ran out (the reaper).
+    LeaseExpired,
+    /// The worker holding it went silent and was marked lost (`release_lost_workers`).
+    WorkerLost(&'a str),
+}
+
+impl Expiry<'_> {
+    /// The error text its events carry.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Expiry::LeaseExpired => "lease expired",
+            Expiry::WorkerLost(_) => "worker lost",
+        }
+    }
+}
+
+/// Decides a lease taken back (expired, or its worker lost): back to `ready`, or `dead` with
+/// no attempts left; returns the new state and the history with `lease_expired` (or
+/// `worker_lost`) appended.
+pub fn decide_expiry(job: &Leased, now: i64, limits: &Limits, why: Expiry) -> Result<(JobState, String)> {
+    let (kind, message) = match why {
+        Expiry::LeaseExpired => (
+            "lease_expired",
+            format!("lease expired at {}", ferry_core::time::format_ms(job.lease_expires_at.unwrap_or(now))),
+        ),
+        Expiry::WorkerLost(worker) => (
+            "worker_lost",
+            format!("worker {worker:?} went silent and was marked lost; its lease was released"),
+        ),
+    };
     let record = ErrorRecord {
         attempt: job.attempt,
         at: Timestamp(now),
         worker: job.worker.clone(),
-        kind: "lease_expired".into(),
-        message: format!(
-            "lease expired at {}",
-            ferry_core::time::format_ms(job.lease_expires_at.unwrap_or(now))
-        ),
+        kind: kind.into(),
+        message,
     };
     let errors = push_error(job.errors.clone(), record, limits)?;
     let state = if job.attempt >= job.max_attempts { JobState::Dead } else { JobState::Ready };
@@ -305,4 +335,136 @@ pub fn fired_event(
 /// The error for a schedule that is not there.
 pub fn schedule_not_found(name: &str) -> Error {
     Error::new(ferry_core::ErrorCode::NotFound, format!("schedule {name:?} not found"))
+}
+
+/// A queue's stored flow limits and the state of its start-rate token bucket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flow {
+    /// The limits as set.
+    pub limits: QueueLimits,
+    /// Tokens in the bucket at `tokens_at` (None: never drawn from, so full).
+    pub tokens: Option<f64>,
+    /// When `tokens` was stored, epoch ms.
+    pub tokens_at: Option<i64>,
+}
+
+impl Flow {
+    /// True when claims of this queue are limited (and so must count and lock).
+    pub fn limits_claims(&self) -> bool {
+        self.limits.max_running.is_some() || self.limits.max_starts_per_sec.is_some()
+    }
+
+    /// Tokens in the bucket at `now`: refilled at the rate since `tokens_at`, capped at the
+    /// burst `max(1, rate)`; None without a rate.
+    pub fn tokens_now(&self, now: i64) -> Option<f64> {
+        let rate = self.limits.max_starts_per_sec?;
+        let burst = rate.max(1.0);
+        Some(match (self.tokens, self.tokens_at) {
+            (Some(t), Some(at)) => (t + (now - at).max(0) as f64 / 1_000.0 * rate).min(burst),
+            _ => burst,
+        })
+    }
+
+    /// How many of `max` jobs a claim may start, given `running` jobs of the queue and the
+    /// bucket's tokens at `now` (whole tokens only).
+    pub fn allowance(&self, max: usize, running: impl FnOnce() -> i64, now: i64) -> usize {
+        let mut n = max;
+        if let Some(cap) = self.limits.max_running {
+            n = n.min((i64::from(cap) - running()).max(0) as usize);
+        }
+        if let Some(tokens) = self.tokens_now(now) {
+            // A hair of slack so 2.9999999 (float refill) counts as 3.
+            n = n.min((tokens + 1e-9).floor().max(0.0) as usize);
+        }
+        n
+    }
+}
+
+/// Checks limits before they are stored (the rate must be a finite, non-negative number).
+pub fn check_limits(limits: &QueueLimits) -> Result<()> {
+    match limits.max_starts_per_sec {
+        Some(r) if !r.is_finite() || r < 0.0 => {
+            Err(Error::invalid("max_starts_per_sec", "must be a finite number of at least 0"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Limits from their stored columns (`max_running`, `max_starts_per_sec`, `max_depth`).
+pub fn limits_from(max_running: Option<i64>, rate: Option<f64>, max_depth: Option<i64>) -> QueueLimits {
+    QueueLimits {
+        max_running: max_running.map(|n| n.clamp(0, u32::MAX as i64) as u32),
+        max_starts_per_sec: rate,
+        max_depth: max_depth.map(|n| n.max(0) as u64),
+    }
+}
+
+/// Limits as stored columns.
+pub fn limits_cols(l: &QueueLimits) -> (Option<i64>, Option<f64>, Option<i64>) {
+    (l.max_running.map(i64::from), l.max_starts_per_sec, l.max_depth.map(|n| n.min(i64::MAX as u64) as i64))
+}
+
+/// Columns of an API token row, in the order `token_from` reads them.
+pub const TOKEN_COLS: &str = "id, name, hash, scopes, queues, created_at, revoked_at";
+
+/// A token's stored columns, in [`TOKEN_COLS`] order.
+pub type TokenRow = (Uuid, String, String, String, Option<String>, i64, Option<i64>);
+
+/// A token as stored columns: scopes and queues as JSON lists (an empty queue list stays
+/// `[]`, unlike "no restriction", which is NULL).
+pub fn token_cols(t: &TokenRecord) -> (String, Option<String>) {
+    (
+        serde_json::to_string(&t.scopes).expect("serializable"),
+        t.queues.as_ref().map(|q| serde_json::to_string(q).expect("serializable")),
+    )
+}
+
+/// A token from its stored columns.
+pub fn token_from(r: TokenRow) -> Result<TokenRecord> {
+    let (id, name, hash, scopes, queues, created_at, revoked_at) = r;
+    let corrupt = |e: serde_json::Error| Error::internal(format!("stored token {id} is corrupt: {e}"));
+    Ok(TokenRecord {
+        id,
+        name,
+        hash,
+        scopes: serde_json::from_str(&scopes).map_err(corrupt)?,
+        queues: queues.map(|q| serde_json::from_str(&q)).transpose().map_err(corrupt)?,
+        created_at,
+        revoked_at,
+    })
+}
+
+/// The error for a token that is not there.
+pub fn token_not_found(id: Uuid) -> Error {
+    Error::new(ferry_core::ErrorCode::NotFound, format!("token {id} not found"))
+}
+
+/// A stored worker status.
+pub fn worker_status(text: &str) -> Result<WorkerStatus> {
+    match text {
+        "active" => Ok(WorkerStatus::Active),
+        "lost" => Ok(WorkerStatus::Lost),
+        other => Err(Error::internal(format!("unknown stored worker status {other:?}"))),
+    }
+}
+
+/// Worker sightings folded to the (earliest, latest) per name, in name order (one row each,
+/// locked in the same order by every writer).
+pub fn sightings(seen: Vec<(String, i64)>) -> BTreeMap<String, (i64, i64)> {
+    let mut out = BTreeMap::new();
+    for (name, ms) in seen {
+        let e = out.entry(name).or_insert((ms, ms));
+        *e = (e.0.min(ms), e.1.max(ms));
+    }
+    out
+}
+
+/// The error for a host name already registered.
+pub fn host_exists(name: &str) -> Error {
+    Error::new(ferry_core::ErrorCode::Conflict, format!("host {name:?} exists already"))
+}
+
+/// The error for a host that is not there.
+pub fn host_not_found(name: &str) -> Error {
+    Error::new(ferry_core::ErrorCode::NotFound, format!("host {name:?} not found"))
 }

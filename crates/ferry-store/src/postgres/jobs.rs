@@ -29,7 +29,7 @@ pub struct Wakes {
 }
 
 impl Wakes {
-    fn wake(&mut self, q: &str) {
+    pub(super) fn wake(&mut self, q: &str) {
         if !self.queues.iter().any(|x| x == q) {
             self.queues.push(q.to_string());
         }
@@ -286,20 +286,63 @@ impl SimpleBatch {
     }
 }
 
+/// The pause flag and flow limits of a queue row (absent: neither).
+async fn queue_flow(tx: &Transaction<'_>, queue: &str, lock: bool) -> Result<(bool, Flow)> {
+    let sql = if lock {
+        "SELECT paused, max_running, max_starts_per_sec, max_depth, tokens, tokens_at FROM queues
+         WHERE name = $1 FOR UPDATE"
+    } else {
+        "SELECT paused, max_running, max_starts_per_sec, max_depth, tokens, tokens_at FROM queues WHERE name = $1"
+    };
+    let row =
+        tx.query_opt(&tx.prepare_cached(sql).await.map_err(pg_err)?, &[&queue]).await.map_err(pg_err)?;
+    Ok(row.map_or_else(Default::default, |r| {
+        (
+            r.get(0),
+            Flow { limits: limits_from(r.get(1), r.get(2), r.get(3)), tokens: r.get(4), tokens_at: r.get(5) },
+        )
+    }))
+}
+
 /// Leases up to `req.max` ready jobs, best first, skipping rows other claimers hold.
+///
+/// A queue with flow limits is claimed with its row locked (`FOR UPDATE`): limited claims
+/// of one queue take turns across every node, so the running count read under the lock
+/// (committed claims only grow it, and they all hold the lock first) and the token bucket
+/// stored on the row are exact. Unlimited queues take no lock.
 pub async fn claim(
     tx: &Transaction<'_>,
     now: i64,
     req: &ClaimRequest,
     w: &mut Wakes,
 ) -> Result<Vec<ClaimedJob>> {
-    let paused = tx
-        .query_opt("SELECT paused FROM queues WHERE name = $1", &[&req.queue])
-        .await
-        .map_err(pg_err)?
-        .is_some_and(|r| r.get::<_, bool>(0));
+    let (mut paused, mut flow) = queue_flow(tx, &req.queue, false).await?;
+    if !paused && flow.limits_claims() {
+        // Read again under the lock: the limits may have changed since.
+        (paused, flow) = queue_flow(tx, &req.queue, true).await?;
+    }
     if paused {
         return Ok(Vec::new());
+    }
+    let mut max = req.max;
+    if flow.limits_claims() {
+        let running: i64 = if flow.limits.max_running.is_some() {
+            tx.query_one(
+                &tx.prepare_cached("SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'running'")
+                    .await
+                    .map_err(pg_err)?,
+                &[&req.queue],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0)
+        } else {
+            0
+        };
+        max = flow.allowance(max, || running, now);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
     }
     let rows = tx
         .query(
@@ -309,10 +352,20 @@ pub async fn claim(
              WHERE seq IN (SELECT seq FROM jobs WHERE queue = $4 AND state = 'ready'
                            ORDER BY priority DESC, run_at, seq LIMIT $5 FOR UPDATE SKIP LOCKED)
              RETURNING seq, id, payload, attempt, max_attempts, priority, tags, lease, lease_expires_at, run_at",
-            &[&now, &req.lease_ms, &req.worker, &req.queue, &(req.max as i64)],
+            &[&now, &req.lease_ms, &req.worker, &req.queue, &(max as i64)],
         )
         .await
         .map_err(pg_err)?;
+    if let Some(tokens) = flow.tokens_now(now).filter(|_| !rows.is_empty()) {
+        tx.execute(
+            &tx.prepare_cached("UPDATE queues SET tokens = $1, tokens_at = $2 WHERE name = $3")
+                .await
+                .map_err(pg_err)?,
+            &[&(tokens - rows.len() as f64), &now, &req.queue],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
     let mut jobs = Vec::with_capacity(rows.len());
     for r in rows {
         let job = ClaimedJob {
@@ -684,36 +737,62 @@ pub async fn reap(
         .map_err(pg_err)?;
     let mut out = ReapOutcome::default();
     for r in expired {
-        let id: Uuid = r.get(0);
-        let Some(job) = lock_job(tx, id).await? else { continue };
-        if job.state != JobState::Running || job.lease_expires_at.is_none_or(|t| t > now) {
-            continue;
-        }
-        let (state, errors) = decide_expiry(&job, now, limits)?;
-        let changed = tx
-            .execute(
-                "UPDATE jobs SET state = $1, lease = NULL, lease_expires_at = NULL, errors = $2, updated_at = $3,
-                    finished_at = $4
-                 WHERE seq = $5 AND state = 'running' AND lease = $6",
-                &[&state.as_str(), &errors, &now, &(state == JobState::Dead).then_some(now), &job.seq, &job.lease],
-            )
-            .await
-            .map_err(pg_err)?;
-        if changed == 0 {
-            continue;
-        }
-        w.events.extend(failure_events(&job, id, now, state, now, "lease expired"));
-        if state == JobState::Dead {
-            out.dead += 1;
-            if job.has_dependants {
-                cancel_dependants(tx, now, job.seq, id, JobState::Dead, w).await?;
-            }
-        } else {
-            out.requeued += 1;
-            w.wake(&job.queue);
+        match take_back(tx, now, r.get(0), Expiry::LeaseExpired, limits, w).await? {
+            Some(JobState::Dead) => out.dead += 1,
+            Some(_) => out.requeued += 1,
+            None => {}
         }
     }
     Ok(out)
+}
+
+/// Takes back the lease of running job `id` before its worker reported (lease expired, or
+/// worker lost): locks the row and re-checks it (still running, and expired or held by the
+/// lost worker), then the attempt counts and the job goes back to `ready`, or to `dead` when
+/// no attempt is left (its waiting dependants cancelled), with `why` in its history and the
+/// `job.failed` + `job.retried`/`job.dead` events. None when the job moved on meanwhile.
+pub(super) async fn take_back(
+    tx: &Transaction<'_>,
+    now: i64,
+    id: Uuid,
+    why: Expiry<'_>,
+    limits: &Limits,
+    w: &mut Wakes,
+) -> Result<Option<JobState>> {
+    let Some(job) = lock_job(tx, id).await? else { return Ok(None) };
+    let still_due = match why {
+        Expiry::LeaseExpired => job.lease_expires_at.is_some_and(|t| t <= now),
+        Expiry::WorkerLost(name) => job.worker.as_deref() == Some(name),
+    };
+    if job.state != JobState::Running || !still_due {
+        return Ok(None);
+    }
+    let (state, errors) = decide_expiry(&job, now, limits, why)?;
+    let changed = tx
+        .execute(
+            &tx.prepare_cached(
+                "UPDATE jobs SET state = $1, lease = NULL, lease_expires_at = NULL, errors = $2, updated_at = $3,
+                    finished_at = $4
+                 WHERE seq = $5 AND state = 'running' AND lease = $6",
+            )
+            .await
+            .map_err(pg_err)?,
+            &[&state.as_str(), &errors, &now, &(state == JobState::Dead).then_some(now), &job.seq, &job.lease],
+        )
+        .await
+        .map_err(pg_err)?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    w.events.extend(failure_events(&job, id, now, state, now, why.summary()));
+    if state == JobState::Dead {
+        if job.has_dependants {
+            cancel_dependants(tx, now, job.seq, id, JobState::Dead, w).await?;
+        }
+    } else {
+        w.wake(&job.queue);
+    }
+    Ok(Some(state))
 }
 
 /// Moves due scheduled jobs to ready.
@@ -955,12 +1034,19 @@ pub async fn stats(c: &Client, now: i64) -> Result<Vec<QueueStats>> {
             Some((now - oldest).max(0));
     }
     for r in c
-        .query(&c.prepare_cached("SELECT name, paused FROM queues").await.map_err(pg_err)?, &[])
+        .query(
+            &c.prepare_cached("SELECT name, paused, max_running, max_starts_per_sec, max_depth FROM queues")
+                .await
+                .map_err(pg_err)?,
+            &[],
+        )
         .await
         .map_err(pg_err)?
     {
         let q: String = r.get(0);
-        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).paused = r.get(1);
+        let entry = by_queue.entry(q.clone()).or_insert_with(|| blank(&q));
+        entry.paused = r.get(1);
+        entry.limits = limits_from(r.get(2), r.get(3), r.get(4));
     }
     Ok(by_queue.into_values().collect())
 }

@@ -7,6 +7,7 @@
 //! transaction, delivered at commit) to a `LISTEN`ing connection on each node; claimers also
 //! re-check every `fallback_poll`, so a lost notification only delays a job.
 
+mod access;
 mod events;
 mod jobs;
 mod schedules;
@@ -20,8 +21,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use ferry_core::schedule::Schedule;
 use ferry_core::{
     ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
-    FailItem, FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats,
-    ReapOutcome, Result,
+    FailItem, FailOutcome, HeartbeatOutcome, HostRecord, Job, JobFilter, JobState, Limits, NewJob, Page,
+    QueueLimits, QueueStats, ReapOutcome, Result, TokenRecord, WorkerInfo,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -511,6 +512,56 @@ impl Store for PgStore {
 
     async fn storage_bytes(&self) -> Result<u64> {
         self.read(|c| boxed!(jobs::storage_bytes(c).await)).await
+    }
+
+    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        let queue = queue.to_string();
+        self.tx(move |tx, now, w| boxed!(access::set_limits(tx, now, &queue, &limits, w).await)).await
+    }
+
+    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
+        self.read(|c| boxed!(access::limits(c).await)).await
+    }
+
+    async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        self.tx(move |tx, _, _| boxed!(access::create_token(tx, &token).await)).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(|c| boxed!(access::list_tokens(c).await)).await
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<TokenRecord> {
+        self.tx(move |tx, now, _| boxed!(access::revoke_token(tx, now, id).await)).await
+    }
+
+    async fn touch_workers(&self, seen: Vec<(String, i64)>) -> Result<()> {
+        self.tx(move |tx, _, _| boxed!(access::touch_workers(tx, seen).await)).await
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        self.read(|c| boxed!(access::list_workers(c).await)).await
+    }
+
+    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>> {
+        let limits = self.limits.clone();
+        self.tx(move |tx, now, w| {
+            boxed!(access::release_lost_workers(tx, now, silent_before_ms, max, &limits, w).await)
+        })
+        .await
+    }
+
+    async fn create_host(&self, host: HostRecord) -> Result<()> {
+        self.tx(move |tx, _, _| boxed!(access::create_host(tx, &host).await)).await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>> {
+        self.read(|c| boxed!(access::list_hosts(c).await)).await
+    }
+
+    async fn delete_host(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.tx(move |tx, _, _| boxed!(access::delete_host(tx, &name).await)).await
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>> {

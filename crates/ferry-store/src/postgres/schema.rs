@@ -2,8 +2,8 @@
 //! start together do not race, and a schema newer than this build is refused.
 //!
 //! Table registry (kept in step with the SQLite schema): `ferry_meta`, `jobs`, `job_deps`,
-//! `queues`, `event_log`, `schedules`. Unlike SQLite, several processes write here, so counts per state come from a
-//! scan of the table, not from memory.
+//! `queues`, `event_log`, `schedules`, `api_tokens`, `workers`, `hosts`. Unlike SQLite, several
+//! processes write here, so counts per state come from a scan of the table, not from memory.
 
 use super::pg_err;
 use ferry_core::{Error, ErrorCode, Result};
@@ -97,6 +97,33 @@ CREATE TABLE schedules (
     updated_at   BIGINT NOT NULL
 );
 CREATE INDEX schedules_due ON schedules (next_run_at) WHERE NOT paused AND next_run_at IS NOT NULL;
+"#,
+    r#"
+-- Flow limits live on the queue row, which a limited claim locks; tokens/tokens_at are the
+-- start-rate bucket every node draws from.
+ALTER TABLE queues ADD COLUMN max_running BIGINT, ADD COLUMN max_starts_per_sec DOUBLE PRECISION,
+    ADD COLUMN max_depth BIGINT, ADD COLUMN tokens DOUBLE PRECISION, ADD COLUMN tokens_at BIGINT;
+CREATE TABLE api_tokens (
+    id         UUID PRIMARY KEY,
+    name       TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    scopes     TEXT NOT NULL,
+    queues     TEXT,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE TABLE workers (
+    name          TEXT PRIMARY KEY,
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms  BIGINT NOT NULL,
+    status        TEXT NOT NULL
+);
+CREATE INDEX workers_active ON workers (last_seen_ms) WHERE status = 'active';
+CREATE TABLE hosts (
+    name       TEXT PRIMARY KEY,
+    health_url TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
 "#,
 ];
 

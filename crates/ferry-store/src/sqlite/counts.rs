@@ -47,6 +47,11 @@ impl Deltas {
         }
     }
 
+    /// The net change of `queue`'s `state` count so far.
+    pub fn get(&self, queue: &str, state: JobState) -> i64 {
+        self.by_queue.iter().find(|(q, _)| q == queue).map_or(0, |(_, d)| d[state.index()])
+    }
+
     /// Adds another transaction's deltas.
     pub fn merge(&mut self, other: Deltas) {
         for (q, d) in other.by_queue {
@@ -77,6 +82,11 @@ impl Counts {
                 debug_assert!(*a >= 0, "count of queue {q} went negative");
             }
         }
+    }
+
+    /// One queue's count in one state.
+    pub fn get(&self, queue: &str, state: JobState) -> i64 {
+        self.by_queue.get(queue).map_or(0, |c| c[state.index()])
     }
 
     /// Every queue's counts.
@@ -127,6 +137,12 @@ impl CountsCell {
     /// Current epoch; odd while a commit is in flight.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// One committed count (exact on the writer thread between its commits, since only the
+    /// writer moves the counts).
+    pub fn get(&self, queue: &str, state: JobState) -> i64 {
+        self.counts.lock().expect("counts lock").get(queue, state)
     }
 
     /// A copy of the counts.

@@ -144,13 +144,40 @@ pub fn enqueue(
     Ok(out)
 }
 
-/// Leases up to `req.max` ready jobs, best first.
-pub fn claim(conn: &Connection, now: i64, req: &ClaimRequest, fx: &mut Effects) -> Result<Vec<ClaimedJob>> {
-    let paused: Option<bool> = conn
-        .prepare_cached("SELECT paused FROM queues WHERE name = ?1")
-        .and_then(|mut s| s.query_row([&req.queue], |r| r.get(0)).optional())
+/// Leases up to `req.max` ready jobs, best first, within the queue's flow limits: at most
+/// `max_running` running (`running` counts them, exactly: the writer is serial) and one
+/// token of the start-rate bucket per job, the bucket stored back on the queue row.
+pub fn claim(
+    conn: &Connection,
+    now: i64,
+    req: &ClaimRequest,
+    running: impl FnOnce() -> i64,
+    fx: &mut Effects,
+) -> Result<Vec<ClaimedJob>> {
+    let queue: Option<(bool, Flow)> = conn
+        .prepare_cached(
+            "SELECT paused, max_running, max_starts_per_sec, max_depth, tokens, tokens_at FROM queues WHERE name = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([&req.queue], |r| {
+                Ok((
+                    r.get(0)?,
+                    Flow {
+                        limits: limits_from(r.get(1)?, r.get(2)?, r.get(3)?),
+                        tokens: r.get(4)?,
+                        tokens_at: r.get(5)?,
+                    },
+                ))
+            })
+            .optional()
+        })
         .map_err(db_err)?;
-    if paused == Some(true) {
+    let (paused, flow) = queue.unwrap_or_default();
+    if paused {
+        return Ok(Vec::new());
+    }
+    let max = if flow.limits_claims() { flow.allowance(req.max, running, now) } else { req.max };
+    if max == 0 {
         return Ok(Vec::new());
     }
     let mut stmt = conn
@@ -163,8 +190,8 @@ pub fn claim(conn: &Connection, now: i64, req: &ClaimRequest, fx: &mut Effects) 
         )
         .map_err(db_err)?;
     let mut rows =
-        stmt.query(params![now, req.lease_ms, req.worker, req.queue, req.max as i64]).map_err(db_err)?;
-    let mut jobs: Vec<(i64, i64, ClaimedJob)> = Vec::with_capacity(req.max.min(1024));
+        stmt.query(params![now, req.lease_ms, req.worker, req.queue, max as i64]).map_err(db_err)?;
+    let mut jobs: Vec<(i64, i64, ClaimedJob)> = Vec::with_capacity(max.min(1024));
     while let Some(r) = rows.next().map_err(db_err)? {
         let job = ClaimedJob {
             id: r.get(1).map_err(db_err)?,
@@ -178,6 +205,12 @@ pub fn claim(conn: &Connection, now: i64, req: &ClaimRequest, fx: &mut Effects) 
             lease_expires_at: Timestamp(r.get(8).map_err(db_err)?),
         };
         jobs.push((r.get(0).map_err(db_err)?, r.get(9).map_err(db_err)?, job));
+    }
+    drop(rows);
+    if let Some(tokens) = flow.tokens_now(now).filter(|_| !jobs.is_empty()) {
+        conn.prepare_cached("UPDATE queues SET tokens = ?1, tokens_at = ?2 WHERE name = ?3")
+            .and_then(|mut s| s.execute(params![tokens - jobs.len() as f64, now, req.queue]))
+            .map_err(db_err)?;
     }
     fx.moved(&req.queue, Some(JobState::Ready), Some(JobState::Running), jobs.len() as i64);
     for (_, _, j) in &jobs {
@@ -510,38 +543,57 @@ pub fn reap(
         )
         .and_then(|mut s| s.query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(db_err)?;
-    let mut update = conn
+    let mut out = ReapOutcome::default();
+    for (id, lease) in expired {
+        match take_back(conn, now, id, &lease, Expiry::LeaseExpired, limits, fx)? {
+            Some(JobState::Dead) => out.dead += 1,
+            Some(_) => out.requeued += 1,
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Takes back the lease `lease` of running job `id` before its worker reported (lease
+/// expired, or worker lost): the attempt counts, the job goes back to `ready`, or to `dead`
+/// when no attempt is left (its waiting dependants cancelled), with `why` in its history and
+/// the `job.failed` + `job.retried`/`job.dead` events. The update re-checks state and lease, so
+/// a job finished meanwhile is left alone (None).
+pub(super) fn take_back(
+    conn: &Connection,
+    now: i64,
+    id: Uuid,
+    lease: &str,
+    why: Expiry,
+    limits: &Limits,
+    fx: &mut Effects,
+) -> Result<Option<JobState>> {
+    let Some(job) = load_leased(conn, id)? else { return Ok(None) };
+    let (state, errors) = decide_expiry(&job, now, limits, why)?;
+    let finished = (state == JobState::Dead).then_some(now);
+    let changed = conn
         .prepare_cached(
             "UPDATE jobs SET state = ?1, lease = NULL, lease_expires_at = NULL, errors = ?2, updated_at = ?3,
                 finished_at = ?4
              WHERE seq = ?5 AND state = 'running' AND lease = ?6",
         )
+        .and_then(|mut s| s.execute(params![state.as_str(), errors, now, finished, job.seq, lease]))
         .map_err(db_err)?;
-    let mut out = ReapOutcome::default();
-    for (id, lease) in expired {
-        let Some(job) = load_leased(conn, id)? else { continue };
-        let (state, errors) = decide_expiry(&job, now, limits)?;
-        let finished = (state == JobState::Dead).then_some(now);
-        let changed =
-            update.execute(params![state.as_str(), errors, now, finished, job.seq, lease]).map_err(db_err)?;
-        if changed == 0 {
-            continue;
-        }
-        fx.moved(&job.queue, Some(JobState::Running), Some(state), 1);
-        for e in failure_events(&job, id, now, state, now, "lease expired") {
-            fx.event(e);
-        }
-        if state == JobState::Dead {
-            out.dead += 1;
-            if job.has_dependants {
-                cancel_dependants(conn, now, job.seq, id, JobState::Dead, fx)?;
-            }
-        } else {
-            out.requeued += 1;
-            fx.wake(&job.queue);
-        }
+    if changed == 0 {
+        return Ok(None);
     }
-    Ok(out)
+    fx.moved(&job.queue, Some(JobState::Running), Some(state), 1);
+    for e in failure_events(&job, id, now, state, now, why.summary()) {
+        fx.event(e);
+    }
+    if state == JobState::Dead {
+        if job.has_dependants {
+            cancel_dependants(conn, now, job.seq, id, JobState::Dead, fx)?;
+        }
+    } else {
+        fx.wake(&job.queue);
+    }
+    Ok(Some(state))
 }
 
 /// Moves due scheduled jobs to ready.
@@ -786,12 +838,16 @@ pub fn stats(conn: &Connection, now: i64, counts: &Counts) -> Result<Vec<QueueSt
         by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).oldest_ready_age_ms =
             Some((now - oldest).max(0));
     }
-    let mut s = conn.prepare_cached("SELECT name, paused FROM queues").map_err(db_err)?;
+    let mut s = conn
+        .prepare_cached("SELECT name, paused, max_running, max_starts_per_sec, max_depth FROM queues")
+        .map_err(db_err)?;
     let mut rows = s.query([]).map_err(db_err)?;
     while let Some(r) = rows.next().map_err(db_err)? {
         let q: String = r.get(0).map_err(db_err)?;
-        let paused: bool = r.get(1).map_err(db_err)?;
-        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).paused = paused;
+        let entry = by_queue.entry(q.clone()).or_insert_with(|| blank(&q));
+        entry.paused = r.get(1).map_err(db_err)?;
+        entry.limits =
+            limits_from(r.get(2).map_err(db_err)?, r.get(3).map_err(db_err)?, r.get(4).map_err(db_err)?);
     }
     Ok(by_queue.into_values().collect())
 }

@@ -4,6 +4,7 @@
 //! `NORMAL` survives a process crash but may lose the last commits on power loss, for
 //! roughly 4× the single-writer commit rate. Group commit pays one fsync per batch either way.
 
+mod access;
 mod counts;
 mod jobs;
 mod read_pool;
@@ -19,8 +20,8 @@ use counts::{Counts, CountsCell};
 use ferry_core::schedule::Schedule;
 use ferry_core::{
     ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
-    FailItem, FailOutcome, HeartbeatOutcome, Job, JobFilter, JobState, Limits, NewJob, Page, QueueStats,
-    ReapOutcome, Result,
+    FailItem, FailOutcome, HeartbeatOutcome, HostRecord, Job, JobFilter, JobState, Limits, NewJob, Page,
+    QueueLimits, QueueStats, ReapOutcome, Result, TokenRecord, WorkerInfo,
 };
 use read_pool::ReadPool;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -295,7 +296,16 @@ impl Store for SqliteStore {
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
         assert!(req.max >= 1, "claim max is validated above the store");
-        self.write(move |c, now, fx| jobs::claim(c, now, &req, fx)).await
+        let (clock, counts) = (self.clock.clone(), self.counts.clone());
+        self.writer
+            .write_after(move |c, pending, fx| {
+                // Committed counts plus this transaction's earlier commands: exact, read
+                // only when the queue limits running jobs.
+                let running =
+                    || counts.get(&req.queue, JobState::Running) + pending.get(&req.queue, JobState::Running);
+                jobs::claim(c, clock.now_ms(), &req, running, fx)
+            })
+            .await
     }
 
     async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
@@ -449,6 +459,54 @@ impl Store for SqliteStore {
             total += std::fs::metadata(&p).map_or(0, |m| m.len());
         }
         Ok(total)
+    }
+
+    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        let queue = queue.to_string();
+        self.write(move |c, now, fx| access::set_limits(c, now, &queue, &limits, fx)).await
+    }
+
+    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
+        self.readers.read(access::limits).await
+    }
+
+    async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        self.writer.write(move |c, _| access::create_token(c, &token)).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.readers.read(access::list_tokens).await
+    }
+
+    async fn revoke_token(&self, id: Uuid) -> Result<TokenRecord> {
+        self.write(move |c, now, _| access::revoke_token(c, now, id)).await
+    }
+
+    async fn touch_workers(&self, seen: Vec<(String, i64)>) -> Result<()> {
+        self.writer.write(move |c, _| access::touch_workers(c, seen)).await
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        self.readers.read(access::list_workers).await
+    }
+
+    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>> {
+        let limits = self.limits.clone();
+        self.write(move |c, now, fx| access::release_lost_workers(c, now, silent_before_ms, max, &limits, fx))
+            .await
+    }
+
+    async fn create_host(&self, host: HostRecord) -> Result<()> {
+        self.writer.write(move |c, _| access::create_host(c, &host)).await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>> {
+        self.readers.read(access::list_hosts).await
+    }
+
+    async fn delete_host(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.writer.write(move |c, _| access::delete_host(c, &name)).await
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>> {

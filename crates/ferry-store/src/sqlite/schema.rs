@@ -2,8 +2,9 @@
 //! database written by a newer ferry is refused instead of being misread.
 //!
 //! Table registry (kept in step with `ferry migrate` and the PostgreSQL schema): `ferry_meta`,
-//! `jobs`, `job_deps`, `queues`, `event_log` (one row per committed group of events),
-//! `schedules`.
+//! `jobs`, `job_deps`, `queues` (pause flag, flow limits and the start-rate token bucket),
+//! `event_log` (one row per committed group of events), `schedules`, `api_tokens`, `workers`,
+//! `hosts`.
 //!
 //! Indexes are partial wherever a state is rare, so a transition touches as few b-trees as
 //! possible; counts per state are kept in memory (see `counts`), not in an index.
@@ -87,6 +88,34 @@ CREATE TABLE schedules (
     updated_at   INTEGER NOT NULL
 );
 CREATE INDEX schedules_due ON schedules (next_run_at) WHERE paused = 0 AND next_run_at IS NOT NULL;
+"#,
+    r#"
+ALTER TABLE queues ADD COLUMN max_running INTEGER;
+ALTER TABLE queues ADD COLUMN max_starts_per_sec REAL;
+ALTER TABLE queues ADD COLUMN max_depth INTEGER;
+ALTER TABLE queues ADD COLUMN tokens REAL;
+ALTER TABLE queues ADD COLUMN tokens_at INTEGER;
+CREATE TABLE api_tokens (
+    id         BLOB PRIMARY KEY,
+    name       TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    scopes     TEXT NOT NULL,
+    queues     TEXT,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE workers (
+    name          TEXT PRIMARY KEY,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    status        TEXT NOT NULL
+);
+CREATE INDEX workers_active ON workers (last_seen_ms) WHERE status = 'active';
+CREATE TABLE hosts (
+    name       TEXT PRIMARY KEY,
+    health_url TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 "#,
 ];
 

@@ -127,11 +127,22 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut Effects) -> Result<T> + Send + 'static,
     {
+        self.write_after(move |conn, _, fx| f(conn, fx)).await
+    }
+
+    /// [`Writer::write`] where `f` also sees the count changes of the commands before it in
+    /// the same transaction (not committed yet, so not in the counts): committed counts plus
+    /// these are the exact counts `f` runs against.
+    pub async fn write_after<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Deltas, &mut Effects) -> Result<T> + Send + 'static,
+    {
         let (reply_tx, reply_rx) = oneshot::channel::<Result<T>>();
         let op: Op = Box::new(move |conn, fx| {
             let before = conn.total_changes();
             let mut local = Effects::default();
-            let outcome = match catch_unwind(AssertUnwindSafe(|| f(conn, &mut local))) {
+            let outcome = match catch_unwind(AssertUnwindSafe(|| f(conn, &fx.deltas, &mut local))) {
                 Ok(r) => r,
                 Err(_) => Err(Error::internal("a storage command panicked; its transaction was rolled back")),
             };

@@ -57,6 +57,8 @@ macro_rules! conformance_tests {
             error_text_is_truncated_and_history_bounded, imports_dedup_in_any_state, maintenance_loops_run, storage_bytes_grow_with_data,
             events_record_every_transition, events_cursor_is_gap_free_under_concurrency, events_prune_keeps_the_newest,
             schedule_crud, schedule_fires_each_tick_once, schedule_misfire_policies, schedule_concurrent_firing_exactly_once,
+            limits_max_running, limits_max_running_concurrent, limits_start_rate, limits_set_list_and_clear,
+            tokens_round_trip_and_revoke, workers_registry_and_in_flight, lost_workers_release_their_leases, hosts_crud,
             property_state_machine);
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -1290,4 +1292,377 @@ pub async fn maintenance_loops_run(h: Harness) {
 
 pub async fn property_state_machine(h: Harness) {
     props::run(h).await;
+}
+
+// ---------- flow limits ----------
+
+pub async fn claim_as(h: &Harness, queue: &str, worker: &str, max: usize) -> Vec<ClaimedJob> {
+    h.store
+        .claim(ClaimRequest { queue: queue.into(), worker: worker.into(), max, lease_ms: None })
+        .await
+        .unwrap()
+}
+
+fn running_limit(n: u32) -> QueueLimits {
+    QueueLimits { max_running: Some(n), ..Default::default() }
+}
+
+fn rate_limit(r: f64) -> QueueLimits {
+    QueueLimits { max_starts_per_sec: Some(r), ..Default::default() }
+}
+
+/// `max_running`: a claim gets at most the free slots; every way out of `running` frees one.
+pub async fn limits_max_running(h: Harness) {
+    h.store.enqueue((0..10).map(|_| job_with(|s| s.backoff = Some(no_backoff()))).collect()).await.unwrap();
+    h.store.enqueue((0..5).map(|_| job("free")).collect()).await.unwrap();
+    h.store.set_queue_limits("q", running_limit(3)).await.unwrap();
+    let first = claim(&h, "q", 10).await;
+    assert_eq!(first.len(), 3, "only max_running jobs start");
+    assert!(claim(&h, "q", 10).await.is_empty(), "no slot left: an empty claim, not an error");
+    let free = claim(&h, "free", 10).await;
+    assert_eq!(free.len(), 5, "other queues are not limited");
+    for j in &free {
+        complete(&h, j.id, &j.lease).await.unwrap();
+    }
+    complete(&h, first[0].id, &first[0].lease).await.unwrap();
+    assert_eq!(claim(&h, "q", 10).await.len(), 1, "a completion frees one slot");
+    assert!(claim(&h, "q", 1).await.is_empty());
+    fail(&h, first[1].id, &first[1].lease, true).await.unwrap();
+    assert_eq!(claim(&h, "q", 10).await.len(), 1, "a failure frees one slot");
+    h.store.release(first[2].id, &first[2].lease).await.unwrap();
+    assert_eq!(claim(&h, "q", 10).await.len(), 1, "a release frees one slot");
+    h.clock.advance(30_000);
+    assert_eq!(h.store.reap_expired(100).await.unwrap().requeued, 3);
+    assert_eq!(claim(&h, "q", 10).await.len(), 3, "reaped leases free their slots");
+    let stats = h.store.queue_stats().await.unwrap();
+    let q = stats.iter().find(|s| s.queue == "q").unwrap();
+    assert_eq!((q.counts[&JobState::Running], q.limits), (3, running_limit(3)));
+    // Zero: nothing starts.
+    h.store.set_queue_limits("q", running_limit(0)).await.unwrap();
+    h.clock.advance(30_000);
+    h.store.reap_expired(100).await.unwrap();
+    assert!(claim(&h, "q", 10).await.is_empty());
+    h.finish().await;
+}
+
+/// `max_running` holds at every moment under concurrent claimers.
+pub async fn limits_max_running_concurrent(h: Harness) {
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering::SeqCst};
+    const JOBS: usize = 300;
+    const CAP: u32 = 3;
+    h.store.set_queue_limits("q", running_limit(CAP)).await.unwrap();
+    h.store.enqueue((0..JOBS).map(|_| job("q")).collect()).await.unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    // Claimed and not yet being completed: never more than what is really running.
+    let held = Arc::new(AtomicI64::new(0));
+    let peak = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (store, stop) = (h.store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut samples = 0;
+            while !stop.load(SeqCst) {
+                let stats = store.queue_stats().await.unwrap();
+                let running =
+                    stats.iter().find(|s| s.queue == "q").map_or(0, |s| s.counts[&JobState::Running]);
+                assert!(running <= CAP as u64, "{running} jobs running with max_running = {CAP}");
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            samples
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (store, done, held, peak) = (h.store.clone(), done.clone(), held.clone(), peak.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while done.load(SeqCst) < JOBS {
+                let req = ClaimRequest { queue: "q".into(), worker: format!("w{w}"), max: 4, lease_ms: None };
+                let jobs = store.claim(req).await.unwrap();
+                if jobs.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                assert!(jobs.len() <= CAP as usize);
+                let now = held.fetch_add(jobs.len() as i64, SeqCst) + jobs.len() as i64;
+                peak.fetch_max(now, SeqCst);
+                assert!(now <= i64::from(CAP), "{now} jobs held with max_running = {CAP}");
+                tokio::task::yield_now().await;
+                held.fetch_sub(jobs.len() as i64, SeqCst);
+                let items = jobs
+                    .iter()
+                    .map(|j| CompleteItem { id: j.id, lease: j.lease.clone(), result: None })
+                    .collect();
+                for r in store.complete(items).await.unwrap() {
+                    r.unwrap();
+                }
+                done.fetch_add(jobs.len(), SeqCst);
+                seen.extend(jobs.into_iter().map(|j| j.id));
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    stop.store(true, SeqCst);
+    assert!(sampler.await.unwrap() > 0);
+    assert_eq!(all.len(), JOBS);
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), JOBS, "no job claimed twice");
+    assert!(peak.load(SeqCst) >= 1);
+    h.finish().await;
+}
+
+/// `max_starts_per_sec`: a token bucket (burst `max(1, rate)`) on the store's clock.
+pub async fn limits_start_rate(h: Harness) {
+    h.store.enqueue((0..10).map(|_| job("q")).collect()).await.unwrap();
+    h.store.set_queue_limits("q", rate_limit(3.0)).await.unwrap();
+    assert_eq!(claim(&h, "q", 10).await.len(), 3, "a full bucket: the burst");
+    assert!(claim(&h, "q", 10).await.is_empty(), "an empty bucket: nothing");
+    h.clock.advance(1_000);
+    assert_eq!(claim(&h, "q", 10).await.len(), 3, "one second refills the rate");
+    h.clock.advance(500);
+    assert_eq!(claim(&h, "q", 10).await.len(), 1, "1.5 tokens start one job");
+    h.clock.advance(500);
+    assert_eq!(claim(&h, "q", 10).await.len(), 2, "the half token is kept");
+    h.clock.advance(1_000);
+    assert_eq!(claim(&h, "q", 1).await.len(), 1, "a claim takes only the tokens it uses");
+    assert_eq!(claim(&h, "q", 10).await.len(), 0, "nothing ready is left");
+    // Below one start per second the burst is one.
+    h.store.enqueue((0..5).map(|_| job("slow")).collect()).await.unwrap();
+    h.store.set_queue_limits("slow", rate_limit(0.5)).await.unwrap();
+    assert_eq!(claim(&h, "slow", 10).await.len(), 1);
+    h.clock.advance(1_000);
+    assert!(claim(&h, "slow", 10).await.is_empty());
+    h.clock.advance(1_000);
+    assert_eq!(claim(&h, "slow", 10).await.len(), 1);
+    // A long idle time refills only up to the burst.
+    h.clock.advance(60_000);
+    assert_eq!(claim(&h, "slow", 10).await.len(), 1);
+    // Both limits: the smaller allowance wins.
+    h.store.enqueue((0..10).map(|_| job("both")).collect()).await.unwrap();
+    let both = QueueLimits { max_running: Some(2), max_starts_per_sec: Some(5.0), max_depth: None };
+    h.store.set_queue_limits("both", both).await.unwrap();
+    let got = claim(&h, "both", 10).await;
+    assert_eq!(got.len(), 2);
+    for j in &got {
+        complete(&h, j.id, &j.lease).await.unwrap();
+    }
+    assert_eq!(claim(&h, "both", 10).await.len(), 2);
+    assert!(claim(&h, "both", 10).await.is_empty());
+    let e = h.store.set_queue_limits("q", rate_limit(-1.0)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::ValidationFailed);
+    h.finish().await;
+}
+
+/// Limits are listed, shown in the stats, replaced whole and cleared by an empty value.
+pub async fn limits_set_list_and_clear(h: Harness) {
+    assert!(h.store.queue_limits().await.unwrap().is_empty());
+    let all = QueueLimits { max_running: Some(2), max_starts_per_sec: Some(1.5), max_depth: Some(1_000) };
+    h.store.set_queue_limits("empty", all).await.unwrap();
+    h.store.set_queue_limits("b", running_limit(7)).await.unwrap();
+    assert_eq!(
+        h.store.queue_limits().await.unwrap(),
+        vec![("b".to_string(), running_limit(7)), ("empty".to_string(), all)]
+    );
+    let stats = h.store.queue_stats().await.unwrap();
+    let e = stats.iter().find(|s| s.queue == "empty").expect("a queue with limits is a known queue");
+    assert_eq!((e.limits, e.paused), (all, false));
+    // Replacing replaces every field.
+    h.store
+        .set_queue_limits("empty", QueueLimits { max_depth: Some(5), ..Default::default() })
+        .await
+        .unwrap();
+    let stats = h.store.queue_stats().await.unwrap();
+    assert_eq!(stats.iter().find(|s| s.queue == "empty").unwrap().limits.max_running, None);
+    // Limits and pause live on the same row without disturbing each other.
+    h.store.set_paused("b", true).await.unwrap();
+    h.store.enqueue((0..10).map(|_| job("b")).collect()).await.unwrap();
+    assert!(claim(&h, "b", 10).await.is_empty());
+    h.store.set_paused("b", false).await.unwrap();
+    assert_eq!(claim(&h, "b", 10).await.len(), 7);
+    h.store.set_queue_limits("b", QueueLimits::default()).await.unwrap();
+    assert_eq!(claim(&h, "b", 10).await.len(), 3, "cleared: no limit left");
+    let listed: Vec<String> = h.store.queue_limits().await.unwrap().into_iter().map(|(q, _)| q).collect();
+    assert_eq!(listed, vec!["empty"]);
+    let stats = h.store.queue_stats().await.unwrap();
+    assert!(stats.iter().find(|s| s.queue == "b").unwrap().limits.is_empty());
+    // A rate cleared and set again starts with a full bucket.
+    h.store.enqueue((0..10).map(|_| job("r")).collect()).await.unwrap();
+    h.store.set_queue_limits("r", rate_limit(2.0)).await.unwrap();
+    assert_eq!(claim(&h, "r", 10).await.len(), 2);
+    h.store.set_queue_limits("r", QueueLimits::default()).await.unwrap();
+    h.store.set_queue_limits("r", rate_limit(2.0)).await.unwrap();
+    assert_eq!(claim(&h, "r", 10).await.len(), 2);
+    h.finish().await;
+}
+
+// ---------- tokens, workers, hosts ----------
+
+fn token(name: &str, created_at: i64, scopes: Vec<Scope>, queues: Option<Vec<String>>) -> TokenRecord {
+    TokenRecord {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        hash: format!("{:064x}", rand_hash(name)),
+        scopes,
+        queues,
+        created_at,
+        revoked_at: None,
+    }
+}
+
+fn rand_hash(seed: &str) -> u128 {
+    seed.bytes().fold(0xcbf2_9ce4_8422_2325_u128, |h, b| (h ^ u128::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+pub async fn tokens_round_trip_and_revoke(h: Harness) {
+    assert!(h.store.list_tokens().await.unwrap().is_empty());
+    let producer =
+        token("ci-producer", T0, vec![Scope::Produce, Scope::Read], Some(vec!["a".into(), "b".into()]));
+    let admin = token("admin", T0 + 1, vec![Scope::Admin], None);
+    let old = token("old", T0 - 5, vec![Scope::Work], Some(vec![]));
+    for t in [&producer, &admin, &old] {
+        h.store.create_token(t.clone()).await.unwrap();
+    }
+    assert_eq!(h.store.list_tokens().await.unwrap(), vec![old.clone(), producer.clone(), admin.clone()]);
+    let e = h.store.create_token(admin.clone()).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
+    h.clock.advance(100);
+    let revoked = h.store.revoke_token(producer.id).await.unwrap();
+    assert_eq!(revoked, TokenRecord { revoked_at: Some(T0 + 100), ..producer.clone() });
+    h.clock.advance(100);
+    let again = h.store.revoke_token(producer.id).await.unwrap();
+    assert_eq!(again.revoked_at, Some(T0 + 100), "a second revocation keeps the first time");
+    let listed = h.store.list_tokens().await.unwrap();
+    assert_eq!(listed[1], revoked, "revoked tokens are listed");
+    assert_eq!(listed[2].revoked_at, None);
+    let e = h.store.revoke_token(Uuid::new_v4()).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    h.finish().await;
+}
+
+fn worker<'a>(ws: &'a [WorkerInfo], name: &str) -> &'a WorkerInfo {
+    ws.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("worker {name} not listed"))
+}
+
+pub async fn workers_registry_and_in_flight(h: Harness) {
+    assert!(h.store.list_workers().await.unwrap().is_empty());
+    h.store
+        .touch_workers(vec![("w2".into(), T0 + 5), ("w1".into(), T0), ("w1".into(), T0 + 3)])
+        .await
+        .unwrap();
+    h.store.touch_workers(vec![("w1".into(), T0 + 1)]).await.unwrap();
+    h.store.touch_workers(Vec::new()).await.unwrap();
+    let ws = h.store.list_workers().await.unwrap();
+    assert_eq!(ws.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["w1", "w2"]);
+    let w1 = worker(&ws, "w1");
+    assert_eq!((w1.first_seen_ms, w1.last_seen_ms), (T0, T0 + 3), "last_seen only moves forward");
+    assert_eq!(worker(&ws, "w2").first_seen_ms, T0 + 5);
+    assert_eq!((w1.status, w1.jobs_in_flight), (WorkerStatus::Active, 0));
+    h.store.enqueue((0..4).map(|_| job("q")).collect()).await.unwrap();
+    let by_w1 = claim_as(&h, "q", "w1", 2).await;
+    claim_as(&h, "q", "w2", 1).await;
+    let ws = h.store.list_workers().await.unwrap();
+    assert_eq!((worker(&ws, "w1").jobs_in_flight, worker(&ws, "w2").jobs_in_flight), (2, 1));
+    complete(&h, by_w1[0].id, &by_w1[0].lease).await.unwrap();
+    let ws = h.store.list_workers().await.unwrap();
+    assert_eq!(worker(&ws, "w1").jobs_in_flight, 1, "finished jobs are not in flight");
+    h.finish().await;
+}
+
+pub async fn lost_workers_release_their_leases(h: Harness) {
+    h.store.touch_workers(vec![("w1".into(), T0), ("w2".into(), T0 + 10_000)]).await.unwrap();
+    let a = enqueue1(&h, job("q")).await;
+    let b = enqueue1(&h, job_with(|s| s.max_attempts = Some(1))).await;
+    let dependant = enqueue1(&h, job_with(|s| s.depends_on = Some(vec![b.to_string()]))).await;
+    let held = claim_as(&h, "q", "w1", 2).await;
+    assert_eq!(held.iter().map(|j| j.id).collect::<Vec<_>>(), [a, b]);
+    let other = enqueue1(&h, job("q")).await;
+    let kept = claim_as(&h, "q", "w2", 1).await;
+    assert_eq!(kept[0].id, other);
+    h.clock.advance(20_000); // the leases (30 s) are still live
+    let lost = h.store.release_lost_workers(T0 + 5_000, 10).await.unwrap();
+    assert_eq!(lost, vec!["w1".to_string()], "only the worker silent since before the cut-off");
+    // Its jobs come back at once, handled as expired leases are.
+    let ja = h.store.get_job(a).await.unwrap();
+    assert_eq!((ja.state, ja.attempt, ja.errors.len()), (JobState::Ready, 1, 1));
+    assert_eq!(ja.errors[0].kind, "worker_lost");
+    assert_eq!(ja.errors[0].worker.as_deref(), Some("w1"));
+    assert_eq!(ja.errors[0].at, Timestamp(T0 + 20_000));
+    assert!(ja.lease_expires_at.is_none());
+    assert_eq!(state(&h, b).await, JobState::Dead, "no attempt left: dead");
+    assert_eq!(state(&h, dependant).await, JobState::Cancelled, "and its dependants cancelled");
+    let again = claim_as(&h, "q", "w3", 10).await;
+    assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), [a], "claimable at once");
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(complete(&h, a, &held[0].lease).await.unwrap_err().code, ErrorCode::StaleLease);
+    assert_eq!(fail(&h, b, &held[1].lease, true).await.unwrap_err().code, ErrorCode::StaleLease);
+    complete(&h, a, &again[0].lease).await.unwrap();
+    // The same events as the reaper's. PostgreSQL numbers events after commit: wait for the
+    // newest one (a's completion), then every earlier one is there too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let all = h.store.read_events(0, 100_000).await.unwrap();
+        if all.iter().any(|e| e.job_id == Some(a) && e.kind == EventType::JobCompleted) {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "a's completion event never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let of = |id: Uuid| {
+        events
+            .iter()
+            .filter(|e| e.job_id == Some(id))
+            .map(|e| e.kind.as_str())
+            .filter(|k| !matches!(*k, "job.enqueued" | "job.started" | "job.completed"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(a), ["job.failed", "job.retried"]);
+    assert_eq!(of(b), ["job.failed", "job.dead"]);
+    assert_eq!(of(dependant), ["job.cancelled"]);
+    let failed = events.iter().find(|e| e.job_id == Some(a) && e.kind == EventType::JobFailed).unwrap();
+    assert_eq!(failed.data.as_ref().unwrap()["error"], "worker lost");
+    // The active worker and its job are untouched.
+    let ws = h.store.list_workers().await.unwrap();
+    assert_eq!((worker(&ws, "w1").status, worker(&ws, "w1").jobs_in_flight), (WorkerStatus::Lost, 0));
+    assert_eq!((worker(&ws, "w2").status, worker(&ws, "w2").jobs_in_flight), (WorkerStatus::Active, 1));
+    assert_eq!(state(&h, other).await, JobState::Running);
+    complete(&h, other, &kept[0].lease).await.unwrap();
+    // Lost once is not lost twice; heard from again, it is active again.
+    assert!(h.store.release_lost_workers(T0 + 5_000, 10).await.unwrap().is_empty());
+    h.store.touch_workers(vec![("w1".into(), T0 + 20_000)]).await.unwrap();
+    let ws = h.store.list_workers().await.unwrap();
+    assert_eq!(
+        (worker(&ws, "w1").status, worker(&ws, "w1").last_seen_ms),
+        (WorkerStatus::Active, T0 + 20_000)
+    );
+    // `max` bounds one pass.
+    h.store.touch_workers((0..5).map(|i| (format!("x{i}"), T0)).collect()).await.unwrap();
+    assert_eq!(h.store.release_lost_workers(T0 + 1, 3).await.unwrap().len(), 3);
+    assert_eq!(h.store.release_lost_workers(T0 + 1, 3).await.unwrap().len(), 2);
+    h.finish().await;
+}
+
+pub async fn hosts_crud(h: Harness) {
+    assert!(h.store.list_hosts().await.unwrap().is_empty());
+    let host = |name: &str| HostRecord {
+        name: name.into(),
+        health_url: format!("http://{name}.internal:8080/health"),
+        created_at: T0,
+    };
+    h.store.create_host(host("db")).await.unwrap();
+    h.store.create_host(host("api")).await.unwrap();
+    let e = h
+        .store
+        .create_host(HostRecord { health_url: "http://other/".into(), ..host("db") })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(h.store.list_hosts().await.unwrap(), vec![host("api"), host("db")]);
+    h.store.delete_host("api").await.unwrap();
+    assert_eq!(h.store.delete_host("api").await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(h.store.list_hosts().await.unwrap(), vec![host("db")]);
+    h.finish().await;
 }
