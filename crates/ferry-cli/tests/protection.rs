@@ -259,9 +259,26 @@ async fn max_running_and_start_rate_return_fewer_jobs_never_errors() {
         assert!(claim(&s, "flow", "b", 10).await.is_empty(), "none while at the limit, and no error");
         let id = first[0]["id"].as_str().unwrap();
         let lease = first[0]["lease"].as_str().unwrap();
+        // A long-poll waiting at the limit gets the slot a completion frees, without a wake-up.
+        let url = s.at("/v1/queues/flow/claim");
+        let waiting = tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http()
+                .post(url)
+                .json(&json!({"worker": "b", "max": 10, "wait_ms": 5000}))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = r.json().await.unwrap();
+            (body["jobs"].as_array().unwrap().len(), t.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let done = post(&s, &format!("/v1/jobs/{id}/complete"), json!({"lease": lease})).await;
         assert_eq!(done.status, 200);
-        assert_eq!(claim(&s, "flow", "b", 10).await.len(), 1, "a finished job frees one slot");
+        let (n, waited) = waiting.await.unwrap();
+        assert_eq!(n, 1, "a finished job frees exactly one slot");
+        assert!(waited < Duration::from_millis(2000), "the long-poll took the slot after {waited:?}");
+        assert!(claim(&s, "flow", "b", 10).await.is_empty());
         let q = get(&s, "/v1/queues").await;
         let flow =
             q.body["queues"].as_array().unwrap().iter().find(|q| q["queue"] == "flow").unwrap().clone();

@@ -33,14 +33,15 @@ pub fn encode_histogram(
     m: &mut prometheus_client::encoding::MetricEncoder<'_>,
     h: &ferry_core::measure::HistogramSnapshot,
 ) -> Result<(), std::fmt::Error> {
-    let mut cumulative = 0u64;
-    let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(h.counts.len());
-    for (i, c) in h.counts.iter().enumerate() {
-        cumulative += c;
-        buckets.push((h.bounds.get(i).copied().unwrap_or(f64::MAX), cumulative));
-    }
-    // prometheus-client writes the last bucket as +Inf when its bound is f64::MAX.
-    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, cumulative, &buckets, None)
+    // prometheus-client accumulates the per-bucket counts itself, and writes the bound
+    // f64::MAX as +Inf.
+    let buckets: Vec<(f64, u64)> = h
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (h.bounds.get(i).copied().unwrap_or(f64::MAX), *c))
+        .collect();
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count(), &buckets, None)
 }
 
 impl prometheus_client::collector::Collector for HttpCollector {

@@ -286,6 +286,8 @@ struct Depth {
     stored: u64,
     admitted: u64,
     limit: Option<u64>,
+    /// `max_running` or `max_starts_per_sec` is set (long-polls then re-check often).
+    flow: bool,
 }
 
 /// Queue-depth backpressure: enqueues that would take a queue past its `max_depth` are
@@ -328,9 +330,17 @@ impl DepthGate {
         Ok(())
     }
 
-    /// Sets one queue's own limit at once (an API change must not wait for a refresh).
-    pub fn set_limit(&self, queue: &str, limit: Option<u64>) {
-        self.queues.lock().expect("depth lock").entry(queue.to_string()).or_default().limit = limit;
+    /// Sets one queue's own limits at once (an API change must not wait for a refresh).
+    pub fn set_limits(&self, queue: &str, limits: &QueueLimits) {
+        let mut g = self.queues.lock().expect("depth lock");
+        let d = g.entry(queue.to_string()).or_default();
+        d.limit = limits.max_depth;
+        d.flow = limits.max_running.is_some() || limits.max_starts_per_sec.is_some();
+    }
+
+    /// Whether claims on `queue` are held back by flow limits (as last read).
+    pub fn flow_limited(&self, queue: &str) -> bool {
+        self.queues.lock().expect("depth lock").get(queue).is_some_and(|d| d.flow)
     }
 
     /// Replaces the stored depths and limits with a fresh reading.
@@ -347,7 +357,9 @@ impl DepthGate {
                 d.stored = 0;
                 d.admitted = 0;
             }
-            d.limit = limits.get(q).and_then(|l| l.max_depth);
+            let l = limits.get(q).copied().unwrap_or_default();
+            d.limit = l.max_depth;
+            d.flow = l.max_running.is_some() || l.max_starts_per_sec.is_some();
         }
     }
 }
@@ -607,7 +619,7 @@ mod tests {
         let both = HashMap::from([("b", 5), ("a", 1)]);
         assert!(g.admit(&both).is_err());
         g.admit(&one("b", 10)).unwrap(); // b got nothing from the refused batch
-        g.set_limit("a", Some(11));
+        g.set_limits("a", &QueueLimits { max_depth: Some(11), ..Default::default() });
         g.admit(&one("a", 1)).unwrap();
         g.refresh(HashMap::from([("a".to_string(), 3)]), HashMap::new());
         g.admit(&one("a", 7)).unwrap(); // the stored depth replaced what was admitted

@@ -195,17 +195,19 @@ pub trait Store: Send + Sync + 'static {
 /// empty list once `wait` has passed.
 pub async fn claim_wait(store: &dyn Store, req: ClaimRequest, wait: Duration) -> Result<Vec<ClaimedJob>> {
     let (_keep, never) = tokio::sync::watch::channel(false);
-    claim_wait_until(store, req, wait, never).await
+    claim_wait_until(store, req, wait, never, None).await
 }
 
 /// [`claim_wait`] that also returns (empty-handed) once `stop` turns true, as on shutdown.
 /// A claim already sent to the store always completes and its jobs are returned, so no job
-/// is leased without being handed out.
+/// is leased without being handed out. `poll` re-checks at least that often: a queue held
+/// back by its flow limits frees slots and tokens without any wake-up.
 pub async fn claim_wait_until(
     store: &dyn Store,
     req: ClaimRequest,
     wait: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    poll: Option<Duration>,
 ) -> Result<Vec<ClaimedJob>> {
     let deadline = tokio::time::Instant::now() + wait;
     let notify = store.notifier().queue(&req.queue);
@@ -218,9 +220,10 @@ pub async fn claim_wait_until(
         if !jobs.is_empty() || now >= deadline || *stop.borrow() {
             return Ok(jobs);
         }
-        let until = match store.fallback_poll() {
-            Some(poll) => deadline.min(now + poll),
-            None => deadline,
+        let until = match (store.fallback_poll(), poll) {
+            (Some(a), Some(b)) => deadline.min(now + a.min(b)),
+            (Some(p), None) | (None, Some(p)) => deadline.min(now + p),
+            (None, None) => deadline,
         };
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}

@@ -126,7 +126,7 @@ pub async fn set_queue_limits(
         return Err(Error::invalid("max_depth", "max_depth must be at least 1").into());
     }
     st.store.set_queue_limits(&queue, limits).await?;
-    st.protection.depth.set_limit(&queue, limits.max_depth);
+    st.protection.depth.set_limits(&queue, &limits);
     Ok(Json(LimitsResponse { queue, limits }))
 }
 

@@ -125,7 +125,8 @@ pub async fn claim(
         st.store.claim(req).await?
     } else {
         let wait = Duration::from_millis(wait_ms as u64);
-        ferry_store::claim_wait_until(st.store.as_ref(), req, wait, st.shutdown.clone()).await?
+        let poll = st.protection.depth.flow_limited(&req.queue).then_some(Duration::from_millis(100));
+        ferry_store::claim_wait_until(st.store.as_ref(), req, wait, st.shutdown.clone(), poll).await?
     };
     Ok(Json(ClaimResponse { jobs }))
 }
