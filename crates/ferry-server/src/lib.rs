@@ -18,6 +18,7 @@ pub use config::{Config, Database};
 
 use ferry_core::{Clock, Error, ErrorCode, Limits, SystemClock};
 use ferry_store::maintenance::Maintenance;
+use ferry_store::measured::Measured;
 use ferry_store::{PgConfig, PgStore, SqliteConfig, SqliteStore, Store};
 use std::future::Future;
 use std::sync::Arc;
@@ -59,12 +60,20 @@ impl AppState {
         let http = Arc::new(observe::HttpMetrics::default());
         AppState {
             http: http.clone(),
-            store,
+            store: store.clone(),
             limits: Arc::new(config.limits.clone()),
             shutdown,
             started: Instant::now(),
             hub,
-            metrics: Arc::new(metrics::Metrics::new(protection.clone(), http)),
+            metrics: Arc::new(metrics::Metrics::new(
+                protection.clone(),
+                http,
+                store.clone(),
+                match config.database() {
+                    Ok(Database::Sqlite(p)) => Some(p),
+                    _ => None,
+                },
+            )),
             protection,
             tokens: Arc::new(auth::Tokens::new(config.auth)),
             sightings: Arc::new(health::WorkerSightings::new(config.limits.max_rate_limit_keys)),
@@ -88,14 +97,14 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
             cfg.limits = config.limits.clone();
             cfg.pool_size = config.pg_pool_size.max(1);
             let store = PgStore::open(cfg, clock).await?;
-            Ok((Arc::new(store), format!("postgres database {}", redact(&url))))
+            Ok((Measured::new(Arc::new(store)), format!("postgres database {}", redact(&url))))
         }
         Database::Sqlite(path) => {
             let mut cfg = SqliteConfig::new(&path);
             cfg.synchronous = config.synchronous;
             cfg.limits = config.limits.clone();
             let store = SqliteStore::open(cfg, clock)?;
-            Ok((Arc::new(store), format!("sqlite database {}", path.display())))
+            Ok((Measured::new(Arc::new(store)), format!("sqlite database {}", path.display())))
         }
     }
 }

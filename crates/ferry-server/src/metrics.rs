@@ -6,16 +6,191 @@
 
 use crate::observe::HttpMetrics;
 use crate::protect::{BreakerState, Protection, REJECTION_REASONS};
+use ferry_store::Store;
+use ferry_store::metrics::JOB_OUTCOMES;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 /// The node's metric registry.
 pub struct Metrics {
     registry: Registry,
+    store: Arc<dyn Store>,
+    scrape: Arc<Mutex<Scrape>>,
+    sqlite_path: Option<PathBuf>,
+}
+
+/// What a scrape reads from the database first (the collectors cannot wait).
+#[derive(Debug, Default)]
+struct Scrape {
+    queues: Vec<ferry_core::QueueStats>,
+    /// (file, bytes): `db` and `wal` for SQLite, `tables` for PostgreSQL.
+    sizes: Vec<(&'static str, u64)>,
+}
+
+struct StoreCollector {
+    store: Arc<dyn Store>,
+    scrape: Arc<Mutex<Scrape>>,
+}
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn counter_f(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &ferry_core::measure::HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Histogram)?;
+    encode_histogram(&mut m, h)
+}
+
+impl prometheus_client::collector::Collector for StoreCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.store.metrics();
+        let jobs = m.jobs.snapshot();
+        for (i, outcome) in JOB_OUTCOMES.iter().enumerate() {
+            let name = format!("ferry_jobs_{outcome}");
+            let help = format!("Jobs {outcome}, by queue (this node's commits)");
+            let mut f =
+                enc.encode_descriptor(&name, &help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (queue, counts) in &jobs {
+                ConstCounter::new(counts[i]).encode(f.encode_family(&[("queue", queue.as_str())])?)?;
+            }
+        }
+        let scrape = self.scrape.lock().expect("scrape lock");
+        let mut f = enc.encode_descriptor(
+            "ferry_queue_jobs",
+            "Jobs per queue and state",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for q in &scrape.queues {
+            for (state, n) in &q.counts {
+                ConstGauge::new(*n as i64)
+                    .encode(f.encode_family(&[("queue", q.queue.as_str()), ("state", state.as_str())])?)?;
+            }
+        }
+        let mut f = enc.encode_descriptor(
+            "ferry_dlq_jobs",
+            "Dead jobs (the dead-letter queue) per queue",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for q in &scrape.queues {
+            let dead = q.counts.get(&ferry_core::JobState::Dead).copied().unwrap_or(0);
+            ConstGauge::new(dead as i64).encode(f.encode_family(&[("queue", q.queue.as_str())])?)?;
+        }
+        let mut f = enc.encode_descriptor(
+            "ferry_queue_oldest_ready_age_seconds",
+            "Age of the oldest ready job per queue (0 when none is ready)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for q in &scrape.queues {
+            let age = q.oldest_ready_age_ms.unwrap_or(0).max(0) as f64 / 1000.0;
+            ConstGauge::new(age).encode(f.encode_family(&[("queue", q.queue.as_str())])?)?;
+        }
+        let mut f = enc.encode_descriptor(
+            "ferry_db_size_bytes",
+            "Database size: file and WAL (SQLite) or ferry's tables with indexes (PostgreSQL)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (file, bytes) in &scrape.sizes {
+            ConstGauge::new(*bytes as i64).encode(f.encode_family(&[("file", *file)])?)?;
+        }
+        drop(scrape);
+        let c = ConstCounter::new(0u64);
+        let mut f = enc.encode_descriptor(
+            "ferry_store_writes",
+            "Store calls that write, by operation and status",
+            None,
+            c.metric_type(),
+        )?;
+        for (op, [ok, err]) in m.writes.snapshot() {
+            ConstCounter::new(ok).encode(f.encode_family(&[("op", op.as_str()), ("status", "ok")])?)?;
+            ConstCounter::new(err).encode(f.encode_family(&[("op", op.as_str()), ("status", "error")])?)?;
+        }
+        histogram(
+            &mut enc,
+            "ferry_store_write_duration_seconds",
+            "Latency of writing store calls, queueing included",
+            &m.write_seconds.snapshot(),
+        )?;
+        histogram(
+            &mut enc,
+            "ferry_store_batch_size",
+            "Commands per committed transaction (group commit)",
+            &m.batch_ops.snapshot(),
+        )?;
+        counter(
+            &mut enc,
+            "ferry_store_busy_waits",
+            "Writes that waited for the writer or a connection",
+            m.busy_waits.load(Ordering::Relaxed),
+        )?;
+        counter_f(
+            &mut enc,
+            "ferry_store_busy_wait_seconds",
+            "Time writes spent waiting for the writer or a connection",
+            m.busy_wait_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )?;
+        counter_f(
+            &mut enc,
+            "ferry_store_writer_busy_seconds",
+            "Time writers spent inside transactions (summed over writers)",
+            m.busy_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )?;
+        gauge(&mut enc, "ferry_store_writers", "Writers that can work at once", i64::from(m.writers))?;
+        histogram(
+            &mut enc,
+            "ferry_job_wait_seconds",
+            "Enqueue (or due time) to start of a job",
+            &m.job_wait_seconds.snapshot(),
+        )?;
+        histogram(
+            &mut enc,
+            "ferry_job_run_seconds",
+            "Start to completion of a job",
+            &m.job_run_seconds.snapshot(),
+        )?;
+        let c = ConstCounter::new(m.stale_leases.load(Ordering::Relaxed));
+        let mut f = enc.encode_descriptor(
+            "ferry_conflicts",
+            "Requests refused for a version conflict: a stale lease (fencing)",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(f.encode_family(&[("kind", "stale_lease")])?)?;
+        let (in_use, max) = self.store.connections();
+        gauge(&mut enc, "ferry_db_connections_in_use", "Database connections in use", in_use as i64)?;
+        gauge(&mut enc, "ferry_db_connections_max", "Database connections there can be", max as i64)?;
+        Ok(())
+    }
 }
 
 struct ProtectionCollector(Arc<Protection>);
@@ -138,15 +313,39 @@ impl prometheus_client::collector::Collector for ProtectionCollector {
 
 impl Metrics {
     /// A registry with this node's collectors.
-    pub fn new(protection: Arc<Protection>, http: Arc<HttpMetrics>) -> Metrics {
+    pub fn new(
+        protection: Arc<Protection>,
+        http: Arc<HttpMetrics>,
+        store: Arc<dyn Store>,
+        sqlite_path: Option<PathBuf>,
+    ) -> Metrics {
         let mut registry = Registry::default();
+        let scrape = Arc::new(Mutex::new(Scrape::default()));
+        registry
+            .register_collector(Box::new(StoreCollector { store: store.clone(), scrape: scrape.clone() }));
         registry.register_collector(Box::new(ProtectionCollector(protection)));
         registry.register_collector(Box::new(HttpCollector(http)));
-        Metrics { registry }
+        Metrics { registry, store, scrape, sqlite_path }
     }
 
-    /// The text exposition.
-    pub fn render(&self) -> String {
+    /// Database sizes: SQLite's file and WAL, or PostgreSQL's tables.
+    pub async fn sizes(&self) -> Vec<(&'static str, u64)> {
+        match &self.sqlite_path {
+            Some(p) => {
+                let len = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+                let mut wal = p.as_os_str().to_owned();
+                wal.push("-wal");
+                vec![("db", len(p)), ("wal", len(std::path::Path::new(&wal)))]
+            }
+            None => self.store.storage_bytes().await.map(|b| vec![("tables", b)]).unwrap_or_default(),
+        }
+    }
+
+    /// The text exposition (reads queue counts and database sizes first).
+    pub async fn render(&self) -> String {
+        let queues = self.store.queue_stats().await.unwrap_or_default();
+        let sizes = self.sizes().await;
+        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes };
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode to a String");

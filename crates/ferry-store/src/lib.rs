@@ -6,6 +6,8 @@
 
 pub mod events;
 pub mod maintenance;
+pub mod measured;
+pub mod metrics;
 pub mod migrate;
 pub mod notify;
 pub mod postgres;
@@ -47,6 +49,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The clock every timestamp of this store comes from.
     fn clock(&self) -> &Arc<dyn Clock>;
+
+    /// What this store measured about itself (wrap it in [`measured::Measured`] to also time
+    /// every writing call).
+    fn metrics(&self) -> &Arc<metrics::StoreMetrics>;
+
+    /// Database connections in use and the most there can be.
+    fn connections(&self) -> (usize, usize);
 
     /// How often a long-poll should re-check even without a wake-up; `None` when wake-ups
     /// cannot be lost (one process), some interval when they can (several nodes).

@@ -228,6 +228,15 @@ pub fn job_event(kind: EventType, now: i64, queue: &str, id: Uuid, tags: Vec<Str
     Event::job(kind, now, queue, id, tags)
 }
 
+/// The event of a completion, with the run time when the start is known.
+pub fn completed_event(now: i64, queue: &str, id: Uuid, tags: Vec<String>, started_at: Option<i64>) -> Event {
+    let e = job_event(EventType::JobCompleted, now, queue, id, tags);
+    match started_at {
+        Some(s) => e.with(serde_json::json!({ "run_ms": now - s })),
+        None => e,
+    }
+}
+
 /// The event a new job gets, with the state it entered.
 pub fn enqueued_event(now: i64, queue: &str, id: Uuid, tags: &[String], state: JobState) -> Event {
     job_event(EventType::JobEnqueued, now, queue, id, tags.to_vec())

@@ -382,11 +382,10 @@ pub async fn claim(
         jobs.push((r.get::<_, i64>(0), r.get::<_, i64>(9), job));
     }
     jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
-    for (_, _, j) in &jobs {
-        w.events.push(
-            job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone())
-                .with(serde_json::json!({ "attempt": j.attempt, "worker": req.worker })),
-        );
+    for (_, run_at, j) in &jobs {
+        w.events.push(job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone()).with(
+            serde_json::json!({ "attempt": j.attempt, "worker": req.worker, "waited_ms": now - run_at }),
+        ));
     }
     Ok(jobs.into_iter().map(|(_, _, j)| j).collect())
 }
@@ -469,7 +468,7 @@ pub async fn complete_many(
                  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[]) AS x(id, lease, seq, result)
                  WHERE j.seq = x.seq AND j.id = x.id AND j.state = 'running' AND j.lease = x.lease
                     AND j.lease_expires_at > $1
-                 RETURNING j.id, j.lease, j.seq, j.has_dependants, j.queue, j.tags",
+                 RETURNING j.id, j.lease, j.seq, j.has_dependants, j.queue, j.tags, j.started_at",
             )
             .await
             .map_err(pg_err)?,
@@ -480,7 +479,7 @@ pub async fn complete_many(
     let mut done = std::collections::HashSet::with_capacity(rows.len());
     for r in &rows {
         done.insert((r.get::<_, Uuid>(0), r.get::<_, String>(1)));
-        w.events.push(job_event(EventType::JobCompleted, now, r.get(4), r.get(0), event_tags(r.get(5))));
+        w.events.push(completed_event(now, r.get(4), r.get(0), event_tags(r.get(5)), r.get(6)));
         if r.get::<_, bool>(3) {
             resolve_dependants(tx, now, r.get(2), w).await?;
         }
@@ -504,14 +503,14 @@ pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mu
             "UPDATE jobs SET state = 'completed', result = $1, lease_expires_at = NULL, finished_at = $2,
                 updated_at = $2
              WHERE seq = $5 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $2
-             RETURNING seq, has_dependants, queue, tags",
+             RETURNING seq, has_dependants, queue, tags, started_at",
             &[&result, &now, &item.id, &item.lease, &lease_seq(&item.lease)],
         )
         .await
         .map_err(pg_err)?;
     match row {
         Some(r) => {
-            w.events.push(job_event(EventType::JobCompleted, now, r.get(2), item.id, event_tags(r.get(3))));
+            w.events.push(completed_event(now, r.get(2), item.id, event_tags(r.get(3)), r.get(4)));
             if r.get::<_, bool>(1) {
                 resolve_dependants(tx, now, r.get(0), w).await?;
             }

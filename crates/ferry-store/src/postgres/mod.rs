@@ -74,6 +74,7 @@ pub struct PgStore {
     /// Wakes this node's event sequencer after a commit that recorded events.
     sequence: Arc<tokio::sync::Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics: Arc<crate::metrics::StoreMetrics>,
 }
 
 /// Maps a PostgreSQL error: lost connections and server shutdowns are `unavailable`.
@@ -169,6 +170,7 @@ impl PgStore {
             bus,
             sequence,
             tasks,
+            metrics: Arc::new(crate::metrics::StoreMetrics::new(config.pool_size.max(1) as u32)),
         })
     }
 
@@ -193,7 +195,12 @@ impl PgStore {
             &'a mut jobs::Wakes,
         ) -> futures_util::future::BoxFuture<'a, Result<T>>,
     {
+        let asked = std::time::Instant::now();
         let mut client = self.pool.get().await.map_err(pool_err)?;
+        let started = std::time::Instant::now();
+        if started - asked > Duration::from_millis(1) {
+            self.metrics.waited(started - asked);
+        }
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut wakes = jobs::Wakes::default();
         let now = self.clock.now_ms();
@@ -218,6 +225,8 @@ impl PgStore {
             .map_err(pg_err)?;
         }
         tx.commit().await.map_err(pg_err)?;
+        self.metrics.transaction(1, started.elapsed());
+        self.metrics.committed(&wakes.events);
         for q in &wakes.queues {
             self.notifier.wake(q);
         }
@@ -353,6 +362,15 @@ impl Store for PgStore {
 
     fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    fn metrics(&self) -> &Arc<crate::metrics::StoreMetrics> {
+        &self.metrics
+    }
+
+    fn connections(&self) -> (usize, usize) {
+        let st = self.pool.status();
+        (st.size.saturating_sub(st.available), st.max_size)
     }
 
     fn fallback_poll(&self) -> Option<Duration> {

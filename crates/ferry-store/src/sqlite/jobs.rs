@@ -213,11 +213,10 @@ pub fn claim(
             .map_err(db_err)?;
     }
     fx.moved(&req.queue, Some(JobState::Ready), Some(JobState::Running), jobs.len() as i64);
-    for (_, _, j) in &jobs {
-        fx.event(
-            job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone())
-                .with(serde_json::json!({ "attempt": j.attempt, "worker": req.worker })),
-        );
+    for (_, run_at, j) in &jobs {
+        fx.event(job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone()).with(
+            serde_json::json!({ "attempt": j.attempt, "worker": req.worker, "waited_ms": now - run_at }),
+        ));
     }
     // RETURNING order is unspecified: restore the claim order.
     jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
@@ -280,25 +279,25 @@ fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
 
 /// Records one completion; a repeat with the lease that completed the job succeeds again.
 pub fn complete(conn: &Connection, now: i64, item: CompleteItem, fx: &mut Effects) -> Result<()> {
-    let done: Option<(i64, bool, String, Option<String>)> = conn
+    let done: Option<(i64, bool, String, Option<String>, Option<i64>)> = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'completed', result = ?1, lease_expires_at = NULL, finished_at = ?2,
                 updated_at = ?2
              WHERE seq = ?5 AND id = ?3 AND state = 'running' AND lease = ?4 AND lease_expires_at > ?2
-             RETURNING seq, has_dependants, queue, tags",
+             RETURNING seq, has_dependants, queue, tags, started_at",
         )
         .and_then(|mut s| {
             let seq = lease_seq(&item.lease);
             s.query_row(params![item.result.as_ref().map(|r| r.get()), now, item.id, item.lease, seq], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<i64>>(4)?))
             })
             .optional()
         })
         .map_err(db_err)?;
     match done {
-        Some((seq, has_dependants, queue, tags)) => {
+        Some((seq, has_dependants, queue, tags, started_at)) => {
             fx.moved(&queue, Some(JobState::Running), Some(JobState::Completed), 1);
-            fx.event(job_event(EventType::JobCompleted, now, &queue, item.id, event_tags(tags)));
+            fx.event(completed_event(now, &queue, item.id, event_tags(tags), started_at));
             if has_dependants {
                 resolve_dependants(conn, now, seq, fx)?;
             }

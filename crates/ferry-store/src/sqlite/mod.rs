@@ -87,6 +87,7 @@ pub struct SqliteStore {
     lock: std::sync::Mutex<Option<std::fs::File>>,
     path: PathBuf,
     bus: Arc<EventBus>,
+    metrics: Arc<crate::metrics::StoreMetrics>,
 }
 
 /// The lock file beside a database (`<db>.lock`).
@@ -231,11 +232,13 @@ impl SqliteStore {
             .map_err(db_err)?
             .unwrap_or(0);
         let bus = EventBus::new(head as u64);
+        let metrics = Arc::new(crate::metrics::StoreMetrics::new(1));
         let writer = Writer::spawn(
             conn,
             notifier.clone(),
             counts.clone(),
             bus.clone(),
+            metrics.clone(),
             config.max_batch_ops,
             config.channel_capacity,
         );
@@ -250,6 +253,7 @@ impl SqliteStore {
             lock: std::sync::Mutex::new(Some(lock)),
             path: config.path.clone(),
             bus,
+            metrics,
         })
     }
 
@@ -288,6 +292,15 @@ impl Store for SqliteStore {
 
     fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    fn metrics(&self) -> &Arc<crate::metrics::StoreMetrics> {
+        &self.metrics
+    }
+
+    fn connections(&self) -> (usize, usize) {
+        let (in_use, max) = self.readers.usage();
+        (in_use + 1, max + 1) // the writer's connection is always in use
     }
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {

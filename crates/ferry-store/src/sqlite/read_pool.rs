@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 pub(crate) struct ReadPool {
     conns: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    size: usize,
 }
 
 impl ReadPool {
@@ -16,7 +17,13 @@ impl ReadPool {
     pub fn new(conns: Vec<Connection>) -> Arc<Self> {
         assert!(!conns.is_empty(), "a read pool needs a connection");
         let permits = Arc::new(Semaphore::new(conns.len()));
-        Arc::new(ReadPool { conns: Mutex::new(conns), permits })
+        let size = conns.len();
+        Arc::new(ReadPool { conns: Mutex::new(conns), permits, size })
+    }
+
+    /// Connections in use and the pool's size.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.size - self.permits.available_permits(), self.size)
     }
 
     /// Runs `f` on a pooled connection in a blocking task.

@@ -98,6 +98,7 @@ pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     pub stats: Arc<WriterStats>,
+    metrics: Arc<crate::metrics::StoreMetrics>,
 }
 
 impl Writer {
@@ -107,6 +108,7 @@ impl Writer {
         notifier: Arc<Notifier>,
         counts: Arc<CountsCell>,
         bus: Arc<EventBus>,
+        metrics: Arc<crate::metrics::StoreMetrics>,
         max_batch_ops: usize,
         capacity: usize,
     ) -> Writer {
@@ -116,9 +118,12 @@ impl Writer {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
-            .spawn(move || run(conn, rx, notifier, counts, bus, max_batch_ops, thread_stats))
+            .spawn({
+                let metrics = metrics.clone();
+                move || run(conn, rx, notifier, counts, bus, metrics, max_batch_ops, thread_stats)
+            })
             .expect("spawn writer thread");
-        Writer { tx, thread: std::sync::Mutex::new(Some(thread)), stats }
+        Writer { tx, thread: std::sync::Mutex::new(Some(thread)), stats, metrics }
     }
 
     /// Runs `f` in the next group-commit transaction and returns its result once durable.
@@ -164,7 +169,18 @@ impl Writer {
                 }),
             )
         });
-        self.tx.send(Msg::Op(op)).await.map_err(|_| Error::unavailable("the storage writer has stopped"))?;
+        match self.tx.try_send(Msg::Op(op)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(op)) => {
+                // The writer's queue is full: this write waits (a busy wait, measured).
+                let started = Instant::now();
+                self.tx.send(op).await.map_err(|_| Error::unavailable("the storage writer has stopped"))?;
+                self.metrics.waited(started.elapsed());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Error::unavailable("the storage writer has stopped"));
+            }
+        }
         reply_rx.await.map_err(|_| Error::unavailable("the storage writer stopped before committing"))?
     }
 
@@ -192,6 +208,7 @@ fn run(
     notifier: Arc<Notifier>,
     counts: Arc<CountsCell>,
     bus: Arc<EventBus>,
+    metrics: Arc<crate::metrics::StoreMetrics>,
     max_batch_ops: usize,
     stats: Arc<WriterStats>,
 ) {
@@ -278,6 +295,7 @@ fn run(
                 if let Some(d) = fx.due_ms {
                     notifier.due_at(d);
                 }
+                metrics.committed(&fx.events);
                 bus.publish(std::mem::take(&mut fx.events));
             }
             for reply in replies.drain(..) {
@@ -291,6 +309,7 @@ fn run(
         drop(pending);
         stats.ops.fetch_add(n_ops as u64, Relaxed);
         stats.busy_us.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        metrics.transaction(n_ops, started.elapsed());
     }
     // Answer whatever is still queued as unavailable by dropping it, then stop.
     rx.close();
