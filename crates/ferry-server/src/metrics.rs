@@ -30,6 +30,15 @@ struct Scrape {
     queues: Vec<ferry_core::QueueStats>,
     /// (file, bytes): `db` and `wal` for SQLite, `tables` for PostgreSQL.
     sizes: Vec<(&'static str, u64)>,
+    /// Free and total bytes of the data directory's filesystem (SQLite).
+    disk: Option<(u64, u64)>,
+}
+
+/// Free and total bytes of the filesystem holding `path`.
+pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some((st.f_bavail.saturating_mul(st.f_frsize), st.f_blocks.saturating_mul(st.f_frsize)))
 }
 
 struct StoreCollector {
@@ -122,6 +131,10 @@ impl prometheus_client::collector::Collector for StoreCollector {
         )?;
         for (file, bytes) in &scrape.sizes {
             ConstGauge::new(*bytes as i64).encode(f.encode_family(&[("file", *file)])?)?;
+        }
+        if let Some((free, total)) = scrape.disk {
+            gauge(&mut enc, "ferry_disk_free_bytes", "Free bytes on the data directory's filesystem", free as i64)?;
+            gauge(&mut enc, "ferry_disk_total_bytes", "Size of the data directory's filesystem", total as i64)?;
         }
         drop(scrape);
         let c = ConstCounter::new(0u64);
@@ -345,7 +358,8 @@ impl Metrics {
     pub async fn render(&self) -> String {
         let queues = self.store.queue_stats().await.unwrap_or_default();
         let sizes = self.sizes().await;
-        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes };
+        let disk = self.sqlite_path.as_deref().and_then(disk_space);
+        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes, disk };
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode to a String");
