@@ -7,6 +7,7 @@ mod bench;
 mod commands;
 mod import_dir;
 mod migrate;
+mod ops;
 mod schedules;
 mod tokens;
 
@@ -83,6 +84,10 @@ enum Command {
     },
     /// Workers registered by their claims and heartbeats.
     Workers(ClientOpts),
+    /// Key figures over the last 1 m, 5 m and 1 h (throughput, errors, latencies, backlog).
+    Stats(ClientOpts),
+    /// The scaling advisor's verdict: STAY, PLAN MIGRATION or MIGRATE NOW, and why.
+    Advise(ops::AdviseArgs),
     /// Registered hosts and their probed health: list, add, rm.
     Hosts {
         #[command(subcommand)]
@@ -257,6 +262,8 @@ async fn main() {
         Command::ImportDir(args) => import_dir::run(args).await,
         Command::Tokens { cmd } => tokens::tokens(cmd).await,
         Command::Workers(o) => tokens::workers(o).await,
+        Command::Stats(o) => ops::stats(o).await,
+        Command::Advise(a) => ops::advise(a).await,
         Command::Hosts { cmd } => tokens::hosts(cmd).await,
     };
     std::process::exit(code);

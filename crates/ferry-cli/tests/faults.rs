@@ -808,6 +808,16 @@ impl Load {
         Load { stop, tasks, out, seen }
     }
 
+    /// Asserts that nothing was refused and the breaker was never seen open.
+    #[track_caller]
+    fn assert_closed_so_far(&self, when: &str) {
+        let clean = self.out.lock().unwrap().refused.is_empty() && {
+            let s = self.seen.lock().unwrap();
+            s.metric_open == 0 && s.readyz_open == 0
+        };
+        assert!(clean, "{when}: refusals or an open breaker already: {}", self.describe());
+    }
+
     fn acked(&self) -> usize {
         self.out.lock().unwrap().acked.len()
     }
@@ -971,6 +981,7 @@ async fn sqlite_disk_full_opens_the_breaker_and_recovers() {
             assert!(before.enqueue(r), "an enqueue failed before the disk was full: {:?}", before.bad);
         }
 
+        assert!(ready_and_closed(&http, &server).await, "/readyz before the disk is full");
         let filler = fs.fill();
         eprintln!("disk full: {} bytes free", fs.free());
         let load = Load::start(&http, &server, 2, 100 << 10, false);
@@ -1119,12 +1130,12 @@ async fn postgres_outage_opens_and_closes_the_breaker() {
         })
         .await;
 
-        let p = pg.clone();
+        load.assert_closed_so_far("before the outage");
+        let (p, outage) = (pg.clone(), Instant::now());
         tokio::task::spawn_blocking(move || p.down("fast")).await.unwrap().expect("stop PostgreSQL");
-        let outage = Instant::now();
         see_breaker_open(&load, Duration::from_secs(30)).await;
         assert!(load.refused("unavailable") > 0, "no `unavailable` before the circuit opened: {}", load.describe());
-        eprintln!("outage: breaker seen open {:?} after PostgreSQL stopped: {}", outage.elapsed(), load.describe());
+        eprintln!("outage: breaker seen open {:?} after `pg_ctl stop` began: {}", outage.elapsed(), load.describe());
 
         let p = pg.clone();
         tokio::task::spawn_blocking(move || p.up()).await.unwrap().expect("start PostgreSQL again");
@@ -1333,46 +1344,8 @@ const HUGE_LITERALS: &[&str] = &[
     "18446744073709551616",
     "-9223372036854775809",
 ];
-const ODD_CHARS: &[char] = &[
-    '\u{0}',
-    '\u{1}',
-    '\u{7f}',
-    '\u{85}',
-    'é',
-    'ß',
-    '中',
-    '🦀',
-    '\u{202e}',
-    '\u{200b}',
-    '\u{feff}',
-    '\u{fffd}',
-    '\u{ffff}',
-    '\u{10ffff}',
-    '\u{301}',
-    '"',
-    '\\',
-    '/',
-    '%',
-    '?',
-    '#',
-    '&',
-    '=',
-    '+',
-    ' ',
-    '\n',
-    '\r',
-    '\t',
-    '<',
-    '>',
-    '{',
-    '}',
-    '\'',
-    ';',
-    '*',
-    ':',
-    ',',
-    '.',
-];
+/// Characters that break naive parsers and encoders.
+const ODD_CHARS: &str = "\u{0}\u{1}\u{7f}\u{85}éß中🦀\u{202e}\u{200b}\u{feff}\u{fffd}\u{ffff}\u{10ffff}\u{301}\"\\/%?#&=+ \n\r\t<>{}';*:,.";
 
 /// A request generator over one seeded RNG.
 struct Fuzz<'a> {
@@ -1415,6 +1388,12 @@ impl Fuzz<'_> {
         list.choose(&mut self.rng).copied().unwrap_or("")
     }
 
+    /// One of `|`-separated alternatives.
+    fn one_of(&mut self, alternatives: &str) -> String {
+        let list: Vec<&str> = alternatives.split('|').collect();
+        self.pick(&list).to_string()
+    }
+
     fn word(&mut self) -> String {
         let n = self.rng.random_range(1..16);
         (0..n).map(|_| self.rng.random_range(b'a'..=b'z') as char).collect()
@@ -1426,33 +1405,11 @@ impl Fuzz<'_> {
             0 => String::new(),
             1 => "a".repeat(self.rng.random_range(1_000..20_000)),
             2 => "🦀é".repeat(self.rng.random_range(100..3_000)),
-            3 => self
-                .pick(&[
-                    "..",
-                    ".",
-                    "../../etc/passwd",
-                    "%2e%2e",
-                    "%00",
-                    "*",
-                    "null",
-                    "true",
-                    "-1",
-                    "0",
-                    "1e999",
-                    "NaN",
-                    "' OR '1'='1",
-                    "\"; DROP TABLE jobs; --",
-                    "${jndi:ldap://x}",
-                    "$(id)",
-                    "{id}",
-                    "\\",
-                    "/",
-                    "//",
-                ])
-                .to_string(),
+            3 => self.one_of("..|.|../../etc/passwd|%2e%2e|%00|*|null|true|-1|0|1e999|NaN|' OR '1'='1|\"; DROP TABLE jobs; --|${jndi:ldap://x}|$(id)|{id}|\\|/|//"),
             4 => {
                 let n = self.rng.random_range(1..40);
-                (0..n).map(|_| *ODD_CHARS.choose(&mut self.rng).unwrap()).collect()
+                let odd: Vec<char> = ODD_CHARS.chars().collect();
+                (0..n).map(|_| *odd.choose(&mut self.rng).unwrap()).collect()
             }
             5 => {
                 let n = self.rng.random_range(1..20);
@@ -1481,61 +1438,17 @@ impl Fuzz<'_> {
             }
             "lease" => from(&mut self.rng, &known.leases),
             "queue" | "queues" | "name" | "worker" | "tag" | "tags" => from(&mut self.rng, &known.names),
-            "cron" => self
-                .pick(&[
-                    "* * * * *",
-                    "*/5 * * * * *",
-                    "@daily",
-                    "@yearly",
-                    "61 * * * *",
-                    "0 0 30 2 *",
-                    "0 0 29 2 1",
-                    "* * *",
-                    "@never",
-                ])
-                .to_string(),
-            "timezone" => self
-                .pick(&["UTC", "Europe/Paris", "America/St_Johns", "Mars/Olympus", "+05:00", ""])
-                .to_string(),
-            "run_at" => self
-                .pick(&[
-                    "2030-01-01T00:00:00Z",
-                    "1970-01-01T00:00:00Z",
-                    "9999-12-31T23:59:59Z",
-                    "0000-01-01T00:00:00Z",
-                    "2024-02-30T00:00:00Z",
-                    "yesterday",
-                ])
-                .to_string(),
-            "misfire" => self.pick(&["skip", "run_once", "catch_up", "sometimes"]).to_string(),
-            "health_url" => self
-                .pick(&[
-                    "http://127.0.0.1:9/health",
-                    "https://127.0.0.1/",
-                    "http://",
-                    "ftp://127.0.0.1/",
-                    "not a url",
-                ])
-                .to_string(),
-            "scopes" => self.pick(&["admin", "produce", "work", "read", "root"]).to_string(),
-            "state" => self
-                .pick(&[
-                    "ready",
-                    "running",
-                    "completed",
-                    "dead",
-                    "cancelled",
-                    "scheduled",
-                    "waiting",
-                    "zombie",
-                ])
-                .to_string(),
-            "type" => self
-                .pick(&["job.completed", "job.enqueued,job.dead", "queue.paused", "job.exploded"])
-                .to_string(),
-            "jitter" => self.pick(&["full", "equal", "none", "half"]).to_string(),
-            "op" => self.pick(&["subscribe", "unsubscribe", "ping", "explode"]).to_string(),
-            "rooms" => self.pick(&["*", "queue:fuzz", "job:nope", "tag:", "bogus"]).to_string(),
+            "cron" => self.one_of("* * * * *|*/5 * * * * *|@daily|@yearly|61 * * * *|0 0 30 2 *|0 0 29 2 1|* * *|@never"),
+            "timezone" => self.one_of("UTC|Europe/Paris|America/St_Johns|Mars/Olympus|+05:00|"),
+            "run_at" => self.one_of("2030-01-01T00:00:00Z|1970-01-01T00:00:00Z|9999-12-31T23:59:59Z|0000-01-01T00:00:00Z|2024-02-30T00:00:00Z|yesterday"),
+            "misfire" => self.one_of("skip|run_once|catch_up|sometimes"),
+            "health_url" => self.one_of("http://127.0.0.1:9/health|https://127.0.0.1/|http://|ftp://127.0.0.1/|not a url"),
+            "scopes" => self.one_of("admin|produce|work|read|root"),
+            "state" => self.one_of("ready|running|completed|dead|cancelled|scheduled|waiting|zombie"),
+            "type" => self.one_of("job.completed|job.enqueued,job.dead|queue.paused|job.exploded"),
+            "jitter" => self.one_of("full|equal|none|half"),
+            "op" => self.one_of("subscribe|unsubscribe|ping|explode"),
+            "rooms" => self.one_of("*|queue:fuzz|job:nope|tag:|bogus"),
             _ => self.word(),
         }
     }
@@ -1722,29 +1635,13 @@ impl Fuzz<'_> {
                 t
             }
             35..39 => self
-                .pick(&[
-                    "[]",
-                    "\"x\"",
-                    "42",
-                    "null",
-                    "{}",
-                    "true",
-                    "{\"\":{}}",
-                    "\u{feff}{}",
-                    " ",
-                    "{}{}",
-                    "{\"a\":1,\"a\":2}",
-                ])
-                .as_bytes()
-                .to_vec(),
+                .one_of("[]|\"x\"|42|null|{}|true|{\"\":{}}|\u{feff}{}| |{}{}|{\"a\":1,\"a\":2}")
+                .into_bytes(),
             _ => {
                 // Over the payload limit (1 MiB), now and then.
                 if self.one_in(5) {
-                    format!(
-                        "{{\"queue\":\"fuzz\",\"payload\":\"{}\",\"result\":\"x\"}}",
-                        "p".repeat(1_100_000)
-                    )
-                    .into_bytes()
+                    let big = "p".repeat(1_100_000);
+                    format!("{{\"queue\":\"fuzz\",\"payload\":\"{big}\",\"result\":\"x\"}}").into_bytes()
                 } else {
                     b"{\"queue\":\"fuzz\",\"payload\":{}}".to_vec()
                 }
@@ -1756,16 +1653,7 @@ impl Fuzz<'_> {
             2 => Some("application/x-www-form-urlencoded".to_string()),
             3 => Some("multipart/form-data; boundary=xyz".to_string()),
             4 => Some("application/json; charset=utf-16".to_string()),
-            5 => Some(
-                self.pick(&[
-                    "application/jsonx",
-                    "*/*",
-                    ";;;",
-                    "application/",
-                    "application/json, text/plain",
-                ])
-                .to_string(),
-            ),
+            5 => Some(self.one_of("application/jsonx|*/*|;;;|application/|application/json, text/plain")),
             _ => Some("application/json".to_string()),
         };
         (body, ct)
@@ -1776,21 +1664,7 @@ impl Fuzz<'_> {
         match self.rng.random_range(0..10) {
             0..3 => encode(self.field_string(name).as_bytes()),
             3 => String::new(),
-            4 => self
-                .pick(&[
-                    "..",
-                    ".",
-                    "%2e%2e",
-                    "..%2f..%2f",
-                    "%2F",
-                    "%00",
-                    "%",
-                    "%zz",
-                    "%FF%FE",
-                    "a/b",
-                    "%E2%80%AE",
-                ])
-                .to_string(),
+            4 => self.one_of("..|.|%2e%2e|..%2f..%2f|%2F|%00|%|%zz|%FF%FE|a/b|%E2%80%AE"),
             5 => {
                 let n = self.rng.random_range(1..64);
                 encode(&(0..n).map(|_| self.rng.random::<u8>()).collect::<Vec<_>>())
@@ -1813,7 +1687,7 @@ impl Fuzz<'_> {
                     _ => encode(self.nasty_string().as_bytes()),
                 };
                 let value = match self.rng.random_range(0..8) {
-                    0 => self.pick(&["%", "%G1", "%FF%FE", "", "a=b=c", "%00", "+", ";"]).to_string(),
+                    0 => self.one_of("%|%G1|%FF%FE||a=b=c|%00|+|;"),
                     1 => "9".repeat(self.rng.random_range(20..5_000)),
                     2 => encode(self.nasty_string().as_bytes()),
                     _ if key == "wait_ms" => self.number("wait_ms").to_string(),
@@ -1841,7 +1715,7 @@ impl Fuzz<'_> {
             h.push(("x-ferry-client".to_string(), printable(self, n)));
         }
         if self.one_in(8) {
-            let v = self.pick(&["0", "-1", "abc", "18446744073709551616", "5"]).to_string();
+            let v = self.one_of("0|-1|abc|18446744073709551616|5");
             h.push(("last-event-id".to_string(), v));
         }
         h

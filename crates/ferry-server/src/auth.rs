@@ -181,7 +181,7 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
         ["v1", "jobs", _, "heartbeat" | "complete" | "fail" | "release"] => Scope::Work,
         ["v1", "jobs", _, "cancel"] => Scope::Produce,
         ["v1", "queues", _, "claim"] => Scope::Work,
-        ["v1", "tokens", ..] | ["v1", "advice", ..] => Scope::Admin,
+        ["v1", "tokens", ..] => Scope::Admin,
         _ if get => Scope::Read,
         _ => Scope::Admin,
     })

@@ -45,6 +45,10 @@ pub struct Config {
     pub log_files_kept: usize,
     /// Log every job state transition (target `ferry::audit`).
     pub audit_log: bool,
+    /// How often figures are sampled for `/v1/stats` windows and the advisor.
+    pub stats_sample_ms: u64,
+    /// The scaling advisor's schedule and thresholds.
+    pub advisor: crate::advisor::AdvisorConfig,
 }
 
 impl Default for Config {
@@ -67,6 +71,8 @@ impl Default for Config {
             log_file_max_bytes: 100 << 20,
             log_files_kept: 5,
             audit_log: false,
+            stats_sample_ms: 5_000,
+            advisor: Default::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Handlers live in `api/`, one file per resource; they validate input, call the store and
 //! shape the answer. Nothing here knows which backend it talks to.
 
+pub mod advisor;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod observe;
 pub mod protect;
+pub mod stats;
 
 pub use config::{Config, Database};
 
@@ -50,6 +52,10 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// HTTP request counts and durations.
     pub http: Arc<observe::HttpMetrics>,
+    /// Samples of the node's figures for time windows.
+    pub stats: Arc<stats::Stats>,
+    /// The scaling advisor and its decision history.
+    pub advisor: Arc<advisor::Advisor>,
 }
 
 impl AppState {
@@ -77,9 +83,25 @@ impl AppState {
             protection,
             tokens: Arc::new(auth::Tokens::new(config.auth)),
             sightings: Arc::new(health::WorkerSightings::new(config.limits.max_rate_limit_keys)),
+            stats: Arc::new(stats::Stats::new(
+                config.stats_sample_ms,
+                3_600_000.max(config.advisor.window_ms),
+            )),
+            advisor: Arc::new(advisor::Advisor::new(config.advisor.clone(), advice_history_path(config))),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
         }
     }
+}
+
+/// Where the advisor keeps its decisions: beside the SQLite file, or in the data directory
+/// when one exists (a PostgreSQL node may have none; its history then lives in memory).
+fn advice_history_path(config: &Config) -> Option<std::path::PathBuf> {
+    let dir = match config.database() {
+        Ok(Database::Sqlite(p)) => p.parent().map(|d| d.to_path_buf()).unwrap_or_default(),
+        _ => config.data_dir.clone(),
+    };
+    let dir = if dir.as_os_str().is_empty() { std::path::PathBuf::from(".") } else { dir };
+    dir.is_dir().then(|| dir.join("advice-history.jsonl"))
 }
 
 /// Whether `listen` binds only the loopback interface.
@@ -150,6 +172,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let workers =
         tokio::spawn(state.sightings.clone().run(store.clone(), config.health.clone(), stop_rx.clone()));
     tokio::spawn(state.prober.clone().run(store.clone(), stop_rx.clone()));
+    tokio::spawn(state.stats.clone().run(state.clone(), stop_rx.clone()));
+    tokio::spawn(state.advisor.clone().run(state.clone(), stop_rx.clone()));
     if config.audit_log {
         tokio::spawn(observe::audit_loop(store.clone(), stop_rx.clone()));
     }

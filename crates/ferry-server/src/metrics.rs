@@ -16,6 +16,31 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+/// prometheus-client writes OpenMetrics, where a counter family `x` has samples `x_total`;
+/// the Prometheus text format (which `/metrics` serves, and `promtool check metrics` reads)
+/// names the family `x_total` too, and has no `# EOF`.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        open_metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(open_metrics.len() + counters.len() * 16);
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The node's metric registry.
 pub struct Metrics {
     registry: Registry,
@@ -133,8 +158,18 @@ impl prometheus_client::collector::Collector for StoreCollector {
             ConstGauge::new(*bytes as i64).encode(f.encode_family(&[("file", *file)])?)?;
         }
         if let Some((free, total)) = scrape.disk {
-            gauge(&mut enc, "ferry_disk_free_bytes", "Free bytes on the data directory's filesystem", free as i64)?;
-            gauge(&mut enc, "ferry_disk_total_bytes", "Size of the data directory's filesystem", total as i64)?;
+            gauge(
+                &mut enc,
+                "ferry_disk_free_bytes",
+                "Free bytes on the data directory's filesystem",
+                free as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "ferry_disk_total_bytes",
+                "Size of the data directory's filesystem",
+                total as i64,
+            )?;
         }
         drop(scrape);
         let c = ConstCounter::new(0u64);
@@ -363,6 +398,6 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode to a String");
-        out
+        to_prometheus_text(&out)
     }
 }

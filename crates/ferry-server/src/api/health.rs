@@ -78,3 +78,34 @@ pub async fn openapi(
 ) -> Json<utoipa::openapi::OpenApi> {
     Json((*doc).clone())
 }
+
+/// Key figures over the last minute, five minutes and hour, and current readings.
+#[utoipa::path(get, path = "/v1/stats", tag = "health", responses((status = 200, body = crate::stats::StatsResponse)))]
+pub async fn stats(State(st): State<AppState>) -> Json<crate::stats::StatsResponse> {
+    let mut windows = std::collections::BTreeMap::new();
+    for (name, d) in crate::stats::WINDOWS {
+        windows.insert(name.to_string(), st.stats.window(&st, d).await);
+    }
+    let now = crate::stats::gauges(&st).await;
+    Json(crate::stats::StatsResponse { backend: st.store.backend().into(), windows, now })
+}
+
+/// The scaling advisor's verdict on this node's measurements now (logged and kept in the
+/// history): `STAY`, `PLAN MIGRATION` or `MIGRATE NOW`, with its justification.
+#[utoipa::path(get, path = "/v1/advice", tag = "health", responses((status = 200, body = crate::advisor::Advice)))]
+pub async fn advice(State(st): State<AppState>) -> Json<crate::advisor::Advice> {
+    Json(st.advisor.advise(&st, "request").await)
+}
+
+/// `GET /v1/advice/history` answer.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AdviceHistory {
+    /// Past decisions, oldest first.
+    pub decisions: Vec<crate::advisor::Advice>,
+}
+
+/// Past verdicts of the advisor (scheduled and requested), oldest first.
+#[utoipa::path(get, path = "/v1/advice/history", tag = "health", responses((status = 200, body = AdviceHistory)))]
+pub async fn advice_history(State(st): State<AppState>) -> Json<AdviceHistory> {
+    Json(AdviceHistory { decisions: st.advisor.history() })
+}

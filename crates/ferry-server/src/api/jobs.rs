@@ -99,6 +99,7 @@ fn admit(
     (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn claim(
     State(st): State<AppState>,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     ApiPath(queue): ApiPath<String>,
     OptionalJson(body): OptionalJson<ClaimBody>,
 ) -> ApiResult<Json<ClaimResponse>> {
@@ -120,6 +121,9 @@ pub async fn claim(
         .into());
     }
     st.sightings.note(&worker, st.store.clock().now_ms());
+    if let Some(Extension(axum::extract::ConnectInfo(addr))) = peer {
+        st.stats.claim_from(addr.ip());
+    }
     let req = ClaimRequest { queue, worker, max: max as usize, lease_ms };
     let jobs = if wait_ms == 0 {
         st.store.claim(req).await?
