@@ -49,6 +49,8 @@ pub struct Config {
     pub stats_sample_ms: u64,
     /// The scaling advisor's schedule and thresholds.
     pub advisor: crate::advisor::AdvisorConfig,
+    /// Time store calls and count HTTP requests (on by default; off only to measure its cost).
+    pub instrument: bool,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             audit_log: false,
             stats_sample_ms: 5_000,
             advisor: Default::default(),
+            instrument: true,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct AppState {
     pub stats: Arc<stats::Stats>,
     /// The scaling advisor and its decision history.
     pub advisor: Arc<advisor::Advisor>,
+    /// Whether requests are measured (see `Config::instrument`).
+    pub instrument: bool,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl AppState {
                 3_600_000.max(config.advisor.window_ms),
             )),
             advisor: Arc::new(advisor::Advisor::new(config.advisor.clone(), advice_history_path(config))),
+            instrument: config.instrument,
             prober: Arc::new(health::HostProber::new(config.health.clone())),
         }
     }
@@ -119,16 +122,22 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
             cfg.limits = config.limits.clone();
             cfg.pool_size = config.pg_pool_size.max(1);
             let store = PgStore::open(cfg, clock).await?;
-            Ok((Measured::new(Arc::new(store)), format!("postgres database {}", redact(&url))))
+            Ok((measured(config, Arc::new(store)), format!("postgres database {}", redact(&url))))
         }
         Database::Sqlite(path) => {
             let mut cfg = SqliteConfig::new(&path);
             cfg.synchronous = config.synchronous;
             cfg.limits = config.limits.clone();
             let store = SqliteStore::open(cfg, clock)?;
-            Ok((Measured::new(Arc::new(store)), format!("sqlite database {}", path.display())))
+            Ok((measured(config, Arc::new(store)), format!("sqlite database {}", path.display())))
         }
     }
+}
+
+/// The store, timed per call unless instrumentation is off (`instrument = false`, kept so
+/// its cost can be measured).
+fn measured(config: &Config, store: Arc<dyn Store>) -> Arc<dyn Store> {
+    if config.instrument { Measured::new(store) } else { store }
 }
 
 /// The URL without its password, for logs.

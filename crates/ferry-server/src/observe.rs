@@ -89,6 +89,9 @@ fn request_id(req: &Request) -> String {
 
 /// The outermost middleware: request id, span, metrics.
 pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if !st.instrument {
+        return next.run(req).await;
+    }
     let started = Instant::now();
     let id = request_id(&req);
     let route = req.extensions().get::<MatchedPath>().map_or("(unmatched)", |m| m.as_str()).to_string();
