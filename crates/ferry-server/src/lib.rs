@@ -137,7 +137,7 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
 /// The store, timed per call unless instrumentation is off (`instrument = false`, kept so
 /// its cost can be measured).
 fn measured(config: &Config, store: Arc<dyn Store>) -> Arc<dyn Store> {
-    if config.instrument { Measured::new(store) } else { store }
+    if config.instrument { Measured::wrap(store) } else { store }
 }
 
 /// The URL without its password, for logs.

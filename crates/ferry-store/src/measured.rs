@@ -23,7 +23,7 @@ pub struct Measured {
 
 impl Measured {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Store>) -> Arc<dyn Store> {
+    pub fn wrap(inner: Arc<dyn Store>) -> Arc<dyn Store> {
         Arc::new(Measured { inner })
     }
 }

@@ -289,8 +289,14 @@ fn rooms_of(f: Option<&EventFilter>) -> Vec<String> {
 pub async fn ws(
     State(st): State<AppState>,
     ApiQuery(q): ApiQuery<EventQuery>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    let upgrade = upgrade.map_err(|e| {
+        ferry_core::Error::new(
+            ferry_core::ErrorCode::BadRequest,
+            format!("not a WebSocket upgrade: {}", e.body_text()),
+        )
+    })?;
     let query_filter = filter_of(&q, &st)?;
     let types = query_filter.types.clone();
     let initial = if query_filter.is_firehose() { None } else { Some(query_filter) };

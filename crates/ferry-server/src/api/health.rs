@@ -29,15 +29,13 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     if *st.shutdown.borrow() {
         return unavailable("shutting down".into(), backend, circuit);
     }
-    let breaker = &st.protection.breaker;
-    let admission = match breaker.admit() {
-        Ok(a) => a,
-        Err(e) => return unavailable(e.message, backend, circuit),
-    };
-    let read = st.store.next_due_ms().await;
-    breaker.record(admission, read.is_ok());
-    let circuit = Some(breaker.state().as_str().to_string());
-    match read {
+    // Not ready while the breaker is open or half-open. Readiness never probes for the
+    // breaker: a read succeeds on a full disk, so only real requests decide it.
+    let state = st.protection.breaker.state();
+    if state != crate::protect::BreakerState::Closed {
+        return unavailable("the circuit breaker around the database is open".into(), backend, circuit);
+    }
+    match st.store.next_due_ms().await {
         Ok(_) => {
             Json(HealthResponse { status: "ready".into(), backend, reason: None, circuit }).into_response()
         }

@@ -279,7 +279,9 @@ fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
 
 /// Records one completion; a repeat with the lease that completed the job succeeds again.
 pub fn complete(conn: &Connection, now: i64, item: CompleteItem, fx: &mut Effects) -> Result<()> {
-    let done: Option<(i64, bool, String, Option<String>, Option<i64>)> = conn
+    // seq, has_dependants, queue, tags, started_at
+    type Done = (i64, bool, String, Option<String>, Option<i64>);
+    let done: Option<Done> = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'completed', result = ?1, lease_expires_at = NULL, finished_at = ?2,
                 updated_at = ?2

@@ -119,8 +119,8 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
             .spawn({
-                let metrics = metrics.clone();
-                move || run(conn, rx, notifier, counts, bus, metrics, max_batch_ops, thread_stats)
+                let sinks = Sinks { notifier, counts, bus, metrics: metrics.clone(), stats: thread_stats };
+                move || run(conn, rx, sinks, max_batch_ops)
             })
             .expect("spawn writer thread");
         Writer { tx, thread: std::sync::Mutex::new(Some(thread)), stats, metrics }
@@ -202,16 +202,17 @@ pub(crate) fn is_storage_error(e: &Error) -> bool {
     matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
 }
 
-fn run(
-    conn: Connection,
-    mut rx: mpsc::Receiver<Msg>,
+/// Where the effects of a commit go.
+struct Sinks {
     notifier: Arc<Notifier>,
     counts: Arc<CountsCell>,
     bus: Arc<EventBus>,
     metrics: Arc<crate::metrics::StoreMetrics>,
-    max_batch_ops: usize,
     stats: Arc<WriterStats>,
-) {
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_ops: usize) {
+    let Sinks { notifier, counts, bus, metrics, stats } = sinks;
     use std::sync::atomic::Ordering::Relaxed;
     let mut ops: Vec<Op> = Vec::with_capacity(max_batch_ops);
     let mut replies: Vec<Reply> = Vec::with_capacity(max_batch_ops);
@@ -329,7 +330,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER)").unwrap();
-        (Writer::spawn(conn, Notifier::new(), Default::default(), EventBus::new(0), 64, 64), dir)
+        let metrics = Arc::new(crate::metrics::StoreMetrics::new(1));
+        (Writer::spawn(conn, Notifier::new(), Default::default(), EventBus::new(0), metrics, 64, 64), dir)
     }
 
     async fn count(w: &Writer, v: i64) -> i64 {
