@@ -441,6 +441,19 @@ async fn openapi_document_covers_every_route() {
         ("get", "/v1/events"),
         ("get", "/v1/events/stream"),
         ("get", "/v1/ws"),
+        ("post", "/v1/tokens"),
+        ("get", "/v1/tokens"),
+        ("delete", "/v1/tokens/{id}"),
+        ("put", "/v1/queues/{queue}/limits"),
+        ("get", "/v1/queues/{queue}/limits"),
+        ("get", "/v1/workers"),
+        ("post", "/v1/hosts"),
+        ("get", "/v1/hosts"),
+        ("delete", "/v1/hosts/{name}"),
+        ("get", "/metrics"),
+        ("get", "/v1/stats"),
+        ("get", "/v1/advice"),
+        ("get", "/v1/advice/history"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in expected {
@@ -457,6 +470,7 @@ async fn openapi_document_covers_every_route() {
             "get" => common::http().get(&url).send().await,
             "patch" => common::http().patch(&url).body("{}").send().await,
             "delete" => common::http().delete(&url).send().await,
+            "put" => common::http().put(&url).body("{}").send().await,
             _ => common::http().post(&url).body("{}").send().await,
         };
         let resp = resp.unwrap();

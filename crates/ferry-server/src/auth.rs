@@ -116,34 +116,40 @@ pub struct Tokens {
     configured: Option<bool>,
     by_id: RwLock<HashMap<Uuid, TokenRecord>>,
     loaded_at: std::sync::Mutex<Option<Instant>>,
+    /// Whether an unrevoked token exists (read on every request, so kept apart).
+    any_active: std::sync::atomic::AtomicBool,
 }
 
 impl Tokens {
     /// `configured`: `Some(true)` forces auth on, `Some(false)` off, `None` follows the store.
     pub fn new(configured: Option<bool>) -> Tokens {
-        Tokens { configured, by_id: RwLock::new(HashMap::new()), loaded_at: std::sync::Mutex::new(None) }
+        Tokens {
+            configured,
+            by_id: RwLock::new(HashMap::new()),
+            loaded_at: std::sync::Mutex::new(None),
+            any_active: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Reads every token from the store.
     pub async fn reload(&self, store: &dyn Store) -> Result<(), Error> {
         let all = store.list_tokens().await?;
+        let any = all.iter().any(|t| t.revoked_at.is_none());
         let map = all.into_iter().map(|t| (t.id, t)).collect();
         *self.by_id.write().expect("tokens lock") = map;
+        self.any_active.store(any, std::sync::atomic::Ordering::Relaxed);
         *self.loaded_at.lock().expect("tokens lock") = Some(Instant::now());
         Ok(())
     }
 
     /// Whether requests need a token now.
     pub fn active(&self) -> bool {
-        match self.configured {
-            Some(on) => on,
-            None => self.by_id.read().expect("tokens lock").values().any(|t| t.revoked_at.is_none()),
-        }
+        self.configured.unwrap_or_else(|| self.any())
     }
 
     /// Whether any unrevoked token exists.
     pub fn any(&self) -> bool {
-        self.by_id.read().expect("tokens lock").values().any(|t| t.revoked_at.is_none())
+        self.any_active.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lookup(&self, id: Uuid) -> Option<TokenRecord> {
