@@ -106,7 +106,9 @@ impl Client {
         &self.base
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<(u16, T)> {
+    /// Sends with this client's token and name; a 4xx/5xx becomes `ClientError::Api` with the
+    /// server's error body. Returns the status and the raw body.
+    async fn fetch(&self, req: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes)> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -130,6 +132,11 @@ impl Client {
                 },
             });
         }
+        Ok((status, bytes))
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<(u16, T)> {
+        let (status, bytes) = self.fetch(req).await?;
         serde_json::from_slice(&bytes).map(|v| (status, v)).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
@@ -159,27 +166,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
-        .send()
-        .await
-        .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
-        if status >= 400 {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => ClientError::Api { status, error: b.error },
-                Err(_) => ClientError::Api {
-                    status,
-                    error: Error::new(
-                        ferry_core::ErrorCode::Internal,
-                        String::from_utf8_lossy(&bytes).into_owned(),
-                    ),
-                },
-            });
-        }
+        let (_, bytes) = self.fetch(req).await?;
         if bytes.is_empty() {
             return Ok(serde_json::Value::Null);
         }
