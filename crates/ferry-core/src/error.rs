@@ -31,6 +31,14 @@ pub enum ErrorCode {
     Conflict,
     /// A size limit was exceeded: 413.
     PayloadTooLarge,
+    /// A request body that is not `application/json`: 415.
+    UnsupportedMediaType,
+    /// The client did not send its request (body) in time: 408.
+    RequestTimeout,
+    /// The request target (path and query) is too long: 414.
+    UriTooLong,
+    /// The request headers are too large: 431.
+    HeadersTooLarge,
     /// Too many requests from one client: 429.
     RateLimited,
     /// The queue holds its maximum of ready + scheduled jobs (backpressure): 429.
@@ -60,6 +68,10 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ServerSaturated => "server_saturated",
@@ -80,6 +92,10 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::StaleLease | ErrorCode::InvalidState | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::UriTooLong => 414,
+            ErrorCode::HeadersTooLarge => 431,
             ErrorCode::RateLimited | ErrorCode::QueueFull => 429,
             ErrorCode::Unavailable | ErrorCode::ServerSaturated | ErrorCode::CircuitOpen => 503,
             ErrorCode::SchemaTooNew | ErrorCode::Internal => 500,

@@ -146,9 +146,17 @@ pub struct EventFilter {
     pub tags: Vec<String>,
     /// Only these types.
     pub types: Vec<EventType>,
+    /// Only events of these queues, whatever the rooms: the queues a restricted token may see.
+    pub within: Option<Vec<String>>,
 }
 
 impl EventFilter {
+    /// Whether `e` has a wanted type and lies within the allowed queues (rooms aside).
+    pub fn admits(&self, e: &Event) -> bool {
+        (self.types.is_empty() || self.types.contains(&e.kind))
+            && self.within.as_ref().is_none_or(|w| e.queue.as_ref().is_some_and(|q| w.contains(q)))
+    }
+
     /// Whether no room (queue, job, tag) is named: the consumer gets every event.
     pub fn is_firehose(&self) -> bool {
         self.queues.is_empty() && self.job_ids.is_empty() && self.tags.is_empty()
@@ -157,7 +165,7 @@ impl EventFilter {
     /// Whether `e` passes: its type is wanted, and it belongs to one of the named rooms (or
     /// no room is named).
     pub fn matches(&self, e: &Event) -> bool {
-        if !self.types.is_empty() && !self.types.contains(&e.kind) {
+        if !self.admits(e) {
             return false;
         }
         if self.is_firehose() {
@@ -193,11 +201,20 @@ mod tests {
             tags: t.iter().map(|s| s.to_string()).collect(),
             types: types.to_vec(),
             job_ids: vec![],
+            within: None,
         };
         assert!(f(&["mail"], &[], &[]).matches(&e));
         assert!(!f(&["sms"], &[], &[]).matches(&e));
         assert!(f(&["sms"], &["vip"], &[]).matches(&e));
         assert!(!f(&["mail"], &[], &[EventType::JobFailed]).matches(&e));
         assert!(EventFilter { job_ids: vec![id], ..Default::default() }.matches(&e));
+        // `within` narrows whatever the rooms: a job room of another queue yields nothing.
+        let within = |w: &[&str]| EventFilter {
+            job_ids: vec![id],
+            within: Some(w.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        };
+        assert!(within(&["mail"]).matches(&e));
+        assert!(!within(&["sms"]).matches(&e));
     }
 }

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod error;
 pub mod event;
 pub mod job;
+pub mod json_text;
 pub mod limits;
 pub mod measure;
 pub mod schedule;

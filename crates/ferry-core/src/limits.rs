@@ -79,6 +79,23 @@ pub struct Limits {
     pub max_name_len: usize,
     /// Longest host health URL.
     pub max_url_len: usize,
+    /// Deepest nesting of arrays and objects in a request body (every stored JSON value is
+    /// inside one, so whatever is accepted reads back).
+    pub max_json_depth: usize,
+    /// Time a connection has to send a request's headers once its first byte arrived.
+    pub header_read_timeout_ms: u64,
+    /// Time a request has to send its whole body; a request holds no request slot until then.
+    pub body_read_timeout_ms: u64,
+    /// Time a connection may sit between requests without sending a byte before it is closed.
+    pub idle_timeout_ms: u64,
+    /// Open client connections one node serves; further connects wait in the listen backlog.
+    pub max_connections: usize,
+    /// Listen backlog (pending connects the kernel queues); 0 means the system's `somaxconn`.
+    pub listen_backlog: u32,
+    /// Longest request target (path and query); longer ones get 414.
+    pub max_uri_bytes: usize,
+    /// Most bytes of request headers (names and values); more get 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -117,6 +134,14 @@ impl Default for Limits {
             max_hosts: 1_000,
             max_name_len: 128,
             max_url_len: 2_048,
+            max_json_depth: 64,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            listen_backlog: 0,
+            max_uri_bytes: 16_384,
+            max_header_bytes: 65_536,
         }
     }
 }

@@ -131,6 +131,20 @@ pub fn parse_cron(expr: &str) -> Result<Cron> {
 
 /// Looks up an IANA time zone; a 422 on field `timezone` otherwise.
 pub fn parse_timezone(name: &str) -> Result<TimeZone> {
+    // Names whose meaning is the host's setting, not a zone: a schedule would fire at
+    // different instants on different nodes.
+    let host_dependent = ["localtime", "posixrules", "factory"].contains(&name.to_ascii_lowercase().as_str())
+        || name.starts_with("posix/")
+        || name.starts_with("right/");
+    if host_dependent {
+        return Err(Error::invalid(
+            "timezone",
+            format!(
+                "{name:?} depends on the host's configuration; use an IANA name such as Europe/Paris or UTC"
+            ),
+        )
+        .at(0));
+    }
     if name.is_empty() || name.len() > 64 {
         return Err(
             Error::invalid("timezone", "a time zone is an IANA name such as Europe/Paris or UTC").at(0)
@@ -148,7 +162,15 @@ pub fn parse_timezone(name: &str) -> Result<TimeZone> {
 impl CronSpec {
     /// Parses an expression and a zone.
     pub fn parse(expr: &str, timezone: &str) -> Result<CronSpec> {
-        Ok(CronSpec { cron: parse_cron(expr)?, tz: parse_timezone(timezone)? })
+        let spec = CronSpec { cron: parse_cron(expr)?, tz: parse_timezone(timezone)? };
+        if spec.next_after(jiff::Timestamp::now().as_millisecond()).is_none() {
+            return Err(Error::invalid(
+                "cron",
+                format!("{expr:?} never fires (no such date, e.g. February 30)"),
+            )
+            .at(0));
+        }
+        Ok(spec)
     }
 
     fn zoned(&self, ms: i64) -> Option<jiff::Zoned> {
@@ -309,12 +331,15 @@ pub struct Schedule {
 }
 
 /// A job template as stored: absent fields left out.
-fn template_json(job: &JobSpec) -> serde_json::Value {
-    let mut v = serde_json::to_value(job).expect("job spec serializes");
+fn template_json(job: &JobSpec) -> Result<serde_json::Value> {
+    // Reading the payload back can fail (it nests too deep for the parser): the request's
+    // error, never a panic.
+    let mut v = serde_json::to_value(job)
+        .map_err(|e| Error::invalid("job.payload", format!("the job template cannot be stored: {e}")))?;
     if let Some(o) = v.as_object_mut() {
         o.retain(|_, x| !x.is_null());
     }
-    v
+    Ok(v)
 }
 
 /// `GET /v1/schedules` answer.
@@ -387,7 +412,7 @@ pub fn from_spec(spec: ScheduleSpec, now: i64, limits: &Limits) -> Result<Schedu
         name: spec.name,
         cron: spec.cron,
         timezone,
-        job: template_json(&spec.job),
+        job: template_json(&spec.job)?,
         misfire,
         catch_up_max,
         paused,
@@ -412,7 +437,7 @@ pub fn apply_patch(mut s: Schedule, p: SchedulePatch, now: i64, limits: &Limits)
     let cron = CronSpec::parse(&s.cron, &s.timezone)?;
     if let Some(job) = p.job {
         check_template(&job, limits)?;
-        s.job = template_json(&job);
+        s.job = template_json(&job)?;
     }
     if let Some(m) = p.misfire {
         s.misfire = misfire_of(&m)?;
@@ -465,6 +490,17 @@ mod tests {
         for e in ["*/5 * * * *", "0 30 2 * * *", "@hourly", "@daily", "0 9 * * MON-FRI"] {
             parse_cron(e).unwrap_or_else(|err| panic!("{e}: {err}"));
         }
+    }
+
+    #[test]
+    fn expressions_that_never_fire_and_host_zones_are_refused() {
+        let e = CronSpec::parse("0 0 30 2 *", "UTC").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("cron"));
+        assert!(CronSpec::parse("0 0 29 2 *", "UTC").is_ok(), "leap days come");
+        for tz in ["localtime", "posixrules", "posix/Europe/Paris", "right/UTC"] {
+            assert_eq!(parse_timezone(tz).unwrap_err().field.as_deref(), Some("timezone"), "{tz}");
+        }
+        assert!(parse_timezone("Etc/UTC").is_ok());
     }
 
     #[test]

@@ -22,22 +22,22 @@ pub struct JobSpec {
     #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<RawValue>>,
     /// Higher first (an i32); default 0.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_int")]
     pub priority: Option<i64>,
     /// RFC 3339 time when the job becomes due.
     #[serde(default)]
     pub run_at: Option<String>,
     /// Milliseconds from now until the job becomes due (exclusive with `run_at`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_int")]
     pub delay_ms: Option<i64>,
     /// Attempts before the job is dead; default 5.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_int")]
     pub max_attempts: Option<i64>,
     /// Retry spacing; defaults documented on [`Backoff`].
     #[serde(default)]
     pub backoff: Option<Backoff>,
     /// Lease per claim; default 30,000.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_int")]
     pub lease_ms: Option<i64>,
     /// Deduplication key while a job with it is unfinished.
     #[serde(default)]
@@ -48,6 +48,35 @@ pub struct JobSpec {
     /// Labels.
     #[serde(default)]
     pub tags: Option<Vec<String>>,
+}
+
+/// An optional integer where `-0` (which JSON parsers read as a float) means 0.
+fn opt_int<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<i64>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Option<i64>, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Option<i64>, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Option<i64>, E> {
+            if v == 0.0 { Ok(Some(0)) } else { Err(E::invalid_type(serde::de::Unexpected::Float(v), &self)) }
+        }
+        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Option<i64>, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// Default attempts before a job is dead.
@@ -272,6 +301,16 @@ mod tests {
 
     fn spec(json: &str) -> JobSpec {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn negative_zero_is_zero_and_fractions_are_refused() {
+        let j = spec(r#"{"queue":"q","priority":-0,"delay_ms":-0.0}"#);
+        assert_eq!((j.priority, j.delay_ms), (Some(0), Some(0)));
+        assert!(serde_json::from_str::<JobSpec>(r#"{"queue":"q","priority":1.5}"#).is_err());
+        assert!(
+            serde_json::from_str::<JobSpec>(r#"{"queue":"q","priority":null}"#).unwrap().priority.is_none()
+        );
     }
 
     #[test]

@@ -283,6 +283,12 @@ pub struct ServerInfo {
     /// Bytes the database occupies (SQLite file + WAL, or ferry's PostgreSQL tables).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_bytes: Option<u64>,
+    /// Whether requests need a token, so a client can tell an open server from a guarded one.
+    #[serde(default)]
+    pub auth: bool,
+    /// Why auth is on or off (`on (configured)`, `on (a token exists)`, ...).
+    #[serde(default)]
+    pub auth_mode: String,
 }
 
 /// One job of `POST /v1/import`: a job from another system, already queued or already done.
