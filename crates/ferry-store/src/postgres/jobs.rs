@@ -50,7 +50,9 @@ pub async fn enqueue(
     let find_dep =
         tx.prepare_cached("SELECT seq, state FROM jobs WHERE id = $1 FOR SHARE").await.map_err(pg_err)?;
     let find_unique = tx
-        .prepare(&format!("SELECT id FROM jobs WHERE unique_key = $1 AND state NOT IN {FINISHED}"))
+        .prepare(&format!(
+            "SELECT id FROM jobs WHERE queue = $1 AND unique_key = $2 AND state NOT IN {FINISHED}"
+        ))
         .await
         .map_err(pg_err)?;
     let insert = tx
@@ -59,7 +61,7 @@ pub async fn enqueue(
                 backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, tags, depends_on,
                 pending_deps, cancel_reason, created_at, updated_at, finished_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19)
-             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state NOT IN {FINISHED} DO NOTHING
+             ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL AND state NOT IN {FINISHED} DO NOTHING
              RETURNING seq"
         ))
         .await
@@ -106,12 +108,15 @@ pub async fn enqueue(
         if let Some(key) = &job.unique_key
             && let Some(row) = if job.import.is_some() {
                 let any = tx
-                    .prepare_cached("SELECT id FROM jobs WHERE unique_key = $1 AND unique_key IS NOT NULL ORDER BY seq DESC LIMIT 1")
+                    .prepare_cached(
+                        "SELECT id FROM jobs WHERE queue = $1 AND unique_key = $2 AND unique_key IS NOT NULL
+                         ORDER BY seq DESC LIMIT 1",
+                    )
                     .await
                     .map_err(pg_err)?;
-                tx.query_opt(&any, &[key]).await.map_err(pg_err)?
+                tx.query_opt(&any, &[&job.queue, key]).await.map_err(pg_err)?
             } else {
-                tx.query_opt(&find_unique, &[key]).await.map_err(pg_err)?
+                tx.query_opt(&find_unique, &[&job.queue, key]).await.map_err(pg_err)?
             }
         {
             out.push(EnqueueOutcome { id: row.get(0), duplicate: true });
@@ -161,7 +166,7 @@ pub async fn enqueue(
         let Some(row) = row else {
             // Another node inserted the same unique key since we looked: it holds the key.
             let key = job.unique_key.as_ref().expect("only a unique key conflicts");
-            let existing = tx.query_one(&find_unique, &[key]).await.map_err(pg_err)?;
+            let existing = tx.query_one(&find_unique, &[&job.queue, key]).await.map_err(pg_err)?;
             out.push(EnqueueOutcome { id: existing.get(0), duplicate: true });
             continue;
         };

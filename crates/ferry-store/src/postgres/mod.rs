@@ -89,8 +89,15 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
             let msg = e.to_string();
             !msg.starts_with("error serializing") && !msg.starts_with("error deserializing")
         });
+    let class = e.code().map(|c| &c.code()[..2]);
     if transient {
         Error::unavailable(format!("database unavailable: {e}"))
+    } else if class == Some("22") {
+        // A data exception (a value the database cannot store) is the input's fault, not the
+        // storage's: a 422 that never counts toward the circuit breaker.
+        Error::new(ErrorCode::ValidationFailed, format!("the database cannot store this value: {e}"))
+    } else if class == Some("23") {
+        Error::new(ErrorCode::Conflict, format!("the database refused this change: {e}"))
     } else {
         Error::internal(format!("database error: {e}"))
     }

@@ -131,11 +131,19 @@ pub async fn fire(tx: &Transaction<'_>, now: i64, max: usize, limits: &Limits, w
         .map_err(pg_err)?;
     let mut enqueued = 0;
     for r in rows {
-        let s = schedule_from(row(&r))?;
-        let (jobs, next) = match plan_fire(&s, now, limits) {
+        let r = row(&r);
+        let name = r.0.clone();
+        let (s, (jobs, next)) = match schedule_from(r)
+            .and_then(|s| plan_fire(&s, now, limits).map(|p| (s, p)))
+        {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(schedule = %s.name, error = %e, "schedule cannot fire; skipped");
+                // Parked: no longer due, so the pass does not retry it in a loop; a PATCH that
+                // fixes it sets its next run again.
+                tracing::error!(schedule = %name, error = %e, "schedule cannot fire; parked until it is changed");
+                tx.execute("UPDATE schedules SET next_run_at = NULL WHERE name = $1", &[&name])
+                    .await
+                    .map_err(pg_err)?;
                 continue;
             }
         };

@@ -27,7 +27,9 @@ pub fn enqueue(
     let batch = jobs.len() > 1;
     let mut out = Vec::with_capacity(jobs.len());
     let mut find_unique = conn
-        .prepare_cached(&format!("SELECT id FROM jobs WHERE unique_key = ?1 AND state NOT IN {FINISHED}"))
+        .prepare_cached(&format!(
+            "SELECT id FROM jobs WHERE queue = ?1 AND unique_key = ?2 AND state NOT IN {FINISHED}"
+        ))
         .map_err(db_err)?;
     let mut find_dep = conn.prepare_cached("SELECT seq, state FROM jobs WHERE id = ?1").map_err(db_err)?;
     let mut insert = conn
@@ -70,11 +72,14 @@ pub fn enqueue(
         if let Some(key) = &job.unique_key {
             // An import dedups against jobs in any state, so a re-run creates nothing.
             let existing: Option<Uuid> = if job.import.is_some() {
-                conn.prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1 AND unique_key IS NOT NULL ORDER BY seq DESC LIMIT 1")
-                    .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
-                    .map_err(db_err)?
+                conn.prepare_cached(
+                    "SELECT id FROM jobs WHERE queue = ?1 AND unique_key = ?2 AND unique_key IS NOT NULL
+                     ORDER BY seq DESC LIMIT 1",
+                )
+                .and_then(|mut s| s.query_row(params![job.queue, key], |r| r.get(0)).optional())
+                .map_err(db_err)?
             } else {
-                find_unique.query_row([key], |r| r.get(0)).optional().map_err(db_err)?
+                find_unique.query_row(params![job.queue, key], |r| r.get(0)).optional().map_err(db_err)?
             };
             if let Some(id) = existing {
                 out.push(EnqueueOutcome { id, duplicate: true });
@@ -875,8 +880,8 @@ pub fn invariants(conn: &Connection) -> Result<Vec<String>> {
     let dup: i64 = conn
         .query_row(
             &format!(
-                "SELECT count(*) FROM (SELECT unique_key FROM jobs WHERE unique_key IS NOT NULL
-                 AND state NOT IN {FINISHED} GROUP BY unique_key HAVING count(*) > 1)"
+                "SELECT count(*) FROM (SELECT queue, unique_key FROM jobs WHERE unique_key IS NOT NULL
+                 AND state NOT IN {FINISHED} GROUP BY queue, unique_key HAVING count(*) > 1)"
             ),
             [],
             |r| r.get(0),

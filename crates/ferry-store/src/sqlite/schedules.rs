@@ -129,12 +129,23 @@ pub fn fire(conn: &Connection, now: i64, max: usize, limits: &Limits, fx: &mut E
         .map_err(db_err)?;
     // Plan every schedule before writing anything (the writer's check-then-write rule).
     let mut plans = Vec::with_capacity(rows.len());
+    let mut broken = Vec::new();
     for r in rows {
-        let s = schedule_from(r)?;
-        match plan_fire(&s, now, limits) {
-            Ok(p) => plans.push((s, p)),
-            Err(e) => tracing::warn!(schedule = %s.name, error = %e, "schedule cannot fire; skipped"),
+        let name = r.0.clone();
+        match schedule_from(r).and_then(|s| plan_fire(&s, now, limits).map(|p| (s, p))) {
+            Ok(plan) => plans.push(plan),
+            Err(e) => {
+                tracing::error!(schedule = %name, error = %e, "schedule cannot fire; parked until it is changed");
+                broken.push(name);
+            }
         }
+    }
+    // A schedule that cannot fire stops being due, so the pass does not retry it in a loop;
+    // a PATCH that fixes it sets its next run again.
+    for name in broken {
+        conn.prepare_cached("UPDATE schedules SET next_run_at = NULL WHERE name = ?1")
+            .and_then(|mut st| st.execute([name]))
+            .map_err(db_err)?;
     }
     let mut enqueued = 0;
     for (s, (jobs, next)) in plans {

@@ -117,6 +117,15 @@ CREATE TABLE hosts (
     created_at INTEGER NOT NULL
 );
 "#,
+    r#"
+-- Unique keys are per queue: a key taken in one queue says nothing about another (and a token
+-- limited to some queues cannot learn another queue's jobs through a key collision).
+DROP INDEX jobs_unique_key;
+DROP INDEX jobs_unique_key_any;
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (queue, unique_key)
+    WHERE unique_key IS NOT NULL AND state NOT IN ('completed', 'dead', 'cancelled');
+CREATE INDEX jobs_unique_key_any ON jobs (queue, unique_key, seq) WHERE unique_key IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build writes.

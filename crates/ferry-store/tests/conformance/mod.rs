@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod json_props;
 pub mod props;
 
 use ferry_core::validate::JobSpec;
@@ -59,7 +60,7 @@ macro_rules! conformance_tests {
             schedule_crud, schedule_fires_each_tick_once, schedule_misfire_policies, schedule_concurrent_firing_exactly_once,
             limits_max_running, limits_max_running_concurrent, limits_start_rate, limits_set_list_and_clear,
             tokens_round_trip_and_revoke, workers_registry_and_in_flight, lost_workers_release_their_leases, hosts_crud,
-            property_state_machine);
+            property_state_machine, property_json_round_trips);
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
         $(
@@ -1292,6 +1293,10 @@ pub async fn maintenance_loops_run(h: Harness) {
 
 pub async fn property_state_machine(h: Harness) {
     props::run(h).await;
+}
+
+pub async fn property_json_round_trips(h: Harness) {
+    json_props::run(h).await;
 }
 
 // ---------- flow limits ----------
