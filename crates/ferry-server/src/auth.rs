@@ -43,14 +43,67 @@ impl Principal {
     }
 }
 
-/// Checks, in a handler, that the caller (if auth is on) may touch `queue`; 403 otherwise.
-pub fn check_queue(principal: Option<&Principal>, queue: &str) -> Result<(), Error> {
-    match principal {
-        Some(p) if !p.allows_queue(queue) => Err(forbidden()),
-        _ => Ok(()),
+/// What a request may touch: every queue (auth off, or an unrestricted token), or only the
+/// queues its token names. Handlers take it as an extractor and check every queue a body,
+/// filter or batch item names before reading or writing anything.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    queues: Option<Arc<[String]>>,
+}
+
+impl Access {
+    /// The access of `principal` (everything when there is none).
+    pub fn of(principal: Option<&Principal>) -> Access {
+        Access { queues: principal.and_then(|p| p.queues.as_ref()).map(|q| q.as_slice().into()) }
+    }
+
+    /// Whether the caller is limited to some queues.
+    pub fn is_restricted(&self) -> bool {
+        self.queues.is_some()
+    }
+
+    /// The queues the caller is limited to, if any.
+    pub fn queues(&self) -> Option<&[String]> {
+        self.queues.as_deref()
+    }
+
+    /// Whether the caller may touch `queue`.
+    pub fn allows(&self, queue: &str) -> bool {
+        self.queues.as_ref().is_none_or(|qs| qs.iter().any(|q| q == queue))
+    }
+
+    /// 403 unless the caller may touch `queue`.
+    pub fn check(&self, queue: &str) -> Result<(), Error> {
+        if self.allows(queue) { Ok(()) } else { Err(forbidden()) }
+    }
+
+    /// 403 unless job `id` exists in a queue the caller may touch; an unknown job gets the same
+    /// 403 as a foreign one, so a restricted caller never learns whether it exists.
+    pub async fn check_job(&self, store: &dyn Store, id: Uuid) -> Result<(), Error> {
+        if !self.is_restricted() {
+            return Ok(());
+        }
+        match store.get_job(id).await {
+            Ok(job) if self.allows(&job.queue) => Ok(()),
+            Ok(_) => Err(forbidden()),
+            Err(e) if e.code == ErrorCode::NotFound => Err(forbidden()),
+            Err(e) => Err(e),
+        }
     }
 }
 
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Access {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Access, std::convert::Infallible> {
+        Ok(Access::of(parts.extensions.get::<Principal>()))
+    }
+}
+
+/// The generic 403: the same words whatever was refused, so it reveals nothing.
 fn forbidden() -> Error {
     Error::new(ErrorCode::Forbidden, "this token may not do this")
 }
@@ -116,8 +169,8 @@ pub struct Tokens {
     configured: Option<bool>,
     by_id: RwLock<HashMap<Uuid, TokenRecord>>,
     loaded_at: std::sync::Mutex<Option<Instant>>,
-    /// Whether an unrevoked token exists (read on every request, so kept apart).
-    any_active: std::sync::atomic::AtomicBool,
+    /// Whether a token was ever created (revoked ones stay stored), read on every request.
+    any_ever: std::sync::atomic::AtomicBool,
 }
 
 impl Tokens {
@@ -127,29 +180,41 @@ impl Tokens {
             configured,
             by_id: RwLock::new(HashMap::new()),
             loaded_at: std::sync::Mutex::new(None),
-            any_active: std::sync::atomic::AtomicBool::new(false),
+            any_ever: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Reads every token from the store.
+    /// Reads every token from the store. Revoked tokens stay stored, so once a token has
+    /// existed auth stays on (unless configured off), across revocations and restarts.
     pub async fn reload(&self, store: &dyn Store) -> Result<(), Error> {
         let all = store.list_tokens().await?;
-        let any = all.iter().any(|t| t.revoked_at.is_none());
+        let any = !all.is_empty();
         let map = all.into_iter().map(|t| (t.id, t)).collect();
         *self.by_id.write().expect("tokens lock") = map;
-        self.any_active.store(any, std::sync::atomic::Ordering::Relaxed);
-        *self.loaded_at.lock().expect("tokens lock") = Some(Instant::now());
+        let was = self.any_ever.swap(any, std::sync::atomic::Ordering::Relaxed);
+        let first_load = self.loaded_at.lock().expect("tokens lock").replace(Instant::now()).is_none();
+        if any && !was && !first_load && self.configured.is_none() {
+            tracing::warn!(
+                "auth is now on: the first API token was created, so from now on every request but \
+                 /healthz needs `Authorization: Bearer <token>`; it stays on (set auth = false to turn it off)"
+            );
+        }
         Ok(())
     }
 
     /// Whether requests need a token now.
     pub fn active(&self) -> bool {
-        self.configured.unwrap_or_else(|| self.any())
+        self.configured.unwrap_or_else(|| self.any_ever.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Whether any unrevoked token exists.
-    pub fn any(&self) -> bool {
-        self.any_active.load(std::sync::atomic::Ordering::Relaxed)
+    /// Why auth is on or off, for the startup line and `/v1/server`.
+    pub fn mode(&self) -> &'static str {
+        match self.configured {
+            Some(true) => "on (configured)",
+            Some(false) => "off (configured)",
+            None if self.active() => "on (a token exists)",
+            None => "off (no token yet; the first one turns it on for good)",
+        }
     }
 
     fn lookup(&self, id: Uuid) -> Option<TokenRecord> {
@@ -225,6 +290,42 @@ fn path_job(path: &str) -> Option<Uuid> {
     Uuid::try_parse(rest.split('/').next()?).ok()
 }
 
+/// How a route treats a token limited to some queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restriction {
+    /// Touches no queue's data (or is an unknown route, which answers 404 to anyone).
+    Open,
+    /// The queue in the path must be allowed.
+    PathQueue,
+    /// The job in the path must exist in an allowed queue.
+    PathJob,
+    /// The handler checks every queue its body, filters or items name ([`Access`]).
+    Handler,
+    /// Cluster-wide data that cannot be filtered by queue: refused.
+    Refused,
+}
+
+/// The restriction rule of a route (by its template). A route not listed here is refused to a
+/// restricted token, so a new route is closed until its handler checks its queues.
+fn restriction(method: &Method, template: Option<&str>) -> Restriction {
+    let Some(t) = template else { return Restriction::Open };
+    if t.contains("{queue}") {
+        return Restriction::PathQueue;
+    }
+    if t.starts_with("/v1/jobs/{id}") {
+        return Restriction::PathJob;
+    }
+    let get = *method == Method::GET || *method == Method::HEAD;
+    match t {
+        "/healthz" | "/readyz" | "/v1/server" | "/v1/openapi.json" => Restriction::Open,
+        "/v1/jobs" | "/v1/jobs/complete" | "/v1/jobs/fail" | "/v1/import" | "/v1/dlq" | "/v1/dlq/replay"
+        | "/v1/dlq/purge" | "/v1/events" | "/v1/events/stream" | "/v1/ws" => Restriction::Handler,
+        "/v1/queues" if get => Restriction::Handler,
+        t if t.starts_with("/v1/schedules") => Restriction::Handler,
+        _ => Restriction::Refused,
+    }
+}
+
 /// Authenticates a request: `Ok(None)` when auth is off or the route is public, the caller
 /// when its token is valid and carries the route's scope; 401 or 403 otherwise.
 pub fn authenticate(
@@ -236,16 +337,16 @@ pub fn authenticate(
     }
     let scope = required_scope(req.method(), req.uri().path())?;
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    let template = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string());
     let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let st = st.clone();
-    Some(async move { check(&st, scope, method, uri, bearer).await.map(Some) })
+    Some(async move { check(&st, scope, (method, uri, template), bearer).await.map(Some) })
 }
 
 async fn check(
     st: &AppState,
     scope: Scope,
-    method: Method,
-    uri: axum::http::Uri,
+    (method, uri, template): (Method, axum::http::Uri, Option<String>),
     bearer: Option<String>,
 ) -> Result<Principal, Error> {
     let tokens = &st.tokens;
@@ -282,28 +383,18 @@ async fn check(
         return Err(forbidden());
     }
     if p.queues.is_some() {
-        let path = uri.path();
-        if let Some(q) = path_queue(path) {
-            check_queue(Some(&p), &q)?;
-        } else if let Some(id) = path_job(path) {
-            // Unknown and foreign jobs get the same 403, so nothing leaks about either.
-            match st.store.get_job(id).await {
-                Ok(job) if p.allows_queue(&job.queue) => {}
-                Ok(_) => return Err(forbidden()),
-                Err(e) if e.code == ErrorCode::NotFound => return Err(forbidden()),
-                Err(e) => return Err(e),
+        let access = Access::of(Some(&p));
+        match restriction(&method, template.as_deref()) {
+            Restriction::Open | Restriction::Handler => {}
+            Restriction::Refused => return Err(forbidden()),
+            Restriction::PathQueue => {
+                let q = path_queue(uri.path()).ok_or_else(forbidden)?;
+                access.check(&q)?;
             }
-        } else {
-            // Reports by lease prove a claim on an allowed queue; an enqueue's queues are
-            // checked by its handler. Anything else must name an allowed `?queue=`.
-            let by_body = matches!(path, "/v1/jobs/complete" | "/v1/jobs/fail")
-                || (path == "/v1/jobs" && method == Method::POST);
-            let queue = uri
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("queue=")))
-                .map(percent_decode);
-            if !by_body && !queue.is_some_and(|q| p.allows_queue(&q)) {
-                return Err(forbidden());
+            Restriction::PathJob => {
+                // Anything that is not a job id names no job: the same 403 as a foreign one.
+                let id = path_job(uri.path()).ok_or_else(forbidden)?;
+                access.check_job(st.store.as_ref(), id).await?;
             }
         }
     }

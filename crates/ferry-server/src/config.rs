@@ -51,6 +51,12 @@ pub struct Config {
     pub advisor: crate::advisor::AdvisorConfig,
     /// Time store calls and count HTTP requests (on by default; off only to measure its cost).
     pub instrument: bool,
+    /// Browser origins (`https://app.example`) allowed to call the API besides the server's
+    /// own; others are refused with 403, so a web page cannot drive a loopback server.
+    pub cors_origins: Vec<String>,
+    /// Host names (`Host` header) answered while auth is off, besides `localhost` and IP
+    /// addresses; others get 403 (a web page re-pointed at this server by DNS rebinding).
+    pub server_names: Vec<String>,
 }
 
 impl Default for Config {
@@ -76,6 +82,8 @@ impl Default for Config {
             stats_sample_ms: 5_000,
             advisor: Default::default(),
             instrument: true,
+            cors_origins: Vec::new(),
+            server_names: Vec::new(),
         }
     }
 }

@@ -108,14 +108,24 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
 /// Reads the whole body, refusing (413) as soon as it passes the limit: a declared
 /// Content-Length over the limit is refused before reading, a streamed body is cut off.
 pub async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, Error> {
+    let (parts, body) = req.into_parts();
+    read_body_of(&parts.headers, body, limit).await
+}
+
+/// [`read_body`] for a request already split into its parts.
+pub async fn read_body_of(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, Error> {
     let too_large = || Error::too_large("body", format!("request body is over the {limit}-byte limit"));
     if let Some(len) =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large());
     }
-    axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
 }
 
 /// A JSON body of `T`; an empty body is `T::default()` when `T` allows it (see [`OptionalJson`]).

@@ -158,9 +158,7 @@ impl Hub {
                         for id in &targets {
                             let Some(sub) = inner.subs.get(id) else { continue };
                             let Some(f) = &sub.filter else { continue };
-                            if (!f.types.is_empty() && !f.types.contains(&e.kind))
-                                || sub.lagged.load(Ordering::Relaxed)
-                            {
+                            if !f.admits(e) || sub.lagged.load(Ordering::Relaxed) {
                                 continue;
                             }
                             let d = delivered.get_or_insert_with(|| Delivered::new(e.clone())).clone();
@@ -187,7 +185,7 @@ impl Hub {
         if self.count.fetch_add(1, Ordering::Relaxed) >= self.max_subscribers as u64 {
             self.count.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::new(
-                ErrorCode::Unavailable,
+                ErrorCode::ServerSaturated,
                 format!("this node serves its maximum of {} event subscribers", self.max_subscribers),
             ));
         }

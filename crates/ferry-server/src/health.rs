@@ -27,6 +27,10 @@ pub struct HealthConfig {
     pub host_up_after: u32,
     /// Probe results kept per host.
     pub host_history: usize,
+    /// Host names (or IP addresses) a registered `health_url` may point at; empty allows any.
+    /// Registering a host makes this server send it requests, so a server reachable by
+    /// untrusted clients should list the hosts it may probe.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HealthConfig {
@@ -38,6 +42,7 @@ impl Default for HealthConfig {
             host_down_after: 3,
             host_up_after: 2,
             host_history: 20,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -183,6 +188,13 @@ pub struct HostProber {
 }
 
 impl HostProber {
+    /// Whether `host` may be probed (`[health] allowed_hosts`, empty = any).
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.cfg.allowed_hosts.is_empty()
+            || self.cfg.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
     /// A prober with the configured timeout.
     pub fn new(cfg: HealthConfig) -> HostProber {
         let http = reqwest::Client::builder()

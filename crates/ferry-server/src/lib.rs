@@ -8,12 +8,14 @@ pub mod advisor;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod observe;
 pub mod protect;
+pub mod serve;
 pub mod stats;
 
 pub use config::{Config, Database};
@@ -58,6 +60,10 @@ pub struct AppState {
     pub advisor: Arc<advisor::Advisor>,
     /// Whether requests are measured (see `Config::instrument`).
     pub instrument: bool,
+    /// Browser origins allowed besides the server's own (`cors_origins`).
+    pub cors_origins: Arc<[String]>,
+    /// Host names answered while auth is off besides `localhost` and IPs (`server_names`).
+    pub server_names: Arc<[String]>,
 }
 
 impl AppState {
@@ -91,6 +97,8 @@ impl AppState {
             )),
             advisor: Arc::new(advisor::Advisor::new(config.advisor.clone(), advice_history_path(config))),
             instrument: config.instrument,
+            cors_origins: config.cors_origins.as_slice().into(),
+            server_names: config.server_names.as_slice().into(),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
         }
     }
@@ -160,7 +168,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::new(store.clone(), &config, stop_rx.clone());
     state.tokens.reload(store.as_ref()).await?;
-    if !is_loopback(&config.listen) && !config.insecure && config.auth != Some(true) && !state.tokens.any() {
+    if !is_loopback(&config.listen) && !config.insecure && !state.tokens.active() {
         store.close().await;
         return Err(Error::new(
             ErrorCode::ValidationFailed,
@@ -171,9 +179,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             ),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| {
-        Error::new(ErrorCode::Unavailable, format!("cannot listen on {}: {e}", config.listen))
-    })?;
+    let listener = match serve::bind(&config.listen, config.limits.listen_backlog).await {
+        Ok(l) => l,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
     let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
     tokio::spawn(state.hub.clone().run(stop_rx.clone()));
     tokio::spawn(state.protection.clone().depth_loop(store.clone(), stop_rx.clone()));
@@ -186,20 +198,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if config.audit_log {
         tokio::spawn(observe::audit_loop(store.clone(), stop_rx.clone()));
     }
-    let auth_note = if state.tokens.active() { "auth on" } else { "auth off" };
+    let auth_note = format!("auth {}", state.tokens.mode());
     let maintenance = Maintenance::spawn(store.clone(), config.maintenance.clone());
     let app = api::router(state).0;
     tracing::info!("ferry listening on http://{addr} with {where_data} ({auth_note})");
-    let graceful = async move {
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
-    };
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(graceful).await;
+    });
+    serve::serve(listener, app, Arc::new(config.limits.clone()), stop_rx, std::time::Duration::from_secs(60))
+        .await;
     let _ = workers.await;
     maintenance.shutdown().await;
     store.close().await;
     tracing::info!("ferry stopped");
-    served.map_err(|e| Error::internal(format!("server error: {e}")))
+    Ok(())
 }

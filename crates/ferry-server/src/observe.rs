@@ -87,6 +87,35 @@ fn request_id(req: &Request) -> String {
     }
 }
 
+/// Status counted for a request whose client went away before it was answered (nginx's code).
+const CLIENT_CLOSED: u16 = 499;
+
+/// One request in flight: counted in when made, and counted out (with its status, or 499 when
+/// the client disconnected and the request was dropped) whichever way it ends.
+struct InFlight {
+    http: Arc<HttpMetrics>,
+    key: String,
+    started: Instant,
+    status: Option<u16>,
+}
+
+impl InFlight {
+    fn new(http: Arc<HttpMetrics>, key: String, started: Instant) -> InFlight {
+        http.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { http, key, started, status: None }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let http = &self.http;
+        http.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let status = self.status.unwrap_or(CLIENT_CLOSED);
+        http.requests.add(&format!("{} {status}", self.key), 0, 1);
+        http.duration(&self.key).observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// The outermost middleware: request id, span, metrics.
 pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if !st.instrument {
@@ -97,17 +126,13 @@ pub async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Re
     let route = req.extensions().get::<MatchedPath>().map_or("(unmatched)", |m| m.as_str()).to_string();
     let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
-    let http = &st.http;
-    http.in_flight.fetch_add(1, Ordering::Relaxed);
+    let mut counted = InFlight::new(st.http.clone(), format!("{method} {route}"), started);
     let mut resp = next.run(req).instrument(span.clone()).await;
-    http.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    let key = format!("{method} {route}");
-    http.requests.add(&format!("{key} {status}"), 0, 1);
-    http.duration(&key).observe(elapsed.as_secs_f64());
+    counted.status = Some(status);
+    drop(counted);
     span.in_scope(|| {
-        tracing::debug!(status, duration_ms = elapsed.as_secs_f64() * 1000.0, "request served");
+        tracing::debug!(status, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "request served");
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(HeaderName::from_static("x-request-id"), v);

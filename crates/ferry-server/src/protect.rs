@@ -1,9 +1,10 @@
 //! Protection of the node and its database: the circuit breaker around storage, backpressure
 //! (requests in flight, pending writes, queue depth) and per-client rate limits.
 //!
-//! Every request passes [`guard`] (see `api/mod.rs`) in this order: a slot among
-//! `max_concurrent_requests`, authentication and scope (`auth.rs`), the client's token bucket,
-//! then the breaker. Refusals are cheap and carry `Retry-After`, so an overloaded node keeps
+//! Every request passes [`guard`] (see `api/mod.rs`) in this order: the edge checks (origin,
+//! URL, media type; `edge.rs`), authentication, scope and queue restriction (`auth.rs`), the
+//! body read whole within its time limit, a slot among `max_concurrent_requests`, the client's
+//! token bucket, then the breaker. Refusals are cheap and carry `Retry-After`, so an overloaded node keeps
 //! answering and its memory stays bounded by the limits, not by the offered load.
 
 use crate::AppState;
@@ -281,37 +282,75 @@ impl ClientLimiter {
     }
 }
 
-/// Last known depth of a queue, and what this node admitted since.
-#[derive(Default)]
+/// Last known depth of a queue, and what this node added since it was read.
+#[derive(Debug, Default)]
 struct Depth {
+    /// Ready + scheduled jobs as last read from the store.
     stored: u64,
-    admitted: u64,
+    /// Jobs this node committed since the reading's query started.
+    committed: u64,
+    /// Jobs admitted whose write has not been answered yet.
+    in_flight: u64,
     limit: Option<u64>,
     /// `max_running` or `max_starts_per_sec` is set (long-polls then re-check often).
     flow: bool,
 }
 
+type Depths = std::sync::Arc<Mutex<HashMap<String, Depth>>>;
+
 /// Queue-depth backpressure: enqueues that would take a queue past its `max_depth` are
 /// refused whole. Depths are re-read every `depth_refresh_ms`; between reads this node adds
-/// what it admitted, so one node is exact and several nodes overshoot by at most what the
-/// others admitted within one refresh.
+/// what it admitted (written or still being written), and a reading keeps what was committed
+/// after its query began, so one node is exact (or errs on the safe side by a write racing
+/// the reading) and several nodes overshoot by at most what the others admitted within one
+/// refresh.
 pub struct DepthGate {
     default_max: u64,
-    queues: Mutex<HashMap<String, Depth>>,
+    queues: Depths,
+}
+
+/// Jobs admitted by [`DepthGate::admit`]: counted as in flight until [`DepthTicket::committed`]
+/// moves them to committed, or the ticket drops (the write failed; they never existed).
+#[derive(Debug)]
+pub struct DepthTicket {
+    queues: Depths,
+    per_queue: Vec<(String, u64)>,
+    committed: bool,
+}
+
+impl DepthTicket {
+    /// The write committed: the jobs now count as stored until the next reading.
+    pub fn committed(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for DepthTicket {
+    fn drop(&mut self) {
+        let mut g = self.queues.lock().expect("depth lock");
+        for (q, n) in &self.per_queue {
+            if let Some(d) = g.get_mut(q) {
+                d.in_flight = d.in_flight.saturating_sub(*n);
+                if self.committed {
+                    d.committed += n;
+                }
+            }
+        }
+    }
 }
 
 impl DepthGate {
     fn new(default_max: u64) -> DepthGate {
-        DepthGate { default_max, queues: Mutex::new(HashMap::new()) }
+        DepthGate { default_max, queues: Default::default() }
     }
 
     /// Admits `per_queue` new jobs all together, or refuses the whole batch with 429.
-    pub fn admit(&self, per_queue: &HashMap<&str, u64>) -> Result<(), Error> {
+    pub fn admit(&self, per_queue: &HashMap<&str, u64>) -> Result<DepthTicket, Error> {
         let mut g = self.queues.lock().expect("depth lock");
         for (q, n) in per_queue {
             let d = g.get(*q);
             let (now, max) = match d {
-                Some(d) => (d.stored + d.admitted, d.limit.unwrap_or(self.default_max)),
+                Some(d) => (d.stored + d.committed + d.in_flight, d.limit.unwrap_or(self.default_max)),
                 None => (0, self.default_max),
             };
             if now + n > max {
@@ -326,9 +365,15 @@ impl DepthGate {
             }
         }
         for (q, n) in per_queue {
-            g.entry((*q).to_string()).or_default().admitted += n;
+            g.entry((*q).to_string()).or_default().in_flight += n;
         }
-        Ok(())
+        let per_queue = per_queue.iter().map(|(q, n)| ((*q).to_string(), *n)).collect();
+        Ok(DepthTicket { queues: self.queues.clone(), per_queue, committed: false })
+    }
+
+    /// What each queue had committed when a reading's query starts (see [`Self::refresh`]).
+    fn mark(&self) -> HashMap<String, u64> {
+        self.queues.lock().expect("depth lock").iter().map(|(q, d)| (q.clone(), d.committed)).collect()
     }
 
     /// Sets one queue's own limits at once (an API change must not wait for a refresh).
@@ -344,21 +389,28 @@ impl DepthGate {
         self.queues.lock().expect("depth lock").get(queue).is_some_and(|d| d.flow)
     }
 
-    /// Replaces the stored depths and limits with a fresh reading.
-    fn refresh(&self, depths: HashMap<String, u64>, limits: HashMap<String, QueueLimits>) {
+    /// Replaces the stored depths and limits with a fresh reading whose query began at
+    /// `mark`: commits after it stay counted, those before it are in the reading.
+    fn refresh(
+        &self,
+        depths: HashMap<String, u64>,
+        limits: HashMap<String, QueueLimits>,
+        mark: HashMap<String, u64>,
+    ) {
         let mut g = self.queues.lock().expect("depth lock");
-        g.retain(|q, _| depths.contains_key(q) || limits.contains_key(q));
-        for (q, stored) in &depths {
-            let d = g.entry(q.clone()).or_default();
-            d.stored = *stored;
-            d.admitted = 0;
-        }
+        g.retain(|q, d| depths.contains_key(q) || limits.contains_key(q) || d.in_flight > 0);
         for (q, d) in g.iter_mut() {
-            if !depths.contains_key(q) {
-                d.stored = 0;
-                d.admitted = 0;
-            }
+            d.stored = depths.get(q).copied().unwrap_or(0);
+            d.committed = d.committed.saturating_sub(mark.get(q).copied().unwrap_or(0));
             let l = limits.get(q).copied().unwrap_or_default();
+            d.limit = l.max_depth;
+            d.flow = l.max_running.is_some() || l.max_starts_per_sec.is_some();
+        }
+        for (q, stored) in depths {
+            g.entry(q).or_default().stored = stored;
+        }
+        for (q, l) in limits {
+            let d = g.entry(q).or_default();
             d.limit = l.max_depth;
             d.flow = l.max_running.is_some() || l.max_starts_per_sec.is_some();
         }
@@ -436,6 +488,7 @@ impl Protection {
         let floor_ms = if store.backend() == "postgres" { 5_000 } else { 10 };
         let every = Duration::from_millis(self.cfg.depth_refresh_ms.max(floor_ms));
         loop {
+            let mark = self.depth.mark();
             if let (Ok(stats), Ok(limits)) = (store.queue_stats().await, store.queue_limits().await) {
                 let depths = stats
                     .iter()
@@ -444,7 +497,7 @@ impl Protection {
                         (s.queue.clone(), c(ferry_core::JobState::Ready) + c(ferry_core::JobState::Scheduled))
                     })
                     .collect();
-                self.depth.refresh(depths, limits.into_iter().collect());
+                self.depth.refresh(depths, limits.into_iter().collect(), mark);
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -482,23 +535,37 @@ fn client_key(req: &Request, principal: Option<&Principal>) -> String {
 }
 
 /// The middleware every request passes; see the module doc for the order of checks.
-pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return next.run(req).await;
     }
-    let Ok(_slot) = st.protection.requests.clone().try_acquire_owned().map_err(|e| match e {
-        TryAcquireError::Closed | TryAcquireError::NoPermits => (),
-    }) else {
-        let e = Error::new(ErrorCode::ServerSaturated, "too many requests in flight on this node");
-        return refuse(&st, e, 1);
-    };
+    let edge = crate::edge::check_sizes(&req, &st.limits)
+        .and_then(|()| crate::edge::check_host(&req, st.tokens.active(), &st.server_names))
+        .and_then(|()| crate::edge::check_origin(req.headers(), &st.cors_origins))
+        .and_then(|()| crate::edge::check_url(req.uri()))
+        .and_then(|()| crate::edge::check_media_type(req.headers()));
+    if let Err(e) = edge {
+        return ApiError(e).into_response();
+    }
     let principal = match crate::auth::authenticate(&st, &req) {
         None => None,
         Some(check) => match check.await {
             Ok(p) => p,
             Err(e) => return ApiError(e).into_response(),
         },
+    };
+    // The body arrives before the request may hold a slot: a slow sender holds only its
+    // connection.
+    let mut req = match crate::edge::buffer_body(&st, req).await {
+        Ok(r) => r,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let Ok(_slot) = st.protection.requests.clone().try_acquire_owned().map_err(|e| match e {
+        TryAcquireError::Closed | TryAcquireError::NoPermits => (),
+    }) else {
+        let e = Error::new(ErrorCode::ServerSaturated, "too many requests in flight on this node");
+        return refuse(&st, e, 1);
     };
     let mut headers = None;
     if let Some(limiter) = &st.protection.limiter {
@@ -622,16 +689,33 @@ mod tests {
     fn depth_gate_is_all_or_nothing_and_counts_admissions() {
         let g = DepthGate::new(10);
         let one = |q, n| HashMap::from([(q, n)]);
-        g.admit(&one("a", 10)).unwrap();
+        g.admit(&one("a", 10)).unwrap().committed();
         assert_eq!(g.admit(&one("a", 1)).unwrap_err().code, ErrorCode::QueueFull);
         let both = HashMap::from([("b", 5), ("a", 1)]);
         assert!(g.admit(&both).is_err());
-        g.admit(&one("b", 10)).unwrap(); // b got nothing from the refused batch
+        g.admit(&one("b", 10)).unwrap().committed(); // b got nothing from the refused batch
         g.set_limits("a", &QueueLimits { max_depth: Some(11), ..Default::default() });
-        g.admit(&one("a", 1)).unwrap();
-        g.refresh(HashMap::from([("a".to_string(), 3)]), HashMap::new());
-        g.admit(&one("a", 7)).unwrap(); // the stored depth replaced what was admitted
+        g.admit(&one("a", 1)).unwrap().committed();
+        let mark = g.mark();
+        g.refresh(HashMap::from([("a".to_string(), 3)]), HashMap::new(), mark);
+        g.admit(&one("a", 7)).unwrap().committed(); // the stored depth replaced what was admitted
         assert!(g.admit(&one("a", 1)).is_err(), "limit back to the default 10 after refresh");
+        // A write in flight while a reading is taken stays counted; a failed one is released.
+        let g = DepthGate::new(10);
+        let pending = g.admit(&one("q", 6)).unwrap();
+        let mark = g.mark();
+        g.refresh(HashMap::new(), HashMap::new(), mark);
+        assert!(g.admit(&one("q", 5)).is_err(), "6 in flight + 5 > 10");
+        drop(pending);
+        g.admit(&one("q", 10)).unwrap();
+        // Commits after a reading's query began are kept; those before it are in the reading.
+        let g = DepthGate::new(10);
+        g.admit(&one("q", 4)).unwrap().committed();
+        let mark = g.mark();
+        g.admit(&one("q", 3)).unwrap().committed();
+        g.refresh(HashMap::from([("q".to_string(), 4)]), HashMap::new(), mark);
+        assert!(g.admit(&one("q", 4)).is_err(), "4 read + 3 since > 10 - 4");
+        g.admit(&one("q", 3)).unwrap();
     }
 
     #[test]

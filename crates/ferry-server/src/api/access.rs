@@ -195,6 +195,13 @@ pub async fn create_host(
     if parsed.scheme() != "http" || parsed.host_str().is_none() {
         return Err(Error::invalid("health_url", "health_url must be an http:// URL with a host").into());
     }
+    if !st.prober.allows(parsed.host_str().unwrap_or_default()) {
+        return Err(Error::invalid(
+            "health_url",
+            "this server may not probe that host (it is not in [health] allowed_hosts)",
+        )
+        .into());
+    }
     if st.store.list_hosts().await?.len() >= l.max_hosts {
         return Err(Error::invalid("name", format!("at most {} hosts may be registered", l.max_hosts)).into());
     }

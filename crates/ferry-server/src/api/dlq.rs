@@ -2,6 +2,7 @@
 
 use crate::AppState;
 use crate::api::jobs::{ListParams, list_filter};
+use crate::auth::Access;
 use crate::error::{ApiQuery, ApiResult, JsonBody};
 use axum::Json;
 use axum::extract::State;
@@ -13,15 +14,39 @@ use ferry_core::{DeadSelector, Error, JobState, validate};
     responses((status = 200, body = JobsPage), (status = 422, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
+    access: Access,
     ApiQuery(mut p): ApiQuery<ListParams>,
 ) -> ApiResult<Json<JobsPage>> {
     p.state = Some(JobState::Dead.as_str().into());
-    let (filter, limit) = list_filter(&p, &st)?;
+    let (filter, limit) = list_filter(&p, &st, &access)?;
     let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
 }
 
-fn selector(body: DlqSelectorBody, st: &AppState) -> Result<DeadSelector, Error> {
+/// The dead jobs a request selects. A restricted caller names one of its queues, or ids of
+/// which only its own queues' jobs count: a foreign id is skipped exactly like an unknown one.
+async fn selector(body: DlqSelectorBody, st: &AppState, access: &Access) -> Result<DeadSelector, Error> {
+    match selector_of(body, st)? {
+        DeadSelector::Queue(q) => {
+            access.check(&q)?;
+            Ok(DeadSelector::Queue(q))
+        }
+        DeadSelector::Ids(ids) if access.is_restricted() => {
+            let mut own = Vec::with_capacity(ids.len());
+            for id in ids {
+                match access.check_job(st.store.as_ref(), id).await {
+                    Ok(()) => own.push(id),
+                    Err(e) if e.code == ferry_core::ErrorCode::Forbidden => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(DeadSelector::Ids(own))
+        }
+        sel => Ok(sel),
+    }
+}
+
+fn selector_of(body: DlqSelectorBody, st: &AppState) -> Result<DeadSelector, Error> {
     match (body.ids, body.queue) {
         (Some(ids), None) => {
             if ids.len() > st.limits.max_batch {
@@ -49,9 +74,10 @@ const DLQ_STEP: usize = 1_000;
     responses((status = 200, body = ReplayResponse), (status = 422, body = ErrorBody)))]
 pub async fn replay(
     State(st): State<AppState>,
+    access: Access,
     JsonBody(body): JsonBody<DlqSelectorBody>,
 ) -> ApiResult<Json<ReplayResponse>> {
-    let sel = selector(body, &st)?;
+    let sel = selector(body, &st, &access).await?;
     let mut replayed = 0u64;
     match sel {
         DeadSelector::Ids(ids) => {
@@ -73,9 +99,10 @@ pub async fn replay(
     responses((status = 200, body = PurgeResponse), (status = 422, body = ErrorBody)))]
 pub async fn purge(
     State(st): State<AppState>,
+    access: Access,
     JsonBody(body): JsonBody<DlqSelectorBody>,
 ) -> ApiResult<Json<PurgeResponse>> {
-    let sel = selector(body, &st)?;
+    let sel = selector(body, &st, &access).await?;
     let mut purged = 0u64;
     match sel {
         DeadSelector::Ids(ids) => purged += st.store.purge_dead(DeadSelector::Ids(ids), usize::MAX).await?,

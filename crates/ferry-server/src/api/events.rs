@@ -8,6 +8,7 @@
 //! `lagged` message with the cursor to resume from, then the stream ends.
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::error::{ApiQuery, ApiResult};
 use crate::events::{Feed, Item};
 use axum::Json;
@@ -24,10 +25,12 @@ use uuid::Uuid;
 
 /// Filters and position shared by the three delivery endpoints.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     /// Deliver events after this cursor; without it, only events from now on.
-    pub since: Option<u64>,
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    pub since: Option<String>,
     /// Long-poll only: how long to wait for a first event (0..=max_wait_ms, default 0).
     pub wait_ms: Option<i64>,
     /// Long-poll only: most events returned (default 100, at most the page size limit).
@@ -48,8 +51,28 @@ fn list(v: &Option<String>) -> Vec<&str> {
     v.as_deref().map(|s| s.split(',').map(str::trim).filter(|x| !x.is_empty()).collect()).unwrap_or_default()
 }
 
-/// Builds and validates a filter from the query.
-pub fn filter_of(q: &EventQuery, st: &AppState) -> Result<EventFilter, Error> {
+/// Builds and validates a filter from the query; a restricted caller names only its queues and
+/// sees only their events (all of them when it names no room).
+pub fn filter_of(q: &EventQuery, st: &AppState, access: &Access) -> Result<EventFilter, Error> {
+    let mut f = unrestricted_filter(q, st)?;
+    restrict(&mut f, access)?;
+    Ok(f)
+}
+
+/// Narrows `f` to what `access` may see: 403 for a foreign queue room, and no firehose.
+fn restrict(f: &mut EventFilter, access: &Access) -> Result<(), Error> {
+    let Some(allowed) = access.queues() else { return Ok(()) };
+    for q in &f.queues {
+        access.check(q)?;
+    }
+    if f.is_firehose() {
+        f.queues = allowed.to_vec();
+    }
+    f.within = Some(allowed.to_vec());
+    Ok(())
+}
+
+fn unrestricted_filter(q: &EventQuery, st: &AppState) -> Result<EventFilter, Error> {
     let l = &st.limits;
     let mut f = EventFilter::default();
     for name in list(&q.queue) {
@@ -89,9 +112,10 @@ pub fn filter_of(q: &EventQuery, st: &AppState) -> Result<EventFilter, Error> {
     responses((status = 200, body = EventsResponse), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn poll(
     State(st): State<AppState>,
+    access: Access,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Json<EventsResponse>> {
-    let filter = filter_of(&q, &st)?;
+    let filter = filter_of(&q, &st, &access)?;
     let wait_ms = q.wait_ms.unwrap_or(0);
     if !(0..=st.limits.max_wait_ms).contains(&wait_ms) {
         return Err(Error::invalid(
@@ -104,7 +128,7 @@ pub async fn poll(
     if limit == 0 || limit > st.limits.max_page_size {
         return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)).into());
     }
-    let mut feed = Feed::open(&st.hub, Some(filter), q.since)?;
+    let mut feed = Feed::open(&st.hub, Some(filter), cursor_of(q.since.as_deref(), "since")?)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
     let mut shutdown = st.shutdown.clone();
     let mut events: Vec<Event> = Vec::new();
@@ -130,15 +154,29 @@ pub async fn poll(
     Ok(Json(EventsResponse { next_cursor: feed.cursor(), events }))
 }
 
+/// A cursor from the query: 400 if it is not a number, 422 past the int64 range cursors live in.
+fn cursor_of(text: Option<&str>, field: &str) -> Result<Option<u64>, Error> {
+    let Some(t) = text.map(str::trim) else { return Ok(None) };
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            format!("{field} must be a cursor (a number), not {t:?}"),
+        )
+        .within(field));
+    }
+    match t.parse::<i64>() {
+        Ok(n) => Ok(Some(n as u64)),
+        Err(_) => Err(Error::invalid(field, format!("{field} must be 0..={}", i64::MAX))),
+    }
+}
+
 fn resume_from(q: &EventQuery, headers: &HeaderMap) -> Result<Option<u64>, Error> {
     match headers.get("last-event-id") {
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Some)
-            .ok_or_else(|| Error::invalid("Last-Event-ID", "Last-Event-ID must be a cursor (a number)")),
-        None => Ok(q.since),
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+            Some(n) if n >= 0 => Ok(Some(n as u64)),
+            _ => Err(Error::invalid("Last-Event-ID", "Last-Event-ID must be a cursor (a number)")),
+        },
+        None => cursor_of(q.since.as_deref(), "since"),
     }
 }
 
@@ -149,10 +187,11 @@ fn resume_from(q: &EventQuery, headers: &HeaderMap) -> Result<Option<u64>, Error
     responses((status = 200, description = "text/event-stream of events"), (status = 422, body = ErrorBody)))]
 pub async fn stream(
     State(st): State<AppState>,
+    access: Access,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Response> {
-    let filter = filter_of(&q, &st)?;
+    let filter = filter_of(&q, &st, &access)?;
     let since = resume_from(&q, &headers)?;
     let feed = Feed::open(&st.hub, Some(filter), since)?;
     let shutdown = st.shutdown.clone();
@@ -208,13 +247,17 @@ fn change_rooms(
     types: &[EventType],
     rooms: &[String],
     join: bool,
-    st: &AppState,
+    (st, access): (&AppState, &Access),
 ) -> Result<Option<EventFilter>, Error> {
     let mut f = current.cloned().unwrap_or_default();
     let mut all = current.is_some_and(|c| c.is_firehose());
     for (i, room) in rooms.iter().enumerate() {
         let field = format!("rooms[{i}]");
         if room == "*" {
+            if join && access.is_restricted() {
+                // Every event is not something a token limited to some queues may see.
+                return Err(Error::new(ErrorCode::Forbidden, "this token may not do this"));
+            }
             all = join;
             continue;
         }
@@ -224,6 +267,9 @@ fn change_rooms(
         match kind {
             "queue" => {
                 validate::queue_name(name, &st.limits, &field)?;
+                if join {
+                    access.check(name)?;
+                }
                 f.queues.retain(|q| q != name);
                 if join {
                     f.queues.push(name.to_string());
@@ -256,6 +302,7 @@ fn change_rooms(
         return Err(Error::invalid("rooms", format!("at most {} rooms per connection", st.limits.max_rooms)));
     }
     f.types = types.to_vec();
+    f.within = access.queues().map(<[String]>::to_vec);
     let named = !(f.queues.is_empty() && f.job_ids.is_empty() && f.tags.is_empty());
     Ok(if all {
         // Every event: the rooms no longer narrow anything.
@@ -288,6 +335,7 @@ fn rooms_of(f: Option<&EventFilter>) -> Vec<String> {
     responses((status = 101, description = "WebSocket upgrade"), (status = 422, body = ErrorBody)))]
 pub async fn ws(
     State(st): State<AppState>,
+    access: Access,
     ApiQuery(q): ApiQuery<EventQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
@@ -297,15 +345,20 @@ pub async fn ws(
             format!("not a WebSocket upgrade: {}", e.body_text()),
         )
     })?;
-    let query_filter = filter_of(&q, &st)?;
+    // Rooms named in the query join at connect; naming none joins none (not everything).
+    let mut query_filter = unrestricted_filter(&q, &st)?;
+    for name in &query_filter.queues {
+        access.check(name)?;
+    }
+    query_filter.within = access.queues().map(<[String]>::to_vec);
     let types = query_filter.types.clone();
     let initial = if query_filter.is_firehose() { None } else { Some(query_filter) };
-    let feed = Feed::open(&st.hub, initial, q.since)?;
+    let feed = Feed::open(&st.hub, initial, cursor_of(q.since.as_deref(), "since")?)?;
     let max = st.limits.max_ws_message_bytes;
     Ok(upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session(socket, feed, types, st))
+        .on_upgrade(move |socket| session(socket, feed, types, (st, access)))
         .into_response())
 }
 
@@ -313,7 +366,12 @@ fn reply(v: serde_json::Value) -> Message {
     Message::Text(v.to_string().into())
 }
 
-async fn session(mut socket: WebSocket, mut feed: Feed, types: Vec<EventType>, st: AppState) {
+async fn session(
+    mut socket: WebSocket,
+    mut feed: Feed,
+    types: Vec<EventType>,
+    (st, access): (AppState, Access),
+) {
     let mut shutdown = st.shutdown.clone();
     loop {
         tokio::select! {
@@ -350,7 +408,7 @@ async fn session(mut socket: WebSocket, mut feed: Feed, types: Vec<EventType>, s
                     Ok(m) if m.op == "subscribe" || m.op == "unsubscribe" => {
                         let join = m.op == "subscribe";
                         let rooms: Vec<String> = m.rooms.into_iter().chain(m.room).collect();
-                        change_rooms(feed.filter(), &types, &rooms, join, &st).map(|f| {
+                        change_rooms(feed.filter(), &types, &rooms, join, (&st, &access)).map(|f| {
                             feed.set_filter(f);
                             serde_json::json!({
                                 "type": if join { "subscribed" } else { "unsubscribed" },

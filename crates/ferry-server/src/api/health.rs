@@ -66,6 +66,8 @@ pub async fn server_info(State(st): State<AppState>) -> Json<ServerInfo> {
         uptime_ms: st.started.elapsed().as_millis() as u64,
         rss_bytes: rss_bytes(),
         db_bytes: st.store.storage_bytes().await.ok(),
+        auth: st.tokens.active(),
+        auth_mode: st.tokens.mode().into(),
     })
 }
 

@@ -2,7 +2,7 @@
 //! cancel, show and list.
 
 use crate::AppState;
-use crate::auth::{Principal, check_queue};
+use crate::auth::Access;
 use crate::error::{
     ApiError, ApiPath, ApiQuery, ApiResult, JsonBody, Obj, OptionalJson, parse_json, read_body,
 };
@@ -47,19 +47,16 @@ struct BatchBody<'a> {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSpec, responses(
     (status = 201, body = EnqueueResponse), (status = 200, description = "duplicate", body = EnqueueResponse),
     (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn enqueue(
-    State(st): State<AppState>,
-    principal: Option<Extension<Principal>>,
-    req: Request,
-) -> ApiResult<Response> {
+pub async fn enqueue(State(st): State<AppState>, access: Access, req: Request) -> ApiResult<Response> {
     let bytes = read_body(req, st.limits.max_request_bytes).await?;
     let Obj(probe): Obj<Probe> = parse_json(&bytes, "")?;
     if probe.jobs.is_some() {
         let Obj(batch): Obj<BatchBody> = parse_json(&bytes, "")?;
         let specs: Vec<Obj<JobSpec>> = parse_json(batch.jobs.get().as_bytes(), "jobs")?;
         let jobs = validate::batch(specs.into_iter().map(|o| o.0).collect(), &st.limits)?;
-        let _permit = admit(&st, principal.as_deref(), &jobs)?;
+        let (_permit, ticket) = admit(&st, &access, &jobs).await?;
         let out = st.store.enqueue(jobs).await?;
+        ticket.committed();
         let duplicates = out.iter().enumerate().filter(|(_, o)| o.duplicate).map(|(i, _)| i).collect();
         let body = EnqueueBatchResponse { ids: out.iter().map(|o| o.id).collect(), duplicates };
         return Ok((StatusCode::CREATED, Json(body)).into_response());
@@ -67,30 +64,43 @@ pub async fn enqueue(
     let Obj(spec): Obj<JobSpec> = parse_json(&bytes, "")?;
     let job = spec.validate(&st.limits)?;
     let jobs = vec![job];
-    let _permit = admit(&st, principal.as_deref(), &jobs)?;
+    let (_permit, ticket) = admit(&st, &access, &jobs).await?;
     let out = st.store.enqueue(jobs).await?;
+    ticket.committed();
     let o = out[0];
     let status = if o.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(EnqueueResponse { id: o.id, duplicate: o.duplicate })).into_response())
 }
 
-/// Admission of new jobs: the caller's queues, then queue depth, then pending writes. The
-/// permit is held until the store answers.
-fn admit(
+/// Admission of new jobs: the caller's queues (and those of the jobs they depend on), then
+/// queue depth, then pending writes. The permit is held until the store answers.
+async fn admit(
     st: &AppState,
-    principal: Option<&Principal>,
+    access: &Access,
     jobs: &[NewJob],
-) -> Result<OwnedSemaphorePermit, Error> {
+) -> Result<(OwnedSemaphorePermit, crate::protect::DepthTicket), Error> {
+    check_new_jobs(st, access, jobs).await?;
     let mut per_queue: HashMap<&str, u64> = HashMap::new();
     for j in jobs {
         *per_queue.entry(j.queue.as_str()).or_default() += 1;
     }
-    for q in per_queue.keys() {
-        check_queue(principal, q)?;
-    }
     let permit = st.protection.writes(jobs.len())?;
-    st.protection.depth.admit(&per_queue)?;
-    Ok(permit)
+    let ticket = st.protection.depth.admit(&per_queue)?;
+    Ok((permit, ticket))
+}
+
+/// A restricted caller may create jobs only in its queues, depending only on its queues' jobs.
+async fn check_new_jobs(st: &AppState, access: &Access, jobs: &[NewJob]) -> Result<(), Error> {
+    if !access.is_restricted() {
+        return Ok(());
+    }
+    for j in jobs {
+        access.check(&j.queue)?;
+    }
+    for dep in jobs.iter().flat_map(|j| j.depends_on.iter()) {
+        access.check_job(st.store.as_ref(), *dep).await?;
+    }
+    Ok(())
 }
 
 /// Lease up to `max` ready jobs; with `wait_ms`, wait for one (woken, not polling).
@@ -234,6 +244,7 @@ pub async fn get(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> Ap
 
 /// Query of `GET /v1/jobs` and `GET /v1/dlq`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only this queue.
     pub queue: Option<String>,
@@ -245,10 +256,24 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
-/// Validates list parameters into a filter and a page size.
-pub fn list_filter(p: &ListParams, st: &AppState) -> ApiResult<(JobFilter, usize)> {
-    if let Some(q) = &p.queue {
+/// Validates list parameters into a filter and a page size. A restricted caller lists one of
+/// its queues: the one it names, or its only one.
+pub fn list_filter(p: &ListParams, st: &AppState, access: &Access) -> ApiResult<(JobFilter, usize)> {
+    let mut queue = p.queue.clone().filter(|q| !q.is_empty());
+    if let Some(q) = &queue {
         validate::queue_name(q, &st.limits, "queue")?;
+        access.check(q)?;
+    } else if let Some(qs) = access.queues() {
+        match qs {
+            [only] => queue = Some(only.clone()),
+            _ => {
+                return Err(Error::new(
+                    ferry_core::ErrorCode::Forbidden,
+                    "this token is limited to some queues: name one with ?queue=",
+                )
+                .into());
+            }
+        }
     }
     let state = match p.state.as_deref() {
         None | Some("") => None,
@@ -260,7 +285,7 @@ pub fn list_filter(p: &ListParams, st: &AppState) -> ApiResult<(JobFilter, usize
     if limit < 1 || limit > st.limits.max_page_size as i64 {
         return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)).into());
     }
-    Ok((JobFilter { queue: p.queue.clone(), state }, limit as usize))
+    Ok((JobFilter { queue, state }, limit as usize))
 }
 
 /// Jobs in insertion order, filtered, cursor-paginated.
@@ -268,9 +293,10 @@ pub fn list_filter(p: &ListParams, st: &AppState) -> ApiResult<(JobFilter, usize
     responses((status = 200, body = JobsPage), (status = 422, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
+    access: Access,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> ApiResult<Json<JobsPage>> {
-    let (filter, limit) = list_filter(&p, &st)?;
+    let (filter, limit) = list_filter(&p, &st, &access)?;
     let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
 }
@@ -332,6 +358,32 @@ where
     }))
 }
 
+/// For a restricted caller, turns each item whose job is not in its queues (or does not exist)
+/// into a `forbidden` outcome before anything is written.
+async fn only_allowed<T>(
+    st: &AppState,
+    access: &Access,
+    checked: Vec<(String, Result<T, Error>)>,
+    id_of: impl Fn(&T) -> Uuid,
+) -> Result<Vec<(String, Result<T, Error>)>, Error> {
+    if !access.is_restricted() {
+        return Ok(checked);
+    }
+    let mut out = Vec::with_capacity(checked.len());
+    for (text, item) in checked {
+        let item = match item {
+            Ok(it) => match access.check_job(st.store.as_ref(), id_of(&it)).await {
+                Ok(()) => Ok(it),
+                Err(e) if e.code == ferry_core::ErrorCode::Forbidden => Err(e),
+                Err(e) => return Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        out.push((text, item));
+    }
+    Ok(out)
+}
+
 fn batch_id(text: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(text).map_err(|_| Error::job_not_found(text))
 }
@@ -341,11 +393,12 @@ fn batch_id(text: &str) -> Result<Uuid, Error> {
     responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
 pub async fn complete_batch(
     State(st): State<AppState>,
+    access: Access,
     JsonBody(body): JsonBody<ItemsBody<CompleteItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
     batch_size(body.items.len(), &st)?;
     let max_result = st.limits.max_result_bytes;
-    let checked = body
+    let checked: Vec<_> = body
         .items
         .into_iter()
         .enumerate()
@@ -360,6 +413,7 @@ pub async fn complete_batch(
             (it.id, item)
         })
         .collect();
+    let checked = only_allowed(&st, &access, checked, |c| c.id).await?;
     run_batch(
         checked,
         |items| st.store.complete(items),
@@ -380,10 +434,11 @@ pub async fn complete_batch(
     responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
 pub async fn fail_batch(
     State(st): State<AppState>,
+    access: Access,
     JsonBody(body): JsonBody<ItemsBody<FailItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
     batch_size(body.items.len(), &st)?;
-    let checked = body
+    let checked: Vec<_> = body
         .items
         .into_iter()
         .enumerate()
@@ -395,6 +450,7 @@ pub async fn fail_batch(
             (it.id, item)
         })
         .collect();
+    let checked = only_allowed(&st, &access, checked, |f| f.id).await?;
     run_batch(
         checked,
         |items| st.store.fail(items),
@@ -416,6 +472,7 @@ pub async fn fail_batch(
     (status = 200, body = EnqueueBatchResponse), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn import(
     State(st): State<AppState>,
+    access: Access,
     JsonBody(body): JsonBody<ImportBody>,
 ) -> ApiResult<Json<EnqueueBatchResponse>> {
     let l = &st.limits;
@@ -454,6 +511,7 @@ pub async fn import(
     if jobs.is_empty() {
         return Ok(Json(EnqueueBatchResponse { ids: Vec::new(), duplicates: Vec::new() }));
     }
+    check_new_jobs(&st, &access, &jobs).await?;
     let _permit = st.protection.writes(jobs.len())?;
     let out = st.store.enqueue(jobs).await?;
     let duplicates = out.iter().enumerate().filter(|(_, o)| o.duplicate).map(|(i, _)| i).collect();

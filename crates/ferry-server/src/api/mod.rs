@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod dlq;
+mod doc;
 pub mod events;
 pub mod health;
 pub mod jobs;
@@ -24,6 +25,7 @@ struct ApiDoc;
 
 /// Builds the HTTP router and its OpenAPI document.
 pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let state_origins = state.cors_origins.clone();
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(jobs::enqueue, jobs::list))
         .routes(routes!(jobs::get))
@@ -65,6 +67,8 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(health::openapi))
         .with_state(state.clone())
         .split_for_parts();
+    let mut api = api;
+    doc::complete(&mut api);
     let doc = api.clone();
     let router = router
         .layer(axum::Extension(std::sync::Arc::new(doc)))
@@ -75,7 +79,20 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError(Error::internal("the server hit a bug handling this request")).into_response()
         }));
-    (router, api)
+    (with_cors(router, &state_origins), api)
+}
+
+/// Lets the browser origins listed in `cors_origins` call the API (preflights included);
+/// without a list no CORS header is sent and browsers keep other sites out.
+fn with_cors(router: axum::Router, origins: &[String]) -> axum::Router {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let list: Vec<axum::http::HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    if list.is_empty() {
+        return router;
+    }
+    let allow = if origins.iter().any(|o| o == "*") { AllowOrigin::any() } else { AllowOrigin::list(list) };
+    router
+        .layer(CorsLayer::new().allow_origin(allow).allow_methods(Any).allow_headers(Any).expose_headers(Any))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

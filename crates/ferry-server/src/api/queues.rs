@@ -1,6 +1,7 @@
 //! Queue endpoints: stats for every queue, pause and resume.
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::error::{ApiPath, ApiResult};
 use axum::Json;
 use axum::extract::State;
@@ -9,8 +10,10 @@ use ferry_core::wire::{ErrorBody, PauseResponse, QueuesResponse};
 
 /// Every known queue: counts by state, age of the oldest ready job, paused flag.
 #[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, body = QueuesResponse)))]
-pub async fn list(State(st): State<AppState>) -> ApiResult<Json<QueuesResponse>> {
-    Ok(Json(QueuesResponse { queues: st.store.queue_stats().await? }))
+pub async fn list(State(st): State<AppState>, access: Access) -> ApiResult<Json<QueuesResponse>> {
+    let mut queues = st.store.queue_stats().await?;
+    queues.retain(|q| access.allows(&q.queue));
+    Ok(Json(QueuesResponse { queues }))
 }
 
 async fn set(st: AppState, queue: String, paused: bool) -> ApiResult<Json<PauseResponse>> {

@@ -2,6 +2,7 @@
 //! The firing itself is a maintenance pass (`ferry_store::maintenance`), on every node.
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::error::{ApiPath, ApiQuery, ApiResult, JsonBody};
 use axum::Json;
 use axum::extract::State;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 /// How many next runs `GET /v1/schedules/{name}` shows.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NextQuery {
     /// Next runs to list (1..=100, default 5).
@@ -40,8 +42,10 @@ fn with_next_runs(mut s: Schedule, count: usize) -> Schedule {
     (status = 201, body = Schedule), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
+    access: Access,
     JsonBody(spec): JsonBody<ScheduleSpec>,
 ) -> ApiResult<(StatusCode, Json<Schedule>)> {
+    access.check(&spec.job.queue)?;
     let s = schedule::from_spec(spec, st.store.clock().now_ms(), &st.limits)?;
     let s = st.store.create_schedule(s).await?;
     Ok((StatusCode::CREATED, Json(with_next_runs(s, 5))))
@@ -49,12 +53,35 @@ pub async fn create(
 
 /// Every schedule.
 #[utoipa::path(get, path = "/v1/schedules", tag = "schedules", responses((status = 200, body = SchedulesResponse)))]
-pub async fn list(State(st): State<AppState>) -> ApiResult<Json<SchedulesResponse>> {
-    Ok(Json(SchedulesResponse { schedules: st.store.list_schedules().await? }))
+pub async fn list(State(st): State<AppState>, access: Access) -> ApiResult<Json<SchedulesResponse>> {
+    let mut schedules = st.store.list_schedules().await?;
+    schedules.retain(|s| access.allows(queue_of(s)));
+    Ok(Json(SchedulesResponse { schedules }))
+}
+
+/// The queue a schedule's ticks enqueue into.
+fn queue_of(s: &Schedule) -> &str {
+    s.job.get("queue").and_then(|q| q.as_str()).unwrap_or_default()
 }
 
 fn check_name(st: &AppState, name: &str) -> Result<(), Error> {
     ferry_core::validate::queue_name(name, &st.limits, "name")
+}
+
+/// The schedule `name`, if the caller may touch its queue. For a restricted caller an unknown
+/// schedule is the same 403 as a foreign one, so it never learns which names exist.
+async fn load(st: &AppState, access: &Access, name: &str) -> Result<Schedule, Error> {
+    check_name(st, name)?;
+    match st.store.get_schedule(name).await {
+        Ok(s) => {
+            access.check(queue_of(&s))?;
+            Ok(s)
+        }
+        Err(e) if e.code == ferry_core::ErrorCode::NotFound && access.is_restricted() => {
+            Err(Error::new(ferry_core::ErrorCode::Forbidden, "this token may not do this"))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// One schedule with its next runs (`count`, default 5).
@@ -62,6 +89,7 @@ fn check_name(st: &AppState, name: &str) -> Result<(), Error> {
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(st): State<AppState>,
+    access: Access,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<NextQuery>,
 ) -> ApiResult<Json<Schedule>> {
@@ -70,12 +98,19 @@ pub async fn get(
     if count == 0 || count > MAX_NEXT_RUNS {
         return Err(Error::invalid("count", format!("count must be 1..={MAX_NEXT_RUNS}")).into());
     }
-    Ok(Json(with_next_runs(st.store.get_schedule(&name).await?, count)))
+    Ok(Json(with_next_runs(load(&st, &access, &name).await?, count)))
 }
 
-async fn change(st: &AppState, name: &str, patch: SchedulePatch) -> ApiResult<Json<Schedule>> {
-    check_name(st, name)?;
-    let current = st.store.get_schedule(name).await?;
+async fn change(
+    st: &AppState,
+    access: &Access,
+    name: &str,
+    patch: SchedulePatch,
+) -> ApiResult<Json<Schedule>> {
+    if let Some(job) = &patch.job {
+        access.check(&job.queue)?;
+    }
+    let current = load(st, access, name).await?;
     let s = schedule::apply_patch(current, patch, st.store.clock().now_ms(), &st.limits)?;
     Ok(Json(with_next_runs(st.store.update_schedule(s).await?, 5)))
 }
@@ -87,10 +122,11 @@ async fn change(st: &AppState, name: &str, patch: SchedulePatch) -> ApiResult<Js
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch(
     State(st): State<AppState>,
+    access: Access,
     ApiPath(name): ApiPath<String>,
     JsonBody(p): JsonBody<SchedulePatch>,
 ) -> ApiResult<Json<Schedule>> {
-    change(&st, &name, p).await
+    change(&st, &access, &name, p).await
 }
 
 /// Delete a schedule (jobs it already enqueued stay).
@@ -98,9 +134,10 @@ pub async fn patch(
     responses((status = 200, body = DeletedResponse), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
+    access: Access,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<DeletedResponse>> {
-    check_name(&st, &name)?;
+    load(&st, &access, &name).await?;
     st.store.delete_schedule(&name).await?;
     Ok(Json(DeletedResponse { name, deleted: true }))
 }
@@ -108,13 +145,21 @@ pub async fn delete(
 /// Pause a schedule: its ticks are ignored until it resumes.
 #[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path)),
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
-pub async fn pause(State(st): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Schedule>> {
-    change(&st, &name, SchedulePatch { paused: Some(true), ..Default::default() }).await
+pub async fn pause(
+    State(st): State<AppState>,
+    access: Access,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Schedule>> {
+    change(&st, &access, &name, SchedulePatch { paused: Some(true), ..Default::default() }).await
 }
 
 /// Resume a schedule from its next tick after now.
 #[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path)),
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
-pub async fn resume(State(st): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Schedule>> {
-    change(&st, &name, SchedulePatch { paused: Some(false), ..Default::default() }).await
+pub async fn resume(
+    State(st): State<AppState>,
+    access: Access,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Schedule>> {
+    change(&st, &access, &name, SchedulePatch { paused: Some(false), ..Default::default() }).await
 }
