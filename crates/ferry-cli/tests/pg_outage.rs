@@ -115,7 +115,7 @@ async fn postgres_restart_under_load_gives_503s_then_recovers_without_loss() {
         producers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let body = format!(r#"{{"queue":"outage","payload":{p}}}"#);
-                match http.post(&url).body(body).send().await {
+                match http.post(&url).header("content-type", "application/json").body(body).send().await {
                     Ok(r) => {
                         let status = r.status().as_u16();
                         let retry_after = r.headers().contains_key("retry-after");
