@@ -1,0 +1,59 @@
+"""Schemathesis hooks for .ci/schemathesis.sh (loaded through `hooks` in schemathesis.toml).
+
+Two adjustments, both made to a request just before it is sent (schemathesis re-checks
+afterwards whether the request is still schema-valid, so its checks judge what was sent):
+
+* Long-polls stay short. `POST /v1/queues/{queue}/claim` (body `wait_ms`) and
+  `GET /v1/events` (query `wait_ms`) wait up to `wait_ms` (<= 30,000) when nothing is there,
+  which on a fuzzed, mostly empty server is nearly always. A valid wait above WAIT_CAP_MS is
+  lowered to WAIT_CAP_MS: still a valid long-poll that really waits and times out, but 250 ms
+  instead of up to 30 s. Values outside 0..=30000, and values of the wrong type, are sent
+  unchanged, so their rejection is still tested.
+* The CI's own admin token survives. `DELETE /v1/tokens/{id}` with the id of the token the
+  harness authenticates with (FERRY_CI_TOKEN_ID; ids show up in `GET /v1/tokens`, which the
+  stateful phase and response-based data generation read) would revoke it and turn every
+  later request into 401. Such a request is sent for a random id instead (a valid 404 case).
+"""
+
+import os
+import uuid
+
+import schemathesis
+
+WAIT_CAP_MS = 250
+MAX_WAIT_MS = 30_000
+LONG_POLLS = {("POST", "/v1/queues/{queue}/claim"), ("GET", "/v1/events")}
+CI_TOKEN_ID = os.environ.get("FERRY_CI_TOKEN_ID", "").strip().lower()
+
+
+def _capped(value):
+    """The wait to send instead of `value`, or None to send it unchanged."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        n = int(value)
+    else:
+        return None
+    if WAIT_CAP_MS < n <= MAX_WAIT_MS:
+        return WAIT_CAP_MS if isinstance(value, int) else str(WAIT_CAP_MS)
+    return None
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    op = case.operation
+    key = (op.method.upper(), op.path)
+    if key in LONG_POLLS:
+        if isinstance(case.query, dict) and "wait_ms" in case.query:
+            new = _capped(case.query["wait_ms"])
+            if new is not None:
+                case.query["wait_ms"] = new
+        if isinstance(case.body, dict) and "wait_ms" in case.body:
+            new = _capped(case.body["wait_ms"])
+            if new is not None:
+                case.body["wait_ms"] = new
+    if key == ("DELETE", "/v1/tokens/{id}") and CI_TOKEN_ID and isinstance(case.path_parameters, dict):
+        if str(case.path_parameters.get("id", "")).strip().lower() == CI_TOKEN_ID:
+            case.path_parameters["id"] = str(uuid.uuid4())
