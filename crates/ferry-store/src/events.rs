@@ -103,3 +103,9 @@ pub(crate) fn decode(first: i64, body: &str) -> Result<Vec<Event>> {
 pub(crate) fn after(batches: Vec<Vec<Event>>, after: u64, limit: usize) -> Vec<Event> {
     batches.into_iter().flatten().filter(|e| e.cursor > after).take(limit).collect()
 }
+
+/// The first cursor after `after`, as stored (an `i64`): saturating, so a cursor from a client
+/// at the top of the range reads nothing rather than overflowing.
+pub(crate) fn cursor_bound(after: u64) -> i64 {
+    i64::try_from(after).unwrap_or(i64::MAX).saturating_add(1)
+}

@@ -36,7 +36,7 @@ pub async fn read_events(c: &Client, after: u64, limit: usize) -> Result<Vec<Eve
             )
             .await
             .map_err(pg_err)?,
-            &[&(after as i64 + 1), &(limit.clamp(1, 1_000) as i64)],
+            &[&crate::events::cursor_bound(after), &(limit.clamp(1, 1_000) as i64)],
         )
         .await
         .map_err(pg_err)?;

@@ -902,7 +902,7 @@ pub fn read_events(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Ev
              ORDER BY first_cursor LIMIT ?2",
         )
         .and_then(|mut s| {
-            s.query_map(params![after as i64 + 1, limit.clamp(1, 1_000) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            s.query_map(params![crate::events::cursor_bound(after), limit.clamp(1, 1_000) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect()
         })
         .map_err(db_err)?;
