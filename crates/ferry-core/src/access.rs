@@ -77,16 +77,28 @@ pub struct TokenRecord {
 #[serde(deny_unknown_fields)]
 pub struct QueueLimits {
     /// Most jobs of this queue running at once, across all workers and nodes; claims beyond
-    /// it return fewer jobs (possibly none), never an error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// it return fewer jobs (possibly none), never an error. At least 1 (pause the queue to
+    /// stop it).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::validate::whole::opt"
+    )]
+    #[schema(minimum = 1, maximum = 4_294_967_295_i64, format = Int64)]
     pub max_running: Option<u32>,
     /// Most job starts per second (a token bucket with a burst of `max(1, rate)`), across all
-    /// nodes; claims beyond it return fewer jobs.
+    /// nodes; claims beyond it return fewer jobs. Above 0, at most 1,000,000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
     pub max_starts_per_sec: Option<f64>,
-    /// Most `ready` + `scheduled` jobs; enqueues beyond it get 429 `queue_full`. Unset: the
-    /// server-wide default (`limits.max_queue_depth`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Most `ready` + `scheduled` jobs, 1..=2^63−1; enqueues beyond it get 429 `queue_full`.
+    /// Unset: the server-wide default (`limits.max_queue_depth`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::validate::whole::opt"
+    )]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub max_depth: Option<u64>,
 }
 

@@ -10,14 +10,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Backoff {
-    /// Delay before the first retry.
+    /// Delay before the first retry; default 1,000.
+    #[serde(deserialize_with = "crate::validate::whole::int")]
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub base_ms: i64,
-    /// Growth per attempt (≥ 1).
+    /// Growth per attempt, 1..=100; default 2.
+    #[schema(minimum = 1, maximum = 100)]
     pub factor: f64,
-    /// Cap on any single delay.
+    /// Cap on any single delay, at most `limits.max_delay_ms`; default 3,600,000.
+    #[serde(deserialize_with = "crate::validate::whole::int")]
+    #[schema(minimum = 0, maximum = 31_622_400_000_i64)]
     pub max_ms: i64,
-    /// Randomized fraction of the delay, 0..=1; accepts `"full"`, `"equal"` and `"none"` too.
-    #[schema(value_type = f64)]
+    /// Randomized fraction of the delay, 0..=1, or `"full"` (1), `"equal"` (0.5) or `"none"`
+    /// (0); default 0.25.
     pub jitter: Jitter,
 }
 
@@ -25,6 +30,22 @@ pub struct Backoff {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Jitter(pub f64);
+
+impl utoipa::PartialSchema for Jitter {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let fraction = ObjectBuilder::new().schema_type(Type::Number).minimum(Some(0)).maximum(Some(1));
+        let name =
+            ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["full", "equal", "none"]));
+        OneOfBuilder::new()
+            .item(fraction)
+            .item(name)
+            .description(Some("a fraction in 0..=1, or full (1), equal (0.5) or none (0)"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Jitter {}
 
 impl<'de> Deserialize<'de> for Jitter {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -249,21 +249,27 @@ impl CronSpec {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// Unique name (same rules as a queue name).
+    #[schema(value_type = crate::validate::names::QueueName)]
     pub name: String,
     /// Cron expression: 5 fields (minute first), 6 (second first), or `@hourly`, `@daily`,
-    /// `@weekly`, `@monthly`, `@yearly`.
+    /// `@weekly`, `@monthly`, `@yearly`. An invalid one is 422 with `position`.
+    #[schema(example = "*/15 9-17 * * MON-FRI")]
     pub cron: String,
-    /// IANA time zone the expression is read in; default `UTC`.
+    /// IANA time zone the expression is read in; default `UTC`. An unknown one is 422.
     #[serde(default)]
+    #[schema(example = "Europe/Paris")]
     pub timezone: Option<String>,
     /// The job each tick enqueues (no `run_at`, `delay_ms`, `unique_key` or `depends_on`:
     /// ferry sets the unique key to `schedule:<name>:<tick ms>`).
+    #[schema(schema_with = job_template_ref)]
     pub job: JobSpec,
     /// `skip`, `run_once` (default) or `catch_up`.
     #[serde(default)]
+    #[schema(value_type = Option<Misfire>)]
     pub misfire: Option<String>,
-    /// Most missed ticks `catch_up` enqueues (default 100).
-    #[serde(default)]
+    /// Most missed ticks `catch_up` enqueues, at most `limits.max_catch_up` (default 100).
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub catch_up_max: Option<u32>,
     /// Create it paused.
     #[serde(default)]
@@ -282,16 +288,34 @@ pub struct SchedulePatch {
     pub timezone: Option<String>,
     /// New job template.
     #[serde(default)]
+    #[schema(schema_with = optional_job_template_ref)]
     pub job: Option<JobSpec>,
     /// New misfire policy.
     #[serde(default)]
+    #[schema(value_type = Option<Misfire>)]
     pub misfire: Option<String>,
-    /// New catch-up cap.
-    #[serde(default)]
+    /// New catch-up cap, at most `limits.max_catch_up`.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub catch_up_max: Option<u32>,
     /// Pause or resume.
     #[serde(default)]
     pub paused: Option<bool>,
+}
+
+/// Name of the `JobTemplate` schema: a [`JobSpec`] without the fields ferry sets per tick
+/// ([`check_template`]). The server's OpenAPI document derives it from `JobSpec`.
+pub const JOB_TEMPLATE_SCHEMA: &str = "JobTemplate";
+
+fn job_template_ref() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name(JOB_TEMPLATE_SCHEMA)
+}
+
+fn optional_job_template_ref() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(job_template_ref())
+        .item(utoipa::openapi::schema::Object::with_type(utoipa::openapi::schema::Type::Null))
+        .into()
 }
 
 /// A stored schedule.

@@ -11,72 +11,161 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-/// A job as a producer writes it (the body of `POST /v1/jobs`).
+/// A job as a producer writes it (the body of `POST /v1/jobs`). Absent and `null` fields take
+/// their defaults. The bounds in the schema are the default `[limits]`; the served document
+/// states the configured ones.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Queue name: 1–128 of `[A-Za-z0-9._:-]`.
+    #[schema(value_type = names::QueueName)]
     pub queue: String,
-    /// Any JSON; `null` when absent.
+    /// Any JSON; `null` when absent. At most `limits.max_payload_bytes` serialized (else 413).
     #[serde(default)]
     #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<RawValue>>,
     /// Higher first (an i32); default 0.
-    #[serde(default, deserialize_with = "opt_int")]
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(minimum = -2_147_483_648_i64, maximum = 2_147_483_647_i64)]
     pub priority: Option<i64>,
-    /// RFC 3339 time when the job becomes due.
+    /// RFC 3339 time when the job becomes due (not with `delay_ms`).
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
-    /// Milliseconds from now until the job becomes due (exclusive with `run_at`).
-    #[serde(default, deserialize_with = "opt_int")]
+    /// Milliseconds from now until the job becomes due (not with `run_at`); at most
+    /// `limits.max_delay_ms`.
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(minimum = 0, maximum = 31_622_400_000_i64)]
     pub delay_ms: Option<i64>,
-    /// Attempts before the job is dead; default 5.
-    #[serde(default, deserialize_with = "opt_int")]
+    /// Attempts before the job is dead; default 5, at most `limits.max_attempts`.
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<i64>,
     /// Retry spacing; defaults documented on [`Backoff`].
     #[serde(default)]
     pub backoff: Option<Backoff>,
-    /// Lease per claim; default 30,000.
-    #[serde(default, deserialize_with = "opt_int")]
+    /// Lease per claim; default 30,000, within `limits.min_lease_ms..=limits.max_lease_ms`.
+    #[serde(default, deserialize_with = "whole::opt")]
+    #[schema(minimum = 10, maximum = 86_400_000)]
     pub lease_ms: Option<i64>,
-    /// Deduplication key while a job with it is unfinished.
+    /// Deduplication key while a job with it is unfinished: 1..=`limits.max_unique_key_len`
+    /// characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     pub unique_key: Option<String>,
-    /// Ids of jobs that must complete first.
+    /// Ids of jobs that must complete first (each must exist, else 422); at most
+    /// `limits.max_depends_on`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<uuid::Uuid>>, max_items = 100)]
     pub depends_on: Option<Vec<String>>,
-    /// Labels.
+    /// Labels: at most `limits.max_tags`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<names::Tag>>, max_items = 32)]
     pub tags: Option<Vec<String>>,
 }
 
-/// An optional integer where `-0` (which JSON parsers read as a float) means 0.
-fn opt_int<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<i64>, D::Error> {
-    struct V;
-    impl serde::de::Visitor<'_> for V {
-        type Value = Option<i64>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an integer")
+/// How the OpenAPI document names the strings this module checks. Schema-only types: the
+/// values travel as `String`. Their lengths are the default `[limits]`; the served document
+/// states the configured ones (see `ferry-server`'s `api::doc`).
+pub mod names {
+    /// A queue name (also a schedule name): 1..=`limits.max_queue_name_len` of
+    /// `[A-Za-z0-9._:-]` ([`super::queue_name`]).
+    #[derive(utoipa::ToSchema)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+    pub struct QueueName(pub String);
+
+    /// A worker name: 1..=`limits.max_worker_name_len` characters, none of them a control
+    /// character (U+0000–U+001F, U+007F–U+009F) ([`super::worker_name`]).
+    #[derive(utoipa::ToSchema)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,128}$", min_length = 1, max_length = 128)]
+    pub struct WorkerName(pub String);
+
+    /// A job tag: 1..=`limits.max_tag_len` characters, none of them a control character.
+    #[derive(utoipa::ToSchema)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,64}$", min_length = 1, max_length = 64)]
+    pub struct Tag(pub String);
+}
+
+/// Serde helpers for integer fields of request bodies.
+///
+/// JSON has one number type: `151.0` and `1.51e2` are the integer 151 to JSON Schema (and so
+/// to the OpenAPI document and the clients generated from it), and `-0` is 0. Derived serde
+/// refuses every float for an integer field; these accept a float without a fractional part
+/// that fits the field's type. A fraction, or a value outside the type's range, is still a
+/// type error (400), as before.
+pub mod whole {
+    use serde::de::{self, Deserializer, Unexpected, Visitor};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    /// An integer type these helpers fill.
+    pub trait Int: Sized + TryFrom<i64> + TryFrom<u64> {}
+    impl<T: TryFrom<i64> + TryFrom<u64>> Int for T {}
+
+    struct V<T>(PhantomData<T>);
+
+    impl<T: Int> V<T> {
+        fn signed<E: de::Error>(&self, v: i64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), self))
         }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Option<i64>, E> {
-            Ok(Some(v))
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Option<i64>, E> {
-            i64::try_from(v)
-                .map(Some)
-                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Option<i64>, E> {
-            if v == 0.0 { Ok(Some(0)) } else { Err(E::invalid_type(serde::de::Unexpected::Float(v), &self)) }
-        }
-        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Option<i64>, E> {
-            Ok(None)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Option<i64>, E> {
-            Ok(None)
+        fn unsigned<E: de::Error>(&self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), self))
         }
     }
-    d.deserialize_any(V)
+
+    impl<T: Int> Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            self.signed(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            self.unsigned(v)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            // 2^63 and 2^64 are exact in an f64; every whole float below them converts exactly.
+            const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+            const TWO_64: f64 = 18_446_744_073_709_551_616.0;
+            if !v.is_finite() || v.fract() != 0.0 {
+                return Err(E::invalid_type(Unexpected::Float(v), &self));
+            }
+            if (-TWO_63..TWO_63).contains(&v) {
+                self.signed(v as i64)
+            } else if (0.0..TWO_64).contains(&v) {
+                self.unsigned(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    /// An integer field.
+    pub fn int<'de, D: Deserializer<'de>, T: Int>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(V(PhantomData))
+    }
+
+    /// An optional integer field; `null` is absent.
+    pub fn opt<'de, D: Deserializer<'de>, T: Int>(d: D) -> Result<Option<T>, D::Error> {
+        struct O<T>(PhantomData<T>);
+        impl<'de, T: Int> Visitor<'de> for O<T> {
+            type Value = Option<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer or null")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+                int(d).map(Some)
+            }
+        }
+        d.deserialize_option(O(PhantomData))
+    }
 }
 
 /// Default attempts before a job is dead.
@@ -105,15 +194,16 @@ pub fn queue_name(name: &str, limits: &Limits, field: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a worker name: 1..=limit printable characters.
+/// Checks a worker name: 1..=limit characters (not bytes), none of them a control character.
 pub fn worker_name(name: &str, limits: &Limits, field: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid(field, "worker name must not be empty"));
     }
-    if name.len() > limits.max_worker_name_len {
+    let chars = name.chars().count();
+    if chars > limits.max_worker_name_len {
         return Err(Error::invalid(
             field,
-            format!("worker name is {} bytes; the limit is {}", name.len(), limits.max_worker_name_len),
+            format!("worker name is {chars} characters; the limit is {}", limits.max_worker_name_len),
         ));
     }
     if name.chars().any(char::is_control) {
@@ -224,10 +314,14 @@ impl JobSpec {
             Some(k) if k.is_empty() => {
                 return Err(Error::invalid("unique_key", "unique_key must not be empty"));
             }
-            Some(k) if k.len() > limits.max_unique_key_len => {
+            Some(k) if k.chars().count() > limits.max_unique_key_len => {
                 return Err(Error::invalid(
                     "unique_key",
-                    format!("unique_key is {} bytes; the limit is {}", k.len(), limits.max_unique_key_len),
+                    format!(
+                        "unique_key is {} characters; the limit is {}",
+                        k.chars().count(),
+                        limits.max_unique_key_len
+                    ),
                 ));
             }
             other => other,
@@ -254,10 +348,14 @@ impl JobSpec {
             ));
         }
         for (i, tag) in tags.iter().enumerate() {
-            if tag.is_empty() || tag.len() > limits.max_tag_len || tag.chars().any(char::is_control) {
+            if tag.is_empty() || tag.chars().count() > limits.max_tag_len || tag.chars().any(char::is_control)
+            {
                 return Err(Error::invalid(
                     format!("tags[{i}]"),
-                    format!("a tag is 1..={} bytes without control characters", limits.max_tag_len),
+                    format!(
+                        "a tag is 1..={} characters, none of them a control character",
+                        limits.max_tag_len
+                    ),
                 ));
             }
         }
@@ -311,6 +409,30 @@ mod tests {
         assert!(
             serde_json::from_str::<JobSpec>(r#"{"queue":"q","priority":null}"#).unwrap().priority.is_none()
         );
+    }
+
+    #[test]
+    fn whole_floats_are_integers_within_the_type() {
+        let j = spec(r#"{"queue":"q","priority":-151.0,"max_attempts":1.51e2,"lease_ms":1e4}"#);
+        assert_eq!((j.priority, j.max_attempts, j.lease_ms), (Some(-151), Some(151), Some(10_000)));
+        let b: Backoff = serde_json::from_str(r#"{"base_ms":2000.0,"max_ms":-0.0}"#).unwrap();
+        assert_eq!((b.base_ms, b.max_ms), (2000, 0));
+        #[derive(Debug, Deserialize)]
+        struct U {
+            #[serde(default, deserialize_with = "whole::opt")]
+            n: Option<u32>,
+        }
+        let n = |json: &str| serde_json::from_str::<U>(json).map(|u| u.n);
+        assert_eq!(n(r#"{"n":4294967295.0}"#).unwrap(), Some(u32::MAX));
+        assert_eq!(n(r#"{"n":null}"#).unwrap(), None);
+        for bad in
+            [r#"{"n":4294967296.0}"#, r#"{"n":-1.0}"#, r#"{"n":0.5}"#, r#"{"n":1e300}"#, r#"{"n":"1"}"#]
+        {
+            assert!(n(bad).is_err(), "{bad}");
+        }
+        // Past i64, up to u64, for unsigned fields.
+        let big: Option<u64> = whole::opt(&mut serde_json::Deserializer::from_str("1.8e19")).unwrap();
+        assert_eq!(big, Some(18_000_000_000_000_000_000));
     }
 
     #[test]

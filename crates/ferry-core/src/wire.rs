@@ -31,17 +31,22 @@ pub struct EnqueueBatchResponse {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
-    /// Who is claiming (required).
+    /// Who is claiming (required; absent or `null` is 422).
     #[serde(default)]
+    #[schema(value_type = crate::validate::names::WorkerName, required = true)]
     pub worker: Option<String>,
-    /// Most jobs to return; default 1.
-    #[serde(default)]
+    /// Most jobs to return, at most `limits.max_claim`; default 1.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max: Option<i64>,
-    /// Lease length for these jobs; default each job's own `lease_ms`.
-    #[serde(default)]
+    /// Lease length for these jobs, within `limits.min_lease_ms..=limits.max_lease_ms`;
+    /// default each job's own `lease_ms`.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 10, maximum = 86_400_000)]
     pub lease_ms: Option<i64>,
-    /// Long-poll: wait up to this long for a job (≤ 30,000); default 0.
-    #[serde(default)]
+    /// Long-poll: wait up to this long for a job (at most `limits.max_wait_ms`); default 0.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 0, maximum = 30_000)]
     pub wait_ms: Option<i64>,
 }
 
@@ -57,12 +62,16 @@ pub struct ClaimResponse {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
     /// The current lease token.
+    #[schema(min_length = 1)]
     pub lease: String,
-    /// New lease length from now; default the job's `lease_ms`.
-    #[serde(default)]
+    /// New lease length from now, within `limits.min_lease_ms..=limits.max_lease_ms`; default
+    /// the job's `lease_ms`.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 10, maximum = 86_400_000)]
     pub extend_ms: Option<i64>,
     /// The worker sending it, so the registry sees it alive between claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::validate::names::WorkerName>)]
     pub worker: Option<String>,
 }
 
@@ -71,6 +80,7 @@ pub struct HeartbeatBody {
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     /// The current lease token.
+    #[schema(min_length = 1)]
     pub lease: String,
     /// Optional JSON result, kept verbatim.
     #[serde(default)]
@@ -83,6 +93,7 @@ pub struct CompleteBody {
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
     /// The current lease token.
+    #[schema(min_length = 1)]
     pub lease: String,
     /// What went wrong.
     #[serde(default)]
@@ -97,6 +108,7 @@ pub struct FailBody {
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
     /// The current lease token.
+    #[schema(min_length = 1)]
     pub lease: String,
 }
 
@@ -136,7 +148,8 @@ pub struct CompleteItemBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBatchBody {
-    /// Completions, each applied on its own.
+    /// Completions, each applied on its own; at most `limits.max_batch` (else 413).
+    #[schema(max_items = 10_000)]
     pub items: Vec<CompleteItemBody>,
 }
 
@@ -160,7 +173,8 @@ pub struct FailItemBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailBatchBody {
-    /// Failures, each applied on its own.
+    /// Failures, each applied on its own; at most `limits.max_batch` (else 413).
+    #[schema(max_items = 10_000)]
     pub items: Vec<FailItemBody>,
 }
 
@@ -219,15 +233,19 @@ pub struct PauseResponse {
     pub paused: bool,
 }
 
-/// Which dead jobs a replay or purge applies to: `ids` or `queue`, exactly one.
+/// Which dead jobs a replay or purge applies to: `ids` or `queue`, exactly one (the other
+/// absent or `null`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DlqSelectorBody {
-    /// These dead jobs.
+    /// These dead jobs (ids that name no dead job are skipped); at most `limits.max_batch`
+    /// (else 413).
     #[serde(default)]
+    #[schema(max_items = 10_000)]
     pub ids: Option<Vec<String>>,
     /// Every dead job of this queue.
     #[serde(default)]
+    #[schema(value_type = Option<crate::validate::names::QueueName>)]
     pub queue: Option<String>,
 }
 
@@ -299,6 +317,7 @@ pub struct ImportItem {
     pub job: crate::validate::JobSpec,
     /// `ready` (default) or `completed`.
     #[serde(default)]
+    #[schema(value_type = Option<ImportState>)]
     pub state: Option<String>,
     /// The result of a completed job.
     #[serde(default)]
@@ -306,11 +325,23 @@ pub struct ImportItem {
     pub result: Option<Box<RawValue>>,
 }
 
+/// The state an imported job starts in (schema only: `ImportItem::state` is checked by the
+/// server, 422 for any other value).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportState {
+    /// Queued, to be run here.
+    Ready,
+    /// Already done elsewhere: kept as completed, with its `result`.
+    Completed,
+}
+
 /// `POST /v1/import` body.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportBody {
-    /// Jobs to import, all or nothing.
+    /// Jobs to import, all or nothing; at most `limits.max_batch` (else 413).
+    #[schema(max_items = 10_000)]
     pub jobs: Vec<ImportItem>,
 }
 
