@@ -133,8 +133,8 @@ pub fn mint(
     limits: &ferry_core::Limits,
     now_ms: i64,
 ) -> Result<(TokenRecord, String), Error> {
-    if name.is_empty() || name.len() > limits.max_name_len {
-        return Err(Error::invalid("name", format!("name must be 1..={} bytes", limits.max_name_len)));
+    if name.is_empty() || name.chars().count() > limits.max_name_len {
+        return Err(Error::invalid("name", format!("name must be 1..={} characters", limits.max_name_len)));
     }
     if scopes.is_empty() {
         return Err(Error::invalid("scopes", "at least one scope is required (admin, produce, work, read)"));

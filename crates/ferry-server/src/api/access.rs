@@ -8,6 +8,7 @@ use crate::health::HostView;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use ferry_core::validate::names::QueueName;
 use ferry_core::wire::ErrorBody;
 use ferry_core::{Error, ErrorCode, HostRecord, QueueLimits, Scope, TokenRecord, WorkerInfo, validate};
 use serde::{Deserialize, Serialize};
@@ -18,12 +19,15 @@ use uuid::Uuid;
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
-    /// Human name.
+    /// Human name: 1..=`limits.max_name_len` characters.
+    #[schema(min_length = 1, max_length = 128)]
     pub name: String,
-    /// Scopes: `admin`, `produce`, `work`, `read`.
+    /// Scopes: `admin`, `produce`, `work`, `read` (at least one).
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
-    /// Limit the token to these queues.
+    /// Limit the token to these queues: 1..=`limits.max_tags` of them.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<QueueName>>, min_items = 1, max_items = 32)]
     pub queues: Option<Vec<String>>,
 }
 
@@ -46,8 +50,7 @@ pub struct TokensResponse {
 
 /// Mint an API token (scope `admin`; open while auth is off, to mint the first one).
 #[utoipa::path(post, path = "/v1/tokens", tag = "access", request_body = TokenBody, responses(
-    (status = 201, body = NewToken), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    (status = 422, body = ErrorBody)))]
+    (status = 201, description = "the new token, with its secret (shown only here)", body = NewToken)))]
 pub async fn create_token(
     State(st): State<AppState>,
     JsonBody(body): JsonBody<TokenBody>,
@@ -66,14 +69,17 @@ pub async fn create_token(
 }
 
 /// Every API token (never their secrets).
-#[utoipa::path(get, path = "/v1/tokens", tag = "access", responses((status = 200, body = TokensResponse)))]
+#[utoipa::path(get, path = "/v1/tokens", tag = "access",
+    responses((status = 200, description = "every token, without secrets", body = TokensResponse)))]
 pub async fn list_tokens(State(st): State<AppState>) -> ApiResult<Json<TokensResponse>> {
     Ok(Json(TokensResponse { tokens: st.store.list_tokens().await? }))
 }
 
 /// Revoke a token; it authenticates nothing from then on (on every node within ~1 s).
-#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "access", params(("id" = String, Path)),
-    responses((status = 200, body = TokenRecord), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "access",
+    params(("id" = String, Path, description = "The token's id; anything that is not one names no token (404)")),
+    responses((status = 200, description = "the revoked token", body = TokenRecord),
+    (status = 404, description = "not_found: no such token", body = ErrorBody)))]
 pub async fn revoke_token(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -98,8 +104,8 @@ pub struct LimitsResponse {
 /// Set a queue's flow limits (`max_running`, `max_starts_per_sec`, `max_depth`); an empty
 /// object clears them. Enforced across every node.
 #[utoipa::path(put, path = "/v1/queues/{queue}/limits", tag = "queues", request_body = QueueLimits,
-    params(("queue" = String, Path)), responses((status = 200, body = LimitsResponse),
-    (status = 422, body = ErrorBody)))]
+    params(("queue" = QueueName, Path, description = "The queue")),
+    responses((status = 200, description = "the queue's limits now", body = LimitsResponse)))]
 pub async fn set_queue_limits(
     State(st): State<AppState>,
     ApiPath(queue): ApiPath<String>,
@@ -122,8 +128,11 @@ pub async fn set_queue_limits(
         )
         .into());
     }
-    if limits.max_depth == Some(0) {
-        return Err(Error::invalid("max_depth", "max_depth must be at least 1").into());
+    // Depths are counted in i64 by both stores: a larger limit could not be kept as given.
+    if let Some(d) = limits.max_depth
+        && (d == 0 || d > i64::MAX as u64)
+    {
+        return Err(Error::invalid("max_depth", format!("max_depth must be 1..={}", i64::MAX)).into());
     }
     st.store.set_queue_limits(&queue, limits).await?;
     st.protection.depth.set_limits(&queue, &limits);
@@ -131,8 +140,9 @@ pub async fn set_queue_limits(
 }
 
 /// A queue's flow limits.
-#[utoipa::path(get, path = "/v1/queues/{queue}/limits", tag = "queues", params(("queue" = String, Path)),
-    responses((status = 200, body = LimitsResponse)))]
+#[utoipa::path(get, path = "/v1/queues/{queue}/limits", tag = "queues",
+    params(("queue" = QueueName, Path, description = "The queue")),
+    responses((status = 200, description = "the queue's limits (`{}`: none)", body = LimitsResponse)))]
 pub async fn get_queue_limits(
     State(st): State<AppState>,
     ApiPath(queue): ApiPath<String>,
@@ -150,7 +160,8 @@ pub struct WorkersResponse {
 }
 
 /// Workers registered by their claims and heartbeats: last seen, jobs in flight, status.
-#[utoipa::path(get, path = "/v1/workers", tag = "health", responses((status = 200, body = WorkersResponse)))]
+#[utoipa::path(get, path = "/v1/workers", tag = "health",
+    responses((status = 200, description = "every registered worker", body = WorkersResponse)))]
 pub async fn workers(State(st): State<AppState>) -> ApiResult<Json<WorkersResponse>> {
     Ok(Json(WorkersResponse { workers: st.store.list_workers().await? }))
 }
@@ -159,9 +170,12 @@ pub async fn workers(State(st): State<AppState>) -> ApiResult<Json<WorkersRespon
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostBody {
-    /// Unique name.
+    /// Unique name: 1..=`limits.max_name_len` characters, none of them a control character.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,128}$", min_length = 1, max_length = 128)]
     pub name: String,
-    /// `http://` URL that answers 2xx when the host is healthy.
+    /// `http://` URL that answers 2xx when the host is healthy; at most `limits.max_url_len`
+    /// bytes (else 413), its host allowed by `[health] allowed_hosts`.
+    #[schema(pattern = "^[Hh][Tt][Tt][Pp]://")]
     pub health_url: String,
 }
 
@@ -174,16 +188,21 @@ pub struct HostsResponse {
 
 /// Register a host whose health URL this server probes.
 #[utoipa::path(post, path = "/v1/hosts", tag = "health", request_body = HostBody, responses(
-    (status = 201, body = HostView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    (status = 201, description = "registered", body = HostView),
+    (status = 409, description = "conflict: a host has this name", body = ErrorBody),
+    (status = 413, description = "payload_too_large: `health_url` is over limits.max_url_len", body = ErrorBody)))]
 pub async fn create_host(
     State(st): State<AppState>,
     JsonBody(body): JsonBody<HostBody>,
 ) -> ApiResult<(StatusCode, Json<HostView>)> {
     let l = &st.limits;
-    if body.name.is_empty() || body.name.len() > l.max_name_len || body.name.chars().any(char::is_control) {
-        return Err(
-            Error::invalid("name", format!("name must be 1..={} printable bytes", l.max_name_len)).into()
-        );
+    let chars = body.name.chars().count();
+    if chars == 0 || chars > l.max_name_len || body.name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            format!("name must be 1..={} characters, none of them a control character", l.max_name_len),
+        )
+        .into());
     }
     if body.health_url.len() > l.max_url_len {
         return Err(
@@ -213,15 +232,17 @@ pub async fn create_host(
 }
 
 /// Registered hosts with their status, latest probe and history.
-#[utoipa::path(get, path = "/v1/hosts", tag = "health", responses((status = 200, body = HostsResponse)))]
+#[utoipa::path(get, path = "/v1/hosts", tag = "health",
+    responses((status = 200, description = "every registered host", body = HostsResponse)))]
 pub async fn list_hosts(State(st): State<AppState>) -> ApiResult<Json<HostsResponse>> {
     let hosts = st.store.list_hosts().await?;
     Ok(Json(HostsResponse { hosts: st.prober.view(hosts) }))
 }
 
 /// Forget a host.
-#[utoipa::path(delete, path = "/v1/hosts/{name}", tag = "health", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/hosts/{name}", tag = "health",
+    params(("name" = String, Path, description = "The host's name")),
+    responses((status = 204, description = "forgotten"), (status = 404, description = "not_found: no such host", body = ErrorBody)))]
 pub async fn delete_host(
     State(st): State<AppState>,
     ApiPath(name): ApiPath<String>,

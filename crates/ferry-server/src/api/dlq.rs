@@ -1,23 +1,23 @@
 //! The dead-letter queue: list dead jobs, replay them (attempts reset, history kept), purge.
 
 use crate::AppState;
-use crate::api::jobs::{ListParams, list_filter};
+use crate::api::jobs::{DlqParams, ListParams, list_filter};
 use crate::auth::Access;
 use crate::error::{ApiQuery, ApiResult, JsonBody};
 use axum::Json;
 use axum::extract::State;
 use ferry_core::wire::{DlqSelectorBody, ErrorBody, JobsPage, PurgeResponse, ReplayResponse};
-use ferry_core::{DeadSelector, Error, JobState, validate};
+use ferry_core::{DeadSelector, Error, validate};
 
 /// Dead jobs, optionally of one queue, cursor-paginated.
-#[utoipa::path(get, path = "/v1/dlq", tag = "dlq", params(ListParams),
-    responses((status = 200, body = JobsPage), (status = 422, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/dlq", tag = "dlq", operation_id = "list_dlq", params(DlqParams),
+    responses((status = 200, description = "a page of dead jobs", body = JobsPage)))]
 pub async fn list(
     State(st): State<AppState>,
     access: Access,
-    ApiQuery(mut p): ApiQuery<ListParams>,
+    ApiQuery(p): ApiQuery<DlqParams>,
 ) -> ApiResult<Json<JobsPage>> {
-    p.state = Some(JobState::Dead.as_str().into());
+    let p = ListParams::from(p);
     let (filter, limit) = list_filter(&p, &st, &access)?;
     let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
@@ -71,7 +71,8 @@ const DLQ_STEP: usize = 1_000;
 
 /// Return dead jobs to ready: by `ids` or by `queue`.
 #[utoipa::path(post, path = "/v1/dlq/replay", tag = "dlq", request_body = DlqSelectorBody,
-    responses((status = 200, body = ReplayResponse), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "how many dead jobs are ready again", body = ReplayResponse),
+    (status = 413, description = "payload_too_large: too many ids", body = ErrorBody)))]
 pub async fn replay(
     State(st): State<AppState>,
     access: Access,
@@ -96,7 +97,8 @@ pub async fn replay(
 
 /// Delete dead jobs: by `ids` or by `queue`.
 #[utoipa::path(post, path = "/v1/dlq/purge", tag = "dlq", request_body = DlqSelectorBody,
-    responses((status = 200, body = PurgeResponse), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "how many dead jobs were deleted", body = PurgeResponse),
+    (status = 413, description = "payload_too_large: too many ids", body = ErrorBody)))]
 pub async fn purge(
     State(st): State<AppState>,
     access: Access,

@@ -23,7 +23,9 @@ use serde::Deserialize;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Filters and position shared by the three delivery endpoints.
+/// Filters and position shared by the three delivery endpoints. Any other parameter is 400.
+/// The lists are comma-separated; blanks around an item, and empty items, are ignored; the
+/// rooms named (queues, job ids and tags together) are at most `limits.max_rooms`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -31,20 +33,41 @@ pub struct EventQuery {
     /// Deliver events after this cursor; without it, only events from now on.
     #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub since: Option<String>,
-    /// Long-poll only: how long to wait for a first event (0..=max_wait_ms, default 0).
+    /// Long-poll: how long to wait for a first event (0..=`limits.max_wait_ms`, default 0).
+    /// The streams check it the same way and do not use it.
+    #[param(minimum = 0, maximum = 30_000)]
     pub wait_ms: Option<i64>,
-    /// Long-poll only: most events returned (default 100, at most the page size limit).
+    /// Long-poll: most events returned (1..=`limits.max_page_size`, default 100). The streams
+    /// check it the same way and do not use it.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Queues, comma-separated.
     pub queue: Option<String>,
     /// Job ids, comma-separated.
     pub job_id: Option<String>,
-    /// Tags, comma-separated.
+    /// Tags, comma-separated, each at most `limits.max_tag_len` characters.
     pub tag: Option<String>,
     /// Event types, comma-separated (`job.completed,job.dead`).
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub kind: Option<String>,
+}
+
+/// The long-poll's `wait_ms` and `limit`, checked on every delivery endpoint so that the same
+/// query means the same thing (and is refused the same way) on each.
+fn window(q: &EventQuery, st: &AppState) -> Result<(i64, usize), Error> {
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if !(0..=st.limits.max_wait_ms).contains(&wait_ms) {
+        return Err(Error::invalid(
+            "wait_ms",
+            format!("wait_ms must be 0..={}, got {wait_ms}", st.limits.max_wait_ms),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > st.limits.max_page_size {
+        return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)));
+    }
+    Ok((wait_ms, limit))
 }
 
 fn list(v: &Option<String>) -> Vec<&str> {
@@ -85,8 +108,8 @@ fn unrestricted_filter(q: &EventQuery, st: &AppState) -> Result<EventFilter, Err
         );
     }
     for t in list(&q.tag) {
-        if t.len() > l.max_tag_len {
-            return Err(Error::invalid("tag", format!("a tag is at most {} bytes", l.max_tag_len)));
+        if t.chars().count() > l.max_tag_len {
+            return Err(Error::invalid("tag", format!("a tag is at most {} characters", l.max_tag_len)));
         }
         f.tags.push(t.to_string());
     }
@@ -109,25 +132,14 @@ fn unrestricted_filter(q: &EventQuery, st: &AppState) -> Result<EventFilter, Err
 /// Events after `since`, filtered; waits up to `wait_ms` for a first one. `next_cursor` is
 /// where to continue (it moves past events that did not match, too).
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery),
-    responses((status = 200, body = EventsResponse), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "the events after `since` (possibly none) and where to continue", body = EventsResponse)))]
 pub async fn poll(
     State(st): State<AppState>,
     access: Access,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Json<EventsResponse>> {
     let filter = filter_of(&q, &st, &access)?;
-    let wait_ms = q.wait_ms.unwrap_or(0);
-    if !(0..=st.limits.max_wait_ms).contains(&wait_ms) {
-        return Err(Error::invalid(
-            "wait_ms",
-            format!("wait_ms must be 0..={}, got {wait_ms}", st.limits.max_wait_ms),
-        )
-        .into());
-    }
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > st.limits.max_page_size {
-        return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)).into());
-    }
+    let (wait_ms, limit) = window(&q, &st)?;
     let mut feed = Feed::open(&st.hub, Some(filter), cursor_of(q.since.as_deref(), "since")?)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
     let mut shutdown = st.shutdown.clone();
@@ -184,7 +196,9 @@ fn resume_from(q: &EventQuery, headers: &HeaderMap) -> Result<Option<u64>, Error
 /// resumes with `Last-Event-ID` (which wins over `since`). A `lagged` event carries the
 /// cursor to resume from, then the stream ends.
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(EventQuery),
-    responses((status = 200, description = "text/event-stream of events"), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "server-sent events: each `data` is an event's JSON, its `id` the cursor",
+        content_type = "text/event-stream", body = String),
+    (status = 422, description = "validation_failed: a parameter, or `Last-Event-ID`, is invalid", body = ErrorBody)))]
 pub async fn stream(
     State(st): State<AppState>,
     access: Access,
@@ -192,6 +206,7 @@ pub async fn stream(
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Response> {
     let filter = filter_of(&q, &st, &access)?;
+    window(&q, &st)?;
     let since = resume_from(&q, &headers)?;
     let feed = Feed::open(&st.hub, Some(filter), since)?;
     let shutdown = st.shutdown.clone();
@@ -284,10 +299,10 @@ fn change_rooms(
                 }
             }
             "tag" => {
-                if name.is_empty() || name.len() > st.limits.max_tag_len {
+                if name.is_empty() || name.chars().count() > st.limits.max_tag_len {
                     return Err(Error::invalid(
                         &field,
-                        format!("a tag is 1..={} bytes", st.limits.max_tag_len),
+                        format!("a tag is 1..={} characters", st.limits.max_tag_len),
                     ));
                 }
                 f.tags.retain(|t| t != name);
@@ -332,7 +347,8 @@ fn rooms_of(f: Option<&EventFilter>) -> Vec<String> {
 /// and `lagged` (with the cursor to resume from) before the server closes a connection too
 /// slow for its buffer.
 #[utoipa::path(get, path = "/v1/ws", tag = "events", params(EventQuery),
-    responses((status = 101, description = "WebSocket upgrade"), (status = 422, body = ErrorBody)))]
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+    (status = 400, description = "bad_request: not a WebSocket upgrade request, or a malformed query string", body = ErrorBody)))]
 pub async fn ws(
     State(st): State<AppState>,
     access: Access,
@@ -345,6 +361,7 @@ pub async fn ws(
             format!("not a WebSocket upgrade: {}", e.body_text()),
         )
     })?;
+    window(&q, &st)?;
     // Rooms named in the query join at connect; naming none joins none (not everything).
     let mut query_filter = unrestricted_filter(&q, &st)?;
     for name in &query_filter.queues {

@@ -10,7 +10,8 @@ use ferry_core::wire::{HealthResponse, ServerInfo};
 use std::sync::Arc;
 
 /// Liveness: the process answers HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthResponse)))]
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "alive", body = HealthResponse)))]
 pub async fn healthz() -> Json<HealthResponse> {
     Json(HealthResponse { status: "ok".into(), backend: None, reason: None, circuit: None })
 }
@@ -18,13 +19,15 @@ pub async fn healthz() -> Json<HealthResponse> {
 /// Readiness: the store answers a read and the circuit is closed. (While the circuit is open
 /// the protection layer answers 503 `circuit_open` before this runs.)
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
-    (status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
+    (status = 200, description = "ready", body = HealthResponse),
+    (status = 503, description = "not ready (shutting down, circuit open, store failing): retry after Retry-After seconds", body = HealthResponse)))]
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let backend = Some(st.store.backend().to_string());
     let circuit = Some(st.protection.breaker.state().as_str().to_string());
+    // Like every 503 of this server, it says when to ask again.
     let unavailable = |reason: String, backend, circuit| {
         let body = HealthResponse { status: "unavailable".into(), backend, reason: Some(reason), circuit };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Json(body)).into_response()
     };
     if *st.shutdown.borrow() {
         return unavailable("shutting down".into(), backend, circuit);
@@ -44,7 +47,8 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
     let body = st.metrics.render().await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
@@ -58,7 +62,8 @@ fn rss_bytes() -> Option<u64> {
 }
 
 /// Version, backend, uptime and memory of this server process.
-#[utoipa::path(get, path = "/v1/server", tag = "health", responses((status = 200, body = ServerInfo)))]
+#[utoipa::path(get, path = "/v1/server", tag = "health",
+    responses((status = 200, description = "facts about this server process", body = ServerInfo)))]
 pub async fn server_info(State(st): State<AppState>) -> Json<ServerInfo> {
     Json(ServerInfo {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -72,15 +77,15 @@ pub async fn server_info(State(st): State<AppState>) -> Json<ServerInfo> {
 }
 
 /// This API's OpenAPI 3 document, generated from the handlers.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", responses((status = 200, description = "OpenAPI document")))]
-pub async fn openapi(
-    Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>,
-) -> Json<utoipa::openapi::OpenApi> {
-    Json((*doc).clone())
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "health",
+    responses((status = 200, description = "this OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi(Extension(doc): Extension<Arc<crate::api::Document>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0.clone()).into_response()
 }
 
 /// Key figures over the last minute, five minutes and hour, and current readings.
-#[utoipa::path(get, path = "/v1/stats", tag = "health", responses((status = 200, body = crate::stats::StatsResponse)))]
+#[utoipa::path(get, path = "/v1/stats", tag = "health",
+    responses((status = 200, description = "key figures by window, and current readings", body = crate::stats::StatsResponse)))]
 pub async fn stats(State(st): State<AppState>) -> Json<crate::stats::StatsResponse> {
     let mut windows = std::collections::BTreeMap::new();
     for (name, d) in crate::stats::WINDOWS {
@@ -92,7 +97,8 @@ pub async fn stats(State(st): State<AppState>) -> Json<crate::stats::StatsRespon
 
 /// The scaling advisor's verdict on this node's measurements now (logged and kept in the
 /// history): `STAY`, `PLAN MIGRATION` or `MIGRATE NOW`, with its justification.
-#[utoipa::path(get, path = "/v1/advice", tag = "health", responses((status = 200, body = crate::advisor::Advice)))]
+#[utoipa::path(get, path = "/v1/advice", tag = "health",
+    responses((status = 200, description = "the verdict now, with its justification", body = crate::advisor::Advice)))]
 pub async fn advice(State(st): State<AppState>) -> Json<crate::advisor::Advice> {
     Json(st.advisor.advise(&st, "request").await)
 }
@@ -105,7 +111,8 @@ pub struct AdviceHistory {
 }
 
 /// Past verdicts of the advisor (scheduled and requested), oldest first.
-#[utoipa::path(get, path = "/v1/advice/history", tag = "health", responses((status = 200, body = AdviceHistory)))]
+#[utoipa::path(get, path = "/v1/advice/history", tag = "health",
+    responses((status = 200, description = "past verdicts, oldest first", body = AdviceHistory)))]
 pub async fn advice_history(State(st): State<AppState>) -> Json<AdviceHistory> {
     Json(AdviceHistory { decisions: st.advisor.history() })
 }

@@ -10,15 +10,23 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use ferry_core::validate::names::QueueName;
 use ferry_core::validate::{self, JobSpec};
 use ferry_core::wire::*;
 use ferry_core::{ClaimRequest, CompleteItem, Error, FailItem, Job, JobFilter, JobState, NewJob};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
+
+/// Description of a job id in a path.
+const JOB_ID: &str = "The job's id; anything that is not a job id names no job (404)";
+/// Description of 404 on a job route.
+const NO_JOB: &str = "not_found: no such job";
+/// Description of 409 on a lease-fenced route.
+const STALE: &str = "stale_lease: the lease is not the job's current one (nothing changed)";
 
 /// A job id from the path; anything that is not a UUID names no job (404).
 fn path_id(text: &str) -> ApiResult<Uuid> {
@@ -42,11 +50,45 @@ struct BatchBody<'a> {
     jobs: &'a RawValue,
 }
 
+/// `POST /v1/jobs` body (schema only: the handler reads the body itself): one job, or a batch.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum EnqueueBody {
+    /// One job.
+    One(Box<JobSpec>),
+    /// Several jobs, enqueued all or nothing.
+    Batch(JobBatch),
+}
+
+/// `{"jobs":[...]}`: 1..=`limits.max_batch` jobs (more is 413), enqueued all or nothing.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct JobBatch {
+    /// The jobs, in order; an error names its index (`jobs[3].queue`).
+    #[schema(min_items = 1, max_items = 10_000)]
+    jobs: Vec<JobSpec>,
+}
+
+/// `POST /v1/jobs` 201 answer (schema only): `{"id"}` for one job, `{"ids"}` for a batch.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Enqueued {
+    /// One job.
+    One(EnqueueResponse),
+    /// A batch.
+    Batch(EnqueueBatchResponse),
+}
+
 /// Enqueue one job (201 `{"id"}`, or 200 `{"id","duplicate":true}`) or a batch
 /// `{"jobs":[...]}` (201 `{"ids":[...]}`), all or nothing.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSpec, responses(
-    (status = 201, body = EnqueueResponse), (status = 200, description = "duplicate", body = EnqueueResponse),
-    (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = EnqueueBody, responses(
+    (status = 201, description = "enqueued: `{\"id\"}` for one job, `{\"ids\"}` for a batch", body = Enqueued),
+    (status = 200, description = "one job whose `unique_key` matched an unfinished job: that job's id", body = EnqueueResponse),
+    (status = 413, description = "payload_too_large: a payload, or the batch, is over its limit", body = ErrorBody),
+    (status = 422, description = "validation_failed: a field is invalid (named, e.g. `jobs[3].queue`)", body = ErrorBody)))]
 pub async fn enqueue(State(st): State<AppState>, access: Access, req: Request) -> ApiResult<Response> {
     let bytes = read_body(req, st.limits.max_request_bytes).await?;
     let Obj(probe): Obj<Probe> = parse_json(&bytes, "")?;
@@ -105,8 +147,8 @@ async fn check_new_jobs(st: &AppState, access: &Access, jobs: &[NewJob]) -> Resu
 
 /// Lease up to `max` ready jobs; with `wait_ms`, wait for one (woken, not polling).
 #[utoipa::path(post, path = "/v1/queues/{queue}/claim", tag = "jobs", request_body = ClaimBody,
-    params(("queue" = String, Path)), responses((status = 200, body = ClaimResponse),
-    (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    params(("queue" = QueueName, Path, description = "The queue to claim from")),
+    responses((status = 200, description = "the leased jobs, possibly none", body = ClaimResponse)))]
 pub async fn claim(
     State(st): State<AppState>,
     peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
@@ -147,8 +189,10 @@ pub async fn claim(
 
 /// Extend a live lease.
 #[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "jobs", request_body = HeartbeatBody,
-    params(("id" = String, Path)), responses((status = 200, body = ferry_core::HeartbeatOutcome),
-    (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
+    params(("id" = String, Path, description = JOB_ID)),
+    responses((status = 200, description = "the lease's new expiry", body = ferry_core::HeartbeatOutcome),
+    (status = 404, description = NO_JOB, body = ErrorBody),
+    (status = 409, description = STALE, body = ErrorBody)))]
 pub async fn heartbeat(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -169,9 +213,11 @@ pub async fn heartbeat(
 
 /// Record a completion (fenced by the lease).
 #[utoipa::path(post, path = "/v1/jobs/{id}/complete", tag = "jobs", request_body = CompleteBody,
-    params(("id" = String, Path)), responses((status = 200, body = StateResponse),
-    (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody),
-    (status = 413, body = ErrorBody)))]
+    params(("id" = String, Path, description = JOB_ID)),
+    responses((status = 200, description = "completed", body = StateResponse),
+    (status = 404, description = NO_JOB, body = ErrorBody),
+    (status = 409, description = STALE, body = ErrorBody),
+    (status = 413, description = "payload_too_large: `result` is over limits.max_result_bytes", body = ErrorBody)))]
 pub async fn complete(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -190,8 +236,10 @@ pub async fn complete(
 
 /// Record a failure: retry after backoff, or dead.
 #[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "jobs", request_body = FailBody,
-    params(("id" = String, Path)), responses((status = 200, body = ferry_core::FailOutcome),
-    (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
+    params(("id" = String, Path, description = JOB_ID)),
+    responses((status = 200, description = "the job's new state: scheduled, ready or dead", body = ferry_core::FailOutcome),
+    (status = 404, description = NO_JOB, body = ErrorBody),
+    (status = 409, description = STALE, body = ErrorBody)))]
 pub async fn fail(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -206,8 +254,10 @@ pub async fn fail(
 
 /// Give a claimed job back unstarted (ready again, the attempt not counted).
 #[utoipa::path(post, path = "/v1/jobs/{id}/release", tag = "jobs", request_body = ReleaseBody,
-    params(("id" = String, Path)), responses((status = 200, body = StateResponse),
-    (status = 404, body = ErrorBody), (status = 409, description = "stale lease", body = ErrorBody)))]
+    params(("id" = String, Path, description = JOB_ID)),
+    responses((status = 200, description = "ready again", body = StateResponse),
+    (status = 404, description = NO_JOB, body = ErrorBody),
+    (status = 409, description = STALE, body = ErrorBody)))]
 pub async fn release(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -219,15 +269,26 @@ pub async fn release(
     Ok(Json(StateResponse { id, state }))
 }
 
-/// Cancel a job that is not running (409 if it is running or finished).
+/// Cancel a job that is not running (409 if it is running or finished). The body is optional:
+/// none, `null` and `{}` all mean "no reason".
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", request_body = Option<CancelBody>,
-    params(("id" = String, Path)), responses((status = 200, body = StateResponse),
-    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("id" = String, Path, description = JOB_ID)),
+    responses((status = 200, description = "cancelled", body = StateResponse),
+    (status = 404, description = NO_JOB, body = ErrorBody),
+    (status = 409, description = "invalid_state: the job is running or finished", body = ErrorBody)))]
 pub async fn cancel(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    OptionalJson(body): OptionalJson<CancelBody>,
+    req: Request,
 ) -> ApiResult<Json<StateResponse>> {
+    let bytes = read_body(req, st.limits.max_request_bytes).await?;
+    let text = bytes.trim_ascii();
+    let body = if text.is_empty() || text == b"null" {
+        CancelBody::default()
+    } else {
+        let Obj(body): Obj<CancelBody> = parse_json(&bytes, "")?;
+        body
+    };
     let id = path_id(&id)?;
     let reason = body.reason.unwrap_or_else(|| "cancelled by request".into());
     let reason = validate::truncate_error(reason, &st.limits);
@@ -236,24 +297,56 @@ pub async fn cancel(
 }
 
 /// One job: state, attempts, error history, result, timestamps.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job",
+    params(("id" = String, Path, description = JOB_ID)),
+    responses((status = 200, description = "the job", body = Job), (status = 404, description = NO_JOB, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Job>> {
     Ok(Json(st.store.get_job(path_id(&id)?).await?))
 }
 
-/// Query of `GET /v1/jobs` and `GET /v1/dlq`.
+/// Query of `GET /v1/jobs` (and, without `state`, of `GET /v1/dlq`). An empty value is the
+/// same as none. Other parameters are ignored.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Only this queue.
+    /// Only this queue (empty: every queue).
+    #[param(pattern = "^[A-Za-z0-9._:-]{0,128}$", max_length = 128)]
     pub queue: Option<String>,
-    /// Only this state.
+    /// Only this state (empty: every state).
+    #[param(pattern = "^(scheduled|waiting|ready|running|completed|dead|cancelled)?$")]
     pub state: Option<String>,
-    /// Page size (default 100, at most the page-size limit).
+    /// Page size: 1..=`limits.max_page_size`, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (empty: the first page): an integer in the int64
+    /// range (the document's pattern says exactly that).
     pub cursor: Option<String>,
+}
+
+/// Query of `GET /v1/dlq`: [`ListParams`] without `state` (always `dead`).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DlqParams {
+    /// Only this queue (empty: every queue).
+    #[param(pattern = "^[A-Za-z0-9._:-]{0,128}$", max_length = 128)]
+    pub queue: Option<String>,
+    /// Page size: 1..=`limits.max_page_size`, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page (empty: the first page): an integer in the int64
+    /// range (the document's pattern says exactly that).
+    pub cursor: Option<String>,
+}
+
+impl From<DlqParams> for ListParams {
+    fn from(p: DlqParams) -> ListParams {
+        ListParams {
+            queue: p.queue,
+            state: Some(JobState::Dead.as_str().into()),
+            limit: p.limit,
+            cursor: p.cursor,
+        }
+    }
 }
 
 /// Validates list parameters into a filter and a page size. A restricted caller lists one of
@@ -289,8 +382,8 @@ pub fn list_filter(p: &ListParams, st: &AppState, access: &Access) -> ApiResult<
 }
 
 /// Jobs in insertion order, filtered, cursor-paginated.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
-    responses((status = 200, body = JobsPage), (status = 422, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams),
+    responses((status = 200, description = "a page of jobs", body = JobsPage)))]
 pub async fn list(
     State(st): State<AppState>,
     access: Access,
@@ -390,7 +483,8 @@ fn batch_id(text: &str) -> Result<Uuid, Error> {
 
 /// Complete many jobs; each item's outcome is reported on its own.
 #[utoipa::path(post, path = "/v1/jobs/complete", tag = "jobs", request_body = CompleteBatchBody,
-    responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
+    responses((status = 200, description = "one outcome per item, in order", body = BatchResponse),
+    (status = 413, description = "payload_too_large: too many items, or a `result` over its limit", body = ErrorBody)))]
 pub async fn complete_batch(
     State(st): State<AppState>,
     access: Access,
@@ -431,7 +525,8 @@ pub async fn complete_batch(
 
 /// Fail many jobs; each item's outcome is reported on its own.
 #[utoipa::path(post, path = "/v1/jobs/fail", tag = "jobs", request_body = FailBatchBody,
-    responses((status = 200, body = BatchResponse), (status = 413, body = ErrorBody)))]
+    responses((status = 200, description = "one outcome per item, in order", body = BatchResponse),
+    (status = 413, description = "payload_too_large: too many items", body = ErrorBody)))]
 pub async fn fail_batch(
     State(st): State<AppState>,
     access: Access,
@@ -469,7 +564,8 @@ pub async fn fail_batch(
 /// Import jobs from another system (used by `ferry import-dir`): each needs a `unique_key`,
 /// which dedups against jobs in any state, so importing twice creates nothing new.
 #[utoipa::path(post, path = "/v1/import", tag = "jobs", request_body = ImportBody, responses(
-    (status = 200, body = EnqueueBatchResponse), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    (status = 200, description = "one id per job (the existing job's for a duplicate)", body = EnqueueBatchResponse),
+    (status = 413, description = "payload_too_large: too many jobs, or a payload or result over its limit", body = ErrorBody)))]
 pub async fn import(
     State(st): State<AppState>,
     access: Access,

@@ -23,10 +23,9 @@ use utoipa_axum::routes;
 #[openapi(info(title = "ferry", description = "Durable job queue and coordination server"))]
 struct ApiDoc;
 
-/// Builds the HTTP router and its OpenAPI document.
-pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
-    let state_origins = state.cors_origins.clone();
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Every route, each with its OpenAPI operation.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(jobs::enqueue, jobs::list))
         .routes(routes!(jobs::get))
         .routes(routes!(jobs::claim))
@@ -65,13 +64,19 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(health::readyz))
         .routes(routes!(health::server_info))
         .routes(routes!(health::openapi))
-        .with_state(state.clone())
-        .split_for_parts();
-    let mut api = api;
-    doc::complete(&mut api);
-    let doc = api.clone();
+}
+
+/// The OpenAPI document as served: JSON text, made once at startup.
+pub struct Document(pub String);
+
+/// Builds the HTTP router and its OpenAPI document (with the server's configured limits).
+pub fn router(state: AppState) -> (axum::Router, serde_json::Value) {
+    let state_origins = state.cors_origins.clone();
+    let (router, api) = routes().with_state(state.clone()).split_for_parts();
+    let doc = doc::complete(&api, &state.limits);
+    let text = serde_json::to_string(&doc).expect("the OpenAPI document serializes");
     let router = router
-        .layer(axum::Extension(std::sync::Arc::new(doc)))
+        .layer(axum::Extension(std::sync::Arc::new(Document(text))))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::protect::guard))
@@ -79,7 +84,7 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError(Error::internal("the server hit a bug handling this request")).into_response()
         }));
-    (with_cors(router, &state_origins), api)
+    (with_cors(router, &state_origins), doc)
 }
 
 /// Lets the browser origins listed in `cors_origins` call the API (preflights included);
@@ -104,4 +109,135 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         error: Error::new(ErrorCode::BadRequest, format!("{method} is not allowed on {}", uri.path())),
     };
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    struct App {
+        router: axum::Router,
+        _dir: tempfile::TempDir,
+        _stop: tokio::sync::watch::Sender<bool>,
+    }
+
+    async fn app() -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        let clock: std::sync::Arc<dyn ferry_core::Clock> = std::sync::Arc::new(ferry_core::SystemClock);
+        let (store, _) = crate::open_store(&config, clock).await.unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        App { router: router(AppState::new(store, &config, rx)).0, _dir: dir, _stop: stop }
+    }
+
+    async fn call(app: &App, method: &str, uri: &str, body: Option<&str>) -> (u16, Value) {
+        let mut req = Request::builder().method(method).uri(uri).header("host", "127.0.0.1");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
+        let resp = app.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn enqueue(app: &App, job: Value) -> String {
+        let (status, body) = call(app, "POST", "/v1/jobs", Some(&job.to_string())).await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn cancel_takes_no_body_null_or_an_object() {
+        let app = app().await;
+        for body in [None, Some("null"), Some(" null "), Some("{}"), Some(r#"{"reason":"done"}"#)] {
+            let id = enqueue(&app, json!({"queue": "q"})).await;
+            let (status, out) = call(&app, "POST", &format!("/v1/jobs/{id}/cancel"), body).await;
+            assert_eq!((status, out["state"].as_str()), (200, Some("cancelled")), "{body:?}: {out}");
+        }
+        let id = enqueue(&app, json!({"queue": "q"})).await;
+        let (status, _) = call(&app, "POST", &format!("/v1/jobs/{id}/cancel"), Some("[]")).await;
+        assert_eq!(status, 400, "an array is not a cancel body");
+    }
+
+    #[tokio::test]
+    async fn integers_may_be_whole_floats() {
+        let app = app().await;
+        enqueue(&app, json!({"queue": "q", "priority": -5.0, "max_attempts": 3e0, "delay_ms": 0.0})).await;
+        let (status, out) =
+            call(&app, "POST", "/v1/queues/q/claim", Some(r#"{"worker":"w","max":2.0,"lease_ms":1e4}"#))
+                .await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["jobs"][0]["priority"], -5);
+        let (status, out) = call(&app, "PUT", "/v1/queues/q/limits", Some(r#"{"max_running":3.0}"#)).await;
+        assert_eq!((status, &out["limits"]["max_running"]), (200, &json!(3)), "{out}");
+        for bad in [r#"{"max_running":1.5}"#, r#"{"max_running":4294967296.0}"#, r#"{"max_running":-1}"#] {
+            let (status, out) = call(&app, "PUT", "/v1/queues/q/limits", Some(bad)).await;
+            assert_eq!(status, 400, "{bad}: {out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn queue_depth_past_int64_is_refused() {
+        let app = app().await;
+        let (status, out) =
+            call(&app, "PUT", "/v1/queues/q/limits", Some(r#"{"max_depth":9223372036854775808}"#)).await;
+        assert_eq!((status, out["error"]["field"].as_str()), (422, Some("max_depth")), "{out}");
+        let (status, out) =
+            call(&app, "PUT", "/v1/queues/q/limits", Some(r#"{"max_depth":9223372036854775807}"#)).await;
+        assert_eq!((status, &out["limits"]["max_depth"]), (200, &json!(i64::MAX)), "{out}");
+    }
+
+    #[tokio::test]
+    async fn the_stream_checks_wait_and_limit_like_the_long_poll() {
+        let app = app().await;
+        for (query, field) in [("wait_ms=30001", "wait_ms"), ("wait_ms=-1", "wait_ms"), ("limit=0", "limit")]
+        {
+            for path in ["/v1/events", "/v1/events/stream"] {
+                let (status, out) = call(&app, "GET", &format!("{path}?{query}"), None).await;
+                assert_eq!(
+                    (status, out["error"]["field"].as_str()),
+                    (422, Some(field)),
+                    "{path}?{query}: {out}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn names_are_counted_in_characters() {
+        let app = app().await;
+        let e = "é";
+        enqueue(&app, json!({"queue": "q", "unique_key": e.repeat(256), "tags": [e.repeat(64)]})).await;
+        for job in [
+            json!({"queue": "q", "unique_key": e.repeat(257)}),
+            json!({"queue": "q", "tags": [e.repeat(65)]}),
+        ] {
+            let (status, out) = call(&app, "POST", "/v1/jobs", Some(&job.to_string())).await;
+            assert_eq!(status, 422, "{out}");
+        }
+        let claim = |w: String| json!({"worker": w}).to_string();
+        assert_eq!(call(&app, "POST", "/v1/queues/q/claim", Some(&claim(e.repeat(128)))).await.0, 200);
+        assert_eq!(call(&app, "POST", "/v1/queues/q/claim", Some(&claim(e.repeat(129)))).await.0, 422);
+        let token = |n: String| json!({"name": n, "scopes": ["read"]}).to_string();
+        let (status, out) = call(&app, "POST", "/v1/tokens", Some(&token(e.repeat(129)))).await;
+        assert_eq!((status, out["error"]["field"].as_str()), (422, Some("name")), "{out}");
+        assert_eq!(call(&app, "POST", "/v1/tokens", Some(&token(e.repeat(128)))).await.0, 201);
+    }
+
+    #[tokio::test]
+    async fn the_served_document_is_the_completed_one() {
+        let app = app().await;
+        let (status, doc) = call(&app, "GET", "/v1/openapi.json", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([]));
+        assert!(doc["components"]["schemas"]["JobTemplate"].is_object());
+        assert!(doc["paths"]["/v1/jobs/{id}/cancel"]["post"]["responses"]["404"].is_object());
+    }
 }

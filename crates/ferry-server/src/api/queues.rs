@@ -6,10 +6,12 @@ use crate::error::{ApiPath, ApiResult};
 use axum::Json;
 use axum::extract::State;
 use ferry_core::validate;
-use ferry_core::wire::{ErrorBody, PauseResponse, QueuesResponse};
+use ferry_core::validate::names::QueueName;
+use ferry_core::wire::{PauseResponse, QueuesResponse};
 
 /// Every known queue: counts by state, age of the oldest ready job, paused flag.
-#[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, body = QueuesResponse)))]
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", operation_id = "list_queues",
+    responses((status = 200, description = "every queue the token may see", body = QueuesResponse)))]
 pub async fn list(State(st): State<AppState>, access: Access) -> ApiResult<Json<QueuesResponse>> {
     let mut queues = st.store.queue_stats().await?;
     queues.retain(|q| access.allows(&q.queue));
@@ -23,8 +25,9 @@ async fn set(st: AppState, queue: String, paused: bool) -> ApiResult<Json<PauseR
 }
 
 /// Pause a queue: claims return nothing until it is resumed.
-#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "queues", params(("queue" = String, Path)),
-    responses((status = 200, body = PauseResponse), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "queues", operation_id = "pause_queue",
+    params(("queue" = QueueName, Path, description = "The queue")),
+    responses((status = 200, description = "paused", body = PauseResponse)))]
 pub async fn pause(
     State(st): State<AppState>,
     ApiPath(queue): ApiPath<String>,
@@ -33,8 +36,9 @@ pub async fn pause(
 }
 
 /// Resume a paused queue (wakes its waiting claimers).
-#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "queues", params(("queue" = String, Path)),
-    responses((status = 200, body = PauseResponse), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "queues", operation_id = "resume_queue",
+    params(("queue" = QueueName, Path, description = "The queue")),
+    responses((status = 200, description = "resumed", body = PauseResponse)))]
 pub async fn resume(
     State(st): State<AppState>,
     ApiPath(queue): ApiPath<String>,

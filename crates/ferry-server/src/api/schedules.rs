@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use ferry_core::schedule::{
     self, CronSpec, DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse,
 };
+use ferry_core::validate::names::QueueName;
 use ferry_core::wire::ErrorBody;
 use ferry_core::{Error, Timestamp};
 use serde::Deserialize;
@@ -20,8 +21,14 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct NextQuery {
     /// Next runs to list (1..=100, default 5).
+    #[param(minimum = 1, maximum = 100)]
     pub count: Option<usize>,
 }
+
+/// Description of a schedule name in a path.
+const SCHEDULE: &str = "The schedule's name (the rules of a queue name)";
+/// Description of 404 on a schedule route.
+const NO_SCHEDULE: &str = "not_found: no such schedule";
 
 /// Most next runs one request may list.
 const MAX_NEXT_RUNS: usize = 100;
@@ -39,7 +46,9 @@ fn with_next_runs(mut s: Schedule, count: usize) -> Schedule {
 /// zone, the job each tick enqueues, and a misfire policy. 409 if the name exists; 422 with
 /// `position` for a bad expression.
 #[utoipa::path(post, path = "/v1/schedules", tag = "schedules", request_body = ScheduleSpec, responses(
-    (status = 201, body = Schedule), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    (status = 201, description = "created, with its next runs", body = Schedule),
+    (status = 409, description = "conflict: a schedule has this name", body = ErrorBody),
+    (status = 422, description = "validation_failed: a field is invalid (named; `position` for a cron expression)", body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     access: Access,
@@ -52,7 +61,8 @@ pub async fn create(
 }
 
 /// Every schedule.
-#[utoipa::path(get, path = "/v1/schedules", tag = "schedules", responses((status = 200, body = SchedulesResponse)))]
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules", operation_id = "list_schedules",
+    responses((status = 200, description = "every schedule the token may see", body = SchedulesResponse)))]
 pub async fn list(State(st): State<AppState>, access: Access) -> ApiResult<Json<SchedulesResponse>> {
     let mut schedules = st.store.list_schedules().await?;
     schedules.retain(|s| access.allows(queue_of(s)));
@@ -85,8 +95,10 @@ async fn load(st: &AppState, access: &Access, name: &str) -> Result<Schedule, Er
 }
 
 /// One schedule with its next runs (`count`, default 5).
-#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path), NextQuery),
-    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules", operation_id = "get_schedule",
+    params(("name" = QueueName, Path, description = SCHEDULE), NextQuery),
+    responses((status = 200, description = "the schedule with its next runs", body = Schedule),
+    (status = 404, description = NO_SCHEDULE, body = ErrorBody)))]
 pub async fn get(
     State(st): State<AppState>,
     access: Access,
@@ -117,9 +129,11 @@ async fn change(
 
 /// Change a schedule; absent fields stay. A new expression or zone, or a resume, waits for
 /// the next tick from now (a paused period is not caught up).
-#[utoipa::path(patch, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
-    request_body = SchedulePatch,
-    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(patch, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = QueueName, Path, description = SCHEDULE)), request_body = SchedulePatch,
+    responses((status = 200, description = "the changed schedule", body = Schedule),
+    (status = 404, description = NO_SCHEDULE, body = ErrorBody),
+    (status = 422, description = "validation_failed: a field is invalid (named; `position` for a cron expression)", body = ErrorBody)))]
 pub async fn patch(
     State(st): State<AppState>,
     access: Access,
@@ -130,8 +144,10 @@ pub async fn patch(
 }
 
 /// Delete a schedule (jobs it already enqueued stay).
-#[utoipa::path(delete, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
-    responses((status = 200, body = DeletedResponse), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = QueueName, Path, description = SCHEDULE)),
+    responses((status = 200, description = "deleted", body = DeletedResponse),
+    (status = 404, description = NO_SCHEDULE, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     access: Access,
@@ -143,8 +159,10 @@ pub async fn delete(
 }
 
 /// Pause a schedule: its ticks are ignored until it resumes.
-#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path)),
-    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules", operation_id = "pause_schedule",
+    params(("name" = QueueName, Path, description = SCHEDULE)),
+    responses((status = 200, description = "paused", body = Schedule),
+    (status = 404, description = NO_SCHEDULE, body = ErrorBody)))]
 pub async fn pause(
     State(st): State<AppState>,
     access: Access,
@@ -154,8 +172,10 @@ pub async fn pause(
 }
 
 /// Resume a schedule from its next tick after now.
-#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path)),
-    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules", operation_id = "resume_schedule",
+    params(("name" = QueueName, Path, description = SCHEDULE)),
+    responses((status = 200, description = "resumed", body = Schedule),
+    (status = 404, description = NO_SCHEDULE, body = ErrorBody)))]
 pub async fn resume(
     State(st): State<AppState>,
     access: Access,
