@@ -1,29 +1,60 @@
 """Schemathesis hooks for .ci/schemathesis.sh (loaded through `hooks` in schemathesis.toml).
 
-Two adjustments, both made to a request just before it is sent (schemathesis re-checks
+Three adjustments, all made to a request just before it is sent (schemathesis re-checks
 afterwards whether the request is still schema-valid, so its checks judge what was sent):
 
 * Long-polls stay short. `POST /v1/queues/{queue}/claim` (body `wait_ms`) and
   `GET /v1/events` (query `wait_ms`) wait up to `wait_ms` (<= 30,000) when nothing is there,
   which on a fuzzed, mostly empty server is nearly always. A valid wait above WAIT_CAP_MS is
-  lowered to WAIT_CAP_MS: still a valid long-poll that really waits and times out, but 250 ms
-  instead of up to 30 s. Values outside 0..=30000, and values of the wrong type, are sent
-  unchanged, so their rejection is still tested.
+  lowered to WAIT_CAP_MS: still a valid long-poll that really waits and times out, but 20 ms
+  instead of up to 30 s (dozens of them per run). Values outside 0..=30000, and values of the
+  wrong type, are sent unchanged, so their rejection is still tested.
 * The CI's own admin token survives. `DELETE /v1/tokens/{id}` with the id of the token the
   harness authenticates with (FERRY_CI_TOKEN_ID; ids show up in `GET /v1/tokens`, which the
   stateful phase and response-based data generation read) would revoke it and turn every
   later request into 401. Such a request is sent for a random id instead (a valid 404 case).
+* Dependencies exist. A job's `depends_on` must name jobs that exist (else 422), which no
+  schema can say: a generated UUID names none, so every valid job with a dependency would be
+  "rejected". In the jobs of `POST /v1/jobs` and `POST /v1/import`, each well-formed UUID in
+  `depends_on` is replaced by FERRY_CI_JOB_ID, a job the script enqueued before fuzzing (the
+  list keeps its length; anything that is not a UUID is sent unchanged, so its rejection is
+  still tested).
 """
 
 import os
+import re
 import uuid
 
 import schemathesis
 
-WAIT_CAP_MS = 250
+WAIT_CAP_MS = 20
 MAX_WAIT_MS = 30_000
 LONG_POLLS = {("POST", "/v1/queues/{queue}/claim"), ("GET", "/v1/events")}
 CI_TOKEN_ID = os.environ.get("FERRY_CI_TOKEN_ID", "").strip().lower()
+CI_JOB_ID = os.environ.get("FERRY_CI_JOB_ID", "").strip().lower()
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _existing_dependencies(job):
+    """Points the UUIDs of a job's `depends_on` at the job the harness made."""
+    if not CI_JOB_ID or not isinstance(job, dict) or not isinstance(job.get("depends_on"), list):
+        return
+    job["depends_on"] = [
+        CI_JOB_ID if isinstance(d, str) and UUID.match(d) else d for d in job["depends_on"]
+    ]
+
+
+def _jobs_of(key, body):
+    """The job objects in a body of POST /v1/jobs or POST /v1/import."""
+    if not isinstance(body, dict):
+        return []
+    if key == ("POST", "/v1/jobs"):
+        batch = body.get("jobs")
+        return batch if isinstance(batch, list) else [body]
+    items = body.get("jobs")
+    if not isinstance(items, list):
+        return []
+    return [item.get("job") for item in items if isinstance(item, dict)]
 
 
 def _capped(value):
@@ -54,6 +85,9 @@ def before_call(context, case, kwargs):
             new = _capped(case.body["wait_ms"])
             if new is not None:
                 case.body["wait_ms"] = new
+    if key in {("POST", "/v1/jobs"), ("POST", "/v1/import")}:
+        for job in _jobs_of(key, case.body):
+            _existing_dependencies(job)
     if key == ("DELETE", "/v1/tokens/{id}") and CI_TOKEN_ID and isinstance(case.path_parameters, dict):
         if str(case.path_parameters.get("id", "")).strip().lower() == CI_TOKEN_ID:
             case.path_parameters["id"] = str(uuid.uuid4())
