@@ -72,6 +72,7 @@ const DLQ_STEP: usize = 1_000;
 /// Return dead jobs to ready: by `ids` or by `queue`.
 #[utoipa::path(post, path = "/v1/dlq/replay", tag = "dlq", request_body = DlqSelectorBody,
     responses((status = 200, description = "how many dead jobs are ready again", body = ReplayResponse),
+    (status = 409, description = "conflict: an unfinished job of its queue holds a dead job's unique_key (nothing replayed)", body = ErrorBody),
     (status = 413, description = "payload_too_large: too many ids", body = ErrorBody)))]
 pub async fn replay(
     State(st): State<AppState>,

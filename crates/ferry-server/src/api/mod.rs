@@ -231,6 +231,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replaying_a_job_whose_unique_key_is_taken_again_is_a_conflict() {
+        let app = app().await;
+        let dead = enqueue(&app, json!({"queue": "q", "unique_key": "k", "max_attempts": 1})).await;
+        let (_, claimed) = call(&app, "POST", "/v1/queues/q/claim", Some(r#"{"worker":"w"}"#)).await;
+        let fail = json!({"lease": claimed["jobs"][0]["lease"], "retry": false}).to_string();
+        assert_eq!(call(&app, "POST", &format!("/v1/jobs/{dead}/fail"), Some(&fail)).await.0, 200);
+        let holder = enqueue(&app, json!({"queue": "q", "unique_key": "k"})).await;
+        for selector in [json!({"ids": [dead]}), json!({"queue": "q"})] {
+            let (status, out) = call(&app, "POST", "/v1/dlq/replay", Some(&selector.to_string())).await;
+            assert_eq!((status, out["error"]["code"].as_str()), (409, Some("conflict")), "{selector}: {out}");
+        }
+        for (id, state) in [(dead, "dead"), (holder, "ready")] {
+            let (_, job) = call(&app, "GET", &format!("/v1/jobs/{id}"), None).await;
+            assert_eq!(job["state"], state, "nothing changed: {job}");
+        }
+    }
+
+    #[tokio::test]
     async fn the_served_document_is_the_completed_one() {
         let app = app().await;
         let (status, doc) = call(&app, "GET", "/v1/openapi.json", None).await;

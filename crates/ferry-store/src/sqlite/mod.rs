@@ -156,11 +156,16 @@ impl Checkpointer {
     }
 }
 
-/// Maps a SQLite error to a ferry error: busy and I/O trouble is `unavailable`, the rest
-/// `internal`.
+/// Maps a SQLite error to a ferry error: busy and I/O trouble is `unavailable`, a broken
+/// constraint `conflict` (as on PostgreSQL), the rest `internal`.
 pub(crate) fn db_err(e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode as C;
     match &e {
+        // A uniqueness the request would break (a replayed dead job whose unique key an
+        // unfinished job of its queue holds): the request's conflict, not a storage failure.
+        rusqlite::Error::SqliteFailure(f, _) if f.code == C::ConstraintViolation => {
+            Error::new(ErrorCode::Conflict, format!("the database refused this change: {e}"))
+        }
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(
                 f.code,
