@@ -86,9 +86,11 @@ pub async fn replay(
             replayed += st.store.replay_dead(DeadSelector::Ids(ids), usize::MAX).await?.len() as u64
         }
         DeadSelector::Queue(q) => loop {
+            // Until a step replays nothing: a step may bring back fewer than it selected (of two
+            // dead jobs with one unique key, only the first), so a short step is not the end.
             let n = st.store.replay_dead(DeadSelector::Queue(q.clone()), DLQ_STEP).await?.len();
             replayed += n as u64;
-            if n < DLQ_STEP {
+            if n == 0 {
                 break;
             }
         },

@@ -832,22 +832,34 @@ pub async fn prune(tx: &Transaction<'_>, before_ms: i64, max: usize) -> Result<u
     .map_err(pg_err)
 }
 
+/// Dead jobs a replay may bring back: none whose unique key an unfinished job of its queue
+/// holds now (it stays dead; replaying it would break the key's uniqueness).
+const REPLAYABLE: &str = "AND NOT EXISTS (SELECT 1 FROM jobs h WHERE h.queue = jobs.queue
+    AND h.unique_key = jobs.unique_key AND h.state NOT IN ('completed', 'dead', 'cancelled'))";
+
 async fn dead_rows(
     tx: &Transaction<'_>,
     selector: &DeadSelector,
     max: usize,
+    replay: bool,
 ) -> Result<Vec<(i64, Uuid, String, Option<String>)>> {
+    let only = if replay { REPLAYABLE } else { "" };
     let rows = match selector {
         DeadSelector::Ids(ids) => {
             let ids: Vec<Uuid> = ids.iter().take(max).copied().collect();
-            tx.query(&tx.prepare_cached("SELECT seq, id, queue, tags FROM jobs WHERE id = ANY($1) AND state = 'dead' ORDER BY seq FOR UPDATE").await.map_err(pg_err)?,
-                &[&ids],
-            )
-            .await
+            let sql = format!(
+                "SELECT seq, id, queue, tags FROM jobs WHERE id = ANY($1) AND state = 'dead' {only}
+                 ORDER BY seq FOR UPDATE"
+            );
+            tx.query(&tx.prepare_cached(&sql).await.map_err(pg_err)?, &[&ids]).await
         }
         DeadSelector::Queue(q) => {
-            tx.query(&tx.prepare_cached("SELECT seq, id, queue, tags FROM jobs WHERE queue = $1 AND state = 'dead' ORDER BY seq LIMIT $2
-                 FOR UPDATE SKIP LOCKED").await.map_err(pg_err)?,
+            let sql = format!(
+                "SELECT seq, id, queue, tags FROM jobs WHERE queue = $1 AND state = 'dead' {only}
+                 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+            );
+            tx.query(
+                &tx.prepare_cached(&sql).await.map_err(pg_err)?,
                 &[q, &(max.min(i64::MAX as usize) as i64)],
             )
             .await
@@ -865,14 +877,24 @@ pub async fn replay(
     max: usize,
     w: &mut Wakes,
 ) -> Result<Vec<Uuid>> {
-    let rows = dead_rows(tx, selector, max).await?;
-    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    tx.execute(&tx.prepare_cached("UPDATE jobs SET state = 'ready', attempt = 0, lease = NULL, run_at = $1, finished_at = NULL, updated_at = $1
-         WHERE seq = ANY($2)").await.map_err(pg_err)?,
-        &[&now, &seqs],
-    )
-    .await
-    .map_err(pg_err)?;
+    let rows = dead_rows(tx, selector, max, true).await?;
+    // Row by row, checked again: two dead jobs of one key may be selected together; the first
+    // brought back holds the key and the second stays dead.
+    let update = tx
+        .prepare_cached(&format!(
+            "UPDATE jobs SET state = 'ready', attempt = 0, lease = NULL, run_at = $1, finished_at = NULL,
+                updated_at = $1
+             WHERE seq = $2 {REPLAYABLE}"
+        ))
+        .await
+        .map_err(pg_err)?;
+    let mut replayed = Vec::with_capacity(rows.len());
+    for row in rows {
+        if tx.execute(&update, &[&now, &row.0]).await.map_err(pg_err)? == 1 {
+            replayed.push(row);
+        }
+    }
+    let rows = replayed;
     for (_, id, q, tags) in &rows {
         w.wake(q);
         w.events.push(job_event(EventType::JobReplayed, now, q, *id, event_tags(tags.clone())));
@@ -887,7 +909,7 @@ pub async fn replay(
 
 /// Deletes dead jobs.
 pub async fn purge(tx: &Transaction<'_>, selector: &DeadSelector, max: usize) -> Result<u64> {
-    let rows = dead_rows(tx, selector, max).await?;
+    let rows = dead_rows(tx, selector, max, false).await?;
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
     tx.execute(&tx.prepare_cached("DELETE FROM jobs WHERE seq = ANY($1)").await.map_err(pg_err)?, &[&seqs])
         .await

@@ -639,12 +639,20 @@ pub fn prune(conn: &Connection, before_ms: i64, max: usize, fx: &mut Effects) ->
 
 type DeadRow = (i64, Uuid, String, Option<String>);
 
-fn dead_seqs(conn: &Connection, selector: &DeadSelector, max: usize) -> Result<Vec<DeadRow>> {
+/// Dead jobs a replay may bring back: none whose unique key an unfinished job of its queue
+/// holds now (it stays dead; replaying it would break the key's uniqueness).
+const REPLAYABLE: &str = "AND NOT EXISTS (SELECT 1 FROM jobs h WHERE h.queue = jobs.queue
+    AND h.unique_key = jobs.unique_key AND h.state NOT IN ('completed', 'dead', 'cancelled'))";
+
+fn dead_seqs(conn: &Connection, selector: &DeadSelector, max: usize, replay: bool) -> Result<Vec<DeadRow>> {
     let map = |r: &Row| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+    let only = if replay { REPLAYABLE } else { "" };
     match selector {
         DeadSelector::Ids(ids) => {
             let mut s = conn
-                .prepare_cached("SELECT seq, id, queue, tags FROM jobs WHERE id = ?1 AND state = 'dead'")
+                .prepare_cached(&format!(
+                    "SELECT seq, id, queue, tags FROM jobs WHERE id = ?1 AND state = 'dead' {only}"
+                ))
                 .map_err(db_err)?;
             let mut out = Vec::new();
             for id in ids.iter().take(max) {
@@ -655,9 +663,10 @@ fn dead_seqs(conn: &Connection, selector: &DeadSelector, max: usize) -> Result<V
             Ok(out)
         }
         DeadSelector::Queue(q) => conn
-            .prepare_cached(
-                "SELECT seq, id, queue, tags FROM jobs WHERE queue = ?1 AND state = 'dead' ORDER BY seq LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT seq, id, queue, tags FROM jobs WHERE queue = ?1 AND state = 'dead' {only}
+                 ORDER BY seq LIMIT ?2"
+            ))
             .and_then(|mut s| s.query_map(params![q, max as i64], map)?.collect())
             .map_err(db_err),
     }
@@ -671,17 +680,22 @@ pub fn replay(
     max: usize,
     fx: &mut Effects,
 ) -> Result<Vec<Uuid>> {
-    let rows = dead_seqs(conn, selector, max)?;
+    let rows = dead_seqs(conn, selector, max, true)?;
+    // Checked again per row: two dead jobs of one key may be selected together; the first
+    // brought back holds the key, and the second stays dead (check before write: a broken
+    // constraint would poison the writer's whole batch).
     let mut s = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "UPDATE jobs SET state = 'ready', attempt = 0, lease = NULL, run_at = ?1, finished_at = NULL,
                 updated_at = ?1
-             WHERE seq = ?2",
-        )
+             WHERE seq = ?2 {REPLAYABLE}"
+        ))
         .map_err(db_err)?;
     let mut ids = Vec::with_capacity(rows.len());
     for (seq, id, queue, tags) in rows {
-        s.execute(params![now, seq]).map_err(db_err)?;
+        if s.execute(params![now, seq]).map_err(db_err)? == 0 {
+            continue;
+        }
         fx.moved(&queue, Some(JobState::Dead), Some(JobState::Ready), 1);
         fx.event(job_event(EventType::JobReplayed, now, &queue, id, event_tags(tags)));
         fx.wake(&queue);
@@ -692,7 +706,7 @@ pub fn replay(
 
 /// Deletes dead jobs.
 pub fn purge(conn: &Connection, selector: &DeadSelector, max: usize, fx: &mut Effects) -> Result<u64> {
-    let rows = dead_seqs(conn, selector, max)?;
+    let rows = dead_seqs(conn, selector, max, false)?;
     let mut del = conn.prepare_cached("DELETE FROM jobs WHERE seq = ?1").map_err(db_err)?;
     let mut del_deps = conn.prepare_cached("DELETE FROM job_deps WHERE dep_seq = ?1").map_err(db_err)?;
     for (seq, _, queue, _) in &rows {

@@ -6,7 +6,6 @@
 use super::Harness;
 use ferry_core::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -137,14 +136,6 @@ async fn run_case(h: &Harness, c: Case) -> Result<(), TestCaseError> {
 
 /// Runs the property over one store.
 pub async fn run(h: Harness) {
-    let handle = tokio::runtime::Handle::current();
-    let cases: u32 = std::env::var("FERRY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
-    let result = tokio::task::block_in_place(|| {
-        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-        runner.run(&case(), |c| handle.block_on(run_case(&h, c))).map_err(|e| e.to_string())
-    });
-    if let Err(e) = result {
-        panic!("JSON round-trip property failed: {e}");
-    }
+    super::props::run_property(&h, "JSON round-trip", case(), run_case);
     h.finish().await;
 }

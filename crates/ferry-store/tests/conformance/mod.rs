@@ -48,7 +48,7 @@ macro_rules! conformance_tests {
             claim_respects_max_and_hands_distinct_leases, complete_requires_current_lease,
             complete_is_idempotent_for_its_own_lease, release_returns_job_uncounted, heartbeat_extends_live_lease_only,
             fail_retries_with_backoff, fail_until_dead_keeps_history, fail_without_retry_is_dead,
-            fail_repeat_answers_same_outcome, dlq_replay_by_ids_and_queue, dlq_purge,
+            fail_repeat_answers_same_outcome, dlq_replay_by_ids_and_queue, dlq_replay_keeps_unique_keys_unique, dlq_purge,
             reaper_requeues_expired_leases, reaper_kills_at_max_attempts, reaper_never_overwrites_completed,
             unique_jobs, dependencies_release_dependants, dependency_death_cascades,
             dependency_cancel_cascades, enqueue_with_finished_dependencies, unknown_dependency_is_rejected,
@@ -444,6 +444,44 @@ pub async fn dlq_replay_by_ids_and_queue(h: Harness) {
     assert_eq!(replayed, vec![b2]);
     let c = claim_one(&h, "qb").await;
     assert_eq!((c.id, c.attempt), (b, 1));
+    h.finish().await;
+}
+
+/// Claims the next job of `q` and fails it for good.
+async fn kill_one(h: &Harness) -> Uuid {
+    let c = claim_one(h, "q").await;
+    let f = FailItem { id: c.id, lease: c.lease, error: "boom".into(), retry: false };
+    h.store.fail(vec![f]).await.unwrap().pop().unwrap().unwrap();
+    c.id
+}
+
+/// A dead job whose unique key an unfinished job of its queue holds now stays dead on replay,
+/// and of two dead jobs with one key only the first comes back; nothing fails.
+pub async fn dlq_replay_keeps_unique_keys_unique(h: Harness) {
+    let keyed = |k: &str| {
+        job_with(|s| {
+            s.unique_key = Some(k.into());
+            s.max_attempts = Some(1);
+        })
+    };
+    enqueue1(&h, keyed("a")).await;
+    let dead_a1 = kill_one(&h).await;
+    enqueue1(&h, keyed("a")).await;
+    let dead_a2 = kill_one(&h).await;
+    enqueue1(&h, keyed("b")).await;
+    let dead_b = kill_one(&h).await;
+    let holder_b = enqueue1(&h, keyed("b")).await;
+    let replayed = h.store.replay_dead(DeadSelector::Queue("q".into()), 100).await.unwrap();
+    assert_eq!(replayed, vec![dead_a1], "one of the two a's, and not b (its key is held)");
+    for (id, state) in [
+        (dead_a1, JobState::Ready),
+        (dead_a2, JobState::Dead),
+        (dead_b, JobState::Dead),
+        (holder_b, JobState::Ready),
+    ] {
+        assert_eq!(h.store.get_job(id).await.unwrap().state, state);
+    }
+    assert!(h.store.replay_dead(DeadSelector::Ids(vec![dead_a2, dead_b]), 100).await.unwrap().is_empty());
     h.finish().await;
 }
 

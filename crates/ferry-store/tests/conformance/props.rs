@@ -232,14 +232,25 @@ async fn run_case(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 /// Runs the property over one store, each case in a queue of its own.
 pub async fn run(h: Harness) {
+    run_property(&h, "state machine", proptest::collection::vec(op(), 1..60), run_case);
+    h.finish().await;
+}
+
+/// Runs `FERRY_PROPTEST_CASES` (default 48) cases of `strategy` through `check` on one store
+/// (from inside a multi-threaded runtime); panics with the minimal failing case.
+pub fn run_property<'a, S, F, Fut>(h: &'a Harness, what: &str, strategy: S, check: F)
+where
+    S: Strategy,
+    F: Fn(&'a Harness, S::Value) -> Fut,
+    Fut: std::future::Future<Output = Result<(), TestCaseError>>,
+{
     let handle = tokio::runtime::Handle::current();
     let cases: u32 = std::env::var("FERRY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
     let result = tokio::task::block_in_place(|| {
         let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-        runner.run(&proptest::collection::vec(op(), 1..60), |ops| handle.block_on(run_case(&h, ops)))
+        runner.run(&strategy, |v| handle.block_on(check(h, v))).map_err(|e| e.to_string())
     });
     if let Err(e) = result {
-        panic!("state machine property failed: {e}");
+        panic!("{what} property failed: {e}");
     }
-    h.finish().await;
 }
