@@ -78,14 +78,14 @@ async fn slow_clients_hold_no_request_slot_and_are_closed_by_their_time_limits()
     let rss_before = rss_bytes(server.pid());
     let started = Instant::now();
 
-    let mut heads = open(&addr, PER_KIND, b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Ty").await;
+    let mut heads = open(&addr, PER_KIND, b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty").await;
     let mut bodies = open(
         &addr,
         PER_KIND,
-        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"queue\":",
+        b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"queue\":",
     )
     .await;
-    let mut idles = open(&addr, PER_KIND, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut idles = open(&addr, PER_KIND, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
     // The idle ones got their answer and now sit on a keep-alive connection.
     for s in idles.iter_mut().take(10) {
         let mut chunk = [0u8; 256];
