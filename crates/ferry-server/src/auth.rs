@@ -36,11 +36,6 @@ impl Principal {
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.iter().any(|s| *s == scope || *s == Scope::Admin)
     }
-
-    /// Whether the token may touch `queue`.
-    pub fn allows_queue(&self, queue: &str) -> bool {
-        self.queues.as_ref().is_none_or(|qs| qs.iter().any(|q| q == queue))
-    }
 }
 
 /// What a request may touch: every queue (auth off, or an unrestricted token), or only the
@@ -262,26 +257,11 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
 fn path_queue(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v1/queues/")?;
     let q = rest.split('/').next()?;
-    if q.is_empty() { None } else { Some(percent_decode(q)) }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len() + 1
-            && let Some(h) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(h);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
+    if q.is_empty() {
+        None
+    } else {
+        Some(percent_encoding::percent_decode_str(q).decode_utf8_lossy().into_owned())
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Job id in the path of a job route (`/v1/jobs/{id}/...`).
