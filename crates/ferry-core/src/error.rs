@@ -56,6 +56,30 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (the test below fails when one is missing).
+    pub const ALL: [ErrorCode; 20] = [
+        ErrorCode::BadRequest,
+        ErrorCode::ValidationFailed,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::StaleLease,
+        ErrorCode::InvalidState,
+        ErrorCode::Conflict,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RequestTimeout,
+        ErrorCode::UriTooLong,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::QueueFull,
+        ErrorCode::ServerSaturated,
+        ErrorCode::CircuitOpen,
+        ErrorCode::Unavailable,
+        ErrorCode::SchemaTooNew,
+        ErrorCode::Internal,
+    ];
+
     /// The wire name, e.g. `stale_lease`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -116,12 +140,16 @@ pub struct Error {
     /// Character offset of the error inside the field's text (a cron expression), from 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
+    /// Machine-readable context a client acts on (a conflict's current version, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 impl Error {
     /// Builds an error without a field.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code, message: message.into(), field: None, position: None }
+        Error { code, message: message.into(), field: None, position: None, details: None }
     }
 
     /// Builds a 422 for one input field.
@@ -131,6 +159,7 @@ impl Error {
             message: message.into(),
             field: Some(field.into()),
             position: None,
+            details: None,
         }
     }
 
@@ -141,6 +170,7 @@ impl Error {
             message: message.into(),
             field: Some(field.into()),
             position: None,
+            details: None,
         }
     }
 
@@ -165,6 +195,12 @@ impl Error {
     /// An unexpected failure.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::new(ErrorCode::Internal, message)
+    }
+
+    /// Adds machine-readable context for the client (an object).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     /// Notes where in the field's text the error is.
@@ -194,3 +230,78 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Position in [`ErrorCode::ALL`]; exhaustive, so a new code fails to compile here until it
+    /// is listed (and given its status below).
+    fn index(c: ErrorCode) -> usize {
+        match c {
+            ErrorCode::BadRequest => 0,
+            ErrorCode::ValidationFailed => 1,
+            ErrorCode::Unauthorized => 2,
+            ErrorCode::Forbidden => 3,
+            ErrorCode::NotFound => 4,
+            ErrorCode::StaleLease => 5,
+            ErrorCode::InvalidState => 6,
+            ErrorCode::Conflict => 7,
+            ErrorCode::PayloadTooLarge => 8,
+            ErrorCode::UnsupportedMediaType => 9,
+            ErrorCode::RequestTimeout => 10,
+            ErrorCode::UriTooLong => 11,
+            ErrorCode::HeadersTooLarge => 12,
+            ErrorCode::RateLimited => 13,
+            ErrorCode::QueueFull => 14,
+            ErrorCode::ServerSaturated => 15,
+            ErrorCode::CircuitOpen => 16,
+            ErrorCode::Unavailable => 17,
+            ErrorCode::SchemaTooNew => 18,
+            ErrorCode::Internal => 19,
+        }
+    }
+
+    #[test]
+    fn every_code_has_one_pinned_status_and_wire_name() {
+        let pinned: [(&str, u16); 20] = [
+            ("bad_request", 400),
+            ("validation_failed", 422),
+            ("unauthorized", 401),
+            ("forbidden", 403),
+            ("not_found", 404),
+            ("stale_lease", 409),
+            ("invalid_state", 409),
+            ("conflict", 409),
+            ("payload_too_large", 413),
+            ("unsupported_media_type", 415),
+            ("request_timeout", 408),
+            ("uri_too_long", 414),
+            ("headers_too_large", 431),
+            ("rate_limited", 429),
+            ("queue_full", 429),
+            ("server_saturated", 503),
+            ("circuit_open", 503),
+            ("unavailable", 503),
+            ("schema_too_new", 500),
+            ("internal", 500),
+        ];
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(index(*code), i, "ErrorCode::ALL is in declaration order");
+            assert_eq!((code.as_str(), code.http_status()), pinned[i], "{code:?}");
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire, code.as_str(), "serde and as_str agree");
+            assert_eq!(serde_json::from_value::<ErrorCode>(wire).unwrap(), *code);
+        }
+    }
+
+    #[test]
+    fn details_are_optional_on_the_wire() {
+        let plain = serde_json::to_value(Error::new(ErrorCode::Conflict, "taken")).unwrap();
+        assert!(plain.get("details").is_none());
+        let e = Error::new(ErrorCode::Conflict, "taken").with_details(serde_json::json!({"current": 3}));
+        let wire = serde_json::to_value(&e).unwrap();
+        assert_eq!(wire["details"]["current"], 3);
+        assert_eq!(serde_json::from_value::<Error>(wire).unwrap(), e);
+    }
+}

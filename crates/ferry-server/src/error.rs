@@ -76,7 +76,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], prefix: &str) 
         let code = if missing { ErrorCode::ValidationFailed } else { ErrorCode::BadRequest };
         let message =
             if inner.is_syntax() || inner.is_eof() { format!("malformed JSON: {msg}") } else { msg };
-        Error { code, message, field, position: None }
+        Error { code, message, field, position: None, details: None }
     })?;
     de.end().map_err(|e| {
         Error::new(ErrorCode::BadRequest, format!("malformed JSON: {e} (text after the JSON value)"))

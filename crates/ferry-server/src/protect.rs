@@ -361,6 +361,7 @@ impl DepthGate {
                     ),
                     field: Some("queue".into()),
                     position: None,
+                    details: Some(serde_json::json!({"queue": q, "depth": now, "max_depth": max})),
                 });
             }
         }
