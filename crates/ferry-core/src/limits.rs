@@ -1,6 +1,8 @@
 //! Every bound ferry enforces, in one place.
 //!
-//! A limit that is not here does not exist. Each is configurable (the server reads a
+//! Every input and resource bound of the server is here (a few internal constants, such as a
+//! schedule's most listed next runs or the DLQ's rows per write step, live beside their code
+//! and are named there). Each is configurable (the server reads a
 //! `[limits]` table from `ferry.toml`) and each is enforced by a test that goes one past it.
 
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,6 @@
 //! ferry-store: durable storage for ferry behind one [`Store`] trait.
 //!
-//! Every backend (SQLite now, PostgreSQL next) implements the same trait and passes the same
+//! Every backend (SQLite and PostgreSQL) implements the same trait and passes the same
 //! conformance suite (`tests/conformance`). Nothing backend-specific leaks above this trait:
 //! the server, the maintenance loops and the long-poll claim only see `dyn Store`.
 

@@ -1,7 +1,9 @@
 //! The job commands as SQL over one SQLite connection.
 //!
-//! Write functions run on the writer thread inside a savepoint (see `writer`), so each is
-//! atomic and nothing else writes meanwhile; read functions run on a read-only connection.
+//! Write functions run on the writer thread inside the writer's transaction (see `writer`),
+//! nothing else writing meanwhile; each checks everything before it writes, because a command
+//! that fails after writing poisons the whole batch (the writer rolls it back and its batch
+//! mates are answered `unavailable`). Read functions run on a read-only connection.
 
 use super::counts::Counts;
 use super::db_err;
@@ -16,8 +18,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// Inserts a batch; duplicates by unique key return the existing id. All or nothing (the
-/// caller's savepoint undoes every insert on error).
+/// Inserts a batch; duplicates by unique key return the existing id. All or nothing: every
+/// dependency is resolved before the first insert, so a refused batch has written nothing.
 pub fn enqueue(
     conn: &Connection,
     now: i64,

@@ -30,8 +30,6 @@ use std::sync::Arc;
 use uuid::Uuid;
 use writer::Writer;
 
-pub use writer::WriterStats;
-
 /// SQLite durability level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -260,11 +258,6 @@ impl SqliteStore {
             bus,
             metrics,
         })
-    }
-
-    /// The writer's own counters (commits, commands, busy time).
-    pub fn writer_stats(&self) -> &Arc<WriterStats> {
-        &self.writer.stats
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T>

@@ -82,22 +82,10 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-/// Counters the writer keeps about itself (for benchmarks and, later, metrics).
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// Transactions committed.
-    pub commits: std::sync::atomic::AtomicU64,
-    /// Commands executed.
-    pub ops: std::sync::atomic::AtomicU64,
-    /// Time spent inside transactions, in microseconds.
-    pub busy_us: std::sync::atomic::AtomicU64,
-}
-
 /// Handle to the writer thread.
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
-    pub stats: Arc<WriterStats>,
     metrics: Arc<crate::metrics::StoreMetrics>,
 }
 
@@ -114,16 +102,14 @@ impl Writer {
     ) -> Writer {
         assert!(max_batch_ops >= 1 && capacity >= 1);
         let (tx, rx) = mpsc::channel(capacity);
-        let stats = Arc::new(WriterStats::default());
-        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
             .spawn({
-                let sinks = Sinks { notifier, counts, bus, metrics: metrics.clone(), stats: thread_stats };
+                let sinks = Sinks { notifier, counts, bus, metrics: metrics.clone() };
                 move || run(conn, rx, sinks, max_batch_ops)
             })
             .expect("spawn writer thread");
-        Writer { tx, thread: std::sync::Mutex::new(Some(thread)), stats, metrics }
+        Writer { tx, thread: std::sync::Mutex::new(Some(thread)), metrics }
     }
 
     /// Runs `f` in the next group-commit transaction and returns its result once durable.
@@ -208,12 +194,10 @@ struct Sinks {
     counts: Arc<CountsCell>,
     bus: Arc<EventBus>,
     metrics: Arc<crate::metrics::StoreMetrics>,
-    stats: Arc<WriterStats>,
 }
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_ops: usize) {
-    let Sinks { notifier, counts, bus, metrics, stats } = sinks;
-    use std::sync::atomic::Ordering::Relaxed;
+    let Sinks { notifier, counts, bus, metrics } = sinks;
     let mut ops: Vec<Op> = Vec::with_capacity(max_batch_ops);
     let mut replies: Vec<Reply> = Vec::with_capacity(max_batch_ops);
     let mut closing: Option<oneshot::Sender<()>> = None;
@@ -289,7 +273,6 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
             };
             counts.end_commit(commit.is_ok().then_some(&fx.deltas));
             if commit.is_ok() {
-                stats.commits.fetch_add(1, Relaxed);
                 for q in &fx.wake {
                     notifier.wake(q);
                 }
@@ -308,8 +291,6 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
             }
         }
         drop(pending);
-        stats.ops.fetch_add(n_ops as u64, Relaxed);
-        stats.busy_us.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         metrics.transaction(n_ops, started.elapsed());
     }
     // Answer whatever is still queued as unavailable by dropping it, then stop.
