@@ -6,10 +6,8 @@
 //! Needs PostgreSQL (`FERRY_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`):
 //! skipped with a printed reason without it, unless `FERRY_REQUIRE_PG=1`.
 
-mod common;
-
-use common::Server;
-use common::pg::TestDb;
+use crate::common::Server;
+use crate::common::pg::TestDb;
 use ferry_client::{Client, Worker};
 use ferry_core::JobState;
 use ferry_core::validate::JobSpec;

@@ -7,9 +7,7 @@
 //! limits, so every bound is reached in milliseconds. Every test body runs under a timeout:
 //! a stall fails loudly instead of hanging CI.
 
-mod common;
-
-use common::{Server, error_code};
+use crate::common::{Server, error_code};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::future::Future;

@@ -8,9 +8,7 @@
 //! The expectations come from the API contract (the issue text), not from the code; a test
 //! that once disagreed with the server says so in a `Regression:` comment.
 
-mod common;
-
-use common::{Server, error_code, get, post_raw};
+use crate::common::{Server, error_code, get, post_raw};
 use serde_json::{Value, json};
 use std::time::Duration;
 

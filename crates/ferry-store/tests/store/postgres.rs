@@ -5,9 +5,7 @@
 //! Without a reachable server the tests skip with a printed reason, unless
 //! `FERRY_REQUIRE_PG=1` (as in CI), where they fail.
 
-mod conformance;
-
-use conformance::Harness;
+use crate::conformance::{self, Harness};
 use ferry_core::ManualClock;
 use ferry_store::{PgConfig, PgStore, Store};
 use std::sync::Arc;

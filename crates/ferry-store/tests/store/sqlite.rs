@@ -1,9 +1,7 @@
 //! The conformance suite against the SQLite backend, plus SQLite-only checks (schema
 //! versioning and reopening).
 
-mod conformance;
-
-use conformance::Harness;
+use crate::conformance::{self, Harness};
 use ferry_core::{Clock, ErrorCode, ManualClock, SystemClock};
 use ferry_store::{SqliteConfig, SqliteStore, Store};
 use std::sync::Arc;

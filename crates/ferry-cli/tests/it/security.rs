@@ -15,10 +15,8 @@
 //!
 //! Every test body runs under a timeout, so a stall fails loudly instead of hanging CI.
 
-mod common;
-
-use common::pg::TestDb;
-use common::{Server, error_code};
+use crate::common::pg::TestDb;
+use crate::common::{Server, error_code};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::future::Future;

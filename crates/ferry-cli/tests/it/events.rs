@@ -3,10 +3,8 @@
 //! handling, 1,000 concurrent subscribers, the schedules API and CLI; and, on PostgreSQL, events
 //! and schedules across nodes.
 
-mod common;
-
-use common::Server;
-use common::pg::TestDb;
+use crate::common::Server;
+use crate::common::pg::TestDb;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

@@ -40,10 +40,9 @@ impl Harness {
     }
 }
 
-#[macro_export]
 macro_rules! conformance_tests {
     ($make:path) => {
-        $crate::conformance_tests!(@each $make;
+        conformance_tests!(@each $make;
             enqueue_and_get, payload_is_kept_verbatim, batch_is_all_or_nothing, claim_order,
             claim_respects_max_and_hands_distinct_leases, complete_requires_current_lease,
             complete_is_idempotent_for_its_own_lease, release_returns_job_uncounted, heartbeat_extends_live_lease_only,
@@ -66,9 +65,9 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let clock = ferry_core::ManualClock::new(conformance::T0);
+                let clock = ferry_core::ManualClock::new(crate::conformance::T0);
                 if let Some(h) = $make(clock).await {
-                    conformance::$name(h).await;
+                    crate::conformance::$name(h).await;
                 }
             }
         )*

@@ -3,10 +3,8 @@
 //! PostgreSQL. Also: a non-empty target and a source still in use are refused, and the table
 //! registry matches the tables both schemas really have.
 
-mod common;
-
-use common::Server;
-use common::pg::TestDb;
+use crate::common::Server;
+use crate::common::pg::TestDb;
 use ferry_client::Client;
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::ClaimBody;

@@ -28,9 +28,7 @@
 //! to replay a run. Every test body runs under a timeout (the deadlock guard), so a stall fails
 //! loudly instead of hanging CI.
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;

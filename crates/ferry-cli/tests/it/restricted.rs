@@ -30,10 +30,8 @@
 //! entry in the walk table fails the test, so a new route cannot go unwalked. Positive controls
 //! at the end show the restricted tokens can still do all of this to `a`.
 
-mod common;
-
-use common::Server;
-use common::pg::TestDb;
+use crate::common::Server;
+use crate::common::pg::TestDb;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};

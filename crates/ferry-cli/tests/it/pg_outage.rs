@@ -6,9 +6,7 @@
 //! free port), so stopping it disturbs no other test. Skipped with a printed reason where the
 //! PostgreSQL server binaries or root are missing, unless `FERRY_REQUIRE_PG=1`.
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};

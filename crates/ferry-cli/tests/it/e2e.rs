@@ -3,9 +3,7 @@
 //! unique and dependent jobs, graceful shutdown, the SDK worker, the OpenAPI document and
 //! the CLI.
 
-mod common;
-
-use common::{Server, error_code, get, post_raw};
+use crate::common::{Server, error_code, get, post_raw};
 use ferry_client::{Client, Worker};
 use ferry_core::JobState;
 use ferry_core::validate::JobSpec;
@@ -467,11 +465,11 @@ async fn openapi_document_covers_every_route() {
             .replace("{queue}", "q")
             .replace("{name}", "s"));
         let resp = match method {
-            "get" => common::http().get(&url).send().await,
-            "patch" => common::http().patch(&url).body("{}").send().await,
-            "delete" => common::http().delete(&url).send().await,
-            "put" => common::http().put(&url).body("{}").send().await,
-            _ => common::http().post(&url).body("{}").send().await,
+            "get" => crate::common::http().get(&url).send().await,
+            "patch" => crate::common::http().patch(&url).body("{}").send().await,
+            "delete" => crate::common::http().delete(&url).send().await,
+            "put" => crate::common::http().put(&url).body("{}").send().await,
+            _ => crate::common::http().post(&url).body("{}").send().await,
         };
         let resp = resp.unwrap();
         if path == "/v1/events/stream" {

@@ -2,9 +2,7 @@
 //! imported once, files are filed away, malformed ones rejected with a reason, and a re-run
 //! (even with the same files put back) imports nothing twice.
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use ferry_client::Client;
 use ferry_core::JobState;
 use std::path::Path;

@@ -2,9 +2,7 @@
 //! headers, half their body, or nothing after one request hold no request slot, are closed by
 //! their time limits, and leave normal requests fast and memory bounded.
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -3,9 +3,7 @@
 //! advisor's verdict from a real workload (and its history across a restart), request ids on
 //! every log line of a request, size-rotated log files, and the audit log.
 
-mod common;
-
-use common::Server;
+use crate::common::Server;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,0 +1,20 @@
+//! ferry's end-to-end tests: the real `ferry` binary over real HTTP, on SQLite and PostgreSQL.
+//!
+//! One test binary with a module per area, not one binary per file: each binary links the
+//! whole server, and linking fourteen of them was most of CI's test build.
+
+mod common;
+
+mod api_errors;
+mod e2e;
+mod events;
+mod faults;
+mod import_dir;
+mod migrate;
+mod multinode;
+mod observability;
+mod pg_outage;
+mod protection;
+mod restricted;
+mod security;
+mod slowloris;
