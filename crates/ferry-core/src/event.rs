@@ -1,5 +1,5 @@
-//! Events: every state change of a job, a queue or a schedule, as one JSON shape shared by
-//! WebSocket, SSE and long-poll delivery.
+//! Events: every state change of a subject (a job, a queue, a schedule; later domains add
+//! their kinds), as one JSON shape shared by WebSocket, SSE and long-poll delivery.
 //!
 //! Storage records events in the transaction that makes the change and numbers them with a
 //! cursor that only grows and has no gaps, so a consumer that resumes after cursor `c` gets
@@ -10,81 +10,199 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-pub enum EventType {
+/// Declares the event types: each with its wire name and its stored code. The code is what
+/// the event log keeps on disk, so a type's code never changes and is never reused; adding a
+/// type is one line here (and the pinned-codes test below says so).
+macro_rules! event_types {
+    ($($(#[doc = $doc:literal])* $variant:ident = $code:literal, $name:literal;)+) => {
+        /// What happened.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        pub enum EventType {
+            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)+
+        }
+
+        impl EventType {
+            /// Every event type, for validation and documentation.
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant),+];
+
+            /// The wire name (`job.completed`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventType::$variant => $name,)+
+                }
+            }
+
+            /// The code the event log stores for this type.
+            pub fn code(self) -> u8 {
+                match self {
+                    $(EventType::$variant => $code,)+
+                }
+            }
+
+            /// The type a stored code stands for.
+            pub fn from_code(code: u8) -> Option<EventType> {
+                match code {
+                    $($code => Some(EventType::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+event_types! {
     /// A job was accepted (ready, scheduled or waiting).
-    #[serde(rename = "job.enqueued")]
-    JobEnqueued,
+    JobEnqueued = 0, "job.enqueued";
     /// A worker claimed a job.
-    #[serde(rename = "job.started")]
-    JobStarted,
+    JobStarted = 1, "job.started";
     /// A job finished successfully.
-    #[serde(rename = "job.completed")]
-    JobCompleted,
+    JobCompleted = 2, "job.completed";
     /// An attempt failed (a `job.retried` or `job.dead` follows in the same batch).
-    #[serde(rename = "job.failed")]
-    JobFailed,
+    JobFailed = 3, "job.failed";
     /// A job will run again (after a failure or an expired lease).
-    #[serde(rename = "job.retried")]
-    JobRetried,
+    JobRetried = 4, "job.retried";
     /// A job ran out of attempts and went to the dead-letter queue.
-    #[serde(rename = "job.dead")]
-    JobDead,
+    JobDead = 5, "job.dead";
     /// A job was cancelled (directly or because a dependency failed).
-    #[serde(rename = "job.cancelled")]
-    JobCancelled,
+    JobCancelled = 6, "job.cancelled";
     /// A dead job was sent back to its queue.
-    #[serde(rename = "job.replayed")]
-    JobReplayed,
+    JobReplayed = 7, "job.replayed";
     /// A queue stopped handing out jobs.
-    #[serde(rename = "queue.paused")]
-    QueuePaused,
+    QueuePaused = 8, "queue.paused";
     /// A queue hands out jobs again.
-    #[serde(rename = "queue.resumed")]
-    QueueResumed,
+    QueueResumed = 9, "queue.resumed";
     /// A schedule enqueued the job of one of its ticks.
-    #[serde(rename = "schedule.fired")]
-    ScheduleFired,
+    ScheduleFired = 10, "schedule.fired";
 }
 
 impl EventType {
-    /// Every event type, for validation and documentation. The stored event log refers to
-    /// types by their index here: append new types, never reorder.
-    pub const ALL: [EventType; 11] = [
-        EventType::JobEnqueued,
-        EventType::JobStarted,
-        EventType::JobCompleted,
-        EventType::JobFailed,
-        EventType::JobRetried,
-        EventType::JobDead,
-        EventType::JobCancelled,
-        EventType::JobReplayed,
-        EventType::QueuePaused,
-        EventType::QueueResumed,
-        EventType::ScheduleFired,
-    ];
-
-    /// The wire name (`job.completed`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::JobEnqueued => "job.enqueued",
-            EventType::JobStarted => "job.started",
-            EventType::JobCompleted => "job.completed",
-            EventType::JobFailed => "job.failed",
-            EventType::JobRetried => "job.retried",
-            EventType::JobDead => "job.dead",
-            EventType::JobCancelled => "job.cancelled",
-            EventType::JobReplayed => "job.replayed",
-            EventType::QueuePaused => "queue.paused",
-            EventType::QueueResumed => "queue.resumed",
-            EventType::ScheduleFired => "schedule.fired",
-        }
-    }
-
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+        EventType::ALL.iter().copied().find(|t| t.as_str() == s)
+    }
+}
+
+/// Declares the kinds of thing an event can be about, with their room prefix and stored
+/// code (never changed, never reused). Adding a kind is one line here.
+macro_rules! subject_kinds {
+    ($($(#[doc = $doc:literal])* $variant:ident = $code:literal, $name:literal;)+) => {
+        /// The kind of thing an event is about; also the prefix of its room (`job:<id>`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        pub enum SubjectKind {
+            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)+
+        }
+
+        impl SubjectKind {
+            /// Every kind, for validation and documentation.
+            pub const ALL: &'static [SubjectKind] = &[$(SubjectKind::$variant),+];
+
+            /// The wire name, which is also the room prefix.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(SubjectKind::$variant => $name,)+
+                }
+            }
+
+            /// The code the event log stores for this kind.
+            pub fn code(self) -> u8 {
+                match self {
+                    $(SubjectKind::$variant => $code,)+
+                }
+            }
+
+            /// The kind a stored code stands for.
+            pub fn from_code(code: u8) -> Option<SubjectKind> {
+                match code {
+                    $($code => Some(SubjectKind::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+subject_kinds! {
+    /// A job (id: the job's UUID).
+    Job = 0, "job";
+    /// A queue (id: its name).
+    Queue = 1, "queue";
+    /// A schedule (id: its name).
+    Schedule = 2, "schedule";
+}
+
+impl SubjectKind {
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<SubjectKind> {
+        SubjectKind::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+}
+
+/// What an event is about: a kind and the id of one thing of that kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct Subject {
+    /// The kind of thing.
+    pub kind: SubjectKind,
+    /// Its id within the kind (a job's UUID, a queue's or schedule's name).
+    pub id: String,
+}
+
+impl Subject {
+    /// A subject of `kind` with `id`.
+    pub fn new(kind: SubjectKind, id: impl Into<String>) -> Subject {
+        Subject { kind, id: id.into() }
+    }
+
+    /// A job's subject.
+    pub fn job(id: Uuid) -> Subject {
+        Subject::new(SubjectKind::Job, id.to_string())
+    }
+}
+
+/// A room a consumer can join: the events about one subject (`queue:mail` also holds the
+/// events of that queue's jobs), or the events of jobs with one tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Room {
+    /// Events about this subject (and, for a queue, about its jobs).
+    Subject(Subject),
+    /// Events of jobs carrying this tag.
+    Tag(String),
+}
+
+impl Room {
+    /// Parses `<kind>:<id>` or `tag:<t>` (a job id is normalized); the error says why not.
+    pub fn parse(s: &str) -> std::result::Result<Room, String> {
+        let kinds = || {
+            let mut k: Vec<&str> = SubjectKind::ALL.iter().map(|k| k.as_str()).collect();
+            k.push("tag");
+            k.join(", ")
+        };
+        let (kind, id) =
+            s.split_once(':').ok_or_else(|| format!("{s:?} is not a room (<kind>:<id>, tag:<t>, *)"))?;
+        if kind == "tag" {
+            return Ok(Room::Tag(id.to_string()));
+        }
+        let kind =
+            SubjectKind::parse(kind).ok_or_else(|| format!("unknown room kind {kind:?} ({})", kinds()))?;
+        Room::of(kind, id)
+    }
+
+    /// The room of one subject; a job id must be a UUID (and is normalized).
+    pub fn of(kind: SubjectKind, id: &str) -> std::result::Result<Room, String> {
+        let id = match kind {
+            SubjectKind::Job => {
+                Uuid::parse_str(id).map_err(|_| format!("{id:?} is not a job id"))?.to_string()
+            }
+            _ => id.to_string(),
+        };
+        Ok(Room::Subject(Subject { kind, id }))
+    }
+
+    /// The room's name as a client writes it (`queue:mail`).
+    pub fn name(&self) -> String {
+        match self {
+            Room::Subject(s) => format!("{}:{}", s.kind.as_str(), s.id),
+            Room::Tag(t) => format!("tag:{t}"),
+        }
     }
 }
 
@@ -96,6 +214,8 @@ pub struct Event {
     /// What happened.
     #[serde(rename = "type")]
     pub kind: EventType,
+    /// What the event is about.
+    pub subject: Subject,
     /// When the change was made.
     #[schema(value_type = String)]
     pub at: Timestamp,
@@ -120,10 +240,25 @@ impl Event {
         Event {
             cursor: 0,
             kind,
+            subject: Subject::job(id),
             at: Timestamp(at),
             queue: Some(queue.to_string()),
             job_id: Some(id),
             tags,
+            data: None,
+        }
+    }
+
+    /// A queue event not yet numbered.
+    pub fn queue(kind: EventType, at: i64, queue: &str) -> Event {
+        Event {
+            cursor: 0,
+            kind,
+            subject: Subject::new(SubjectKind::Queue, queue),
+            at: Timestamp(at),
+            queue: Some(queue.to_string()),
+            job_id: None,
+            tags: Vec::new(),
             data: None,
         }
     }
@@ -133,17 +268,41 @@ impl Event {
         self.data = Some(data);
         self
     }
+
+    /// Makes `subject` what the event is about (its queue, job and tags stay).
+    pub fn about(mut self, subject: Subject) -> Event {
+        self.subject = subject;
+        self
+    }
+
+    /// Calls `f` with every room the event belongs to: its subject's, its queue's, its
+    /// job's (each once) and its tags'.
+    pub fn for_each_room(&self, mut f: impl FnMut(&Room)) {
+        let subject = Room::Subject(self.subject.clone());
+        f(&subject);
+        if let Some(q) = &self.queue
+            && !(self.subject.kind == SubjectKind::Queue && &self.subject.id == q)
+        {
+            f(&Room::Subject(Subject::new(SubjectKind::Queue, q.clone())));
+        }
+        if let Some(id) = self.job_id {
+            let job = Subject::job(id);
+            if job != self.subject {
+                f(&Room::Subject(job));
+            }
+        }
+        for t in &self.tags {
+            f(&Room::Tag(t.clone()));
+        }
+    }
 }
 
 /// Which events a consumer wants; empty lists mean "any".
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventFilter {
-    /// Events of these queues.
-    pub queues: Vec<String>,
-    /// Events of these jobs.
-    pub job_ids: Vec<Uuid>,
-    /// Events of jobs with one of these tags.
-    pub tags: Vec<String>,
+    /// Rooms joined: an event passes if it belongs to any of them (or to any room when none
+    /// is named).
+    pub rooms: Vec<Room>,
     /// Only these types.
     pub types: Vec<EventType>,
     /// Only events of these queues, whatever the rooms: the queues a restricted token may see.
@@ -157,9 +316,24 @@ impl EventFilter {
             && self.within.as_ref().is_none_or(|w| e.queue.as_ref().is_some_and(|q| w.contains(q)))
     }
 
-    /// Whether no room (queue, job, tag) is named: the consumer gets every event.
+    /// Whether no room is named: the consumer gets every event.
     pub fn is_firehose(&self) -> bool {
-        self.queues.is_empty() && self.job_ids.is_empty() && self.tags.is_empty()
+        self.rooms.is_empty()
+    }
+
+    /// Joins `room` (once).
+    pub fn join(&mut self, room: Room) {
+        if !self.rooms.contains(&room) {
+            self.rooms.push(room);
+        }
+    }
+
+    /// The queues named as rooms.
+    pub fn queues(&self) -> impl Iterator<Item = &str> {
+        self.rooms.iter().filter_map(|r| match r {
+            Room::Subject(s) if s.kind == SubjectKind::Queue => Some(s.id.as_str()),
+            _ => None,
+        })
     }
 
     /// Whether `e` passes: its type is wanted, and it belongs to one of the named rooms (or
@@ -171,9 +345,9 @@ impl EventFilter {
         if self.is_firehose() {
             return true;
         }
-        e.queue.as_ref().is_some_and(|q| self.queues.contains(q))
-            || e.job_id.is_some_and(|id| self.job_ids.contains(&id))
-            || e.tags.iter().any(|t| self.tags.contains(t))
+        let mut hit = false;
+        e.for_each_room(|r| hit = hit || self.rooms.contains(r));
+        hit
     }
 }
 
@@ -183,7 +357,7 @@ mod tests {
 
     #[test]
     fn wire_names_round_trip() {
-        for t in EventType::ALL {
+        for &t in EventType::ALL {
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(json, format!("\"{}\"", t.as_str()));
             assert_eq!(EventType::parse(t.as_str()), Some(t));
@@ -196,25 +370,73 @@ mod tests {
         let id = Uuid::new_v4();
         let e = Event::job(EventType::JobCompleted, 0, "mail", id, vec!["vip".into()]);
         assert!(EventFilter::default().matches(&e));
-        let f = |q: &[&str], t: &[&str], types: &[EventType]| EventFilter {
-            queues: q.iter().map(|s| s.to_string()).collect(),
-            tags: t.iter().map(|s| s.to_string()).collect(),
-            types: types.to_vec(),
-            job_ids: vec![],
-            within: None,
+        let f = |q: &[&str], t: &[&str], types: &[EventType]| {
+            let mut rooms: Vec<Room> =
+                q.iter().map(|q| Room::parse(&format!("queue:{q}")).unwrap()).collect();
+            rooms.extend(t.iter().map(|t| Room::Tag(t.to_string())));
+            EventFilter { rooms, types: types.to_vec(), within: None }
         };
         assert!(f(&["mail"], &[], &[]).matches(&e));
         assert!(!f(&["sms"], &[], &[]).matches(&e));
         assert!(f(&["sms"], &["vip"], &[]).matches(&e));
         assert!(!f(&["mail"], &[], &[EventType::JobFailed]).matches(&e));
-        assert!(EventFilter { job_ids: vec![id], ..Default::default() }.matches(&e));
+        let job_room = || vec![Room::Subject(Subject::job(id))];
+        assert!(EventFilter { rooms: job_room(), ..Default::default() }.matches(&e));
         // `within` narrows whatever the rooms: a job room of another queue yields nothing.
         let within = |w: &[&str]| EventFilter {
-            job_ids: vec![id],
+            rooms: job_room(),
             within: Some(w.iter().map(|s| s.to_string()).collect()),
             ..Default::default()
         };
         assert!(within(&["mail"]).matches(&e));
         assert!(!within(&["sms"]).matches(&e));
+    }
+
+    /// The stored codes are on disk: this list may only grow.
+    #[test]
+    fn stored_codes_are_pinned() {
+        let pinned = [
+            (EventType::JobEnqueued, 0),
+            (EventType::JobStarted, 1),
+            (EventType::JobCompleted, 2),
+            (EventType::JobFailed, 3),
+            (EventType::JobRetried, 4),
+            (EventType::JobDead, 5),
+            (EventType::JobCancelled, 6),
+            (EventType::JobReplayed, 7),
+            (EventType::QueuePaused, 8),
+            (EventType::QueueResumed, 9),
+            (EventType::ScheduleFired, 10),
+        ];
+        assert_eq!(pinned.len(), EventType::ALL.len(), "a new type needs its code pinned here");
+        for (t, code) in pinned {
+            assert_eq!(t.code(), code, "{t:?}");
+            assert_eq!(EventType::from_code(code), Some(t));
+        }
+        let kinds = [(SubjectKind::Job, 0), (SubjectKind::Queue, 1), (SubjectKind::Schedule, 2)];
+        assert_eq!(kinds.len(), SubjectKind::ALL.len(), "a new kind needs its code pinned here");
+        for (k, code) in kinds {
+            assert_eq!(k.code(), code, "{k:?}");
+            assert_eq!(SubjectKind::from_code(code), Some(k));
+        }
+    }
+
+    #[test]
+    fn rooms_parse_and_events_belong_to_theirs() {
+        let id = Uuid::new_v4();
+        assert_eq!(Room::parse(&format!("job:{}", id.simple())).unwrap(), Room::Subject(Subject::job(id)));
+        assert_eq!(Room::parse("schedule:nightly").unwrap().name(), "schedule:nightly");
+        assert!(Room::parse("job:nope").unwrap_err().contains("job id"));
+        assert!(Room::parse("planet:mars").unwrap_err().contains("unknown room kind"));
+        assert!(Room::parse("mail").is_err());
+        let fired = Event::job(EventType::ScheduleFired, 0, "cron", id, vec!["t".into()])
+            .about(Subject::new(SubjectKind::Schedule, "nightly"));
+        let mut rooms = Vec::new();
+        fired.for_each_room(|r| rooms.push(r.name()));
+        assert_eq!(rooms, ["schedule:nightly", "queue:cron", &format!("job:{id}"), "tag:t"]);
+        let paused = Event::queue(EventType::QueuePaused, 0, "mail");
+        rooms.clear();
+        paused.for_each_room(|r| rooms.push(r.name()));
+        assert_eq!(rooms, ["queue:mail"]);
     }
 }

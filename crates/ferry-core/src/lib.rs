@@ -22,6 +22,6 @@ pub use access::{HostRecord, QueueLimits, Scope, TokenRecord, WorkerInfo, Worker
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCode, Result};
-pub use event::{Event, EventFilter, EventType};
+pub use event::{Event, EventFilter, EventType, Room, Subject, SubjectKind};
 pub use job::*;
 pub use limits::Limits;

@@ -12,13 +12,12 @@
 //! - an event is routed by index (room → subscribers), so the cost per event is a few hash
 //!   lookups, not a check per subscriber.
 
-use ferry_core::{Error, ErrorCode, Event, EventFilter, Result};
+use ferry_core::{Error, ErrorCode, Event, EventFilter, Result, Room};
 use ferry_store::Store;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 /// An event with its JSON, serialized once for every subscriber.
 #[derive(Debug)]
@@ -34,13 +33,6 @@ impl Delivered {
         let json = serde_json::to_string(&event).expect("events serialize");
         Arc::new(Delivered { event, json })
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Room {
-    Queue(String),
-    Job(Uuid),
-    Tag(String),
 }
 
 struct Entry {
@@ -60,9 +52,7 @@ struct Inner {
 impl Inner {
     fn index(&mut self, id: u64, filter: &Option<EventFilter>, add: bool) {
         let Some(f) = filter else { return };
-        let mut rooms: Vec<Room> = f.queues.iter().cloned().map(Room::Queue).collect();
-        rooms.extend(f.job_ids.iter().copied().map(Room::Job));
-        rooms.extend(f.tags.iter().cloned().map(Room::Tag));
+        let rooms = f.rooms.clone();
         if rooms.is_empty() {
             if add {
                 self.firehose.insert(id);
@@ -85,20 +75,11 @@ impl Inner {
     fn route(&self, e: &Event, out: &mut Vec<u64>) {
         out.clear();
         out.extend(self.firehose.iter().copied());
-        let mut add = |r: &Room| {
+        e.for_each_room(|r| {
             if let Some(set) = self.rooms.get(r) {
                 out.extend(set.iter().copied());
             }
-        };
-        if let Some(q) = &e.queue {
-            add(&Room::Queue(q.clone()));
-        }
-        if let Some(id) = e.job_id {
-            add(&Room::Job(id));
-        }
-        for t in &e.tags {
-            add(&Room::Tag(t.clone()));
-        }
+        });
         out.sort_unstable();
         out.dedup();
     }

@@ -7,7 +7,7 @@
 //! under an advisory lock on PostgreSQL (see `postgres/events.rs`). Invariant: the bus sees
 //! batches in cursor order with no gap (`publish` asserts it).
 
-use ferry_core::{Error, Event, EventType, Result, Timestamp};
+use ferry_core::{Error, Event, EventType, Result, Subject, SubjectKind, Timestamp};
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::broadcast;
@@ -57,9 +57,40 @@ impl EventBus {
     }
 }
 
-/// One stored event: `[type, at_ms, queue, job id as a number, tags, data]`; a third of the
-/// delivered JSON's size, since storing events is on every write's path.
-type Stored = (u8, i64, Option<String>, Option<u128>, Vec<String>, Option<serde_json::Value>);
+/// One stored event: `[type code, at_ms, queue, job id as a number, tags, data, subject?]`; a
+/// third of the delivered JSON's size, since storing events is on every write's path. The
+/// subject (`[kind code, id]`) is stored only when it is not the one implied by the other
+/// fields (see [`implied_subject`]), so events written before subjects existed decode to
+/// what they were about.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored<'a>(
+    u8,
+    i64,
+    std::borrow::Cow<'a, Option<String>>,
+    Option<u128>,
+    std::borrow::Cow<'a, [String]>,
+    std::borrow::Cow<'a, Option<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")] Option<(u8, String)>,
+);
+
+/// The subject an event's other fields imply: a schedule's tick is about the schedule named in
+/// its data, another event with a job about that job, one with only a queue about the queue.
+fn implied_subject(
+    kind: EventType,
+    queue: Option<&str>,
+    job_id: Option<uuid::Uuid>,
+    data: Option<&serde_json::Value>,
+) -> Option<Subject> {
+    if kind == EventType::ScheduleFired
+        && let Some(name) = data.and_then(|d| d.get("schedule")).and_then(|n| n.as_str())
+    {
+        return Some(Subject::new(SubjectKind::Schedule, name));
+    }
+    if let Some(id) = job_id {
+        return Some(Subject::job(id));
+    }
+    queue.map(|q| Subject::new(SubjectKind::Queue, q))
+}
 
 /// The stored form of a batch (cursors are implied by `first_cursor` and position).
 pub(crate) fn encode(events: &[Event]) -> String {
@@ -69,8 +100,18 @@ pub(crate) fn encode(events: &[Event]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let kind = EventType::ALL.iter().position(|k| *k == e.kind).expect("a known type") as u8;
-        let row = (kind, e.at.0, &e.queue, e.job_id.map(|u| u.as_u128()), &e.tags, &e.data);
+        let implied = implied_subject(e.kind, e.queue.as_deref(), e.job_id, e.data.as_ref());
+        let subject =
+            (implied.as_ref() != Some(&e.subject)).then(|| (e.subject.kind.code(), e.subject.id.clone()));
+        let row = Stored(
+            e.kind.code(),
+            e.at.0,
+            std::borrow::Cow::Borrowed(&e.queue),
+            e.job_id.map(|u| u.as_u128()),
+            std::borrow::Cow::Borrowed(&e.tags),
+            std::borrow::Cow::Borrowed(&e.data),
+            subject,
+        );
         out.push_str(&serde_json::to_string(&row).expect("events serialize"));
     }
     out.push(']');
@@ -81,18 +122,28 @@ pub(crate) fn encode(events: &[Event]) -> String {
 pub(crate) fn decode(first: i64, body: &str) -> Result<Vec<Event>> {
     let rows: Vec<Stored> = serde_json::from_str(body)
         .map_err(|e| Error::internal(format!("corrupt event batch {first}: {e}")))?;
+    let corrupt = |what: String| Error::internal(format!("corrupt event batch {first}: {what}"));
     rows.into_iter()
         .enumerate()
-        .map(|(i, (kind, at, queue, id, tags, data))| {
+        .map(|(i, Stored(code, at, queue, id, tags, data, subject))| {
+            let kind = EventType::from_code(code).ok_or_else(|| corrupt(format!("type {code}")))?;
+            let (queue, job_id, data) =
+                (queue.into_owned(), id.map(uuid::Uuid::from_u128), data.into_owned());
+            let subject = match subject {
+                Some((k, id)) => {
+                    Subject::new(SubjectKind::from_code(k).ok_or_else(|| corrupt(format!("kind {k}")))?, id)
+                }
+                None => implied_subject(kind, queue.as_deref(), job_id, data.as_ref())
+                    .ok_or_else(|| corrupt(format!("event {} has no subject", first as u64 + i as u64)))?,
+            };
             Ok(Event {
                 cursor: first as u64 + i as u64,
-                kind: *EventType::ALL
-                    .get(kind as usize)
-                    .ok_or_else(|| Error::internal(format!("corrupt event batch {first}: type {kind}")))?,
+                kind,
+                subject,
                 at: Timestamp(at),
                 queue,
-                job_id: id.map(uuid::Uuid::from_u128),
-                tags,
+                job_id,
+                tags: tags.into_owned(),
                 data,
             })
         })

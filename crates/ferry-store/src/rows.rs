@@ -276,15 +276,7 @@ pub fn failure_events(
 
 /// A queue paused or resumed.
 pub fn queue_event(now: i64, queue: &str, paused: bool) -> Event {
-    Event {
-        cursor: 0,
-        kind: if paused { EventType::QueuePaused } else { EventType::QueueResumed },
-        at: Timestamp(now),
-        queue: Some(queue.to_string()),
-        job_id: None,
-        tags: Vec::new(),
-        data: None,
-    }
+    Event::queue(if paused { EventType::QueuePaused } else { EventType::QueueResumed }, now, queue)
 }
 
 /// Columns of a schedule row, in the order `schedule_from` reads them.
@@ -336,9 +328,11 @@ pub fn fired_event(
     queue: &str,
     tags: &[String],
 ) -> Event {
-    job_event(EventType::ScheduleFired, now, queue, job.id, tags.to_vec()).with(serde_json::json!({
-        "schedule": schedule, "tick": Timestamp(tick), "duplicate": job.duplicate
-    }))
+    job_event(EventType::ScheduleFired, now, queue, job.id, tags.to_vec())
+        .with(serde_json::json!({
+            "schedule": schedule, "tick": Timestamp(tick), "duplicate": job.duplicate
+        }))
+        .about(ferry_core::Subject::new(ferry_core::SubjectKind::Schedule, schedule))
 }
 
 /// The error for a schedule that is not there.

@@ -239,6 +239,50 @@ async fn websocket_rooms_subscribe_unsubscribe_and_resume() {
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "the oversized message is not served: {end:?}");
 }
 
+/// Every event names its subject; a schedule's room (`schedule:<name>`) hears its ticks, and a
+/// queue's event is about the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_their_subject_and_schedule_rooms_hear_ticks() {
+    let s = Server::start();
+    let mut c = ws(&s, "").await;
+    let r = ws_send(&mut c, json!({"op": "subscribe", "rooms": ["schedule:tick", "queue:sms"]})).await;
+    assert_eq!(r["rooms"], json!(["schedule:tick", "queue:sms"]));
+    let job = enqueue(&s, json!({"queue": "sms"})).await;
+    let e = ws_next(&mut c).await;
+    assert_eq!(e["subject"], json!({"kind": "job", "id": job["id"]}));
+    assert_eq!(
+        (e["queue"].as_str(), e["job_id"].clone()),
+        (Some("sms"), job["id"].clone()),
+        "job fields stay"
+    );
+    let status = http().post(s.at("/v1/queues/sms/pause")).send().await.unwrap().status();
+    assert_eq!(status, 200);
+    let e = ws_next(&mut c).await;
+    assert_eq!(
+        (e["type"].as_str(), e["subject"].clone()),
+        (Some("queue.paused"), json!({"kind": "queue", "id": "sms"}))
+    );
+    let created = http()
+        .post(s.at("/v1/schedules"))
+        .json(&json!({"name": "tick", "cron": "* * * * * *", "job": {"queue": "cron"}}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(created, 201);
+    // The schedule's room hears its tick (not the enqueue of the job it made: another queue).
+    let e = ws_next(&mut c).await;
+    assert_eq!(e["type"], "schedule.fired");
+    assert_eq!(e["subject"], json!({"kind": "schedule", "id": "tick"}));
+    assert_eq!(e["queue"], "cron");
+    let (_, all) = poll(&s, "since=0&limit=1000").await;
+    for e in all["events"].as_array().unwrap() {
+        assert!(e["subject"]["kind"].is_string() && e["subject"]["id"].is_string(), "{e}");
+    }
+    let bad = ws_send(&mut c, json!({"op": "subscribe", "rooms": ["schedule:"]})).await;
+    assert_eq!(bad["error"]["field"], "rooms[0]");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_told_it_lagged_and_others_are_unaffected() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,10 +18,9 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use ferry_core::wire::{ErrorBody, EventsResponse};
-use ferry_core::{Error, ErrorCode, Event, EventFilter, EventType, validate};
+use ferry_core::{Error, ErrorCode, Event, EventFilter, EventType, Room, Subject, SubjectKind, validate};
 use serde::Deserialize;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// Filters and position shared by the three delivery endpoints. Any other parameter is 400.
 /// The lists are comma-separated; blanks around an item, and empty items, are ignored; the
@@ -85,33 +84,47 @@ pub fn filter_of(q: &EventQuery, st: &AppState, access: &Access) -> Result<Event
 /// Narrows `f` to what `access` may see: 403 for a foreign queue room, and no firehose.
 fn restrict(f: &mut EventFilter, access: &Access) -> Result<(), Error> {
     let Some(allowed) = access.queues() else { return Ok(()) };
-    for q in &f.queues {
+    for q in f.queues() {
         access.check(q)?;
     }
     if f.is_firehose() {
-        f.queues = allowed.to_vec();
+        for q in allowed {
+            f.join(Room::Subject(Subject::new(SubjectKind::Queue, q.clone())));
+        }
     }
     f.within = Some(allowed.to_vec());
     Ok(())
 }
 
+/// The room of `kind` and `id`, its id checked as that kind's names are (`field` names it in
+/// an error).
+fn room(kind: &str, id: &str, st: &AppState, field: &str) -> Result<Room, Error> {
+    let l = &st.limits;
+    if kind == "tag" {
+        if id.is_empty() || id.chars().count() > l.max_tag_len {
+            return Err(Error::invalid(field, format!("a tag is 1..={} characters", l.max_tag_len)));
+        }
+        return Ok(Room::Tag(id.to_string()));
+    }
+    let kind = SubjectKind::parse(kind).ok_or_else(|| {
+        let known: Vec<&str> = SubjectKind::ALL.iter().map(|k| k.as_str()).chain(["tag"]).collect();
+        Error::invalid(field, format!("unknown room kind {kind:?} ({})", known.join(", ")))
+    })?;
+    match kind {
+        SubjectKind::Queue | SubjectKind::Schedule => validate::queue_name(id, l, field)?,
+        SubjectKind::Job => {}
+    }
+    Room::of(kind, id).map_err(|m| Error::invalid(field, m))
+}
+
 fn unrestricted_filter(q: &EventQuery, st: &AppState) -> Result<EventFilter, Error> {
     let l = &st.limits;
     let mut f = EventFilter::default();
-    for name in list(&q.queue) {
-        validate::queue_name(name, l, "queue")?;
-        f.queues.push(name.to_string());
-    }
-    for id in list(&q.job_id) {
-        f.job_ids.push(
-            Uuid::parse_str(id).map_err(|_| Error::invalid("job_id", format!("{id:?} is not a job id")))?,
-        );
-    }
-    for t in list(&q.tag) {
-        if t.chars().count() > l.max_tag_len {
-            return Err(Error::invalid("tag", format!("a tag is at most {} characters", l.max_tag_len)));
+    for (kind, param) in [("queue", &q.queue), ("job", &q.job_id), ("tag", &q.tag)] {
+        let field = if kind == "job" { "job_id" } else { kind };
+        for id in list(param) {
+            f.join(room(kind, id, st, field)?);
         }
-        f.tags.push(t.to_string());
     }
     for t in list(&q.kind) {
         f.types.push(EventType::parse(t).ok_or_else(|| {
@@ -119,8 +132,7 @@ fn unrestricted_filter(q: &EventQuery, st: &AppState) -> Result<EventFilter, Err
             Error::invalid("type", format!("unknown event type {t:?}; known: {}", known.join(", ")))
         })?);
     }
-    let rooms = f.queues.len() + f.job_ids.len() + f.tags.len();
-    if rooms > l.max_rooms {
+    if f.rooms.len() > l.max_rooms {
         return Err(Error::invalid(
             "queue",
             format!("at most {} rooms (queues, job ids, tags) at once", l.max_rooms),
@@ -248,7 +260,8 @@ pub async fn stream(
 struct ClientMsg {
     /// `subscribe`, `unsubscribe` or `ping`.
     op: String,
-    /// Rooms: `queue:<name>`, `job:<id>`, `tag:<t>`, or `*` for every event.
+    /// Rooms: `<kind>:<id>` (`queue:<name>`, `job:<id>`, `schedule:<name>`), `tag:<t>`, or
+    /// `*` for every event.
     #[serde(default)]
     rooms: Vec<String>,
     /// One room (same as a one-element `rooms`).
@@ -266,9 +279,9 @@ fn change_rooms(
 ) -> Result<Option<EventFilter>, Error> {
     let mut f = current.cloned().unwrap_or_default();
     let mut all = current.is_some_and(|c| c.is_firehose());
-    for (i, room) in rooms.iter().enumerate() {
+    for (i, name) in rooms.iter().enumerate() {
         let field = format!("rooms[{i}]");
-        if room == "*" {
+        if name == "*" {
             if join && access.is_restricted() {
                 // Every event is not something a token limited to some queues may see.
                 return Err(Error::new(ErrorCode::Forbidden, "this token may not do this"));
@@ -276,52 +289,30 @@ fn change_rooms(
             all = join;
             continue;
         }
-        let (kind, name) = room.split_once(':').ok_or_else(|| {
-            Error::invalid(&field, format!("{room:?} is not a room (queue:<name>, job:<id>, tag:<t>, *)"))
+        let (kind, id) = name.split_once(':').ok_or_else(|| {
+            Error::invalid(&field, format!("{name:?} is not a room (<kind>:<id>, tag:<t>, *)"))
         })?;
-        match kind {
-            "queue" => {
-                validate::queue_name(name, &st.limits, &field)?;
-                if join {
-                    access.check(name)?;
-                }
-                f.queues.retain(|q| q != name);
-                if join {
-                    f.queues.push(name.to_string());
-                }
-            }
-            "job" => {
-                let id = Uuid::parse_str(name)
-                    .map_err(|_| Error::invalid(&field, format!("{name:?} is not a job id")))?;
-                f.job_ids.retain(|j| *j != id);
-                if join {
-                    f.job_ids.push(id);
-                }
-            }
-            "tag" => {
-                if name.is_empty() || name.chars().count() > st.limits.max_tag_len {
-                    return Err(Error::invalid(
-                        &field,
-                        format!("a tag is 1..={} characters", st.limits.max_tag_len),
-                    ));
-                }
-                f.tags.retain(|t| t != name);
-                if join {
-                    f.tags.push(name.to_string());
-                }
-            }
-            _ => return Err(Error::invalid(&field, format!("unknown room kind {kind:?} (queue, job, tag)"))),
+        let r = room(kind, id, st, &field)?;
+        if let Room::Subject(s) = &r
+            && join
+            && s.kind == SubjectKind::Queue
+        {
+            access.check(&s.id)?;
+        }
+        f.rooms.retain(|x| *x != r);
+        if join {
+            f.rooms.push(r);
         }
     }
-    if f.queues.len() + f.job_ids.len() + f.tags.len() > st.limits.max_rooms {
+    if f.rooms.len() > st.limits.max_rooms {
         return Err(Error::invalid("rooms", format!("at most {} rooms per connection", st.limits.max_rooms)));
     }
     f.types = types.to_vec();
     f.within = access.queues().map(<[String]>::to_vec);
-    let named = !(f.queues.is_empty() && f.job_ids.is_empty() && f.tags.is_empty());
+    let named = !f.rooms.is_empty();
     Ok(if all {
         // Every event: the rooms no longer narrow anything.
-        Some(EventFilter { types: f.types, ..Default::default() })
+        Some(EventFilter { types: f.types, within: f.within, ..Default::default() })
     } else if named {
         Some(f)
     } else {
@@ -334,10 +325,7 @@ fn rooms_of(f: Option<&EventFilter>) -> Vec<String> {
     if f.is_firehose() {
         return vec!["*".into()];
     }
-    let mut r: Vec<String> = f.queues.iter().map(|q| format!("queue:{q}")).collect();
-    r.extend(f.job_ids.iter().map(|j| format!("job:{j}")));
-    r.extend(f.tags.iter().map(|t| format!("tag:{t}")));
-    r
+    f.rooms.iter().map(Room::name).collect()
 }
 
 /// WebSocket: join rooms with `{"op":"subscribe","rooms":["queue:mail","job:<id>","tag:vip"]}`
@@ -364,7 +352,7 @@ pub async fn ws(
     window(&q, &st)?;
     // Rooms named in the query join at connect; naming none joins none (not everything).
     let mut query_filter = unrestricted_filter(&q, &st)?;
-    for name in &query_filter.queues {
+    for name in query_filter.queues() {
         access.check(name)?;
     }
     query_filter.within = access.queues().map(<[String]>::to_vec);

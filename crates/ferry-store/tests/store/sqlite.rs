@@ -57,3 +57,34 @@ async fn a_second_process_cannot_open_the_same_file() {
     first.close().await;
     SqliteStore::open(SqliteConfig::new(&path), clock).unwrap().close().await;
 }
+
+/// A database written by the release before events had a `subject` (fixtures/, made by
+/// `make-events-v0.1.sh`) opens, and its events read back as that release served them, plus
+/// the subject each one was about.
+#[tokio::test]
+async fn events_written_by_the_previous_release_still_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/store/fixtures/events-v0.1.db"), &path)
+        .unwrap();
+    let want: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("fixtures/events-v0.1.json")).expect("fixture is JSON");
+    let s = SqliteStore::open(SqliteConfig::new(&path), Arc::new(SystemClock)).unwrap();
+    let got = s.read_events(0, 1000).await.unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut types = std::collections::HashSet::new();
+    for (e, want) in got.iter().zip(&want) {
+        let mut json = serde_json::to_value(e).unwrap();
+        let subject = json.as_object_mut().unwrap().remove("subject").expect("every event has a subject");
+        assert_eq!(&json, want, "event {} reads back as the previous release served it", e.cursor);
+        let expected = match e.kind.as_str() {
+            "schedule.fired" => serde_json::json!({"kind": "schedule", "id": "tick"}),
+            "queue.paused" | "queue.resumed" => serde_json::json!({"kind": "queue", "id": want["queue"]}),
+            _ => serde_json::json!({"kind": "job", "id": want["job_id"]}),
+        };
+        assert_eq!(subject, expected, "event {}", e.cursor);
+        types.insert(e.kind);
+    }
+    assert_eq!(types.len(), ferry_core::EventType::ALL.len(), "the fixture holds every type of that release");
+    s.close().await;
+}
