@@ -7,39 +7,69 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
-/// What a token may do; `admin` implies every other scope.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
+/// Declares the scopes with their wire names; adding a scope is one line here, and token
+/// parsing (`--scopes`), storage (by wire name) and the OpenAPI document follow from it.
+macro_rules! scopes {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal;)+) => {
+        /// What a token may do; `admin` implies every other scope.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+        )]
+        pub enum Scope {
+            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)+
+        }
+
+        impl Scope {
+            /// Every scope, in wire order.
+            pub const ALL: &'static [Scope] = &[$(Scope::$variant),+];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Scope::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+scopes! {
     /// Everything, including tokens, queue settings and hosts.
-    Admin,
+    Admin = "admin";
     /// Enqueue jobs.
-    Produce,
+    Produce = "produce";
     /// Claim, heartbeat, complete, fail and release jobs.
-    Work,
+    Work = "work";
     /// Read jobs, queues, events, workers and stats.
-    Read,
+    Read = "read";
 }
 
 impl Scope {
-    /// Every scope, in wire order.
-    pub const ALL: [Scope; 4] = [Scope::Admin, Scope::Produce, Scope::Work, Scope::Read];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Admin => "admin",
-            Scope::Produce => "produce",
-            Scope::Work => "work",
-            Scope::Read => "read",
-        }
-    }
-
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<Scope> {
-        Scope::ALL.into_iter().find(|c| c.as_str() == s)
+        Scope::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// The wire names, comma-separated, for messages that list the choices.
+    pub fn names() -> String {
+        Scope::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// A kind of resource a token can be restricted to; each names the path parameter that holds
+/// one (`{queue}`). Later domains add theirs (agent names, memory namespaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    /// A queue, by name (a job belongs to its queue).
+    Queue,
+}
+
+impl ResourceKind {
+    /// The name of the path parameter and of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Queue => "queue",
+        }
     }
 }
 

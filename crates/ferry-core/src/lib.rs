@@ -18,7 +18,7 @@ pub mod time;
 pub mod validate;
 pub mod wire;
 
-pub use access::{HostRecord, QueueLimits, Scope, TokenRecord, WorkerInfo, WorkerStatus};
+pub use access::{HostRecord, QueueLimits, ResourceKind, Scope, TokenRecord, WorkerInfo, WorkerStatus};
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorCode, Result};

@@ -10,7 +10,7 @@
 use crate::AppState;
 use axum::extract::Request;
 use axum::http::{Method, header};
-use ferry_core::{Error, ErrorCode, Scope, TokenRecord};
+use ferry_core::{Error, ErrorCode, ResourceKind, Scope, TokenRecord};
 use ferry_store::Store;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -38,38 +38,59 @@ impl Principal {
     }
 }
 
-/// What a request may touch: every queue (auth off, or an unrestricted token), or only the
-/// queues its token names. Handlers take it as an extractor and check every queue a body,
-/// filter or batch item names before reading or writing anything.
+/// What a request may touch: everything (auth off, or an unrestricted token), or only the
+/// resources of each kind its token names (today: queues). Handlers take it as an extractor
+/// and check every resource a body, filter or batch item names before reading or writing.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    queues: Option<Arc<[String]>>,
+    /// `None`: unrestricted. Otherwise the allowed names per kind; a kind not listed allows
+    /// nothing.
+    only: Option<Arc<[(ResourceKind, Vec<String>)]>>,
 }
 
 impl Access {
     /// The access of `principal` (everything when there is none).
     pub fn of(principal: Option<&Principal>) -> Access {
-        Access { queues: principal.and_then(|p| p.queues.as_ref()).map(|q| q.as_slice().into()) }
+        let only =
+            principal.and_then(|p| p.queues.as_ref()).map(|q| vec![(ResourceKind::Queue, q.clone())].into());
+        Access { only }
     }
 
-    /// Whether the caller is limited to some queues.
+    /// Whether the caller is limited to some resources.
     pub fn is_restricted(&self) -> bool {
-        self.queues.is_some()
+        self.only.is_some()
+    }
+
+    /// The names of `kind` the caller is limited to (`None`: any).
+    pub fn allowed(&self, kind: ResourceKind) -> Option<&[String]> {
+        let only = self.only.as_ref()?;
+        Some(only.iter().find(|(k, _)| *k == kind).map_or(&[][..], |(_, names)| names.as_slice()))
+    }
+
+    /// Whether the caller may touch the resource of `kind` called `name`.
+    pub fn allows_in(&self, kind: ResourceKind, name: &str) -> bool {
+        self.allowed(kind).is_none_or(|names| names.iter().any(|n| n == name))
+    }
+
+    /// 403 unless the caller may touch the resource of `kind` called `name`; the same 403
+    /// whether or not it exists.
+    pub fn check_in(&self, kind: ResourceKind, name: &str) -> Result<(), Error> {
+        if self.allows_in(kind, name) { Ok(()) } else { Err(forbidden()) }
     }
 
     /// The queues the caller is limited to, if any.
     pub fn queues(&self) -> Option<&[String]> {
-        self.queues.as_deref()
+        self.allowed(ResourceKind::Queue)
     }
 
     /// Whether the caller may touch `queue`.
     pub fn allows(&self, queue: &str) -> bool {
-        self.queues.as_ref().is_none_or(|qs| qs.iter().any(|q| q == queue))
+        self.allows_in(ResourceKind::Queue, queue)
     }
 
     /// 403 unless the caller may touch `queue`.
     pub fn check(&self, queue: &str) -> Result<(), Error> {
-        if self.allows(queue) { Ok(()) } else { Err(forbidden()) }
+        self.check_in(ResourceKind::Queue, queue)
     }
 
     /// 403 unless job `id` exists in a queue the caller may touch; an unknown job gets the same
@@ -132,7 +153,7 @@ pub fn mint(
         return Err(Error::invalid("name", format!("name must be 1..={} characters", limits.max_name_len)));
     }
     if scopes.is_empty() {
-        return Err(Error::invalid("scopes", "at least one scope is required (admin, produce, work, read)"));
+        return Err(Error::invalid("scopes", format!("at least one scope is required ({})", Scope::names())));
     }
     if let Some(qs) = &queues {
         if qs.is_empty() || qs.len() > limits.max_tags {
@@ -234,76 +255,79 @@ impl Tokens {
     }
 }
 
-/// The scope a route needs; `None` for the public liveness probe.
-pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let get = *method == Method::GET || *method == Method::HEAD;
-    Some(match segs.as_slice() {
-        ["healthz"] => return None,
-        ["readyz"] | ["metrics"] => Scope::Read,
-        ["v1", "jobs"] if !get => Scope::Produce,
-        ["v1", "import"] => Scope::Produce,
-        ["v1", "jobs", "complete" | "fail"] => Scope::Work,
-        ["v1", "jobs", _, "heartbeat" | "complete" | "fail" | "release"] => Scope::Work,
-        ["v1", "jobs", _, "cancel"] => Scope::Produce,
-        ["v1", "queues", _, "claim"] => Scope::Work,
-        ["v1", "tokens", ..] => Scope::Admin,
-        _ if get => Scope::Read,
-        _ => Scope::Admin,
-    })
+/// What a route asks of its caller, declared beside the route in `api/<domain>.rs`: there is
+/// no other table of scopes, so a route cannot be added without saying what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The scope a token must carry; `None`: public, no token even when auth is on.
+    pub scope: Option<Scope>,
+    /// How a token restricted to some resources is checked before the handler runs.
+    pub restriction: Restriction,
 }
 
-/// Queue named in the path of a queue route (`/v1/queues/{queue}/...`).
-fn path_queue(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/v1/queues/")?;
-    let q = rest.split('/').next()?;
-    if q.is_empty() {
-        None
-    } else {
-        Some(percent_encoding::percent_decode_str(q).decode_utf8_lossy().into_owned())
+impl Policy {
+    /// A route open to anyone (the liveness probe).
+    pub const PUBLIC: Policy = Policy { scope: None, restriction: Restriction::Open };
+
+    /// A route that needs `scope`, with `restriction` for restricted tokens.
+    pub const fn needs(scope: Scope, restriction: Restriction) -> Policy {
+        Policy { scope: Some(scope), restriction }
     }
 }
 
-/// Job id in the path of a job route (`/v1/jobs/{id}/...`).
-fn path_job(path: &str) -> Option<Uuid> {
-    let rest = path.strip_prefix("/v1/jobs/")?;
-    Uuid::try_parse(rest.split('/').next()?).ok()
-}
-
-/// How a route treats a token limited to some queues.
+/// How a route treats a token restricted to some resources (today: queues).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Restriction {
-    /// Touches no queue's data (or is an unknown route, which answers 404 to anyone).
+pub enum Restriction {
+    /// Touches no restricted resource's data.
     Open,
-    /// The queue in the path must be allowed.
-    PathQueue,
-    /// The job in the path must exist in an allowed queue.
+    /// The resource of this kind named in the path (`{queue}`) must be one the token may touch.
+    Path(ResourceKind),
+    /// The job `{id}` in the path must exist in a queue the token may touch.
     PathJob,
-    /// The handler checks every queue its body, filters or items name ([`Access`]).
+    /// The handler checks every resource its body, filters or items name ([`Access`]).
     Handler,
-    /// Cluster-wide data that cannot be filtered by queue: refused.
+    /// Data that cannot be narrowed to a token's resources (cluster-wide): refused.
     Refused,
 }
 
-/// The restriction rule of a route (by its template). A route not listed here is refused to a
-/// restricted token, so a new route is closed until its handler checks its queues.
-fn restriction(method: &Method, template: Option<&str>) -> Restriction {
-    let Some(t) = template else { return Restriction::Open };
-    if t.contains("{queue}") {
-        return Restriction::PathQueue;
+/// Every route's [`Policy`] by method and path template, collected as the router is built.
+#[derive(Debug, Default)]
+pub struct Policies(pub(crate) HashMap<(Method, String), Policy>);
+
+impl Policies {
+    /// Records what `method` on `template` asks; a route declared twice is a bug.
+    pub fn declare(&mut self, method: Method, template: &str, policy: Policy) {
+        let previous = self.0.insert((method.clone(), template.to_string()), policy);
+        assert!(previous.is_none(), "{method} {template} declared twice");
     }
-    if t.starts_with("/v1/jobs/{id}") {
-        return Restriction::PathJob;
+
+    /// Whether `method` on `template` was declared.
+    pub fn is_declared(&self, method: &Method, template: &str) -> bool {
+        self.0.contains_key(&(method.clone(), template.to_string()))
     }
-    let get = *method == Method::GET || *method == Method::HEAD;
-    match t {
-        "/healthz" | "/readyz" | "/v1/server" | "/v1/openapi.json" => Restriction::Open,
-        "/v1/jobs" | "/v1/jobs/complete" | "/v1/jobs/fail" | "/v1/import" | "/v1/dlq" | "/v1/dlq/replay"
-        | "/v1/dlq/purge" | "/v1/events" | "/v1/events/stream" | "/v1/ws" => Restriction::Handler,
-        "/v1/queues" if get => Restriction::Handler,
-        t if t.starts_with("/v1/schedules") => Restriction::Handler,
-        _ => Restriction::Refused,
+
+    /// The policy of a request. HEAD is GET's; a known path with an undeclared method (405)
+    /// needs any valid token; an unknown path (404) needs `read` to GET and `admin` otherwise.
+    pub fn of(&self, method: &Method, template: Option<&str>) -> Policy {
+        let method = if *method == Method::HEAD { &Method::GET } else { method };
+        match template {
+            Some(t) => self
+                .0
+                .get(&(method.clone(), t.to_string()))
+                .copied()
+                .unwrap_or(Policy::needs(Scope::Read, Restriction::Open)),
+            None if *method == Method::GET => Policy::needs(Scope::Read, Restriction::Open),
+            None => Policy::needs(Scope::Admin, Restriction::Open),
+        }
     }
+}
+
+/// The value of path parameter `{name}` of `template` in `path`, percent-decoded.
+fn path_param(template: &str, path: &str, name: &str) -> Option<String> {
+    let wanted = format!("{{{name}}}");
+    let at = template.split('/').position(|seg| seg == wanted)?;
+    let raw = path.split('/').nth(at).filter(|s| !s.is_empty())?;
+    Some(percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned())
 }
 
 /// Authenticates a request: `Ok(None)` when auth is off or the route is public, the caller
@@ -315,18 +339,22 @@ pub fn authenticate(
     if !st.tokens.active() {
         return None;
     }
-    let scope = required_scope(req.method(), req.uri().path())?;
-    let (method, uri) = (req.method().clone(), req.uri().clone());
     let template = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string());
+    let policy = req
+        .extensions()
+        .get::<Arc<Policies>>()
+        .expect("the router layers its policies outside the guard")
+        .of(req.method(), template.as_deref());
+    let scope = policy.scope?;
     let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let st = st.clone();
-    Some(async move { check(&st, scope, (method, uri, template), bearer).await.map(Some) })
+    let (st, path) = (st.clone(), req.uri().path().to_string());
+    Some(async move { check(&st, (scope, policy.restriction), (template, path), bearer).await.map(Some) })
 }
 
 async fn check(
     st: &AppState,
-    scope: Scope,
-    (method, uri, template): (Method, axum::http::Uri, Option<String>),
+    (scope, restriction): (Scope, Restriction),
+    (template, path): (Option<String>, String),
     bearer: Option<String>,
 ) -> Result<Principal, Error> {
     let tokens = &st.tokens;
@@ -362,18 +390,19 @@ async fn check(
     if !p.has(scope) {
         return Err(forbidden());
     }
-    if p.queues.is_some() {
-        let access = Access::of(Some(&p));
-        match restriction(&method, template.as_deref()) {
+    let access = Access::of(Some(&p));
+    if access.is_restricted() {
+        let param = |name: &str| template.as_deref().and_then(|t| path_param(t, &path, name));
+        match restriction {
             Restriction::Open | Restriction::Handler => {}
             Restriction::Refused => return Err(forbidden()),
-            Restriction::PathQueue => {
-                let q = path_queue(uri.path()).ok_or_else(forbidden)?;
-                access.check(&q)?;
+            Restriction::Path(kind) => {
+                let name = param(kind.as_str()).ok_or_else(forbidden)?;
+                access.check_in(kind, &name)?;
             }
             Restriction::PathJob => {
                 // Anything that is not a job id names no job: the same 403 as a foreign one.
-                let id = path_job(uri.path()).ok_or_else(forbidden)?;
+                let id = param("id").and_then(|i| Uuid::try_parse(&i).ok()).ok_or_else(forbidden)?;
                 access.check_job(st.store.as_ref(), id).await?;
             }
         }
@@ -397,25 +426,20 @@ mod tests {
     }
 
     #[test]
-    fn scopes_by_route() {
-        let p = |m: Method, path: &str| required_scope(&m, path);
-        assert_eq!(p(Method::GET, "/healthz"), None);
-        assert_eq!(p(Method::GET, "/readyz"), Some(Scope::Read));
-        assert_eq!(p(Method::POST, "/v1/jobs"), Some(Scope::Produce));
-        assert_eq!(p(Method::GET, "/v1/jobs"), Some(Scope::Read));
-        assert_eq!(p(Method::POST, "/v1/queues/q/claim"), Some(Scope::Work));
-        assert_eq!(p(Method::POST, "/v1/jobs/x/complete"), Some(Scope::Work));
-        assert_eq!(p(Method::POST, "/v1/jobs/complete"), Some(Scope::Work));
-        assert_eq!(p(Method::POST, "/v1/jobs/x/cancel"), Some(Scope::Produce));
-        assert_eq!(p(Method::POST, "/v1/queues/q/pause"), Some(Scope::Admin));
-        assert_eq!(p(Method::GET, "/v1/tokens"), Some(Scope::Admin));
-        assert_eq!(p(Method::DELETE, "/v1/schedules/x"), Some(Scope::Admin));
-        assert_eq!(p(Method::GET, "/v1/workers"), Some(Scope::Read));
+    fn path_parameters_are_found_and_decoded() {
+        let t = "/v1/queues/{queue}/claim";
+        assert_eq!(path_param(t, "/v1/queues/a%3Ab/claim", "queue").as_deref(), Some("a:b"));
+        assert_eq!(path_param(t, "/v1/queues//claim", "queue"), None);
+        assert_eq!(path_param("/v1/jobs/{id}", "/v1/jobs/x", "queue"), None);
     }
 
     #[test]
-    fn queue_from_path_is_decoded() {
-        assert_eq!(path_queue("/v1/queues/a%3Ab/claim").as_deref(), Some("a:b"));
-        assert_eq!(path_queue("/v1/queues"), None);
+    fn unknown_methods_and_paths_keep_their_scopes() {
+        let mut p = Policies::default();
+        p.declare(Method::POST, "/v1/jobs", Policy::needs(Scope::Produce, Restriction::Handler));
+        assert_eq!(p.of(&Method::POST, Some("/v1/jobs")).scope, Some(Scope::Produce));
+        assert_eq!(p.of(&Method::PUT, Some("/v1/jobs")), Policy::needs(Scope::Read, Restriction::Open));
+        assert_eq!(p.of(&Method::GET, None).scope, Some(Scope::Read));
+        assert_eq!(p.of(&Method::POST, None).scope, Some(Scope::Admin));
     }
 }

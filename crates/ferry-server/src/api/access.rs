@@ -250,3 +250,21 @@ pub async fn delete_host(
     st.store.delete_host(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The token, queue limit, worker and host routes, each with the scope it needs and how a token restricted to some
+/// queues is checked (`Handler`: by the handler, through [`Access`](crate::auth::Access)).
+pub(super) fn routes(r: super::Routes) -> super::Routes {
+    use crate::auth::Restriction::*;
+    use ferry_core::ResourceKind;
+    use ferry_core::Scope;
+    use utoipa_axum::routes;
+    r.add(routes!(create_token), Scope::Admin, Refused)
+        .add(routes!(list_tokens), Scope::Admin, Refused)
+        .add(routes!(revoke_token), Scope::Admin, Refused)
+        .add(routes!(set_queue_limits), Scope::Admin, Path(ResourceKind::Queue))
+        .add(routes!(get_queue_limits), Scope::Read, Path(ResourceKind::Queue))
+        .add(routes!(workers), Scope::Read, Refused)
+        .add(routes!(create_host), Scope::Admin, Refused)
+        .add(routes!(list_hosts), Scope::Read, Refused)
+        .add(routes!(delete_host), Scope::Admin, Refused)
+}

@@ -121,3 +121,16 @@ pub async fn purge(
     }
     Ok(Json(PurgeResponse { purged }))
 }
+
+/// The dead-letter routes, each with the scope it needs and how a token restricted to some
+/// queues is checked (`Handler`: by the handler, through [`Access`](crate::auth::Access)).
+pub(super) fn routes(r: super::Routes) -> super::Routes {
+    use crate::auth::Restriction::*;
+    use ferry_core::Scope;
+    use utoipa_axum::routes;
+    r.add(routes!(list), Scope::Read, Handler).add(routes!(replay), Scope::Admin, Handler).add(
+        routes!(purge),
+        Scope::Admin,
+        Handler,
+    )
+}

@@ -426,12 +426,31 @@ fn security(doc: &mut Value) {
     object(at(doc, "/paths/~1healthz/get")).insert("security".into(), json!([]));
 }
 
+/// The HTTP methods a path item has operations for.
+pub fn methods(item: &utoipa::openapi::path::PathItem) -> Vec<axum::http::Method> {
+    use axum::http::Method;
+    [
+        (&item.get, Method::GET),
+        (&item.put, Method::PUT),
+        (&item.post, Method::POST),
+        (&item.delete, Method::DELETE),
+        (&item.patch, Method::PATCH),
+        (&item.head, Method::HEAD),
+        (&item.options, Method::OPTIONS),
+        (&item.trace, Method::TRACE),
+    ]
+    .into_iter()
+    .filter(|(op, _)| op.is_some())
+    .map(|(_, m)| m)
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn base() -> Value {
-        let (_, api) = super::super::routes().split_for_parts();
+        let (_, api) = super::super::routes().router.split_for_parts();
         let mut doc = serde_json::to_value(&api).unwrap();
         derived_schemas(&mut doc);
         doc
@@ -447,7 +466,7 @@ mod tests {
 
     #[test]
     fn configured_limits_are_served() {
-        let (_, api) = super::super::routes().split_for_parts();
+        let (_, api) = super::super::routes().router.split_for_parts();
         let l = Limits { max_queue_name_len: 8, max_batch: 3, ..Limits::default() };
         let doc = complete(&api, &l);
         assert_eq!(doc["components"]["schemas"]["QueueName"]["pattern"], "^[A-Za-z0-9._:-]{1,8}$");
@@ -478,7 +497,7 @@ mod tests {
 
     #[test]
     fn every_response_is_described_and_operation_ids_are_unique() {
-        let (_, api) = super::super::routes().split_for_parts();
+        let (_, api) = super::super::routes().router.split_for_parts();
         let mut doc = complete(&api, &Limits::default());
         let mut ids = std::collections::HashSet::new();
         for (path, method, op) in operations(&mut doc) {

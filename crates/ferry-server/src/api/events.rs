@@ -439,3 +439,16 @@ async fn session(
         }
     }
 }
+
+/// The event delivery routes, each with the scope it needs and how a token restricted to some
+/// queues is checked (`Handler`: by the handler, through [`Access`](crate::auth::Access)).
+pub(super) fn routes(r: super::Routes) -> super::Routes {
+    use crate::auth::Restriction::*;
+    use ferry_core::Scope;
+    use utoipa_axum::routes;
+    r.add(routes!(poll), Scope::Read, Handler).add(routes!(stream), Scope::Read, Handler).add(
+        routes!(ws),
+        Scope::Read,
+        Handler,
+    )
+}

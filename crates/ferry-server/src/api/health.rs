@@ -116,3 +116,19 @@ pub struct AdviceHistory {
 pub async fn advice_history(State(st): State<AppState>) -> Json<AdviceHistory> {
     Json(AdviceHistory { decisions: st.advisor.history() })
 }
+
+/// The health, metrics and server routes, each with the scope it needs and how a token restricted to some
+/// queues is checked (`Handler`: by the handler, through [`Access`](crate::auth::Access)).
+pub(super) fn routes(r: super::Routes) -> super::Routes {
+    use crate::auth::Restriction::*;
+    use ferry_core::Scope;
+    use utoipa_axum::routes;
+    r.public(routes!(healthz))
+        .add(routes!(readyz), Scope::Read, Open)
+        .add(routes!(metrics), Scope::Read, Refused)
+        .add(routes!(server_info), Scope::Read, Open)
+        .add(routes!(openapi), Scope::Read, Open)
+        .add(routes!(stats), Scope::Read, Refused)
+        .add(routes!(advice), Scope::Read, Refused)
+        .add(routes!(advice_history), Scope::Read, Refused)
+}

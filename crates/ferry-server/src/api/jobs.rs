@@ -613,3 +613,24 @@ pub async fn import(
     let duplicates = out.iter().enumerate().filter(|(_, o)| o.duplicate).map(|(i, _)| i).collect();
     Ok(Json(EnqueueBatchResponse { ids: out.iter().map(|o| o.id).collect(), duplicates }))
 }
+
+/// The job routes, each with the scope it needs and how a token restricted to some
+/// queues is checked (`Handler`: by the handler, through [`Access`](crate::auth::Access)).
+pub(super) fn routes(r: super::Routes) -> super::Routes {
+    use crate::auth::Restriction::*;
+    use ferry_core::ResourceKind;
+    use ferry_core::Scope;
+    use utoipa_axum::routes;
+    r.add(routes!(enqueue), Scope::Produce, Handler)
+        .add(routes!(list), Scope::Read, Handler)
+        .add(routes!(get), Scope::Read, PathJob)
+        .add(routes!(claim), Scope::Work, Path(ResourceKind::Queue))
+        .add(routes!(heartbeat), Scope::Work, PathJob)
+        .add(routes!(complete), Scope::Work, PathJob)
+        .add(routes!(fail), Scope::Work, PathJob)
+        .add(routes!(release), Scope::Work, PathJob)
+        .add(routes!(cancel), Scope::Produce, PathJob)
+        .add(routes!(complete_batch), Scope::Work, Handler)
+        .add(routes!(fail_batch), Scope::Work, Handler)
+        .add(routes!(import), Scope::Produce, Handler)
+}

@@ -12,58 +12,63 @@ pub mod queues;
 pub mod schedules;
 
 use crate::AppState;
+use crate::auth::{Policies, Policy, Restriction};
 use crate::error::ApiError;
 use axum::response::IntoResponse;
+use ferry_core::Scope;
 use ferry_core::{Error, ErrorCode};
 use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
 #[derive(OpenApi)]
 #[openapi(info(title = "ferry", description = "Durable job queue and coordination server"))]
 struct ApiDoc;
 
-/// Every route, each with its OpenAPI operation.
-fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(jobs::enqueue, jobs::list))
-        .routes(routes!(jobs::get))
-        .routes(routes!(jobs::claim))
-        .routes(routes!(jobs::heartbeat))
-        .routes(routes!(jobs::complete))
-        .routes(routes!(jobs::fail))
-        .routes(routes!(jobs::release))
-        .routes(routes!(jobs::cancel))
-        .routes(routes!(jobs::complete_batch))
-        .routes(routes!(jobs::fail_batch))
-        .routes(routes!(jobs::import))
-        .routes(routes!(queues::list))
-        .routes(routes!(queues::pause))
-        .routes(routes!(queues::resume))
-        .routes(routes!(dlq::list))
-        .routes(routes!(dlq::replay))
-        .routes(routes!(dlq::purge))
-        .routes(routes!(schedules::create, schedules::list))
-        .routes(routes!(schedules::get, schedules::patch, schedules::delete))
-        .routes(routes!(schedules::pause))
-        .routes(routes!(schedules::resume))
-        .routes(routes!(events::poll))
-        .routes(routes!(events::stream))
-        .routes(routes!(events::ws))
-        .routes(routes!(access::create_token, access::list_tokens))
-        .routes(routes!(access::revoke_token))
-        .routes(routes!(access::set_queue_limits, access::get_queue_limits))
-        .routes(routes!(access::workers))
-        .routes(routes!(access::create_host, access::list_hosts))
-        .routes(routes!(access::delete_host))
-        .routes(routes!(health::metrics))
-        .routes(routes!(health::stats))
-        .routes(routes!(health::advice))
-        .routes(routes!(health::advice_history))
-        .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz))
-        .routes(routes!(health::server_info))
-        .routes(routes!(health::openapi))
+/// The router under construction, with what each route asks of its caller. Routes are added
+/// only through [`Routes::add`] and [`Routes::public`], so none exists without a declared
+/// scope and restriction.
+pub struct Routes {
+    router: OpenApiRouter<AppState>,
+    policies: Policies,
+}
+
+impl Routes {
+    /// Adds one handler's route (from `routes!`), which needs `scope` and checks a restricted
+    /// token as `restriction` says.
+    pub fn add(self, route: UtoipaMethodRouter<AppState>, scope: Scope, restriction: Restriction) -> Routes {
+        self.declare(route, Policy::needs(scope, restriction))
+    }
+
+    /// Adds a route anyone may call, token or not (the liveness probe).
+    pub fn public(self, route: UtoipaMethodRouter<AppState>) -> Routes {
+        self.declare(route, Policy::PUBLIC)
+    }
+
+    fn declare(mut self, route: UtoipaMethodRouter<AppState>, policy: Policy) -> Routes {
+        assert_eq!(route.1.paths.len(), 1, "one handler per declaration, so its policy is unambiguous");
+        for (path, item) in &route.1.paths {
+            let methods = doc::methods(item);
+            assert_eq!(methods.len(), 1, "{path}: one handler per declaration");
+            for m in methods {
+                self.policies.declare(m, path, policy);
+            }
+        }
+        self.router = self.router.routes(route);
+        self
+    }
+}
+
+/// Every route, each with its OpenAPI operation, its scope and its restriction (declared in
+/// its domain's file).
+fn routes() -> Routes {
+    let r = Routes { router: OpenApiRouter::with_openapi(ApiDoc::openapi()), policies: Policies::default() };
+    let r = jobs::routes(r);
+    let r = queues::routes(r);
+    let r = dlq::routes(r);
+    let r = schedules::routes(r);
+    let r = events::routes(r);
+    let r = access::routes(r);
+    health::routes(r)
 }
 
 /// The OpenAPI document as served: JSON text, made once at startup.
@@ -72,7 +77,8 @@ pub struct Document(pub String);
 /// Builds the HTTP router and its OpenAPI document (with the server's configured limits).
 pub fn router(state: AppState) -> (axum::Router, serde_json::Value) {
     let state_origins = state.cors_origins.clone();
-    let (router, api) = routes().with_state(state.clone()).split_for_parts();
+    let Routes { router, policies } = routes();
+    let (router, api) = router.with_state(state.clone()).split_for_parts();
     let doc = doc::complete(&api, &state.limits);
     let text = serde_json::to_string(&doc).expect("the OpenAPI document serializes");
     let router = router
@@ -80,6 +86,8 @@ pub fn router(state: AppState) -> (axum::Router, serde_json::Value) {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::protect::guard))
+        // Outside the guard, which reads each request's policy from it.
+        .layer(axum::Extension(std::sync::Arc::new(policies)))
         .layer(axum::middleware::from_fn_with_state(state, crate::observe::observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError(Error::internal("the server hit a bug handling this request")).into_response()
@@ -118,6 +126,27 @@ mod tests {
     use axum::http::Request;
     use serde_json::{Value, json};
     use tower::ServiceExt;
+
+    /// Every operation in the OpenAPI document has a declared scope and restriction, and
+    /// nothing is declared that the document does not describe.
+    #[test]
+    fn every_documented_route_declares_its_scope() {
+        let Routes { router, policies } = routes();
+        let (_, api) = router.split_for_parts();
+        let mut operations = 0;
+        for (path, item) in &api.paths.paths {
+            for method in doc::methods(item) {
+                assert!(policies.is_declared(&method, path), "{method} {path} has no declared scope");
+                operations += 1;
+            }
+        }
+        assert_eq!(policies.0.len(), operations, "a declared route is missing from the document");
+        assert!(operations >= 44, "the document lists every route ({operations})");
+        let healthz = policies.of(&axum::http::Method::GET, Some("/healthz"));
+        assert_eq!(healthz, Policy::PUBLIC, "only the liveness probe is public");
+        let public = policies.0.values().filter(|p| p.scope.is_none()).count();
+        assert_eq!(public, 1);
+    }
 
     struct App {
         router: axum::Router,

@@ -45,3 +45,15 @@ pub async fn resume(
 ) -> ApiResult<Json<PauseResponse>> {
     set(st, queue, false).await
 }
+
+/// The queue routes, each with the scope it needs and how a token restricted to some
+/// queues is checked (`Handler`: by the handler, through [`Access`](crate::auth::Access)).
+pub(super) fn routes(r: super::Routes) -> super::Routes {
+    use crate::auth::Restriction::*;
+    use ferry_core::ResourceKind;
+    use ferry_core::Scope;
+    use utoipa_axum::routes;
+    r.add(routes!(list), Scope::Read, Handler)
+        .add(routes!(pause), Scope::Admin, Path(ResourceKind::Queue))
+        .add(routes!(resume), Scope::Admin, Path(ResourceKind::Queue))
+}

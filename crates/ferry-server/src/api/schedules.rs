@@ -183,3 +183,18 @@ pub async fn resume(
 ) -> ApiResult<Json<Schedule>> {
     change(&st, &access, &name, SchedulePatch { paused: Some(false), ..Default::default() }).await
 }
+
+/// The schedule routes, each with the scope it needs and how a token restricted to some
+/// queues is checked (`Handler`: by the handler, through [`Access`](crate::auth::Access)).
+pub(super) fn routes(r: super::Routes) -> super::Routes {
+    use crate::auth::Restriction::*;
+    use ferry_core::Scope;
+    use utoipa_axum::routes;
+    r.add(routes!(create), Scope::Admin, Handler)
+        .add(routes!(list), Scope::Read, Handler)
+        .add(routes!(get), Scope::Read, Handler)
+        .add(routes!(patch), Scope::Admin, Handler)
+        .add(routes!(delete), Scope::Admin, Handler)
+        .add(routes!(pause), Scope::Admin, Handler)
+        .add(routes!(resume), Scope::Admin, Handler)
+}
