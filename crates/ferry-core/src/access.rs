@@ -56,8 +56,8 @@ pub struct TokenRecord {
     pub id: Uuid,
     /// Human name, e.g. `ci-producer`; not unique.
     pub name: String,
-    /// Lower-case hex SHA-256 of the secret.
-    #[serde(skip_serializing)]
+    /// Lower-case hex SHA-256 of the secret (never sent: empty in a record read from the API).
+    #[serde(default, skip_serializing)]
     #[schema(ignore)]
     pub hash: String,
     /// What the token may do.
