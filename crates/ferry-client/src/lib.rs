@@ -8,7 +8,6 @@
 pub mod stream;
 pub mod worker;
 
-pub use reqwest::Method;
 pub use stream::{EventSocket, EventStream};
 pub use worker::{JobContext, JobError, Worker, WorkerStats};
 
@@ -160,25 +159,6 @@ impl Client {
     async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let req = self.http.put(format!("{}{path}", self.base)).json(body);
         Ok(self.send(req).await?.1)
-    }
-
-    /// Any endpoint as plain JSON, for administration calls without typed methods (tokens,
-    /// queue limits, workers, hosts).
-    pub async fn call_json(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let (_, bytes) = self.fetch(req).await?;
-        if bytes.is_empty() {
-            return Ok(serde_json::Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// Creates a schedule.

@@ -119,6 +119,16 @@ pub enum WorkerStatus {
     Lost,
 }
 
+impl WorkerStatus {
+    /// The wire name, e.g. `active`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Active => "active",
+            WorkerStatus::Lost => "lost",
+        }
+    }
+}
+
 /// A worker as the registry knows it (registered by its claims and heartbeats).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
