@@ -170,3 +170,37 @@ pub enum StreamMessage {
     /// An event.
     Event(Event),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_messages_parse_as_the_server_writes_them() {
+        // The server writes its notices with `serde_json::json!` (keys sorted).
+        let m: StreamMessage =
+            serde_json::from_str(r#"{"cursor":7,"rooms":["queue:a"],"type":"subscribed"}"#).unwrap();
+        assert!(matches!(m, StreamMessage::Notice(Notice::Subscribed { cursor: 7, .. })));
+        let m: StreamMessage = serde_json::from_str(r#"{"cursor":3,"type":"lagged"}"#).unwrap();
+        assert!(matches!(m, StreamMessage::Notice(Notice::Lagged { cursor: 3 })));
+        let m: StreamMessage =
+            serde_json::from_str(r#"{"error":{"code":"bad_request","message":"x"},"type":"error"}"#).unwrap();
+        assert!(matches!(m, StreamMessage::Notice(Notice::Error { .. })));
+        let e = r#"{"cursor":9,"type":"job.enqueued","at":"2024-01-01T00:00:00.000Z","queue":"q"}"#;
+        match serde_json::from_str::<StreamMessage>(e).unwrap() {
+            StreamMessage::Event(ev) => assert_eq!((ev.cursor, ev.queue.as_deref()), (9, Some("q"))),
+            other => panic!("not an event: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_query_is_checked_like_before() {
+        let l = Limits::default();
+        let q = EventQuery { wait_ms: Some(30_001), ..Default::default() };
+        assert_eq!(q.window(&l).unwrap_err().field.as_deref(), Some("wait_ms"));
+        let q = EventQuery { kind: Some("job.nope".into()), ..Default::default() };
+        assert_eq!(q.filter(&l).unwrap_err().field.as_deref(), Some("type"));
+        let q = EventQuery { queue: Some(" a , ,b".into()), ..Default::default() };
+        assert_eq!(q.filter(&l).unwrap().queues, ["a", "b"]);
+    }
+}

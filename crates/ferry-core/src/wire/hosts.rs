@@ -117,3 +117,22 @@ pub struct HostView {
     /// Recent probes, newest last.
     pub history: Vec<ProbeResult>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, url: &str) -> Result<String> {
+        HostBody { name: name.into(), health_url: url.into() }.validate(&Limits::default())
+    }
+
+    #[test]
+    fn a_host_needs_a_name_and_an_http_url() {
+        assert_eq!(check("h", "http://Example.com:8080/health").unwrap(), "example.com");
+        assert_eq!(check("", "http://x").unwrap_err().field.as_deref(), Some("name"));
+        assert_eq!(check("h", "ftp://x").unwrap_err().field.as_deref(), Some("health_url"));
+        assert!(check("h", "nope").unwrap_err().message.starts_with("not a URL: "));
+        let long = format!("http://x/{}", "a".repeat(2048));
+        assert_eq!(check("h", &long).unwrap_err().code.http_status(), 413);
+    }
+}

@@ -488,3 +488,36 @@ impl ImportBody {
         Ok(jobs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(json: &str) -> Result<ValidClaim> {
+        serde_json::from_str::<ClaimBody>(json).unwrap().validate("q".into(), &Limits::default())
+    }
+
+    #[test]
+    fn a_claim_checks_its_fields_in_order() {
+        let field = |json: &str| claim(json).unwrap_err().field;
+        assert_eq!(field(r#"{"max":0}"#).as_deref(), Some("worker"), "worker comes first");
+        assert_eq!(field(r#"{"worker":"w","max":1001,"wait_ms":-1}"#).as_deref(), Some("max"));
+        assert_eq!(field(r#"{"worker":"w","lease_ms":1}"#).as_deref(), Some("lease_ms"));
+        assert_eq!(field(r#"{"worker":"w","wait_ms":30001}"#).as_deref(), Some("wait_ms"));
+        let ok = claim(r#"{"worker":"w","max":3,"wait_ms":5}"#).unwrap();
+        assert_eq!((ok.request.max, ok.wait_ms, ok.request.queue.as_str()), (3, 5, "q"));
+        let bad_queue = ClaimBody::default().validate("a b".into(), &Limits::default()).unwrap_err();
+        assert_eq!(bad_queue.field.as_deref(), Some("queue"));
+    }
+
+    #[test]
+    fn batch_items_name_their_index() {
+        let item = CompleteItemBody { id: Uuid::nil().to_string(), lease: String::new(), result: None };
+        assert_eq!(
+            item.validate(4, &Limits::default()).unwrap_err().field.as_deref(),
+            Some("items[4].lease")
+        );
+        let item = FailItemBody { id: "x".into(), lease: "l".into(), error: String::new(), retry: None };
+        assert_eq!(item.validate(0).unwrap_err().code.http_status(), 404);
+    }
+}
