@@ -84,6 +84,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], prefix: &str) 
     Ok(value)
 }
 
+/// Every request body is read as an [`Obj`], so an array of the fields in order is refused.
 pub use ferry_core::wire::Obj;
 
 /// Reads the whole body, refusing (413) as soon as it passes the limit: a declared
