@@ -12,6 +12,7 @@
 //! with a `.reason` file beside each. Nothing is skipped silently.
 
 use crate::ClientOpts;
+use crate::output::{fail, print_json};
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::ImportItem;
 use serde_json::Value;
@@ -161,8 +162,7 @@ pub async fn run(a: ImportDirArgs) -> i32 {
     let root = a.dir.clone();
     let mut files = Vec::new();
     if let Err(e) = walk(&root, &root, &mut files) {
-        eprintln!("ferry: cannot read {}: {e}", root.display());
-        return 1;
+        return fail(format!("cannot read {}: {e}", root.display()));
     }
     files.sort();
     let client = a.client.client();
@@ -176,8 +176,7 @@ pub async fn run(a: ImportDirArgs) -> i32 {
                 Ok(item) => entries.push(Entry { path: p.clone(), kind, item }),
                 Err(reason) => {
                     if let Err(e) = reject(p, &root, &reason) {
-                        eprintln!("ferry: cannot move {} to rejected/: {e}", p.display());
-                        return 1;
+                        return fail(format!("cannot move {} to rejected/: {e}", p.display()));
                     }
                     rows[idx(kind)].rejected += 1;
                 }
@@ -207,8 +206,7 @@ pub async fn run(a: ImportDirArgs) -> i32 {
                         rows[idx(e.kind)].imported += 1; // a bare claim marker: counted and filed
                     }
                     if let Err(err) = move_into(&e.path, &root.join("imported")) {
-                        eprintln!("ferry: cannot move {} to imported/: {err}", e.path.display());
-                        return 1;
+                        return fail(format!("cannot move {} to imported/: {err}", e.path.display()));
                     }
                 }
             }
@@ -221,27 +219,21 @@ pub async fn run(a: ImportDirArgs) -> i32 {
                     .and_then(|f| f.split(']').next())
                     .and_then(|n| n.parse::<usize>().ok());
                 let Some(bad) = bad else {
-                    eprintln!("ferry: the server refused the import: {error}");
-                    return 1;
+                    return fail(format!("the server refused the import: {error}"));
                 };
                 let pos =
                     pending.iter().enumerate().filter(|(_, e)| e.item.is_some()).nth(bad).map(|(i, _)| i);
                 let Some(pos) = pos else {
-                    eprintln!("ferry: the server refused the import: {error}");
-                    return 1;
+                    return fail(format!("the server refused the import: {error}"));
                 };
                 let e = pending.remove(pos);
                 if let Err(err) = reject(&e.path, &root, &format!("refused by the server: {}", error.message))
                 {
-                    eprintln!("ferry: cannot move {} to rejected/: {err}", e.path.display());
-                    return 1;
+                    return fail(format!("cannot move {} to rejected/: {err}", e.path.display()));
                 }
                 rows[idx(e.kind)].rejected += 1;
             }
-            Err(e) => {
-                eprintln!("ferry: {e}");
-                return 1;
-            }
+            Err(e) => return fail(e),
         }
     }
     if a.client.json {
@@ -252,7 +244,7 @@ pub async fn run(a: ImportDirArgs) -> i32 {
                 serde_json::json!({"kind": k.label(), "imported": r.imported, "already_imported": r.already, "rejected": r.rejected})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+        print_json(&out);
     } else {
         println!("{:<24} {:>9} {:>17} {:>9}", "KIND", "IMPORTED", "ALREADY IMPORTED", "REJECTED");
         for k in [Kind::Job, Kind::Claimed, Kind::Result] {

@@ -1,15 +1,14 @@
 //! `ferry`: the server (`ferry serve`) and a command-line client for every job operation.
 //!
-//! Client commands talk HTTP to `--url` / `FERRY_URL`, print tables for people and JSON with
-//! `--json`, and exit non-zero with the server's error message on failure.
+//! Client commands (`cmd/`, one module per domain) talk HTTP to `--url` / `FERRY_URL` through
+//! `ferry-client`, and print through `output`: tables for people, JSON with `--json`, and
+//! `ferry: <message>` with exit code 1 on failure.
 
 mod bench;
-mod commands;
+mod cmd;
 mod import_dir;
 mod migrate;
-mod ops;
-mod schedules;
-mod tokens;
+mod output;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -48,29 +47,29 @@ enum Command {
     /// Run the server (SQLite in ./ferry-data/ by default).
     Serve(ServeArgs),
     /// Enqueue a job (payload from an argument, --file or stdin) or, with --batch, JSON lines.
-    Enqueue(commands::EnqueueArgs),
+    Enqueue(cmd::jobs::EnqueueArgs),
     /// Show, list or cancel jobs.
     Jobs {
         #[command(subcommand)]
-        cmd: commands::JobsCmd,
+        cmd: cmd::jobs::JobsCmd,
     },
     /// The dead-letter queue: list, replay, purge.
     Dlq {
         #[command(subcommand)]
-        cmd: commands::DlqCmd,
+        cmd: cmd::dlq::DlqCmd,
     },
     /// Queues: list with counts, pause, resume.
     Queues {
         #[command(subcommand)]
-        cmd: commands::QueuesCmd,
+        cmd: cmd::queues::QueuesCmd,
     },
     /// Cron schedules: list, add, rm, pause, resume, next.
     Schedules {
         #[command(subcommand)]
-        cmd: schedules::SchedulesCmd,
+        cmd: cmd::schedules::SchedulesCmd,
     },
     /// Print events live (job, queue and schedule changes).
-    Watch(schedules::WatchArgs),
+    Watch(cmd::watch::WatchArgs),
     /// Benchmark a live server: enqueue in batches, then work the jobs with SDK workers.
     Bench(bench::BenchArgs),
     /// Copy a SQLite database into PostgreSQL (batches, progress, verification, --resume).
@@ -80,18 +79,18 @@ enum Command {
     /// API tokens: create (prints the secret once), list, revoke.
     Tokens {
         #[command(subcommand)]
-        cmd: tokens::TokensCmd,
+        cmd: cmd::tokens::TokensCmd,
     },
     /// Workers registered by their claims and heartbeats.
     Workers(ClientOpts),
     /// Key figures over the last 1 m, 5 m and 1 h (throughput, errors, latencies, backlog).
     Stats(ClientOpts),
     /// The scaling advisor's verdict: STAY, PLAN MIGRATION or MIGRATE NOW, and why.
-    Advise(ops::AdviseArgs),
+    Advise(cmd::advise::AdviseArgs),
     /// Registered hosts and their probed health: list, add, rm.
     Hosts {
         #[command(subcommand)]
-        cmd: tokens::HostsCmd,
+        cmd: cmd::hosts::HostsCmd,
     },
 }
 
@@ -251,20 +250,20 @@ async fn main() {
                 }
             }
         },
-        Command::Enqueue(args) => commands::enqueue(args).await,
-        Command::Jobs { cmd } => commands::jobs(cmd).await,
-        Command::Dlq { cmd } => commands::dlq(cmd).await,
-        Command::Queues { cmd } => commands::queues(cmd).await,
-        Command::Schedules { cmd } => schedules::schedules(cmd).await,
-        Command::Watch(args) => schedules::watch(args).await,
+        Command::Enqueue(args) => cmd::jobs::enqueue(args).await,
+        Command::Jobs { cmd } => cmd::jobs::jobs(cmd).await,
+        Command::Dlq { cmd } => cmd::dlq::dlq(cmd).await,
+        Command::Queues { cmd } => cmd::queues::queues(cmd).await,
+        Command::Schedules { cmd } => cmd::schedules::schedules(cmd).await,
+        Command::Watch(args) => cmd::watch::watch(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::ImportDir(args) => import_dir::run(args).await,
-        Command::Tokens { cmd } => tokens::tokens(cmd).await,
-        Command::Workers(o) => tokens::workers(o).await,
-        Command::Stats(o) => ops::stats(o).await,
-        Command::Advise(a) => ops::advise(a).await,
-        Command::Hosts { cmd } => tokens::hosts(cmd).await,
+        Command::Tokens { cmd } => cmd::tokens::tokens(cmd).await,
+        Command::Workers(o) => cmd::workers::workers(o).await,
+        Command::Stats(o) => cmd::stats::stats(o).await,
+        Command::Advise(a) => cmd::advise::advise(a).await,
+        Command::Hosts { cmd } => cmd::hosts::hosts(cmd).await,
     };
     std::process::exit(code);
 }

@@ -71,9 +71,6 @@ pub async fn run(a: MigrateArgs) -> i32 {
             println!("migration complete: start ferry with --database {}", ferry_server::redact(&a.to));
             0
         }
-        Err(e) => {
-            eprintln!("ferry: {}", e.message);
-            1
-        }
+        Err(e) => crate::output::fail(e.message),
     }
 }

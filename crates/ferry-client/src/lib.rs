@@ -1,17 +1,20 @@
 //! ferry-client: a Rust client for every ferry endpoint, and a worker runtime on top of it.
 //!
 //! `Client` is a thin typed layer over HTTP (one connection pool, JSON bodies from
-//! `ferry_core::wire`); `worker` runs handlers with claims, heartbeats and batched reports.
+//! `ferry_core::wire`), with one method per endpoint of the OpenAPI document; `stream` reads
+//! the event streams (server-sent events and WebSocket); `worker` runs handlers with claims,
+//! heartbeats and batched reports.
 
+pub mod stream;
 pub mod worker;
 
-pub use reqwest::Method;
+pub use stream::{EventSocket, EventStream};
 pub use worker::{JobContext, JobError, Worker, WorkerStats};
 
 use ferry_core::schedule::{DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse};
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::*;
-use ferry_core::{ClaimedJob, Error, FailOutcome, HeartbeatOutcome, Job};
+use ferry_core::{ClaimedJob, Error, FailOutcome, HeartbeatOutcome, Job, QueueLimits, TokenRecord};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -106,31 +109,26 @@ impl Client {
         &self.base
     }
 
-    /// Sends with this client's token and name; a 4xx/5xx becomes `ClientError::Api` with the
-    /// server's error body. Returns the status and the raw body.
-    async fn fetch(&self, req: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes)> {
+    /// `req` with this client's token and name.
+    fn identify(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let req = match &self.name {
+        match &self.name {
             Some(n) => req.header("x-ferry-client", n),
             None => req,
-        };
-        let resp = req.send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        }
+    }
+
+    /// Sends with this client's token and name; a 4xx/5xx becomes `ClientError::Api` with the
+    /// server's error body. Returns the status and the raw body.
+    async fn fetch(&self, req: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes)> {
+        let resp = self.identify(req).send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
         if status >= 400 {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => ClientError::Api { status, error: b.error },
-                Err(_) => ClientError::Api {
-                    status,
-                    error: Error::new(
-                        ferry_core::ErrorCode::Internal,
-                        String::from_utf8_lossy(&bytes).into_owned(),
-                    ),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         Ok((status, bytes))
     }
@@ -151,26 +149,16 @@ impl Client {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
+        self.get_with(path, query).await
+    }
+
+    async fn get_with<Q: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, query: &Q) -> Result<T> {
         Ok(self.send(self.http.get(format!("{}{path}", self.base)).query(query)).await?.1)
     }
 
-    /// Any endpoint as plain JSON, for administration calls without typed methods (tokens,
-    /// queue limits, workers, hosts).
-    pub async fn call_json(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let (_, bytes) = self.fetch(req).await?;
-        if bytes.is_empty() {
-            return Ok(serde_json::Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let req = self.http.put(format!("{}{path}", self.base)).json(body);
+        Ok(self.send(req).await?.1)
     }
 
     /// Creates a schedule.
@@ -185,7 +173,7 @@ impl Client {
 
     /// One schedule with its next `count` runs.
     pub async fn schedule(&self, name: &str, count: usize) -> Result<Schedule> {
-        self.get(&format!("/v1/schedules/{name}"), &[("count", count.to_string())]).await
+        self.get_with(&format!("/v1/schedules/{name}"), &NextQuery { count: Some(count) }).await
     }
 
     /// Changes a schedule.
@@ -305,7 +293,13 @@ impl Client {
         limit: Option<usize>,
         cursor: Option<&str>,
     ) -> Result<JobsPage> {
-        self.get("/v1/jobs", &list_query(queue, state, limit, cursor)).await
+        let params = ListParams {
+            queue: queue.map(String::from),
+            state: state.map(String::from),
+            limit: limit.map(|l| l as i64),
+            cursor: cursor.map(String::from),
+        };
+        self.get_with("/v1/jobs", &params).await
     }
 
     /// Stats of every queue.
@@ -330,7 +324,12 @@ impl Client {
         limit: Option<usize>,
         cursor: Option<&str>,
     ) -> Result<JobsPage> {
-        self.get("/v1/dlq", &list_query(queue, None, limit, cursor)).await
+        let params = DlqParams {
+            queue: queue.map(String::from),
+            limit: limit.map(|l| l as i64),
+            cursor: cursor.map(String::from),
+        };
+        self.get_with("/v1/dlq", &params).await
     }
 
     /// Replays dead jobs selected by ids or queue.
@@ -348,30 +347,121 @@ impl Client {
         self.get("/v1/server", &[]).await
     }
 
+    /// `GET /healthz`: whether the process answers at all.
+    pub async fn health(&self) -> Result<HealthResponse> {
+        self.get("/healthz", &[]).await
+    }
+
     /// `GET /readyz`.
     pub async fn ready(&self) -> Result<HealthResponse> {
         self.get("/readyz", &[]).await
     }
+
+    /// The Prometheus metrics, in the text exposition format.
+    pub async fn metrics(&self) -> Result<String> {
+        let (_, bytes) = self.fetch(self.http.get(format!("{}/metrics", self.base))).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// The server's OpenAPI 3.1 document.
+    pub async fn openapi(&self) -> Result<serde_json::Value> {
+        self.get("/v1/openapi.json", &[]).await
+    }
+
+    /// Key figures over the last minute, five minutes and hour, and current readings.
+    pub async fn stats(&self) -> Result<StatsResponse> {
+        self.get("/v1/stats", &[]).await
+    }
+
+    /// The scaling advisor's verdict now (the server records it in its history).
+    pub async fn advice(&self) -> Result<Advice> {
+        self.get("/v1/advice", &[]).await
+    }
+
+    /// The advisor's past verdicts, oldest first.
+    pub async fn advice_history(&self) -> Result<AdviceHistory> {
+        self.get("/v1/advice/history", &[]).await
+    }
+
+    /// Workers registered by their claims and heartbeats.
+    pub async fn workers(&self) -> Result<WorkersResponse> {
+        self.get("/v1/workers", &[]).await
+    }
+
+    /// Mints an API token; the answer holds its secret, shown only this once.
+    pub async fn create_token(&self, body: &TokenBody) -> Result<NewToken> {
+        self.post("/v1/tokens", body).await
+    }
+
+    /// Every API token, revoked ones included (never their secrets; `hash` is empty).
+    pub async fn tokens(&self) -> Result<TokensResponse> {
+        self.get("/v1/tokens", &[]).await
+    }
+
+    /// Revokes a token; returns its record.
+    pub async fn revoke_token(&self, id: Uuid) -> Result<TokenRecord> {
+        Ok(self.send(self.http.delete(format!("{}/v1/tokens/{id}", self.base))).await?.1)
+    }
+
+    /// A queue's flow limits (all unset when it has none).
+    pub async fn queue_limits(&self, queue: &str) -> Result<LimitsResponse> {
+        self.get(&format!("/v1/queues/{queue}/limits"), &[]).await
+    }
+
+    /// Sets a queue's flow limits; the unset ones are cleared.
+    pub async fn set_queue_limits(&self, queue: &str, limits: &QueueLimits) -> Result<LimitsResponse> {
+        self.put(&format!("/v1/queues/{queue}/limits"), limits).await
+    }
+
+    /// Registered hosts with their probed status.
+    pub async fn hosts(&self) -> Result<HostsResponse> {
+        self.get("/v1/hosts", &[]).await
+    }
+
+    /// Registers a host whose health URL the server probes.
+    pub async fn create_host(&self, body: &HostBody) -> Result<HostView> {
+        self.post("/v1/hosts", body).await
+    }
+
+    /// Forgets a host.
+    pub async fn delete_host(&self, name: &str) -> Result<()> {
+        self.fetch(self.http.delete(format!("{}/v1/hosts/{name}", self.base))).await.map(|_| ())
+    }
+
+    /// Server-sent events (`GET /v1/events/stream`) matching `query`, from `last_event_id`
+    /// when given (it wins over `query.since`).
+    pub async fn event_stream(&self, query: &EventQuery, last_event_id: Option<u64>) -> Result<EventStream> {
+        let mut req = self.http.get(format!("{}/v1/events/stream", self.base)).query(query);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = self.identify(req).send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+            return Err(api_error(status, &bytes));
+        }
+        Ok(EventStream::new(resp))
+    }
+
+    /// A WebSocket on `GET /v1/ws`: the rooms `query` names are joined at connect; more are
+    /// joined and left with [`EventSocket::subscribe`] and [`EventSocket::unsubscribe`].
+    pub async fn event_socket(&self, query: &EventQuery) -> Result<EventSocket> {
+        let req = self
+            .identify(self.http.get(format!("{}/v1/ws", self.base)).query(query))
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        EventSocket::connect(req).await
+    }
 }
 
-fn list_query(
-    q: Option<&str>,
-    s: Option<&str>,
-    limit: Option<usize>,
-    cursor: Option<&str>,
-) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(q) = q {
-        out.push(("queue", q.to_string()));
+/// The error a 4xx/5xx answer stands for: the server's error body, or its text.
+fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => ClientError::Api { status, error: b.error },
+        Err(_) => ClientError::Api {
+            status,
+            error: Error::new(ferry_core::ErrorCode::Internal, String::from_utf8_lossy(bytes).into_owned()),
+        },
     }
-    if let Some(s) = s {
-        out.push(("state", s.to_string()));
-    }
-    if let Some(l) = limit {
-        out.push(("limit", l.to_string()));
-    }
-    if let Some(c) = cursor {
-        out.push(("cursor", c.to_string()));
-    }
-    out
 }

@@ -86,8 +86,8 @@ pub struct TokenRecord {
     pub id: Uuid,
     /// Human name, e.g. `ci-producer`; not unique.
     pub name: String,
-    /// Lower-case hex SHA-256 of the secret.
-    #[serde(skip_serializing)]
+    /// Lower-case hex SHA-256 of the secret (never sent: empty in a record read from the API).
+    #[serde(default, skip_serializing)]
     #[schema(ignore)]
     pub hash: String,
     /// What the token may do.
@@ -147,6 +147,16 @@ pub enum WorkerStatus {
     Active,
     /// Silent past the timeout; its leases were released.
     Lost,
+}
+
+impl WorkerStatus {
+    /// The wire name, e.g. `active`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Active => "active",
+            WorkerStatus::Lost => "lost",
+        }
+    }
 }
 
 /// A worker as the registry knows it (registered by its claims and heartbeats).

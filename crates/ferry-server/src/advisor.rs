@@ -7,11 +7,10 @@
 //! On SQLite the advice is about moving to PostgreSQL (`ferry migrate`); on PostgreSQL the
 //! same rules speak of adding ferry nodes or database capacity.
 
-use crate::stats::{Gauges, WindowStats};
+use ferry_core::wire::{Advice, Finding, Measurements, Verdict};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use utoipa::ToSchema;
 
 /// Thresholds and schedule (`[advisor]` in `ferry.toml`); the README explains the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,78 +59,6 @@ impl Default for AdvisorConfig {
             history_max: 1_000,
         }
     }
-}
-
-/// The three verdicts, mildest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-pub enum Verdict {
-    /// The current setup has room.
-    #[serde(rename = "STAY")]
-    Stay,
-    /// Start planning: a limit is near.
-    #[serde(rename = "PLAN MIGRATION")]
-    PlanMigration,
-    /// A limit is reached or data is at risk.
-    #[serde(rename = "MIGRATE NOW")]
-    MigrateNow,
-}
-
-impl Verdict {
-    /// Wire and log name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Stay => "STAY",
-            Verdict::PlanMigration => "PLAN MIGRATION",
-            Verdict::MigrateNow => "MIGRATE NOW",
-        }
-    }
-}
-
-/// What the advisor measured (the window's figures and the current readings).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Measurements {
-    /// `sqlite` or `postgres`.
-    pub backend: String,
-    /// Window figures.
-    pub window: WindowStats,
-    /// Readings now.
-    pub now: Gauges,
-}
-
-/// One rule's finding.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-pub struct Finding {
-    /// Metric name, e.g. `write_error_rate`.
-    pub metric: String,
-    /// Measured value.
-    pub value: f64,
-    /// The threshold it is compared with.
-    pub threshold: f64,
-    /// This rule's verdict (`STAY` when within the threshold).
-    pub verdict: Verdict,
-    /// The finding in words, e.g. `write errors 1.8% > 1%`.
-    pub text: String,
-}
-
-/// One evaluation.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Advice {
-    /// The overall verdict: the most severe finding.
-    pub verdict: Verdict,
-    /// `MIGRATE NOW - write errors 1.8% > 1%; ...`: every metric, value and threshold.
-    pub justification: String,
-    /// What to do about it on this backend.
-    pub action: String,
-    /// Every rule's finding.
-    pub findings: Vec<Finding>,
-    /// Storage backend evaluated.
-    pub backend: String,
-    /// When it was evaluated, epoch ms.
-    pub at_ms: i64,
-    /// Seconds of measurements the window covered.
-    pub window_s: f64,
-    /// `schedule` or `request`.
-    pub trigger: String,
 }
 
 fn pct(v: f64) -> String {

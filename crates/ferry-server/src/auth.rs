@@ -10,6 +10,7 @@
 use crate::AppState;
 use axum::extract::Request;
 use axum::http::{Method, header};
+use ferry_core::wire::TokenBody;
 use ferry_core::{Error, ErrorCode, ResourceKind, Scope, TokenRecord};
 use ferry_store::Store;
 use sha2::{Digest, Sha256};
@@ -45,8 +46,11 @@ impl Principal {
 pub struct Access {
     /// `None`: unrestricted. Otherwise the allowed names per kind; a kind not listed allows
     /// nothing.
-    only: Option<Arc<[(ResourceKind, Vec<String>)]>>,
+    only: Option<Arc<[Allowed]>>,
 }
+
+/// The names of one kind of resource a restricted token may touch.
+type Allowed = (ResourceKind, Vec<String>);
 
 impl Access {
     /// The access of `principal` (everything when there is none).
@@ -141,36 +145,22 @@ fn secret_id(secret: &str) -> Option<Uuid> {
     Uuid::try_parse(rest.get(..32)?).ok()
 }
 
-/// Builds a token record and its secret (shown once), validating name, scopes and queues.
+/// Builds a token record and its secret (shown once) from a checked body.
 pub fn mint(
-    name: &str,
-    scopes: &[Scope],
-    queues: Option<Vec<String>>,
+    body: TokenBody,
     limits: &ferry_core::Limits,
     now_ms: i64,
 ) -> Result<(TokenRecord, String), Error> {
-    if name.is_empty() || name.chars().count() > limits.max_name_len {
-        return Err(Error::invalid("name", format!("name must be 1..={} characters", limits.max_name_len)));
-    }
-    if scopes.is_empty() {
-        return Err(Error::invalid("scopes", format!("at least one scope is required ({})", Scope::names())));
-    }
-    if let Some(qs) = &queues {
-        if qs.is_empty() || qs.len() > limits.max_tags {
-            return Err(Error::invalid("queues", format!("queues must list 1..={} queues", limits.max_tags)));
-        }
-        for (i, q) in qs.iter().enumerate() {
-            ferry_core::validate::queue_name(q, limits, &format!("queues[{i}]"))?;
-        }
-    }
+    body.validate(limits)?;
+    let TokenBody { name, scopes, queues } = body;
     let id = Uuid::now_v7();
     let secret = new_secret(id);
-    let mut scopes = scopes.to_vec();
+    let mut scopes = scopes;
     scopes.sort();
     scopes.dedup();
     let rec = TokenRecord {
         id,
-        name: name.to_string(),
+        name,
         hash: hash_secret(&secret),
         scopes,
         queues,

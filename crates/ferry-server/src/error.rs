@@ -84,26 +84,8 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], prefix: &str) 
     Ok(value)
 }
 
-/// A JSON object of `T`: derived `Deserialize` would also accept an array of the fields in
-/// order, which no client means; this refuses anything but an object.
-#[derive(Debug)]
-pub struct Obj<T>(pub T);
-
-impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
-            type Value = Obj<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
+/// Every request body is read as an [`Obj`], so an array of the fields in order is refused.
+pub use ferry_core::wire::Obj;
 
 /// Reads the whole body, refusing (413) as soon as it passes the limit: a declared
 /// Content-Length over the limit is refused before reading, a streamed body is cut off.

@@ -4,6 +4,7 @@
 //! flapping damped (`host_down_after` failures to go down, `host_up_after` successes to come up).
 
 use ferry_core::HostRecord;
+use ferry_core::wire::{HostStatus, HostView, ProbeResult};
 use ferry_store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -115,58 +116,6 @@ impl WorkerSightings {
             }
         }
     }
-}
-
-/// Damped status of a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum HostStatus {
-    /// Not probed enough yet to say.
-    Unknown,
-    /// `host_up_after` good probes in a row.
-    Up,
-    /// `host_down_after` failed probes in a row.
-    Down,
-}
-
-/// One probe's result.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ProbeResult {
-    /// When the probe started, epoch ms.
-    pub at_ms: i64,
-    /// 2xx within the timeout.
-    pub ok: bool,
-    /// Time to the answer (or to the timeout).
-    pub latency_ms: u64,
-    /// HTTP status, when one came back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// What went wrong.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// A registered host with its probe state, as `GET /v1/hosts` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct HostView {
-    /// Unique name.
-    pub name: String,
-    /// The URL probed.
-    pub health_url: String,
-    /// Damped status.
-    pub status: HostStatus,
-    /// Failed probes in a row.
-    pub consecutive_failures: u32,
-    /// Good probes in a row.
-    pub consecutive_successes: u32,
-    /// Latest probe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_probe: Option<ProbeResult>,
-    /// When the status last changed, epoch ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changed_at_ms: Option<i64>,
-    /// Recent probes, newest last.
-    pub history: Vec<ProbeResult>,
 }
 
 #[derive(Default)]

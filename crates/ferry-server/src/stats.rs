@@ -6,13 +6,12 @@
 use crate::AppState;
 use ferry_core::JobState;
 use ferry_core::measure::HistogramSnapshot;
-use serde::{Deserialize, Serialize};
+use ferry_core::wire::{Gauges, WindowStats};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use utoipa::ToSchema;
 
 /// Cumulative values at one moment.
 #[derive(Debug, Clone)]
@@ -30,81 +29,6 @@ struct Sample {
     busy_waits: u64,
     rejections: u64,
     dlq: u64,
-}
-
-/// Figures over one window.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
-pub struct WindowStats {
-    /// Seconds the window actually covers (less than asked right after start).
-    pub seconds: f64,
-    /// Jobs enqueued per second.
-    pub enqueued_per_sec: f64,
-    /// Jobs started per second.
-    pub started_per_sec: f64,
-    /// Jobs completed per second.
-    pub completed_per_sec: f64,
-    /// Failed attempts per second.
-    pub failed_per_sec: f64,
-    /// Jobs dead per second.
-    pub dead_per_sec: f64,
-    /// Store writes per second.
-    pub writes_per_sec: f64,
-    /// Share of store writes that failed (0..1).
-    pub write_error_rate: f64,
-    /// Store write latency p99, ms.
-    pub write_p99_ms: Option<f64>,
-    /// HTTP requests per second.
-    pub requests_per_sec: f64,
-    /// Share of HTTP answers that were 5xx (0..1).
-    pub http_error_rate: f64,
-    /// API latency (long-polls and streams excluded) p50, ms.
-    pub latency_p50_ms: Option<f64>,
-    /// API latency p95, ms.
-    pub latency_p95_ms: Option<f64>,
-    /// API latency p99, ms.
-    pub latency_p99_ms: Option<f64>,
-    /// Enqueue → start p50, ms.
-    pub job_wait_p50_ms: Option<f64>,
-    /// Enqueue → start p99, ms.
-    pub job_wait_p99_ms: Option<f64>,
-    /// Share of time the writers were busy (0..1).
-    pub writer_utilization: f64,
-    /// Writes that waited for the writer or a connection, as a share of writes (0..1).
-    pub busy_wait_share: f64,
-    /// Requests refused by protection per second.
-    pub rejections_per_sec: f64,
-    /// Growth of the dead-letter queue over the window, in jobs.
-    pub dlq_growth: i64,
-    /// Distinct hosts that claimed jobs from this node in the window.
-    pub claim_hosts: u64,
-}
-
-/// Current readings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
-pub struct Gauges {
-    /// Ready + scheduled jobs.
-    pub backlog: u64,
-    /// Running jobs.
-    pub running: u64,
-    /// Dead jobs.
-    pub dlq: u64,
-    /// Age of the oldest ready job, seconds.
-    pub oldest_ready_age_s: f64,
-    /// Database bytes (file + WAL, or tables).
-    pub db_bytes: u64,
-    /// Registered hosts.
-    pub hosts: u64,
-}
-
-/// `GET /v1/stats` answer.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct StatsResponse {
-    /// Storage backend.
-    pub backend: String,
-    /// `1m`, `5m`, `1h`.
-    pub windows: std::collections::BTreeMap<String, WindowStats>,
-    /// Readings now.
-    pub now: Gauges,
 }
 
 /// The node's samples and the hosts its claims came from.

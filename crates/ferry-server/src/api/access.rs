@@ -4,49 +4,16 @@
 
 use crate::AppState;
 use crate::error::{ApiError, ApiPath, ApiResult, JsonBody};
-use crate::health::HostView;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_core::validate::names::QueueName;
-use ferry_core::wire::ErrorBody;
-use ferry_core::{Error, ErrorCode, HostRecord, QueueLimits, Scope, TokenRecord, WorkerInfo, validate};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use ferry_core::wire::{
+    ErrorBody, HostBody, HostView, HostsResponse, LimitsResponse, NewToken, TokenBody, TokensResponse,
+    WorkersResponse,
+};
+use ferry_core::{Error, ErrorCode, HostRecord, QueueLimits, TokenRecord, validate};
 use uuid::Uuid;
-
-/// `POST /v1/tokens` body.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBody {
-    /// Human name: 1..=`limits.max_name_len` characters.
-    #[schema(min_length = 1, max_length = 128)]
-    pub name: String,
-    /// Scopes: `admin`, `produce`, `work`, `read` (at least one).
-    #[schema(min_items = 1)]
-    pub scopes: Vec<Scope>,
-    /// Limit the token to these queues: 1..=`limits.max_tags` of them.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<QueueName>>, min_items = 1, max_items = 32)]
-    pub queues: Option<Vec<String>>,
-}
-
-/// A new token: the secret is shown here once and never again.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct NewToken {
-    /// The secret to send as `Authorization: Bearer <token>`.
-    pub token: String,
-    /// The stored record.
-    #[serde(flatten)]
-    pub record: TokenRecord,
-}
-
-/// `GET /v1/tokens` answer.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct TokensResponse {
-    /// Every token, revoked ones included, oldest first; secrets are never shown.
-    pub tokens: Vec<TokenRecord>,
-}
 
 /// Mint an API token (scope `admin`; open while auth is off, to mint the first one).
 #[utoipa::path(post, path = "/v1/tokens", tag = "access", request_body = TokenBody, responses(
@@ -56,7 +23,7 @@ pub async fn create_token(
     JsonBody(body): JsonBody<TokenBody>,
 ) -> ApiResult<(StatusCode, Json<NewToken>)> {
     let now = st.store.clock().now_ms();
-    let (record, token) = crate::auth::mint(&body.name, &body.scopes, body.queues, &st.limits, now)?;
+    let (record, token) = crate::auth::mint(body, &st.limits, now)?;
     if st.store.list_tokens().await?.len() >= st.limits.max_tokens {
         return Err(
             Error::invalid("name", format!("at most {} tokens may exist", st.limits.max_tokens)).into()
@@ -92,15 +59,6 @@ pub async fn revoke_token(
     Ok(Json(rec))
 }
 
-/// `PUT /v1/queues/{queue}/limits` answer.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct LimitsResponse {
-    /// The queue.
-    pub queue: String,
-    /// Its limits now.
-    pub limits: QueueLimits,
-}
-
 /// Set a queue's flow limits (`max_running`, `max_starts_per_sec`, `max_depth`); an empty
 /// object clears them. Enforced across every node.
 #[utoipa::path(put, path = "/v1/queues/{queue}/limits", tag = "queues", request_body = QueueLimits,
@@ -112,28 +70,7 @@ pub async fn set_queue_limits(
     JsonBody(limits): JsonBody<QueueLimits>,
 ) -> ApiResult<Json<LimitsResponse>> {
     validate::queue_name(&queue, &st.limits, "queue")?;
-    if limits.max_running == Some(0) {
-        return Err(Error::invalid(
-            "max_running",
-            "max_running must be at least 1 (pause the queue to stop it)",
-        )
-        .into());
-    }
-    if let Some(r) = limits.max_starts_per_sec
-        && !(r.is_finite() && r > 0.0 && r <= 1e6)
-    {
-        return Err(Error::invalid(
-            "max_starts_per_sec",
-            "max_starts_per_sec must be > 0 and at most 1000000",
-        )
-        .into());
-    }
-    // Depths are counted in i64 by both stores: a larger limit could not be kept as given.
-    if let Some(d) = limits.max_depth
-        && (d == 0 || d > i64::MAX as u64)
-    {
-        return Err(Error::invalid("max_depth", format!("max_depth must be 1..={}", i64::MAX)).into());
-    }
+    limits.validate()?;
     st.store.set_queue_limits(&queue, limits).await?;
     st.protection.depth.set_limits(&queue, &limits);
     Ok(Json(LimitsResponse { queue, limits }))
@@ -152,38 +89,11 @@ pub async fn get_queue_limits(
     Ok(Json(LimitsResponse { queue, limits: limits.unwrap_or_default() }))
 }
 
-/// `GET /v1/workers` answer.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct WorkersResponse {
-    /// Every registered worker, by name.
-    pub workers: Vec<WorkerInfo>,
-}
-
 /// Workers registered by their claims and heartbeats: last seen, jobs in flight, status.
 #[utoipa::path(get, path = "/v1/workers", tag = "health",
     responses((status = 200, description = "every registered worker", body = WorkersResponse)))]
 pub async fn workers(State(st): State<AppState>) -> ApiResult<Json<WorkersResponse>> {
     Ok(Json(WorkersResponse { workers: st.store.list_workers().await? }))
-}
-
-/// `POST /v1/hosts` body.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HostBody {
-    /// Unique name: 1..=`limits.max_name_len` characters, none of them a control character.
-    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,128}$", min_length = 1, max_length = 128)]
-    pub name: String,
-    /// `http://` URL that answers 2xx when the host is healthy; at most `limits.max_url_len`
-    /// bytes (else 413), its host allowed by `[health] allowed_hosts`.
-    #[schema(pattern = "^[Hh][Tt][Tt][Pp]://")]
-    pub health_url: String,
-}
-
-/// `GET /v1/hosts` answer.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct HostsResponse {
-    /// Every registered host with its damped status and recent probes.
-    pub hosts: Vec<HostView>,
 }
 
 /// Register a host whose health URL this server probes.
@@ -196,25 +106,8 @@ pub async fn create_host(
     JsonBody(body): JsonBody<HostBody>,
 ) -> ApiResult<(StatusCode, Json<HostView>)> {
     let l = &st.limits;
-    let chars = body.name.chars().count();
-    if chars == 0 || chars > l.max_name_len || body.name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "name",
-            format!("name must be 1..={} characters, none of them a control character", l.max_name_len),
-        )
-        .into());
-    }
-    if body.health_url.len() > l.max_url_len {
-        return Err(
-            Error::too_large("health_url", format!("health_url is over {} bytes", l.max_url_len)).into()
-        );
-    }
-    let parsed = reqwest::Url::parse(&body.health_url)
-        .map_err(|e| Error::invalid("health_url", format!("not a URL: {e}")))?;
-    if parsed.scheme() != "http" || parsed.host_str().is_none() {
-        return Err(Error::invalid("health_url", "health_url must be an http:// URL with a host").into());
-    }
-    if !st.prober.allows(parsed.host_str().unwrap_or_default()) {
+    let host = body.validate(l)?;
+    if !st.prober.allows(&host) {
         return Err(Error::invalid(
             "health_url",
             "this server may not probe that host (it is not in [health] allowed_hosts)",

@@ -1,13 +1,15 @@
 //! The dead-letter queue: list dead jobs, replay them (attempts reset, history kept), purge.
 
 use crate::AppState;
-use crate::api::jobs::{DlqParams, ListParams, list_filter};
+use crate::api::jobs::list_filter;
 use crate::auth::Access;
 use crate::error::{ApiQuery, ApiResult, JsonBody};
 use axum::Json;
 use axum::extract::State;
-use ferry_core::wire::{DlqSelectorBody, ErrorBody, JobsPage, PurgeResponse, ReplayResponse};
-use ferry_core::{DeadSelector, Error, validate};
+use ferry_core::wire::{
+    DlqParams, DlqSelectorBody, ErrorBody, JobsPage, ListParams, PurgeResponse, ReplayResponse,
+};
+use ferry_core::{DeadSelector, Error};
 
 /// Dead jobs, optionally of one queue, cursor-paginated.
 #[utoipa::path(get, path = "/v1/dlq", tag = "dlq", operation_id = "list_dlq", params(DlqParams),
@@ -26,7 +28,7 @@ pub async fn list(
 /// The dead jobs a request selects. A restricted caller names one of its queues, or ids of
 /// which only its own queues' jobs count: a foreign id is skipped exactly like an unknown one.
 async fn selector(body: DlqSelectorBody, st: &AppState, access: &Access) -> Result<DeadSelector, Error> {
-    match selector_of(body, st)? {
+    match body.validate(&st.limits)? {
         DeadSelector::Queue(q) => {
             access.check(&q)?;
             Ok(DeadSelector::Queue(q))
@@ -43,26 +45,6 @@ async fn selector(body: DlqSelectorBody, st: &AppState, access: &Access) -> Resu
             Ok(DeadSelector::Ids(own))
         }
         sel => Ok(sel),
-    }
-}
-
-fn selector_of(body: DlqSelectorBody, st: &AppState) -> Result<DeadSelector, Error> {
-    match (body.ids, body.queue) {
-        (Some(ids), None) => {
-            if ids.len() > st.limits.max_batch {
-                return Err(Error::too_large(
-                    "ids",
-                    format!("{} ids; the limit is {}", ids.len(), st.limits.max_batch),
-                ));
-            }
-            // Ids that are not UUIDs name no dead job: skipped like any other non-dead id.
-            Ok(DeadSelector::Ids(ids.iter().filter_map(|i| uuid::Uuid::parse_str(i).ok()).collect()))
-        }
-        (None, Some(q)) => {
-            validate::queue_name(&q, &st.limits, "queue")?;
-            Ok(DeadSelector::Queue(q))
-        }
-        _ => Err(Error::invalid("ids", "give exactly one of ids or queue")),
     }
 }
 

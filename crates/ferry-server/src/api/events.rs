@@ -17,66 +17,15 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use ferry_core::wire::{ErrorBody, EventsResponse};
-use ferry_core::{Error, ErrorCode, Event, EventFilter, EventType, Room, Subject, SubjectKind, validate};
-use serde::Deserialize;
+use ferry_core::wire::room_of;
+use ferry_core::wire::{ClientMsg, ErrorBody, EventQuery, EventsResponse};
+use ferry_core::{Error, ErrorCode, Event, EventFilter, EventType, Room, Subject, SubjectKind};
 use std::time::Duration;
-
-/// Filters and position shared by the three delivery endpoints. Any other parameter is 400.
-/// The lists are comma-separated; blanks around an item, and empty items, are ignored; the
-/// rooms named (queues, job ids and tags together) are at most `limits.max_rooms`.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct EventQuery {
-    /// Deliver events after this cursor; without it, only events from now on.
-    #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
-    pub since: Option<String>,
-    /// Long-poll: how long to wait for a first event (0..=`limits.max_wait_ms`, default 0).
-    /// The streams check it the same way and do not use it.
-    #[param(minimum = 0, maximum = 30_000)]
-    pub wait_ms: Option<i64>,
-    /// Long-poll: most events returned (1..=`limits.max_page_size`, default 100). The streams
-    /// check it the same way and do not use it.
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
-    /// Queues, comma-separated.
-    pub queue: Option<String>,
-    /// Job ids, comma-separated.
-    pub job_id: Option<String>,
-    /// Tags, comma-separated, each at most `limits.max_tag_len` characters.
-    pub tag: Option<String>,
-    /// Event types, comma-separated (`job.completed,job.dead`).
-    #[serde(rename = "type")]
-    #[param(rename = "type")]
-    pub kind: Option<String>,
-}
-
-/// The long-poll's `wait_ms` and `limit`, checked on every delivery endpoint so that the same
-/// query means the same thing (and is refused the same way) on each.
-fn window(q: &EventQuery, st: &AppState) -> Result<(i64, usize), Error> {
-    let wait_ms = q.wait_ms.unwrap_or(0);
-    if !(0..=st.limits.max_wait_ms).contains(&wait_ms) {
-        return Err(Error::invalid(
-            "wait_ms",
-            format!("wait_ms must be 0..={}, got {wait_ms}", st.limits.max_wait_ms),
-        ));
-    }
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > st.limits.max_page_size {
-        return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)));
-    }
-    Ok((wait_ms, limit))
-}
-
-fn list(v: &Option<String>) -> Vec<&str> {
-    v.as_deref().map(|s| s.split(',').map(str::trim).filter(|x| !x.is_empty()).collect()).unwrap_or_default()
-}
 
 /// Builds and validates a filter from the query; a restricted caller names only its queues and
 /// sees only their events (all of them when it names no room).
 pub fn filter_of(q: &EventQuery, st: &AppState, access: &Access) -> Result<EventFilter, Error> {
-    let mut f = unrestricted_filter(q, st)?;
+    let mut f = q.filter(&st.limits)?;
     restrict(&mut f, access)?;
     Ok(f)
 }
@@ -96,51 +45,6 @@ fn restrict(f: &mut EventFilter, access: &Access) -> Result<(), Error> {
     Ok(())
 }
 
-/// The room of `kind` and `id`, its id checked as that kind's names are (`field` names it in
-/// an error).
-fn room(kind: &str, id: &str, st: &AppState, field: &str) -> Result<Room, Error> {
-    let l = &st.limits;
-    if kind == "tag" {
-        if id.is_empty() || id.chars().count() > l.max_tag_len {
-            return Err(Error::invalid(field, format!("a tag is 1..={} characters", l.max_tag_len)));
-        }
-        return Ok(Room::Tag(id.to_string()));
-    }
-    let kind = SubjectKind::parse(kind).ok_or_else(|| {
-        let known: Vec<&str> = SubjectKind::ALL.iter().map(|k| k.as_str()).chain(["tag"]).collect();
-        Error::invalid(field, format!("unknown room kind {kind:?} ({})", known.join(", ")))
-    })?;
-    match kind {
-        SubjectKind::Queue | SubjectKind::Schedule => validate::queue_name(id, l, field)?,
-        SubjectKind::Job => {}
-    }
-    Room::of(kind, id).map_err(|m| Error::invalid(field, m))
-}
-
-fn unrestricted_filter(q: &EventQuery, st: &AppState) -> Result<EventFilter, Error> {
-    let l = &st.limits;
-    let mut f = EventFilter::default();
-    for (kind, param) in [("queue", &q.queue), ("job", &q.job_id), ("tag", &q.tag)] {
-        let field = if kind == "job" { "job_id" } else { kind };
-        for id in list(param) {
-            f.join(room(kind, id, st, field)?);
-        }
-    }
-    for t in list(&q.kind) {
-        f.types.push(EventType::parse(t).ok_or_else(|| {
-            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
-            Error::invalid("type", format!("unknown event type {t:?}; known: {}", known.join(", ")))
-        })?);
-    }
-    if f.rooms.len() > l.max_rooms {
-        return Err(Error::invalid(
-            "queue",
-            format!("at most {} rooms (queues, job ids, tags) at once", l.max_rooms),
-        ));
-    }
-    Ok(f)
-}
-
 /// Events after `since`, filtered; waits up to `wait_ms` for a first one. `next_cursor` is
 /// where to continue (it moves past events that did not match, too).
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery),
@@ -151,7 +55,7 @@ pub async fn poll(
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Json<EventsResponse>> {
     let filter = filter_of(&q, &st, &access)?;
-    let (wait_ms, limit) = window(&q, &st)?;
+    let (wait_ms, limit) = q.window(&st.limits)?;
     let mut feed = Feed::open(&st.hub, Some(filter), cursor_of(q.since.as_deref(), "since")?)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
     let mut shutdown = st.shutdown.clone();
@@ -218,7 +122,7 @@ pub async fn stream(
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Response> {
     let filter = filter_of(&q, &st, &access)?;
-    window(&q, &st)?;
+    q.window(&st.limits)?;
     let since = resume_from(&q, &headers)?;
     let feed = Feed::open(&st.hub, Some(filter), since)?;
     let shutdown = st.shutdown.clone();
@@ -254,21 +158,6 @@ pub async fn stream(
     Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 
-/// A client's WebSocket message.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientMsg {
-    /// `subscribe`, `unsubscribe` or `ping`.
-    op: String,
-    /// Rooms: `<kind>:<id>` (`queue:<name>`, `job:<id>`, `schedule:<name>`), `tag:<t>`, or
-    /// `*` for every event.
-    #[serde(default)]
-    rooms: Vec<String>,
-    /// One room (same as a one-element `rooms`).
-    #[serde(default)]
-    room: Option<String>,
-}
-
 /// Applies a room change to the filter; `None` means no room yet.
 fn change_rooms(
     current: Option<&EventFilter>,
@@ -292,7 +181,7 @@ fn change_rooms(
         let (kind, id) = name.split_once(':').ok_or_else(|| {
             Error::invalid(&field, format!("{name:?} is not a room (<kind>:<id>, tag:<t>, *)"))
         })?;
-        let r = room(kind, id, st, &field)?;
+        let r = room_of(kind, id, &st.limits, &field)?;
         if let Room::Subject(s) = &r
             && join
             && s.kind == SubjectKind::Queue
@@ -349,9 +238,9 @@ pub async fn ws(
             format!("not a WebSocket upgrade: {}", e.body_text()),
         )
     })?;
-    window(&q, &st)?;
+    q.window(&st.limits)?;
     // Rooms named in the query join at connect; naming none joins none (not everything).
-    let mut query_filter = unrestricted_filter(&q, &st)?;
+    let mut query_filter = q.filter(&st.limits)?;
     for name in query_filter.queues() {
         access.check(name)?;
     }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ferry_core::wire::{HealthResponse, ServerInfo};
+use ferry_core::wire::{Advice, AdviceHistory, HealthResponse, ServerInfo, StatsResponse};
 use std::sync::Arc;
 
 /// Liveness: the process answers HTTP.
@@ -85,29 +85,22 @@ pub async fn openapi(Extension(doc): Extension<Arc<crate::api::Document>>) -> Re
 
 /// Key figures over the last minute, five minutes and hour, and current readings.
 #[utoipa::path(get, path = "/v1/stats", tag = "health",
-    responses((status = 200, description = "key figures by window, and current readings", body = crate::stats::StatsResponse)))]
-pub async fn stats(State(st): State<AppState>) -> Json<crate::stats::StatsResponse> {
+    responses((status = 200, description = "key figures by window, and current readings", body = StatsResponse)))]
+pub async fn stats(State(st): State<AppState>) -> Json<StatsResponse> {
     let mut windows = std::collections::BTreeMap::new();
     for (name, d) in crate::stats::WINDOWS {
         windows.insert(name.to_string(), st.stats.window(&st, d).await);
     }
     let now = crate::stats::gauges(&st).await;
-    Json(crate::stats::StatsResponse { backend: st.store.backend().into(), windows, now })
+    Json(StatsResponse { backend: st.store.backend().into(), windows, now })
 }
 
 /// The scaling advisor's verdict on this node's measurements now (logged and kept in the
 /// history): `STAY`, `PLAN MIGRATION` or `MIGRATE NOW`, with its justification.
 #[utoipa::path(get, path = "/v1/advice", tag = "health",
-    responses((status = 200, description = "the verdict now, with its justification", body = crate::advisor::Advice)))]
-pub async fn advice(State(st): State<AppState>) -> Json<crate::advisor::Advice> {
+    responses((status = 200, description = "the verdict now, with its justification", body = Advice)))]
+pub async fn advice(State(st): State<AppState>) -> Json<Advice> {
     Json(st.advisor.advise(&st, "request").await)
-}
-
-/// `GET /v1/advice/history` answer.
-#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct AdviceHistory {
-    /// Past decisions, oldest first.
-    pub decisions: Vec<crate::advisor::Advice>,
 }
 
 /// Past verdicts of the advisor (scheduled and requested), oldest first.

@@ -13,8 +13,8 @@ use axum::{Extension, Json};
 use ferry_core::validate::names::QueueName;
 use ferry_core::validate::{self, JobSpec};
 use ferry_core::wire::*;
-use ferry_core::{ClaimRequest, CompleteItem, Error, FailItem, Job, JobFilter, JobState, NewJob};
-use serde::{Deserialize, Serialize};
+use ferry_core::{CompleteItem, Error, FailItem, Job, JobFilter, JobState, NewJob};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -33,10 +33,6 @@ fn path_id(text: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(text).map_err(|_| ApiError(Error::job_not_found(text)))
 }
 
-fn lease_present(lease: &str, field: &str) -> Result<(), Error> {
-    if lease.is_empty() { Err(Error::invalid(field, "lease must not be empty")) } else { Ok(()) }
-}
-
 #[derive(Deserialize)]
 struct Probe<'a> {
     #[serde(borrow, default)]
@@ -48,38 +44,6 @@ struct Probe<'a> {
 struct BatchBody<'a> {
     #[serde(borrow)]
     jobs: &'a RawValue,
-}
-
-/// `POST /v1/jobs` body (schema only: the handler reads the body itself): one job, or a batch.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-enum EnqueueBody {
-    /// One job.
-    One(Box<JobSpec>),
-    /// Several jobs, enqueued all or nothing.
-    Batch(JobBatch),
-}
-
-/// `{"jobs":[...]}`: 1..=`limits.max_batch` jobs (more is 413), enqueued all or nothing.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct JobBatch {
-    /// The jobs, in order; an error names its index (`jobs[3].queue`).
-    #[schema(min_items = 1, max_items = 10_000)]
-    jobs: Vec<JobSpec>,
-}
-
-/// `POST /v1/jobs` 201 answer (schema only): `{"id"}` for one job, `{"ids"}` for a batch.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-enum Enqueued {
-    /// One job.
-    One(EnqueueResponse),
-    /// A batch.
-    Batch(EnqueueBatchResponse),
 }
 
 /// Enqueue one job (201 `{"id"}`, or 200 `{"id","duplicate":true}`) or a batch
@@ -155,28 +119,11 @@ pub async fn claim(
     ApiPath(queue): ApiPath<String>,
     OptionalJson(body): OptionalJson<ClaimBody>,
 ) -> ApiResult<Json<ClaimResponse>> {
-    let l = &st.limits;
-    validate::queue_name(&queue, l, "queue")?;
-    let worker = body.worker.ok_or_else(|| Error::invalid("worker", "worker is required"))?;
-    validate::worker_name(&worker, l, "worker")?;
-    let max = body.max.unwrap_or(1);
-    if max < 1 || max > l.max_claim as i64 {
-        return Err(Error::invalid("max", format!("max must be 1..={}, got {max}", l.max_claim)).into());
-    }
-    let lease_ms = body.lease_ms.map(|ms| validate::lease_ms(ms, l, "lease_ms")).transpose()?;
-    let wait_ms = body.wait_ms.unwrap_or(0);
-    if wait_ms < 0 || wait_ms > l.max_wait_ms {
-        return Err(Error::invalid(
-            "wait_ms",
-            format!("wait_ms must be 0..={}, got {wait_ms}", l.max_wait_ms),
-        )
-        .into());
-    }
-    st.sightings.note(&worker, st.store.clock().now_ms());
+    let ValidClaim { request: req, wait_ms } = body.validate(queue, &st.limits)?;
+    st.sightings.note(&req.worker, st.store.clock().now_ms());
     if let Some(Extension(axum::extract::ConnectInfo(addr))) = peer {
         st.stats.claim_from(addr.ip());
     }
-    let req = ClaimRequest { queue, worker, max: max as usize, lease_ms };
     let jobs = if wait_ms == 0 {
         st.store.claim(req).await?
     } else {
@@ -199,11 +146,7 @@ pub async fn heartbeat(
     JsonBody(body): JsonBody<HeartbeatBody>,
 ) -> ApiResult<Json<ferry_core::HeartbeatOutcome>> {
     let id = path_id(&id)?;
-    lease_present(&body.lease, "lease")?;
-    let extend = body.extend_ms.map(|ms| validate::lease_ms(ms, &st.limits, "extend_ms")).transpose()?;
-    if let Some(w) = &body.worker {
-        validate::worker_name(w, &st.limits, "worker")?;
-    }
+    let extend = body.validate(&st.limits)?;
     let out = st.store.heartbeat(id, &body.lease, extend).await?;
     if let Some(w) = &body.worker {
         st.sightings.note(w, st.store.clock().now_ms());
@@ -224,10 +167,7 @@ pub async fn complete(
     JsonBody(body): JsonBody<CompleteBody>,
 ) -> ApiResult<Json<StateResponse>> {
     let id = path_id(&id)?;
-    lease_present(&body.lease, "lease")?;
-    if let Some(r) = &body.result {
-        validate::json_size(r, st.limits.max_result_bytes, "result")?;
-    }
+    body.validate(&st.limits)?;
     let item = CompleteItem { id, lease: body.lease, result: body.result };
     let mut out = st.store.complete(vec![item]).await?;
     out.pop().expect("one outcome per item")?;
@@ -246,7 +186,7 @@ pub async fn fail(
     JsonBody(body): JsonBody<FailBody>,
 ) -> ApiResult<Json<ferry_core::FailOutcome>> {
     let id = path_id(&id)?;
-    lease_present(&body.lease, "lease")?;
+    body.validate()?;
     let item = FailItem { id, lease: body.lease, error: body.error, retry: body.retry.unwrap_or(true) };
     let mut out = st.store.fail(vec![item]).await?;
     Ok(Json(out.pop().expect("one outcome per item")?))
@@ -264,7 +204,7 @@ pub async fn release(
     JsonBody(body): JsonBody<ReleaseBody>,
 ) -> ApiResult<Json<StateResponse>> {
     let id = path_id(&id)?;
-    lease_present(&body.lease, "lease")?;
+    body.validate()?;
     let state = st.store.release(id, &body.lease).await?;
     Ok(Json(StateResponse { id, state }))
 }
@@ -304,57 +244,11 @@ pub async fn get(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> Ap
     Ok(Json(st.store.get_job(path_id(&id)?).await?))
 }
 
-/// Query of `GET /v1/jobs` (and, without `state`, of `GET /v1/dlq`). An empty value is the
-/// same as none. Other parameters are ignored.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// Only this queue (empty: every queue).
-    #[param(pattern = "^[A-Za-z0-9._:-]{0,128}$", max_length = 128)]
-    pub queue: Option<String>,
-    /// Only this state (empty: every state).
-    #[param(pattern = "^(scheduled|waiting|ready|running|completed|dead|cancelled)?$")]
-    pub state: Option<String>,
-    /// Page size: 1..=`limits.max_page_size`, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    /// `next_cursor` of the previous page (empty: the first page): an integer in the int64
-    /// range (the document's pattern says exactly that).
-    pub cursor: Option<String>,
-}
-
-/// Query of `GET /v1/dlq`: [`ListParams`] without `state` (always `dead`).
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct DlqParams {
-    /// Only this queue (empty: every queue).
-    #[param(pattern = "^[A-Za-z0-9._:-]{0,128}$", max_length = 128)]
-    pub queue: Option<String>,
-    /// Page size: 1..=`limits.max_page_size`, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    /// `next_cursor` of the previous page (empty: the first page): an integer in the int64
-    /// range (the document's pattern says exactly that).
-    pub cursor: Option<String>,
-}
-
-impl From<DlqParams> for ListParams {
-    fn from(p: DlqParams) -> ListParams {
-        ListParams {
-            queue: p.queue,
-            state: Some(JobState::Dead.as_str().into()),
-            limit: p.limit,
-            cursor: p.cursor,
-        }
-    }
-}
-
 /// Validates list parameters into a filter and a page size. A restricted caller lists one of
 /// its queues: the one it names, or its only one.
 pub fn list_filter(p: &ListParams, st: &AppState, access: &Access) -> ApiResult<(JobFilter, usize)> {
-    let mut queue = p.queue.clone().filter(|q| !q.is_empty());
+    let mut queue = p.queue(&st.limits)?;
     if let Some(q) = &queue {
-        validate::queue_name(q, &st.limits, "queue")?;
         access.check(q)?;
     } else if let Some(qs) = access.queues() {
         match qs {
@@ -368,17 +262,8 @@ pub fn list_filter(p: &ListParams, st: &AppState, access: &Access) -> ApiResult<
             }
         }
     }
-    let state = match p.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
-            Error::invalid("state", format!("unknown state {s:?}; one of scheduled, waiting, ready, running, completed, dead, cancelled"))
-        })?),
-    };
-    let limit = p.limit.unwrap_or(100);
-    if limit < 1 || limit > st.limits.max_page_size as i64 {
-        return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)).into());
-    }
-    Ok((JobFilter { queue, state }, limit as usize))
+    let (state, limit) = p.page(&st.limits)?;
+    Ok((JobFilter { queue, state }, limit))
 }
 
 /// Jobs in insertion order, filtered, cursor-paginated.
@@ -392,23 +277,6 @@ pub async fn list(
     let (filter, limit) = list_filter(&p, &st, &access)?;
     let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
-}
-
-/// `{"items":[...]}` whose items must be JSON objects.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ItemsBody<T> {
-    items: Vec<Obj<T>>,
-}
-
-fn batch_size(n: usize, st: &AppState) -> Result<(), Error> {
-    if n > st.limits.max_batch {
-        return Err(Error::too_large(
-            "items",
-            format!("{n} items; the batch limit is {}", st.limits.max_batch),
-        ));
-    }
-    Ok(())
 }
 
 fn item_error(id: String, e: Error) -> ItemOutcome {
@@ -477,10 +345,6 @@ async fn only_allowed<T>(
     Ok(out)
 }
 
-fn batch_id(text: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(text).map_err(|_| Error::job_not_found(text))
-}
-
 /// Complete many jobs; each item's outcome is reported on its own.
 #[utoipa::path(post, path = "/v1/jobs/complete", tag = "jobs", request_body = CompleteBatchBody,
     responses((status = 200, description = "one outcome per item, in order", body = BatchResponse),
@@ -490,20 +354,14 @@ pub async fn complete_batch(
     access: Access,
     JsonBody(body): JsonBody<ItemsBody<CompleteItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
-    batch_size(body.items.len(), &st)?;
-    let max_result = st.limits.max_result_bytes;
+    body.validate(&st.limits)?;
     let checked: Vec<_> = body
         .items
         .into_iter()
         .enumerate()
         .map(|(i, Obj(it))| {
-            let item = batch_id(&it.id).and_then(|id| {
-                lease_present(&it.lease, &format!("items[{i}].lease"))?;
-                if let Some(r) = &it.result {
-                    validate::json_size(r, max_result, &format!("items[{i}].result"))?;
-                }
-                Ok(CompleteItem { id, lease: it.lease, result: it.result })
-            });
+            let item =
+                it.validate(i, &st.limits).map(|id| CompleteItem { id, lease: it.lease, result: it.result });
             (it.id, item)
         })
         .collect();
@@ -532,15 +390,17 @@ pub async fn fail_batch(
     access: Access,
     JsonBody(body): JsonBody<ItemsBody<FailItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
-    batch_size(body.items.len(), &st)?;
+    body.validate(&st.limits)?;
     let checked: Vec<_> = body
         .items
         .into_iter()
         .enumerate()
         .map(|(i, Obj(it))| {
-            let item = batch_id(&it.id).and_then(|id| {
-                lease_present(&it.lease, &format!("items[{i}].lease"))?;
-                Ok(FailItem { id, lease: it.lease, error: it.error, retry: it.retry.unwrap_or(true) })
+            let item = it.validate(i).map(|id| FailItem {
+                id,
+                lease: it.lease,
+                error: it.error,
+                retry: it.retry.unwrap_or(true),
             });
             (it.id, item)
         })
@@ -571,39 +431,7 @@ pub async fn import(
     access: Access,
     JsonBody(body): JsonBody<ImportBody>,
 ) -> ApiResult<Json<EnqueueBatchResponse>> {
-    let l = &st.limits;
-    if body.jobs.len() > l.max_batch {
-        return Err(Error::too_large(
-            "jobs",
-            format!("{} jobs; the batch limit is {}", body.jobs.len(), l.max_batch),
-        )
-        .into());
-    }
-    let mut jobs = Vec::with_capacity(body.jobs.len());
-    for (i, item) in body.jobs.into_iter().enumerate() {
-        let at = |e: Error| e.within(&format!("jobs[{i}]"));
-        if item.job.unique_key.is_none() {
-            return Err(at(Error::invalid("job.unique_key", "an imported job needs a unique_key")).into());
-        }
-        let mut job = item.job.validate(l).map_err(|e| at(e.within("job")))?;
-        job.import = Some(match item.state.as_deref() {
-            None | Some("ready") => ferry_core::Import::Ready,
-            Some("completed") => {
-                if let Some(r) = &item.result {
-                    validate::json_size(r, l.max_result_bytes, "result").map_err(at)?;
-                }
-                ferry_core::Import::Completed { result: item.result }
-            }
-            Some(other) => {
-                return Err(at(Error::invalid(
-                    "state",
-                    format!("state must be ready or completed, not {other:?}"),
-                ))
-                .into());
-            }
-        });
-        jobs.push(job);
-    }
+    let jobs = body.validate(&st.limits)?;
     if jobs.is_empty() {
         return Ok(Json(EnqueueBatchResponse { ids: Vec::new(), duplicates: Vec::new() }));
     }

@@ -11,27 +11,13 @@ use ferry_core::schedule::{
     self, CronSpec, DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse,
 };
 use ferry_core::validate::names::QueueName;
-use ferry_core::wire::ErrorBody;
+use ferry_core::wire::{ErrorBody, NextQuery};
 use ferry_core::{Error, Timestamp};
-use serde::Deserialize;
-
-/// How many next runs `GET /v1/schedules/{name}` shows.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct NextQuery {
-    /// Next runs to list (1..=100, default 5).
-    #[param(minimum = 1, maximum = 100)]
-    pub count: Option<usize>,
-}
 
 /// Description of a schedule name in a path.
 const SCHEDULE: &str = "The schedule's name (the rules of a queue name)";
 /// Description of 404 on a schedule route.
 const NO_SCHEDULE: &str = "not_found: no such schedule";
-
-/// Most next runs one request may list.
-const MAX_NEXT_RUNS: usize = 100;
 
 fn with_next_runs(mut s: Schedule, count: usize) -> Schedule {
     if let (Some(next), Ok(cron)) = (s.next_run_at, CronSpec::parse(&s.cron, &s.timezone)) {
@@ -106,10 +92,7 @@ pub async fn get(
     ApiQuery(q): ApiQuery<NextQuery>,
 ) -> ApiResult<Json<Schedule>> {
     check_name(&st, &name)?;
-    let count = q.count.unwrap_or(5);
-    if count == 0 || count > MAX_NEXT_RUNS {
-        return Err(Error::invalid("count", format!("count must be 1..={MAX_NEXT_RUNS}")).into());
-    }
+    let count = q.validate()?;
     Ok(Json(with_next_runs(load(&st, &access, &name).await?, count)))
 }
 

@@ -1,0 +1,13 @@
+//! The client commands, one module per domain: each parses its subcommand's arguments, makes
+//! its calls through `ferry-client`'s typed methods, and prints through [`crate::output`].
+
+pub mod advise;
+pub mod dlq;
+pub mod hosts;
+pub mod jobs;
+pub mod queues;
+pub mod schedules;
+pub mod stats;
+pub mod tokens;
+pub mod watch;
+pub mod workers;
