@@ -182,6 +182,26 @@ pub struct ClaimRequest {
     pub lease_ms: Option<i64>,
 }
 
+/// A lease extension: the job, the lease its worker holds, and for how long from now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatRequest {
+    /// Job id.
+    pub id: Uuid,
+    /// The lease token the worker holds.
+    pub lease: String,
+    /// New lease length from now; `None`: the job's own `lease_ms`.
+    pub extend_ms: Option<i64>,
+}
+
+/// One page of a list: at most `limit` items after `cursor` (a cursor from the previous page).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Most items on the page.
+    pub limit: usize,
+    /// Where the previous page ended; `None` for the first page.
+    pub cursor: Option<String>,
+}
+
 /// A job handed to a worker, with the lease it must present to finish it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClaimedJob {

@@ -163,11 +163,6 @@ impl Advisor {
         Advisor { cfg, path, history: Mutex::new(history) }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &AdvisorConfig {
-        &self.cfg
-    }
-
     /// Evaluates the node's measurements now, logs and records the decision.
     pub async fn advise(&self, st: &crate::AppState, trigger: &str) -> Advice {
         let window = st.stats.window(st, std::time::Duration::from_millis(self.cfg.window_ms)).await;

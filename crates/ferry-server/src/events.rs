@@ -110,11 +110,6 @@ impl Hub {
         })
     }
 
-    /// Subscribers connected now.
-    pub fn subscribers(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
     /// Dispatches the bus until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut rx = self.store.events().subscribe();

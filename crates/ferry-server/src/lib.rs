@@ -4,105 +4,31 @@
 //! Handlers live in `api/`, one file per resource; they validate input, call the store and
 //! shape the answer. Nothing here knows which backend it talks to.
 
-pub mod advisor;
-pub mod api;
-pub mod auth;
-pub mod config;
-pub mod edge;
-pub mod error;
-pub mod events;
-pub mod health;
-pub mod metrics;
-pub mod observe;
-pub mod protect;
-pub mod serve;
-pub mod stats;
+mod advisor;
+mod api;
+mod auth;
+mod config;
+mod edge;
+mod error;
+mod events;
+mod health;
+mod metrics;
+mod observe;
+mod protect;
+mod serve;
+mod state;
+mod stats;
 
+pub use auth::mint;
 pub use config::{Config, Database};
+pub(crate) use state::AppState;
 
-use ferry_core::{Clock, Error, ErrorCode, Limits, SystemClock};
+use ferry_core::{Clock, Error, ErrorCode, SystemClock};
 use ferry_store::maintenance::Maintenance;
-use ferry_store::measured::Measured;
 use ferry_store::{PgConfig, PgStore, SqliteConfig, SqliteStore, Store};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::watch;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    /// The storage backend.
-    pub store: Arc<dyn Store>,
-    /// Input limits.
-    pub limits: Arc<Limits>,
-    /// Turns true when shutdown begins, so long-polls return at once.
-    pub shutdown: watch::Receiver<bool>,
-    /// When the server started.
-    pub started: Instant,
-    /// Routes committed events to this node's subscribers.
-    pub hub: Arc<events::Hub>,
-    /// Breaker, backpressure and rate limits.
-    pub protection: Arc<protect::Protection>,
-    /// API tokens known to this node.
-    pub tokens: Arc<auth::Tokens>,
-    /// Workers heard from since the last flush to the store.
-    pub sightings: Arc<health::WorkerSightings>,
-    /// Probe results of registered hosts.
-    pub prober: Arc<health::HostProber>,
-    /// The Prometheus registry.
-    pub metrics: Arc<metrics::Metrics>,
-    /// HTTP request counts and durations.
-    pub http: Arc<observe::HttpMetrics>,
-    /// Samples of the node's figures for time windows.
-    pub stats: Arc<stats::Stats>,
-    /// The scaling advisor and its decision history.
-    pub advisor: Arc<advisor::Advisor>,
-    /// Whether requests are measured (see `Config::instrument`).
-    pub instrument: bool,
-    /// Browser origins allowed besides the server's own (`cors_origins`).
-    pub cors_origins: Arc<[String]>,
-    /// Host names answered while auth is off besides `localhost` and IPs (`server_names`).
-    pub server_names: Arc<[String]>,
-}
-
-impl AppState {
-    /// State for `store` as configured, with its background loops not yet started.
-    pub fn new(store: Arc<dyn Store>, config: &Config, shutdown: watch::Receiver<bool>) -> AppState {
-        let hub = events::Hub::new(store.clone(), config.limits.event_buffer, config.limits.max_subscribers);
-        let protection = Arc::new(protect::Protection::new(config.protection.clone(), &config.limits));
-        let http = Arc::new(observe::HttpMetrics::default());
-        AppState {
-            http: http.clone(),
-            store: store.clone(),
-            limits: Arc::new(config.limits.clone()),
-            shutdown,
-            started: Instant::now(),
-            hub,
-            metrics: Arc::new(metrics::Metrics::new(
-                protection.clone(),
-                http,
-                store.clone(),
-                match config.database() {
-                    Ok(Database::Sqlite(p)) => Some(p),
-                    _ => None,
-                },
-            )),
-            protection,
-            tokens: Arc::new(auth::Tokens::new(config.auth)),
-            sightings: Arc::new(health::WorkerSightings::new(config.limits.max_rate_limit_keys)),
-            stats: Arc::new(stats::Stats::new(
-                config.stats_sample_ms,
-                3_600_000.max(config.advisor.window_ms),
-            )),
-            advisor: Arc::new(advisor::Advisor::new(config.advisor.clone(), advice_history_path(config))),
-            instrument: config.instrument,
-            cors_origins: config.cors_origins.as_slice().into(),
-            server_names: config.server_names.as_slice().into(),
-            prober: Arc::new(health::HostProber::new(config.health.clone())),
-        }
-    }
-}
 
 /// Where the advisor keeps its decisions: beside the SQLite file, or in the data directory
 /// when one exists (a PostgreSQL node may have none; its history then lives in memory).
@@ -142,10 +68,11 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
     }
 }
 
-/// The store, timed per call unless instrumentation is off (`instrument = false`, kept so
-/// its cost can be measured).
+/// The store, its writes timed per call unless instrumentation is off (`instrument = false`,
+/// kept so its cost can be measured).
 fn measured(config: &Config, store: Arc<dyn Store>) -> Arc<dyn Store> {
-    if config.instrument { Measured::wrap(store) } else { store }
+    store.metrics().set_timing(config.instrument);
+    store
 }
 
 /// The URL without its password, for logs.

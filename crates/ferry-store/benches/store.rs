@@ -13,7 +13,8 @@
 
 use ferry_core::validate::JobSpec;
 use ferry_core::{ClaimRequest, Clock, CompleteItem, Limits, NewJob, SystemClock};
-use ferry_store::{SqliteConfig, SqliteStore, Store, Synchronous};
+use ferry_store::prelude::*;
+use ferry_store::{SqliteConfig, SqliteStore, Synchronous};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -185,7 +185,8 @@ async fn retention(store: Arc<dyn Store>, cfg: MaintenanceConfig, mut rx: watch:
         }
         let before = store.clock().now_ms() - cfg.events_retention_ms;
         loop {
-            match store.prune_events(before, cfg.events_keep_max, cfg.batch).await {
+            let prune = crate::EventPrune { before_ms: before, keep: cfg.events_keep_max, max: cfg.batch };
+            match store.prune_events(prune).await {
                 Ok(n) if (n as usize) >= cfg.batch && !*rx.borrow() => tokio::task::yield_now().await,
                 Ok(_) => break,
                 Err(e) => {

@@ -4,9 +4,10 @@
 //! size of group commits, waits for the writer or a connection, and the writer's busy time.
 
 use ferry_core::measure::{BATCH_BOUNDS, CounterVec, Histogram, JOB_BOUNDS_SECONDS, LATENCY_BOUNDS_SECONDS};
-use ferry_core::{Error, ErrorCode, Event, EventType};
+use ferry_core::{Error, ErrorCode, Event, EventType, Result};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Job outcomes counted per queue, in [`StoreMetrics::jobs`] order.
 pub const JOB_OUTCOMES: [&str; 8] =
@@ -53,6 +54,8 @@ pub struct StoreMetrics {
     pub job_run_seconds: Histogram,
     /// Reports refused because the lease was not the job's current one.
     pub stale_leases: AtomicU64,
+    /// Whether writing calls are timed and counted (off only to measure what that costs).
+    timing: std::sync::atomic::AtomicBool,
 }
 
 impl StoreMetrics {
@@ -70,6 +73,33 @@ impl StoreMetrics {
             job_wait_seconds: Histogram::new(JOB_BOUNDS_SECONDS),
             job_run_seconds: Histogram::new(JOB_BOUNDS_SECONDS),
             stale_leases: AtomicU64::new(0),
+            timing: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Turns the timing of writing calls on or off (`instrument = false` turns it off).
+    pub fn set_timing(&self, on: bool) {
+        self.timing.store(on, Relaxed);
+    }
+
+    /// Runs a writing call, timing it and counting it as `op` with its outcome; the backends'
+    /// write and transaction primitives call this, so every write is measured once.
+    pub async fn timed<T>(&self, op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        if !self.timing.load(Relaxed) {
+            return call.await;
+        }
+        let started = Instant::now();
+        let out = call.await;
+        self.write(op, started.elapsed(), out.as_ref().err());
+        out
+    }
+
+    /// Counts the items of a batch refused for a stale lease.
+    pub fn stale_items<T>(&self, items: &[Result<T>]) {
+        if self.timing.load(Relaxed) {
+            let n =
+                items.iter().filter(|r| r.as_ref().is_err_and(|e| e.code == ErrorCode::StaleLease)).count();
+            self.stale_leases.fetch_add(n as u64, Relaxed);
         }
     }
 

@@ -358,7 +358,7 @@ pub async fn sqlite_to_postgres(
     cfg.schema = opts.schema.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = PgStore::open(cfg, clock).await?;
-    crate::Store::close(&store).await;
+    crate::StoreCore::close(&store).await;
     let mut pg: tokio_postgres::Config =
         to.parse().map_err(|e| Error::invalid("to", format!("bad PostgreSQL URL: {e}")))?;
     if let Some(s) = &opts.schema {

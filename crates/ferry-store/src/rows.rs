@@ -5,8 +5,8 @@
 
 use ferry_core::validate::truncate_error;
 use ferry_core::{
-    Backoff, Error, ErrorRecord, Event, EventType, FailItem, FailOutcome, JobState, Limits, QueueLimits,
-    Result, Timestamp, TokenRecord, WorkerStatus,
+    Backoff, Error, ErrorRecord, Event, EventType, FailItem, FailOutcome, JobState, Limits, NewJob,
+    QueueLimits, Result, Timestamp, TokenRecord, WorkerStatus,
 };
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -272,6 +272,23 @@ pub fn failure_events(
             .with(serde_json::json!({ "attempt": job.attempt, "run_at": Timestamp(run_at) }))
     };
     [failed, next]
+}
+
+/// The state a new job starts in, decided here once for both backends: an import of a
+/// completed job is `completed`; a job with a dead or cancelled dependency is `cancelled`; one
+/// with unfinished dependencies `waiting`; one due later `scheduled`; else `ready`.
+pub fn initial_state(job: &NewJob, run_at: i64, now: i64, waits: bool, dependency_failed: bool) -> JobState {
+    if matches!(job.import, Some(ferry_core::Import::Completed { .. })) {
+        JobState::Completed
+    } else if dependency_failed {
+        JobState::Cancelled
+    } else if waits {
+        JobState::Waiting
+    } else if run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Ready
+    }
 }
 
 /// A queue paused or resumed.

@@ -140,8 +140,7 @@ async fn run(cmd: TokensCmd) -> Result<(), String> {
                     let limits = ferry_core::Limits::default();
                     let now = store.clock().now_ms();
                     let body = TokenBody { name, scopes: parsed, queues };
-                    let (rec, secret) =
-                        ferry_server::auth::mint(body, &limits, now).map_err(|e| e.message)?;
+                    let (rec, secret) = ferry_server::mint(body, &limits, now).map_err(|e| e.message)?;
                     let r = store.create_token(rec.clone()).await.map_err(|e| e.message);
                     store.close().await;
                     r?;

@@ -9,7 +9,8 @@ use ferry_client::Client;
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::ClaimBody;
 use ferry_core::{ClaimRequest, Clock, CompleteItem, FailItem, JobState, Limits, SystemClock};
-use ferry_store::{SqliteConfig, SqliteStore, Store};
+use ferry_store::prelude::*;
+use ferry_store::{SqliteConfig, SqliteStore};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
@@ -79,8 +80,7 @@ async fn build_source(path: &std::path::Path) -> BTreeMap<String, BTreeMap<JobSt
     let ready = store
         .list_jobs(
             ferry_core::JobFilter { queue: Some("odd".into()), state: Some(JobState::Ready) },
-            100,
-            None,
+            ferry_core::PageRequest { limit: 100, cursor: None },
         )
         .await
         .unwrap();

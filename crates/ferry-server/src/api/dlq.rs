@@ -21,7 +21,10 @@ pub async fn list(
 ) -> ApiResult<Json<JobsPage>> {
     let p = ListParams::from(p);
     let (filter, limit) = list_filter(&p, &st, &access)?;
-    let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
+    let page = st
+        .store
+        .list_jobs(filter, ferry_core::PageRequest { limit, cursor: p.cursor.filter(|c| !c.is_empty()) })
+        .await?;
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
 }
 

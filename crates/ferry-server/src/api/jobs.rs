@@ -147,7 +147,8 @@ pub async fn heartbeat(
 ) -> ApiResult<Json<ferry_core::HeartbeatOutcome>> {
     let id = path_id(&id)?;
     let extend = body.validate(&st.limits)?;
-    let out = st.store.heartbeat(id, &body.lease, extend).await?;
+    let out =
+        st.store.heartbeat(ferry_core::HeartbeatRequest { id, lease: body.lease, extend_ms: extend }).await?;
     if let Some(w) = &body.worker {
         st.sightings.note(w, st.store.clock().now_ms());
     }
@@ -275,7 +276,10 @@ pub async fn list(
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> ApiResult<Json<JobsPage>> {
     let (filter, limit) = list_filter(&p, &st, &access)?;
-    let page = st.store.list_jobs(filter, limit, p.cursor.filter(|c| !c.is_empty())).await?;
+    let page = st
+        .store
+        .list_jobs(filter, ferry_core::PageRequest { limit, cursor: p.cursor.filter(|c| !c.is_empty()) })
+        .await?;
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
 }
 

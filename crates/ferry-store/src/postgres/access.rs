@@ -3,8 +3,9 @@
 //! worker registry (lost workers' leases are taken back through the reaper's path) and
 //! registered hosts.
 
-use super::jobs::{self, Wakes};
+use super::jobs;
 use super::pg_err;
+use crate::effects::Effects;
 use crate::rows::*;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
 use ferry_core::{HostRecord, Limits, QueueLimits, Result, TokenRecord, WorkerInfo};
@@ -19,7 +20,7 @@ pub async fn set_limits(
     now: i64,
     queue: &str,
     limits: &QueueLimits,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<()> {
     check_limits(limits)?;
     let (max_running, rate, max_depth) = limits_cols(limits);
@@ -200,7 +201,7 @@ pub async fn release_lost_workers(
     silent_before_ms: i64,
     max: usize,
     limits: &Limits,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<Vec<String>> {
     let rows = tx
         .query(

@@ -8,8 +8,11 @@
 //! its last cursor and publishes them on the local bus. Both also run on a timer, so a lost
 //! notification only delays events.
 
+use super::PgStore;
 use super::pg_err;
 use crate::events::{EventBus, decode};
+use crate::{EventPrune, EventStore};
+use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper as Client, Pool};
 use ferry_core::{Event, Result};
 use std::sync::Arc;
@@ -146,5 +149,19 @@ pub async fn tailer(pool: Pool, bus: Arc<EventBus>, wake: Arc<Notify>) {
                 }
             }
         }
+    }
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.read(move |c| boxed!(read_events(c, after, limit).await)).await
+    }
+
+    async fn prune_events(&self, req: EventPrune) -> Result<u64> {
+        let EventPrune { before_ms, keep, max } = req;
+        // Deletes in batches without a transaction of its own; timed as a write all the same.
+        let pass = self.read(move |c| boxed!(prune(c, before_ms, keep, max).await));
+        self.metrics.timed("prune_events", pass).await
     }
 }

@@ -5,46 +5,29 @@
 //! dependencies are read `FOR SHARE` so a dependency cannot finish unseen, and unique keys
 //! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
 
+use super::PgStore;
 use super::pg_err;
+use crate::JobStore;
+use crate::effects::Effects;
 use crate::rows::*;
+use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
 use ferry_core::{
-    Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
+    Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
     EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
     Page, QueueStats, ReapOutcome, Result, Timestamp,
 };
+use ferry_core::{HeartbeatRequest, PageRequest};
 use std::collections::BTreeMap;
 use tokio_postgres::Row;
 use uuid::Uuid;
-
-/// Queues to wake and the earliest new due time, announced after commit.
-#[derive(Debug, Default)]
-pub struct Wakes {
-    /// Queues that gained ready jobs.
-    pub queues: Vec<String>,
-    /// Earliest `run_at` of jobs that became scheduled.
-    pub due: Option<i64>,
-    /// Events to record with the transaction.
-    pub events: Vec<Event>,
-}
-
-impl Wakes {
-    pub(super) fn wake(&mut self, q: &str) {
-        if !self.queues.iter().any(|x| x == q) {
-            self.queues.push(q.to_string());
-        }
-    }
-    fn due(&mut self, at: i64) {
-        self.due = Some(self.due.map_or(at, |d| d.min(at)));
-    }
-}
 
 /// Inserts a batch; all or nothing (the caller's transaction).
 pub async fn enqueue(
     tx: &Transaction<'_>,
     now: i64,
     jobs: Vec<NewJob>,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<Vec<EnqueueOutcome>> {
     let batch = jobs.len() > 1;
     let find_dep =
@@ -92,7 +75,7 @@ pub async fn enqueue(
         if job.unique_key.is_none() && job.depends_on.is_empty() && job.import.is_none() {
             // The common case goes into one multi-row insert.
             let run_at = job.run_at.resolve(now);
-            let state = if run_at > now { JobState::Scheduled } else { JobState::Ready };
+            let state = initial_state(&job, run_at, now, false, false);
             match state {
                 JobState::Ready => w.wake(&job.queue),
                 _ => w.due(run_at),
@@ -123,17 +106,7 @@ pub async fn enqueue(
             continue;
         }
         let run_at = job.run_at.resolve(now);
-        let state = if matches!(job.import, Some(ferry_core::Import::Completed { .. })) {
-            JobState::Completed
-        } else if cancel_reason.is_some() {
-            JobState::Cancelled
-        } else if !pending.is_empty() {
-            JobState::Waiting
-        } else if run_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Ready
-        };
+        let state = initial_state(&job, run_at, now, !pending.is_empty(), cancel_reason.is_some());
         let id = Uuid::now_v7();
         let pending_deps: i32 = if state == JobState::Waiting { pending.len() as i32 } else { 0 };
         let row = tx
@@ -319,7 +292,7 @@ pub async fn claim(
     tx: &Transaction<'_>,
     now: i64,
     req: &ClaimRequest,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<Vec<ClaimedJob>> {
     let (mut paused, mut flow) = queue_flow(tx, &req.queue, false).await?;
     if !paused && flow.limits_claims() {
@@ -432,7 +405,7 @@ pub async fn release(
     now: i64,
     id: Uuid,
     lease: &str,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<JobState> {
     let row = tx
         .query_opt(
@@ -459,7 +432,7 @@ pub async fn complete_many(
     tx: &Transaction<'_>,
     now: i64,
     items: Vec<CompleteItem>,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<Vec<Result<()>>> {
     let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
     let leases: Vec<&str> = items.iter().map(|i| i.lease.as_str()).collect();
@@ -501,7 +474,7 @@ pub async fn complete_many(
 }
 
 /// Records one completion; a repeat with the lease that completed the job succeeds again.
-pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mut Wakes) -> Result<()> {
+pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mut Effects) -> Result<()> {
     let result = item.result.as_ref().map(|r| r.get());
     let row = tx
         .query_opt(
@@ -540,7 +513,7 @@ pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mu
     }
 }
 
-async fn resolve_dependants(tx: &Transaction<'_>, now: i64, dep_seq: i64, w: &mut Wakes) -> Result<()> {
+async fn resolve_dependants(tx: &Transaction<'_>, now: i64, dep_seq: i64, w: &mut Effects) -> Result<()> {
     let rows = tx
         .query(
             "UPDATE jobs SET pending_deps = pending_deps - 1, updated_at = $1,
@@ -573,7 +546,7 @@ async fn cancel_dependants(
     root_seq: i64,
     root_id: Uuid,
     root_state: JobState,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<()> {
     let mut stack = vec![(root_seq, root_id, root_state)];
     while let Some((seq, id, state)) = stack.pop() {
@@ -644,7 +617,7 @@ pub async fn fail(
     item: FailItem,
     limits: &Limits,
     u: f64,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<FailOutcome> {
     let Some(job) = lock_job(tx, item.id).await? else {
         return Err(Error::job_not_found(item.id));
@@ -687,7 +660,7 @@ pub async fn cancel(
     now: i64,
     id: Uuid,
     reason: &str,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<JobState> {
     let Some(job) = lock_job(tx, id).await? else {
         return Err(Error::job_not_found(id));
@@ -729,7 +702,7 @@ pub async fn reap(
     now: i64,
     max: usize,
     limits: &Limits,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<ReapOutcome> {
     let expired = tx
         .query(
@@ -761,7 +734,7 @@ pub(super) async fn take_back(
     id: Uuid,
     why: Expiry<'_>,
     limits: &Limits,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<Option<JobState>> {
     let Some(job) = lock_job(tx, id).await? else { return Ok(None) };
     let still_due = match why {
@@ -800,7 +773,7 @@ pub(super) async fn take_back(
 }
 
 /// Moves due scheduled jobs to ready.
-pub async fn promote(tx: &Transaction<'_>, now: i64, max: usize, w: &mut Wakes) -> Result<u64> {
+pub async fn promote(tx: &Transaction<'_>, now: i64, max: usize, w: &mut Effects) -> Result<u64> {
     let rows = tx
         .query(
             "UPDATE jobs SET state = 'ready', updated_at = $1
@@ -875,7 +848,7 @@ pub async fn replay(
     now: i64,
     selector: &DeadSelector,
     max: usize,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<Vec<Uuid>> {
     let rows = dead_rows(tx, selector, max, true).await?;
     // Row by row, checked again: two dead jobs of one key may be selected together; the first
@@ -929,7 +902,7 @@ pub async fn set_paused(
     now: i64,
     queue: &str,
     paused: bool,
-    w: &mut Wakes,
+    w: &mut Effects,
 ) -> Result<()> {
     tx.execute(
         &tx.prepare_cached(
@@ -1119,4 +1092,122 @@ pub async fn invariants(c: &Client) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    async fn enqueue(&self, new: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
+        self.tx("enqueue", move |tx, now, w| boxed!(super::jobs::enqueue(tx, now, new, w).await)).await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        assert!(req.max >= 1, "claim max is validated above the store");
+        self.tx("claim", move |tx, now, w| boxed!(super::jobs::claim(tx, now, &req, w).await)).await
+    }
+
+    async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatOutcome> {
+        self.tx("heartbeat", move |tx, now, _| {
+            boxed!(super::jobs::heartbeat(tx, now, req.id, &req.lease, req.extend_ms).await)
+        })
+        .await
+    }
+
+    async fn release(&self, id: Uuid, lease: &str) -> Result<JobState> {
+        let lease = lease.to_string();
+        self.tx("release", move |tx, now, w| boxed!(super::jobs::release(tx, now, id, &lease, w).await)).await
+    }
+
+    async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
+        let out = self
+            .tx("complete", move |tx, now, w| {
+                boxed!({
+                    let out = super::jobs::complete_many(tx, now, items, w).await?;
+                    if let Some(Err(e)) = out.iter().find(
+                    |r| matches!(r, Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)),
+                ) {
+                    return Err(e.clone());
+                }
+                    Ok(out)
+                })
+            })
+            .await;
+        if let Ok(items) = &out {
+            self.metrics.stale_items(items);
+        }
+        out
+    }
+
+    async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
+        let limits = self.limits.clone();
+        let out = self
+            .tx("fail", move |tx, now, w| {
+                boxed!({
+                    let mut out = Vec::with_capacity(items.len());
+                    for item in items {
+                        let u: f64 = rand::random();
+                        out.push(match super::jobs::fail(tx, now, item, &limits, u, w).await {
+                            Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                                return Err(e);
+                            }
+                            r => r,
+                        });
+                    }
+                    Ok(out)
+                })
+            })
+            .await;
+        if let Ok(items) = &out {
+            self.metrics.stale_items(items);
+        }
+        out
+    }
+
+    async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
+        let reason = reason.to_string();
+        self.tx("cancel", move |tx, now, w| boxed!(super::jobs::cancel(tx, now, id, &reason, w).await)).await
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Job> {
+        self.read(move |c| boxed!(super::jobs::get(c, id).await)).await
+    }
+
+    async fn list_jobs(&self, filter: JobFilter, page: PageRequest) -> Result<Page<Job>> {
+        let limit = page.limit;
+        let cursor = page
+            .cursor
+            .map(|c| {
+                c.parse::<i64>().map_err(|_| Error::invalid("cursor", "not a cursor returned by this server"))
+            })
+            .transpose()?;
+        self.read(move |c| boxed!(super::jobs::list(c, &filter, limit, cursor).await)).await
+    }
+
+    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
+        self.tx("replay_dead", move |tx, now, w| {
+            boxed!(super::jobs::replay(tx, now, &selector, max, w).await)
+        })
+        .await
+    }
+
+    async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {
+        self.tx("purge_dead", move |tx, _, _| boxed!(super::jobs::purge(tx, &selector, max).await)).await
+    }
+
+    async fn reap_expired(&self, max: usize) -> Result<ReapOutcome> {
+        let limits = self.limits.clone();
+        self.tx("reap_expired", move |tx, now, w| boxed!(super::jobs::reap(tx, now, max, &limits, w).await))
+            .await
+    }
+
+    async fn promote_due(&self, max: usize) -> Result<u64> {
+        self.tx("promote_due", move |tx, now, w| boxed!(super::jobs::promote(tx, now, max, w).await)).await
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<i64>> {
+        self.read(|c| boxed!(super::jobs::next_due(c).await)).await
+    }
+
+    async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
+        self.tx("prune_finished", move |tx, _, _| boxed!(super::jobs::prune(tx, before_ms, max).await)).await
+    }
 }

@@ -7,27 +7,35 @@
 //! transaction, delivered at commit) to a `LISTEN`ing connection on each node; claimers also
 //! re-check every `fallback_poll`, so a lost notification only delays a job.
 
+/// Boxes an async block for the transaction and read primitives (declared before the domain
+/// modules, which use it).
+macro_rules! boxed {
+    ($body:expr) => {
+        Box::pin(async move { $body })
+    };
+}
+
 mod access;
 mod events;
+mod hosts;
 mod jobs;
+mod limits;
+mod queues;
 mod schedules;
 pub mod schema;
+mod tokens;
+mod workers;
 
-use crate::Store;
+use crate::StoreCore;
+use crate::effects::Effects;
 use crate::events::EventBus;
 use crate::notify::Notifier;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use ferry_core::schedule::Schedule;
-use ferry_core::{
-    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
-    FailItem, FailOutcome, HeartbeatOutcome, HostRecord, Job, JobFilter, JobState, Limits, NewJob, Page,
-    QueueLimits, QueueStats, ReapOutcome, Result, TokenRecord, WorkerInfo,
-};
+use ferry_core::{Clock, Error, ErrorCode, Limits, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::NoTls;
-use uuid::Uuid;
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -71,7 +79,7 @@ pub struct PgStore {
     channel: String,
     fallback_poll: Duration,
     bus: Arc<EventBus>,
-    /// Wakes this node's event sequencer after a commit that recorded events.
+    /// Effects this node's event sequencer after a commit that recorded events.
     sequence: Arc<tokio::sync::Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     metrics: Arc<crate::metrics::StoreMetrics>,
@@ -193,13 +201,24 @@ impl PgStore {
     }
 
     /// Runs `f` in one transaction, then announces its wake-ups on this node and, through
-    /// `pg_notify` inside the same transaction, on every other node.
-    async fn tx<T, F>(&self, f: F) -> Result<T>
+    /// `pg_notify` inside the same transaction, on every other node; timed and counted as `op`.
+    async fn tx<T, F>(&self, op: &'static str, f: F) -> Result<T>
     where
         F: for<'a> FnOnce(
             &'a deadpool_postgres::Transaction<'a>,
             i64,
-            &'a mut jobs::Wakes,
+            &'a mut Effects,
+        ) -> futures_util::future::BoxFuture<'a, Result<T>>,
+    {
+        self.metrics.timed(op, self.run_tx(f)).await
+    }
+
+    async fn run_tx<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'a> FnOnce(
+            &'a deadpool_postgres::Transaction<'a>,
+            i64,
+            &'a mut Effects,
         ) -> futures_util::future::BoxFuture<'a, Result<T>>,
     {
         let asked = std::time::Instant::now();
@@ -209,38 +228,35 @@ impl PgStore {
             self.metrics.waited(started - asked);
         }
         let tx = client.transaction().await.map_err(pg_err)?;
-        let mut wakes = jobs::Wakes::default();
+        let mut fx = Effects::default();
         let now = self.clock.now_ms();
-        let out = f(&tx, now, &mut wakes).await?;
-        if !wakes.events.is_empty() {
-            let at = wakes.events.last().map_or(now, |e| e.at.0);
+        let out = f(&tx, now, &mut fx).await?;
+        if !fx.events.is_empty() {
+            let at = fx.events.last().map_or(now, |e| e.at.0);
             tx.execute(
                 &tx.prepare_cached("INSERT INTO event_log (n, at, body) VALUES ($1, $2, $3)")
                     .await
                     .map_err(pg_err)?,
-                &[&(wakes.events.len() as i32), &at, &crate::events::encode(&wakes.events)],
+                &[&(fx.events.len() as i32), &at, &crate::events::encode(&fx.events)],
             )
             .await
             .map_err(pg_err)?;
         }
-        if !wakes.queues.is_empty() {
-            tx.execute(
-                "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q",
-                &[&self.channel, &wakes.queues],
-            )
-            .await
-            .map_err(pg_err)?;
+        if !fx.wake.is_empty() {
+            tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&self.channel, &fx.wake])
+                .await
+                .map_err(pg_err)?;
         }
         tx.commit().await.map_err(pg_err)?;
         self.metrics.transaction(1, started.elapsed());
-        self.metrics.committed(&wakes.events);
-        for q in &wakes.queues {
+        self.metrics.committed(&fx.events);
+        for q in &fx.wake {
             self.notifier.wake(q);
         }
-        if let Some(d) = wakes.due {
+        if let Some(d) = fx.due_ms {
             self.notifier.due_at(d);
         }
-        if !wakes.events.is_empty() {
+        if !fx.events.is_empty() {
             self.sequence.notify_one();
         }
         Ok(out)
@@ -351,14 +367,8 @@ async fn vacuum_loop(pool: Pool, every: Duration) {
     }
 }
 
-macro_rules! boxed {
-    ($body:expr) => {
-        Box::pin(async move { $body })
-    };
-}
-
 #[async_trait]
-impl Store for PgStore {
+impl StoreCore for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -384,209 +394,12 @@ impl Store for PgStore {
         Some(self.fallback_poll)
     }
 
-    async fn enqueue(&self, new: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
-        self.tx(move |tx, now, w| boxed!(jobs::enqueue(tx, now, new, w).await)).await
-    }
-
-    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
-        assert!(req.max >= 1, "claim max is validated above the store");
-        self.tx(move |tx, now, w| boxed!(jobs::claim(tx, now, &req, w).await)).await
-    }
-
-    async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
-        let lease = lease.to_string();
-        self.tx(move |tx, now, _| boxed!(jobs::heartbeat(tx, now, id, &lease, extend_ms).await)).await
-    }
-
-    async fn release(&self, id: Uuid, lease: &str) -> Result<JobState> {
-        let lease = lease.to_string();
-        self.tx(move |tx, now, w| boxed!(jobs::release(tx, now, id, &lease, w).await)).await
-    }
-
-    async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
-        self.tx(move |tx, now, w| {
-            boxed!({
-                let out = jobs::complete_many(tx, now, items, w).await?;
-                if let Some(Err(e)) = out.iter().find(
-                    |r| matches!(r, Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)),
-                ) {
-                    return Err(e.clone());
-                }
-                Ok(out)
-            })
-        })
-        .await
-    }
-
-    async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
-        let limits = self.limits.clone();
-        self.tx(move |tx, now, w| {
-            boxed!({
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    let u: f64 = rand::random();
-                    out.push(match jobs::fail(tx, now, item, &limits, u, w).await {
-                        Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
-                            return Err(e);
-                        }
-                        r => r,
-                    });
-                }
-                Ok(out)
-            })
-        })
-        .await
-    }
-
-    async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
-        let reason = reason.to_string();
-        self.tx(move |tx, now, w| boxed!(jobs::cancel(tx, now, id, &reason, w).await)).await
-    }
-
-    async fn get_job(&self, id: Uuid) -> Result<Job> {
-        self.read(move |c| boxed!(jobs::get(c, id).await)).await
-    }
-
-    async fn list_jobs(&self, filter: JobFilter, limit: usize, cursor: Option<String>) -> Result<Page<Job>> {
-        let cursor = cursor
-            .map(|c| {
-                c.parse::<i64>().map_err(|_| Error::invalid("cursor", "not a cursor returned by this server"))
-            })
-            .transpose()?;
-        self.read(move |c| boxed!(jobs::list(c, &filter, limit, cursor).await)).await
-    }
-
-    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
-        let now = self.clock.now_ms();
-        self.read(move |c| boxed!(jobs::stats(c, now).await)).await
-    }
-
-    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        let queue = queue.to_string();
-        self.tx(move |tx, now, w| boxed!(jobs::set_paused(tx, now, &queue, paused, w).await)).await
-    }
-
-    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
-        self.tx(move |tx, now, w| boxed!(jobs::replay(tx, now, &selector, max, w).await)).await
-    }
-
-    async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {
-        self.tx(move |tx, _, _| boxed!(jobs::purge(tx, &selector, max).await)).await
-    }
-
-    async fn reap_expired(&self, max: usize) -> Result<ReapOutcome> {
-        let limits = self.limits.clone();
-        self.tx(move |tx, now, w| boxed!(jobs::reap(tx, now, max, &limits, w).await)).await
-    }
-
-    async fn promote_due(&self, max: usize) -> Result<u64> {
-        self.tx(move |tx, now, w| boxed!(jobs::promote(tx, now, max, w).await)).await
-    }
-
-    async fn create_schedule(&self, s: Schedule) -> Result<Schedule> {
-        let limits = self.limits.clone();
-        self.tx(move |tx, _, _| boxed!(schedules::create(tx, s, &limits).await)).await
-    }
-
-    async fn update_schedule(&self, s: Schedule) -> Result<Schedule> {
-        self.tx(move |tx, _, _| boxed!(schedules::update(tx, s).await)).await
-    }
-
-    async fn get_schedule(&self, name: &str) -> Result<Schedule> {
-        let name = name.to_string();
-        self.read(move |c| boxed!(schedules::get(c, &name).await)).await
-    }
-
-    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
-        self.read(|c| boxed!(schedules::list(c).await)).await
-    }
-
-    async fn delete_schedule(&self, name: &str) -> Result<()> {
-        let name = name.to_string();
-        self.tx(move |tx, _, _| boxed!(schedules::delete(tx, &name).await)).await
-    }
-
-    async fn fire_schedules(&self, max: usize) -> Result<u64> {
-        let limits = self.limits.clone();
-        self.tx(move |tx, now, w| boxed!(schedules::fire(tx, now, max, &limits, w).await)).await
-    }
-
-    async fn next_schedule_ms(&self) -> Result<Option<i64>> {
-        self.read(|c| boxed!(schedules::next_due(c).await)).await
-    }
-
-    async fn next_due_ms(&self) -> Result<Option<i64>> {
-        self.read(|c| boxed!(jobs::next_due(c).await)).await
-    }
-
-    async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
-        self.tx(move |tx, _, _| boxed!(jobs::prune(tx, before_ms, max).await)).await
-    }
-
     fn events(&self) -> &Arc<EventBus> {
         &self.bus
     }
 
-    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.read(move |c| boxed!(events::read_events(c, after, limit).await)).await
-    }
-
-    async fn prune_events(&self, before_ms: i64, keep: u64, max: usize) -> Result<u64> {
-        self.read(move |c| boxed!(events::prune(c, before_ms, keep, max).await)).await
-    }
-
     async fn storage_bytes(&self) -> Result<u64> {
         self.read(|c| boxed!(jobs::storage_bytes(c).await)).await
-    }
-
-    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
-        let queue = queue.to_string();
-        self.tx(move |tx, now, w| boxed!(access::set_limits(tx, now, &queue, &limits, w).await)).await
-    }
-
-    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
-        self.read(|c| boxed!(access::limits(c).await)).await
-    }
-
-    async fn create_token(&self, token: TokenRecord) -> Result<()> {
-        self.tx(move |tx, _, _| boxed!(access::create_token(tx, &token).await)).await
-    }
-
-    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.read(|c| boxed!(access::list_tokens(c).await)).await
-    }
-
-    async fn revoke_token(&self, id: Uuid) -> Result<TokenRecord> {
-        self.tx(move |tx, now, _| boxed!(access::revoke_token(tx, now, id).await)).await
-    }
-
-    async fn touch_workers(&self, seen: Vec<(String, i64)>) -> Result<()> {
-        self.tx(move |tx, _, _| boxed!(access::touch_workers(tx, seen).await)).await
-    }
-
-    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
-        self.read(|c| boxed!(access::list_workers(c).await)).await
-    }
-
-    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>> {
-        let limits = self.limits.clone();
-        self.tx(move |tx, now, w| {
-            boxed!(access::release_lost_workers(tx, now, silent_before_ms, max, &limits, w).await)
-        })
-        .await
-    }
-
-    async fn create_host(&self, host: HostRecord) -> Result<()> {
-        self.tx(move |tx, _, _| boxed!(access::create_host(tx, &host).await)).await
-    }
-
-    async fn list_hosts(&self) -> Result<Vec<HostRecord>> {
-        self.read(|c| boxed!(access::list_hosts(c).await)).await
-    }
-
-    async fn delete_host(&self, name: &str) -> Result<()> {
-        let name = name.to_string();
-        self.tx(move |tx, _, _| boxed!(access::delete_host(tx, &name).await)).await
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>> {

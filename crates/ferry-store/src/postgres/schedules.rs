@@ -3,9 +3,13 @@
 //! and moves `next_run_at` in the same transaction as the tick's jobs; the jobs' unique keys
 //! (`schedule:<name>:<tick>`) are a second guard.
 
-use super::jobs::{self, Wakes};
+use super::PgStore;
+use super::jobs;
 use super::pg_err;
+use crate::ScheduleStore;
+use crate::effects::Effects;
 use crate::rows::*;
+use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
 use ferry_core::schedule::{Schedule, plan_fire};
 use ferry_core::{Error, ErrorCode, Limits, Result};
@@ -117,7 +121,13 @@ pub async fn next_due(c: &Client) -> Result<Option<i64>> {
 }
 
 /// Enqueues the due ticks of up to `max` schedules no other node is firing.
-pub async fn fire(tx: &Transaction<'_>, now: i64, max: usize, limits: &Limits, w: &mut Wakes) -> Result<u64> {
+pub async fn fire(
+    tx: &Transaction<'_>,
+    now: i64,
+    max: usize,
+    limits: &Limits,
+    w: &mut Effects,
+) -> Result<u64> {
     let rows = tx
         .query(
             &format!(
@@ -164,4 +174,43 @@ pub async fn fire(tx: &Transaction<'_>, now: i64, max: usize, limits: &Limits, w
         .map_err(pg_err)?;
     }
     Ok(enqueued)
+}
+
+#[async_trait]
+impl ScheduleStore for PgStore {
+    async fn create_schedule(&self, s: Schedule) -> Result<Schedule> {
+        let limits = self.limits.clone();
+        self.tx("create_schedule", move |tx, _, _| boxed!(super::schedules::create(tx, s, &limits).await))
+            .await
+    }
+
+    async fn update_schedule(&self, s: Schedule) -> Result<Schedule> {
+        self.tx("update_schedule", move |tx, _, _| boxed!(super::schedules::update(tx, s).await)).await
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Schedule> {
+        let name = name.to_string();
+        self.read(move |c| boxed!(super::schedules::get(c, &name).await)).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        self.read(|c| boxed!(super::schedules::list(c).await)).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.tx("delete_schedule", move |tx, _, _| boxed!(super::schedules::delete(tx, &name).await)).await
+    }
+
+    async fn fire_schedules(&self, max: usize) -> Result<u64> {
+        let limits = self.limits.clone();
+        self.tx("fire_schedules", move |tx, now, w| {
+            boxed!(super::schedules::fire(tx, now, max, &limits, w).await)
+        })
+        .await
+    }
+
+    async fn next_schedule_ms(&self) -> Result<Option<i64>> {
+        self.read(|c| boxed!(super::schedules::next_due(c).await)).await
+    }
 }

@@ -7,7 +7,7 @@
 
 use super::db_err;
 use super::jobs::take_back;
-use super::writer::Effects;
+use crate::effects::Effects;
 use crate::rows::*;
 use ferry_core::{HostRecord, Limits, QueueLimits, Result, TokenRecord, WorkerInfo};
 use rusqlite::{Connection, OptionalExtension, Row, params};

@@ -8,59 +8,12 @@
 use ferry_core::JobState;
 use std::collections::BTreeMap;
 
-/// Per-state counts of one queue, indexed by [`JobState::index`].
-pub type StateCounts = [i64; JobState::ALL.len()];
+pub use crate::effects::{Deltas, StateCounts};
 
 /// Counts of every queue ever seen by this process.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Counts {
     by_queue: BTreeMap<String, StateCounts>,
-}
-
-/// Transitions of one transaction, applied only if it commits.
-#[derive(Debug, Default)]
-pub struct Deltas {
-    by_queue: Vec<(String, StateCounts)>,
-}
-
-impl Deltas {
-    fn slot(&mut self, queue: &str) -> &mut StateCounts {
-        let i = match self.by_queue.iter().position(|(q, _)| q == queue) {
-            Some(i) => i,
-            None => {
-                self.by_queue.push((queue.to_string(), StateCounts::default()));
-                self.by_queue.len() - 1
-            }
-        };
-        &mut self.by_queue[i].1
-    }
-
-    /// `n` jobs of `queue` moved from `from` (None: inserted) to `to` (None: deleted).
-    pub fn moved(&mut self, queue: &str, from: Option<JobState>, to: Option<JobState>, n: i64) {
-        debug_assert!(from != to || from.is_none());
-        let slot = self.slot(queue);
-        if let Some(f) = from {
-            slot[f.index()] -= n;
-        }
-        if let Some(t) = to {
-            slot[t.index()] += n;
-        }
-    }
-
-    /// The net change of `queue`'s `state` count so far.
-    pub fn get(&self, queue: &str, state: JobState) -> i64 {
-        self.by_queue.iter().find(|(q, _)| q == queue).map_or(0, |(_, d)| d[state.index()])
-    }
-
-    /// Adds another transaction's deltas.
-    pub fn merge(&mut self, other: Deltas) {
-        for (q, d) in other.by_queue {
-            let slot = self.slot(&q);
-            for (a, b) in slot.iter_mut().zip(d) {
-                *a += b;
-            }
-        }
-    }
 }
 
 impl Counts {

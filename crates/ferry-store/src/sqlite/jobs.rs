@@ -7,13 +7,17 @@
 
 use super::counts::Counts;
 use super::db_err;
-use super::writer::Effects;
+use super::{SqliteStore, parse_cursor, writer};
+use crate::JobStore;
+use crate::effects::Effects;
 use crate::rows::*;
+use async_trait::async_trait;
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
     EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
     Page, QueueStats, ReapOutcome, Result, Timestamp,
 };
+use ferry_core::{HeartbeatRequest, PageRequest};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -89,17 +93,7 @@ pub fn enqueue(
             }
         }
         let run_at = job.run_at.resolve(now);
-        let state = if matches!(job.import, Some(ferry_core::Import::Completed { .. })) {
-            JobState::Completed
-        } else if cancel_reason.is_some() {
-            JobState::Cancelled
-        } else if !pending.is_empty() {
-            JobState::Waiting
-        } else if run_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Ready
-        };
+        let state = initial_state(&job, run_at, now, !pending.is_empty(), cancel_reason.is_some());
         let id = Uuid::now_v7();
         let pending_deps = if state == JobState::Waiting { pending.len() as i64 } else { 0 };
         insert
@@ -940,4 +934,115 @@ pub fn prune_events(conn: &Connection, before_ms: i64, keep: u64, max: usize) ->
         .and_then(|mut s| s.execute(params![before_ms, keep.min(i64::MAX as u64) as i64, max as i64]))
         .map_err(db_err)?;
     Ok(n as u64)
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
+        self.write("enqueue", move |c, now, fx| super::jobs::enqueue(c, now, jobs, fx)).await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        assert!(req.max >= 1, "claim max is validated above the store");
+        let (clock, counts) = (self.clock.clone(), self.counts.clone());
+        let claim = self.writer.write_after(move |c, pending, fx| {
+            // Committed counts plus this transaction's earlier commands: exact, read only when
+            // the queue limits running jobs.
+            let running =
+                || counts.get(&req.queue, JobState::Running) + pending.get(&req.queue, JobState::Running);
+            super::jobs::claim(c, clock.now_ms(), &req, running, fx)
+        });
+        self.metrics.timed("claim", claim).await
+    }
+
+    async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatOutcome> {
+        self.write("heartbeat", move |c, now, _| {
+            super::jobs::heartbeat(c, now, req.id, &req.lease, req.extend_ms)
+        })
+        .await
+    }
+
+    async fn release(&self, id: Uuid, lease: &str) -> Result<JobState> {
+        let lease = lease.to_string();
+        self.write("release", move |c, now, fx| super::jobs::release(c, now, id, &lease, fx)).await
+    }
+
+    async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
+        let out = self
+            .write("complete", move |c, now, fx| {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(match super::jobs::complete(c, now, item, fx) {
+                        Err(e) if writer::is_storage_error(&e) => return Err(e),
+                        r => r,
+                    });
+                }
+                Ok(out)
+            })
+            .await;
+        if let Ok(items) = &out {
+            self.metrics.stale_items(items);
+        }
+        out
+    }
+
+    async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
+        let limits = self.limits.clone();
+        let out = self
+            .write("fail", move |c, now, fx| {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    let u: f64 = rand::random();
+                    out.push(match super::jobs::fail(c, now, item, &limits, u, fx) {
+                        Err(e) if writer::is_storage_error(&e) => return Err(e),
+                        r => r,
+                    });
+                }
+                Ok(out)
+            })
+            .await;
+        if let Ok(items) = &out {
+            self.metrics.stale_items(items);
+        }
+        out
+    }
+
+    async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
+        let reason = reason.to_string();
+        self.write("cancel", move |c, now, fx| super::jobs::cancel(c, now, id, &reason, fx)).await
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Job> {
+        self.readers.read(move |c| super::jobs::get(c, id)).await
+    }
+
+    async fn list_jobs(&self, filter: JobFilter, page: PageRequest) -> Result<Page<Job>> {
+        let (limit, cursor) = (page.limit, parse_cursor(page.cursor)?);
+        self.readers.read(move |c| super::jobs::list(c, &filter, limit, cursor)).await
+    }
+
+    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
+        self.write("replay_dead", move |c, now, fx| super::jobs::replay(c, now, &selector, max, fx)).await
+    }
+
+    async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {
+        self.write("purge_dead", move |c, _, fx| super::jobs::purge(c, &selector, max, fx)).await
+    }
+
+    async fn reap_expired(&self, max: usize) -> Result<ReapOutcome> {
+        let limits = self.limits.clone();
+        self.write("reap_expired", move |c, now, fx| super::jobs::reap(c, now, max, &limits, fx)).await
+    }
+
+    async fn promote_due(&self, max: usize) -> Result<u64> {
+        self.write("promote_due", move |c, now, fx| super::jobs::promote(c, now, max, fx)).await
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<i64>> {
+        self.readers.read(super::jobs::next_due).await
+    }
+
+    async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
+        self.write("prune_finished", move |c, _, fx| super::jobs::prune(c, before_ms, max, fx)).await
+    }
 }

@@ -6,28 +6,29 @@
 
 mod access;
 mod counts;
+mod events;
+mod hosts;
 mod jobs;
+mod limits;
+mod queues;
 mod read_pool;
 mod schedules;
 pub mod schema;
+mod tokens;
+mod workers;
 mod writer;
 
-use crate::Store;
+use crate::StoreCore;
+use crate::effects::Effects;
 use crate::events::EventBus;
 use crate::notify::Notifier;
 use async_trait::async_trait;
 use counts::{Counts, CountsCell};
-use ferry_core::schedule::Schedule;
-use ferry_core::{
-    ClaimRequest, ClaimedJob, Clock, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
-    FailItem, FailOutcome, HeartbeatOutcome, HostRecord, Job, JobFilter, JobState, Limits, NewJob, Page,
-    QueueLimits, QueueStats, ReapOutcome, Result, TokenRecord, WorkerInfo,
-};
+use ferry_core::{Clock, Error, ErrorCode, Limits, Result};
 use read_pool::ReadPool;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::PathBuf;
 use std::sync::Arc;
-use uuid::Uuid;
 use writer::Writer;
 
 /// SQLite durability level.
@@ -260,13 +261,23 @@ impl SqliteStore {
         })
     }
 
-    async fn write<T, F>(&self, f: F) -> Result<T>
+    /// Runs `f` on the writer with the time of its transaction; timed and counted as `op`.
+    async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, i64, &mut writer::Effects) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, i64, &mut Effects) -> Result<T> + Send + 'static,
     {
         let clock = self.clock.clone();
-        self.writer.write(move |conn, fx| f(conn, clock.now_ms(), fx)).await
+        self.metrics.timed(op, self.writer.write(move |conn, fx| f(conn, clock.now_ms(), fx))).await
+    }
+
+    /// Runs `f` on the writer; timed and counted as `op`.
+    async fn write_raw<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Effects) -> Result<T> + Send + 'static,
+    {
+        self.metrics.timed(op, self.writer.write(f)).await
     }
 }
 
@@ -279,7 +290,7 @@ fn parse_cursor(cursor: Option<String>) -> Result<Option<i64>> {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl StoreCore for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
@@ -301,165 +312,8 @@ impl Store for SqliteStore {
         (in_use + 1, max + 1) // the writer's connection is always in use
     }
 
-    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
-        self.write(move |c, now, fx| jobs::enqueue(c, now, jobs, fx)).await
-    }
-
-    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
-        assert!(req.max >= 1, "claim max is validated above the store");
-        let (clock, counts) = (self.clock.clone(), self.counts.clone());
-        self.writer
-            .write_after(move |c, pending, fx| {
-                // Committed counts plus this transaction's earlier commands: exact, read
-                // only when the queue limits running jobs.
-                let running =
-                    || counts.get(&req.queue, JobState::Running) + pending.get(&req.queue, JobState::Running);
-                jobs::claim(c, clock.now_ms(), &req, running, fx)
-            })
-            .await
-    }
-
-    async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
-        let lease = lease.to_string();
-        self.write(move |c, now, _| jobs::heartbeat(c, now, id, &lease, extend_ms)).await
-    }
-
-    async fn release(&self, id: Uuid, lease: &str) -> Result<JobState> {
-        let lease = lease.to_string();
-        self.write(move |c, now, fx| jobs::release(c, now, id, &lease, fx)).await
-    }
-
-    async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
-        self.write(move |c, now, fx| {
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                out.push(match jobs::complete(c, now, item, fx) {
-                    Err(e) if writer::is_storage_error(&e) => return Err(e),
-                    r => r,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
-        let limits = self.limits.clone();
-        self.write(move |c, now, fx| {
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                let u: f64 = rand::random();
-                out.push(match jobs::fail(c, now, item, &limits, u, fx) {
-                    Err(e) if writer::is_storage_error(&e) => return Err(e),
-                    r => r,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
-        let reason = reason.to_string();
-        self.write(move |c, now, fx| jobs::cancel(c, now, id, &reason, fx)).await
-    }
-
-    async fn get_job(&self, id: Uuid) -> Result<Job> {
-        self.readers.read(move |c| jobs::get(c, id)).await
-    }
-
-    async fn list_jobs(&self, filter: JobFilter, limit: usize, cursor: Option<String>) -> Result<Page<Job>> {
-        let cursor = parse_cursor(cursor)?;
-        self.readers.read(move |c| jobs::list(c, &filter, limit, cursor)).await
-    }
-
-    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
-        let now = self.clock.now_ms();
-        let counts = self.counts.snapshot();
-        self.readers.read(move |c| jobs::stats(c, now, &counts)).await
-    }
-
-    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        let queue = queue.to_string();
-        self.write(move |c, now, fx| jobs::set_paused(c, now, &queue, paused, fx)).await
-    }
-
-    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
-        self.write(move |c, now, fx| jobs::replay(c, now, &selector, max, fx)).await
-    }
-
-    async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {
-        self.write(move |c, _, fx| jobs::purge(c, &selector, max, fx)).await
-    }
-
-    async fn reap_expired(&self, max: usize) -> Result<ReapOutcome> {
-        let limits = self.limits.clone();
-        self.write(move |c, now, fx| jobs::reap(c, now, max, &limits, fx)).await
-    }
-
-    async fn promote_due(&self, max: usize) -> Result<u64> {
-        self.write(move |c, now, fx| jobs::promote(c, now, max, fx)).await
-    }
-
-    async fn create_schedule(&self, s: Schedule) -> Result<Schedule> {
-        let (limits, wake) = (self.limits.clone(), s.next_run_at);
-        let out = self.writer.write(move |c, _| schedules::create(c, s, &limits)).await?;
-        if let Some(t) = wake {
-            self.notifier.due_at(t.0);
-        }
-        Ok(out)
-    }
-
-    async fn update_schedule(&self, s: Schedule) -> Result<Schedule> {
-        let wake = s.next_run_at;
-        let out = self.writer.write(move |c, _| schedules::update(c, s)).await?;
-        if let Some(t) = wake {
-            self.notifier.due_at(t.0);
-        }
-        Ok(out)
-    }
-
-    async fn get_schedule(&self, name: &str) -> Result<Schedule> {
-        let name = name.to_string();
-        self.readers.read(move |c| schedules::get(c, &name)).await
-    }
-
-    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
-        self.readers.read(schedules::list).await
-    }
-
-    async fn delete_schedule(&self, name: &str) -> Result<()> {
-        let name = name.to_string();
-        self.writer.write(move |c, _| schedules::delete(c, &name)).await
-    }
-
-    async fn fire_schedules(&self, max: usize) -> Result<u64> {
-        let (now, limits) = (self.clock.now_ms(), self.limits.clone());
-        self.writer.write(move |c, fx| schedules::fire(c, now, max, &limits, fx)).await
-    }
-
-    async fn next_schedule_ms(&self) -> Result<Option<i64>> {
-        self.readers.read(schedules::next_due).await
-    }
-
-    async fn next_due_ms(&self) -> Result<Option<i64>> {
-        self.readers.read(jobs::next_due).await
-    }
-
-    async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
-        self.write(move |c, _, fx| jobs::prune(c, before_ms, max, fx)).await
-    }
-
     fn events(&self) -> &Arc<EventBus> {
         &self.bus
-    }
-
-    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.readers.read(move |c| jobs::read_events(c, after, limit)).await
-    }
-
-    async fn prune_events(&self, before_ms: i64, keep: u64, max: usize) -> Result<u64> {
-        self.writer.write(move |c, _| jobs::prune_events(c, before_ms, keep, max)).await
     }
 
     async fn storage_bytes(&self) -> Result<u64> {
@@ -470,54 +324,6 @@ impl Store for SqliteStore {
             total += std::fs::metadata(&p).map_or(0, |m| m.len());
         }
         Ok(total)
-    }
-
-    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
-        let queue = queue.to_string();
-        self.write(move |c, now, fx| access::set_limits(c, now, &queue, &limits, fx)).await
-    }
-
-    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
-        self.readers.read(access::limits).await
-    }
-
-    async fn create_token(&self, token: TokenRecord) -> Result<()> {
-        self.writer.write(move |c, _| access::create_token(c, &token)).await
-    }
-
-    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.readers.read(access::list_tokens).await
-    }
-
-    async fn revoke_token(&self, id: Uuid) -> Result<TokenRecord> {
-        self.write(move |c, now, _| access::revoke_token(c, now, id)).await
-    }
-
-    async fn touch_workers(&self, seen: Vec<(String, i64)>) -> Result<()> {
-        self.writer.write(move |c, _| access::touch_workers(c, seen)).await
-    }
-
-    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
-        self.readers.read(access::list_workers).await
-    }
-
-    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>> {
-        let limits = self.limits.clone();
-        self.write(move |c, now, fx| access::release_lost_workers(c, now, silent_before_ms, max, &limits, fx))
-            .await
-    }
-
-    async fn create_host(&self, host: HostRecord) -> Result<()> {
-        self.writer.write(move |c, _| access::create_host(c, &host)).await
-    }
-
-    async fn list_hosts(&self) -> Result<Vec<HostRecord>> {
-        self.readers.read(access::list_hosts).await
-    }
-
-    async fn delete_host(&self, name: &str) -> Result<()> {
-        let name = name.to_string();
-        self.writer.write(move |c, _| access::delete_host(c, &name)).await
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>> {

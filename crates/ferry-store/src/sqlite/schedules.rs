@@ -1,9 +1,12 @@
 //! Schedules as SQL over SQLite: CRUD, and the firing pass that enqueues due ticks in the
 //! writer's transaction (so a tick's job and the schedule's next tick commit together).
 
+use super::SqliteStore;
 use super::db_err;
-use super::writer::Effects;
+use crate::ScheduleStore;
+use crate::effects::Effects;
 use crate::rows::*;
+use async_trait::async_trait;
 use ferry_core::schedule::{Schedule, plan_fire};
 use ferry_core::{Error, ErrorCode, Limits, Result};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -168,4 +171,49 @@ pub fn fire(conn: &Connection, now: i64, max: usize, limits: &Limits, fx: &mut E
         }
     }
     Ok(enqueued)
+}
+
+#[async_trait]
+impl ScheduleStore for SqliteStore {
+    async fn create_schedule(&self, s: Schedule) -> Result<Schedule> {
+        let (limits, wake) = (self.limits.clone(), s.next_run_at);
+        let out =
+            self.write_raw("create_schedule", move |c, _| super::schedules::create(c, s, &limits)).await?;
+        if let Some(t) = wake {
+            self.notifier.due_at(t.0);
+        }
+        Ok(out)
+    }
+
+    async fn update_schedule(&self, s: Schedule) -> Result<Schedule> {
+        let wake = s.next_run_at;
+        let out = self.write_raw("update_schedule", move |c, _| super::schedules::update(c, s)).await?;
+        if let Some(t) = wake {
+            self.notifier.due_at(t.0);
+        }
+        Ok(out)
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Schedule> {
+        let name = name.to_string();
+        self.readers.read(move |c| super::schedules::get(c, &name)).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        self.readers.read(super::schedules::list).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.write_raw("delete_schedule", move |c, _| super::schedules::delete(c, &name)).await
+    }
+
+    async fn fire_schedules(&self, max: usize) -> Result<u64> {
+        let (now, limits) = (self.clock.now_ms(), self.limits.clone());
+        self.write_raw("fire_schedules", move |c, fx| super::schedules::fire(c, now, max, &limits, fx)).await
+    }
+
+    async fn next_schedule_ms(&self) -> Result<Option<i64>> {
+        self.readers.read(super::schedules::next_due).await
+    }
 }

@@ -13,64 +13,16 @@
 //! - the queue of pending commands is bounded (`channel_capacity`): callers wait for room.
 
 use super::counts::{CountsCell, Deltas};
+use crate::effects::Effects;
 use crate::events::EventBus;
 use crate::notify::Notifier;
 use ferry_core::{Error, ErrorCode, Result};
-use ferry_core::{Event, JobState};
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
-
-/// Side effects a command asks for once its transaction commits.
-#[derive(Debug, Default)]
-pub(crate) struct Effects {
-    /// Queues that gained ready jobs.
-    pub wake: Vec<String>,
-    /// Earliest `run_at` of jobs that became scheduled.
-    pub due_ms: Option<i64>,
-    /// State transitions, for the in-memory counts.
-    pub deltas: Deltas,
-    /// Events to record in the same transaction and publish after commit.
-    pub events: Vec<Event>,
-}
-
-impl Effects {
-    /// Asks for the claimers of `queue` to be woken.
-    pub fn wake(&mut self, queue: &str) {
-        if !self.wake.iter().any(|q| q == queue) {
-            self.wake.push(queue.to_string());
-        }
-    }
-
-    /// Notes that a job became due at `at_ms`.
-    pub fn due(&mut self, at_ms: i64) {
-        self.due_ms = Some(self.due_ms.map_or(at_ms, |d| d.min(at_ms)));
-    }
-
-    /// Records that `n` jobs of `queue` moved from `from` (None: inserted) to `to` (None: deleted).
-    pub fn moved(&mut self, queue: &str, from: Option<JobState>, to: Option<JobState>, n: i64) {
-        self.deltas.moved(queue, from, to, n);
-    }
-
-    /// Records an event (numbered and stored when the transaction commits).
-    pub fn event(&mut self, e: Event) {
-        self.events.push(e);
-    }
-
-    fn merge(&mut self, other: Effects) {
-        for q in other.wake {
-            self.wake(&q);
-        }
-        if let Some(d) = other.due_ms {
-            self.due(d);
-        }
-        self.deltas.merge(other.deltas);
-        self.events.extend(other.events);
-    }
-}
 
 type Reply = Box<dyn FnOnce(Result<()>) + Send>;
 /// A command: runs on the writer's connection, says whether it poisoned the transaction,

@@ -3,7 +3,8 @@
 //! acknowledged enqueue and completion, pass `PRAGMA integrity_check` and ferry's invariants.
 
 use ferry_core::{Clock, JobState, SystemClock};
-use ferry_store::{SqliteConfig, SqliteStore, Store};
+use ferry_store::prelude::*;
+use ferry_store::{SqliteConfig, SqliteStore};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -7,7 +7,8 @@
 
 use crate::conformance::{self, Harness};
 use ferry_core::ManualClock;
-use ferry_store::{PgConfig, PgStore, Store};
+use ferry_store::prelude::*;
+use ferry_store::{PgConfig, PgStore};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

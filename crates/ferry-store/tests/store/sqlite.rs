@@ -3,7 +3,8 @@
 
 use crate::conformance::{self, Harness};
 use ferry_core::{Clock, ErrorCode, ManualClock, SystemClock};
-use ferry_store::{SqliteConfig, SqliteStore, Store};
+use ferry_store::prelude::*;
+use ferry_store::{SqliteConfig, SqliteStore};
 use std::sync::Arc;
 
 async fn harness(clock: Arc<ManualClock>) -> Option<Harness> {

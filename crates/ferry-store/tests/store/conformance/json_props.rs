@@ -135,7 +135,17 @@ async fn run_case(h: &Harness, c: Case) -> Result<(), TestCaseError> {
 }
 
 /// Runs the property over one store.
-pub async fn run(h: Harness) {
+pub async fn property_json_round_trips(h: Harness) {
     super::props::run_property(&h, "JSON round-trip", case(), run_case);
     h.finish().await;
+}
+
+/// Every rule above: `conformance_tests!` runs each against every backend. A rule missing
+/// here is never called, and `dead_code` fails the build.
+macro_rules! json_props_rules {
+    () => {
+        domain_tests!(json_props:
+            property_json_round_trips,
+        );
+    };
 }

@@ -161,7 +161,11 @@ async fn run_case(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let m = &mut jobs[pick as usize % n];
                 let lease = m.pick_lease(false);
                 let expect_ok = m.live(&lease, now);
-                match h.store.heartbeat(m.id, &lease, None).await {
+                match h
+                    .store
+                    .heartbeat(HeartbeatRequest { id: m.id, lease: lease.clone(), extend_ms: None })
+                    .await
+                {
                     Ok(hb) => {
                         prop_assert!(expect_ok, "heartbeat accepted a stale lease");
                         m.current = Some((lease, hb.lease_expires_at.0));
@@ -231,7 +235,7 @@ async fn run_case(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 /// Runs the property over one store, each case in a queue of its own.
-pub async fn run(h: Harness) {
+pub async fn property_state_machine(h: Harness) {
     run_property(&h, "state machine", proptest::collection::vec(op(), 1..60), run_case);
     h.finish().await;
 }
@@ -253,4 +257,14 @@ where
     if let Err(e) = result {
         panic!("{what} property failed: {e}");
     }
+}
+
+/// Every rule above: `conformance_tests!` runs each against every backend. A rule missing
+/// here is never called, and `dead_code` fails the build.
+macro_rules! props_rules {
+    () => {
+        domain_tests!(props:
+            property_state_machine,
+        );
+    };
 }

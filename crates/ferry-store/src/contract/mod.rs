@@ -1,0 +1,106 @@
+//! The storage contract: one trait per domain, and [`Store`], their sum. Every backend
+//! implements each domain in that domain's file (`sqlite/<domain>.rs`, `postgres/<domain>.rs`)
+//! and passes the conformance suite's file for it (`tests/store/conformance/<domain>.rs`).
+//!
+//! Rules every implementation keeps:
+//! - each call is atomic: a batch enqueue inserts all jobs or none;
+//! - `complete`, `fail` and `heartbeat` change a job only when it is `running`, its lease
+//!   token matches and the lease has not expired; otherwise they answer `stale_lease`;
+//! - background passes (`reap_expired`, `promote_due`, `prune_finished`) are safe to run
+//!   concurrently from several nodes, and the reaper never overwrites a finished job;
+//! - wake-ups go to [`StoreCore::notifier`] only after the change is durable;
+//! - every writing call is timed and counted by its `op` name in [`StoreCore::metrics`], by
+//!   the backend's write and transaction primitives.
+
+mod events;
+mod hosts;
+mod jobs;
+mod limits;
+mod queues;
+mod schedules;
+mod tokens;
+mod workers;
+
+pub use events::{EventPrune, EventStore};
+pub use hosts::HostStore;
+pub use jobs::JobStore;
+pub use limits::QueueLimitStore;
+pub use queues::QueueStore;
+pub use schedules::ScheduleStore;
+pub use tokens::TokenStore;
+pub use workers::WorkerStore;
+
+use crate::metrics::StoreMetrics;
+use crate::{EventBus, Notifier};
+use async_trait::async_trait;
+use ferry_core::{Clock, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every backend has whatever the domain: its name, clock, wake-ups, event bus,
+/// connections, size, self-check and shutdown.
+#[async_trait]
+pub trait StoreCore: Send + Sync + 'static {
+    /// Short backend name for logs and metrics (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Wakes long-polling claimers; backends signal it after each commit.
+    fn notifier(&self) -> &Arc<Notifier>;
+
+    /// The clock every timestamp of this store comes from.
+    fn clock(&self) -> &Arc<dyn Clock>;
+
+    /// What this store measured about itself, writes by operation included.
+    fn metrics(&self) -> &Arc<StoreMetrics>;
+
+    /// Database connections in use and the most there can be.
+    fn connections(&self) -> (usize, usize);
+
+    /// How often a long-poll should re-check even without a wake-up; `None` when wake-ups
+    /// cannot be lost (one process), some interval when they can (several nodes).
+    fn fallback_poll(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The bus this node's subscribers hear committed events on (events of every node, with
+    /// PostgreSQL).
+    fn events(&self) -> &Arc<EventBus>;
+
+    /// Bytes the database occupies (file and WAL, or ferry's tables with their indexes), so
+    /// operators and the soak benchmark can see whether it grows.
+    async fn storage_bytes(&self) -> Result<u64>;
+
+    /// Checks storage integrity and ferry's invariants; returns every violation found.
+    async fn check_invariants(&self) -> Result<Vec<String>>;
+
+    /// Flushes pending writes and stops accepting new ones.
+    async fn close(&self);
+}
+
+/// The whole storage contract: every domain's trait. The server, the maintenance loops and
+/// the long-poll claim see only `dyn Store`; nothing backend-specific leaks above it.
+pub trait Store:
+    StoreCore
+    + JobStore
+    + QueueStore
+    + QueueLimitStore
+    + ScheduleStore
+    + EventStore
+    + TokenStore
+    + WorkerStore
+    + HostStore
+{
+}
+
+impl<T> Store for T where
+    T: StoreCore
+        + JobStore
+        + QueueStore
+        + QueueLimitStore
+        + ScheduleStore
+        + EventStore
+        + TokenStore
+        + WorkerStore
+        + HostStore
+{
+}
