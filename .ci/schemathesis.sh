@@ -5,6 +5,7 @@
 # invalid input accepted fails the run.
 #
 #   .ci/schemathesis.sh [path/to/ferry]          (default target/debug/ferry)
+#   .ci/schemathesis.sh --install-only           (only prepare the venv; CI does it early)
 #
 # Before fuzzing, the served document is checked against the OpenAPI 3.1 specification
 # (openapi-spec-validator): schemathesis reads documents the specification rejects (responses
@@ -27,6 +28,8 @@ ROOT=$PWD
 
 # Pinned tools; the venv is rebuilt when this list changes.
 REQUIREMENTS=(schemathesis==4.32.5 openapi-spec-validator==0.9.0)
+INSTALL_ONLY=false
+if [[ ${1:-} = --install-only ]]; then INSTALL_ONLY=true; shift; fi
 BIN=${1:-target/debug/ferry}
 [[ $BIN = /* ]] || BIN=$ROOT/$BIN
 BACKENDS=${FERRY_ST_BACKENDS:-sqlite postgres}
@@ -34,7 +37,7 @@ PG_URL=${FERRY_ST_PG_URL:-postgres://postgres@127.0.0.1:5432}
 VENV=$ROOT/target/ci-venv
 REPORTS=$ROOT/target/schemathesis-report
 
-if [[ ! -x $BIN ]]; then
+if [[ $INSTALL_ONLY = false && ! -x $BIN ]]; then
   echo "schemathesis: no ferry binary at $BIN (build it first)" >&2
   exit 2
 fi
@@ -52,6 +55,7 @@ if [[ ! -x $VENV/bin/schemathesis ]] || [[ "$(cat "$VENV/.ferry-requirements" 2>
   echo "${REQUIREMENTS[*]}" >"$VENV/.ferry-requirements"
 fi
 "$VENV/bin/schemathesis" --version
+$INSTALL_ONLY && exit 0
 
 # ---- cleanup: servers, temp dirs, PostgreSQL databases ----
 SERVER_PID=""

@@ -21,6 +21,17 @@ struct Cli {
     command: Command,
 }
 
+/// One page of a list: shared by every command that lists page by page.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PageArgs {
+    /// Page size.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Continue from a previous page's cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
 /// Options shared by every client command.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClientOpts {

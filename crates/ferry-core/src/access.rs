@@ -7,49 +7,25 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
-/// Declares the scopes with their wire names; adding a scope is one line here, and token
-/// parsing (`--scopes`), storage (by wire name) and the OpenAPI document follow from it.
-macro_rules! scopes {
-    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal;)+) => {
-        /// What a token may do; `admin` implies every other scope.
-        #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-        )]
-        pub enum Scope {
-            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)+
-        }
-
-        impl Scope {
-            /// Every scope, in wire order.
-            pub const ALL: &'static [Scope] = &[$(Scope::$variant),+];
-
-            /// The wire name.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Scope::$variant => $name,)+
-                }
-            }
-        }
-    };
-}
-
-scopes! {
-    /// Everything, including tokens, queue settings and hosts.
-    Admin = "admin";
-    /// Enqueue jobs.
-    Produce = "produce";
-    /// Claim, heartbeat, complete, fail and release jobs.
-    Work = "work";
-    /// Read jobs, queues, events, workers and stats.
-    Read = "read";
+named_enum! {
+    /// What a token may do; `admin` implies every other scope. Adding a scope is one line here:
+    /// token parsing (`--scopes`), storage (by wire name) and the OpenAPI document follow.
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+    )]
+    pub enum Scope {
+        /// Everything, including tokens, queue settings and hosts.
+        Admin = "admin";
+        /// Enqueue jobs.
+        Produce = "produce";
+        /// Claim, heartbeat, complete, fail and release jobs.
+        Work = "work";
+        /// Read jobs, queues, events, workers and stats.
+        Read = "read";
+    }
 }
 
 impl Scope {
-    /// Parses a wire name.
-    pub fn parse(s: &str) -> Option<Scope> {
-        Scope::ALL.iter().copied().find(|c| c.as_str() == s)
-    }
-
     /// The wire names, comma-separated, for messages that list the choices.
     pub fn names() -> String {
         Scope::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")

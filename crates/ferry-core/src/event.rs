@@ -10,130 +10,46 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Declares the event types: each with its wire name and its stored code. The code is what
-/// the event log keeps on disk, so a type's code never changes and is never reused; adding a
-/// type is one line here (and the pinned-codes test below says so).
-macro_rules! event_types {
-    ($($(#[doc = $doc:literal])* $variant:ident = $code:literal, $name:literal;)+) => {
-        /// What happened.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-        pub enum EventType {
-            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)+
-        }
-
-        impl EventType {
-            /// Every event type, for validation and documentation.
-            pub const ALL: &'static [EventType] = &[$(EventType::$variant),+];
-
-            /// The wire name (`job.completed`).
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(EventType::$variant => $name,)+
-                }
-            }
-
-            /// The code the event log stores for this type.
-            pub fn code(self) -> u8 {
-                match self {
-                    $(EventType::$variant => $code,)+
-                }
-            }
-
-            /// The type a stored code stands for.
-            pub fn from_code(code: u8) -> Option<EventType> {
-                match code {
-                    $($code => Some(EventType::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
-event_types! {
-    /// A job was accepted (ready, scheduled or waiting).
-    JobEnqueued = 0, "job.enqueued";
-    /// A worker claimed a job.
-    JobStarted = 1, "job.started";
-    /// A job finished successfully.
-    JobCompleted = 2, "job.completed";
-    /// An attempt failed (a `job.retried` or `job.dead` follows in the same batch).
-    JobFailed = 3, "job.failed";
-    /// A job will run again (after a failure or an expired lease).
-    JobRetried = 4, "job.retried";
-    /// A job ran out of attempts and went to the dead-letter queue.
-    JobDead = 5, "job.dead";
-    /// A job was cancelled (directly or because a dependency failed).
-    JobCancelled = 6, "job.cancelled";
-    /// A dead job was sent back to its queue.
-    JobReplayed = 7, "job.replayed";
-    /// A queue stopped handing out jobs.
-    QueuePaused = 8, "queue.paused";
-    /// A queue hands out jobs again.
-    QueueResumed = 9, "queue.resumed";
-    /// A schedule enqueued the job of one of its ticks.
-    ScheduleFired = 10, "schedule.fired";
-}
-
-impl EventType {
-    /// Parses a wire name.
-    pub fn parse(s: &str) -> Option<EventType> {
-        EventType::ALL.iter().copied().find(|t| t.as_str() == s)
+named_enum! {
+    /// What happened. Each type's stored code is on disk: never changed, never reused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+    pub enum EventType {
+        /// A job was accepted (ready, scheduled or waiting).
+        JobEnqueued = "job.enqueued" @ 0;
+        /// A worker claimed a job.
+        JobStarted = "job.started" @ 1;
+        /// A job finished successfully.
+        JobCompleted = "job.completed" @ 2;
+        /// An attempt failed (a `job.retried` or `job.dead` follows in the same batch).
+        JobFailed = "job.failed" @ 3;
+        /// A job will run again (after a failure or an expired lease).
+        JobRetried = "job.retried" @ 4;
+        /// A job ran out of attempts and went to the dead-letter queue.
+        JobDead = "job.dead" @ 5;
+        /// A job was cancelled (directly or because a dependency failed).
+        JobCancelled = "job.cancelled" @ 6;
+        /// A dead job was sent back to its queue.
+        JobReplayed = "job.replayed" @ 7;
+        /// A queue stopped handing out jobs.
+        QueuePaused = "queue.paused" @ 8;
+        /// A queue hands out jobs again.
+        QueueResumed = "queue.resumed" @ 9;
+        /// A schedule enqueued the job of one of its ticks.
+        ScheduleFired = "schedule.fired" @ 10;
     }
 }
 
-/// Declares the kinds of thing an event can be about, with their room prefix and stored
-/// code (never changed, never reused). Adding a kind is one line here.
-macro_rules! subject_kinds {
-    ($($(#[doc = $doc:literal])* $variant:ident = $code:literal, $name:literal;)+) => {
-        /// The kind of thing an event is about; also the prefix of its room (`job:<id>`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-        pub enum SubjectKind {
-            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)+
-        }
-
-        impl SubjectKind {
-            /// Every kind, for validation and documentation.
-            pub const ALL: &'static [SubjectKind] = &[$(SubjectKind::$variant),+];
-
-            /// The wire name, which is also the room prefix.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(SubjectKind::$variant => $name,)+
-                }
-            }
-
-            /// The code the event log stores for this kind.
-            pub fn code(self) -> u8 {
-                match self {
-                    $(SubjectKind::$variant => $code,)+
-                }
-            }
-
-            /// The kind a stored code stands for.
-            pub fn from_code(code: u8) -> Option<SubjectKind> {
-                match code {
-                    $($code => Some(SubjectKind::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
-subject_kinds! {
-    /// A job (id: the job's UUID).
-    Job = 0, "job";
-    /// A queue (id: its name).
-    Queue = 1, "queue";
-    /// A schedule (id: its name).
-    Schedule = 2, "schedule";
-}
-
-impl SubjectKind {
-    /// Parses a wire name.
-    pub fn parse(s: &str) -> Option<SubjectKind> {
-        SubjectKind::ALL.iter().copied().find(|k| k.as_str() == s)
+named_enum! {
+    /// The kind of thing an event is about; also the prefix of its room (`job:<id>`). Each
+    /// kind's stored code is on disk: never changed, never reused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+    pub enum SubjectKind {
+        /// A job (id: the job's UUID).
+        Job = "job" @ 0;
+        /// A queue (id: its name).
+        Queue = "queue" @ 1;
+        /// A schedule (id: its name).
+        Schedule = "schedule" @ 2;
     }
 }
 

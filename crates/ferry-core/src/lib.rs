@@ -4,6 +4,9 @@
 //! definition of a job, its states, its limits and its errors. Storage lives in `ferry-store`;
 //! the server in `ferry-server`.
 
+#[macro_use]
+mod named;
+
 pub mod access;
 pub mod backoff;
 pub mod clock;

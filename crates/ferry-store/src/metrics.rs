@@ -94,13 +94,13 @@ impl StoreMetrics {
         out
     }
 
-    /// Counts the items of a batch refused for a stale lease.
-    pub fn stale_items<T>(&self, items: &[Result<T>]) {
-        if self.timing.load(Relaxed) {
-            let n =
-                items.iter().filter(|r| r.as_ref().is_err_and(|e| e.code == ErrorCode::StaleLease)).count();
-            self.stale_leases.fetch_add(n as u64, Relaxed);
+    /// Counts the items of a batch's answer refused for a stale lease, and passes it on.
+    pub fn stale_items<T>(&self, answer: Result<Vec<Result<T>>>) -> Result<Vec<Result<T>>> {
+        if let (true, Ok(items)) = (self.timing.load(Relaxed), &answer) {
+            let stale = |r: &&Result<T>| r.as_ref().is_err_and(|e| e.code == ErrorCode::StaleLease);
+            self.stale_leases.fetch_add(items.iter().filter(stale).count() as u64, Relaxed);
         }
+        answer
     }
 
     /// Counts the events of one committed transaction (called after the commit).

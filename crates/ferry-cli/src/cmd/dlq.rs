@@ -31,12 +31,8 @@ pub enum DlqCmd {
         /// Only this queue.
         #[arg(long)]
         queue: Option<String>,
-        /// Page size.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Continue from a previous page's cursor.
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(flatten)]
+        page: crate::PageArgs,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -59,7 +55,7 @@ pub enum DlqCmd {
 /// Runs `ferry dlq`.
 pub async fn dlq(cmd: DlqCmd) -> i32 {
     match cmd {
-        DlqCmd::List { queue, limit, cursor, client: o } => {
+        DlqCmd::List { queue, page: crate::PageArgs { limit, cursor }, client: o } => {
             let r = o.client().dlq(queue.as_deref(), Some(limit), cursor.as_deref()).await;
             show(o.json, r, |p| {
                 let rows: Vec<Vec<String>> = p

@@ -225,12 +225,8 @@ pub enum JobsCmd {
         /// Only this state.
         #[arg(long)]
         state: Option<String>,
-        /// Page size.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Continue from a previous page's cursor.
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(flatten)]
+        page: crate::PageArgs,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -250,7 +246,7 @@ pub enum JobsCmd {
 pub async fn jobs(cmd: JobsCmd) -> i32 {
     match cmd {
         JobsCmd::Show { id, client: o } => show(o.json, o.client().get_job(&id).await, |j| show_job(&j)),
-        JobsCmd::List { queue, state, limit, cursor, client: o } => {
+        JobsCmd::List { queue, state, page: crate::PageArgs { limit, cursor }, client: o } => {
             let r = o
                 .client()
                 .list_jobs(queue.as_deref(), state.as_deref(), Some(limit), cursor.as_deref())

@@ -77,30 +77,25 @@ pub trait StoreCore: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// The whole storage contract: every domain's trait. The server, the maintenance loops and
-/// the long-poll claim see only `dyn Store`; nothing backend-specific leaks above it.
-pub trait Store:
-    StoreCore
-    + JobStore
-    + QueueStore
-    + QueueLimitStore
-    + ScheduleStore
-    + EventStore
-    + TokenStore
-    + WorkerStore
-    + HostStore
-{
+/// Declares [`Store`] as the sum of the domain traits, and implements it for every type that
+/// implements them all (one list, so the two cannot differ).
+macro_rules! store_is_the_sum_of {
+    ($($domain:ident),+) => {
+        /// The whole storage contract: every domain's trait. The server, the maintenance loops
+        /// and the long-poll claim see only `dyn Store`; nothing backend-specific leaks above it.
+        pub trait Store: StoreCore $(+ $domain)+ {}
+
+        impl<T: StoreCore $(+ $domain)+> Store for T {}
+    };
 }
 
-impl<T> Store for T where
-    T: StoreCore
-        + JobStore
-        + QueueStore
-        + QueueLimitStore
-        + ScheduleStore
-        + EventStore
-        + TokenStore
-        + WorkerStore
-        + HostStore
-{
-}
+store_is_the_sum_of!(
+    JobStore,
+    QueueStore,
+    QueueLimitStore,
+    ScheduleStore,
+    EventStore,
+    TokenStore,
+    WorkerStore,
+    HostStore
+);

@@ -1131,10 +1131,7 @@ impl JobStore for PgStore {
                 })
             })
             .await;
-        if let Ok(items) = &out {
-            self.metrics.stale_items(items);
-        }
-        out
+        self.metrics.stale_items(out)
     }
 
     async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
@@ -1156,10 +1153,7 @@ impl JobStore for PgStore {
                 })
             })
             .await;
-        if let Ok(items) = &out {
-            self.metrics.stale_items(items);
-        }
-        out
+        self.metrics.stale_items(out)
     }
 
     async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {

@@ -125,6 +125,25 @@ fn valid_schema(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The body of one transaction: runs on it with the time and collects its effects.
+trait TxBody<T>:
+    for<'a> FnOnce(
+    &'a deadpool_postgres::Transaction<'a>,
+    i64,
+    &'a mut Effects,
+) -> futures_util::future::BoxFuture<'a, Result<T>>
+{
+}
+
+impl<T, F> TxBody<T> for F where
+    F: for<'a> FnOnce(
+        &'a deadpool_postgres::Transaction<'a>,
+        i64,
+        &'a mut Effects,
+    ) -> futures_util::future::BoxFuture<'a, Result<T>>
+{
+}
+
 impl PgStore {
     /// Connects, creates the schema if asked, migrates, and starts listening for wake-ups.
     pub async fn open(config: PgConfig, clock: Arc<dyn Clock>) -> Result<Self> {
@@ -202,25 +221,11 @@ impl PgStore {
 
     /// Runs `f` in one transaction, then announces its wake-ups on this node and, through
     /// `pg_notify` inside the same transaction, on every other node; timed and counted as `op`.
-    async fn tx<T, F>(&self, op: &'static str, f: F) -> Result<T>
-    where
-        F: for<'a> FnOnce(
-            &'a deadpool_postgres::Transaction<'a>,
-            i64,
-            &'a mut Effects,
-        ) -> futures_util::future::BoxFuture<'a, Result<T>>,
-    {
+    async fn tx<T, F: TxBody<T>>(&self, op: &'static str, f: F) -> Result<T> {
         self.metrics.timed(op, self.run_tx(f)).await
     }
 
-    async fn run_tx<T, F>(&self, f: F) -> Result<T>
-    where
-        F: for<'a> FnOnce(
-            &'a deadpool_postgres::Transaction<'a>,
-            i64,
-            &'a mut Effects,
-        ) -> futures_util::future::BoxFuture<'a, Result<T>>,
-    {
+    async fn run_tx<T, F: TxBody<T>>(&self, f: F) -> Result<T> {
         let asked = std::time::Instant::now();
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let started = std::time::Instant::now();

@@ -980,10 +980,7 @@ impl JobStore for SqliteStore {
                 Ok(out)
             })
             .await;
-        if let Ok(items) = &out {
-            self.metrics.stale_items(items);
-        }
-        out
+        self.metrics.stale_items(out)
     }
 
     async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
@@ -1001,10 +998,7 @@ impl JobStore for SqliteStore {
                 Ok(out)
             })
             .await;
-        if let Ok(items) = &out {
-            self.metrics.stale_items(items);
-        }
-        out
+        self.metrics.stale_items(out)
     }
 
     async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
