@@ -4,7 +4,7 @@
 //! registered hosts.
 
 use super::jobs;
-use super::pg_err;
+use super::{RowExt, pg_err};
 use crate::effects::Effects;
 use crate::rows::*;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
@@ -60,11 +60,11 @@ pub async fn limits(c: &Client) -> Result<Vec<(String, QueueLimits)>> {
         )
         .await
         .map_err(pg_err)?;
-    Ok(rows.iter().map(|r| (r.get(0), limits_from(r.get(1), r.get(2), r.get(3)))).collect())
+    rows.iter().map(|r| Ok((r.col(0)?, limits_from(r.col(1)?, r.col(2)?, r.col(3)?)))).collect()
 }
 
-fn token_row(r: &Row) -> TokenRow {
-    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))
+fn token_row(r: &Row) -> Result<TokenRow> {
+    Ok((r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?, r.col(4)?, r.col(5)?, r.col(6)?))
 }
 
 /// Stores a new token; `conflict` if its id exists.
@@ -101,7 +101,7 @@ pub async fn list_tokens(c: &Client) -> Result<Vec<TokenRecord>> {
         )
         .await
         .map_err(pg_err)?;
-    rows.iter().map(|r| token_from(token_row(r))).collect()
+    rows.iter().map(|r| token_from(token_row(r)?)).collect()
 }
 
 /// Revokes a token, keeping the first revocation time.
@@ -118,7 +118,7 @@ pub async fn revoke_token(tx: &Transaction<'_>, now: i64, id: Uuid) -> Result<To
         .await
         .map_err(pg_err)?;
     match row {
-        Some(r) => token_from(token_row(&r)),
+        Some(r) => token_from(token_row(&r)?),
         None => Err(token_not_found(id)),
     }
 }
@@ -167,8 +167,8 @@ pub async fn list_workers(c: &Client) -> Result<Vec<WorkerInfo>> {
         .await
         .map_err(pg_err)?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((r.col(0)?, r.col(1)?)))
+        .collect::<Result<_>>()?;
     let rows = c
         .query(
             &c.prepare_cached("SELECT name, first_seen_ms, last_seen_ms, status FROM workers ORDER BY name")
@@ -180,13 +180,13 @@ pub async fn list_workers(c: &Client) -> Result<Vec<WorkerInfo>> {
         .map_err(pg_err)?;
     rows.iter()
         .map(|r| {
-            let name: String = r.get(0);
+            let name: String = r.col(0)?;
             Ok(WorkerInfo {
                 jobs_in_flight: in_flight.get(&name).copied().unwrap_or(0).max(0) as u64,
                 name,
-                first_seen_ms: r.get(1),
-                last_seen_ms: r.get(2),
-                status: worker_status(r.get(3))?,
+                first_seen_ms: r.col(1)?,
+                last_seen_ms: r.col(2)?,
+                status: worker_status(r.col(3)?)?,
             })
         })
         .collect()
@@ -217,7 +217,7 @@ pub async fn release_lost_workers(
         )
         .await
         .map_err(pg_err)?;
-    let mut lost: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let mut lost: Vec<String> = rows.iter().map(|r| r.col(0)).collect::<Result<_>>()?;
     lost.sort();
     if lost.is_empty() {
         return Ok(lost);
@@ -234,8 +234,8 @@ pub async fn release_lost_workers(
         .await
         .map_err(pg_err)?;
     for r in held {
-        let worker: String = r.get(1);
-        jobs::take_back(tx, now, r.get(0), Expiry::WorkerLost(&worker), limits, w).await?;
+        let worker: String = r.col(1)?;
+        jobs::take_back(tx, now, r.col(0)?, Expiry::WorkerLost(&worker), limits, w).await?;
     }
     Ok(lost)
 }
@@ -270,10 +270,9 @@ pub async fn list_hosts(c: &Client) -> Result<Vec<HostRecord>> {
         )
         .await
         .map_err(pg_err)?;
-    Ok(rows
-        .iter()
-        .map(|r| HostRecord { name: r.get(0), health_url: r.get(1), created_at: r.get(2) })
-        .collect())
+    rows.iter()
+        .map(|r| Ok(HostRecord { name: r.col(0)?, health_url: r.col(1)?, created_at: r.col(2)? }))
+        .collect()
 }
 
 /// Forgets a host.

@@ -9,7 +9,7 @@
 //! notification only delays events.
 
 use super::PgStore;
-use super::pg_err;
+use super::{RowExt, pg_err};
 use crate::events::{EventBus, decode};
 use crate::{EventPrune, EventStore};
 use async_trait::async_trait;
@@ -43,7 +43,7 @@ pub async fn read_events(c: &Client, after: u64, limit: usize) -> Result<Vec<Eve
         )
         .await
         .map_err(pg_err)?;
-    let batches = rows.iter().map(|r| decode(r.get(0), r.get::<_, &str>(1))).collect::<Result<Vec<_>>>()?;
+    let batches = rows.iter().map(|r| decode(r.col(0)?, r.col::<&str>(1)?)).collect::<Result<Vec<_>>>()?;
     Ok(crate::events::after(batches, after, limit))
 }
 
@@ -57,7 +57,7 @@ pub async fn head(c: &Client) -> Result<u64> {
         )
         .await
         .map_err(pg_err)?;
-    Ok(r.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    r.map_or(Ok(0), |r| Ok(r.col::<i64>(0)? as u64))
 }
 
 /// Deletes old numbered batches (see `Store::prune_events`); the newest numbered batch stays,

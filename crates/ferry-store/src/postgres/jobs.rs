@@ -6,7 +6,7 @@
 //! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
 
 use super::PgStore;
-use super::pg_err;
+use super::{RowExt, pg_err};
 use crate::JobStore;
 use crate::effects::Effects;
 use crate::rows::*;
@@ -58,7 +58,7 @@ pub async fn enqueue(
                 let e = Error::invalid(format!("depends_on[{j}]"), format!("no job {dep} to depend on"));
                 return Err(if batch { e.within(&format!("jobs[{i}]")) } else { e });
             };
-            let (dep_seq, dep_state): (i64, String) = (row.get(0), row.get(1));
+            let (dep_seq, dep_state): (i64, String) = (row.col(0)?, row.col(1)?);
             match state_of(&dep_state)? {
                 JobState::Completed => {}
                 JobState::Dead | JobState::Cancelled => {
@@ -102,7 +102,7 @@ pub async fn enqueue(
                 tx.query_opt(&find_unique, &[&job.queue, key]).await.map_err(pg_err)?
             }
         {
-            out.push(EnqueueOutcome { id: row.get(0), duplicate: true });
+            out.push(EnqueueOutcome { id: row.col(0)?, duplicate: true });
             continue;
         }
         let run_at = job.run_at.resolve(now);
@@ -140,11 +140,11 @@ pub async fn enqueue(
             // Another node inserted the same unique key since we looked: it holds the key.
             let key = job.unique_key.as_ref().expect("only a unique key conflicts");
             let existing = tx.query_one(&find_unique, &[&job.queue, key]).await.map_err(pg_err)?;
-            out.push(EnqueueOutcome { id: existing.get(0), duplicate: true });
+            out.push(EnqueueOutcome { id: existing.col(0)?, duplicate: true });
             continue;
         };
         if let Some(ferry_core::Import::Completed { result }) = &job.import {
-            let seq: i64 = row.get(0);
+            let seq: i64 = row.col(0)?;
             let set = tx
                 .prepare_cached("UPDATE jobs SET result = $1, attempt = 1, started_at = $2 WHERE seq = $3")
                 .await
@@ -152,7 +152,7 @@ pub async fn enqueue(
             tx.execute(&set, &[&result.as_ref().map(|r| r.get()), &now, &seq]).await.map_err(pg_err)?;
         }
         if state == JobState::Waiting {
-            let seq: i64 = row.get(0);
+            let seq: i64 = row.col(0)?;
             for dep_seq in pending {
                 tx.execute(
                     &tx.prepare_cached(
@@ -274,12 +274,9 @@ async fn queue_flow(tx: &Transaction<'_>, queue: &str, lock: bool) -> Result<(bo
     };
     let row =
         tx.query_opt(&tx.prepare_cached(sql).await.map_err(pg_err)?, &[&queue]).await.map_err(pg_err)?;
-    Ok(row.map_or_else(Default::default, |r| {
-        (
-            r.get(0),
-            Flow { limits: limits_from(r.get(1), r.get(2), r.get(3)), tokens: r.get(4), tokens_at: r.get(5) },
-        )
-    }))
+    let Some(r) = row else { return Ok(Default::default()) };
+    let limits = limits_from(r.col(1)?, r.col(2)?, r.col(3)?);
+    Ok((r.col(0)?, Flow { limits, tokens: r.col(4)?, tokens_at: r.col(5)? }))
 }
 
 /// Leases up to `req.max` ready jobs, best first, skipping rows other claimers hold.
@@ -313,7 +310,7 @@ pub async fn claim(
             )
             .await
             .map_err(pg_err)?
-            .get(0)
+            .col(0)?
         } else {
             0
         };
@@ -347,17 +344,17 @@ pub async fn claim(
     let mut jobs = Vec::with_capacity(rows.len());
     for r in rows {
         let job = ClaimedJob {
-            id: r.get(1),
+            id: r.col(1)?,
             queue: req.queue.clone(),
-            payload: raw(r.get(2))?,
-            attempt: r.get::<_, i32>(3) as u32,
-            max_attempts: r.get::<_, i32>(4) as u32,
-            priority: r.get(5),
-            tags: json_list(r.get(6))?,
-            lease: r.get(7),
-            lease_expires_at: Timestamp(r.get(8)),
+            payload: raw(r.col(2)?)?,
+            attempt: r.col::<i32>(3)? as u32,
+            max_attempts: r.col::<i32>(4)? as u32,
+            priority: r.col(5)?,
+            tags: json_list(r.col(6)?)?,
+            lease: r.col(7)?,
+            lease_expires_at: Timestamp(r.col(8)?),
         };
-        jobs.push((r.get::<_, i64>(0), r.get::<_, i64>(9), job));
+        jobs.push((r.col::<i64>(0)?, r.col::<i64>(9)?, job));
     }
     jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
     for (_, run_at, j) in &jobs {
@@ -394,7 +391,7 @@ pub async fn heartbeat(
         .await
         .map_err(pg_err)?;
     match row {
-        Some(r) => Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(r.get(0)) }),
+        Some(r) => Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(r.col(0)?) }),
         None => Err(lease_failure(tx, id).await?),
     }
 }
@@ -419,7 +416,7 @@ pub async fn release(
         .map_err(pg_err)?;
     match row {
         Some(r) => {
-            w.wake(r.get::<_, &str>(0));
+            w.wake(r.col::<&str>(0)?);
             Ok(JobState::Ready)
         }
         None => Err(lease_failure(tx, id).await?),
@@ -456,10 +453,10 @@ pub async fn complete_many(
         .map_err(pg_err)?;
     let mut done = std::collections::HashSet::with_capacity(rows.len());
     for r in &rows {
-        done.insert((r.get::<_, Uuid>(0), r.get::<_, String>(1)));
-        w.events.push(completed_event(now, r.get(4), r.get(0), event_tags(r.get(5)), r.get(6)));
-        if r.get::<_, bool>(3) {
-            resolve_dependants(tx, now, r.get(2), w).await?;
+        done.insert((r.col::<Uuid>(0)?, r.col::<String>(1)?));
+        w.events.push(completed_event(now, r.col(4)?, r.col(0)?, event_tags(r.col(5)?), r.col(6)?));
+        if r.col::<bool>(3)? {
+            resolve_dependants(tx, now, r.col(2)?, w).await?;
         }
     }
     let mut out = Vec::with_capacity(items.len());
@@ -488,9 +485,9 @@ pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mu
         .map_err(pg_err)?;
     match row {
         Some(r) => {
-            w.events.push(completed_event(now, r.get(2), item.id, event_tags(r.get(3)), r.get(4)));
-            if r.get::<_, bool>(1) {
-                resolve_dependants(tx, now, r.get(0), w).await?;
+            w.events.push(completed_event(now, r.col(2)?, item.id, event_tags(r.col(3)?), r.col(4)?));
+            if r.col::<bool>(1)? {
+                resolve_dependants(tx, now, r.col(0)?, w).await?;
             }
             Ok(())
         }
@@ -502,8 +499,7 @@ pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mu
             match row {
                 None => Err(Error::job_not_found(item.id)),
                 Some(r)
-                    if r.get::<_, &str>(0) == "completed"
-                        && r.get::<_, Option<&str>>(1) == Some(&item.lease) =>
+                    if r.col::<&str>(0)? == "completed" && r.col::<Option<&str>>(1)? == Some(&item.lease) =>
                 {
                     Ok(())
                 }
@@ -531,9 +527,9 @@ async fn resolve_dependants(tx: &Transaction<'_>, now: i64, dep_seq: i64, w: &mu
     .await
     .map_err(pg_err)?;
     for r in rows {
-        match r.get::<_, &str>(0) {
-            "ready" => w.wake(r.get::<_, &str>(1)),
-            "scheduled" => w.due(r.get(2)),
+        match r.col::<&str>(0)? {
+            "ready" => w.wake(r.col::<&str>(1)?),
+            "scheduled" => w.due(r.col(2)?),
             _ => {}
         }
     }
@@ -569,11 +565,11 @@ async fn cancel_dependants(
         .map_err(pg_err)?;
         for r in rows {
             w.events.push(
-                job_event(EventType::JobCancelled, now, r.get(3), r.get(1), event_tags(r.get(4)))
+                job_event(EventType::JobCancelled, now, r.col(3)?, r.col(1)?, event_tags(r.col(4)?))
                     .with(serde_json::json!({ "reason": reason })),
             );
-            if r.get::<_, bool>(2) {
-                stack.push((r.get(0), r.get(1), JobState::Cancelled));
+            if r.col::<bool>(2)? {
+                stack.push((r.col(0)?, r.col(1)?, JobState::Cancelled));
             }
         }
     }
@@ -594,19 +590,24 @@ async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Leased>> {
         return Ok(None);
     };
     Ok(Some(Leased {
-        seq: r.get(0),
-        state: state_of(r.get(1))?,
-        lease: r.get(2),
-        lease_expires_at: r.get(3),
-        attempt: r.get::<_, i32>(4) as u32,
-        max_attempts: r.get::<_, i32>(5) as u32,
-        backoff: Backoff { base_ms: r.get(6), factor: r.get(7), max_ms: r.get(8), jitter: Jitter(r.get(9)) },
-        queue: r.get(10),
-        worker: r.get(11),
-        errors: r.get(12),
-        has_dependants: r.get(13),
-        run_at: r.get(14),
-        tags: r.get(15),
+        seq: r.col(0)?,
+        state: state_of(r.col(1)?)?,
+        lease: r.col(2)?,
+        lease_expires_at: r.col(3)?,
+        attempt: r.col::<i32>(4)? as u32,
+        max_attempts: r.col::<i32>(5)? as u32,
+        backoff: Backoff {
+            base_ms: r.col(6)?,
+            factor: r.col(7)?,
+            max_ms: r.col(8)?,
+            jitter: Jitter(r.col(9)?),
+        },
+        queue: r.col(10)?,
+        worker: r.col(11)?,
+        errors: r.col(12)?,
+        has_dependants: r.col(13)?,
+        run_at: r.col(14)?,
+        tags: r.col(15)?,
     }))
 }
 
@@ -714,7 +715,7 @@ pub async fn reap(
         .map_err(pg_err)?;
     let mut out = ReapOutcome::default();
     for r in expired {
-        match take_back(tx, now, r.get(0), Expiry::LeaseExpired, limits, w).await? {
+        match take_back(tx, now, r.col(0)?, Expiry::LeaseExpired, limits, w).await? {
             Some(JobState::Dead) => out.dead += 1,
             Some(_) => out.requeued += 1,
             None => {}
@@ -785,7 +786,7 @@ pub async fn promote(tx: &Transaction<'_>, now: i64, max: usize, w: &mut Effects
         .await
         .map_err(pg_err)?;
     for r in &rows {
-        w.wake(r.get::<_, &str>(0));
+        w.wake(r.col::<&str>(0)?);
     }
     Ok(rows.len() as u64)
 }
@@ -839,7 +840,7 @@ async fn dead_rows(
         }
     }
     .map_err(pg_err)?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    rows.iter().map(|r| Ok((r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?))).collect()
 }
 
 /// Dead jobs back to ready: attempts reset, history kept.
@@ -923,37 +924,37 @@ pub async fn set_paused(
 }
 
 fn job_from_row(r: &Row) -> Result<(i64, Job)> {
-    let ts = |i: usize| r.get::<_, Option<i64>>(i).map(Timestamp);
+    let ts = |i: usize| r.col::<Option<i64>>(i).map(|t| t.map(Timestamp));
     Ok((
-        r.get(0),
+        r.col(0)?,
         Job {
-            id: r.get(1),
-            queue: r.get(2),
-            state: state_of(r.get(3))?,
-            payload: raw(r.get(4))?,
-            priority: r.get(5),
-            attempt: r.get::<_, i32>(6) as u32,
-            max_attempts: r.get::<_, i32>(7) as u32,
+            id: r.col(1)?,
+            queue: r.col(2)?,
+            state: state_of(r.col(3)?)?,
+            payload: raw(r.col(4)?)?,
+            priority: r.col(5)?,
+            attempt: r.col::<i32>(6)? as u32,
+            max_attempts: r.col::<i32>(7)? as u32,
             backoff: Backoff {
-                base_ms: r.get(8),
-                factor: r.get(9),
-                max_ms: r.get(10),
-                jitter: Jitter(r.get(11)),
+                base_ms: r.col(8)?,
+                factor: r.col(9)?,
+                max_ms: r.col(10)?,
+                jitter: Jitter(r.col(11)?),
             },
-            lease_ms: r.get(12),
-            unique_key: r.get(13),
-            depends_on: json_list(r.get(14))?,
-            tags: json_list(r.get(15))?,
-            run_at: Timestamp(r.get(16)),
-            created_at: Timestamp(r.get(17)),
-            updated_at: Timestamp(r.get(18)),
-            started_at: ts(19),
-            finished_at: ts(20),
-            lease_expires_at: ts(21),
-            worker: r.get(22),
-            result: r.get::<_, Option<String>>(23).map(raw).transpose()?,
-            errors: json_list(r.get(24))?,
-            cancel_reason: r.get(25),
+            lease_ms: r.col(12)?,
+            unique_key: r.col(13)?,
+            depends_on: json_list(r.col(14)?)?,
+            tags: json_list(r.col(15)?)?,
+            run_at: Timestamp(r.col(16)?),
+            created_at: Timestamp(r.col(17)?),
+            updated_at: Timestamp(r.col(18)?),
+            started_at: ts(19)?,
+            finished_at: ts(20)?,
+            lease_expires_at: ts(21)?,
+            worker: r.col(22)?,
+            result: r.col::<Option<String>>(23)?.map(raw).transpose()?,
+            errors: json_list(r.col(24)?)?,
+            cancel_reason: r.col(25)?,
         },
     ))
 }
@@ -1018,17 +1019,17 @@ pub async fn stats(c: &Client, now: i64) -> Result<Vec<QueueStats>> {
         .await
         .map_err(pg_err)?
     {
-        let q: String = r.get(0);
-        let st = state_of(r.get(1))?;
-        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).counts.insert(st, r.get::<_, i64>(2) as u64);
+        let q: String = r.col(0)?;
+        let st = state_of(r.col(1)?)?;
+        by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).counts.insert(st, r.col::<i64>(2)? as u64);
     }
     for r in c
         .query("SELECT queue, min(run_at) FROM jobs WHERE state = 'ready' GROUP BY queue", &[])
         .await
         .map_err(pg_err)?
     {
-        let q: String = r.get(0);
-        let oldest: i64 = r.get(1);
+        let q: String = r.col(0)?;
+        let oldest: i64 = r.col(1)?;
         by_queue.entry(q.clone()).or_insert_with(|| blank(&q)).oldest_ready_age_ms =
             Some((now - oldest).max(0));
     }
@@ -1042,10 +1043,10 @@ pub async fn stats(c: &Client, now: i64) -> Result<Vec<QueueStats>> {
         .await
         .map_err(pg_err)?
     {
-        let q: String = r.get(0);
+        let q: String = r.col(0)?;
         let entry = by_queue.entry(q.clone()).or_insert_with(|| blank(&q));
-        entry.paused = r.get(1);
-        entry.limits = limits_from(r.get(2), r.get(3), r.get(4));
+        entry.paused = r.col(1)?;
+        entry.limits = limits_from(r.col(2)?, r.col(3)?, r.col(4)?);
     }
     Ok(by_queue.into_values().collect())
 }
@@ -1061,7 +1062,7 @@ pub async fn next_due(c: &Client) -> Result<Option<i64>> {
         )
         .await
         .map_err(pg_err)?;
-    Ok(r.get(0))
+    r.col(0)
 }
 
 /// Size of ferry's tables in the current schema, indexes and TOAST included.
@@ -1074,7 +1075,7 @@ pub async fn storage_bytes(c: &Client) -> Result<u64> {
         )
         .await
         .map_err(pg_err)?;
-    Ok(r.get::<_, i64>(0).max(0) as u64)
+    Ok(r.col::<i64>(0)?.max(0) as u64)
 }
 
 /// ferry's invariants, each as a count of violating rows.
@@ -1086,7 +1087,7 @@ pub async fn invariants(c: &Client) -> Result<Vec<String>> {
             .query_one(&format!("SELECT count(*) FROM jobs WHERE {cond}"), &[])
             .await
             .map_err(pg_err)?
-            .get(0);
+            .col(0)?;
         if n > 0 {
             out.push(format!("{n} × {what}"));
         }

@@ -35,7 +35,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use ferry_core::{Clock, Error, ErrorCode, Limits, Result};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{NoTls, Row};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -113,6 +114,21 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
 
 pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> Error {
     Error::unavailable(format!("database unavailable: {e}"))
+}
+
+/// Reads columns without panicking: a type or index mismatch is an internal error.
+pub(crate) trait RowExt {
+    /// Column `i` as a `T`; a mismatch names the column.
+    fn col<'a, T: FromSql<'a>>(&'a self, i: usize) -> Result<T>;
+}
+
+impl RowExt for Row {
+    fn col<'a, T: FromSql<'a>>(&'a self, i: usize) -> Result<T> {
+        self.try_get(i).map_err(|e| {
+            let name = self.columns().get(i).map_or("?", |c| c.name());
+            Error::internal(format!("cannot read column {i} ({name}): {e}"))
+        })
+    }
 }
 
 fn valid_schema(name: &str) -> Result<()> {
@@ -341,22 +357,13 @@ async fn vacuum_loop(pool: Pool, every: Duration) {
         let locked = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&VACUUM_LOCK])
             .await
-            .is_ok_and(|r| r.get::<_, bool>(0));
+            .is_ok_and(|r| matches!(r.col::<bool>(0), Ok(true)));
         if !locked {
             continue;
         }
-        let due = client
-            .query(
-                "SELECT relname::text FROM pg_stat_user_tables
-                 WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps')
-                   AND n_dead_tup > greatest($1, n_live_tup / 10)",
-                &[&VACUUM_MIN_DEAD],
-            )
-            .await;
-        match due {
-            Ok(rows) => {
-                for r in rows {
-                    let table: String = r.get(0);
+        match vacuum_due(&client).await {
+            Ok(tables) => {
+                for table in tables {
                     let started = std::time::Instant::now();
                     match client.batch_execute(&format!("VACUUM (ANALYZE) {table}")).await {
                         Ok(()) => {
@@ -370,6 +377,20 @@ async fn vacuum_loop(pool: Pool, every: Duration) {
         }
         let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&VACUUM_LOCK]).await;
     }
+}
+
+/// ferry's tables holding enough dead row versions to vacuum.
+async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT relname::text FROM pg_stat_user_tables
+             WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps')
+               AND n_dead_tup > greatest($1, n_live_tup / 10)",
+            &[&VACUUM_MIN_DEAD],
+        )
+        .await
+        .map_err(pg_err)?;
+    rows.iter().map(|r| r.col(0)).collect()
 }
 
 #[async_trait]

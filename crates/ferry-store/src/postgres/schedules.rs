@@ -5,7 +5,7 @@
 
 use super::PgStore;
 use super::jobs;
-use super::pg_err;
+use super::{RowExt, pg_err};
 use crate::ScheduleStore;
 use crate::effects::Effects;
 use crate::rows::*;
@@ -15,20 +15,20 @@ use ferry_core::schedule::{Schedule, plan_fire};
 use ferry_core::{Error, ErrorCode, Limits, Result};
 use tokio_postgres::Row;
 
-fn row(r: &Row) -> ScheduleRow {
-    (
-        r.get(0),
-        r.get(1),
-        r.get(2),
-        r.get(3),
-        r.get(4),
-        r.get::<_, i32>(5) as i64,
-        r.get(6),
-        r.get(7),
-        r.get(8),
-        r.get(9),
-        r.get(10),
-    )
+fn row(r: &Row) -> Result<ScheduleRow> {
+    Ok((
+        r.col(0)?,
+        r.col(1)?,
+        r.col(2)?,
+        r.col(3)?,
+        r.col(4)?,
+        r.col::<i32>(5)? as i64,
+        r.col(6)?,
+        r.col(7)?,
+        r.col(8)?,
+        r.col(9)?,
+        r.col(10)?,
+    ))
 }
 
 /// Runs `sql` with the schedule's columns as `$1..$11`, in [`SCHEDULE_COLS`] order.
@@ -55,7 +55,7 @@ async fn write(tx: &Transaction<'_>, sql: &str, s: &Schedule) -> Result<u64> {
 
 /// Inserts a new schedule.
 pub async fn create(tx: &Transaction<'_>, s: Schedule, limits: &Limits) -> Result<Schedule> {
-    let n: i64 = tx.query_one("SELECT count(*) FROM schedules", &[]).await.map_err(pg_err)?.get(0);
+    let n: i64 = tx.query_one("SELECT count(*) FROM schedules", &[]).await.map_err(pg_err)?.col(0)?;
     if n as usize >= limits.max_schedules {
         return Err(Error::invalid(
             "name",
@@ -91,7 +91,7 @@ pub async fn get(c: &Client, name: &str) -> Result<Schedule> {
         .await
         .map_err(pg_err)?
         .ok_or_else(|| schedule_not_found(name))?;
-    schedule_from(row(&r))
+    schedule_from(row(&r)?)
 }
 
 /// Every schedule, by name.
@@ -100,7 +100,7 @@ pub async fn list(c: &Client) -> Result<Vec<Schedule>> {
         .query(&format!("SELECT {SCHEDULE_COLS} FROM schedules ORDER BY name"), &[])
         .await
         .map_err(pg_err)?;
-    rows.iter().map(|r| schedule_from(row(r))).collect()
+    rows.iter().map(|r| schedule_from(row(r)?)).collect()
 }
 
 /// Deletes one schedule.
@@ -117,7 +117,7 @@ pub async fn next_due(c: &Client) -> Result<Option<i64>> {
         .query_one("SELECT min(next_run_at) FROM schedules WHERE NOT paused AND next_run_at IS NOT NULL", &[])
         .await
         .map_err(pg_err)?;
-    Ok(r.get(0))
+    r.col(0)
 }
 
 /// Enqueues the due ticks of up to `max` schedules no other node is firing.
@@ -141,7 +141,7 @@ pub async fn fire(
         .map_err(pg_err)?;
     let mut enqueued = 0;
     for r in rows {
-        let r = row(&r);
+        let r = row(&r)?;
         let name = r.0.clone();
         let (s, (jobs, next)) = match schedule_from(r)
             .and_then(|s| plan_fire(&s, now, limits).map(|p| (s, p)))

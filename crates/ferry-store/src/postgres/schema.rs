@@ -5,7 +5,7 @@
 //! `queues`, `event_log`, `schedules`, `api_tokens`, `workers`, `hosts`. Unlike SQLite, several
 //! processes write here, so counts per state come from a scan of the table, not from memory.
 
-use super::pg_err;
+use super::{RowExt, pg_err};
 use ferry_core::{Error, ErrorCode, Result};
 
 /// Migrations in order; index + 1 is the schema version after applying it.
@@ -153,8 +153,9 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<()> {
         .query_opt("SELECT value FROM ferry_meta WHERE key = 'schema_version'", &[])
         .await
         .map_err(pg_err)?
-        .map(|r| r.get::<_, String>(0).parse().unwrap_or(i64::MAX))
-        .unwrap_or(0);
+        .map(|r| r.col::<String>(0))
+        .transpose()?
+        .map_or(0, |v| v.parse().unwrap_or(i64::MAX));
     if current > SCHEMA_VERSION {
         return Err(Error::new(
             ErrorCode::SchemaTooNew,

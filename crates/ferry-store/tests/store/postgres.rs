@@ -134,6 +134,23 @@ async fn nodes_starting_together_migrate_once_and_newer_schemas_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_of_an_unexpected_type_is_an_internal_error_not_a_panic() {
+    let Some((nodes, guard)) = nodes(1, 1_000).await else { return };
+    let id = nodes[0].enqueue(vec![conformance::job("x")]).await.unwrap()[0].id;
+    // `priority` is read as an INTEGER: widen it behind the store's back.
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("ALTER TABLE {}.jobs ALTER COLUMN priority TYPE BIGINT", guard.0))
+        .await
+        .unwrap();
+    let err = nodes[0].get_job(id).await.expect_err("a mismatched column is an error");
+    assert_eq!(err.code, ferry_core::ErrorCode::Internal);
+    assert!(err.message.contains("column 5 (priority)"), "{}", err.message);
+    nodes[0].close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claimers_on_three_nodes_lease_each_job_once() {
     let Some((nodes, _guard)) = nodes(3, 1_000).await else { return };
     for _ in 0..5 {
