@@ -269,16 +269,17 @@ fn sqlite_val(row: &rusqlite::Row, i: usize, col: Col) -> Result<Val> {
     })
 }
 
-fn pg_val(row: &tokio_postgres::Row, i: usize, col: Col) -> Val {
+fn pg_val(row: &tokio_postgres::Row, i: usize, col: Col) -> Result<Val> {
+    use crate::postgres::RowExt;
     let opt = match col {
-        I64 => row.get::<_, Option<i64>>(i).map(Val::I64),
-        I32 => row.get::<_, Option<i32>>(i).map(Val::I32),
-        Bool => row.get::<_, Option<bool>>(i).map(Val::Bool),
-        F64 => row.get::<_, Option<f64>>(i).map(Val::F64),
-        Text => row.get::<_, Option<String>>(i).map(Val::Text),
-        Uuid => row.get::<_, Option<uuid::Uuid>>(i).map(Val::Uuid),
+        I64 => row.col::<Option<i64>>(i)?.map(Val::I64),
+        I32 => row.col::<Option<i32>>(i)?.map(Val::I32),
+        Bool => row.col::<Option<bool>>(i)?.map(Val::Bool),
+        F64 => row.col::<Option<f64>>(i)?.map(Val::F64),
+        Text => row.col::<Option<String>>(i)?.map(Val::Text),
+        Uuid => row.col::<Option<uuid::Uuid>>(i)?.map(Val::Uuid),
     };
-    opt.unwrap_or(Val::Null(col))
+    Ok(opt.unwrap_or(Val::Null(col)))
 }
 
 /// What the caller is told while the copy runs.
@@ -507,7 +508,7 @@ pub async fn sqlite_to_postgres(
         futures_util::pin_mut!(stream);
         while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream).await.map_err(pg_err)? {
             for (i, (_, c)) in t.columns.iter().enumerate() {
-                pg_val(&r, i, *c).feed(&mut h_dst);
+                pg_val(&r, i, *c)?.feed(&mut h_dst);
             }
             n_dst += 1;
         }
