@@ -8,7 +8,7 @@
 macro_rules! named_enum {
     (
         $(#[$meta:meta])* pub enum $ty:ident {
-            $($(#[doc = $doc:literal])* $variant:ident = $name:literal $(@ $code:literal)?;)+
+            $($(#[doc = $doc:literal])* $variant:ident = $name:tt $(@ $code:tt)?;)+
         }
     ) => {
         $(#[$meta])*
@@ -35,7 +35,7 @@ macro_rules! named_enum {
 
         named_enum!(@codes $ty; $($variant $($code)?;)+);
     };
-    (@codes $ty:ident; $($variant:ident $code:literal;)+) => {
+    (@codes $ty:ident; $($variant:ident $code:tt;)+) => {
         impl $ty {
             /// The code the database stores for this value.
             pub fn code(self) -> u8 {

@@ -127,6 +127,22 @@ mod tests {
     use serde_json::{Value, json};
     use tower::ServiceExt;
 
+    /// The document lists the wire names of the enums declared by `named_enum!` (a proc-macro
+    /// derive that did not see a macro-made `serde(rename)` would list the Rust names).
+    #[test]
+    fn documented_enums_use_their_wire_names() {
+        let (_, api) = routes().router.split_for_parts();
+        let doc = serde_json::to_value(&api).unwrap();
+        let names = |schema: &str| doc["components"]["schemas"][schema]["enum"].clone();
+        let wire = |all: Vec<&str>| serde_json::json!(all);
+        assert_eq!(names("EventType"), wire(ferry_core::EventType::ALL.iter().map(|t| t.as_str()).collect()));
+        assert_eq!(
+            names("SubjectKind"),
+            wire(ferry_core::SubjectKind::ALL.iter().map(|k| k.as_str()).collect())
+        );
+        assert_eq!(names("Scope"), wire(Scope::ALL.iter().map(|s| s.as_str()).collect()));
+    }
+
     /// Every operation in the OpenAPI document has a declared scope and restriction, and
     /// nothing is declared that the document does not describe.
     #[test]
