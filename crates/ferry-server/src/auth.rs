@@ -280,19 +280,32 @@ pub enum Restriction {
 
 /// Every route's [`Policy`] by method and path template, collected as the router is built.
 #[derive(Debug, Default)]
-pub struct Policies(pub(crate) HashMap<(Method, String), Policy>);
+pub struct Policies(HashMap<String, Vec<(Method, Policy)>>);
 
 impl Policies {
     /// Records what `method` on `template` asks; a route declared twice is a bug.
     pub fn declare(&mut self, method: Method, template: &str, policy: Policy) {
-        let previous = self.0.insert((method.clone(), template.to_string()), policy);
-        assert!(previous.is_none(), "{method} {template} declared twice");
+        let methods = self.0.entry(template.to_string()).or_default();
+        assert!(methods.iter().all(|(m, _)| *m != method), "{method} {template} declared twice");
+        methods.push((method, policy));
+    }
+
+    /// The declared policy of `method` on `template`, if any (looked up on every request:
+    /// by the template as a borrowed key, without allocating).
+    fn declared(&self, method: &Method, template: &str) -> Option<Policy> {
+        self.0.get(template)?.iter().find(|(m, _)| m == method).map(|(_, p)| *p)
     }
 
     /// Whether `method` on `template` was declared.
     #[cfg(test)]
     pub fn is_declared(&self, method: &Method, template: &str) -> bool {
-        self.0.contains_key(&(method.clone(), template.to_string()))
+        self.declared(method, template).is_some()
+    }
+
+    /// Every declared policy.
+    #[cfg(test)]
+    pub fn all(&self) -> impl Iterator<Item = &Policy> {
+        self.0.values().flatten().map(|(_, p)| p)
     }
 
     /// The policy of a request. HEAD is GET's; a known path with an undeclared method (405)
@@ -300,11 +313,7 @@ impl Policies {
     pub fn of(&self, method: &Method, template: Option<&str>) -> Policy {
         let method = if *method == Method::HEAD { &Method::GET } else { method };
         match template {
-            Some(t) => self
-                .0
-                .get(&(method.clone(), t.to_string()))
-                .copied()
-                .unwrap_or(Policy::needs(Scope::Read, Restriction::Open)),
+            Some(t) => self.declared(method, t).unwrap_or(Policy::needs(Scope::Read, Restriction::Open)),
             None if *method == Method::GET => Policy::needs(Scope::Read, Restriction::Open),
             None => Policy::needs(Scope::Admin, Restriction::Open),
         }

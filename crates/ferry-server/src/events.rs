@@ -75,11 +75,14 @@ impl Inner {
     fn route(&self, e: &Event, out: &mut Vec<u64>) {
         out.clear();
         out.extend(self.firehose.iter().copied());
-        e.for_each_room(|r| {
-            if let Some(set) = self.rooms.get(r) {
-                out.extend(set.iter().copied());
-            }
-        });
+        // With only firehose subscribers (or none) there is no room key to build for the event.
+        if !self.rooms.is_empty() {
+            e.for_each_room(|r| {
+                if let Some(set) = self.rooms.get(r) {
+                    out.extend(set.iter().copied());
+                }
+            });
+        }
         out.sort_unstable();
         out.dedup();
     }

@@ -60,7 +60,7 @@ impl EventBus {
 /// One stored event: `[type code, at_ms, queue, job id as a number, tags, data, subject?]`; a
 /// third of the delivered JSON's size, since storing events is on every write's path. The
 /// subject (`[kind code, id]`) is stored only when it is not the one implied by the other
-/// fields (see [`implied_subject`]), so events written before subjects existed decode to
+/// fields (see [`Implied`]), so events written before subjects existed decode to
 /// what they were about.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored<'a>(
@@ -75,21 +75,43 @@ struct Stored<'a>(
 
 /// The subject an event's other fields imply: a schedule's tick is about the schedule named in
 /// its data, another event with a job about that job, one with only a queue about the queue.
-fn implied_subject(
-    kind: EventType,
-    queue: Option<&str>,
-    job_id: Option<uuid::Uuid>,
-    data: Option<&serde_json::Value>,
-) -> Option<Subject> {
-    if kind == EventType::ScheduleFired
-        && let Some(name) = data.and_then(|d| d.get("schedule")).and_then(|n| n.as_str())
-    {
-        return Some(Subject::new(SubjectKind::Schedule, name));
+/// Borrowed, so checking it on every stored event allocates nothing.
+enum Implied<'a> {
+    Named(SubjectKind, &'a str),
+    Job(uuid::Uuid),
+}
+
+impl Implied<'_> {
+    fn of<'a>(
+        kind: EventType,
+        queue: Option<&'a str>,
+        job_id: Option<uuid::Uuid>,
+        data: Option<&'a serde_json::Value>,
+    ) -> Option<Implied<'a>> {
+        if kind == EventType::ScheduleFired
+            && let Some(name) = data.and_then(|d| d.get("schedule")).and_then(|n| n.as_str())
+        {
+            return Some(Implied::Named(SubjectKind::Schedule, name));
+        }
+        if let Some(id) = job_id {
+            return Some(Implied::Job(id));
+        }
+        queue.map(|q| Implied::Named(SubjectKind::Queue, q))
     }
-    if let Some(id) = job_id {
-        return Some(Subject::job(id));
+
+    fn is(&self, s: &Subject) -> bool {
+        match self {
+            Implied::Named(kind, name) => s.kind == *kind && s.id == *name,
+            Implied::Job(id) => s.kind == SubjectKind::Job && uuid::Uuid::parse_str(&s.id).ok() == Some(*id),
+        }
     }
-    queue.map(|q| Subject::new(SubjectKind::Queue, q))
+
+    fn subject(self) -> Subject {
+        match self {
+            Implied::Named(kind, name) => Subject::new(kind, name),
+            Implied::Job(id) => Subject::job(id),
+        }
+    }
 }
 
 /// The stored form of a batch (cursors are implied by `first_cursor` and position).
@@ -100,9 +122,9 @@ pub(crate) fn encode(events: &[Event]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let implied = implied_subject(e.kind, e.queue.as_deref(), e.job_id, e.data.as_ref());
-        let subject =
-            (implied.as_ref() != Some(&e.subject)).then(|| (e.subject.kind.code(), e.subject.id.clone()));
+        let implied = Implied::of(e.kind, e.queue.as_deref(), e.job_id, e.data.as_ref());
+        let subject = (!implied.is_some_and(|i| i.is(&e.subject)))
+            .then(|| (e.subject.kind.code(), e.subject.id.clone()));
         let row = Stored(
             e.kind.code(),
             e.at.0,
@@ -133,7 +155,8 @@ pub(crate) fn decode(first: i64, body: &str) -> Result<Vec<Event>> {
                 Some((k, id)) => {
                     Subject::new(SubjectKind::from_code(k).ok_or_else(|| corrupt(format!("kind {k}")))?, id)
                 }
-                None => implied_subject(kind, queue.as_deref(), job_id, data.as_ref())
+                None => Implied::of(kind, queue.as_deref(), job_id, data.as_ref())
+                    .map(Implied::subject)
                     .ok_or_else(|| corrupt(format!("event {} has no subject", first as u64 + i as u64)))?,
             };
             Ok(Event {

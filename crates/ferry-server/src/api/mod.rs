@@ -156,11 +156,11 @@ mod tests {
                 operations += 1;
             }
         }
-        assert_eq!(policies.0.len(), operations, "a declared route is missing from the document");
+        assert_eq!(policies.all().count(), operations, "a declared route is missing from the document");
         assert!(operations >= 44, "the document lists every route ({operations})");
         let healthz = policies.of(&axum::http::Method::GET, Some("/healthz"));
         assert_eq!(healthz, Policy::PUBLIC, "only the liveness probe is public");
-        let public = policies.0.values().filter(|p| p.scope.is_none()).count();
+        let public = policies.all().filter(|p| p.scope.is_none()).count();
         assert_eq!(public, 1);
     }
 
