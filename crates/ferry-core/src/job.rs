@@ -137,6 +137,8 @@ pub struct NewJob {
     pub backoff: Backoff,
     /// Lease length granted per claim.
     pub lease_ms: i64,
+    /// Run deadline per attempt; `None` stores NULL, read back as the default.
+    pub timeout_ms: Option<i64>,
     /// Deduplication key while a job with it is unfinished.
     pub unique_key: Option<String>,
     /// Jobs that must complete first.
@@ -225,6 +227,9 @@ pub struct ClaimedJob {
     /// When the lease lapses unless extended by a heartbeat.
     #[schema(value_type = String, format = DateTime)]
     pub lease_expires_at: Timestamp,
+    /// The run deadline of this attempt: a worker cancels and fails (retryable) a handler still
+    /// running after this long.
+    pub timeout_ms: i64,
 }
 
 /// Completion of one leased job.
@@ -316,6 +321,8 @@ pub struct Job {
     pub backoff: Backoff,
     /// Lease length per claim.
     pub lease_ms: i64,
+    /// Run deadline per attempt (86,400,000 when the producer set none).
+    pub timeout_ms: i64,
     /// Deduplication key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique_key: Option<String>,

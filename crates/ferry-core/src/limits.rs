@@ -42,6 +42,8 @@ pub struct Limits {
     pub min_lease_ms: i64,
     /// Longest lease a job or a claim may ask for.
     pub max_lease_ms: i64,
+    /// Longest run deadline a job may ask for (`timeout_ms`), per attempt.
+    pub max_timeout_ms: i64,
     /// Largest `max_attempts`.
     pub max_attempts: u32,
     /// Furthest a job may be scheduled into the future.
@@ -118,6 +120,7 @@ impl Default for Limits {
             max_wait_ms: 30_000,
             min_lease_ms: 10,
             max_lease_ms: 24 * 3_600_000,
+            max_timeout_ms: 7 * 24 * 3_600_000,
             max_attempts: 1000,
             max_delay_ms: 366 * 24 * 3_600_000,
             max_page_size: 1000,

@@ -48,6 +48,11 @@ pub struct JobSpec {
     #[serde(default, deserialize_with = "whole::opt")]
     #[schema(minimum = 10, maximum = 86_400_000)]
     pub lease_ms: Option<i64>,
+    /// Run deadline per attempt, enforced by workers (leases still apply); default 86,400,000,
+    /// within `1..=limits.max_timeout_ms`.
+    #[serde(default, deserialize_with = "whole::opt", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 604_800_000_i64)]
+    pub timeout_ms: Option<i64>,
     /// Deduplication key while a job with it is unfinished: 1..=`limits.max_unique_key_len`
     /// characters.
     #[serde(default)]
@@ -212,6 +217,21 @@ pub fn worker_name(name: &str, limits: &Limits, field: &str) -> Result<()> {
     Ok(())
 }
 
+/// A job's run deadline when it sets none: a day, so a hung handler is noticed the next day
+/// at the latest.
+pub const DEFAULT_TIMEOUT_MS: i64 = 86_400_000;
+
+/// Checks a run deadline (`timeout_ms`) against the limits.
+pub fn timeout_ms(ms: i64, limits: &Limits) -> Result<i64> {
+    if ms < 1 || ms > limits.max_timeout_ms {
+        return Err(Error::invalid(
+            "timeout_ms",
+            format!("timeout_ms must be 1..={}, got {ms}", limits.max_timeout_ms),
+        ));
+    }
+    Ok(ms)
+}
+
 /// Checks a lease length against the limits.
 pub fn lease_ms(ms: i64, limits: &Limits, field: &str) -> Result<i64> {
     if ms < limits.min_lease_ms || ms > limits.max_lease_ms {
@@ -310,6 +330,7 @@ impl JobSpec {
             return Err(Error::invalid("backoff.jitter", "jitter must be in 0..=1"));
         }
         let lease = lease_ms(self.lease_ms.unwrap_or(DEFAULT_LEASE_MS), limits, "lease_ms")?;
+        let timeout_ms = self.timeout_ms.map(|ms| timeout_ms(ms, limits)).transpose()?;
         let unique_key = match self.unique_key {
             Some(k) if k.is_empty() => {
                 return Err(Error::invalid("unique_key", "unique_key must not be empty"));
@@ -367,6 +388,7 @@ impl JobSpec {
             max_attempts,
             backoff,
             lease_ms: lease,
+            timeout_ms,
             unique_key,
             depends_on,
             tags,

@@ -83,6 +83,7 @@ pub const TABLES: &[Table] = &[
             ("updated_at", I64),
             ("started_at", I64),
             ("finished_at", I64),
+            ("timeout_ms", I64),
         ],
         key: &["seq"],
         resumable: true,

@@ -64,6 +64,9 @@ pub struct EnqueueArgs {
     /// Lease length per claim.
     #[arg(long)]
     pub lease_ms: Option<i64>,
+    /// Run deadline per attempt: workers cancel and retry a handler still running after it.
+    #[arg(long)]
+    pub timeout_ms: Option<i64>,
     /// Deduplication key.
     #[arg(long)]
     pub unique_key: Option<String>,
@@ -122,6 +125,7 @@ pub async fn enqueue(a: EnqueueArgs) -> i32 {
         max_attempts: a.max_attempts,
         backoff: None,
         lease_ms: a.lease_ms,
+        timeout_ms: a.timeout_ms,
         unique_key: a.unique_key.clone(),
         depends_on: (!a.depends_on.is_empty()).then(|| a.depends_on.clone()),
         tags: (!a.tags.is_empty()).then(|| a.tags.clone()),

@@ -308,6 +308,93 @@ pub struct FailBatchBody {
     pub items: Vec<FailItemBody>,
 }
 
+/// One item of `POST /v1/jobs/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatItemBody {
+    /// Job id.
+    pub id: String,
+    /// The current lease token.
+    pub lease: String,
+    /// New lease length from now, within `limits.min_lease_ms..=limits.max_lease_ms`; default
+    /// the job's `lease_ms`.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 10, maximum = 86_400_000)]
+    pub extend_ms: Option<i64>,
+}
+
+impl HeartbeatItemBody {
+    /// Checks item `index` (its id, lease and extension); returns what the store needs.
+    pub fn validate(&self, index: usize, limits: &Limits) -> Result<crate::HeartbeatRequest> {
+        let id = item_id(&self.id)?;
+        lease_present(&self.lease, &format!("items[{index}].lease"))?;
+        let extend_ms = self
+            .extend_ms
+            .map(|ms| validate::lease_ms(ms, limits, &format!("items[{index}].extend_ms")))
+            .transpose()?;
+        Ok(crate::HeartbeatRequest { id, lease: self.lease.clone(), extend_ms })
+    }
+}
+
+/// `POST /v1/jobs/heartbeat` body: one lease extension per in-flight job, so a worker sends
+/// one request per interval however many jobs it runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBatchBody {
+    /// The worker sending it, so the registry sees it alive between claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::validate::names::WorkerName>)]
+    pub worker: Option<String>,
+    /// Extensions, each applied on its own; at most `limits.max_batch` (else 413).
+    #[schema(max_items = 10_000)]
+    pub items: Vec<HeartbeatItemBody>,
+}
+
+/// `POST /v1/jobs/heartbeat` as the server reads it: every item must be a JSON object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBatchRequest {
+    /// The worker sending it.
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// The items, in order.
+    pub items: Vec<Obj<HeartbeatItemBody>>,
+}
+
+impl HeartbeatBatchRequest {
+    /// Checks the worker name and the number of items (413 past `limits.max_batch`).
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        if let Some(w) = &self.worker {
+            validate::worker_name(w, limits, "worker")?;
+        }
+        ItemsBody::<HeartbeatItemBody>::check_len(self.items.len(), limits)
+    }
+}
+
+/// The outcome of one heartbeat item.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatItemOutcome {
+    /// The item's job id, as sent.
+    pub id: String,
+    /// Whether the lease was extended.
+    pub ok: bool,
+    /// The lease's new expiry, when extended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub lease_expires_at: Option<Timestamp>,
+    /// Why it was not: `stale_lease` (the lease is lost: stop the work), `not_found`, or a
+    /// validation error naming the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+}
+
+/// Answer of `POST /v1/jobs/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatBatchResponse {
+    /// One outcome per item, in input order.
+    pub results: Vec<HeartbeatItemOutcome>,
+}
+
 /// `{"items":[...]}` as the server reads it: every item must be a JSON object.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,7 +406,10 @@ pub struct ItemsBody<T> {
 impl<T> ItemsBody<T> {
     /// Checks the number of items against `limits.max_batch` (413 past it).
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        let n = self.items.len();
+        Self::check_len(self.items.len(), limits)
+    }
+
+    fn check_len(n: usize, limits: &Limits) -> Result<()> {
         if n > limits.max_batch {
             return Err(Error::too_large(
                 "items",

@@ -303,6 +303,7 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
         sets.push((p("max_attempts"), "maximum", json!(l.max_attempts)));
         sets.push((p("lease_ms"), "minimum", json!(l.min_lease_ms)));
         sets.push((p("lease_ms"), "maximum", json!(l.max_lease_ms)));
+        sets.push((p("timeout_ms"), "maximum", json!(l.max_timeout_ms)));
         sets.push((p("tags"), "maxItems", json!(l.max_tags)));
     }
     sets.push((format!("{}/properties/max_ms", schema("Backoff")), "maximum", json!(l.max_delay_ms)));
@@ -311,14 +312,17 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
     sets.push((claim("lease_ms"), "minimum", json!(l.min_lease_ms)));
     sets.push((claim("lease_ms"), "maximum", json!(l.max_lease_ms)));
     sets.push((claim("wait_ms"), "maximum", json!(l.max_wait_ms)));
-    let extend = format!("{}/properties/extend_ms", schema("HeartbeatBody"));
-    sets.push((extend.clone(), "minimum", json!(l.min_lease_ms)));
-    sets.push((extend, "maximum", json!(l.max_lease_ms)));
+    for body in ["HeartbeatBody", "HeartbeatItemBody"] {
+        let extend = format!("{}/properties/extend_ms", schema(body));
+        sets.push((extend.clone(), "minimum", json!(l.min_lease_ms)));
+        sets.push((extend, "maximum", json!(l.max_lease_ms)));
+    }
     for (s, f) in [
         ("JobBatch", "jobs"),
         ("ImportBody", "jobs"),
         ("CompleteBatchBody", "items"),
         ("FailBatchBody", "items"),
+        ("HeartbeatBatchBody", "items"),
         ("DlqSelectorBody", "ids"),
     ] {
         sets.push((format!("{}/properties/{f}", schema(s)), "maxItems", json!(l.max_batch)));

@@ -147,12 +147,40 @@ pub async fn heartbeat(
 ) -> ApiResult<Json<ferry_core::HeartbeatOutcome>> {
     let id = path_id(&id)?;
     let extend = body.validate(&st.limits)?;
-    let out =
-        st.store.heartbeat(ferry_core::HeartbeatRequest { id, lease: body.lease, extend_ms: extend }).await?;
+    let req = ferry_core::HeartbeatRequest { id, lease: body.lease, extend_ms: extend };
+    let mut out = st.store.heartbeat(vec![req]).await?;
     if let Some(w) = &body.worker {
         st.sightings.note(w, st.store.clock().now_ms());
     }
-    Ok(Json(out))
+    Ok(Json(out.pop().expect("one outcome per item")?))
+}
+
+/// Extend many leases at once (one request per interval for all of a worker's jobs); each
+/// item's outcome is reported on its own, a lost lease as `ok: false` with `stale_lease`.
+#[utoipa::path(post, path = "/v1/jobs/heartbeat", tag = "jobs", request_body = HeartbeatBatchBody,
+    responses((status = 200, description = "one outcome per item, in order", body = HeartbeatBatchResponse),
+    (status = 413, description = "payload_too_large: too many items", body = ErrorBody)))]
+pub async fn heartbeat_batch(
+    State(st): State<AppState>,
+    access: Access,
+    JsonBody(body): JsonBody<HeartbeatBatchRequest>,
+) -> ApiResult<Json<HeartbeatBatchResponse>> {
+    body.validate(&st.limits)?;
+    let checked: Vec<_> =
+        body.items.into_iter().enumerate().map(|(i, Obj(it))| (it.id.clone(), it.validate(i, &st.limits))).collect();
+    let checked = only_allowed(&st, &access, checked, |h| h.id).await?;
+    let results = run_batch(checked, |items| st.store.heartbeat(items), heartbeat_outcome).await?;
+    if let Some(w) = &body.worker {
+        st.sightings.note(w, st.store.clock().now_ms());
+    }
+    Ok(Json(HeartbeatBatchResponse { results }))
+}
+
+fn heartbeat_outcome(id: String, r: ferry_core::Result<ferry_core::HeartbeatOutcome>) -> HeartbeatItemOutcome {
+    match r {
+        Ok(o) => HeartbeatItemOutcome { id, ok: true, lease_expires_at: Some(o.lease_expires_at), error: None },
+        Err(e) => HeartbeatItemOutcome { id, ok: false, lease_expires_at: None, error: Some(e) },
+    }
 }
 
 /// Record a completion (fenced by the lease).
@@ -283,21 +311,26 @@ pub async fn list(
     Ok(Json(JobsPage { jobs: page.items, next_cursor: page.next_cursor }))
 }
 
-fn item_error(id: String, e: Error) -> ItemOutcome {
-    ItemOutcome { id, ok: false, state: None, attempt: None, run_at: None, error: Some(e) }
+/// A batch item's outcome: applied (`ok` builds it) or refused with its error.
+fn item_outcome<O>(ok: impl Fn(String, O) -> ItemOutcome) -> impl Fn(String, ferry_core::Result<O>) -> ItemOutcome {
+    move |id, r| match r {
+        Ok(o) => ok(id, o),
+        Err(e) => ItemOutcome { id, ok: false, state: None, attempt: None, run_at: None, error: Some(e) },
+    }
 }
 
 /// Runs a batch whose items were checked one by one: the valid ones go to the store in one
-/// call, and every item gets its outcome back in input order.
-async fn run_batch<S, O, Fut>(
+/// call, and every item gets its outcome back in input order (`outcome` turns an item's id
+/// and result, or its error, into what the answer lists).
+async fn run_batch<S, O, R, Fut>(
     checked: Vec<(String, Result<S, Error>)>,
     call: impl FnOnce(Vec<S>) -> Fut,
-    ok: impl Fn(String, O) -> ItemOutcome,
-) -> ApiResult<Json<BatchResponse>>
+    outcome: impl Fn(String, ferry_core::Result<O>) -> R,
+) -> ApiResult<Vec<R>>
 where
     Fut: std::future::Future<Output = ferry_core::Result<Vec<ferry_core::Result<O>>>>,
 {
-    let mut results: Vec<Option<ItemOutcome>> = Vec::with_capacity(checked.len());
+    let mut results: Vec<Option<R>> = Vec::with_capacity(checked.len());
     let mut valid = Vec::with_capacity(checked.len());
     let mut slots = Vec::with_capacity(checked.len());
     for (i, (id, item)) in checked.into_iter().enumerate() {
@@ -307,20 +340,15 @@ where
                 valid.push(item);
                 results.push(None);
             }
-            Err(e) => results.push(Some(item_error(id, e))),
+            Err(e) => results.push(Some(outcome(id, Err(e)))),
         }
     }
     let outcomes = if valid.is_empty() { Vec::new() } else { call(valid).await? };
     assert_eq!(outcomes.len(), slots.len(), "the store answers every item");
     for ((i, id), r) in slots.into_iter().zip(outcomes) {
-        results[i] = Some(match r {
-            Ok(o) => ok(id, o),
-            Err(e) => item_error(id, e),
-        });
+        results[i] = Some(outcome(id, r));
     }
-    Ok(Json(BatchResponse {
-        results: results.into_iter().map(|r| r.expect("every item answered")).collect(),
-    }))
+    Ok(results.into_iter().map(|r| r.expect("every item answered")).collect())
 }
 
 /// For a restricted caller, turns each item whose job is not in its queues (or does not exist)
@@ -370,19 +398,20 @@ pub async fn complete_batch(
         })
         .collect();
     let checked = only_allowed(&st, &access, checked, |c| c.id).await?;
-    run_batch(
+    let results = run_batch(
         checked,
         |items| st.store.complete(items),
-        |id, ()| ItemOutcome {
+        item_outcome(|id, ()| ItemOutcome {
             id,
             ok: true,
             state: Some(JobState::Completed),
             attempt: None,
             run_at: None,
             error: None,
-        },
+        }),
     )
-    .await
+    .await?;
+    Ok(Json(BatchResponse { results }))
 }
 
 /// Fail many jobs; each item's outcome is reported on its own.
@@ -410,19 +439,20 @@ pub async fn fail_batch(
         })
         .collect();
     let checked = only_allowed(&st, &access, checked, |f| f.id).await?;
-    run_batch(
+    let results = run_batch(
         checked,
         |items| st.store.fail(items),
-        |id, o: ferry_core::FailOutcome| ItemOutcome {
+        item_outcome(|id, o: ferry_core::FailOutcome| ItemOutcome {
             id,
             ok: true,
             state: Some(o.state),
             attempt: Some(o.attempt),
             run_at: o.run_at,
             error: None,
-        },
+        }),
     )
-    .await
+    .await?;
+    Ok(Json(BatchResponse { results }))
 }
 
 /// Import jobs from another system (used by `ferry import-dir`): each needs a `unique_key`,
@@ -464,5 +494,6 @@ pub(super) fn routes(r: super::Routes) -> super::Routes {
         .add(routes!(cancel), Scope::Produce, PathJob)
         .add(routes!(complete_batch), Scope::Work, Handler)
         .add(routes!(fail_batch), Scope::Work, Handler)
+        .add(routes!(heartbeat_batch), Scope::Work, Handler)
         .add(routes!(import), Scope::Produce, Handler)
 }

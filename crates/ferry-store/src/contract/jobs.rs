@@ -19,8 +19,9 @@ pub trait JobStore: Send + Sync {
     /// (possibly none, never an error) when the queue's flow limits allow fewer.
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>>;
 
-    /// Extends a lease by `extend_ms` (default: the job's `lease_ms`) from now.
-    async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatOutcome>;
+    /// Extends leases by `extend_ms` (default: each job's `lease_ms`) from now, in one
+    /// transaction; each item succeeds or fails on its own (`stale_lease`, `not_found`).
+    async fn heartbeat(&self, items: Vec<HeartbeatRequest>) -> Result<Vec<Result<HeartbeatOutcome>>>;
 
     /// Gives a claimed job back unstarted: `ready` again, the attempt not counted.
     async fn release(&self, id: Uuid, lease: &str) -> Result<JobState>;

@@ -17,6 +17,7 @@ use ferry_core::{
     EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
     Page, QueueStats, ReapOutcome, Result, Timestamp,
 };
+use ferry_core::validate::DEFAULT_TIMEOUT_MS;
 use ferry_core::{HeartbeatRequest, PageRequest};
 use std::collections::BTreeMap;
 use tokio_postgres::Row;
@@ -42,8 +43,8 @@ pub async fn enqueue(
         .prepare(&format!(
             "INSERT INTO jobs (id, queue, state, priority, run_at, payload, max_attempts, backoff_base_ms,
                 backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, tags, depends_on,
-                pending_deps, cancel_reason, created_at, updated_at, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19)
+                pending_deps, cancel_reason, created_at, updated_at, finished_at, timeout_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19, $20)
              ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL AND state NOT IN {FINISHED} DO NOTHING
              RETURNING seq"
         ))
@@ -132,6 +133,7 @@ pub async fn enqueue(
                     &cancel_reason,
                     &now,
                     &state.is_finished().then_some(now),
+                    &job.timeout_ms,
                 ],
             )
             .await
@@ -202,6 +204,7 @@ struct SimpleBatch {
     jitters: Vec<f64>,
     lease_ms: Vec<i64>,
     tags: Vec<Option<String>>,
+    timeout_ms: Vec<Option<i64>>,
 }
 
 impl SimpleBatch {
@@ -218,6 +221,7 @@ impl SimpleBatch {
         self.jitters.push(job.backoff.jitter.0);
         self.lease_ms.push(job.lease_ms);
         self.tags.push(list_json(&job.tags));
+        self.timeout_ms.push(job.timeout_ms);
         self.queues.push(job.queue);
     }
 
@@ -228,13 +232,14 @@ impl SimpleBatch {
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO jobs (id, queue, state, priority, run_at, payload, max_attempts, backoff_base_ms,
-                    backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, tags, created_at, updated_at)
+                    backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, tags, created_at, updated_at, timeout_ms)
                  SELECT id, queue, state, priority, run_at, payload, max_attempts, base, factor, max_ms, jitter,
-                    lease_ms, tags, $14, $14
+                    lease_ms, tags, $14, $14, timeout_ms
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::int[],
-                    $8::bigint[], $9::float8[], $10::bigint[], $11::float8[], $12::bigint[], $13::text[])
+                    $8::bigint[], $9::float8[], $10::bigint[], $11::float8[], $12::bigint[], $13::text[],
+                    $15::bigint[])
                     AS x(id, queue, state, priority, run_at, payload, max_attempts, base, factor, max_ms, jitter,
-                         lease_ms, tags)",
+                         lease_ms, tags, timeout_ms)",
             )
             .await
             .map_err(pg_err)?;
@@ -255,6 +260,7 @@ impl SimpleBatch {
                 &self.lease_ms,
                 &self.tags,
                 &now,
+                &self.timeout_ms,
             ],
         )
         .await
@@ -326,7 +332,8 @@ pub async fn claim(
                 lease_expires_at = $1 + coalesce($2, lease_ms), worker = $3, started_at = $1, updated_at = $1
              WHERE seq IN (SELECT seq FROM jobs WHERE queue = $4 AND state = 'ready'
                            ORDER BY priority DESC, run_at, seq LIMIT $5 FOR UPDATE SKIP LOCKED)
-             RETURNING seq, id, payload, attempt, max_attempts, priority, tags, lease, lease_expires_at, run_at",
+             RETURNING seq, id, payload, attempt, max_attempts, priority, tags, lease, lease_expires_at, run_at,
+                timeout_ms",
             &[&now, &req.lease_ms, &req.worker, &req.queue, &(max as i64)],
         )
         .await
@@ -353,6 +360,7 @@ pub async fn claim(
             tags: json_list(r.col(6)?)?,
             lease: r.col(7)?,
             lease_expires_at: Timestamp(r.col(8)?),
+            timeout_ms: r.col::<Option<i64>>(10)?.unwrap_or(DEFAULT_TIMEOUT_MS),
         };
         jobs.push((r.col::<i64>(0)?, r.col::<i64>(9)?, job));
     }
@@ -955,6 +963,7 @@ fn job_from_row(r: &Row) -> Result<(i64, Job)> {
             result: r.col::<Option<String>>(23)?.map(raw).transpose()?,
             errors: json_list(r.col(24)?)?,
             cancel_reason: r.col(25)?,
+            timeout_ms: r.col::<Option<i64>>(26)?.unwrap_or(DEFAULT_TIMEOUT_MS),
         },
     ))
 }
@@ -1106,11 +1115,26 @@ impl JobStore for PgStore {
         self.tx("claim", move |tx, now, w| boxed!(super::jobs::claim(tx, now, &req, w).await)).await
     }
 
-    async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatOutcome> {
-        self.tx("heartbeat", move |tx, now, _| {
-            boxed!(super::jobs::heartbeat(tx, now, req.id, &req.lease, req.extend_ms).await)
-        })
-        .await
+    async fn heartbeat(&self, items: Vec<HeartbeatRequest>) -> Result<Vec<Result<HeartbeatOutcome>>> {
+        let out = self
+            .tx("heartbeat", move |tx, now, _| {
+                boxed!({
+                    let mut out = Vec::with_capacity(items.len());
+                    for req in items {
+                        out.push(
+                            match super::jobs::heartbeat(tx, now, req.id, &req.lease, req.extend_ms).await {
+                                Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                                    return Err(e);
+                                }
+                                r => r,
+                            },
+                        );
+                    }
+                    Ok(out)
+                })
+            })
+            .await;
+        self.metrics.stale_items(out)
     }
 
     async fn release(&self, id: Uuid, lease: &str) -> Result<JobState> {

@@ -17,6 +17,7 @@ use ferry_core::{
     EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
     Page, QueueStats, ReapOutcome, Result, Timestamp,
 };
+use ferry_core::validate::DEFAULT_TIMEOUT_MS;
 use ferry_core::{HeartbeatRequest, PageRequest};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
@@ -42,8 +43,8 @@ pub fn enqueue(
         .prepare_cached(
             "INSERT INTO jobs (id, queue, state, priority, run_at, payload, max_attempts, backoff_base_ms,
                 backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, tags, depends_on,
-                pending_deps, cancel_reason, created_at, updated_at, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19)",
+                pending_deps, cancel_reason, created_at, updated_at, finished_at, timeout_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19, ?20)",
         )
         .map_err(db_err)?;
     let mut add_dep = conn
@@ -117,6 +118,7 @@ pub fn enqueue(
                 cancel_reason,
                 now,
                 (state.is_finished()).then_some(now),
+                job.timeout_ms,
             ])
             .map_err(db_err)?;
         if let Some(ferry_core::Import::Completed { result }) = &job.import {
@@ -187,7 +189,8 @@ pub fn claim(
                 lease_expires_at = ?1 + coalesce(?2, lease_ms), worker = ?3, started_at = ?1, updated_at = ?1
              WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?4 AND state = 'ready'
                            ORDER BY priority DESC, run_at, seq LIMIT ?5)
-             RETURNING seq, id, payload, attempt, max_attempts, priority, tags, lease, lease_expires_at, run_at",
+             RETURNING seq, id, payload, attempt, max_attempts, priority, tags, lease, lease_expires_at, run_at,
+                timeout_ms",
         )
         .map_err(db_err)?;
     let mut rows =
@@ -204,6 +207,7 @@ pub fn claim(
             tags: json_list(r.get(6).map_err(db_err)?)?,
             lease: r.get(7).map_err(db_err)?,
             lease_expires_at: Timestamp(r.get(8).map_err(db_err)?),
+            timeout_ms: r.get::<_, Option<i64>>(10).map_err(db_err)?.unwrap_or(DEFAULT_TIMEOUT_MS),
         };
         jobs.push((r.get(0).map_err(db_err)?, r.get(9).map_err(db_err)?, job));
     }
@@ -764,6 +768,7 @@ fn job_from_row(r: &Row) -> Result<(i64, Job)> {
             result: r.get::<_, Option<String>>(23).map_err(g)?.map(raw).transpose()?,
             errors: json_list(r.get(24).map_err(g)?)?,
             cancel_reason: r.get(25).map_err(g)?,
+            timeout_ms: r.get::<_, Option<i64>>(26).map_err(g)?.unwrap_or(DEFAULT_TIMEOUT_MS),
         },
     ))
 }
@@ -955,11 +960,20 @@ impl JobStore for SqliteStore {
         self.metrics.timed("claim", claim).await
     }
 
-    async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatOutcome> {
-        self.write("heartbeat", move |c, now, _| {
-            super::jobs::heartbeat(c, now, req.id, &req.lease, req.extend_ms)
-        })
-        .await
+    async fn heartbeat(&self, items: Vec<HeartbeatRequest>) -> Result<Vec<Result<HeartbeatOutcome>>> {
+        let out = self
+            .write("heartbeat", move |c, now, _| {
+                let mut out = Vec::with_capacity(items.len());
+                for req in items {
+                    out.push(match super::jobs::heartbeat(c, now, req.id, &req.lease, req.extend_ms) {
+                        Err(e) if writer::is_storage_error(&e) => return Err(e),
+                        r => r,
+                    });
+                }
+                Ok(out)
+            })
+            .await;
+        self.metrics.stale_items(out)
     }
 
     async fn release(&self, id: Uuid, lease: &str) -> Result<JobState> {

@@ -126,6 +126,10 @@ CREATE UNIQUE INDEX jobs_unique_key ON jobs (queue, unique_key)
     WHERE unique_key IS NOT NULL AND state NOT IN ('completed', 'dead', 'cancelled');
 CREATE INDEX jobs_unique_key_any ON jobs (queue, unique_key, seq) WHERE unique_key IS NOT NULL;
 "#,
+    r#"
+-- A job's run deadline per attempt, enforced by workers; NULL is the default (a day).
+ALTER TABLE jobs ADD COLUMN timeout_ms INTEGER;
+"#,
 ];
 
 /// The schema version this build writes.
