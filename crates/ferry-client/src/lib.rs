@@ -275,6 +275,12 @@ impl Client {
         self.post("/v1/jobs/fail", &FailBatchBody { items }).await
     }
 
+    /// Extends many leases in one request (a worker's whole in-flight set); one outcome per
+    /// item, a lost lease as `ok: false` with `stale_lease`.
+    pub async fn heartbeat_batch(&self, items: Vec<HeartbeatItemBody>) -> Result<HeartbeatBatchResponse> {
+        self.post("/v1/jobs/heartbeat", &HeartbeatBatchBody { worker: self.name.clone(), items }).await
+    }
+
     /// Cancels a job that is not running.
     pub async fn cancel(&self, id: &str, reason: Option<&str>) -> Result<StateResponse> {
         self.post(&format!("/v1/jobs/{id}/cancel"), &CancelBody { reason: reason.map(String::from) }).await

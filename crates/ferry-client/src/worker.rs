@@ -4,6 +4,8 @@
 //! Safety rules it keeps:
 //! - a handler whose heartbeat learns the lease is gone (409/404) is cancelled (its future is
 //!   dropped) and its result discarded: a timed-out job never runs beside its retry;
+//! - a handler still running at its job's `timeout_ms` is cancelled and the job failed as
+//!   retryable (`timed out after N ms`);
 //! - it claims only as many jobs as it has free handler slots, and a job that arrives after
 //!   shutdown began is released unstarted (not failed, its attempt not counted);
 //! - reports are retried on transient errors (connection loss, 429/5xx) with backoff;
@@ -38,6 +40,9 @@ pub struct JobContext {
     pub payload: Box<RawValue>,
     /// Its tags.
     pub tags: Vec<String>,
+    /// The run deadline of this attempt: past it the handler is cancelled and the job failed
+    /// (retryable).
+    pub timeout_ms: i64,
 }
 
 impl JobContext {
@@ -89,6 +94,8 @@ pub struct WorkerStats {
     pub lease_lost: AtomicU64,
     /// Jobs released unstarted at shutdown.
     pub released: AtomicU64,
+    /// Handlers cancelled at their job's `timeout_ms` (and failed as retryable).
+    pub timed_out: AtomicU64,
     /// Reports the server refused (stale lease): the job was handled elsewhere.
     pub rejected: AtomicU64,
 }
@@ -285,6 +292,7 @@ async fn run_one(
         max_attempts: job.max_attempts,
         payload: job.payload.clone(),
         tags: job.tags.clone(),
+        timeout_ms: job.timeout_ms,
     };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -306,9 +314,14 @@ async fn run_one(
             }
         }
     };
+    let timeout = Duration::from_millis(job.timeout_ms.max(1) as u64);
     let outcome = tokio::select! {
         r = handler(ctx) => Some(r),
         _ = heartbeat => None,
+        _ = tokio::time::sleep(timeout) => {
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            Some(Err(JobError::retry(format!("timed out after {} ms", job.timeout_ms))))
+        }
     };
     let report = match outcome {
         None => {

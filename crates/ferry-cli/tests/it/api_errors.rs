@@ -88,7 +88,10 @@ fn body_endpoints() -> Vec<String> {
     for action in ["heartbeat", "complete", "fail", "release", "cancel"] {
         v.push(format!("/v1/jobs/{UNKNOWN_ID}/{action}"));
     }
-    v.extend(["/v1/jobs/complete", "/v1/jobs/fail", "/v1/dlq/replay", "/v1/dlq/purge"].map(String::from));
+    v.extend(
+        ["/v1/jobs/complete", "/v1/jobs/fail", "/v1/jobs/heartbeat", "/v1/dlq/replay", "/v1/dlq/purge"]
+            .map(String::from),
+    );
     v
 }
 
@@ -142,6 +145,7 @@ async fn trailing_garbage_after_json_is_400_and_changes_nothing() {
         (format!("/v1/jobs/{running}/complete"), format!("{lease_json} x")),
         (format!("/v1/jobs/{later}/cancel"), r#"{"reason":"r"} x"#.to_string()),
         ("/v1/jobs/complete".to_string(), r#"{"items":[]} x"#.to_string()),
+        ("/v1/jobs/heartbeat".to_string(), r#"{"items":[]} x"#.to_string()),
         ("/v1/dlq/replay".to_string(), r#"{"queue":"tg"} x"#.to_string()),
         ("/v1/dlq/purge".to_string(), r#"{"queue":"tg"}}"#.to_string()),
     ];
@@ -542,6 +546,35 @@ async fn batch_complete_reports_each_item() {
     assert_first_ok_rest_refused("batch complete", &got, &ids);
     assert_eq!(job_state(&s, &good).await, "completed");
     assert_eq!(job_state(&s, &stale).await, "running");
+}
+
+#[tokio::test]
+async fn batch_heartbeat_reports_each_item() {
+    let s = Server::start();
+    let (good, lease) = enqueue_and_claim(&s, "bh").await;
+    let (stale, _) = enqueue_and_claim(&s, "bh").await;
+    let before = get(&s.at(&format!("/v1/jobs/{good}"))).await.1["lease_expires_at"].clone();
+    let ids = [good.as_str(), stale.as_str(), UNKNOWN_ID, "not-a-uuid"];
+    let body = json!({"worker": "w1", "items": [
+        {"id": good, "lease": lease, "extend_ms": 120000},
+        {"id": stale, "lease": "1.not-the-lease"},
+        {"id": UNKNOWN_ID, "lease": "x"},
+        {"id": "not-a-uuid", "lease": "x"},
+    ]});
+    let got = post_raw(&s.at("/v1/jobs/heartbeat"), &body.to_string()).await;
+    assert_first_ok_rest_refused("batch heartbeat", &got, &ids);
+    let results = &got.1["results"];
+    assert_eq!(results[1]["error"]["code"], "stale_lease", "{results}");
+    assert_eq!(results[2]["error"]["code"], "not_found", "{results}");
+    let after = &results[0]["lease_expires_at"];
+    assert!(after.as_str() > before.as_str(), "the lease was extended: {before} -> {after}");
+    assert_eq!(get(&s.at(&format!("/v1/jobs/{good}"))).await.1["lease_expires_at"], *after);
+    // A bad extension names its item; the others still apply.
+    let body = json!({"items": [{"id": good, "lease": lease, "extend_ms": 1}, {"id": good, "lease": lease}]});
+    let (st, r) = post_raw(&s.at("/v1/jobs/heartbeat"), &body.to_string()).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["results"][0]["error"]["field"], "items[0].extend_ms", "{r}");
+    assert_eq!(r["results"][1]["ok"], true, "{r}");
 }
 
 #[tokio::test]

@@ -418,6 +418,7 @@ async fn openapi_document_covers_every_route() {
         ("post", "/v1/jobs/{id}/cancel"),
         ("post", "/v1/jobs/complete"),
         ("post", "/v1/jobs/fail"),
+        ("post", "/v1/jobs/heartbeat"),
         ("post", "/v1/import"),
         ("get", "/v1/queues"),
         ("post", "/v1/queues/{queue}/pause"),
@@ -559,4 +560,42 @@ async fn cli_commands_work_and_fail_with_the_servers_message() {
     for cmd in ["serve", "enqueue", "jobs", "dlq", "queues", "bench"] {
         assert!(out.contains(cmd), "--help lacks {cmd}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_worker_enforces_timeout_ms_and_retries() {
+    let s = Server::start();
+    let c = Client::new(&s.url);
+    let backoff = Some(ferry_core::Backoff { base_ms: 10, ..Default::default() });
+    // The handler outlives its 200 ms deadline on the first two attempts, then is quick.
+    let spec = JobSpec { timeout_ms: Some(200), max_attempts: Some(3), backoff, ..spec("deadline") };
+    let id = c.enqueue(&spec).await.unwrap().id;
+    let got = c.get_job(&id.to_string()).await.unwrap();
+    assert_eq!(got.timeout_ms, 200, "timeout_ms round trip");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::new(c.clone(), "w").wait_ms(200).handle("deadline", |ctx| async move {
+        assert_eq!(ctx.timeout_ms, 200);
+        if ctx.attempt < 3 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Ok(None)
+    });
+    let run = tokio::spawn(worker.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let j = loop {
+        let j = c.get_job(&id.to_string()).await.unwrap();
+        if j.state == JobState::Completed {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "not done: {:?} after {:?}", j.state, j.errors);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = stop_tx.send(());
+    let stats = run.await.unwrap();
+    assert_eq!(j.attempt, 3);
+    let messages: Vec<&str> = j.errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["timed out after 200 ms", "timed out after 200 ms"]);
+    assert_eq!(stats.timed_out.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

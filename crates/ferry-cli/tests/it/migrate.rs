@@ -44,7 +44,10 @@ async fn build_source(path: &std::path::Path) -> BTreeMap<String, BTreeMap<JobSt
             0 => j.run_at = ferry_core::RunAt::Delay(3_600_000),
             1 => j.unique_key = Some(format!("u{i}")),
             2 => j.depends_on = vec![parent],
-            _ => j.tags = vec!["t".into()],
+            _ => {
+                j.tags = vec!["t".into()];
+                j.timeout_ms = Some(12_345);
+            }
         }
         extra.push(j);
     }
@@ -170,6 +173,10 @@ async fn two_hundred_thousand_jobs_move_to_postgres_and_are_served_from_there() 
     assert_eq!(got, expected, "counts per queue and state survive the migration");
     let paused = c.queues().await.unwrap().queues.into_iter().find(|q| q.queue == "extra").unwrap().paused;
     assert!(paused, "queue settings survive");
+    let extra = c.list_jobs(Some("extra"), None, Some(8), None).await.unwrap().jobs;
+    let timeouts: Vec<i64> = extra.iter().map(|j| j.timeout_ms).collect();
+    let default = ferry_core::validate::DEFAULT_TIMEOUT_MS;
+    assert_eq!(timeouts, [default, default, default, 12_345].repeat(2), "run deadlines survive (NULL stays default)");
     let ready = c
         .claim("even", &ClaimBody { worker: Some("pg".into()), max: Some(1), ..Default::default() })
         .await

@@ -680,7 +680,7 @@ async fn every_input_limit_is_enforced_one_past_it() {
         "[limits]\nmax_payload_bytes = 100\nmax_batch = 3\nmax_queue_name_len = 8\nmax_worker_name_len = 6\n\
          max_tags = 2\nmax_tag_len = 5\nmax_unique_key_len = 10\nmax_depends_on = 1\nmax_claim = 4\n\
          max_wait_ms = 1000\nmax_page_size = 5\nmax_request_bytes = 4096\nmax_ws_message_bytes = 64\n\
-         max_name_len = 6\nmax_url_len = 40\n",
+         max_name_len = 6\nmax_url_len = 40\nmax_timeout_ms = 1000\n",
         &[],
     );
     bounded(60, async {
@@ -700,6 +700,15 @@ async fn every_input_limit_is_enforced_one_past_it() {
         );
         assert_eq!(post(&s, "/v1/jobs", batch("q", 3)).await.status, 201);
         check(post(&s, "/v1/jobs", batch("q", 4)).await, 413, "jobs", "batch");
+        let timeout = |ms: u64| json!({"queue": "q", "payload": {}, "timeout_ms": ms});
+        assert_eq!(post(&s, "/v1/jobs", timeout(1000)).await.status, 201);
+        check(post(&s, "/v1/jobs", timeout(1001)).await, 422, "timeout_ms", "run deadline");
+        let beats = |n: usize| {
+            let item = json!({"id": "01a23b7b-8c8c-7726-982b-341f6721df1c", "lease": "1.x"});
+            json!({"worker": "w", "items": vec![item; n]})
+        };
+        assert_eq!(post(&s, "/v1/jobs/heartbeat", beats(3)).await.status, 200);
+        check(post(&s, "/v1/jobs/heartbeat", beats(4)).await, 413, "items", "heartbeat batch");
         assert_eq!(post(&s, "/v1/jobs", job("q2345678")).await.status, 201);
         check(post(&s, "/v1/jobs", job("q23456789")).await, 422, "queue", "queue name");
         let tags = |t: Vec<&str>| json!({"queue": "q", "payload": {}, "tags": t});

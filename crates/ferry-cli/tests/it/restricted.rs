@@ -1149,6 +1149,18 @@ fn variants(key: &str, fx: &Fx, who: usize) -> Option<Vec<Variant>> {
                     .twin(post("/v1/jobs/complete", items(n1))),
             ]
         }
+        "POST /v1/jobs/heartbeat" => {
+            let items = |id: &str| json!({"worker": "worker-x", "items": [{"id": id, "lease": lease0}]});
+            vec![
+                v(
+                    "batch-heartbeat b's running job with its real lease",
+                    post("/v1/jobs/heartbeat?queue=a", items(run0)),
+                )
+                .twin(post("/v1/jobs/heartbeat?queue=a", items(n1))),
+                v("batch-heartbeat b's running job without ?queue", post("/v1/jobs/heartbeat", items(run0)))
+                    .twin(post("/v1/jobs/heartbeat", items(n1))),
+            ]
+        }
         "POST /v1/jobs/fail" => {
             let items =
                 |id: &str| json!({"items": [{"id": id, "lease": lease2, "error": "x", "retry": false}]});

@@ -4,7 +4,7 @@
 //! the dead-letter queue (replay, purge), listing with pagination, and error truncation.
 
 use super::{
-    Harness, T0, claim, claim_one, complete, enqueue1, fail, job, job_with, make_dead, no_backoff, raw,
+    Harness, T0, claim, claim_one, complete, enqueue1, fail, heartbeat, job, job_with, make_dead, no_backoff, raw,
     state, waiter,
 };
 use ferry_core::*;
@@ -136,9 +136,7 @@ pub async fn complete_requires_current_lease(h: Harness) {
     assert_eq!(state(&h, id).await, JobState::Running, "a stale complete changes nothing");
     let e = complete(&h, Uuid::now_v7(), &c.lease).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
-    let e = h
-        .store
-        .heartbeat(HeartbeatRequest { id, lease: "nope".to_string(), extend_ms: None })
+    let e = heartbeat(&h, HeartbeatRequest { id, lease: "nope".to_string(), extend_ms: None })
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::StaleLease);
@@ -198,19 +196,16 @@ pub async fn heartbeat_extends_live_lease_only(h: Harness) {
     assert_eq!(c.lease_expires_at, Timestamp(T0 + 1_000));
     h.clock.advance(900);
     let hb =
-        h.store.heartbeat(HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None }).await.unwrap();
+        heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None }).await.unwrap();
     assert_eq!(hb.lease_expires_at, Timestamp(T0 + 900 + 1_000));
-    let hb = h
-        .store
-        .heartbeat(HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: Some(5_000) })
+    let hb = heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: Some(5_000) })
         .await
         .unwrap();
     assert_eq!(hb.lease_expires_at, Timestamp(T0 + 900 + 5_000));
     h.clock.advance(5_000);
     // Expired (even before the reaper ran): stale everywhere.
     assert_eq!(
-        h.store
-            .heartbeat(HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None })
+        heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None })
             .await
             .unwrap_err()
             .code,
@@ -218,8 +213,7 @@ pub async fn heartbeat_extends_live_lease_only(h: Harness) {
     );
     assert_eq!(complete(&h, id, &c.lease).await.unwrap_err().code, ErrorCode::StaleLease);
     assert_eq!(
-        h.store
-            .heartbeat(HeartbeatRequest { id: Uuid::now_v7(), lease: "x".to_string(), extend_ms: None })
+        heartbeat(&h, HeartbeatRequest { id: Uuid::now_v7(), lease: "x".to_string(), extend_ms: None })
             .await
             .unwrap_err()
             .code,
@@ -229,6 +223,43 @@ pub async fn heartbeat_extends_live_lease_only(h: Harness) {
 }
 
 // ---------- failures, retries, DLQ ----------
+
+pub async fn heartbeat_batch_answers_each_item(h: Harness) {
+    h.store.enqueue(vec![job("q"), job("q")]).await.unwrap();
+    let cs = claim(&h, "q", 2).await;
+    let done = cs[1].clone();
+    complete(&h, done.id, &done.lease).await.unwrap();
+    h.clock.advance(100);
+    let items = vec![
+        HeartbeatRequest { id: cs[0].id, lease: cs[0].lease.clone(), extend_ms: Some(2_000) },
+        HeartbeatRequest { id: done.id, lease: done.lease.clone(), extend_ms: None },
+        HeartbeatRequest { id: cs[0].id, lease: "1.stale".into(), extend_ms: None },
+        HeartbeatRequest { id: Uuid::now_v7(), lease: "x".into(), extend_ms: None },
+    ];
+    let out = h.store.heartbeat(items).await.unwrap();
+    assert_eq!(out.len(), 4, "one outcome per item, in order");
+    assert_eq!(out[0].as_ref().unwrap().lease_expires_at, Timestamp(T0 + 100 + 2_000));
+    assert_eq!(out[1].as_ref().unwrap_err().code, ErrorCode::StaleLease, "a finished job's lease is stale");
+    assert_eq!(out[2].as_ref().unwrap_err().code, ErrorCode::StaleLease);
+    assert_eq!(out[3].as_ref().unwrap_err().code, ErrorCode::NotFound);
+    let j = h.store.get_job(cs[0].id).await.unwrap();
+    assert_eq!(j.lease_expires_at, Some(Timestamp(T0 + 100 + 2_000)), "the live item was applied");
+    assert!(h.store.heartbeat(Vec::new()).await.unwrap().is_empty());
+    h.finish().await;
+}
+
+pub async fn timeout_is_stored_and_claimed(h: Harness) {
+    let set = enqueue1(&h, job_with(|s| s.timeout_ms = Some(5_000))).await;
+    let unset = enqueue1(&h, job("q")).await;
+    assert_eq!(h.store.get_job(set).await.unwrap().timeout_ms, 5_000);
+    assert_eq!(h.store.get_job(unset).await.unwrap().timeout_ms, ferry_core::validate::DEFAULT_TIMEOUT_MS);
+    let batch: Vec<NewJob> = (0..3).map(|i| job_with(|s| s.timeout_ms = Some(1_000 + i))).collect();
+    h.store.enqueue(batch).await.unwrap();
+    let cs = claim(&h, "q", 5).await;
+    let timeouts: Vec<i64> = cs.iter().map(|c| c.timeout_ms).collect();
+    assert_eq!(timeouts, vec![5_000, ferry_core::validate::DEFAULT_TIMEOUT_MS, 1_000, 1_001, 1_002]);
+    h.finish().await;
+}
 
 pub async fn fail_retries_with_backoff(h: Harness) {
     let b = Backoff { base_ms: 1_000, factor: 3.0, max_ms: 5_000, jitter: Jitter(0.0) };
@@ -841,7 +872,8 @@ macro_rules! jobs_rules {
             enqueue_and_get, payload_is_kept_verbatim, batch_is_all_or_nothing, claim_order,
             claim_respects_max_and_hands_distinct_leases, complete_requires_current_lease,
             complete_is_idempotent_for_its_own_lease, release_returns_job_uncounted,
-            heartbeat_extends_live_lease_only, fail_retries_with_backoff, fail_until_dead_keeps_history,
+            heartbeat_extends_live_lease_only, heartbeat_batch_answers_each_item, timeout_is_stored_and_claimed,
+            fail_retries_with_backoff, fail_until_dead_keeps_history,
             fail_without_retry_is_dead, fail_repeat_answers_same_outcome, dlq_replay_by_ids_and_queue,
             dlq_replay_keeps_unique_keys_unique, dlq_purge, reaper_requeues_expired_leases,
             reaper_kills_at_max_attempts, reaper_never_overwrites_completed, unique_jobs,

@@ -176,6 +176,10 @@ pub async fn complete(h: &Harness, id: Uuid, lease: &str) -> Result<()> {
         .unwrap()
 }
 
+pub async fn heartbeat(h: &Harness, req: HeartbeatRequest) -> Result<HeartbeatOutcome> {
+    h.store.heartbeat(vec![req]).await.unwrap().pop().unwrap()
+}
+
 pub async fn fail(h: &Harness, id: Uuid, lease: &str, retry: bool) -> Result<FailOutcome> {
     h.store
         .fail(vec![FailItem { id, lease: lease.into(), error: "boom".into(), retry }])

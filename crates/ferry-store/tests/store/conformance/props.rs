@@ -6,7 +6,7 @@
 //! unexpired (a repeat of the worker's own final report is answered the same); a completed
 //! job stays completed; attempts count up by one per claim.
 
-use super::Harness;
+use super::{Harness, heartbeat};
 use ferry_core::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -161,9 +161,7 @@ async fn run_case(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let m = &mut jobs[pick as usize % n];
                 let lease = m.pick_lease(false);
                 let expect_ok = m.live(&lease, now);
-                match h
-                    .store
-                    .heartbeat(HeartbeatRequest { id: m.id, lease: lease.clone(), extend_ms: None })
+                match heartbeat(&h, HeartbeatRequest { id: m.id, lease: lease.clone(), extend_ms: None })
                     .await
                 {
                     Ok(hb) => {
