@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The Python SDK's checks: pytest against the real server binary (SQLite; the PostgreSQL-marked
+# tests also on PostgreSQL), with the `pydantic` extra and again without it, then mypy --strict
+# and ruff (lint and format). Two venvs under target/ (made on first use; `--install-only`
+# makes them and stops, which CI runs in the background while Rust compiles).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../../.." && pwd)
+sdk=$root/sdk/python
+with=${FERRY_PY_VENV:-$root/target/py-venv}
+without=$with-nopydantic
+
+make_venv() { # dir extras
+  if [ ! -x "$1/bin/pytest" ]; then
+    python3 -m venv "$1"
+    "$1/bin/pip" install -q --disable-pip-version-check -e "$sdk[$2]"
+  fi
+}
+make_venv "$with" "pydantic,ws,dev" &
+first=$!
+make_venv "$without" "ws,dev" &
+second=$!
+wait "$first" && wait "$second" || { echo "python: venv install failed" >&2; exit 1; }
+[ "${1:-}" = "--install-only" ] && exit 0
+
+export FERRY_BIN=${FERRY_BIN:-$root/target/debug/ferry}
+export FERRY_TEST_PG_URL=${FERRY_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+if [ ! -x "$FERRY_BIN" ]; then
+  echo "python: no server binary at $FERRY_BIN (cargo build first)" >&2
+  exit 1
+fi
+cd "$sdk"
+step() { echo "python: $1"; }
+t0=$(date +%s)
+step "pytest (with pydantic)"
+"$with/bin/pytest" -q -p no:cacheprovider
+t1=$(date +%s)
+step "pytest (without pydantic; the long runs are not repeated)"
+"$without/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("pydantic") is not None)' \
+  || { echo "python: pydantic is installed in the no-pydantic venv" >&2; exit 1; }
+"$without/bin/pytest" -q -p no:cacheprovider -m "not slow"
+t2=$(date +%s)
+step "mypy --strict and ruff"
+"$with/bin/mypy" --strict
+"$with/bin/ruff" check src tests
+"$with/bin/ruff" format --check src tests
+t3=$(date +%s)
+echo "python: pytest $((t1 - t0)) s, pytest without pydantic $((t2 - t1)) s, lints $((t3 - t2)) s"
