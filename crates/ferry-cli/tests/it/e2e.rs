@@ -599,3 +599,56 @@ async fn sdk_worker_enforces_timeout_ms_and_retries() {
     assert_eq!(messages, ["timed out after 200 ms", "timed out after 200 ms"]);
     assert_eq!(stats.timed_out.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// `timeout_ms` is accepted wherever a job spec is: enqueue (one and a batch), import and a
+/// schedule's job, whose ticks carry it; 0 is refused everywhere, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_ms_is_accepted_wherever_a_job_spec_is() {
+    let s = Server::start();
+    let timeout_of = async |id: &str| get(&s.at(&format!("/v1/jobs/{id}"))).await.1["timeout_ms"].clone();
+    let (st, one) = post_raw(&s.at("/v1/jobs"), r#"{"queue":"tq","timeout_ms":1500}"#).await;
+    assert_eq!(st, 201, "{one}");
+    assert_eq!(timeout_of(one["id"].as_str().unwrap()).await, 1500);
+    let (st, batch) =
+        post_raw(&s.at("/v1/jobs"), r#"{"jobs":[{"queue":"tq","timeout_ms":7},{"queue":"tq"}]}"#).await;
+    assert_eq!(st, 201, "{batch}");
+    assert_eq!(timeout_of(batch["ids"][0].as_str().unwrap()).await, 7);
+    assert_eq!(timeout_of(batch["ids"][1].as_str().unwrap()).await, 86_400_000, "the default");
+    let (st, imported) = post_raw(
+        &s.at("/v1/import"),
+        r#"{"jobs":[{"job":{"queue":"tq","unique_key":"imp-1","timeout_ms":2500}}]}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{imported}");
+    assert_eq!(timeout_of(imported["ids"][0].as_str().unwrap()).await, 2500);
+    let bad = [
+        ("/v1/jobs", r#"{"queue":"tq","timeout_ms":0}"#, "timeout_ms"),
+        ("/v1/jobs", r#"{"jobs":[{"queue":"tq"},{"queue":"tq","timeout_ms":0}]}"#, "jobs[1].timeout_ms"),
+        (
+            "/v1/schedules",
+            r#"{"name":"tsb","cron":"@daily","job":{"queue":"ts","timeout_ms":0}}"#,
+            "job.timeout_ms",
+        ),
+    ];
+    for (path, body, field) in bad {
+        let (st, e) = post_raw(&s.at(path), body).await;
+        assert_eq!((st, e["error"]["field"].as_str()), (422, Some(field)), "{path} {body}: {e}");
+    }
+    let (st, sched) = post_raw(
+        &s.at("/v1/schedules"),
+        r#"{"name":"tsch","cron":"* * * * * *","job":{"queue":"ts","timeout_ms":4321}}"#,
+    )
+    .await;
+    assert_eq!(st, 201, "{sched}");
+    assert_eq!(sched["job"]["timeout_ms"], 4321, "the template keeps it: {sched}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ticked = loop {
+        let (_, page) = get(&s.at("/v1/jobs?queue=ts")).await;
+        if let Some(j) = page["jobs"].get(0) {
+            break j.clone();
+        }
+        assert!(Instant::now() < deadline, "the schedule never ticked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ticked["timeout_ms"], 4321, "{ticked}");
+}

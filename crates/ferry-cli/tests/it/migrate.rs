@@ -176,7 +176,11 @@ async fn two_hundred_thousand_jobs_move_to_postgres_and_are_served_from_there() 
     let extra = c.list_jobs(Some("extra"), None, Some(8), None).await.unwrap().jobs;
     let timeouts: Vec<i64> = extra.iter().map(|j| j.timeout_ms).collect();
     let default = ferry_core::validate::DEFAULT_TIMEOUT_MS;
-    assert_eq!(timeouts, [default, default, default, 12_345].repeat(2), "run deadlines survive (NULL stays default)");
+    assert_eq!(
+        timeouts,
+        [default, default, default, 12_345].repeat(2),
+        "run deadlines survive (NULL stays default)"
+    );
     let ready = c
         .claim("even", &ClaimBody { worker: Some("pg".into()), max: Some(1), ..Default::default() })
         .await

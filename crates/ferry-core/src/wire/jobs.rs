@@ -318,7 +318,11 @@ pub struct HeartbeatItemBody {
     pub lease: String,
     /// New lease length from now, within `limits.min_lease_ms..=limits.max_lease_ms`; default
     /// the job's `lease_ms`.
-    #[serde(default, deserialize_with = "crate::validate::whole::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::validate::whole::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 10, maximum = 86_400_000)]
     pub extend_ms: Option<i64>,
 }

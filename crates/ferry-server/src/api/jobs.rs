@@ -166,8 +166,12 @@ pub async fn heartbeat_batch(
     JsonBody(body): JsonBody<HeartbeatBatchRequest>,
 ) -> ApiResult<Json<HeartbeatBatchResponse>> {
     body.validate(&st.limits)?;
-    let checked: Vec<_> =
-        body.items.into_iter().enumerate().map(|(i, Obj(it))| (it.id.clone(), it.validate(i, &st.limits))).collect();
+    let checked: Vec<_> = body
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(i, Obj(it))| (it.id.clone(), it.validate(i, &st.limits)))
+        .collect();
     let checked = only_allowed(&st, &access, checked, |h| h.id).await?;
     let results = run_batch(checked, |items| st.store.heartbeat(items), heartbeat_outcome).await?;
     if let Some(w) = &body.worker {
@@ -176,9 +180,14 @@ pub async fn heartbeat_batch(
     Ok(Json(HeartbeatBatchResponse { results }))
 }
 
-fn heartbeat_outcome(id: String, r: ferry_core::Result<ferry_core::HeartbeatOutcome>) -> HeartbeatItemOutcome {
+fn heartbeat_outcome(
+    id: String,
+    r: ferry_core::Result<ferry_core::HeartbeatOutcome>,
+) -> HeartbeatItemOutcome {
     match r {
-        Ok(o) => HeartbeatItemOutcome { id, ok: true, lease_expires_at: Some(o.lease_expires_at), error: None },
+        Ok(o) => {
+            HeartbeatItemOutcome { id, ok: true, lease_expires_at: Some(o.lease_expires_at), error: None }
+        }
         Err(e) => HeartbeatItemOutcome { id, ok: false, lease_expires_at: None, error: Some(e) },
     }
 }
@@ -312,7 +321,9 @@ pub async fn list(
 }
 
 /// A batch item's outcome: applied (`ok` builds it) or refused with its error.
-fn item_outcome<O>(ok: impl Fn(String, O) -> ItemOutcome) -> impl Fn(String, ferry_core::Result<O>) -> ItemOutcome {
+fn item_outcome<O>(
+    ok: impl Fn(String, O) -> ItemOutcome,
+) -> impl Fn(String, ferry_core::Result<O>) -> ItemOutcome {
     move |id, r| match r {
         Ok(o) => ok(id, o),
         Err(e) => ItemOutcome { id, ok: false, state: None, attempt: None, run_at: None, error: Some(e) },

@@ -12,12 +12,12 @@ use crate::effects::Effects;
 use crate::rows::*;
 use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
+use ferry_core::validate::DEFAULT_TIMEOUT_MS;
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode,
     EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
     Page, QueueStats, ReapOutcome, Result, Timestamp,
 };
-use ferry_core::validate::DEFAULT_TIMEOUT_MS;
 use ferry_core::{HeartbeatRequest, PageRequest};
 use std::collections::BTreeMap;
 use tokio_postgres::Row;

@@ -12,12 +12,12 @@ use crate::JobStore;
 use crate::effects::Effects;
 use crate::rows::*;
 use async_trait::async_trait;
+use ferry_core::validate::DEFAULT_TIMEOUT_MS;
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
     EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
     Page, QueueStats, ReapOutcome, Result, Timestamp,
 };
-use ferry_core::validate::DEFAULT_TIMEOUT_MS;
 use ferry_core::{HeartbeatRequest, PageRequest};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;

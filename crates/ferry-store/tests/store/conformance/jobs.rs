@@ -4,8 +4,8 @@
 //! the dead-letter queue (replay, purge), listing with pagination, and error truncation.
 
 use super::{
-    Harness, T0, claim, claim_one, complete, enqueue1, fail, heartbeat, job, job_with, make_dead, no_backoff, raw,
-    state, waiter,
+    Harness, T0, claim, claim_one, complete, enqueue1, fail, heartbeat, job, job_with, make_dead, no_backoff,
+    raw, state, waiter,
 };
 use ferry_core::*;
 use ferry_store::claim_wait;
@@ -136,9 +136,8 @@ pub async fn complete_requires_current_lease(h: Harness) {
     assert_eq!(state(&h, id).await, JobState::Running, "a stale complete changes nothing");
     let e = complete(&h, Uuid::now_v7(), &c.lease).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
-    let e = heartbeat(&h, HeartbeatRequest { id, lease: "nope".to_string(), extend_ms: None })
-        .await
-        .unwrap_err();
+    let e =
+        heartbeat(&h, HeartbeatRequest { id, lease: "nope".to_string(), extend_ms: None }).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::StaleLease);
     let e = fail(&h, id, "nope", true).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::StaleLease);
@@ -195,12 +194,10 @@ pub async fn heartbeat_extends_live_lease_only(h: Harness) {
     let c = claim_one(&h, "q").await;
     assert_eq!(c.lease_expires_at, Timestamp(T0 + 1_000));
     h.clock.advance(900);
-    let hb =
-        heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None }).await.unwrap();
+    let hb = heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None }).await.unwrap();
     assert_eq!(hb.lease_expires_at, Timestamp(T0 + 900 + 1_000));
-    let hb = heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: Some(5_000) })
-        .await
-        .unwrap();
+    let hb =
+        heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: Some(5_000) }).await.unwrap();
     assert_eq!(hb.lease_expires_at, Timestamp(T0 + 900 + 5_000));
     h.clock.advance(5_000);
     // Expired (even before the reaper ran): stale everywhere.
