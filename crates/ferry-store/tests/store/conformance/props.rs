@@ -161,8 +161,7 @@ async fn run_case(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let m = &mut jobs[pick as usize % n];
                 let lease = m.pick_lease(false);
                 let expect_ok = m.live(&lease, now);
-                match heartbeat(&h, HeartbeatRequest { id: m.id, lease: lease.clone(), extend_ms: None })
-                    .await
+                match heartbeat(h, HeartbeatRequest { id: m.id, lease: lease.clone(), extend_ms: None }).await
                 {
                     Ok(hb) => {
                         prop_assert!(expect_ok, "heartbeat accepted a stale lease");
