@@ -55,7 +55,18 @@ pub type ApiResult<T> = Result<T, ApiError>;
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], prefix: &str) -> Result<T, Error> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
+        // A segment the parser could not name (a key cut off by a syntax error) prints as `?`:
+        // the field is the part before it, or none.
+        if let Some(unnamed) = path.find('?') {
+            path.truncate(unnamed);
+            while path.ends_with('.') && path.len() > 1 {
+                path.pop();
+            }
+            if path.is_empty() {
+                path.push('.');
+            }
+        }
         let inner = e.into_inner();
         let msg = inner.to_string();
         let missing = inner.is_data() && msg.starts_with("missing field");

@@ -848,3 +848,20 @@ async fn garbage_bodies_get_4xx_json_errors_and_never_5xx() {
     assert_eq!((st, body["status"].as_str()), (200, Some("ok")));
     assert_no_panic(&s);
 }
+
+/// A syntax error after a comma leaves the parser without a key name: the error names the
+/// part of the path it knows, never a placeholder.
+#[tokio::test]
+async fn malformed_json_names_only_known_fields() {
+    let s = Server::start();
+    let cases = [
+        ("/v1/jobs", r#"{"queue":"q",}"#, None),
+        ("/v1/jobs", r#"{"jobs":[{"queue":"q",}]}"#, Some("jobs")),
+        ("/v1/jobs/complete", r#"{"items":[{"id":"x",}]}"#, Some("items[0]")),
+    ];
+    for (path, body, field) in cases {
+        let (st, e) = post_raw(&s.at(path), body).await;
+        assert_eq!(st, 400, "{path} {body}: {e}");
+        assert_eq!(e["error"]["field"].as_str(), field, "{path} {body}: {e}");
+    }
+}
