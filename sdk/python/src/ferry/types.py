@@ -1,0 +1,344 @@
+"""Wire shapes as TypedDicts: results are the server's JSON as parsed, with no copying, so
+typing costs nothing at run time."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TypedDict
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired
+else:  # httpx's anyio brings typing_extensions on 3.10
+    from typing_extensions import NotRequired
+
+
+class ErrorInfo(TypedDict):
+    """The `error` object of a failed request or batch item."""
+
+    code: str
+    message: str
+    field: NotRequired[str]
+    position: NotRequired[int]
+    details: NotRequired[dict[str, Any]]
+
+
+class ClaimedJob(TypedDict):
+    """A job handed to a worker, with the lease it must present to finish it."""
+
+    id: str
+    queue: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    priority: int
+    tags: list[str]
+    lease: str
+    lease_expires_at: str
+    timeout_ms: NotRequired[int]
+
+
+class EnqueueResult(TypedDict):
+    """`POST /v1/jobs` for one job."""
+
+    id: str
+    duplicate: NotRequired[bool]
+
+
+class BatchResult(TypedDict):
+    """One item's outcome in `POST /v1/jobs/complete` and `/v1/jobs/fail`."""
+
+    id: str
+    ok: bool
+    state: NotRequired[str]
+    attempt: NotRequired[int]
+    run_at: NotRequired[str]
+    error: NotRequired[ErrorInfo]
+
+
+class HeartbeatResult(TypedDict):
+    """One item's outcome in `POST /v1/jobs/heartbeat`."""
+
+    id: str
+    ok: bool
+    lease_expires_at: NotRequired[str]
+    error: NotRequired[ErrorInfo]
+
+
+# ---- jobs --------------------------------------------------------------------------------------
+
+
+class EnqueueBatchResult(TypedDict):
+    """`POST /v1/jobs` for `{"jobs": [...]}`: one id per job, in order."""
+
+    ids: list[str]
+    duplicates: NotRequired[list[int]]
+
+
+class StateResult(TypedDict):
+    """A job's id and its state after the call (complete, release, cancel)."""
+
+    id: str
+    state: str
+
+
+class FailResult(TypedDict):
+    """`POST /v1/jobs/{id}/fail`: `scheduled` (retry at `run_at`), `ready` or `dead`."""
+
+    id: str
+    state: str
+    attempt: int
+    run_at: NotRequired[str | None]
+
+
+class HeartbeatOutcome(TypedDict):
+    """`POST /v1/jobs/{id}/heartbeat`: the lease's new expiry."""
+
+    id: str
+    lease_expires_at: str
+
+
+class ErrorRecord(TypedDict):
+    """One failed attempt in a job's history."""
+
+    attempt: int
+    at: str
+    kind: str
+    message: str
+    worker: NotRequired[str | None]
+
+
+class Job(TypedDict):
+    """A job with its history (`GET /v1/jobs/{id}`, lists)."""
+
+    id: str
+    queue: str
+    state: str
+    payload: Any
+    priority: int
+    attempt: int
+    max_attempts: int
+    backoff: dict[str, Any]
+    lease_ms: int
+    timeout_ms: NotRequired[int]
+    unique_key: NotRequired[str | None]
+    depends_on: list[str]
+    tags: list[str]
+    run_at: str
+    created_at: str
+    updated_at: str
+    started_at: NotRequired[str | None]
+    finished_at: NotRequired[str | None]
+    lease_expires_at: NotRequired[str | None]
+    worker: NotRequired[str | None]
+    result: NotRequired[Any]
+    errors: list[ErrorRecord]
+    cancel_reason: NotRequired[str | None]
+
+
+class JobsPage(TypedDict):
+    """One page of jobs; pass `next_cursor` back for the next (absent on the last)."""
+
+    jobs: list[Job]
+    next_cursor: NotRequired[str | None]
+
+
+class ReplayResult(TypedDict):
+    """`POST /v1/dlq/replay`."""
+
+    replayed: int
+
+
+class PurgeResult(TypedDict):
+    """`POST /v1/dlq/purge`."""
+
+    purged: int
+
+
+# ---- queues ------------------------------------------------------------------------------------
+
+
+class QueueLimits(TypedDict, total=False):
+    """A queue's flow limits across every node (unset: none)."""
+
+    max_running: int | None
+    max_starts_per_sec: float | None
+    max_depth: int | None
+
+
+class QueueStats(TypedDict):
+    """`GET /v1/queues`: counts by state, oldest ready age, paused, limits."""
+
+    queue: str
+    counts: dict[str, int]
+    paused: bool
+    oldest_ready_age_ms: NotRequired[int | None]
+    limits: NotRequired[QueueLimits]
+
+
+class PauseResult(TypedDict):
+    """Pause and resume of a queue."""
+
+    queue: str
+    paused: bool
+
+
+class LimitsResult(TypedDict):
+    """`GET`/`PUT /v1/queues/{queue}/limits`."""
+
+    queue: str
+    limits: QueueLimits
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+class Subject(TypedDict):
+    """What an event is about: a `job`, a `queue` or a `schedule`."""
+
+    kind: str
+    id: str
+
+
+class Event(TypedDict):
+    """One state change; `cursor` grows by one per event, with no gaps."""
+
+    cursor: int
+    type: str
+    subject: Subject
+    at: str
+    queue: NotRequired[str | None]
+    job_id: NotRequired[str | None]
+    tags: NotRequired[list[str]]
+    data: NotRequired[dict[str, Any] | None]
+
+
+class EventsPage(TypedDict):
+    """`GET /v1/events` (long-poll): pass `next_cursor` back as `since`."""
+
+    events: list[Event]
+    next_cursor: int
+
+
+# ---- schedules ---------------------------------------------------------------------------------
+
+
+class Schedule(TypedDict):
+    """A cron schedule with its next runs."""
+
+    name: str
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    misfire: str
+    catch_up_max: int
+    paused: bool
+    created_at: str
+    updated_at: str
+    last_run_at: NotRequired[str | None]
+    next_run_at: NotRequired[str | None]
+    next_runs: NotRequired[list[str]]
+
+
+class Deleted(TypedDict):
+    """`DELETE /v1/schedules/{name}`."""
+
+    name: str
+    deleted: bool
+
+
+# ---- access, workers, hosts --------------------------------------------------------------------
+
+
+class TokenRecord(TypedDict):
+    """An API token as listed (never its secret); times in epoch ms."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    queues: NotRequired[list[str] | None]
+    created_at: int
+    revoked_at: NotRequired[int | None]
+
+
+class NewToken(TokenRecord):
+    """A minted token: `token` is the secret, shown only this once."""
+
+    token: str
+
+
+class WorkerInfo(TypedDict):
+    """A worker the server has heard from (by claims and heartbeats)."""
+
+    name: str
+    first_seen_ms: int
+    last_seen_ms: int
+    jobs_in_flight: int
+    status: str
+
+
+class Probe(TypedDict):
+    """One health probe of a host."""
+
+    at_ms: int
+    ok: bool
+    latency_ms: int
+    status: NotRequired[int | None]
+    error: NotRequired[str | None]
+
+
+class Host(TypedDict):
+    """A registered host with its damped status and recent probes."""
+
+    name: str
+    health_url: str
+    status: str
+    consecutive_failures: int
+    consecutive_successes: int
+    last_probe: NotRequired[Probe | None]
+    changed_at_ms: NotRequired[int | None]
+    history: list[Probe]
+
+
+# ---- health and observability ------------------------------------------------------------------
+
+
+class Health(TypedDict):
+    """`/healthz` and `/readyz`: `ok`, `ready` or `unavailable` (with `reason`)."""
+
+    status: str
+    backend: NotRequired[str | None]
+    reason: NotRequired[str | None]
+    circuit: NotRequired[str | None]
+
+
+class ServerInfo(TypedDict):
+    """`GET /v1/server`: version, backend, uptime, memory, database size, auth."""
+
+    version: str
+    backend: str
+    uptime_ms: int
+    rss_bytes: NotRequired[int | None]
+    db_bytes: NotRequired[int | None]
+    auth: NotRequired[bool]
+    auth_mode: NotRequired[str]
+
+
+class Stats(TypedDict):
+    """`GET /v1/stats`: figures per window (`1m`, `5m`, `1h`) and readings now."""
+
+    backend: str
+    windows: dict[str, dict[str, Any]]
+    now: dict[str, Any]
+
+
+class Advice(TypedDict):
+    """The scaling advisor's verdict (`STAY`, `PLAN MIGRATION`, `MIGRATE NOW`) and why."""
+
+    verdict: str
+    justification: str
+    action: str
+    findings: list[dict[str, Any]]
+    backend: str
+    at_ms: int
+    window_s: float
+    trigger: str

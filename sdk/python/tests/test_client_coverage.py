@@ -1,0 +1,201 @@
+"""Every operation of the running server's OpenAPI document has a method on both clients,
+and each method works against the real server (sync and async, same scenario)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+import ferry
+from ferry._client import operations
+from ferry.testing import FerryServer
+
+
+def documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
+
+
+def test_every_operation_has_a_sync_and_an_async_method(ferry_server: FerryServer) -> None:
+    doc = ferry_server.client().openapi()
+    ops = documented(doc)
+    assert len(ops) >= 46, sorted(ops)
+    for cls in (ferry.Client, ferry.AsyncClient):
+        covered = operations(cls)
+        missing = sorted(ops - covered.keys())
+        assert not missing, f"{cls.__name__} lacks a method for {missing}"
+        extra = sorted(covered.keys() - ops)
+        assert not extra, f"{cls.__name__} has methods for operations the server lacks: {extra}"
+    sync, asyn = operations(ferry.Client), operations(ferry.AsyncClient)
+    assert sync == asyn, "both clients name their methods alike"
+
+
+class Recorder:
+    """Calls client methods (awaiting the async ones) and records the operations hit."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.hit: set[tuple[str, str]] = set()
+
+    async def __call__(self, name: str, *args: Any, **kw: Any) -> Any:
+        fn = getattr(self.client, name)
+        self.hit.add(fn.__ferry_operation__)
+        out = fn(*args, **kw)
+        if inspect.isawaitable(out):
+            out = await out
+        return out
+
+    async def collect(self, pager: Any) -> list[Any]:
+        if hasattr(pager, "__aiter__"):
+            return [x async for x in pager]
+        return list(pager)
+
+    async def page(self, pager: Any) -> Any:
+        out = pager.page()
+        return await out if inspect.isawaitable(out) else out
+
+
+async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str, str]]:
+    c = Recorder(client)
+    q = f"cov-{tag}"
+
+    # Health and observability.
+    assert (await c("health"))["status"] == "ok"
+    assert (await c("ready"))["status"] == "ready"
+    info = await c("server_info")
+    assert info["auth"] is True and info["backend"] == "sqlite"
+    assert "/v1/jobs" in (await c("openapi"))["paths"]
+    assert "ferry_" in await c("metrics")
+    assert set((await c("stats"))["windows"]) >= {"1m", "5m", "1h"}
+    assert (await c("advice"))["verdict"] in ("STAY", "PLAN MIGRATION", "MIGRATE NOW")
+    assert isinstance(await c("advice_history"), list)
+
+    # Jobs: enqueue, batch, import.
+    one = await c("enqueue", q, {"n": 0}, unique_key=f"{tag}-0", timeout_ms=60_000)
+    assert uuid.UUID(one["id"])
+    again = await c("enqueue", q, {"n": 0}, unique_key=f"{tag}-0")
+    assert again == {"id": one["id"], "duplicate": True}
+    batch = await c("enqueue_batch", [{"queue": q, "payload": {"n": i}} for i in range(1, 5)])
+    assert len(batch["ids"]) == 4
+    imported = await c(
+        "import_jobs",
+        [{"job": {"queue": q, "unique_key": f"{tag}-imp"}, "state": "completed", "result": {"r": 1}}],
+    )
+    assert len(imported["ids"]) == 1
+
+    # Claim and report.
+    jobs = await c("claim", q, worker=f"w-{tag}", max=10, wait_ms=200)
+    assert [j["payload"]["n"] for j in jobs] == [0, 1, 2, 3, 4]
+    assert jobs[0]["timeout_ms"] == 60_000
+    j0, j1, j2, j3, j4 = jobs
+    assert (await c("heartbeat", j0["id"], j0["lease"], extend_ms=10_000))["id"] == j0["id"]
+    beats = await c("heartbeat_batch", [{"id": j["id"], "lease": j["lease"]} for j in (j0, j1)])
+    assert [b["ok"] for b in beats] == [True, True]
+    assert (await c("complete", j0["id"], j0["lease"], {"done": True}))["state"] == "completed"
+    assert (await c("complete_batch", [{"id": j1["id"], "lease": j1["lease"]}]))[0]["ok"] is True
+    assert (await c("fail", j2["id"], j2["lease"], "boom", retry=False))["state"] == "dead"
+    failed = await c("fail_batch", [{"id": j3["id"], "lease": j3["lease"], "error": "x", "retry": False}])
+    assert failed[0]["state"] == "dead"
+    assert (await c("release", j4["id"], j4["lease"]))["state"] == "ready"
+    assert (await c("cancel", j4["id"], "not needed"))["state"] == "cancelled"
+
+    job = await c("get_job", j0["id"])
+    assert job["state"] == "completed" and job["result"] == {"done": True}
+    listed = await c.collect(await c("list_jobs", q, page_size=2))
+    assert len(listed) == 6
+    first = await c.page(await c("list_jobs", q, limit=2))
+    assert len(first["jobs"]) == 2 and first["next_cursor"]
+    dead = await c.collect(await c("dlq", q))
+    assert {d["id"] for d in dead} == {j2["id"], j3["id"]}
+    assert (await c("dlq_replay", [j2["id"]]))["replayed"] == 1
+    assert (await c("dlq_purge", queue=q))["purged"] == 1
+
+    # Queues.
+    assert q in {s["queue"] for s in await c("queues")}
+    assert (await c("pause", q))["paused"] is True
+    assert (await c("resume", q))["paused"] is False
+    assert (await c("set_queue_limits", q, max_running=3))["limits"]["max_running"] == 3
+    assert (await c("queue_limits", q))["limits"]["max_running"] == 3
+
+    # Schedules.
+    name = f"sched-{tag}"
+    created = await c("create_schedule", name, "@daily", {"queue": q}, timezone="UTC")
+    assert created["name"] == name
+    assert name in {s["name"] for s in await c("schedules")}
+    assert len((await c("schedule", name, count=3))["next_runs"]) == 3
+    assert (await c("patch_schedule", name, cron="0 * * * *"))["cron"] == "0 * * * *"
+    assert (await c("pause_schedule", name))["paused"] is True
+    assert (await c("resume_schedule", name))["paused"] is False
+    assert (await c("delete_schedule", name))["deleted"] is True
+
+    # Events: long-poll, server-sent events, WebSocket.
+    page = await c("poll_events", since=0, limit=3, queue=q)
+    assert [e["cursor"] for e in page["events"]] == sorted(e["cursor"] for e in page["events"])
+    assert page["events"] and page["next_cursor"] >= page["events"][-1]["cursor"]
+    stream = await c("events", since=0, queue=q)
+    if hasattr(stream, "__anext__"):
+        ev = await stream.__anext__()
+        await stream.aclose()
+    else:
+        ev = next(stream)
+        stream.close()
+    assert ev["queue"] == q and ev["type"] == "job.enqueued"
+    sock = await c("event_socket", since=0, queue=q)
+    msg = sock.recv(timeout=10)
+    msg = await msg if inspect.isawaitable(msg) else msg
+    assert msg is not None and msg["type"] == "job.enqueued"
+    closed = sock.aclose() if hasattr(sock, "aclose") else sock.close()
+    if inspect.isawaitable(closed):
+        await closed
+
+    # Tokens, workers, hosts.
+    tok = await c("create_token", f"tok-{tag}", ["read"], queues=[q])
+    assert tok["token"] and tok["scopes"] == ["read"]
+    assert tok["id"] in {t["id"] for t in await c("tokens")}
+    assert (await c("revoke_token", tok["id"]))["revoked_at"]
+    for _ in range(100):  # the registry is written behind the claims
+        if f"w-{tag}" in {w["name"] for w in await c("workers")}:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the claiming worker is registered")
+    host = await c("create_host", f"host-{tag}", f"{server.url}/healthz")
+    assert host["name"] == f"host-{tag}"
+    assert f"host-{tag}" in {h["name"] for h in await c("hosts")}
+    assert await c("delete_host", f"host-{tag}") is None
+    return c.hit
+
+
+@pytest.mark.timeout(60)
+def test_every_method_works_sync_and_async(ferry_server: FerryServer) -> None:
+    ops = documented(ferry_server.client().openapi())
+    with ferry_server.client(name="coverage-sync") as client:
+        hit = asyncio.run(scenario(ferry_server, client, "sync"))
+    assert ops - hit == set(), "the scenario calls every operation"
+
+    async def run_async() -> set[tuple[str, str]]:
+        async with ferry_server.async_client(name="coverage-async") as client:
+            return await scenario(ferry_server, client, "async")
+
+    hit = asyncio.run(run_async())
+    assert ops - hit == set(), "the scenario calls every operation"
+
+
+def test_env_defaults_and_client_name(ferry_server: FerryServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in ferry_server.env().items():
+        monkeypatch.setenv(k, v)
+    with ferry.Client(name="named-client") as c:
+        assert c.url == ferry_server.url
+        c.enqueue("env-q")
+        assert len(c.claim("env-q")) == 1  # the worker defaults to the client's name
+        deadline = time.monotonic() + 5
+        while "named-client" not in {w["name"] for w in c.workers()}:
+            assert time.monotonic() < deadline, "the claiming worker is registered"
+            time.sleep(0.05)
+    monkeypatch.delenv("FERRY_TOKEN")
+    with ferry.Client() as anon, pytest.raises(ferry.Unauthorized):
+        anon.server_info()
