@@ -366,12 +366,20 @@ pub struct HeartbeatBatchRequest {
 }
 
 impl HeartbeatBatchRequest {
-    /// Checks the worker name and the number of items (413 past `limits.max_batch`).
+    /// Checks the worker name, the number of items (413 past `limits.max_batch`) and every
+    /// item's `extend_ms` (a range the document states, so the whole request is refused);
+    /// ids and leases are answered item by item.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
         if let Some(w) = &self.worker {
             validate::worker_name(w, limits, "worker")?;
         }
-        ItemsBody::<HeartbeatItemBody>::check_len(self.items.len(), limits)
+        ItemsBody::<HeartbeatItemBody>::check_len(self.items.len(), limits)?;
+        for (i, Obj(item)) in self.items.iter().enumerate() {
+            if let Some(ms) = item.extend_ms {
+                validate::lease_ms(ms, limits, &format!("items[{i}].extend_ms"))?;
+            }
+        }
+        Ok(())
     }
 }
 
