@@ -150,7 +150,7 @@ impl StoreMetrics {
 
     /// Records one writing call.
     pub fn write(&self, op: &'static str, took: Duration, err: Option<&Error>) {
-        let failed = err.is_some_and(|e| matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal));
+        let failed = err.is_some_and(crate::rows::is_storage_error);
         if err.is_some_and(|e| e.code == ErrorCode::StaleLease) {
             self.stale_leases.fetch_add(1, Relaxed);
         }

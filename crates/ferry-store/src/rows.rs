@@ -12,6 +12,25 @@ use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// Storage failures may strike mid-write and roll the whole transaction back; logical errors
+/// (stale lease, not found) belong to one item and may not.
+pub fn is_storage_error(e: &Error) -> bool {
+    matches!(e.code, ferry_core::ErrorCode::Unavailable | ferry_core::ErrorCode::Internal)
+}
+
+/// Applies a per-item batch (complete, fail, heartbeat) inside one transaction: each item's
+/// logical error is its own outcome; a storage error stops the batch and fails it whole.
+pub fn each_item<T, R>(items: Vec<T>, mut apply: impl FnMut(T) -> Result<R>) -> Result<Vec<Result<R>>> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match apply(item) {
+            Err(e) if is_storage_error(&e) => return Err(e),
+            r => out.push(r),
+        }
+    }
+    Ok(out)
+}
+
 /// The finished states, as an SQL list.
 pub const FINISHED: &str = "('completed', 'dead', 'cancelled')";
 

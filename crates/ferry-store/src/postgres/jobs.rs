@@ -1123,7 +1123,7 @@ impl JobStore for PgStore {
                     for req in items {
                         out.push(
                             match super::jobs::heartbeat(tx, now, req.id, &req.lease, req.extend_ms).await {
-                                Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                                Err(e) if is_storage_error(&e) => {
                                     return Err(e);
                                 }
                                 r => r,
@@ -1147,11 +1147,9 @@ impl JobStore for PgStore {
             .tx("complete", move |tx, now, w| {
                 boxed!({
                     let out = super::jobs::complete_many(tx, now, items, w).await?;
-                    if let Some(Err(e)) = out.iter().find(
-                    |r| matches!(r, Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)),
-                ) {
-                    return Err(e.clone());
-                }
+                    if let Some(Err(e)) = out.iter().find(|r| matches!(r, Err(e) if is_storage_error(e))) {
+                        return Err(e.clone());
+                    }
                     Ok(out)
                 })
             })
@@ -1168,7 +1166,7 @@ impl JobStore for PgStore {
                     for item in items {
                         let u: f64 = rand::random();
                         out.push(match super::jobs::fail(tx, now, item, &limits, u, w).await {
-                            Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) => {
+                            Err(e) if is_storage_error(&e) => {
                                 return Err(e);
                             }
                             r => r,

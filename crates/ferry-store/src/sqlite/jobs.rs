@@ -7,7 +7,7 @@
 
 use super::counts::Counts;
 use super::db_err;
-use super::{SqliteStore, parse_cursor, writer};
+use super::{SqliteStore, parse_cursor};
 use crate::JobStore;
 use crate::effects::Effects;
 use crate::rows::*;
@@ -963,14 +963,7 @@ impl JobStore for SqliteStore {
     async fn heartbeat(&self, items: Vec<HeartbeatRequest>) -> Result<Vec<Result<HeartbeatOutcome>>> {
         let out = self
             .write("heartbeat", move |c, now, _| {
-                let mut out = Vec::with_capacity(items.len());
-                for req in items {
-                    out.push(match super::jobs::heartbeat(c, now, req.id, &req.lease, req.extend_ms) {
-                        Err(e) if writer::is_storage_error(&e) => return Err(e),
-                        r => r,
-                    });
-                }
-                Ok(out)
+                each_item(items, |req| super::jobs::heartbeat(c, now, req.id, &req.lease, req.extend_ms))
             })
             .await;
         self.metrics.stale_items(out)
@@ -984,14 +977,7 @@ impl JobStore for SqliteStore {
     async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
         let out = self
             .write("complete", move |c, now, fx| {
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    out.push(match super::jobs::complete(c, now, item, fx) {
-                        Err(e) if writer::is_storage_error(&e) => return Err(e),
-                        r => r,
-                    });
-                }
-                Ok(out)
+                each_item(items, |item| super::jobs::complete(c, now, item, fx))
             })
             .await;
         self.metrics.stale_items(out)
@@ -1001,15 +987,7 @@ impl JobStore for SqliteStore {
         let limits = self.limits.clone();
         let out = self
             .write("fail", move |c, now, fx| {
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    let u: f64 = rand::random();
-                    out.push(match super::jobs::fail(c, now, item, &limits, u, fx) {
-                        Err(e) if writer::is_storage_error(&e) => return Err(e),
-                        r => r,
-                    });
-                }
-                Ok(out)
+                each_item(items, |item| super::jobs::fail(c, now, item, &limits, rand::random(), fx))
             })
             .await;
         self.metrics.stale_items(out)

@@ -16,7 +16,7 @@ use super::counts::{CountsCell, Deltas};
 use crate::effects::Effects;
 use crate::events::EventBus;
 use crate::notify::Notifier;
-use ferry_core::{Error, ErrorCode, Result};
+use ferry_core::{Error, Result};
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -94,7 +94,7 @@ impl Writer {
                     fx.merge(local);
                     false
                 }
-                Err(e) => is_storage_error(e) || conn.total_changes() != before,
+                Err(e) => crate::rows::is_storage_error(e) || conn.total_changes() != before,
             };
             (
                 poisoned,
@@ -133,11 +133,6 @@ impl Writer {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
-}
-
-/// Storage failures may strike mid-write; logical errors (stale lease, not found) may not.
-pub(crate) fn is_storage_error(e: &Error) -> bool {
-    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
 }
 
 /// Where the effects of a commit go.
@@ -258,6 +253,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_core::ErrorCode;
 
     fn writer() -> (Writer, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
