@@ -251,7 +251,40 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut fx = Effects::default();
         let now = self.clock.now_ms();
-        let out = f(&tx, now, &mut fx).await?;
+        let out = match self.body(&tx, now, &mut fx, f).await {
+            Ok(out) => out,
+            Err(e) => {
+                // Dropping a transaction only queues its ROLLBACK: the rows it locked would
+                // stay locked after the caller saw the error, and a next call's `SKIP LOCKED`
+                // would pass them over. Roll back before answering.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        tx.commit().await.map_err(pg_err)?;
+        self.metrics.transaction(1, started.elapsed());
+        self.metrics.committed(&fx.events);
+        for q in &fx.wake {
+            self.notifier.wake(q);
+        }
+        if let Some(d) = fx.due_ms {
+            self.notifier.due_at(d);
+        }
+        if !fx.events.is_empty() {
+            self.sequence.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Runs a transaction's body, then writes its events and wake-ups in the same transaction.
+    async fn body<T, F: TxBody<T>>(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        now: i64,
+        fx: &mut Effects,
+        f: F,
+    ) -> Result<T> {
+        let out = f(tx, now, fx).await?;
         if !fx.events.is_empty() {
             let at = fx.events.last().map_or(now, |e| e.at.0);
             tx.execute(
@@ -267,18 +300,6 @@ impl PgStore {
             tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&self.channel, &fx.wake])
                 .await
                 .map_err(pg_err)?;
-        }
-        tx.commit().await.map_err(pg_err)?;
-        self.metrics.transaction(1, started.elapsed());
-        self.metrics.committed(&fx.events);
-        for q in &fx.wake {
-            self.notifier.wake(q);
-        }
-        if let Some(d) = fx.due_ms {
-            self.notifier.due_at(d);
-        }
-        if !fx.events.is_empty() {
-            self.sequence.notify_one();
         }
         Ok(out)
     }

@@ -486,6 +486,21 @@ pub async fn reaper_never_overwrites_completed(h: Harness) {
     h.finish().await;
 }
 
+/// A refused write releases the rows it locked before it answers: the reaper's next pass
+/// (which skips locked rows) must see the job a refused cancel just looked at. Repeated,
+/// since the window was a race (PostgreSQL rolled back on drop, after the caller moved on).
+pub async fn refused_write_holds_no_lock_after_answering(h: Harness) {
+    for _ in 0..100 {
+        let id = enqueue1(&h, job_with(|s| s.lease_ms = Some(100))).await;
+        claim_one(&h, "q").await;
+        assert_eq!(h.store.cancel(id, "user").await.unwrap_err().code, ErrorCode::InvalidState);
+        h.clock.advance(100);
+        assert_eq!(h.store.reap_expired(100).await.unwrap(), ReapOutcome { requeued: 1, dead: 0 });
+        h.store.cancel(id, "done").await.unwrap();
+    }
+    h.finish().await;
+}
+
 // ---------- unique, dependencies, cancel ----------
 
 pub async fn unique_jobs(h: Harness) {
@@ -873,7 +888,8 @@ macro_rules! jobs_rules {
             fail_retries_with_backoff, fail_until_dead_keeps_history,
             fail_without_retry_is_dead, fail_repeat_answers_same_outcome, dlq_replay_by_ids_and_queue,
             dlq_replay_keeps_unique_keys_unique, dlq_purge, reaper_requeues_expired_leases,
-            reaper_kills_at_max_attempts, reaper_never_overwrites_completed, unique_jobs,
+            reaper_kills_at_max_attempts, reaper_never_overwrites_completed,
+            refused_write_holds_no_lock_after_answering, unique_jobs,
             dependencies_release_dependants, dependency_death_cascades, dependency_cancel_cascades,
             enqueue_with_finished_dependencies, unknown_dependency_is_rejected, cancel_rules, delayed_jobs,
             retention_prunes_in_batches, wakeup_on_enqueue, wakeup_on_retry_due, wakeup_on_dependency,
