@@ -22,6 +22,8 @@ named_enum! {
         Work = "work";
         /// Read jobs, queues, events, workers and stats.
         Read = "read";
+        /// Create and change work items.
+        Items = "items";
     }
 }
 

@@ -29,6 +29,12 @@ pub enum ErrorCode {
     InvalidState,
     /// The thing to create exists already.
     Conflict,
+    /// A write's `expected_version` is not the item's (or paths it touches changed): 409.
+    VersionConflict,
+    /// An `If-Match` precondition does not hold: 412.
+    PreconditionFailed,
+    /// The server requires a precondition on this write: 428.
+    PreconditionRequired,
     /// A size limit was exceeded: 413.
     PayloadTooLarge,
     /// A request body that is not `application/json`: 415.
@@ -57,7 +63,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order (the test below fails when one is missing).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::ValidationFailed,
         ErrorCode::Unauthorized,
@@ -66,6 +72,9 @@ impl ErrorCode {
         ErrorCode::StaleLease,
         ErrorCode::InvalidState,
         ErrorCode::Conflict,
+        ErrorCode::VersionConflict,
+        ErrorCode::PreconditionFailed,
+        ErrorCode::PreconditionRequired,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RequestTimeout,
@@ -91,6 +100,9 @@ impl ErrorCode {
             ErrorCode::StaleLease => "stale_lease",
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::VersionConflict => "version_conflict",
+            ErrorCode::PreconditionFailed => "precondition_failed",
+            ErrorCode::PreconditionRequired => "precondition_required",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RequestTimeout => "request_timeout",
@@ -114,7 +126,12 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::StaleLease | ErrorCode::InvalidState | ErrorCode::Conflict => 409,
+            ErrorCode::StaleLease
+            | ErrorCode::InvalidState
+            | ErrorCode::Conflict
+            | ErrorCode::VersionConflict => 409,
+            ErrorCode::PreconditionFailed => 412,
+            ErrorCode::PreconditionRequired => 428,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RequestTimeout => 408,
@@ -247,24 +264,27 @@ mod tests {
             ErrorCode::StaleLease => 5,
             ErrorCode::InvalidState => 6,
             ErrorCode::Conflict => 7,
-            ErrorCode::PayloadTooLarge => 8,
-            ErrorCode::UnsupportedMediaType => 9,
-            ErrorCode::RequestTimeout => 10,
-            ErrorCode::UriTooLong => 11,
-            ErrorCode::HeadersTooLarge => 12,
-            ErrorCode::RateLimited => 13,
-            ErrorCode::QueueFull => 14,
-            ErrorCode::ServerSaturated => 15,
-            ErrorCode::CircuitOpen => 16,
-            ErrorCode::Unavailable => 17,
-            ErrorCode::SchemaTooNew => 18,
-            ErrorCode::Internal => 19,
+            ErrorCode::VersionConflict => 8,
+            ErrorCode::PreconditionFailed => 9,
+            ErrorCode::PreconditionRequired => 10,
+            ErrorCode::PayloadTooLarge => 11,
+            ErrorCode::UnsupportedMediaType => 12,
+            ErrorCode::RequestTimeout => 13,
+            ErrorCode::UriTooLong => 14,
+            ErrorCode::HeadersTooLarge => 15,
+            ErrorCode::RateLimited => 16,
+            ErrorCode::QueueFull => 17,
+            ErrorCode::ServerSaturated => 18,
+            ErrorCode::CircuitOpen => 19,
+            ErrorCode::Unavailable => 20,
+            ErrorCode::SchemaTooNew => 21,
+            ErrorCode::Internal => 22,
         }
     }
 
     #[test]
     fn every_code_has_one_pinned_status_and_wire_name() {
-        let pinned: [(&str, u16); 20] = [
+        let pinned: [(&str, u16); 23] = [
             ("bad_request", 400),
             ("validation_failed", 422),
             ("unauthorized", 401),
@@ -273,6 +293,9 @@ mod tests {
             ("stale_lease", 409),
             ("invalid_state", 409),
             ("conflict", 409),
+            ("version_conflict", 409),
+            ("precondition_failed", 412),
+            ("precondition_required", 428),
             ("payload_too_large", 413),
             ("unsupported_media_type", 415),
             ("request_timeout", 408),

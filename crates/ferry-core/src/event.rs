@@ -36,6 +36,12 @@ named_enum! {
         QueueResumed = "queue.resumed" @ 9;
         /// A schedule enqueued the job of one of its ticks.
         ScheduleFired = "schedule.fired" @ 10;
+        /// A work item was created.
+        ItemCreated = "item.created" @ 11;
+        /// A work item's status moved (data: from, to, version, agent, reason).
+        ItemStatusChanged = "item.status_changed" @ 12;
+        /// A work item changed without a status move (data: version, agent, paths).
+        ItemUpdated = "item.updated" @ 13;
     }
 }
 
@@ -50,6 +56,8 @@ named_enum! {
         Queue = "queue" @ 1;
         /// A schedule (id: its name).
         Schedule = "schedule" @ 2;
+        /// A work item (id: the item's id).
+        Item = "item" @ 3;
     }
 }
 
@@ -323,13 +331,21 @@ mod tests {
             (EventType::QueuePaused, 8),
             (EventType::QueueResumed, 9),
             (EventType::ScheduleFired, 10),
+            (EventType::ItemCreated, 11),
+            (EventType::ItemStatusChanged, 12),
+            (EventType::ItemUpdated, 13),
         ];
         assert_eq!(pinned.len(), EventType::ALL.len(), "a new type needs its code pinned here");
         for (t, code) in pinned {
             assert_eq!(t.code(), code, "{t:?}");
             assert_eq!(EventType::from_code(code), Some(t));
         }
-        let kinds = [(SubjectKind::Job, 0), (SubjectKind::Queue, 1), (SubjectKind::Schedule, 2)];
+        let kinds = [
+            (SubjectKind::Job, 0),
+            (SubjectKind::Queue, 1),
+            (SubjectKind::Schedule, 2),
+            (SubjectKind::Item, 3),
+        ];
         assert_eq!(kinds.len(), SubjectKind::ALL.len(), "a new kind needs its code pinned here");
         for (k, code) in kinds {
             assert_eq!(k.code(), code, "{k:?}");

@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod clock;
 pub mod error;
 pub mod event;
+pub mod item;
 pub mod job;
 pub mod json_text;
 pub mod limits;

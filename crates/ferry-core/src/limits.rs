@@ -100,6 +100,22 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     /// Most bytes of request headers (names and values); more get 431.
     pub max_header_bytes: usize,
+    /// Longest client-chosen work-item id.
+    pub max_item_id_len: usize,
+    /// Longest agent name (`agent`, `assignee`).
+    pub max_agent_name_len: usize,
+    /// Longest work-item title (also a write's `reason`).
+    pub max_title_bytes: usize,
+    /// Longest work-item description.
+    pub max_description_bytes: usize,
+    /// Largest work-item context, as serialized JSON.
+    pub max_context_bytes: usize,
+    /// Most artifacts on one work item.
+    pub max_artifacts: usize,
+    /// Largest artifact (`{uri, meta}` as serialized JSON).
+    pub max_artifact_bytes: usize,
+    /// Versions of history kept per work item; older entries are dropped.
+    pub max_item_history: usize,
 }
 
 impl Default for Limits {
@@ -147,6 +163,14 @@ impl Default for Limits {
             listen_backlog: 0,
             max_uri_bytes: 16_384,
             max_header_bytes: 65_536,
+            max_item_id_len: 128,
+            max_agent_name_len: 128,
+            max_title_bytes: 512,
+            max_description_bytes: 65_536,
+            max_context_bytes: 262_144,
+            max_artifacts: 1_000,
+            max_artifact_bytes: 4_096,
+            max_item_history: 1_000,
         }
     }
 }

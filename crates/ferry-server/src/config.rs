@@ -57,6 +57,16 @@ pub struct Config {
     /// Host names (`Host` header) answered while auth is off, besides `localhost` and IP
     /// addresses; others get 403 (a web page re-pointed at this server by DNS rebinding).
     pub server_names: Vec<String>,
+    /// Work-item settings.
+    pub items: ItemsConfig,
+}
+
+/// `[items]`: how work-item writes are checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ItemsConfig {
+    /// Refuse (428 `precondition_required`) item writes without `If-Match` or `expected_version`.
+    pub require_precondition: bool,
 }
 
 impl Default for Config {
@@ -84,6 +94,7 @@ impl Default for Config {
             instrument: true,
             cors_origins: Vec::new(),
             server_names: Vec::new(),
+            items: ItemsConfig::default(),
         }
     }
 }

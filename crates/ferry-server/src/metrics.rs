@@ -41,9 +41,13 @@ fn to_prometheus_text(open_metrics: &str) -> String {
     out
 }
 
+/// Kinds of item conflict counted in `ferry_conflicts_total{kind}` (besides `stale_lease`).
+pub const CONFLICT_KINDS: [&str; 3] = ["version_conflict", "precondition_failed", "assigned_to_other"];
+
 /// The node's metric registry.
 pub struct Metrics {
     registry: Registry,
+    conflicts: Arc<[std::sync::atomic::AtomicU64; CONFLICT_KINDS.len()]>,
     store: Arc<dyn Store>,
     scrape: Arc<Mutex<Scrape>>,
     sqlite_path: Option<PathBuf>,
@@ -57,6 +61,8 @@ struct Scrape {
     sizes: Vec<(&'static str, u64)>,
     /// Free and total bytes of the data directory's filesystem (SQLite).
     disk: Option<(u64, u64)>,
+    /// Work items by status, across the cluster.
+    items: Vec<(ferry_core::item::ItemStatus, u64)>,
 }
 
 /// Free and total bytes of the filesystem holding `path`.
@@ -69,6 +75,7 @@ pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
 struct StoreCollector {
     store: Arc<dyn Store>,
     scrape: Arc<Mutex<Scrape>>,
+    conflicts: Arc<[std::sync::atomic::AtomicU64; CONFLICT_KINDS.len()]>,
 }
 
 impl std::fmt::Debug for StoreCollector {
@@ -127,6 +134,16 @@ impl prometheus_client::collector::Collector for StoreCollector {
                 ConstGauge::new(*n as i64)
                     .encode(f.encode_family(&[("queue", q.queue.as_str()), ("state", state.as_str())])?)?;
             }
+        }
+        let mut f = enc.encode_descriptor(
+            "ferry_items",
+            "Work items per status (cluster-wide)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for status in ferry_core::item::ItemStatus::ALL {
+            let n = scrape.items.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+            ConstGauge::new(n as i64).encode(f.encode_family(&[("status", status.as_str())])?)?;
         }
         let mut f = enc.encode_descriptor(
             "ferry_dlq_jobs",
@@ -229,11 +246,16 @@ impl prometheus_client::collector::Collector for StoreCollector {
         let c = ConstCounter::new(m.stale_leases.load(Ordering::Relaxed));
         let mut f = enc.encode_descriptor(
             "ferry_conflicts",
-            "Requests refused for a version conflict: a stale lease (fencing)",
+            "Writes refused because another write came first: a stale lease (fencing), an item's version, \
+             an item held by another agent",
             None,
             c.metric_type(),
         )?;
         c.encode(f.encode_family(&[("kind", "stale_lease")])?)?;
+        for (i, kind) in CONFLICT_KINDS.iter().enumerate() {
+            ConstCounter::new(self.conflicts[i].load(Ordering::Relaxed))
+                .encode(f.encode_family(&[("kind", *kind)])?)?;
+        }
         let (in_use, max) = self.store.connections();
         gauge(&mut enc, "ferry_db_connections_in_use", "Database connections in use", in_use as i64)?;
         gauge(&mut enc, "ferry_db_connections_max", "Database connections there can be", max as i64)?;
@@ -369,11 +391,22 @@ impl Metrics {
     ) -> Metrics {
         let mut registry = Registry::default();
         let scrape = Arc::new(Mutex::new(Scrape::default()));
-        registry
-            .register_collector(Box::new(StoreCollector { store: store.clone(), scrape: scrape.clone() }));
+        let conflicts: Arc<[std::sync::atomic::AtomicU64; CONFLICT_KINDS.len()]> = Arc::default();
+        registry.register_collector(Box::new(StoreCollector {
+            store: store.clone(),
+            scrape: scrape.clone(),
+            conflicts: conflicts.clone(),
+        }));
         registry.register_collector(Box::new(ProtectionCollector(protection)));
         registry.register_collector(Box::new(HttpCollector(http)));
-        Metrics { registry, store, scrape, sqlite_path }
+        Metrics { registry, conflicts, store, scrape, sqlite_path }
+    }
+
+    /// Counts one conflict of `kind` (one of [`CONFLICT_KINDS`]).
+    pub fn conflict(&self, kind: &str) {
+        if let Some(i) = CONFLICT_KINDS.iter().position(|k| *k == kind) {
+            self.conflicts[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Database sizes: SQLite's file and WAL, or PostgreSQL's tables.
@@ -394,7 +427,8 @@ impl Metrics {
         let queues = self.store.queue_stats().await.unwrap_or_default();
         let sizes = self.sizes().await;
         let disk = self.sqlite_path.as_deref().and_then(disk_space);
-        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes, disk };
+        let items = self.store.item_counts().await.unwrap_or_default();
+        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes, disk, items };
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode to a String");

@@ -76,6 +76,7 @@ pub fn is_long_lived(route: &str) -> bool {
         || route.starts_with("GET /v1/events")
         || route == "GET /v1/ws"
         || route == "GET /metrics"
+        || route == "GET /v1/items/{id}"
 }
 
 fn request_id(req: &Request) -> String {

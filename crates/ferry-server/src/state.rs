@@ -44,6 +44,8 @@ pub struct AppState {
     pub cors_origins: Arc<[String]>,
     /// Host names answered while auth is off besides `localhost` and IPs (`server_names`).
     pub server_names: Arc<[String]>,
+    /// Work-item settings (`[items]`).
+    pub items: crate::config::ItemsConfig,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
             instrument: config.instrument,
             cors_origins: config.cors_origins.as_slice().into(),
             server_names: config.server_names.as_slice().into(),
+            items: config.items.clone(),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
         }
     }

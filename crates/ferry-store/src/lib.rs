@@ -8,6 +8,7 @@
 mod contract;
 mod effects;
 pub mod events;
+mod item_rows;
 pub mod maintenance;
 pub mod metrics;
 pub mod migrate;
@@ -20,8 +21,8 @@ use ferry_core::{ClaimRequest, ClaimedJob, Result};
 use std::time::Duration;
 
 pub use contract::{
-    EventPrune, EventStore, HostStore, JobStore, QueueLimitStore, QueueStore, ScheduleStore, Store,
-    StoreCore, TokenStore, WorkerStore,
+    EventPrune, EventStore, HostStore, ItemFilter, ItemStore, JobStore, QueueLimitStore, QueueStore,
+    ScheduleStore, Store, StoreCore, TokenStore, WorkerStore,
 };
 pub use events::EventBus;
 
@@ -29,8 +30,8 @@ pub use events::EventBus;
 /// than `dyn Store`: `use ferry_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        EventStore, HostStore, JobStore, QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore,
-        TokenStore, WorkerStore,
+        EventStore, HostStore, ItemStore, JobStore, QueueLimitStore, QueueStore, ScheduleStore, Store,
+        StoreCore, TokenStore, WorkerStore,
     };
 }
 pub use notify::Notifier;

@@ -167,6 +167,41 @@ pub const TABLES: &[Table] = &[
         resumable: false,
         identity: None,
     },
+    Table {
+        name: "items",
+        columns: &[
+            ("id", Text),
+            ("title", Text),
+            ("description", Text),
+            ("status", Text),
+            ("assignee", Text),
+            ("artifacts", Text),
+            ("context", Text),
+            ("version", I64),
+            ("created_at", I64),
+            ("updated_at", I64),
+            ("origin", Text),
+        ],
+        key: &["id"],
+        resumable: false,
+        identity: None,
+    },
+    Table {
+        name: "item_history",
+        columns: &[
+            ("item_id", Text),
+            ("version", I64),
+            ("at", I64),
+            ("agent", Text),
+            ("mode", Text),
+            ("paths", Text),
+            ("patch", Text),
+            ("reason", Text),
+        ],
+        key: &["item_id", "version"],
+        resumable: false,
+        identity: None,
+    },
 ];
 
 /// Tables that exist in both schemas but are deliberately not copied, with the reason.

@@ -7,6 +7,7 @@ pub mod dlq;
 mod doc;
 pub mod events;
 pub mod health;
+pub mod items;
 pub mod jobs;
 pub mod queues;
 pub mod schedules;
@@ -68,6 +69,7 @@ fn routes() -> Routes {
     let r = schedules::routes(r);
     let r = events::routes(r);
     let r = access::routes(r);
+    let r = items::routes(r);
     health::routes(r)
 }
 

@@ -14,6 +14,7 @@
 
 mod events;
 mod hosts;
+mod items;
 mod jobs;
 mod limits;
 mod queues;
@@ -23,6 +24,7 @@ mod workers;
 
 pub use events::{EventPrune, EventStore};
 pub use hosts::HostStore;
+pub use items::{ItemFilter, ItemStore};
 pub use jobs::JobStore;
 pub use limits::QueueLimitStore;
 pub use queues::QueueStore;
@@ -97,5 +99,6 @@ store_is_the_sum_of!(
     EventStore,
     TokenStore,
     WorkerStore,
-    HostStore
+    HostStore,
+    ItemStore
 );

@@ -18,6 +18,7 @@ macro_rules! boxed {
 mod access;
 mod events;
 mod hosts;
+mod items;
 mod jobs;
 mod limits;
 mod queues;
@@ -405,7 +406,7 @@ async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<Str
     let rows = client
         .query(
             "SELECT relname::text FROM pg_stat_user_tables
-             WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps')
+             WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps', 'items', 'item_history')
                AND n_dead_tup > greatest($1, n_live_tup / 10)",
             &[&VACUUM_MIN_DEAD],
         )
@@ -450,7 +451,14 @@ impl StoreCore for PgStore {
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>> {
-        self.read(|c| boxed!(jobs::invariants(c).await)).await
+        self.read(|c| {
+            boxed!({
+                let mut out = jobs::invariants(c).await?;
+                out.extend(items::invariants(c).await?);
+                Ok(out)
+            })
+        })
+        .await
     }
 
     async fn close(&self) {

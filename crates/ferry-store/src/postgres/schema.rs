@@ -138,6 +138,35 @@ CREATE INDEX jobs_unique_key_any ON jobs (queue, unique_key, seq) WHERE unique_k
 -- A job's run deadline per attempt, enforced by workers; NULL is the default (a day).
 ALTER TABLE jobs ADD COLUMN timeout_ms BIGINT;
 "#,
+    r#"
+-- Work items (compare-and-set by version) and their kept history, one row per version.
+CREATE TABLE items (
+    id          TEXT PRIMARY KEY,
+    title       TEXT NOT NULL,
+    description TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    assignee    TEXT,
+    artifacts   TEXT NOT NULL,
+    context     TEXT NOT NULL,
+    version     BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    origin      TEXT NOT NULL
+);
+CREATE INDEX items_status ON items (status, id);
+CREATE INDEX items_assignee ON items (assignee, id) WHERE assignee IS NOT NULL;
+CREATE TABLE item_history (
+    item_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    at      BIGINT NOT NULL,
+    agent   TEXT,
+    mode    TEXT NOT NULL,
+    paths   TEXT NOT NULL,
+    patch   TEXT NOT NULL,
+    reason  TEXT,
+    PRIMARY KEY (item_id, version)
+);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -8,6 +8,7 @@ mod access;
 mod counts;
 mod events;
 mod hosts;
+mod items;
 mod jobs;
 mod limits;
 mod queues;
@@ -333,6 +334,7 @@ impl StoreCore for SqliteStore {
                 let integrity: String =
                     c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
                 let mut out = jobs::invariants(c)?;
+                out.extend(items::invariants(c)?);
                 if integrity != "ok" {
                     out.insert(0, format!("integrity_check: {integrity}"));
                 }

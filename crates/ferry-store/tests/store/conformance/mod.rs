@@ -24,6 +24,8 @@ pub mod events;
 #[macro_use]
 pub mod hosts;
 #[macro_use]
+pub mod items;
+#[macro_use]
 pub mod jobs;
 #[macro_use]
 pub mod json_props;
@@ -84,6 +86,7 @@ macro_rules! conformance_tests {
         core_rules!();
         events_rules!();
         hosts_rules!();
+        items_rules!();
         jobs_rules!();
         json_props_rules!();
         props_rules!();
