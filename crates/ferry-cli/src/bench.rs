@@ -4,6 +4,9 @@
 //!    with long-poll, batched completions);
 //! 2. enqueue → start latency on an idle server (one job at a time, one waiting worker);
 //! 3. C concurrent clients each doing enqueue(1) → claim(1) → complete(1);
+//! 4. (`agents`, only when named) work items: 1, 10, 50, 100 agents in a closed loop, each
+//!    iteration create → claim (`in_progress`) → add an artifact (merge, with
+//!    `expected_version`) → `done`; then 100 agents adding artifacts to one item;
 //!
 //! and the server's resident memory after each phase (from `GET /v1/server`).
 //!
@@ -12,9 +15,11 @@
 //! worker waits on the last, so it measures cross-node wake-ups. The `soak` phase (only when
 //! named) holds a steady rate for a while and reports throughput and database size per interval.
 
-use ferry_client::{Client, Worker};
+use ferry_client::{Client, ClientError, Worker};
+use ferry_core::ErrorCode;
+use ferry_core::item::{Artifact, ItemStatus, PatchMode};
 use ferry_core::validate::JobSpec;
-use ferry_core::wire::ClaimBody;
+use ferry_core::wire::{ClaimBody, CreateItemBody, PatchItemBody};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +30,7 @@ pub struct BenchArgs {
     /// Server URL, or several comma-separated nodes of one database.
     #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700", value_delimiter = ',')]
     url: Vec<String>,
-    /// API token (scopes produce, work and read), when the server has auth on.
+    /// API token (scopes produce, work and read; items for `agents`), when the server has auth on.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Jobs for the end-to-end phase.
@@ -79,8 +84,15 @@ pub struct BenchArgs {
     /// Overload: offered load as a multiple of the measured capacity.
     #[arg(long, default_value_t = 10.0)]
     overload_factor: f64,
-    /// Phases to run (e2e, latency, clients; soak, fanout and overload only when named); e2e,
-    /// latency, clients by default.
+    /// Agents: agent counts, one closed-loop run each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 50, 100])]
+    agents: Vec<usize>,
+    /// Agents: iterations per agent, one per --agents entry [default by count: 1 → 1000,
+    /// ≤10 → 500, ≤50 → 200, more → 100].
+    #[arg(long, value_delimiter = ',')]
+    agent_iterations: Vec<usize>,
+    /// Phases to run (e2e, latency, clients; soak, fanout, overload and agents only when
+    /// named); e2e, latency, clients by default.
     phases: Vec<String>,
 }
 
@@ -161,7 +173,7 @@ pub async fn run(a: BenchArgs) -> i32 {
     let client = nodes[0].clone();
     let node = |i: usize| nodes[i % nodes.len()].clone();
     let want = |p: &str| {
-        (a.phases.is_empty() && !matches!(p, "soak" | "fanout" | "overload"))
+        (a.phases.is_empty() && !matches!(p, "soak" | "fanout" | "overload" | "agents"))
             || a.phases.iter().any(|x| x == p)
     };
     let run_id = format!("{:x}", now_us());
@@ -333,6 +345,9 @@ pub async fn run(a: BenchArgs) -> i32 {
         return 1;
     }
     if want("fanout") && fanout(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
+    if want("agents") && agents(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
     0
@@ -594,4 +609,248 @@ async fn overload(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), (
         rss(&client).await
     );
     if other > 0 { Err(()) } else { Ok(()) }
+}
+
+/// The ops of one agent iteration, in order (the `agents` phase's latency rows).
+const AGENT_OPS: [&str; 4] = ["create", "claim", "artifact", "done"];
+
+/// Agents adding artifacts to one shared item (the seed's contention case).
+const SHARED_AGENTS: usize = 100;
+
+/// Distinct artifact uris each shared-item agent adds (100 × 10 = the default
+/// `limits.max_artifacts`).
+const SHARED_URIS: usize = 10;
+
+/// Conflicts one write retries before the benchmark gives up on it (merge writes of status
+/// and artifacts should never conflict at all).
+const MAX_CONFLICT_RETRIES: u32 = 100;
+
+/// Iterations per agent when `--agent-iterations` is not given: the seed's counts × 10.
+fn default_iterations(agents: usize) -> usize {
+    match agents {
+        0..=1 => 1_000,
+        2..=10 => 500,
+        11..=50 => 200,
+        _ => 100,
+    }
+}
+
+/// Milliseconds since `t`.
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// What agents saw: per-op latencies (ms, conflict retries included), calls made, conflicts.
+#[derive(Default)]
+struct AgentStats {
+    lat: [Vec<f64>; 4],
+    calls: u64,
+    conflicts: u64,
+}
+
+impl AgentStats {
+    fn absorb(&mut self, other: AgentStats) {
+        for (all, mine) in self.lat.iter_mut().zip(other.lat) {
+            all.extend(mine);
+        }
+        self.calls += other.calls;
+        self.conflicts += other.conflicts;
+    }
+}
+
+/// Sends `body` with `expected_version` = `*version`; on `version_conflict` counts it and
+/// retries on the version in the conflict's `details.current`. Leaves the item's new version
+/// in `*version`.
+async fn cas(
+    c: &Client,
+    id: &str,
+    mut body: PatchItemBody,
+    version: &mut i64,
+    s: &mut AgentStats,
+) -> Result<(), ClientError> {
+    let mut retries = 0;
+    loop {
+        body.expected_version = Some(*version);
+        s.calls += 1;
+        match c.patch_item(id, &body).await {
+            Ok(r) => {
+                *version = r.item.version;
+                return Ok(());
+            }
+            Err(e) if e.code() == Some(ErrorCode::VersionConflict) && retries < MAX_CONFLICT_RETRIES => {
+                let Some(current) = e.conflict_current() else { return Err(e) };
+                s.conflicts += 1;
+                retries += 1;
+                *version = current.version;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One agent of the closed loop: `iterations` × (create → claim → add artifact → done).
+async fn agent_loop(c: Client, agent: String, iterations: usize) -> Result<AgentStats, ClientError> {
+    let mut s = AgentStats::default();
+    for l in &mut s.lat {
+        l.reserve(iterations);
+    }
+    for k in 0..iterations {
+        let t = Instant::now();
+        s.calls += 1;
+        let body = CreateItemBody { title: format!("bench {agent} {k}"), ..Default::default() };
+        let item = c.create_item(&body).await?.item;
+        s.lat[0].push(ms_since(t));
+        // Every write carries the version the agent knows (its own item: no conflicts
+        // expected), so the run also passes with `[items] require_precondition = true`.
+        let mut version = item.version;
+        let steps = [
+            PatchItemBody { status: Some(ItemStatus::InProgress), ..Default::default() },
+            PatchItemBody {
+                mode: Some(PatchMode::Merge),
+                artifacts_add: Some(vec![Artifact { uri: format!("bench://{agent}/{k}"), meta: None }]),
+                ..Default::default()
+            },
+            PatchItemBody { status: Some(ItemStatus::Done), ..Default::default() },
+        ];
+        for (op, body) in steps.into_iter().enumerate() {
+            let t = Instant::now();
+            let body = PatchItemBody { agent: Some(agent.clone()), ..body };
+            cas(&c, &item.id, body, &mut version, &mut s).await?;
+            s.lat[op + 1].push(ms_since(t));
+        }
+    }
+    Ok(s)
+}
+
+/// `p50/p95/p99` of `v` (sorted here), for one report line.
+fn percentiles(v: &mut [f64]) -> String {
+    v.sort_by(f64::total_cmp);
+    format!("p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms", pct(v, 0.5), pct(v, 0.95), pct(v, 0.99))
+}
+
+/// Work items under agent load: for each `--agents` count, that many agents in a closed loop
+/// (create → claim → add artifact with `expected_version` → done); prints ops/s (every call
+/// counted), p50/p95/p99 per op and the conflicts seen. Then [`SHARED_AGENTS`] agents each add
+/// [`SHARED_URIS`] artifacts to one item (merge, `expected_version`, retrying conflicts on
+/// `details.current`): prints the conflicts (expected 0) and how many artifacts were kept.
+async fn agents(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    if a.agents.contains(&0) {
+        eprintln!("ferry: --agents counts must be at least 1");
+        return Err(());
+    }
+    if !a.agent_iterations.is_empty() && a.agent_iterations.len() != a.agents.len() {
+        eprintln!(
+            "ferry: --agent-iterations needs one count per --agents entry ({} given for {})",
+            a.agent_iterations.len(),
+            a.agents.len()
+        );
+        return Err(());
+    }
+    let client = &nodes[0];
+    for (run, &n) in a.agents.iter().enumerate() {
+        let iterations = a.agent_iterations.get(run).copied().unwrap_or_else(|| default_iterations(n));
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let c = nodes[i % nodes.len()].clone();
+            tasks.spawn(agent_loop(c, format!("bench-{run_id}-{n}-{i}"), iterations));
+        }
+        let mut all = AgentStats::default();
+        while let Some(r) = tasks.join_next().await {
+            match r.expect("agent task") {
+                Ok(s) => all.absorb(s),
+                Err(e) => {
+                    eprintln!("ferry: agent call failed: {e}");
+                    return Err(());
+                }
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "agents    {n} agent(s) x {iterations} iterations (create, claim, artifact, done): \
+             {} calls in {secs:.1} s, {:.0} ops/s, {} conflicts; server memory {}",
+            all.calls,
+            all.calls as f64 / secs,
+            all.conflicts,
+            rss(client).await
+        );
+        let mut every: Vec<f64> = all.lat.iter().flatten().copied().collect();
+        for (op, lat) in AGENT_OPS.iter().zip(&mut all.lat) {
+            println!("agents      {op:<9} {}", percentiles(lat));
+        }
+        println!("agents      {:<9} {}", "all", percentiles(&mut every));
+    }
+    shared_item(nodes, run_id).await
+}
+
+/// [`SHARED_AGENTS`] agents each adding [`SHARED_URIS`] distinct artifacts to one item.
+async fn shared_item(nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    let client = &nodes[0];
+    let body = CreateItemBody { title: format!("bench shared item {run_id}"), ..Default::default() };
+    let item = match client.create_item(&body).await {
+        Ok(r) => r.item,
+        Err(e) => {
+            eprintln!("ferry: create failed: {e}");
+            return Err(());
+        }
+    };
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..SHARED_AGENTS {
+        let (c, id, mut version) = (nodes[i % nodes.len()].clone(), item.id.clone(), item.version);
+        let agent = format!("bench-{run_id}-shared-{i}");
+        tasks.spawn(async move {
+            let mut s = AgentStats::default();
+            for u in 0..SHARED_URIS {
+                let t = Instant::now();
+                let uri = format!("bench://shared/{agent}/{u}");
+                let body = PatchItemBody {
+                    agent: Some(agent.clone()),
+                    mode: Some(PatchMode::Merge),
+                    artifacts_add: Some(vec![Artifact { uri, meta: None }]),
+                    ..Default::default()
+                };
+                cas(&c, &id, body, &mut version, &mut s).await?;
+                s.lat[2].push(ms_since(t));
+            }
+            Ok::<_, ClientError>(s)
+        });
+    }
+    let mut all = AgentStats::default();
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("agent task") {
+            Ok(s) => all.absorb(s),
+            Err(e) => {
+                eprintln!("ferry: agent call failed: {e}");
+                return Err(());
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let now = match client.get_item(&item.id).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("ferry: reading the shared item failed: {e}");
+            return Err(());
+        }
+    };
+    let wanted = SHARED_AGENTS * SHARED_URIS;
+    // A fresh item: every artifact on it is one of the agents' (a set by uri).
+    let kept = now.artifacts.len();
+    println!(
+        "agents    one item, {SHARED_AGENTS} agents x {SHARED_URIS} artifacts (merge, expected_version): \
+         {} calls in {secs:.1} s, {:.0} ops/s, {} conflicts (expect 0), {kept} of {wanted} artifacts kept, \
+         version {}; {}",
+        all.calls,
+        all.calls as f64 / secs,
+        all.conflicts,
+        now.version,
+        percentiles(&mut all.lat[2])
+    );
+    if kept == wanted {
+        Ok(())
+    } else {
+        eprintln!("ferry: {} of {wanted} artifacts were lost", wanted.saturating_sub(kept));
+        Err(())
+    }
 }

@@ -103,6 +103,12 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::hosts::HostsCmd,
     },
+    /// Work items (shared task state changed by compare-and-set): create, show, list, patch,
+    /// history.
+    Items {
+        #[command(subcommand)]
+        cmd: cmd::items::ItemsCmd,
+    },
 }
 
 /// Options of `ferry serve`; each overrides `ferry.toml` and its `FERRY_*` variable.
@@ -275,6 +281,7 @@ async fn main() {
         Command::Stats(o) => cmd::stats::stats(o).await,
         Command::Advise(a) => cmd::advise::advise(a).await,
         Command::Hosts { cmd } => cmd::hosts::hosts(cmd).await,
+        Command::Items { cmd } => cmd::items::items(cmd).await,
     };
     std::process::exit(code);
 }

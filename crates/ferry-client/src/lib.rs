@@ -11,12 +11,15 @@ pub mod worker;
 pub use stream::{EventSocket, EventStream};
 pub use worker::{JobContext, JobError, Worker, WorkerStats};
 
+use ferry_core::item::Item;
 use ferry_core::schedule::{DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse};
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::*;
-use ferry_core::{ClaimedJob, Error, FailOutcome, HeartbeatOutcome, Job, QueueLimits, TokenRecord};
-use serde::Serialize;
+use ferry_core::{
+    ClaimedJob, Error, ErrorCode, FailOutcome, HeartbeatOutcome, Job, QueueLimits, TokenRecord,
+};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -50,6 +53,18 @@ impl ClientError {
     pub fn code(&self) -> Option<ferry_core::ErrorCode> {
         match self {
             ClientError::Api { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+
+    /// The item as it is now, from a `version_conflict`, `precondition_failed` or
+    /// `invalid_state` answer's `details.current`: what a retry builds on without a GET.
+    pub fn conflict_current(&self) -> Option<Item> {
+        match self {
+            ClientError::Api { error, .. } => {
+                let current = error.details.as_ref()?.get("current")?;
+                Item::deserialize(current).ok()
+            }
             _ => None,
         }
     }
@@ -459,7 +474,114 @@ impl Client {
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         EventSocket::connect(req).await
     }
+
+    /// Creates a work item; `duplicate` in the answer tells an exact repeat (200) from a new
+    /// item (201).
+    pub async fn create_item(&self, body: &CreateItemBody) -> Result<ItemResponse> {
+        self.post("/v1/items", body).await
+    }
+
+    /// One work item as it is now.
+    pub async fn get_item(&self, id: &str) -> Result<Item> {
+        let r: ItemResponse = self.get(&format!("/v1/items/{id}"), &[]).await?;
+        Ok(r.item)
+    }
+
+    /// One work item once its version is above `version_gt`, or as it is when `wait_ms` ends
+    /// (a long-poll: watch an item without a stream).
+    pub async fn wait_item(&self, id: &str, version_gt: i64, wait_ms: i64) -> Result<Item> {
+        let q = GetItemQuery { wait_version_gt: Some(version_gt), wait_ms: Some(wait_ms) };
+        let r: ItemResponse = self.get_with(&format!("/v1/items/{id}"), &q).await?;
+        Ok(r.item)
+    }
+
+    /// One page of work items, by id, filtered by `query`.
+    pub async fn list_items(&self, query: &ItemsQuery) -> Result<ItemsPage> {
+        self.get_with("/v1/items", query).await
+    }
+
+    /// One page of an item's kept versions, newest first: who changed which paths, and how.
+    pub async fn item_history(
+        &self,
+        id: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<HistoryPage> {
+        let q = HistoryQuery { limit, cursor: cursor.map(String::from) };
+        self.get_with(&format!("/v1/items/{id}/history"), &q).await
+    }
+
+    /// Patches a work item (one compare-and-set when `body.expected_version` is set; a
+    /// conflict is 409 `version_conflict` with `details.current`).
+    pub async fn patch_item(&self, id: &str, body: &PatchItemBody) -> Result<PatchItemResponse> {
+        let req = self.http.patch(format!("{}/v1/items/{id}", self.base)).json(body);
+        Ok(self.send(req).await?.1)
+    }
+
+    /// Patches a work item with `If-Match: "version"` (HTTP's conditional write: strict unless
+    /// `body.mode` says merge; a conflict is 412 `precondition_failed`).
+    pub async fn patch_item_if_match(
+        &self,
+        id: &str,
+        version: i64,
+        body: &PatchItemBody,
+    ) -> Result<PatchItemResponse> {
+        let req = self
+            .http
+            .patch(format!("{}/v1/items/{id}", self.base))
+            .header(reqwest::header::IF_MATCH, format!("\"{version}\""))
+            .json(body);
+        Ok(self.send(req).await?.1)
+    }
+
+    /// Applies item ops in order in one transaction, all or nothing (the failing op's error
+    /// names it as `ops[i]`).
+    pub async fn batch_items(&self, body: &BatchItemsBody) -> Result<BatchItemsResponse> {
+        self.post("/v1/items/batch", body).await
+    }
+
+    /// Read-modify-write of a work item as `agent`: reads it, sends `f`'s patch with
+    /// `expected_version` set to the version read and `agent` set, and on 409
+    /// `version_conflict` reruns `f` on the conflict's `details.current` (no extra GET), up to
+    /// [`UPDATE_ATTEMPTS`] attempts with [`UPDATE_JITTER_MS`] of random sleep between them.
+    /// `invalid_state` and every other error are returned at once (a retry cannot fix them).
+    pub async fn update<F>(&self, id: &str, agent: &str, mut f: F) -> Result<PatchItemResponse>
+    where
+        F: FnMut(&Item) -> PatchItemBody,
+    {
+        let mut item = self.get_item(id).await?;
+        let mut attempt = 1;
+        loop {
+            let mut body = f(&item);
+            body.agent = Some(agent.to_string());
+            body.expected_version = Some(item.version);
+            match self.patch_item(id, &body).await {
+                Ok(r) => return Ok(r),
+                Err(e) if attempt < UPDATE_ATTEMPTS && e.code() == Some(ErrorCode::VersionConflict) => {
+                    attempt += 1;
+                    let (lo, hi) = UPDATE_JITTER_MS;
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(lo..=hi))).await;
+                    item = match e.conflict_current() {
+                        Some(current) => current,
+                        // A conflict without a readable `current` (not this server's answer):
+                        // read it instead.
+                        None => self.get_item(id).await?,
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
+
+/// Attempts [`Client::update`] makes in total before a `version_conflict` is returned (the
+/// seed's policy: enough for contention between a few writers, short enough to surface a
+/// hot item instead of hammering it).
+pub const UPDATE_ATTEMPTS: u32 = 3;
+
+/// Range (inclusive, in ms) of the random sleep between [`Client::update`] attempts, so
+/// writers that conflicted together do not retry in lockstep.
+pub const UPDATE_JITTER_MS: (u64, u64) = (2, 50);
 
 /// The error a 4xx/5xx answer stands for: the server's error body, or its text.
 fn api_error(status: u16, bytes: &[u8]) -> ClientError {

@@ -666,9 +666,15 @@ fn changed_paths(
                 changed_paths(&format!("{prefix}/{}", escape(k)), a.get(k), b.get(k), depth_left - 1, out);
             }
         }
-        (None, Some(Value::Object(b))) if depth_left > 0 && prefix.is_empty() => {
+        (None, Some(Value::Object(b))) if prefix.is_empty() => {
             for (k, v) in b {
                 changed_paths(&format!("/{}", escape(k)), None, Some(v), 0, out);
+            }
+        }
+        // An added object: its leaves are what changed, so writers adding beside them merge.
+        (None, Some(Value::Object(b))) if depth_left > 0 && !b.is_empty() => {
+            for (k, v) in b {
+                changed_paths(&format!("{prefix}/{}", escape(k)), None, Some(v), depth_left - 1, out);
             }
         }
         _ => out.push(if prefix.is_empty() { "/".into() } else { prefix.to_string() }),
@@ -871,7 +877,7 @@ mod tests {
         assert_eq!(t, new);
         let mut paths = Vec::new();
         changed_paths("/context", Some(&old), Some(&new), 3, &mut paths);
-        assert_eq!(paths, ["/context/a/b", "/context/a/c", "/context/d", "/context/e"]);
+        assert_eq!(paths, ["/context/a/b", "/context/a/c", "/context/d", "/context/e/f"]);
         assert!(overlaps("/context/a", "/context/a/b") && !overlaps("/context/a", "/context/ab"));
     }
 }

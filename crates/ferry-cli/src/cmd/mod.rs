@@ -4,6 +4,7 @@
 pub mod advise;
 pub mod dlq;
 pub mod hosts;
+pub mod items;
 pub mod jobs;
 pub mod queues;
 pub mod schedules;

@@ -89,8 +89,16 @@ fn body_endpoints() -> Vec<String> {
         v.push(format!("/v1/jobs/{UNKNOWN_ID}/{action}"));
     }
     v.extend(
-        ["/v1/jobs/complete", "/v1/jobs/fail", "/v1/jobs/heartbeat", "/v1/dlq/replay", "/v1/dlq/purge"]
-            .map(String::from),
+        [
+            "/v1/jobs/complete",
+            "/v1/jobs/fail",
+            "/v1/jobs/heartbeat",
+            "/v1/dlq/replay",
+            "/v1/dlq/purge",
+            "/v1/items",
+            "/v1/items/batch",
+        ]
+        .map(String::from),
     );
     v
 }

@@ -453,6 +453,12 @@ async fn openapi_document_covers_every_route() {
         ("get", "/v1/stats"),
         ("get", "/v1/advice"),
         ("get", "/v1/advice/history"),
+        ("post", "/v1/items"),
+        ("get", "/v1/items"),
+        ("get", "/v1/items/{id}"),
+        ("get", "/v1/items/{id}/history"),
+        ("patch", "/v1/items/{id}"),
+        ("post", "/v1/items/batch"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in expected {

@@ -10,6 +10,7 @@ mod e2e;
 mod events;
 mod faults;
 mod import_dir;
+mod items;
 mod migrate;
 mod multinode;
 mod observability;

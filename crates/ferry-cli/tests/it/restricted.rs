@@ -1350,6 +1350,34 @@ fn variants(key: &str, fx: &Fx, who: usize) -> Option<Vec<Variant>> {
             ),
         )],
         "GET /v1/hosts" => reads("/v1/hosts"),
+        // Work items belong to no queue: a token restricted to queues is refused them all.
+        "POST /v1/items" => vec![
+            v("create an item", post("/v1/items?queue=a", json!({"title": "t"}))).forbidden(),
+            v("repeat an item's create", post("/v1/items", json!({"id": "item-b", "title": "t"})))
+                .forbidden(),
+        ],
+        "GET /v1/items" => vec![v("list items", get("/v1/items?queue=a")).forbidden()],
+        "GET /v1/items/{id}" => vec![
+            v("read an item", get("/v1/items/item-b?queue=a")).forbidden(),
+            v("long-poll an item", get("/v1/items/item-b?wait_version_gt=9&wait_ms=10")).forbidden(),
+        ],
+        "GET /v1/items/{id}/history" => {
+            vec![v("read an item's history", get("/v1/items/item-b/history")).forbidden()]
+        }
+        "PATCH /v1/items/{id}" => vec![
+            v("change an item", req(Method::PATCH, "/v1/items/item-b?queue=a", Some(json!({"title": "x"}))))
+                .forbidden(),
+        ],
+        "POST /v1/items/batch" => vec![
+            v(
+                "batch-change items",
+                post(
+                    "/v1/items/batch?queue=a",
+                    json!({"ops": [{"op": "patch", "id": "item-b", "title": "x"}]}),
+                ),
+            )
+            .forbidden(),
+        ],
         "DELETE /v1/hosts/{name}" => vec![
             v("remove a host", req(Method::DELETE, "/v1/hosts/host-1?queue=a", None)),
             v("remove an unknown host", req(Method::DELETE, "/v1/hosts/nosuch-host?queue=a", None)),

@@ -86,6 +86,8 @@ async fn events_written_by_the_previous_release_still_decode() {
         assert_eq!(subject, expected, "event {}", e.cursor);
         types.insert(e.kind);
     }
-    assert_eq!(types.len(), ferry_core::EventType::ALL.len(), "the fixture holds every type of that release");
+    // That release had the job, queue and schedule types (codes 0..=10); later ones came after.
+    let of_that_release = ferry_core::EventType::ALL.iter().filter(|t| t.code() <= 10).count();
+    assert_eq!(types.len(), of_that_release, "the fixture holds every type of that release");
     s.close().await;
 }

@@ -246,7 +246,8 @@ pub async fn patch_merges_context_and_artifacts(h: Harness) {
         (e.at, e.mode.as_str(), e.agent.as_deref(), e.reason.as_deref()),
         (Timestamp(T0 + 1_000), "merge", Some("a1"), None)
     );
-    assert_eq!(e.paths, ["/artifacts", "/context/a/b", "/context/a/d", "/context/list", "/context/new"]);
+    // An added object reports its leaves (`/context/a/d/e`), so writers adding beside them merge.
+    assert_eq!(e.paths, ["/artifacts", "/context/a/b", "/context/a/d/e", "/context/list", "/context/new"]);
     assert_eq!(
         e.patch,
         json!({
@@ -293,7 +294,7 @@ pub async fn patch_merges_context_and_artifacts(h: Harness) {
     assert_eq!((d["version"].clone(), d["agent"].clone()), (json!(2), json!("a1")));
     assert_eq!(
         d["paths"],
-        json!(["/artifacts", "/context/a/b", "/context/a/d", "/context/list", "/context/new"])
+        json!(["/artifacts", "/context/a/b", "/context/a/d/e", "/context/list", "/context/new"])
     );
     assert_eq!(got[2].data.as_ref().unwrap()["version"], 3);
     assert!(got.iter().all(|e| e.subject.id == "m"));
