@@ -63,7 +63,7 @@ step "pytest (without pydantic: the validation path)"
 t2=$(date +%s)
 step "mypy --strict and ruff"
 "$with/bin/mypy" --strict
-"$with/bin/ruff" check src tests
-"$with/bin/ruff" format --check src tests
+"$with/bin/ruff" check src tests scripts
+"$with/bin/ruff" format --check src tests scripts
 t3=$(date +%s)
 echo "python: pytest $((t1 - t0)) s, pytest without pydantic $((t2 - t1)) s, lints $((t3 - t2)) s"

@@ -132,6 +132,37 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     assert (await c("resume_schedule", name))["paused"] is False
     assert (await c("delete_schedule", name))["deleted"] is True
 
+    # Work items.
+    agent = f"agent-{tag}"
+    created = await c("create_item", f"item {tag}", id=f"item-{tag}", context={"a": 1}, agent=agent)
+    item = created["item"]
+    assert item["version"] == 1 and not created.get("duplicate")
+    assert (await c("get_item", item["id"]))["title"] == f"item {tag}"
+    waited = await c("get_item", item["id"], wait_version_gt=0, wait_ms=1000)
+    assert waited["version"] == 1
+    patched = await c(
+        "patch_item", item["id"], agent=agent, expected_version=1, status="in_progress", context={"b": 2}
+    )
+    assert patched["changed"] and patched["item"]["context"] == {"a": 1, "b": 2}
+    assert patched["item"]["assignee"] == agent
+    assert (await c("patch_item", item["id"], if_match=2, title="renamed"))["item"]["version"] == 3
+    mine = await c.collect(await c("list_items", status="in_progress", assignee=agent))
+    assert [i["id"] for i in mine] == [item["id"]]
+    assert len((await c.page(await c("list_items", limit=1)))["items"]) == 1
+    history = await c.collect(await c("item_history", item["id"]))
+    assert [h["version"] for h in history] == [3, 2, 1]
+    batch = await c(
+        "batch_items",
+        [
+            {"op": "check", "id": item["id"], "expected_version": 3},
+            {"op": "create", "id": f"item-{tag}-2", "title": "second"},
+        ],
+    )
+    assert [(i["id"], i["version"]) for i in batch] == [(item["id"], 3), (f"item-{tag}-2", 1)]
+    updated = client.update_item(item["id"], agent, lambda it: {"context": {"n": len(it["context"])}})
+    updated = await updated if inspect.isawaitable(updated) else updated
+    assert updated["item"]["version"] == 4 and updated["item"]["context"]["n"] == 2
+
     # Events: long-poll, server-sent events, WebSocket.
     page = await c("poll_events", since=0, limit=3, queue=q)
     assert [e["cursor"] for e in page["events"]] == sorted(e["cursor"] for e in page["events"])

@@ -29,6 +29,9 @@ STATUS = {
     "stale_lease": 409,
     "invalid_state": 409,
     "conflict": 409,
+    "version_conflict": 409,
+    "precondition_failed": 412,
+    "precondition_required": 428,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "request_timeout": 408,
@@ -114,7 +117,8 @@ def test_each_code_the_server_answers_arrives_as_its_class(ferry_server_factory:
                 "body_read_timeout_ms": 300,
                 "max_uri_bytes": 4096,
                 "max_header_bytes": 8192,
-            }
+            },
+            "items": {"require_precondition": True},
         }
     )
     c = server.client(retries=0)
@@ -174,6 +178,14 @@ def test_each_code_the_server_answers_arrives_as_its_class(ferry_server_factory:
     c.enqueue("full")
     full = expect(ferry.QueueFull, lambda: c.enqueue("full"))
     assert full.retry_after is not None and full.details and full.details.get("max_depth") == 1
+
+    c.create_item("work", id="w-1")
+    c.patch_item("w-1", expected_version=1, title="again")
+    stale = expect(ferry.VersionConflict, lambda: c.patch_item("w-1", expected_version=1, title="t"))
+    assert stale.current and stale.current["version"] == 2 and stale.conflicting_paths == ["/title"]
+    failed = expect(ferry.PreconditionFailed, lambda: c.patch_item("w-1", if_match=1, title="t"))
+    assert (failed.expected_version, failed.actual_version) == (1, 2)
+    expect(ferry.PreconditionRequired, lambda: c.patch_item("w-1", title="t"))
 
     produced = set(seen)
     assert produced >= set(STATUS) - {

@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "StaleLease": "ferry._errors",
     "InvalidState": "ferry._errors",
     "Conflict": "ferry._errors",
+    "VersionConflict": "ferry._errors",
+    "PreconditionFailed": "ferry._errors",
+    "PreconditionRequired": "ferry._errors",
     "PayloadTooLarge": "ferry._errors",
     "UnsupportedMediaType": "ferry._errors",
     "RequestTimeout": "ferry._errors",
@@ -63,6 +66,8 @@ if TYPE_CHECKING:
     from ferry._errors import InvalidState as InvalidState
     from ferry._errors import NotFound as NotFound
     from ferry._errors import PayloadTooLarge as PayloadTooLarge
+    from ferry._errors import PreconditionFailed as PreconditionFailed
+    from ferry._errors import PreconditionRequired as PreconditionRequired
     from ferry._errors import QueueFull as QueueFull
     from ferry._errors import RateLimited as RateLimited
     from ferry._errors import RequestTimeout as RequestTimeout
@@ -74,6 +79,7 @@ if TYPE_CHECKING:
     from ferry._errors import UnsupportedMediaType as UnsupportedMediaType
     from ferry._errors import UriTooLong as UriTooLong
     from ferry._errors import ValidationFailed as ValidationFailed
+    from ferry._errors import VersionConflict as VersionConflict
     from ferry._task import Task as Task
     from ferry._task import task as task
     from ferry._validate import PayloadInvalid as PayloadInvalid

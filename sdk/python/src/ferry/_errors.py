@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+if TYPE_CHECKING:
+    from ferry.types import Item
 
 __all__ = [
     "CODES",
@@ -20,6 +23,8 @@ __all__ = [
     "InvalidState",
     "NotFound",
     "PayloadTooLarge",
+    "PreconditionFailed",
+    "PreconditionRequired",
     "QueueFull",
     "RateLimited",
     "RequestTimeout",
@@ -31,6 +36,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UriTooLong",
     "ValidationFailed",
+    "VersionConflict",
     "error_from",
 ]
 
@@ -136,6 +142,55 @@ class Conflict(FerryError):
     code_name = "conflict"
 
 
+class _StaleVersion:
+    """What a refused compare-and-set on a work item carries in `details`: the item's
+    `expected_version` and `actual_version`, the `conflicting_paths` (JSON Pointers) changed
+    since, and the `current` item (write again from it)."""
+
+    details: dict[str, Any] | None
+
+    @property
+    def current(self) -> Item | None:
+        """The item as it is now (`details.current`)."""
+        return cast("Item | None", (self.details or {}).get("current"))
+
+    @property
+    def expected_version(self) -> int | None:
+        """The version the write expected."""
+        return cast("int | None", (self.details or {}).get("expected_version"))
+
+    @property
+    def actual_version(self) -> int | None:
+        """The item's version when the write arrived."""
+        return cast("int | None", (self.details or {}).get("actual_version"))
+
+    @property
+    def conflicting_paths(self) -> list[str]:
+        """The paths the write touches that changed since `expected_version` (every changed
+        path for a strict write)."""
+        return cast("list[str]", (self.details or {}).get("conflicting_paths") or [])
+
+
+class VersionConflict(_StaleVersion, FerryError):
+    """409: a work item changed since the body's `expected_version` (`current`,
+    `conflicting_paths`, ... from `details`): read it again and retry (`update_item` does)."""
+
+    code_name = "version_conflict"
+
+
+class PreconditionFailed(_StaleVersion, FerryError):
+    """412: a work item's version is not the `If-Match` one (same `details` as
+    `VersionConflict`)."""
+
+    code_name = "precondition_failed"
+
+
+class PreconditionRequired(FerryError):
+    """428: the server requires `expected_version` or `If-Match` on every item PATCH."""
+
+    code_name = "precondition_required"
+
+
 class PayloadTooLarge(FerryError):
     """413: over a size or batch limit; `field` names it."""
 
@@ -226,6 +281,9 @@ CODES: dict[str, type[FerryError]] = {
         StaleLease,
         InvalidState,
         Conflict,
+        VersionConflict,
+        PreconditionFailed,
+        PreconditionRequired,
         PayloadTooLarge,
         UnsupportedMediaType,
         RequestTimeout,

@@ -12,13 +12,18 @@ on whether repeating the request is safe:
 - `ALWAYS`: reads, lease-fenced job reports (complete, fail, heartbeat, release: repeating one
   that already applied is refused as `stale_lease` or changes nothing), claims (a lost answer
   only delays its jobs until their lease expires), and everything idempotent by key (an
-  enqueue whose every job has a `unique_key`, an import, PUT/DELETE, pause/resume);
+  enqueue whose every job has a `unique_key`, an import, PUT/DELETE, pause/resume, a work
+  item created with its `id`: a repeat answers `duplicate`), and work-item PATCHes that
+  apply at most once (with a precondition, strict or touching only conflict-checked fields:
+  a repeat of one that applied conflicts; see `_client_base._patch_retry`);
 - `REFUSED`: writes that must not run twice (minting a token, creating a schedule or a
-  host) are retried only when the server said it did nothing: 429 (`rate_limited`,
-  `queue_full`) and 503 `server_saturated` / `circuit_open`, refused before any write. A
-  connection failure or `unavailable` might have followed a commit, so it is raised at once;
+  host, any other work-item PATCH) are retried only when the server said it did nothing: 429
+  (`rate_limited`, `queue_full`) and 503 `server_saturated` / `circuit_open`, refused before
+  any write. A connection failure or `unavailable` might have followed a commit, so it is
+  raised at once;
 - `NEVER`: raised at once: an enqueue without `unique_key` (the issue's contract: only a
-  keyed enqueue is retried), and streams (they handle their own reconnects).
+  keyed enqueue is retried), a work item created without `id` (or a batch holding such a
+  create), and streams (they handle their own reconnects).
 
 Waits are jittered exponential backoff (0.1 s doubling, capped at 5 s), never shorter than the
 server's `Retry-After`, bounded by `retries` and a total `retry_budget` in seconds.
@@ -201,6 +206,13 @@ class _Base:
         return httpx.Limits(max_connections=100, max_keepalive_connections=64, keepalive_expiry=30.0)
 
 
+def _request_headers(has_body: bool, extra: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """A request's own headers: the JSON content type with a body, and a call's extras."""
+    if not extra:
+        return _JSON_HEADERS if has_body else None
+    return {**_JSON_HEADERS, **extra} if has_body else extra
+
+
 def _decode(resp: httpx.Response, kind: int) -> Any:
     if kind == JSON:
         content = resp.content
@@ -231,10 +243,12 @@ class SyncTransport(_Base):
         kind: int = JSON,
         wait_ms: int = 0,
         accept: int = 0,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """Sends one request, retrying per `retry`; returns the decoded answer."""
+        """Sends one request (with extra `headers`, if any), retrying per `retry`; returns the
+        decoded answer."""
         content = dumps(body) if has_body else None
-        headers = _JSON_HEADERS if has_body else None
+        sent = _request_headers(has_body, headers)
         timeout = self.httpx_timeout(wait_ms) if wait_ms else None
         request = self.http.request
         attempt = 0
@@ -242,10 +256,10 @@ class SyncTransport(_Base):
         while True:
             try:
                 if timeout is None:
-                    resp = request(method, path, params=params, content=content, headers=headers)
+                    resp = request(method, path, params=params, content=content, headers=sent)
                 else:
                     resp = request(
-                        method, path, params=params, content=content, headers=headers, timeout=timeout
+                        method, path, params=params, content=content, headers=sent, timeout=timeout
                     )
             except RETRY_EXCEPTIONS as exc:
                 err: FerryError = _connection_error(exc, self.url)
@@ -302,8 +316,10 @@ class AsyncTransport(_Base):
         kind: int = JSON,
         wait_ms: int = 0,
         accept: int = 0,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """Sends one request, retrying per `retry`; returns the decoded answer."""
+        """Sends one request (with extra `headers`, if any), retrying per `retry`; returns the
+        decoded answer."""
         content = dumps(body) if has_body else None
         wire = self._wire
         timeout = self.timeout + wait_ms / 1000.0
@@ -312,14 +328,16 @@ class AsyncTransport(_Base):
         while True:
             try:
                 if wire is not None:
-                    status, answer, retry_after = await wire.request(method, path, params, content, timeout)
+                    status, answer, retry_after = await wire.request(
+                        method, path, params, content, timeout, headers
+                    )
                 else:
                     resp = await self.http.request(
                         method,
                         path,
                         params=params,
                         content=content,
-                        headers=_JSON_HEADERS if has_body else None,
+                        headers=_request_headers(has_body, headers),
                         timeout=self.httpx_timeout(wait_ms),
                     )
                     status, answer = resp.status_code, resp.content
@@ -468,8 +486,10 @@ class _Wire:
         params: Mapping[str, Any] | None,
         body: bytes | None,
         timeout: float,
+        headers: Mapping[str, str] | None = None,
     ) -> _Answer:
-        """Sends one request and reads its answer: (status, body, Retry-After)."""
+        """Sends one request (with extra `headers`, if any) and reads its answer: (status,
+        body, Retry-After)."""
         loop = asyncio.get_running_loop()
         if loop is not self.loop:
             self._bind(loop)
@@ -477,6 +497,8 @@ class _Wire:
         if params:
             target += "?" + urllib.parse.urlencode(params)
         head = f"{method} {target} HTTP/1.1\r\n".encode() + self.fixed
+        if headers:
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         if body is not None:
             data = head + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
         elif method in ("POST", "PUT", "PATCH"):

@@ -246,6 +246,86 @@ class Deleted(TypedDict):
     deleted: bool
 
 
+# ---- work items --------------------------------------------------------------------------------
+
+
+class Artifact(TypedDict):
+    """An output of a work item, keyed by `uri`; `meta` is absent when none was given."""
+
+    uri: str
+    meta: NotRequired[Any]
+
+
+class Item(TypedDict):
+    """A work item: shared task state that agents change by compare-and-set. `status` is one
+    of `todo`, `in_progress`, `blocked`, `done`, `failed`, `cancelled`; `version` is 1 at
+    creation and grows by one per change (the `ETag`)."""
+
+    id: str
+    title: str
+    description: str
+    status: str
+    assignee: str | None
+    artifacts: list[Artifact]
+    context: dict[str, Any]
+    version: int
+    created_at: str
+    updated_at: str
+
+
+class ItemResult(TypedDict):
+    """`POST /v1/items`: the item, and `duplicate: true` when it repeated an earlier create."""
+
+    item: Item
+    duplicate: NotRequired[bool]
+
+
+class PatchItemResult(TypedDict):
+    """`PATCH /v1/items/{id}`: the item after the write; `changed` is false when it changed
+    nothing (no new version)."""
+
+    item: Item
+    changed: bool
+
+
+class ItemsPage(TypedDict):
+    """One page of items (ordered by id); pass `next_cursor` back for the next."""
+
+    items: list[Item]
+    next_cursor: NotRequired[str | None]
+
+
+class HistoryEntry(TypedDict):
+    """One version of an item: who wrote it (`agent`), how (`mode`: `create`, `merge`,
+    `strict`), the changed `paths` (JSON Pointers, context cut at depth 3) and the RFC 7396
+    `patch` from the version before."""
+
+    version: int
+    at: str
+    agent: str | None
+    mode: str
+    paths: list[str]
+    patch: dict[str, Any]
+    reason: NotRequired[str]
+
+
+class HistoryPage(TypedDict):
+    """One page of an item's history, newest first."""
+
+    history: list[HistoryEntry]
+    next_cursor: NotRequired[str | None]
+
+
+class ConflictDetails(TypedDict):
+    """`details` of `version_conflict` (409) and `precondition_failed` (412)."""
+
+    item_id: str
+    expected_version: int
+    actual_version: int
+    conflicting_paths: list[str]
+    current: Item
+
+
 # ---- access, workers, hosts --------------------------------------------------------------------
 
 
