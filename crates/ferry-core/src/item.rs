@@ -55,12 +55,14 @@ impl ItemStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Artifact {
-    /// Where the output is; the artifact's key.
+    /// Where the output is; the artifact's key (with `meta`, at most
+    /// `limits.max_artifact_bytes` as JSON).
+    #[schema(min_length = 1, max_length = 4096)]
     pub uri: String,
     /// Anything the writer wants kept with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub meta: Option<Value>,
+    pub meta: Option<Map<String, Value>>,
 }
 
 /// A work item as stored and served.

@@ -85,6 +85,29 @@ pub mod names {
     #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,128}$", min_length = 1, max_length = 128)]
     pub struct WorkerName(pub String);
 
+    /// A work-item id: 1..=`limits.max_item_id_len` of `[A-Za-z0-9._:-]`, not `.` or `..`.
+    #[derive(utoipa::ToSchema)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+    pub struct ItemId(pub String);
+
+    /// An agent name: 1..=`limits.max_agent_name_len` of `[A-Za-z0-9._:-]`.
+    #[derive(utoipa::ToSchema)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+    pub struct AgentName(pub String);
+
+    /// The statuses an item may be created in.
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "snake_case")]
+    #[allow(dead_code)]
+    pub enum InitialStatus {
+        /// Not started (the default).
+        Todo,
+        /// Waiting on something.
+        Blocked,
+        /// Held by the creating `agent` (required).
+        InProgress,
+    }
+
     /// A job tag: 1..=`limits.max_tag_len` characters, none of them a control character.
     #[derive(utoipa::ToSchema)]
     #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,64}$", min_length = 1, max_length = 64)]

@@ -344,7 +344,7 @@ fn show_item(i: &Item) {
         println!("artifacts:");
         for a in &i.artifacts {
             match &a.meta {
-                Some(m) => println!("  {} {m}", a.uri),
+                Some(m) => println!("  {} {}", a.uri, serde_json::Value::Object(m.clone())),
                 None => println!("  {}", a.uri),
             }
         }

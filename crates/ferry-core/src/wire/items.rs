@@ -16,20 +16,26 @@ use utoipa::{IntoParams, ToSchema};
 pub struct CreateItemBody {
     /// The client's id (1–`limits.max_item_id_len` of `[A-Za-z0-9._:-]`); default a UUIDv7.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::validate::names::ItemId>)]
     pub id: Option<String>,
-    /// One line, 1–`limits.max_title_bytes` bytes.
+    /// One line, 1–`limits.max_title_bytes` bytes (UTF-8).
+    #[schema(min_length = 1, max_length = 512)]
     pub title: String,
-    /// Up to `limits.max_description_bytes` bytes.
+    /// Up to `limits.max_description_bytes` bytes (UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 65536)]
     pub description: Option<String>,
     /// `todo` (default), `blocked` or `in_progress` (which needs `agent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::validate::names::InitialStatus>)]
     pub status: Option<ItemStatus>,
     /// The holder (an agent name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::validate::names::AgentName>)]
     pub assignee: Option<String>,
     /// Outputs, keyed by `uri` (at most `limits.max_artifacts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 1000)]
     pub artifacts: Option<Vec<Artifact>>,
     /// A JSON object, at most `limits.max_context_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,6 +43,7 @@ pub struct CreateItemBody {
     pub context: Option<Map<String, Value>>,
     /// The creating agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::validate::names::AgentName>)]
     pub agent: Option<String>,
 }
 
@@ -46,9 +53,11 @@ pub struct CreateItemBody {
 pub struct PatchItemBody {
     /// The item: only in a batch op (the path names it otherwise; both must agree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::validate::names::ItemId>)]
     pub id: Option<String>,
     /// The writing agent (required for a move to `in_progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::validate::names::AgentName>)]
     pub agent: Option<String>,
     /// The version the writer read: a conflict is 409 `version_conflict`.
     #[serde(
@@ -61,15 +70,17 @@ pub struct PatchItemBody {
     /// `merge` (default; with `If-Match` alone: `strict`) or `strict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<PatchMode>,
-    /// New title.
+    /// New title (1–`limits.max_title_bytes` bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 512)]
     pub title: Option<String>,
-    /// New description.
+    /// New description (up to `limits.max_description_bytes` bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 65536)]
     pub description: Option<String>,
     /// New holder; `null` unassigns.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::validate::names::AgentName>)]
     pub assignee: Option<Option<String>>,
     /// Target status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +90,7 @@ pub struct PatchItemBody {
     pub reopen: Option<bool>,
     /// Why (kept in the history and the status event), up to `limits.max_title_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 512)]
     pub reason: Option<String>,
     /// An RFC 7396 merge patch of `context`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,17 +98,25 @@ pub struct PatchItemBody {
     pub context: Option<Map<String, Value>>,
     /// Artifacts to add, or replace by `uri`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 1000)]
     pub artifacts_add: Option<Vec<Artifact>>,
     /// Uris of artifacts to remove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 1000, inline, value_type = Option<Vec<ArtifactUri>>)]
     pub artifacts_remove: Option<Vec<String>>,
 }
+
+/// An artifact's uri, as `artifacts_remove` names it.
+#[derive(ToSchema)]
+#[schema(min_length = 1, max_length = 4096)]
+pub struct ArtifactUri(pub String);
 
 /// A batch's compare-only op.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckOp {
     /// The item.
+    #[schema(value_type = crate::validate::names::ItemId)]
     pub id: String,
     /// The version it must be at.
     #[serde(deserialize_with = "crate::validate::whole::int")]
@@ -121,6 +141,7 @@ pub enum BatchOp {
 #[serde(deny_unknown_fields)]
 pub struct BatchItemsBody {
     /// Applied in order in one transaction; at most `limits.max_batch`.
+    #[schema(min_items = 1, max_items = 10000)]
     pub ops: Vec<BatchOp>,
     /// Must be `true` (all or nothing); `false` is reserved.
     #[serde(default = "yes")]
@@ -156,6 +177,7 @@ pub struct ItemsQuery {
     /// Only items in this status.
     pub status: Option<ItemStatus>,
     /// Only items held by this agent.
+    #[param(value_type = Option<crate::validate::names::AgentName>)]
     pub assignee: Option<String>,
     /// Page size, at most `limits.max_page_size` (default 100).
     #[param(minimum = 1, maximum = 1000)]

@@ -128,6 +128,25 @@ fn derived_schemas(doc: &mut Value) {
         ]
     });
 
+    // A batch op is its body with `op` beside the other fields (serde's internal tag); the
+    // derived `allOf` of the body (no other properties allowed) and `{op}` cannot both hold, so
+    // each branch becomes the body's own object with `op` added.
+    let schemas = at(doc, "/components/schemas").clone();
+    let branches =
+        at(doc, &format!("{}/oneOf", schema("BatchOp"))).as_array_mut().expect("BatchOp is a oneOf");
+    for branch in branches.iter_mut() {
+        let parts = branch["allOf"].as_array().expect("a tagged branch is an allOf").clone();
+        let body = parts[0]["$ref"].as_str().and_then(|r| r.rsplit('/').next()).expect("the branch's body");
+        let mut merged = schemas[body].clone();
+        let m = object(&mut merged);
+        object(m.get_mut("properties").expect("a body has properties"))
+            .insert("op".into(), parts[1]["properties"]["op"].clone());
+        let required = m.entry("required").or_insert(json!([]));
+        required.as_array_mut().expect("required is a list").push(json!("op"));
+        m.insert("description".into(), branch["description"].clone());
+        *branch = merged;
+    }
+
     // A DLQ selector names `ids` or `queue`, exactly one (the other absent or null).
     object(at(doc, &schema("DlqSelectorBody"))).insert(
         "oneOf".into(),
@@ -246,7 +265,7 @@ fn parameter_patterns(doc: &mut Value, l: &Limits) {
                 ("/v1/events" | "/v1/events/stream" | "/v1/ws", n) => {
                     filters.iter().find(|(f, _)| *f == n).map(|(_, pat)| pat.clone())
                 }
-                ("/v1/jobs" | "/v1/dlq", "cursor") => Some(cursor_pattern()),
+                ("/v1/jobs" | "/v1/dlq" | "/v1/items/{id}/history", "cursor") => Some(cursor_pattern()),
                 _ => None,
             };
             if let Some(pattern) = pattern {
@@ -330,6 +349,24 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
     for s in ["ScheduleSpec", "SchedulePatch"] {
         sets.push((format!("{}/properties/catch_up_max", schema(s)), "maximum", json!(l.max_catch_up)));
     }
+    for (s, class, max) in [
+        ("ItemId", "[A-Za-z0-9._:-]", l.max_item_id_len),
+        ("AgentName", "[A-Za-z0-9._:-]", l.max_agent_name_len),
+    ] {
+        sets.push((schema(s), "pattern", name(class, max)));
+        sets.push((schema(s), "maxLength", json!(max)));
+    }
+    for body in ["CreateItemBody", "PatchItemBody"] {
+        let p = |f: &str| format!("{}/properties/{f}", schema(body));
+        sets.push((p("title"), "maxLength", json!(l.max_title_bytes)));
+        sets.push((p("description"), "maxLength", json!(l.max_description_bytes)));
+    }
+    let item = |s: &str, f: &str| format!("{}/properties/{f}", schema(s));
+    sets.push((item("PatchItemBody", "reason"), "maxLength", json!(l.max_title_bytes)));
+    sets.push((item("CreateItemBody", "artifacts"), "maxItems", json!(l.max_artifacts)));
+    sets.push((item("PatchItemBody", "artifacts_add"), "maxItems", json!(l.max_artifacts)));
+    sets.push((item("PatchItemBody", "artifacts_remove"), "maxItems", json!(l.max_artifacts)));
+    sets.push((item("BatchItemsBody", "ops"), "maxItems", json!(l.max_batch)));
     // Query parameters (inline in their operations).
     for path in ["/v1/jobs", "/v1/dlq"] {
         let q = query_param(doc, path, "queue");
@@ -338,6 +375,10 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
         sets.push((q, "maxLength", json!(l.max_queue_name_len)));
         sets.push((query_param(doc, path, "limit"), "maximum", json!(l.max_page_size)));
     }
+    for path in ["/v1/items", "/v1/items/{id}/history"] {
+        sets.push((query_param(doc, path, "limit"), "maximum", json!(l.max_page_size)));
+    }
+    sets.push((query_param(doc, "/v1/items/{id}", "wait_ms"), "maximum", json!(l.max_wait_ms)));
     for path in ["/v1/events", "/v1/events/stream", "/v1/ws"] {
         sets.push((query_param(doc, path, "wait_ms"), "maximum", json!(l.max_wait_ms)));
         sets.push((query_param(doc, path, "limit"), "maximum", json!(l.max_page_size)));

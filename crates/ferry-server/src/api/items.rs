@@ -74,7 +74,7 @@ pub async fn create(
 /// One item; with `wait_version_gt`, waits up to `wait_ms` for a newer version (woken by the
 /// commit that makes it, on any node) and then answers the item as it is.
 #[utoipa::path(get, path = "/v1/items/{id}", tag = "items", operation_id = "get_item",
-    params(("id" = String, Path, description = ITEM_ID), GetItemQuery),
+    params(("id" = ferry_core::validate::names::ItemId, Path, description = ITEM_ID), GetItemQuery),
     responses((status = 200, description = "the item; `ETag` is its version", body = ItemResponse),
     (status = 404, description = NO_ITEM, body = ErrorBody)))]
 pub async fn get(
@@ -148,7 +148,7 @@ fn page_size(st: &AppState, limit: Option<usize>) -> Result<usize, Error> {
 /// The kept versions of an item (the last `limits.max_item_history`), newest first, each with
 /// its changed paths and the merge patch from the version before.
 #[utoipa::path(get, path = "/v1/items/{id}/history", tag = "items", operation_id = "item_history",
-    params(("id" = String, Path, description = ITEM_ID), HistoryQuery),
+    params(("id" = ferry_core::validate::names::ItemId, Path, description = ITEM_ID), HistoryQuery),
     responses((status = 200, description = "a page of history, newest first", body = HistoryPage),
     (status = 404, description = NO_ITEM, body = ErrorBody)))]
 pub async fn history(
@@ -188,7 +188,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Error> {
 /// `precondition_failed`). `merge` (the default) conflicts only when a path the write touches
 /// changed since; `strict` on any change. Conflicts carry `details.current`.
 #[utoipa::path(patch, path = "/v1/items/{id}", tag = "items", operation_id = "patch_item",
-    params(("id" = String, Path, description = ITEM_ID),
+    params(("id" = ferry_core::validate::names::ItemId, Path, description = ITEM_ID),
         ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: write only if the item is at this version")),
     request_body = PatchItemBody,
     responses((status = 200, description = "written (or `changed: false`); `ETag` is the version", body = PatchItemResponse),

@@ -50,7 +50,7 @@ fn obj(v: Value) -> Option<Map<String, Value>> {
 }
 
 fn art(uri: &str, meta: Option<Value>) -> Artifact {
-    Artifact { uri: uri.into(), meta }
+    Artifact { uri: uri.into(), meta: meta.map(|m| m.as_object().expect("meta is an object").clone()) }
 }
 
 /// A validated patch of item `id`, its precondition (if any) sent in the body.
