@@ -7,91 +7,10 @@
 //! PostgreSQL server binaries or root are missing, unless `FERRY_REQUIRE_PG=1`.
 
 use crate::common::Server;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use crate::common::private_pg::PrivatePg;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A PostgreSQL cluster owned by this test.
-struct PrivatePg {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-fn as_postgres(bin: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("runuser").args(["-u", "postgres", "--"]).arg(bin).args(args).output().expect("runuser")
-}
-
-impl PrivatePg {
-    fn start() -> Option<PrivatePg> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|mut d| d.next())
-            .map(|e| e.unwrap().path().join("bin"));
-        let Some(bin) = bin.filter(|b| b.join("initdb").exists()) else {
-            return skip("no PostgreSQL server binaries under /usr/lib/postgresql");
-        };
-        let dir = tempfile::tempdir().unwrap();
-        if !Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return skip("cannot hand a directory to the postgres user (not root?)");
-        }
-        let data = dir.path().join("data");
-        let out = as_postgres(
-            &bin.join("initdb"),
-            &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres"],
-        );
-        if !out.status.success() {
-            return skip(&format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let pg = PrivatePg { dir, bin, port };
-        pg.pg_ctl_start();
-        Some(pg)
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").to_str().unwrap().to_string()
-    }
-
-    fn pg_ctl_start(&self) {
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
-        let log = self.dir.path().join("pg.log");
-        let out = as_postgres(
-            &self.bin.join("pg_ctl"),
-            &["-D", &self.data(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"],
-        );
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn pg_ctl_stop(&self, mode: &str) {
-        let _ = as_postgres(&self.bin.join("pg_ctl"), &["-D", &self.data(), "-m", mode, "-w", "stop"]);
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        self.pg_ctl_stop("immediate");
-    }
-}
-
-fn skip<T>(why: &str) -> Option<T> {
-    if std::env::var("FERRY_REQUIRE_PG").as_deref() == Ok("1") {
-        panic!("PostgreSQL is required (FERRY_REQUIRE_PG=1) but {why}");
-    }
-    eprintln!("SKIPPED: {why}; set FERRY_REQUIRE_PG=1 to fail instead");
-    None
-}
 
 #[derive(Default)]
 struct Tally {
@@ -102,7 +21,10 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_under_load_gives_503s_then_recovers_without_loss() {
-    let Some(pg) = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap() else { return };
+    let Some(pg) = tokio::task::spawn_blocking(|| PrivatePg::start_or_skip("pg_outage")).await.unwrap()
+    else {
+        return;
+    };
     let server = Server::start_with(&["--database", &pg.url()], tempfile::tempdir().unwrap());
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -140,7 +62,7 @@ async fn postgres_restart_under_load_gives_503s_then_recovers_without_loss() {
 
     // Outage: stop the database for a while.
     let pg = tokio::task::spawn_blocking(move || {
-        pg.pg_ctl_stop("fast");
+        pg.down("fast").expect("pg_ctl stop");
         pg
     })
     .await
@@ -153,7 +75,7 @@ async fn postgres_restart_under_load_gives_503s_then_recovers_without_loss() {
 
     // Recovery: start it again; ferry reconnects by itself.
     let pg = tokio::task::spawn_blocking(move || {
-        pg.pg_ctl_start();
+        pg.up().expect("pg_ctl start");
         pg
     })
     .await

@@ -1,6 +1,6 @@
 //! A PostgreSQL cluster of a test's own (initdb into a temp dir, run as `postgres`, on a free
-//! port), so stopping and restarting it disturbs no other test. The same recipe as
-//! `faults.rs`'s and `pg_outage.rs`'s, shared for tests added later.
+//! port), so stopping and restarting it disturbs no other test (`faults.rs`, `pg_outage.rs`,
+//! `items.rs`).
 
 use std::path::PathBuf;
 use std::process::Command;
