@@ -311,6 +311,8 @@ pub struct Plan {
 
 /// The running state of one item inside a batch.
 struct Work {
+    /// The item as stored (None: not stored), what a failed batch's error must show.
+    stored: Option<Item>,
     loaded: Option<Loaded>,
     insert: bool,
     history: Vec<HistoryEntry>,
@@ -322,18 +324,23 @@ struct Work {
 pub fn plan(ops: &[ItemOp], rows: Vec<Loaded>, now: i64, limits: &Limits, batch: bool) -> Result<Plan> {
     let mut work: HashMap<String, Work> = HashMap::new();
     for l in rows {
-        work.insert(l.item.id.clone(), Work { loaded: Some(l), insert: false, history: Vec::new() });
+        let stored = Some(l.item.clone());
+        work.insert(l.item.id.clone(), Work { stored, loaded: Some(l), insert: false, history: Vec::new() });
     }
     let mut plan = Plan::default();
     let mut order: Vec<String> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let w = work.entry(op.id().to_string()).or_insert_with(|| Work {
+            stored: None,
             loaded: None,
             insert: false,
             history: Vec::new(),
         });
-        let at = |e: Error| if batch { at_op(e, i) } else { e };
-        let (result, entry) = apply(w, op, now, limits).map_err(at)?;
+        let (result, entry) = match apply(w, op, now, limits) {
+            Ok(out) => out,
+            Err(e) if batch => return Err(as_stored(at_op(e, i), &w.stored)),
+            Err(e) => return Err(e),
+        };
         if let Some((entry, event)) = entry {
             w.history.push(entry);
             plan.events.push(event);
@@ -349,6 +356,20 @@ pub fn plan(ops: &[ItemOp], rows: Vec<Loaded>, now: i64, limits: &Limits, batch:
         plan.writes.push(ItemWrite { item: l.item, insert: w.insert, origin: l.origin, history: w.history });
     }
     Ok(plan)
+}
+
+/// A failed batch writes nothing, so the item its error shows (`current`, `actual_version`) is
+/// the stored one, not the batch's unwritten state: what a retry must start from.
+fn as_stored(mut e: Error, stored: &Option<Item>) -> Error {
+    if let Some(Value::Object(d)) = e.details.as_mut() {
+        if d.contains_key("current") {
+            d.insert("current".into(), json!(stored));
+        }
+        if d.contains_key("actual_version") {
+            d.insert("actual_version".into(), json!(stored.as_ref().map(|i| i.version)));
+        }
+    }
+    e
 }
 
 /// Names the failing op of a batch in the error's field.
@@ -474,6 +495,12 @@ fn patch(l: &mut Loaded, p: &ItemPatch, now: i64, limits: &Limits) -> Result<App
     if let Some(to) = p.status {
         move_status(old, &mut new, to, p)?;
     }
+    if new.status == ItemStatus::InProgress && new.assignee.is_none() {
+        return Err(Error::invalid(
+            "assignee",
+            "an in_progress item is held by its assignee: hand it to another agent, or move it to todo to release it",
+        ));
+    }
     let (before, after) = (content(old), content(&new));
     let mut paths = Vec::new();
     changed_paths("", Some(&before), Some(&after), 1 + CONTEXT_PATH_DEPTH, &mut paths);
@@ -567,8 +594,15 @@ fn check_version(l: &Loaded, e: Expected, mode: PatchMode, touched: &[String]) -
         return Ok(());
     }
     let known = e.version < actual && e.version >= l.known_after;
-    let since: Vec<&String> =
-        if known { l.paths.range(e.version + 1..).flat_map(|(_, p)| p).collect() } else { vec![] };
+    let trimmed = [String::from("/")];
+    let since: Vec<&String> = if known {
+        l.paths.range(e.version + 1..).flat_map(|(_, p)| p).collect()
+    } else if e.version < actual {
+        // Older than the kept history: what changed is unknown, so everything may have.
+        trimmed.iter().collect()
+    } else {
+        vec![]
+    };
     let mut conflicting: Vec<String> = match mode {
         PatchMode::Merge if known => {
             since.iter().filter(|c| touched.iter().any(|t| overlaps(c, t))).map(|c| c.to_string()).collect()

@@ -114,7 +114,7 @@ pub struct Limits {
     pub max_artifacts: usize,
     /// Largest artifact (`{uri, meta}` as serialized JSON).
     pub max_artifact_bytes: usize,
-    /// Versions of history kept per work item; older entries are dropped.
+    /// Versions of history kept per work item (at least 1); older entries are dropped.
     pub max_item_history: usize,
 }
 

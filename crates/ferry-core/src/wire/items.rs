@@ -19,7 +19,7 @@ pub struct CreateItemBody {
     #[schema(value_type = Option<crate::validate::names::ItemId>)]
     pub id: Option<String>,
     /// One line, 1–`limits.max_title_bytes` bytes (UTF-8).
-    #[schema(min_length = 1, max_length = 512)]
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub title: String,
     /// Up to `limits.max_description_bytes` bytes (UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,7 +72,7 @@ pub struct PatchItemBody {
     pub mode: Option<PatchMode>,
     /// New title (1–`limits.max_title_bytes` bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 512)]
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub title: Option<String>,
     /// New description (up to `limits.max_description_bytes` bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -143,7 +143,8 @@ async fn write(tx: &Transaction<'_>, plan: &Plan, limits: &Limits, fx: &mut Effe
             .await
             .map_err(pg_err)?;
         }
-        let keep_from = i.version - limits.max_item_history as i64;
+        // At least the newest entry is kept (the item's version is its newest entry's).
+        let keep_from = i.version - limits.max_item_history.max(1) as i64;
         if keep_from > 0 {
             tx.execute(
                 &tx.prepare_cached("DELETE FROM item_history WHERE item_id = $1 AND version <= $2")

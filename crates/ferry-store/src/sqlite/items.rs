@@ -119,7 +119,8 @@ fn write(conn: &Connection, plan: &Plan, limits: &Limits, fx: &mut Effects) -> R
             })
             .map_err(db_err)?;
         }
-        let keep_from = i.version - limits.max_item_history as i64;
+        // At least the newest entry is kept (the item's version is its newest entry's).
+        let keep_from = i.version - limits.max_item_history.max(1) as i64;
         if keep_from > 0 {
             conn.prepare_cached("DELETE FROM item_history WHERE item_id = ?1 AND version <= ?2")
                 .and_then(|mut s| s.execute(params![i.id, keep_from]))

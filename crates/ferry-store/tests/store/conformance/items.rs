@@ -710,6 +710,52 @@ pub async fn batch_is_all_or_nothing(h: Harness) {
 
 // ---------- reads ----------
 
+/// A failed batch wrote nothing, so its error shows the item as stored (what a retry starts
+/// from), not the batch's unwritten state; an item the batch created shows as `null`.
+pub async fn batch_error_shows_the_stored_item(h: Harness) {
+    let stored = create(&h, "s1").await;
+    let e = h
+        .store
+        .batch_items(vec![
+            ItemOp::Patch(patch("s1", PatchItemBody { title: Some("x".into()), ..Default::default() })),
+            ItemOp::Check { id: "s1".into(), expected_version: 1 },
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.field.as_deref()), (ErrorCode::VersionConflict, Some("ops[1]")), "{e:?}");
+    assert_conflict(&h, &e, ErrorCode::VersionConflict, 1, &["/title"]).await;
+    let d = e.details.as_ref().unwrap();
+    assert_eq!(d["actual_version"], 1);
+    assert_eq!(serde_json::from_value::<Item>(d["current"].clone()).unwrap(), stored);
+    let e = h
+        .store
+        .batch_items(vec![
+            ItemOp::Create(new_item("s2")),
+            ItemOp::Check { id: "s2".into(), expected_version: 7 },
+        ])
+        .await
+        .unwrap_err();
+    let d = e.details.as_ref().unwrap();
+    assert_eq!((d["current"].clone(), d["actual_version"].clone()), (Value::Null, Value::Null), "{e:?}");
+    assert_eq!(h.store.get_item("s2").await.unwrap_err().code, ErrorCode::NotFound);
+    h.finish().await;
+}
+
+/// An `in_progress` item always has its holder: unassigning it is refused (422 `assignee`);
+/// handing it to another agent is a write like any other.
+pub async fn in_progress_keeps_an_assignee(h: Harness) {
+    create(&h, "k1").await;
+    write(&h, "k1", claim_by("a1")).await;
+    let e = refused(&h, "k1", PatchItemBody { assignee: Some(None), ..Default::default() }).await;
+    assert_eq!((e.code, e.field.as_deref()), (ErrorCode::ValidationFailed, Some("assignee")), "{e:?}");
+    let out =
+        write(&h, "k1", PatchItemBody { assignee: Some(Some("a2".into())), ..Default::default() }).await;
+    assert_eq!((out.item.assignee.as_deref(), out.item.version), (Some("a2"), 3));
+    let out = write(&h, "k1", to(ItemStatus::Todo)).await;
+    assert_eq!((out.item.status, out.item.assignee), (ItemStatus::Todo, None));
+    h.finish().await;
+}
+
 pub async fn list_and_history_paging(h: Harness) {
     for n in 1..=10 {
         create(&h, &format!("l{n:02}")).await;
@@ -880,8 +926,8 @@ macro_rules! items_rules {
         domain_tests!(items:
             create_get_and_duplicate, patch_merges_context_and_artifacts, no_op_patch_keeps_version,
             version_conflict_details, merge_older_than_history_is_strict, transitions_and_claims,
-            batch_is_all_or_nothing, list_and_history_paging, counts_by_status,
-            concurrent_cas_increments_lose_nothing,
+            batch_is_all_or_nothing, batch_error_shows_the_stored_item, in_progress_keeps_an_assignee,
+            list_and_history_paging, counts_by_status, concurrent_cas_increments_lose_nothing,
         );
     };
 }
