@@ -261,7 +261,7 @@ impl Loaded {
 
     /// Adds the kept history read for versions after `after` (ascending or not, contiguous
     /// up to the current version).
-    pub fn with_history(mut self, after: i64, entries: Vec<(i64, Vec<String>)>) -> Loaded {
+    pub fn add_history(&mut self, after: i64, entries: Vec<(i64, Vec<String>)>) {
         let first = entries.iter().map(|e| e.0).min();
         for (v, p) in entries {
             self.paths.insert(v, p);
@@ -270,7 +270,6 @@ impl Loaded {
             Some(v) if v <= self.known_after => (v - 1).max(after),
             _ => self.known_after,
         };
-        self
     }
 }
 
@@ -852,7 +851,7 @@ mod tests {
     fn merge_conflicts_only_on_overlapping_paths() {
         let mut l = item(ItemStatus::Todo, None);
         l.item.version = 3;
-        let l = l.with_history(1, vec![(2, vec!["/context/a/b".into()]), (3, vec!["/title".into()])]);
+        l.add_history(1, vec![(2, vec!["/context/a/b".into()]), (3, vec!["/title".into()])]);
         let ctx = |v: Value| v.as_object().cloned();
         let e = Some(Expected { version: 1, if_match: false });
         assert!(

@@ -203,21 +203,20 @@ pub const DEFAULT_LEASE_MS: i64 = 30_000;
 
 /// Checks a queue name: 1..=limit characters of `[A-Za-z0-9._:-]`.
 pub fn queue_name(name: &str, limits: &Limits, field: &str) -> Result<()> {
+    plain_name(name, limits.max_queue_name_len, field, "queue name")
+}
+
+/// Checks a name of `what` (queue, item id, agent): 1..=`max` characters of `[A-Za-z0-9._:-]`.
+pub fn plain_name(name: &str, max: usize, field: &str, what: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(Error::invalid(field, "queue name must not be empty"));
+        return Err(Error::invalid(field, format!("{what} must not be empty")));
     }
-    if name.len() > limits.max_queue_name_len {
-        return Err(Error::invalid(
-            field,
-            format!("queue name is {} bytes; the limit is {}", name.len(), limits.max_queue_name_len),
-        ));
+    if name.len() > max {
+        return Err(Error::invalid(field, format!("{what} is {} bytes; the limit is {max}", name.len())));
     }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
     {
-        return Err(Error::invalid(
-            field,
-            format!("queue name may use only A-Z a-z 0-9 . _ : - (found {c:?})"),
-        ));
+        return Err(Error::invalid(field, format!("{what} may use only A-Z a-z 0-9 . _ : - (found {c:?})")));
     }
     Ok(())
 }

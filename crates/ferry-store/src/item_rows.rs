@@ -119,11 +119,16 @@ pub fn history_needed(ops: &[ItemOp], rows: &[Loaded]) -> Vec<(String, i64)> {
     out
 }
 
-/// Items whose version is not their newest history entry's (SQL over both backends).
-pub const INVARIANT_VERSION_SQL: &str = "SELECT i.id FROM items i
-    WHERE i.version <> coalesce((SELECT max(h.version) FROM item_history h WHERE h.item_id = i.id), -1)
-    LIMIT 10";
-
-/// `in_progress` items without an assignee.
-pub const INVARIANT_ASSIGNEE_SQL: &str =
-    "SELECT id FROM items WHERE status = 'in_progress' AND assignee IS NULL LIMIT 10";
+/// The item invariants as (SQL over both backends returning offending ids, what they break).
+pub const INVARIANTS: [(&str, &str); 2] = [
+    (
+        "SELECT i.id FROM items i
+         WHERE i.version <> coalesce((SELECT max(h.version) FROM item_history h WHERE h.item_id = i.id), -1)
+         LIMIT 10",
+        "item version is not its newest history entry",
+    ),
+    (
+        "SELECT id FROM items WHERE status = 'in_progress' AND assignee IS NULL LIMIT 10",
+        "in_progress item without an assignee",
+    ),
+];

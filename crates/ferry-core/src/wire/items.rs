@@ -6,6 +6,7 @@ use crate::item::{
     Artifact, Expected, HistoryEntry, Item, ItemOp, ItemPatch, ItemStatus, NewItem, PatchMode, canonical,
 };
 use crate::limits::Limits;
+use crate::validate;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -244,7 +245,7 @@ pub struct BatchItemsResponse {
 
 /// Checks an item id: 1..=limit characters of `[A-Za-z0-9._:-]`.
 pub fn item_id(id: &str, limits: &Limits, field: &str) -> Result<()> {
-    name_chars(id, limits.max_item_id_len, field, "item id")?;
+    validate::plain_name(id, limits.max_item_id_len, field, "item id")?;
     if id == "." || id == ".." {
         // A URL path cannot address these.
         return Err(Error::invalid(field, "an item id may not be . or .."));
@@ -254,17 +255,7 @@ pub fn item_id(id: &str, limits: &Limits, field: &str) -> Result<()> {
 
 /// Checks an agent name: 1..=limit characters of `[A-Za-z0-9._:-]`.
 pub fn agent_name(name: &str, limits: &Limits, field: &str) -> Result<()> {
-    name_chars(name, limits.max_agent_name_len, field, "agent name")
-}
-
-fn name_chars(s: &str, max: usize, field: &str, what: &str) -> Result<()> {
-    if s.is_empty() || s.len() > max {
-        return Err(Error::invalid(field, format!("{what} must be 1..={max} characters, got {}", s.len())));
-    }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
-        return Err(Error::invalid(field, format!("{what} may use only A-Z a-z 0-9 . _ : - (found {c:?})")));
-    }
-    Ok(())
+    validate::plain_name(name, limits.max_agent_name_len, field, "agent name")
 }
 
 fn text(s: &str, max: usize, field: &str, limit: &str) -> Result<()> {

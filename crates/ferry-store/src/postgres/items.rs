@@ -71,7 +71,7 @@ pub async fn apply(
             entries.push((h.col::<i64>(0)?, paths_from(&h.col::<String>(1)?)?));
         }
         let l = rows.iter_mut().find(|l| l.item.id == id).expect("needed history is of a loaded item");
-        *l = l.clone().with_history(after, entries);
+        l.add_history(after, entries);
     }
     let plan = item::plan(ops, rows, now, limits, batch)?;
     write(tx, &plan, limits, fx).await?;
@@ -213,10 +213,7 @@ pub async fn counts(c: &Client) -> Result<Vec<(ItemStatus, u64)>> {
 /// Violations of the item invariants.
 pub async fn invariants(c: &Client) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for (sql, what) in [
-        (INVARIANT_VERSION_SQL, "item version is not its newest history entry"),
-        (INVARIANT_ASSIGNEE_SQL, "in_progress item without an assignee"),
-    ] {
+    for (sql, what) in INVARIANTS {
         for r in c.query(sql, &[]).await.map_err(pg_err)? {
             out.push(format!("{what}: {}", r.col::<String>(0)?));
         }

@@ -73,7 +73,7 @@ pub fn apply(
     for (id, after) in history_needed(ops, &rows) {
         let entries = paths_after(conn, &id, after)?;
         let l = rows.iter_mut().find(|l| l.item.id == id).expect("needed history is of a loaded item");
-        *l = l.clone().with_history(after, entries);
+        l.add_history(after, entries);
     }
     let plan = item::plan(ops, rows, now, limits, batch)?;
     write(conn, &plan, limits, fx)?;
@@ -84,20 +84,18 @@ fn write(conn: &Connection, plan: &Plan, limits: &Limits, fx: &mut Effects) -> R
     for w in &plan.writes {
         let i = &w.item;
         let (artifacts, context) = json_cols(i);
-        let sql = if w.insert {
-            "INSERT INTO items (id, title, description, status, assignee, artifacts, context, version, created_at,
-                updated_at, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-        } else {
-            "UPDATE items SET title = ?2, description = ?3, status = ?4, assignee = ?5, artifacts = ?6, context = ?7,
-                version = ?8, updated_at = ?10 WHERE id = ?1 AND ?9 = ?9 AND ?11 = ?11"
-        };
-        conn.prepare_cached(sql)
+        let (id, status) = (&i.id, i.status.as_str());
+        let written = if w.insert {
+            conn.prepare_cached(
+                "INSERT INTO items (id, title, description, status, assignee, artifacts, context, version,
+                    created_at, updated_at, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
             .and_then(|mut s| {
                 s.execute(params![
-                    i.id,
+                    id,
                     i.title,
                     i.description,
-                    i.status.as_str(),
+                    status,
                     i.assignee,
                     artifacts,
                     context,
@@ -107,7 +105,26 @@ fn write(conn: &Connection, plan: &Plan, limits: &Limits, fx: &mut Effects) -> R
                     w.origin
                 ])
             })
-            .map_err(db_err)?;
+        } else {
+            conn.prepare_cached(
+                "UPDATE items SET title = ?2, description = ?3, status = ?4, assignee = ?5, artifacts = ?6,
+                    context = ?7, version = ?8, updated_at = ?9 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    i.title,
+                    i.description,
+                    status,
+                    i.assignee,
+                    artifacts,
+                    context,
+                    i.version,
+                    i.updated_at.0
+                ])
+            })
+        };
+        written.map_err(db_err)?;
         for h in &w.history {
             let (paths, patch) = history_cols(h);
             conn.prepare_cached(
@@ -181,10 +198,7 @@ pub fn counts(conn: &Connection) -> Result<Vec<(ItemStatus, u64)>> {
 /// Violations of the item invariants.
 pub fn invariants(conn: &Connection) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for (sql, what) in [
-        (INVARIANT_VERSION_SQL, "item version is not its newest history entry"),
-        (INVARIANT_ASSIGNEE_SQL, "in_progress item without an assignee"),
-    ] {
+    for (sql, what) in INVARIANTS {
         let mut s = conn.prepare(sql).map_err(db_err)?;
         let ids = s.query_map([], |r| r.get::<_, String>(0)).map_err(db_err)?;
         for id in ids {
