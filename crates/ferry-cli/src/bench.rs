@@ -7,6 +7,11 @@
 //! 4. (`agents`, only when named) work items: 1, 10, 50, 100 agents in a closed loop, each
 //!    iteration create → claim (`in_progress`) → add an artifact (merge, with
 //!    `expected_version`) → `done`; then 100 agents adding artifacts to one item;
+//! 5. (`messages`, only when named) agent messages: a ring of agents (the largest `--agents`
+//!    count) each sending to the next, receiving (long-poll) and acking, for `--fanout-secs`;
+//!    then `--broadcast-agents` receivers long-polling channel `all` while one more agent
+//!    broadcasts every 100 ms for `--fanout-secs` (needs the server's `[messages]
+//!    rate_per_min = 0`);
 //!
 //! and the server's resident memory after each phase (from `GET /v1/server`).
 //!
@@ -18,10 +23,11 @@
 use ferry_client::{Client, ClientError, Worker};
 use ferry_core::ErrorCode;
 use ferry_core::item::{Artifact, ItemStatus, PatchMode};
+use ferry_core::message::DEFAULT_CHANNEL;
 use ferry_core::validate::JobSpec;
-use ferry_core::wire::{ClaimBody, CreateItemBody, PatchItemBody};
+use ferry_core::wire::{BroadcastBody, ClaimBody, CreateItemBody, PatchItemBody, ReceiveBody, SendBody};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Options of `ferry bench`.
@@ -30,7 +36,8 @@ pub struct BenchArgs {
     /// Server URL, or several comma-separated nodes of one database.
     #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700", value_delimiter = ',')]
     url: Vec<String>,
-    /// API token (scopes produce, work and read; items for `agents`), when the server has auth on.
+    /// API token (scopes produce, work and read; items for `agents`; messages for `messages`),
+    /// when the server has auth on.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Jobs for the end-to-end phase.
@@ -72,7 +79,8 @@ pub struct BenchArgs {
     /// Fan-out: jobs per second flowing meanwhile.
     #[arg(long, default_value_t = 10_000)]
     fanout_rate: u64,
-    /// Fan-out: seconds per measurement (without, then with subscribers).
+    /// Fan-out: seconds per measurement (without, then with subscribers); messages: seconds of
+    /// the ring, then of the broadcasts.
     #[arg(long, default_value_t = 10)]
     fanout_secs: u64,
     /// Overload: jobs per enqueue request.
@@ -84,15 +92,21 @@ pub struct BenchArgs {
     /// Overload: offered load as a multiple of the measured capacity.
     #[arg(long, default_value_t = 10.0)]
     overload_factor: f64,
-    /// Agents: agent counts, one closed-loop run each.
+    /// Agents: agent counts, one closed-loop run each; messages: the ring has as many agents as
+    /// the largest count (default 100).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 50, 100])]
     agents: Vec<usize>,
     /// Agents: iterations per agent, one per --agents entry [default by count: 1 → 1000,
     /// ≤10 → 500, ≤50 → 200, more → 100].
     #[arg(long, value_delimiter = ',')]
     agent_iterations: Vec<usize>,
-    /// Phases to run (e2e, latency, clients; soak, fanout, overload and agents only when
-    /// named); e2e, latency, clients by default.
+    /// Messages: receivers long-polling channel `all` during the broadcast fan-out.
+    #[arg(long, default_value_t = 1_000)]
+    broadcast_agents: usize,
+    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents and messages only
+    /// when named); e2e, latency, clients by default. `messages` needs the server started with
+    /// `[messages] rate_per_min = 0`; its ring uses the largest --agents count and
+    /// --fanout-secs, its broadcast fan-out --broadcast-agents and --fanout-secs.
     phases: Vec<String>,
 }
 
@@ -173,7 +187,7 @@ pub async fn run(a: BenchArgs) -> i32 {
     let client = nodes[0].clone();
     let node = |i: usize| nodes[i % nodes.len()].clone();
     let want = |p: &str| {
-        (a.phases.is_empty() && !matches!(p, "soak" | "fanout" | "overload" | "agents"))
+        (a.phases.is_empty() && !matches!(p, "soak" | "fanout" | "overload" | "agents" | "messages"))
             || a.phases.iter().any(|x| x == p)
     };
     let run_id = format!("{:x}", now_us());
@@ -348,6 +362,9 @@ pub async fn run(a: BenchArgs) -> i32 {
         return 1;
     }
     if want("agents") && agents(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
+    if want("messages") && messages(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
     0
@@ -853,4 +870,319 @@ async fn shared_item(nodes: &[Client], run_id: &str) -> Result<(), ()> {
         eprintln!("ferry: {} of {wanted} artifacts were lost", wanted.saturating_sub(kept));
         Err(())
     }
+}
+
+/// Long-poll of every receive of the `messages` phase.
+const RECEIVE_WAIT_MS: i64 = 1_000;
+
+/// Lifetime of the `messages` phase's messages and broadcasts: what a run leaves unacked
+/// expires soon after it.
+const BENCH_MESSAGE_TTL_MS: i64 = 120_000;
+
+/// Broadcasts of the fan-out: one per this many ms.
+const BROADCAST_EVERY_MS: u64 = 100;
+
+/// How long the fan-out waits, after the last broadcast, for every delivery.
+const FANOUT_GRACE: Duration = Duration::from_secs(10);
+
+/// A `messages` phase call's failure as one line; a 429 `rate_limited` says how to turn the
+/// server's send limit off.
+fn message_error(what: &str, e: &ClientError) -> String {
+    if e.code() == Some(ErrorCode::RateLimited) {
+        format!(
+            "{what} refused with 429 rate_limited: the server limits sends per agent; start it with \
+             `rate_per_min = 0` under `[messages]` in ferry.toml for this benchmark"
+        )
+    } else {
+        format!("{what} failed: {e}")
+    }
+}
+
+/// Runs `f(i, client of node i)` for each `i < n`, at most 64 at a time; the first error.
+async fn each_agent<F, Fut>(nodes: &[Client], n: usize, f: F) -> Result<(), String>
+where
+    F: Fn(usize, Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (fut, sem) = (f(i, nodes[i % nodes.len()].clone()), sem.clone());
+        tasks.spawn(async move {
+            let _p = sem.acquire().await.expect("open");
+            fut.await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("agent task")?;
+    }
+    Ok(())
+}
+
+/// Agent messages: the ring, then the broadcast fan-out (agent names unique to this run).
+async fn messages(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("bench-{run_id}-{}", &suffix[..8]);
+    let r = match ring(a, nodes, &prefix).await {
+        Ok(()) => broadcast_fanout(a, nodes, &prefix).await,
+        Err(e) => Err(e),
+    };
+    r.map_err(|e| eprintln!("ferry: {e}"))
+}
+
+/// What one ring agent saw within the measured time.
+#[derive(Default)]
+struct RingStats {
+    /// Milliseconds of each full round (send → receive → ack).
+    rounds: Vec<f64>,
+    /// HTTP calls (send, receive, ack) that ended before the deadline.
+    calls: u64,
+}
+
+/// One agent of the ring until `deadline`: send to `next`, receive its own inbox (long-poll,
+/// one message), ack it.
+async fn ring_agent(c: Client, me: String, next: String, deadline: Instant) -> Result<RingStats, String> {
+    let mut s = RingStats::default();
+    let receive = ReceiveBody { max: Some(1), wait_ms: Some(RECEIVE_WAIT_MS), ..Default::default() };
+    let mut k = 0u64;
+    'rounds: while Instant::now() < deadline {
+        let t = Instant::now();
+        let body = SendBody {
+            to: vec![next.clone()],
+            from: me.clone(),
+            body: serde_json::value::to_raw_value(&k).expect("json"),
+            ttl_ms: Some(BENCH_MESSAGE_TTL_MS),
+            dedup_key: None,
+            reply_to: None,
+            correlation_id: None,
+        };
+        c.send_message(&body).await.map_err(|e| message_error(&format!("send from {me}"), &e))?;
+        k += 1;
+        if Instant::now() <= deadline {
+            s.calls += 1;
+        }
+        let got = loop {
+            let got =
+                c.receive(&me, &receive).await.map_err(|e| message_error(&format!("receive of {me}"), &e))?;
+            if Instant::now() <= deadline {
+                s.calls += 1;
+            }
+            if !got.is_empty() {
+                break got;
+            }
+            if Instant::now() >= deadline {
+                // The agent before this one stopped: the round cannot end.
+                break 'rounds;
+            }
+        };
+        let receipts: Vec<String> = got.into_iter().map(|m| m.receipt).collect();
+        let results = c.ack(&me, &receipts).await.map_err(|e| message_error(&format!("ack of {me}"), &e))?;
+        if let Some(r) = results.iter().find(|r| !r.ok) {
+            let why = r.error.as_ref().map_or("no reason given".to_string(), |e| e.to_string());
+            return Err(format!("ack of {me}'s message {} refused: {why}", r.id));
+        }
+        if Instant::now() <= deadline {
+            s.calls += 1;
+            s.rounds.push(ms_since(t));
+        }
+    }
+    Ok(s)
+}
+
+/// The ring: N agents (the largest `--agents` count), agent i sending to agent i+1 (the last
+/// to the first), each in a closed loop send → receive (long-poll, 1) → ack for
+/// `--fanout-secs`; prints calls/s (every call counted) and p50/p99 of a full round.
+async fn ring(a: &BenchArgs, nodes: &[Client], prefix: &str) -> Result<(), String> {
+    let n = a.agents.iter().copied().max().unwrap_or(100);
+    if n == 0 {
+        return Err("--agents counts must be at least 1".into());
+    }
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-r{i}")).collect();
+    // Inboxes first, on no channel: only the ring's direct messages reach them (not this run's
+    // broadcasts, nor anyone else's).
+    let setup = names.clone();
+    each_agent(nodes, n, |i, c| {
+        let agent = setup[i].clone();
+        async move {
+            c.set_channels(&agent, &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| message_error(&format!("channels of {agent}"), &e))
+        }
+    })
+    .await?;
+    let secs = a.fanout_secs.max(1);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let c = nodes[i % nodes.len()].clone();
+        tasks.spawn(ring_agent(c, names[i].clone(), names[(i + 1) % n].clone(), deadline));
+    }
+    let (mut rounds, mut calls) = (Vec::new(), 0u64);
+    let mut failure = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(s)) => {
+                rounds.extend(s.rounds);
+                calls += s.calls;
+            }
+            Ok(Err(e)) => {
+                // Stop the others: without this agent the ring stalls anyway.
+                tasks.abort_all();
+                if failure.is_none() {
+                    failure = Some(e);
+                }
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => panic!("ring task: {e}"),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let secs = secs as f64;
+    rounds.sort_by(f64::total_cmp);
+    println!(
+        "messages  ring of {n} agents, {secs:.0} s (send to the next, receive wait {RECEIVE_WAIT_MS} ms max 1, ack): \
+         {calls} calls, {:.0} calls/s, {} rounds ({:.0}/s); round p50 {:.2} ms, p99 {:.2} ms; server memory {}",
+        calls as f64 / secs,
+        rounds.len(),
+        rounds.len() as f64 / secs,
+        pct(&rounds, 0.5),
+        pct(&rounds, 0.99),
+        rss(&nodes[0]).await
+    );
+    Ok(())
+}
+
+/// What one fan-out receiver saw.
+#[derive(Default)]
+struct FanStats {
+    /// Milliseconds from each broadcast's `sent_at` to the return of the receive that got it.
+    lat: Vec<f64>,
+    /// Acks the server refused (stale receipts).
+    refused: u64,
+}
+
+/// `--broadcast-agents` receivers long-polling channel `all` (they ack what they get) while
+/// one more agent broadcasts on it every 100 ms for `--fanout-secs`; prints deliveries and the
+/// latency from each broadcast's `sent_at` to its receive's return (p50/p99/max).
+async fn broadcast_fanout(a: &BenchArgs, nodes: &[Client], prefix: &str) -> Result<(), String> {
+    let n = a.broadcast_agents;
+    if n == 0 {
+        return Err("--broadcast-agents must be at least 1".into());
+    }
+    let caster = format!("{prefix}-caster");
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-b{i}")).collect();
+    // Every receiver's inbox exists, on channel `all` at its head, before the first broadcast.
+    let setup = names.clone();
+    each_agent(nodes, n, |i, c| {
+        let agent = setup[i].clone();
+        async move {
+            c.set_channels(&agent, &[DEFAULT_CHANNEL.to_string()])
+                .await
+                .map(|_| ())
+                .map_err(|e| message_error(&format!("channels of {agent}"), &e))
+        }
+    })
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut receivers = tokio::task::JoinSet::new();
+    for (i, me) in names.into_iter().enumerate() {
+        let c = nodes[i % nodes.len()].clone();
+        let (caster, stop, delivered) = (caster.clone(), stop.clone(), delivered.clone());
+        receivers.spawn(async move {
+            let mut s = FanStats::default();
+            let receive =
+                ReceiveBody { max: Some(100), wait_ms: Some(RECEIVE_WAIT_MS), ..Default::default() };
+            while !stop.load(Ordering::Relaxed) {
+                let got = c
+                    .receive(&me, &receive)
+                    .await
+                    .map_err(|e| message_error(&format!("receive of {me}"), &e))?;
+                let now_ms = now_us() as f64 / 1000.0;
+                if got.is_empty() {
+                    continue;
+                }
+                for m in &got {
+                    if m.from == caster && m.delivery_count == 1 {
+                        s.lat.push(now_ms - m.sent_at.0 as f64);
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let receipts: Vec<String> = got.into_iter().map(|m| m.receipt).collect();
+                let results =
+                    c.ack(&me, &receipts).await.map_err(|e| message_error(&format!("ack of {me}"), &e))?;
+                s.refused += results.iter().filter(|r| !r.ok).count() as u64;
+            }
+            Ok::<_, String>(s)
+        });
+    }
+    // Let the receivers get into their long-polls.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let secs = a.fanout_secs.max(1);
+    let client = &nodes[0];
+    let mut tick = tokio::time::interval(Duration::from_millis(BROADCAST_EVERY_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let t0 = Instant::now();
+    let (mut sent, mut failure) = (0u64, None);
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tick.tick().await;
+        let b = BroadcastBody {
+            channel: Some(DEFAULT_CHANNEL.to_string()),
+            from: caster.clone(),
+            body: serde_json::value::to_raw_value(&sent).expect("json"),
+            ttl_ms: Some(BENCH_MESSAGE_TTL_MS),
+        };
+        match client.broadcast(&b).await {
+            Ok(_) => sent += 1,
+            Err(e) => {
+                failure = Some(message_error(&format!("broadcast from {caster}"), &e));
+                break;
+            }
+        }
+    }
+    let expected = sent * n as u64;
+    let grace = Instant::now() + FANOUT_GRACE;
+    while failure.is_none() && delivered.load(Ordering::Relaxed) < expected && Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut lat, mut refused) = (Vec::with_capacity(expected as usize), 0u64);
+    while let Some(r) = receivers.join_next().await {
+        match r.expect("receiver task") {
+            Ok(s) => {
+                lat.extend(s.lat);
+                refused += s.refused;
+            }
+            Err(e) => {
+                if failure.is_none() {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "messages  fan-out: {n} receivers long-polling channel {DEFAULT_CHANNEL}, one broadcast every \
+         {BROADCAST_EVERY_MS} ms for {secs} s ({sent} broadcasts): {} of {expected} deliveries, latency \
+         (sent_at to receive) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {refused} acks refused; server memory {}",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+        rss(client).await
+    );
+    if (lat.len() as u64) < expected {
+        return Err(format!(
+            "{} of {expected} broadcast deliveries did not arrive within {} s of the last broadcast",
+            expected - lat.len() as u64,
+            FANOUT_GRACE.as_secs()
+        ));
+    }
+    Ok(())
 }

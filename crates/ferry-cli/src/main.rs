@@ -109,6 +109,21 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::items::ItemsCmd,
     },
+    /// Agent messages: send, receive (long-poll), ack, nack, dead letters and their replay.
+    Messages {
+        #[command(subcommand)]
+        cmd: cmd::messages::MessagesCmd,
+    },
+    /// Broadcasts: send a message to every agent subscribed to a channel.
+    Broadcasts {
+        #[command(subcommand)]
+        cmd: cmd::broadcasts::BroadcastsCmd,
+    },
+    /// Agent inboxes: list, show, set channels.
+    Agents {
+        #[command(subcommand)]
+        cmd: cmd::agents::AgentsCmd,
+    },
 }
 
 /// Options of `ferry serve`; each overrides `ferry.toml` and its `FERRY_*` variable.
@@ -282,6 +297,9 @@ async fn main() {
         Command::Advise(a) => cmd::advise::advise(a).await,
         Command::Hosts { cmd } => cmd::hosts::hosts(cmd).await,
         Command::Items { cmd } => cmd::items::items(cmd).await,
+        Command::Messages { cmd } => cmd::messages::messages(cmd).await,
+        Command::Broadcasts { cmd } => cmd::broadcasts::broadcasts(cmd).await,
+        Command::Agents { cmd } => cmd::agents::agents(cmd).await,
     };
     std::process::exit(code);
 }

@@ -12,6 +12,7 @@ pub use stream::{EventSocket, EventStream};
 pub use worker::{JobContext, JobError, Worker, WorkerStats};
 
 use ferry_core::item::Item;
+use ferry_core::message::{AgentInfo, BroadcastSent, ChannelCursor, Message, Sent};
 use ferry_core::schedule::{DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse};
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::*;
@@ -538,6 +539,81 @@ impl Client {
     /// names it as `ops[i]`).
     pub async fn batch_items(&self, body: &BatchItemsBody) -> Result<BatchItemsResponse> {
         self.post("/v1/items/batch", body).await
+    }
+
+    /// Sends a message to agents by name (`duplicate` in the answer tells a repeat of an
+    /// earlier send with the same `from` and `dedup_key`).
+    pub async fn send_message(&self, body: &SendBody) -> Result<Sent> {
+        self.post("/v1/messages", body).await
+    }
+
+    /// Broadcasts a message on a channel (default `all`).
+    pub async fn broadcast(&self, body: &BroadcastBody) -> Result<BroadcastSent> {
+        self.post("/v1/broadcasts", body).await
+    }
+
+    /// Receives messages of `agent`'s inbox, oldest first (long-polls when `body.wait_ms` is
+    /// set); each is held for the visibility and comes with a receipt to ack or nack.
+    pub async fn receive(&self, agent: &str, body: &ReceiveBody) -> Result<Vec<Message>> {
+        let r: ReceiveResponse = self.post(&format!("/v1/agents/{agent}/receive"), body).await?;
+        Ok(r.messages)
+    }
+
+    /// Acks received messages by their receipts; one result per receipt, a stale one as
+    /// `ok: false` with `stale_lease`.
+    pub async fn ack(&self, agent: &str, receipts: &[String]) -> Result<Vec<ReceiptResult>> {
+        let body = AckBody { receipts: receipts.to_vec() };
+        let r: ReceiptResults = self.post(&format!("/v1/agents/{agent}/ack"), &body).await?;
+        Ok(r.results)
+    }
+
+    /// Hands received messages back, visible again after `delay_ms` (default 0); one result
+    /// per receipt.
+    pub async fn nack(
+        &self,
+        agent: &str,
+        receipts: &[String],
+        delay_ms: Option<i64>,
+    ) -> Result<Vec<ReceiptResult>> {
+        let body = NackBody { receipts: receipts.to_vec(), delay_ms };
+        let r: ReceiptResults = self.post(&format!("/v1/agents/{agent}/nack"), &body).await?;
+        Ok(r.results)
+    }
+
+    /// One page of `agent`'s dead letters.
+    pub async fn dead_messages(
+        &self,
+        agent: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<DeadPage> {
+        let q = PageQuery { limit, cursor: cursor.map(String::from) };
+        self.get_with(&format!("/v1/agents/{agent}/dead"), &q).await
+    }
+
+    /// Puts `agent`'s dead letters (only `ids` when given) back in its inbox; returns how many.
+    pub async fn replay_dead(&self, agent: &str, ids: Option<Vec<Uuid>>) -> Result<u64> {
+        let body = ReplayMessagesBody { ids };
+        let r: ReplayedResponse = self.post(&format!("/v1/agents/{agent}/dead/replay"), &body).await?;
+        Ok(r.replayed)
+    }
+
+    /// Sets every channel `agent` is subscribed to; returns the subscriptions with their cursors.
+    pub async fn set_channels(&self, agent: &str, channels: &[String]) -> Result<Vec<ChannelCursor>> {
+        let body = ChannelsBody { channels: channels.to_vec() };
+        let r: ChannelsResponse = self.put(&format!("/v1/agents/{agent}/channels"), &body).await?;
+        Ok(r.channels)
+    }
+
+    /// One page of agents (inboxes), by name.
+    pub async fn list_agents(&self, limit: Option<usize>, cursor: Option<&str>) -> Result<AgentsPage> {
+        let q = PageQuery { limit, cursor: cursor.map(String::from) };
+        self.get_with("/v1/agents", &q).await
+    }
+
+    /// One agent's inbox counts and channels (404 `not_found` if no send or receive named it).
+    pub async fn get_agent(&self, name: &str) -> Result<AgentInfo> {
+        self.get(&format!("/v1/agents/{name}"), &[]).await
     }
 
     /// Read-modify-write of a work item as `agent`: reads it, sends `f`'s patch with

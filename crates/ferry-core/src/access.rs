@@ -24,6 +24,8 @@ named_enum! {
         Read = "read";
         /// Create and change work items.
         Items = "items";
+        /// Send messages and broadcasts; receive, ack and nack them; replay dead letters.
+        Messages = "messages";
     }
 }
 
@@ -40,6 +42,8 @@ impl Scope {
 pub enum ResourceKind {
     /// A queue, by name (a job belongs to its queue).
     Queue,
+    /// An agent, by name (its inbox, and what it sends or writes as).
+    Agent,
 }
 
 impl ResourceKind {
@@ -47,6 +51,7 @@ impl ResourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceKind::Queue => "queue",
+            ResourceKind::Agent => "agent",
         }
     }
 }
@@ -73,6 +78,9 @@ pub struct TokenRecord {
     /// When set, the token may only touch these queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<Vec<String>>,
+    /// When set, the token may only act as these agents (send as, read and ack the inboxes of).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<Vec<String>>,
     /// Creation time, epoch ms.
     pub created_at: i64,
     /// Revocation time, epoch ms; a revoked token authenticates nothing.

@@ -42,6 +42,13 @@ named_enum! {
         ItemStatusChanged = "item.status_changed" @ 12;
         /// A work item changed without a status move (data: version, agent, paths).
         ItemUpdated = "item.updated" @ 13;
+        /// A message reached an agent's inbox (one per recipient; data: id, from).
+        MessageSent = "message.sent" @ 14;
+        /// A broadcast was stored once for its channel's readers (subject: the sender; data:
+        /// id, channel, seq).
+        BroadcastSent = "broadcast.sent" @ 15;
+        /// A message went to an agent's dead letters after its last delivery (data: id, kind).
+        MessageDead = "message.dead" @ 16;
     }
 }
 
@@ -58,6 +65,8 @@ named_enum! {
         Schedule = "schedule" @ 2;
         /// A work item (id: the item's id).
         Item = "item" @ 3;
+        /// An agent's inbox (id: the agent's name).
+        Agent = "agent" @ 4;
     }
 }
 
@@ -334,6 +343,9 @@ mod tests {
             (EventType::ItemCreated, 11),
             (EventType::ItemStatusChanged, 12),
             (EventType::ItemUpdated, 13),
+            (EventType::MessageSent, 14),
+            (EventType::BroadcastSent, 15),
+            (EventType::MessageDead, 16),
         ];
         assert_eq!(pinned.len(), EventType::ALL.len(), "a new type needs its code pinned here");
         for (t, code) in pinned {
@@ -345,6 +357,7 @@ mod tests {
             (SubjectKind::Queue, 1),
             (SubjectKind::Schedule, 2),
             (SubjectKind::Item, 3),
+            (SubjectKind::Agent, 4),
         ];
         assert_eq!(kinds.len(), SubjectKind::ALL.len(), "a new kind needs its code pinned here");
         for (k, code) in kinds {

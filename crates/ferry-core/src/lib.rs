@@ -17,6 +17,7 @@ pub mod job;
 pub mod json_text;
 pub mod limits;
 pub mod measure;
+pub mod message;
 pub mod schedule;
 pub mod time;
 pub mod validate;

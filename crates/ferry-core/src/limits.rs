@@ -116,6 +116,16 @@ pub struct Limits {
     pub max_artifact_bytes: usize,
     /// Versions of history kept per work item (at least 1); older entries are dropped.
     pub max_item_history: usize,
+    /// Most recipients of one message (`to`).
+    pub max_recipients: usize,
+    /// Largest message or broadcast body, as serialized JSON bytes.
+    pub max_message_bytes: usize,
+    /// Longest a message or broadcast may live (`ttl_ms`).
+    pub max_message_ttl_ms: i64,
+    /// Most ready and in-flight messages one inbox holds; sends beyond it get 429 `queue_full`.
+    pub max_inbox_depth: u64,
+    /// Most channels one agent subscribes to.
+    pub max_agent_channels: usize,
 }
 
 impl Default for Limits {
@@ -171,6 +181,11 @@ impl Default for Limits {
             max_artifacts: 1_000,
             max_artifact_bytes: 4_096,
             max_item_history: 1_000,
+            max_recipients: 100,
+            max_message_bytes: 262_144,
+            max_message_ttl_ms: 7 * 24 * 3_600_000,
+            max_inbox_depth: 10_000,
+            max_agent_channels: 64,
         }
     }
 }

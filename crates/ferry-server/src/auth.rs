@@ -28,6 +28,8 @@ pub struct Principal {
     pub scopes: Vec<Scope>,
     /// The queues it is limited to, if any.
     pub queues: Option<Vec<String>>,
+    /// The agents it is limited to, if any.
+    pub agents: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -53,9 +55,34 @@ type Allowed = (ResourceKind, Vec<String>);
 impl Access {
     /// The access of `principal` (everything when there is none).
     pub fn of(principal: Option<&Principal>) -> Access {
-        let only =
-            principal.and_then(|p| p.queues.as_ref()).map(|q| vec![(ResourceKind::Queue, q.clone())].into());
-        Access { only }
+        let Some(p) = principal else { return Access::default() };
+        let mut only: Vec<Allowed> = Vec::new();
+        if let Some(q) = &p.queues {
+            only.push((ResourceKind::Queue, q.clone()));
+        }
+        if let Some(a) = &p.agents {
+            only.push((ResourceKind::Agent, a.clone()));
+        }
+        Access { only: (!only.is_empty()).then(|| only.into()) }
+    }
+
+    /// 403 unless the caller may act as agent `name`; a restricted caller must name one
+    /// (`None` is refused), an unrestricted one may name any or none.
+    pub fn check_agent(&self, name: Option<&str>) -> Result<(), Error> {
+        match (self.allowed(ResourceKind::Agent), name) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err(forbidden()),
+            (Some(_), Some(n)) => self.check_in(ResourceKind::Agent, n),
+        }
+    }
+
+    /// 403 unless the caller is unrestricted or restricted to some agents (the shared work
+    /// items are readable by agents, not by tokens limited to queues).
+    pub fn check_reads_items(&self) -> Result<(), Error> {
+        match self.allowed(ResourceKind::Agent) {
+            Some([]) => Err(forbidden()),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the caller is limited to some resources.
@@ -150,7 +177,7 @@ pub fn mint(
     now_ms: i64,
 ) -> Result<(TokenRecord, String), Error> {
     body.validate(limits)?;
-    let TokenBody { name, scopes, queues } = body;
+    let TokenBody { name, scopes, queues, agents } = body;
     let id = Uuid::now_v7();
     let secret = new_secret(id);
     let mut scopes = scopes;
@@ -162,6 +189,7 @@ pub fn mint(
         hash: hash_secret(&secret),
         scopes,
         queues,
+        agents,
         created_at: now_ms,
         revoked_at: None,
     };
@@ -384,7 +412,7 @@ async fn check(
     if rec.revoked_at.is_some() || rec.hash != hash_secret(secret) {
         return Err(unauthorized());
     }
-    let p = Principal { token_id: rec.id, scopes: rec.scopes, queues: rec.queues };
+    let p = Principal { token_id: rec.id, scopes: rec.scopes, queues: rec.queues, agents: rec.agents };
     if !p.has(scope) {
         return Err(forbidden());
     }

@@ -59,6 +59,43 @@ pub struct Config {
     pub server_names: Vec<String>,
     /// Work-item settings.
     pub items: ItemsConfig,
+    /// Agent-message settings.
+    pub messages: MessagesConfig,
+}
+
+/// `[messages]`: the send limit, deliveries before a dead letter, retention and the sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagesConfig {
+    /// Sends and broadcasts per minute per sending agent, across every node (0: no limit).
+    pub rate_per_min: u32,
+    /// Sends an idle agent may make at once.
+    pub rate_burst: u32,
+    /// Deliveries of a message before it goes to the agent's dead letters (at least 1).
+    pub max_deliveries: u32,
+    /// How long dead letters are kept.
+    pub dead_retention_ms: i64,
+    /// How often expired messages are deleted (and overdue ones moved to dead letters).
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        MessagesConfig {
+            rate_per_min: 100,
+            rate_burst: 20,
+            max_deliveries: 5,
+            dead_retention_ms: 7 * 24 * 3_600_000,
+            sweep_interval_ms: 60_000,
+        }
+    }
+}
+
+impl MessagesConfig {
+    /// The send bucket.
+    pub fn rate(&self) -> ferry_core::message::SendRate {
+        ferry_core::message::SendRate { per_min: self.rate_per_min, burst: self.rate_burst }
+    }
 }
 
 /// `[items]`: how work-item writes are checked.
@@ -95,6 +132,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             server_names: Vec::new(),
             items: ItemsConfig::default(),
+            messages: MessagesConfig::default(),
         }
     }
 }

@@ -29,6 +29,13 @@ impl IntoResponse for ApiError {
             tracing::warn!(code = self.0.code.as_str(), message = %self.0.message, "request failed");
         }
         let code = self.0.code;
+        let wait_s = self
+            .0
+            .details
+            .as_ref()
+            .and_then(|d| d.get("retry_after_ms"))
+            .and_then(|v| v.as_i64())
+            .map_or(1, |ms| ((ms + 999) / 1000).max(1));
         let retry = matches!(
             code,
             ErrorCode::Unavailable
@@ -41,7 +48,7 @@ impl IntoResponse for ApiError {
         // The protection layer reads the code: storage failures feed the circuit breaker.
         resp.extensions_mut().insert(code);
         if retry {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait_s));
         }
         resp
     }

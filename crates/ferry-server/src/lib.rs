@@ -126,6 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tokio::spawn(observe::audit_loop(store.clone(), stop_rx.clone()));
     }
     let auth_note = format!("auth {}", state.tokens.mode());
+    tokio::spawn(api::messages::sweeper(state.clone(), config.maintenance.batch, stop_rx.clone()));
     let maintenance = Maintenance::spawn(store.clone(), config.maintenance.clone());
     let app = api::router(state).0;
     tracing::info!("ferry listening on http://{addr} with {where_data} ({auth_note})");

@@ -42,7 +42,8 @@ fn to_prometheus_text(open_metrics: &str) -> String {
 }
 
 /// Kinds of item conflict counted in `ferry_conflicts_total{kind}` (besides `stale_lease`).
-pub const CONFLICT_KINDS: [&str; 3] = ["version_conflict", "precondition_failed", "assigned_to_other"];
+pub const CONFLICT_KINDS: [&str; 4] =
+    ["version_conflict", "precondition_failed", "assigned_to_other", "stale_receipt"];
 
 /// The node's metric registry.
 pub struct Metrics {
@@ -63,6 +64,8 @@ struct Scrape {
     disk: Option<(u64, u64)>,
     /// Work items by status, across the cluster.
     items: Vec<(ferry_core::item::ItemStatus, u64)>,
+    /// Inbox deliveries by state, across the cluster.
+    inbox: Vec<(&'static str, u64)>,
 }
 
 /// Free and total bytes of the filesystem holding `path`.
@@ -144,6 +147,16 @@ impl prometheus_client::collector::Collector for StoreCollector {
         for status in ferry_core::item::ItemStatus::ALL {
             let n = scrape.items.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
             ConstGauge::new(n as i64).encode(f.encode_family(&[("status", status.as_str())])?)?;
+        }
+        let mut f = enc.encode_descriptor(
+            "ferry_inbox_messages",
+            "Messages in agent inboxes per state (cluster-wide; broadcasts not yet read are not counted)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for state in ["ready", "in_flight", "dead"] {
+            let n = scrape.inbox.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+            ConstGauge::new(n as i64).encode(f.encode_family(&[("state", state)])?)?;
         }
         let mut f = enc.encode_descriptor(
             "ferry_dlq_jobs",
@@ -243,11 +256,17 @@ impl prometheus_client::collector::Collector for StoreCollector {
             "Start to completion of a job",
             &m.job_run_seconds.snapshot(),
         )?;
+        histogram(
+            &mut enc,
+            "ferry_message_wait_seconds",
+            "Send (or broadcast) to first receive of a message",
+            &m.message_wait_seconds.snapshot(),
+        )?;
         let c = ConstCounter::new(m.stale_leases.load(Ordering::Relaxed));
         let mut f = enc.encode_descriptor(
             "ferry_conflicts",
             "Writes refused because another write came first: a stale lease (fencing), an item's version, \
-             an item held by another agent",
+             an item held by another agent, a message receipt delivered again",
             None,
             c.metric_type(),
         )?;
@@ -428,7 +447,8 @@ impl Metrics {
         let sizes = self.sizes().await;
         let disk = self.sqlite_path.as_deref().and_then(disk_space);
         let items = self.store.item_counts().await.unwrap_or_default();
-        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes, disk, items };
+        let inbox = self.store.message_counts().await.unwrap_or_default();
+        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes, disk, items, inbox };
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode to a String");

@@ -77,6 +77,7 @@ pub fn is_long_lived(route: &str) -> bool {
         || route == "GET /v1/ws"
         || route == "GET /metrics"
         || route == "GET /v1/items/{id}"
+        || route == "POST /v1/agents/{agent}/receive"
 }
 
 fn request_id(req: &Request) -> String {

@@ -46,6 +46,8 @@ pub struct AppState {
     pub server_names: Arc<[String]>,
     /// Work-item settings (`[items]`).
     pub items: crate::config::ItemsConfig,
+    /// Agent-message settings (`[messages]`).
+    pub messages: crate::config::MessagesConfig,
 }
 
 impl AppState {
@@ -82,6 +84,7 @@ impl AppState {
             cors_origins: config.cors_origins.as_slice().into(),
             server_names: config.server_names.as_slice().into(),
             items: config.items.clone(),
+            messages: config.messages.clone(),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
         }
     }

@@ -10,6 +10,7 @@ mod effects;
 pub mod events;
 mod item_rows;
 pub mod maintenance;
+mod message_rows;
 pub mod metrics;
 pub mod migrate;
 pub mod notify;
@@ -21,8 +22,8 @@ use ferry_core::{ClaimRequest, ClaimedJob, Result};
 use std::time::Duration;
 
 pub use contract::{
-    EventPrune, EventStore, HostStore, ItemFilter, ItemStore, JobStore, QueueLimitStore, QueueStore,
-    ScheduleStore, Store, StoreCore, TokenStore, WorkerStore,
+    AgentFilter, EventPrune, EventStore, HostStore, ItemFilter, ItemStore, JobStore, MessageStore,
+    MessageSweep, QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, TokenStore, WorkerStore,
 };
 pub use events::EventBus;
 

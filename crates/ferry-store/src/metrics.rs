@@ -52,6 +52,8 @@ pub struct StoreMetrics {
     pub job_wait_seconds: Histogram,
     /// Start → completion, from `job.completed` events.
     pub job_run_seconds: Histogram,
+    /// Send → first receive of a message, observed by the server from each receive.
+    pub message_wait_seconds: Histogram,
     /// Reports refused because the lease was not the job's current one.
     pub stale_leases: AtomicU64,
     /// Whether writing calls are timed and counted (off only to measure what that costs).
@@ -72,6 +74,7 @@ impl StoreMetrics {
             writers: writers.max(1),
             job_wait_seconds: Histogram::new(JOB_BOUNDS_SECONDS),
             job_run_seconds: Histogram::new(JOB_BOUNDS_SECONDS),
+            message_wait_seconds: Histogram::new(JOB_BOUNDS_SECONDS),
             stale_leases: AtomicU64::new(0),
             timing: std::sync::atomic::AtomicBool::new(true),
         }

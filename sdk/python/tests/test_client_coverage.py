@@ -23,7 +23,7 @@ def documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
 def test_every_operation_has_a_sync_and_an_async_method(ferry_server: FerryServer) -> None:
     doc = ferry_server.client().openapi()
     ops = documented(doc)
-    assert len(ops) >= 46, sorted(ops)
+    assert len(ops) >= 62, sorted(ops)
     for cls in (ferry.Client, ferry.AsyncClient):
         covered = operations(cls)
         missing = sorted(ops - covered.keys())
@@ -163,6 +163,35 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     updated = await updated if inspect.isawaitable(updated) else updated
     assert updated["item"]["version"] == 4 and updated["item"]["context"]["n"] == 2
 
+    # Agent messages: send, receive, nack, ack, channels, broadcasts, dead letters, agents.
+    ann, bob, news = f"ann-{tag}", f"bob-{tag}", f"news-{tag}"
+    assert await c("receive", bob) == []
+    sent = await c("send_message", bob, ann, {"n": 1}, dedup_key=f"{tag}-m", correlation_id="c")
+    assert [r["agent"] for r in sent["recipients"]] == [bob] and not sent.get("duplicate")
+    assert (await c("send_message", [bob], ann, {"n": 1}, dedup_key=f"{tag}-m"))["duplicate"] is True
+    got = await c("receive", bob, max=10, wait_ms=1000, visibility_ms=60_000)
+    assert [(m["id"], m["from"], m["body"]) for m in got] == [(sent["id"], ann, {"n": 1})]
+    assert (await c("nack", bob, [got[0]["receipt"]]))[0]["ok"] is True
+    again = await c("receive", bob)
+    assert [(m["id"], m["delivery_count"]) for m in again] == [(sent["id"], 2)]
+    assert (await c("ack", bob, [again[0]["receipt"]]))[0]["ok"] is True
+    stale = (await c("ack", bob, [again[0]["receipt"]]))[0]
+    assert stale["ok"] is False and stale["error"]["code"] == "stale_lease"
+    channels = await c("set_channels", bob, ["all", news])
+    assert sorted(ch["channel"] for ch in channels) == sorted(["all", news])
+    cast_ = await c("broadcast", ann, "hello", channel=news)
+    assert cast_["channel"] == news
+    got = await c("receive", bob)
+    assert [(m["id"], m["kind"], m.get("channel")) for m in got] == [(cast_["id"], "broadcast", news)]
+    assert (await c("ack", bob, got[0]["receipt"]))[0]["ok"] is True
+    assert await c.collect(await c("dead_messages", bob)) == []
+    assert await c("replay_dead", bob) == 0
+    agents = {a["name"] for a in await c.collect(await c("list_agents"))}
+    assert {ann, bob} <= agents
+    shown = await c("get_agent", bob)
+    assert (shown["name"], shown["ready"], shown["in_flight"], shown["dead"]) == (bob, 0, 0, 0)
+    assert sorted(ch["channel"] for ch in shown["channels"]) == sorted(["all", news])
+
     # Events: long-poll, server-sent events, WebSocket.
     page = await c("poll_events", since=0, limit=3, queue=q)
     assert [e["cursor"] for e in page["events"]] == sorted(e["cursor"] for e in page["events"])
@@ -188,6 +217,8 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     assert tok["token"] and tok["scopes"] == ["read"]
     assert tok["id"] in {t["id"] for t in await c("tokens")}
     assert (await c("revoke_token", tok["id"]))["revoked_at"]
+    agent_tok = await c("create_token", f"agent-tok-{tag}", ["messages", "read"], agents=[ann])
+    assert agent_tok["token"] and agent_tok.get("agents") == [ann]
     for _ in range(100):  # the registry is written behind the claims
         if f"w-{tag}" in {w["name"] for w in await c("workers")}:
             break

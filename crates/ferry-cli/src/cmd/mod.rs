@@ -2,10 +2,13 @@
 //! its calls through `ferry-client`'s typed methods, and prints through [`crate::output`].
 
 pub mod advise;
+pub mod agents;
+pub mod broadcasts;
 pub mod dlq;
 pub mod hosts;
 pub mod items;
 pub mod jobs;
+pub mod messages;
 pub mod queues;
 pub mod schedules;
 pub mod stats;

@@ -49,6 +49,10 @@ pub enum TokensCmd {
         /// Limit the token to these queues (comma-separated).
         #[arg(long, value_delimiter = ',')]
         queues: Option<Vec<String>>,
+        /// Limit the token to acting as these agents (comma-separated): sending as them,
+        /// reading and acking their inboxes, writing work items as them.
+        #[arg(long, value_delimiter = ',')]
+        agents: Option<Vec<String>>,
         #[command(flatten)]
         target: TokenTarget,
     },
@@ -108,12 +112,13 @@ fn show_tokens(json: bool, tokens: &[TokenRecord]) {
                 t.name.clone(),
                 t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
                 t.queues.as_ref().map_or("*".into(), |q| q.join(",")),
+                t.agents.as_ref().map_or("*".into(), |a| a.join(",")),
                 format_ms(t.created_at),
                 t.revoked_at.map_or("-".into(), format_ms),
             ]
         })
         .collect();
-    table(&["id", "name", "scopes", "queues", "created", "revoked"], &rows);
+    table(&["id", "name", "scopes", "queues", "agents", "created", "revoked"], &rows);
 }
 
 /// Runs `ferry tokens`.
@@ -123,7 +128,7 @@ pub async fn tokens(cmd: TokensCmd) -> i32 {
 
 async fn run(cmd: TokensCmd) -> Result<(), String> {
     match cmd {
-        TokensCmd::Create { scopes, name, queues, target: t } => {
+        TokensCmd::Create { scopes, name, queues, agents, target: t } => {
             let mut parsed = Vec::new();
             for s in &scopes {
                 parsed
@@ -132,14 +137,14 @@ async fn run(cmd: TokensCmd) -> Result<(), String> {
             let name = name.unwrap_or_else(|| scopes.join("+"));
             let (record, secret) = match target(&t).await? {
                 Target::Api(c) => {
-                    let body = TokenBody { name, scopes: parsed, queues };
+                    let body = TokenBody { name, scopes: parsed, queues, agents };
                     let new = c.create_token(&body).await.map_err(|e| e.to_string())?;
                     (new.record, new.token)
                 }
                 Target::Db(store) => {
                     let limits = ferry_core::Limits::default();
                     let now = store.clock().now_ms();
-                    let body = TokenBody { name, scopes: parsed, queues };
+                    let body = TokenBody { name, scopes: parsed, queues, agents };
                     let (rec, secret) = ferry_server::mint(body, &limits, now).map_err(|e| e.message)?;
                     let r = store.create_token(rec.clone()).await.map_err(|e| e.message);
                     store.close().await;
@@ -150,7 +155,7 @@ async fn run(cmd: TokensCmd) -> Result<(), String> {
             if t.json {
                 print_json(&json!({
                     "token": secret, "id": record.id, "name": record.name, "scopes": record.scopes,
-                    "queues": record.queues
+                    "queues": record.queues, "agents": record.agents
                 }));
             } else {
                 println!("{secret}");

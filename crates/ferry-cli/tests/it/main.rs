@@ -11,6 +11,7 @@ mod events;
 mod faults;
 mod import_dir;
 mod items;
+mod messages;
 mod migrate;
 mod multinode;
 mod observability;

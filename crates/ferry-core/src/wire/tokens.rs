@@ -22,6 +22,11 @@ pub struct TokenBody {
     #[serde(default)]
     #[schema(value_type = Option<Vec<QueueName>>, min_items = 1, max_items = 32)]
     pub queues: Option<Vec<String>>,
+    /// Limit the token to acting as these agents (sending as them, reading and acking their
+    /// inboxes, writing work items as them): 1..=`limits.max_recipients` of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::validate::names::AgentName>>, min_items = 1, max_items = 100)]
+    pub agents: Option<Vec<String>>,
 }
 
 impl TokenBody {
@@ -48,6 +53,17 @@ impl TokenBody {
             }
             for (i, q) in qs.iter().enumerate() {
                 validate::queue_name(q, limits, &format!("queues[{i}]"))?;
+            }
+        }
+        if let Some(agents) = &self.agents {
+            if agents.is_empty() || agents.len() > limits.max_recipients {
+                return Err(Error::invalid(
+                    "agents",
+                    format!("agents must list 1..={} agents", limits.max_recipients),
+                ));
+            }
+            for (i, a) in agents.iter().enumerate() {
+                crate::wire::messages::inbox_name(a, limits, &format!("agents[{i}]"))?;
             }
         }
         Ok(())

@@ -367,6 +367,22 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
     sets.push((item("PatchItemBody", "artifacts_add"), "maxItems", json!(l.max_artifacts)));
     sets.push((item("PatchItemBody", "artifacts_remove"), "maxItems", json!(l.max_artifacts)));
     sets.push((item("BatchItemsBody", "ops"), "maxItems", json!(l.max_batch)));
+    sets.push((item("TokenBody", "agents"), "maxItems", json!(l.max_recipients)));
+    for body in ["SendBody", "BroadcastBody"] {
+        sets.push((item(body, "ttl_ms"), "maximum", json!(l.max_message_ttl_ms)));
+    }
+    sets.push((item("SendBody", "to"), "maxItems", json!(l.max_recipients)));
+    sets.push((item("SendBody", "dedup_key"), "maxLength", json!(l.max_unique_key_len)));
+    sets.push((item("SendBody", "correlation_id"), "maxLength", json!(l.max_unique_key_len)));
+    sets.push((item("ReceiveBody", "max"), "maximum", json!(l.max_claim)));
+    sets.push((item("ReceiveBody", "wait_ms"), "maximum", json!(l.max_wait_ms)));
+    sets.push((item("ReceiveBody", "visibility_ms"), "minimum", json!(l.min_lease_ms)));
+    sets.push((item("ReceiveBody", "visibility_ms"), "maximum", json!(l.max_lease_ms)));
+    sets.push((item("NackBody", "delay_ms"), "maximum", json!(l.max_delay_ms)));
+    for (s, f) in [("AckBody", "receipts"), ("NackBody", "receipts"), ("ReplayMessagesBody", "ids")] {
+        sets.push((item(s, f), "maxItems", json!(l.max_batch)));
+    }
+    sets.push((item("ChannelsBody", "channels"), "maxItems", json!(l.max_agent_channels)));
     // Query parameters (inline in their operations).
     for path in ["/v1/jobs", "/v1/dlq"] {
         let q = query_param(doc, path, "queue");
@@ -375,7 +391,7 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
         sets.push((q, "maxLength", json!(l.max_queue_name_len)));
         sets.push((query_param(doc, path, "limit"), "maximum", json!(l.max_page_size)));
     }
-    for path in ["/v1/items", "/v1/items/{id}/history"] {
+    for path in ["/v1/items", "/v1/items/{id}/history", "/v1/agents", "/v1/agents/{agent}/dead"] {
         sets.push((query_param(doc, path, "limit"), "maximum", json!(l.max_page_size)));
     }
     sets.push((query_param(doc, "/v1/items/{id}", "wait_ms"), "maximum", json!(l.max_wait_ms)));

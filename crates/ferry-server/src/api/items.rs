@@ -3,6 +3,7 @@
 //! rows it names; a conflict is answered with what a retry needs (`details.current`).
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::error::{ApiPath, ApiQuery, ApiResult, JsonBody};
 use axum::Json;
 use axum::extract::State;
@@ -62,8 +63,10 @@ fn check_id(st: &AppState, id: &str) -> Result<(), Error> {
     (status = 422, description = "validation_failed: a field is invalid (named)", body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
+    access: Access,
     JsonBody(body): JsonBody<CreateItemBody>,
 ) -> ApiResult<Response> {
+    access.check_agent(body.agent.as_deref())?;
     let new = body.validate(&st.limits)?;
     let _permit = st.protection.writes(1)?;
     let out = st.store.create_item(new).await?;
@@ -79,9 +82,11 @@ pub async fn create(
     (status = 404, description = NO_ITEM, body = ErrorBody)))]
 pub async fn get(
     State(st): State<AppState>,
+    access: Access,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<GetItemQuery>,
 ) -> ApiResult<Response> {
+    access.check_reads_items()?;
     check_id(&st, &id)?;
     let wait_ms = q.wait_ms.unwrap_or(0);
     if wait_ms < 0 || wait_ms > st.limits.max_wait_ms {
@@ -124,8 +129,10 @@ async fn wait_for(st: &AppState, id: &str, after: i64, wait: Duration) -> Result
     responses((status = 200, description = "a page of items", body = ItemsPage)))]
 pub async fn list(
     State(st): State<AppState>,
+    access: Access,
     ApiQuery(q): ApiQuery<ItemsQuery>,
 ) -> ApiResult<Json<ItemsPage>> {
+    access.check_reads_items()?;
     let limit = page_size(&st, q.limit)?;
     if let Some(a) = &q.assignee {
         agent_name(a, &st.limits, "assignee")?;
@@ -153,9 +160,11 @@ fn page_size(st: &AppState, limit: Option<usize>) -> Result<usize, Error> {
     (status = 404, description = NO_ITEM, body = ErrorBody)))]
 pub async fn history(
     State(st): State<AppState>,
+    access: Access,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<HistoryPage>> {
+    access.check_reads_items()?;
     check_id(&st, &id)?;
     let limit = page_size(&st, q.limit)?;
     let before = match q.cursor.filter(|c| !c.is_empty()) {
@@ -200,10 +209,12 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Error> {
     (status = 428, description = "precondition_required: the server requires If-Match or expected_version", body = ErrorBody)))]
 pub async fn patch(
     State(st): State<AppState>,
+    access: Access,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PatchItemBody>,
 ) -> ApiResult<Response> {
+    access.check_agent(body.agent.as_deref())?;
     check_id(&st, &id)?;
     let version = if_match(&headers)?;
     if st.items.require_precondition && version.is_none() && body.expected_version.is_none() {
@@ -230,24 +241,33 @@ pub async fn patch(
     (status = 428, description = "precondition_required: a patch op without expected_version on a server requiring one", body = ErrorBody)))]
 pub async fn batch(
     State(st): State<AppState>,
+    access: Access,
     JsonBody(body): JsonBody<BatchItemsBody>,
 ) -> ApiResult<Json<BatchItemsResponse>> {
+    for op in &body.ops {
+        match op {
+            BatchOp::Create(c) => access.check_agent(c.agent.as_deref())?,
+            BatchOp::Patch(p) => access.check_agent(p.agent.as_deref())?,
+            BatchOp::Check(_) => access.check_reads_items()?,
+        }
+    }
     let ops: Vec<ItemOp> = body.validate(&st.limits, st.items.require_precondition)?;
     let _permit = st.protection.writes(ops.len())?;
     let out = st.store.batch_items(ops).await.inspect_err(|e| count_conflict(&st, e))?;
     Ok(Json(BatchItemsResponse { items: out.into_iter().map(|r| r.item).collect() }))
 }
 
-/// The item routes: writes need scope `items`, reads `read`. Items belong to no queue, so a
-/// token restricted to queues is refused them (`Refused`).
+/// The item routes: writes need scope `items`, reads `read`. Items belong to no queue: a token
+/// restricted to queues is refused them; one restricted to agents reads them and writes only
+/// as one of its agents (`Handler`, through [`Access`]).
 pub(super) fn routes(r: super::Routes) -> super::Routes {
     use crate::auth::Restriction::*;
     use ferry_core::Scope;
     use utoipa_axum::routes;
-    r.add(routes!(create), Scope::Items, Refused)
-        .add(routes!(list), Scope::Read, Refused)
-        .add(routes!(get), Scope::Read, Refused)
-        .add(routes!(history), Scope::Read, Refused)
-        .add(routes!(patch), Scope::Items, Refused)
-        .add(routes!(batch), Scope::Items, Refused)
+    r.add(routes!(create), Scope::Items, Handler)
+        .add(routes!(list), Scope::Read, Handler)
+        .add(routes!(get), Scope::Read, Handler)
+        .add(routes!(history), Scope::Read, Handler)
+        .add(routes!(patch), Scope::Items, Handler)
+        .add(routes!(batch), Scope::Items, Handler)
 }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub mod items;
 pub mod jobs;
+pub mod messages;
 pub mod queues;
 pub mod schedules;
 
@@ -70,6 +71,7 @@ fn routes() -> Routes {
     let r = events::routes(r);
     let r = access::routes(r);
     let r = items::routes(r);
+    let r = messages::routes(r);
     health::routes(r)
 }
 

@@ -17,6 +17,7 @@ mod hosts;
 mod items;
 mod jobs;
 mod limits;
+mod messages;
 mod queues;
 mod schedules;
 mod tokens;
@@ -27,6 +28,7 @@ pub use hosts::HostStore;
 pub use items::{ItemFilter, ItemStore};
 pub use jobs::JobStore;
 pub use limits::QueueLimitStore;
+pub use messages::{AgentFilter, MessageStore, MessageSweep};
 pub use queues::QueueStore;
 pub use schedules::ScheduleStore;
 pub use tokens::TokenStore;
@@ -100,5 +102,6 @@ store_is_the_sum_of!(
     TokenStore,
     WorkerStore,
     HostStore,
-    ItemStore
+    ItemStore,
+    MessageStore
 );

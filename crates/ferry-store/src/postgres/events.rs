@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Advisory lock key serializing sequencer passes ("fevts" in ASCII).
-const SEQUENCER_LOCK: i64 = 0x0066_6576_7473;
+pub(super) const SEQUENCER_LOCK: i64 = 0x0066_6576_7473;
 
 /// Rows numbered per sequencer pass (a pass repeats while it fills up).
 const SEQUENCE_BATCH: i64 = 1_000;
@@ -76,10 +76,12 @@ pub async fn prune(c: &Client, before_ms: i64, keep: u64, max: usize) -> Result<
 }
 
 /// One sequencer pass: numbers committed rows; returns how many rows it numbered.
-async fn sequence(pool: &Pool, channel: &str) -> Result<u64> {
+async fn sequence(pool: &Pool, channel: &str, msg_channel: &str, now: i64) -> Result<u64> {
     let mut client = pool.get().await.map_err(super::pool_err)?;
     let tx = client.transaction().await.map_err(pg_err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SEQUENCER_LOCK]).await.map_err(pg_err)?;
+    // Broadcasts first: their events join this pass's numbering.
+    super::messages::number_broadcasts(&tx, msg_channel, now).await?;
     let n = tx
         .execute(
             "WITH top AS (SELECT coalesce((SELECT first_cursor + n - 1 FROM event_log WHERE first_cursor IS NOT NULL
@@ -100,14 +102,20 @@ async fn sequence(pool: &Pool, channel: &str) -> Result<u64> {
 }
 
 /// Runs sequencer passes when woken (a local commit with events) or on the timer.
-pub async fn sequencer(pool: Pool, channel: String, wake: Arc<Notify>) {
+pub async fn sequencer(
+    pool: Pool,
+    channel: String,
+    msg_channel: String,
+    clock: Arc<dyn ferry_core::Clock>,
+    wake: Arc<Notify>,
+) {
     loop {
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(EVENT_POLL_MS)) => {}
         }
         loop {
-            match sequence(&pool, &channel).await {
+            match sequence(&pool, &channel, &msg_channel, clock.now_ms()).await {
                 Ok(n) if n as i64 >= SEQUENCE_BATCH => continue,
                 Ok(_) => break,
                 Err(e) => {

@@ -21,6 +21,7 @@ mod hosts;
 mod items;
 mod jobs;
 mod limits;
+mod messages;
 mod queues;
 mod schedules;
 pub mod schema;
@@ -79,6 +80,8 @@ pub struct PgStore {
     clock: Arc<dyn Clock>,
     limits: Arc<Limits>,
     channel: String,
+    /// The NOTIFY channel of inbox wake-ups (agents and broadcast channels), apart from queues'.
+    msg_channel: String,
     fallback_poll: Duration,
     bus: Arc<EventBus>,
     /// Effects this node's event sequencer after a commit that recorded events.
@@ -109,7 +112,9 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
     } else if class == Some("23") {
         Error::new(ErrorCode::Conflict, format!("the database refused this change: {e}"))
     } else {
-        Error::internal(format!("database error: {e}"))
+        // `db error` alone names nothing: the server's own message says what went wrong.
+        let detail = e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{e}: {}", d.message()));
+        Error::internal(format!("database error: {detail}"))
     }
 }
 
@@ -169,7 +174,7 @@ impl PgStore {
             .url
             .parse()
             .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("bad PostgreSQL URL: {e}")))?;
-        let (channel, events_channel) = match &config.schema {
+        let (channel, events_channel, msg_channel) = match &config.schema {
             Some(s) => {
                 valid_schema(s)?;
                 let (client, conn) = pg.connect(NoTls).await.map_err(pg_err)?;
@@ -178,9 +183,9 @@ impl PgStore {
                 drop(client);
                 let _ = driver.await;
                 pg.options(format!("-c search_path={s}"));
-                (format!("ferry_wake_{s}"), format!("ferry_events_{s}"))
+                (format!("ferry_wake_{s}"), format!("ferry_events_{s}"), format!("ferry_msg_{s}"))
             }
-            None => ("ferry_wake".to_string(), "ferry_events".to_string()),
+            None => ("ferry_wake".to_string(), "ferry_events".to_string(), "ferry_msg".to_string()),
         };
         let mgr = Manager::from_config(
             pg.clone(),
@@ -201,8 +206,20 @@ impl PgStore {
         let sequence = Arc::new(tokio::sync::Notify::new());
         let tail = Arc::new(tokio::sync::Notify::new());
         let mut tasks = vec![
-            tokio::spawn(listen(pg, channel.clone(), events_channel.clone(), notifier.clone(), tail.clone())),
-            tokio::spawn(events::sequencer(pool.clone(), events_channel, sequence.clone())),
+            tokio::spawn(listen(
+                pg,
+                [channel.clone(), msg_channel.clone()],
+                events_channel.clone(),
+                notifier.clone(),
+                tail.clone(),
+            )),
+            tokio::spawn(events::sequencer(
+                pool.clone(),
+                events_channel,
+                msg_channel.clone(),
+                clock.clone(),
+                sequence.clone(),
+            )),
             tokio::spawn(events::tailer(pool.clone(), bus.clone(), tail)),
         ];
         if config.vacuum_interval_ms > 0 {
@@ -217,6 +234,7 @@ impl PgStore {
             clock,
             limits: Arc::new(config.limits),
             channel,
+            msg_channel,
             fallback_poll: Duration::from_millis(config.fallback_poll_ms),
             bus,
             sequence,
@@ -298,9 +316,17 @@ impl PgStore {
             .map_err(pg_err)?;
         }
         if !fx.wake.is_empty() {
-            tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&self.channel, &fx.wake])
-                .await
-                .map_err(pg_err)?;
+            // Inbox keys (`agent/…`, `channel/…`) go on their own channel: queue wake-ups
+            // never carry them, nor they queue names.
+            let (inbox, queues): (Vec<&String>, Vec<&String>) =
+                fx.wake.iter().partition(|k| k.starts_with("agent/") || k.starts_with("channel/"));
+            for (channel, keys) in [(&self.channel, queues), (&self.msg_channel, inbox)] {
+                if !keys.is_empty() {
+                    tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[channel, &keys])
+                        .await
+                        .map_err(pg_err)?;
+                }
+            }
         }
         Ok(out)
     }
@@ -320,7 +346,7 @@ impl PgStore {
 /// notification into a local wake-up of its queue, or of the event tailer.
 async fn listen(
     pg: tokio_postgres::Config,
-    channel: String,
+    wake_channels: [String; 2],
     events_channel: String,
     notifier: Arc<Notifier>,
     tail: Arc<tokio::sync::Notify>,
@@ -330,13 +356,13 @@ async fn listen(
         match pg.connect(NoTls).await {
             Ok((client, mut conn)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                let (channel_of_wakes, tail) = (channel.clone(), tail.clone());
+                let (channel_of_events, tail) = (events_channel.clone(), tail.clone());
                 let driver = tokio::spawn(async move {
                     let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                     while let Some(msg) = stream.next().await {
                         match msg {
                             Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                if n.channel() != channel_of_wakes {
+                                if n.channel() == channel_of_events {
                                     tail.notify_one();
                                 } else if tx.send(n.payload().to_string()).is_err() {
                                     return;
@@ -347,7 +373,9 @@ async fn listen(
                         }
                     }
                 });
-                if client.batch_execute(&format!("LISTEN {channel}; LISTEN {events_channel}")).await.is_ok() {
+                let [queues, inboxes] = &wake_channels;
+                let listen = format!("LISTEN {queues}; LISTEN {inboxes}; LISTEN {events_channel}");
+                if client.batch_execute(&listen).await.is_ok() {
                     while let Some(queue) = rx.recv().await {
                         notifier.wake(&queue);
                     }
@@ -406,7 +434,8 @@ async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<Str
     let rows = client
         .query(
             "SELECT relname::text FROM pg_stat_user_tables
-             WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps', 'items', 'item_history')
+             WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps', 'items', 'item_history',
+                                                                 'deliveries', 'agents', 'channel_cursors', 'messages')
                AND n_dead_tup > greatest($1, n_live_tup / 10)",
             &[&VACUUM_MIN_DEAD],
         )
@@ -455,6 +484,7 @@ impl StoreCore for PgStore {
             boxed!({
                 let mut out = jobs::invariants(c).await?;
                 out.extend(items::invariants(c).await?);
+                out.extend(messages::invariants(c).await?);
                 Ok(out)
             })
         })

@@ -11,6 +11,7 @@ mod hosts;
 mod items;
 mod jobs;
 mod limits;
+mod messages;
 mod queues;
 mod read_pool;
 mod schedules;
@@ -335,6 +336,7 @@ impl StoreCore for SqliteStore {
                     c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
                 let mut out = jobs::invariants(c)?;
                 out.extend(items::invariants(c)?);
+                out.extend(messages::invariants(c)?);
                 if integrity != "ok" {
                     out.insert(0, format!("integrity_check: {integrity}"));
                 }

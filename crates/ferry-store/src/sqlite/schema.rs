@@ -159,6 +159,73 @@ CREATE TABLE item_history (
     PRIMARY KEY (item_id, version)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Agent messages: inboxes (agents), message bodies, one delivery row per recipient (and per
+-- broadcast an agent holds or keeps dead), broadcasts stored once per channel, channel heads
+-- and per-agent cursors. Tokens may be restricted to agents.
+ALTER TABLE api_tokens ADD COLUMN agents TEXT;
+CREATE TABLE agents (
+    name         TEXT PRIMARY KEY,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER,
+    tokens       REAL,
+    tokens_at    INTEGER
+) WITHOUT ROWID;
+CREATE TABLE messages (
+    id             BLOB PRIMARY KEY,
+    sender         TEXT NOT NULL,
+    body           TEXT NOT NULL,
+    sent_at        INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    reply_to       TEXT,
+    correlation_id TEXT,
+    dedup_key      TEXT,
+    answer         TEXT NOT NULL
+);
+CREATE INDEX messages_dedup ON messages (sender, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE INDEX messages_expiry ON messages (expires_at);
+CREATE TABLE deliveries (
+    ord            INTEGER PRIMARY KEY,
+    agent          TEXT NOT NULL,
+    msg_id         BLOB NOT NULL,
+    kind           TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    visible_at     INTEGER NOT NULL,
+    receipt        INTEGER NOT NULL,
+    delivery_count INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    ttl_ms         INTEGER NOT NULL,
+    dead_at        INTEGER
+);
+CREATE UNIQUE INDEX deliveries_msg ON deliveries (agent, msg_id);
+CREATE INDEX deliveries_inbox ON deliveries (agent, ord) WHERE state IN ('ready', 'in_flight');
+CREATE INDEX deliveries_dead ON deliveries (agent, ord) WHERE state = 'dead';
+CREATE INDEX deliveries_due ON deliveries (visible_at) WHERE state IN ('ready', 'in_flight');
+CREATE INDEX deliveries_expiry ON deliveries (expires_at) WHERE state <> 'dead';
+CREATE INDEX deliveries_msg_id ON deliveries (msg_id);
+CREATE TABLE broadcasts (
+    serial     INTEGER PRIMARY KEY,
+    id         BLOB NOT NULL UNIQUE,
+    channel    TEXT NOT NULL,
+    seq        INTEGER,
+    sender     TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    sent_at    INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX broadcasts_seq ON broadcasts (channel, seq);
+CREATE INDEX broadcasts_expiry ON broadcasts (expires_at);
+CREATE TABLE channels (
+    name TEXT PRIMARY KEY,
+    head INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE channel_cursors (
+    agent   TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (agent, channel)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -6,7 +6,7 @@
 //! `FERRY_REQUIRE_PG=1` (as in CI), where they fail.
 
 use crate::conformance::{self, Harness};
-use ferry_core::ManualClock;
+use ferry_core::{Limits, ManualClock};
 use ferry_store::prelude::*;
 use ferry_store::{PgConfig, PgStore};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ impl Drop for SchemaGuard {
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
-async fn harness(clock: Arc<ManualClock>) -> Option<Harness> {
+async fn harness(clock: Arc<ManualClock>, limits: Limits) -> Option<Harness> {
     let schema = format!(
         "ferry_t_{}_{}_{:x}",
         std::process::id(),
@@ -43,6 +43,7 @@ async fn harness(clock: Arc<ManualClock>) -> Option<Harness> {
     let mut cfg = PgConfig::new(url());
     cfg.schema = Some(schema.clone());
     cfg.pool_size = 20;
+    cfg.limits = limits;
     match PgStore::open(cfg, clock.clone()).await {
         Ok(store) => Some(Harness { store: Arc::new(store), clock, guard: Box::new(SchemaGuard(schema)) }),
         Err(e) if std::env::var("FERRY_REQUIRE_PG").as_deref() != Ok("1") => {
@@ -63,7 +64,7 @@ conformance_tests!(harness);
 /// Opens `n` stores (nodes) on one fresh schema; None when PostgreSQL is absent and optional.
 async fn nodes(n: usize, fallback_poll_ms: u64) -> Option<(Vec<Arc<PgStore>>, SchemaGuard)> {
     let clock = ManualClock::new(conformance::T0);
-    let h = harness(clock.clone()).await?;
+    let h = harness(clock.clone(), Limits::default()).await?;
     let guard = *h.guard.downcast::<SchemaGuard>().expect("postgres guard");
     h.store.close().await;
     let mut out = Vec::new();

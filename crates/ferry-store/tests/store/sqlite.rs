@@ -2,14 +2,16 @@
 //! versioning and reopening).
 
 use crate::conformance::{self, Harness};
-use ferry_core::{Clock, ErrorCode, ManualClock, SystemClock};
+use ferry_core::{Clock, ErrorCode, Limits, ManualClock, SystemClock};
 use ferry_store::prelude::*;
 use ferry_store::{SqliteConfig, SqliteStore};
 use std::sync::Arc;
 
-async fn harness(clock: Arc<ManualClock>) -> Option<Harness> {
+async fn harness(clock: Arc<ManualClock>, limits: Limits) -> Option<Harness> {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("ferry.db")), clock.clone()).unwrap();
+    let mut cfg = SqliteConfig::new(dir.path().join("ferry.db"));
+    cfg.limits = limits;
+    let store = SqliteStore::open(cfg, clock.clone()).unwrap();
     Some(Harness { store: Arc::new(store), clock, guard: Box::new(dir) })
 }
 

@@ -34,14 +34,27 @@ from ferry._client_base import (
     operation,
     operations,
 )
-from ferry._client_sync import Client, HistoryPager, ItemPager, JobPager  # unasync: remove
+from ferry._client_sync import (  # unasync: remove
+    AgentPager,
+    Client,
+    DeadMessagePager,
+    HistoryPager,
+    ItemPager,
+    JobPager,
+)
 from ferry._errors import VersionConflict
 from ferry._events import AsyncEventSocket, AsyncEventStream
 from ferry._http import ALWAYS, EMPTY, NEVER, REFUSED, TEXT, AsyncTransport
 from ferry.types import (
     Advice,
+    AgentInfo,
+    AgentsPage,
     BatchResult,
+    BroadcastResult,
+    ChannelCursor,
     ClaimedJob,
+    DeadMessage,
+    DeadMessagesPage,
     Deleted,
     EnqueueBatchResult,
     EnqueueResult,
@@ -59,13 +72,16 @@ from ferry.types import (
     Job,
     JobsPage,
     LimitsResult,
+    Message,
     NewToken,
     PatchItemResult,
     PauseResult,
     PurgeResult,
     QueueStats,
+    ReceiptResult,
     ReplayResult,
     Schedule,
+    SendResult,
     ServerInfo,
     StateResult,
     Stats,
@@ -74,11 +90,15 @@ from ferry.types import (
 )
 
 __all__ = [  # unasync: remove
+    "AgentPager",
+    "AsyncAgentPager",
     "AsyncClient",
+    "AsyncDeadMessagePager",
     "AsyncHistoryPager",
     "AsyncItemPager",
     "AsyncJobPager",
     "Client",
+    "DeadMessagePager",
     "HistoryPager",
     "ItemPager",
     "JobPager",
@@ -168,6 +188,21 @@ class AsyncHistoryPager(_AsyncPager[HistoryPage, HistoryEntry]):
     "next_cursor"}`)."""
 
     _key = "history"
+
+
+class AsyncDeadMessagePager(_AsyncPager[DeadMessagesPage, DeadMessage]):
+    """An agent's dead letters, oldest death first: iterating it (`async for`) follows
+    `next_cursor` lazily up to `limit` messages; `await .page()` fetches one page
+    (`{"messages", "next_cursor"}`)."""
+
+    _key = "messages"
+
+
+class AsyncAgentPager(_AsyncPager[AgentsPage, AgentInfo]):
+    """Agents (inboxes) by name: iterating it (`async for`) follows `next_cursor` lazily up to
+    `limit` agents; `await .page()` fetches one page (`{"agents", "next_cursor"}`)."""
+
+    _key = "agents"
 
 
 class AsyncClient:
@@ -683,6 +718,141 @@ class AsyncClient:
         out = await self._t.call("POST", "/v1/items/batch", body=body, has_body=True, retry=_batch_retry(ops))
         return cast("list[Item]", out["items"])
 
+    # ---- agent messages ------------------------------------------------------------------------
+
+    @operation("POST", "/v1/messages")
+    async def send_message(
+        self,
+        to: str | Sequence[str],
+        from_: str,
+        body: Any,
+        *,
+        ttl_ms: int | None = None,
+        dedup_key: str | None = None,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+    ) -> SendResult:
+        """Sends `body` (any JSON, None for null) from agent `from_` to the inboxes of `to` (an
+        agent or 1 to 100 of them), all or nothing; `{"id", "expires_at", "recipients"}`, each
+        recipient with its `last_seen_at`. `ttl_ms` defaults to a day. A repeat with the same
+        `from_` and `dedup_key` before the first expires answers the first send with
+        `duplicate: true`. `QueueFull` (`details["agent"]`) when a recipient's inbox is full,
+        `RateLimited` past the sender's rate (`retry_after`).
+
+        Retried (429, 503, connection failures) with a `dedup_key`; without one only when the
+        server refused it before writing (429, 503 `server_saturated`/`circuit_open`): a lost
+        answer may have sent it."""
+        recipients = [to] if isinstance(to, str) else list(to)
+        payload: dict[str, Any] = {"to": recipients, "from": from_, "body": body}
+        payload.update(
+            _some(ttl_ms=ttl_ms, dedup_key=dedup_key, reply_to=reply_to, correlation_id=correlation_id)
+        )
+        retry = ALWAYS if dedup_key else REFUSED
+        out = await self._t.call("POST", "/v1/messages", body=payload, has_body=True, retry=retry)
+        return cast(SendResult, out)
+
+    @operation("POST", "/v1/broadcasts")
+    async def broadcast(
+        self, from_: str, body: Any, *, channel: str | None = None, ttl_ms: int | None = None
+    ) -> BroadcastResult:
+        """Broadcasts `body` from agent `from_` on `channel` (default `all`): stored once, each
+        subscriber receives it once (never its sender); `{"id", "channel", "seq",
+        "expires_at"}`. Retried only when the server refused it before writing (429, 503
+        `server_saturated`/`circuit_open`)."""
+        payload: dict[str, Any] = {"from": from_, "body": body}
+        payload.update(_some(channel=channel, ttl_ms=ttl_ms))
+        out = await self._t.call("POST", "/v1/broadcasts", body=payload, has_body=True, retry=REFUSED)
+        return cast(BroadcastResult, out)
+
+    @operation("POST", "/v1/agents/{agent}/receive")
+    async def receive(
+        self,
+        agent: str,
+        *,
+        max: int | None = None,
+        wait_ms: int = 0,
+        visibility_ms: int | None = None,
+    ) -> list[Message]:
+        """Receives up to `max` (default 1) messages of `agent`'s inbox, oldest first,
+        long-polling up to `wait_ms` for a first. Each is hidden from other receives for
+        `visibility_ms` (default 30 s); unacked, it comes back with `delivery_count` + 1 and a
+        new `receipt`. Retried: a lost answer only delays its messages until their visibility
+        ends."""
+        payload = _some(max=max, wait_ms=wait_ms or None, visibility_ms=visibility_ms)
+        path = f"/v1/agents/{_seg(agent)}/receive"
+        out = await self._t.call("POST", path, body=payload, has_body=True, wait_ms=wait_ms)
+        return cast("list[Message]", out["messages"])
+
+    @operation("POST", "/v1/agents/{agent}/ack")
+    async def ack(self, agent: str, receipts: str | Sequence[str]) -> list[ReceiptResult]:
+        """Acknowledges received messages by receipt: done, never delivered again. One result
+        per receipt, in order; `ok: false` with `error.code` `stale_lease` for a receipt that
+        went stale (delivered again, acked or gone). Receipt-fenced, so retried."""
+        payload = {"receipts": [receipts] if isinstance(receipts, str) else list(receipts)}
+        out = await self._t.call("POST", f"/v1/agents/{_seg(agent)}/ack", body=payload, has_body=True)
+        return cast("list[ReceiptResult]", out["results"])
+
+    @operation("POST", "/v1/agents/{agent}/nack")
+    async def nack(
+        self, agent: str, receipts: str | Sequence[str], *, delay_ms: int | None = None
+    ) -> list[ReceiptResult]:
+        """Hands received messages back: visible again after `delay_ms` (default 0), the
+        receipts stale; the delivery still counts towards `max_deliveries`. One result per
+        receipt, in order (`stale_lease` as for `ack`). Receipt-fenced, so retried."""
+        payload: dict[str, Any] = {"receipts": [receipts] if isinstance(receipts, str) else list(receipts)}
+        if delay_ms is not None:
+            payload["delay_ms"] = delay_ms
+        out = await self._t.call("POST", f"/v1/agents/{_seg(agent)}/nack", body=payload, has_body=True)
+        return cast("list[ReceiptResult]", out["results"])
+
+    @operation("GET", "/v1/agents/{agent}/dead")
+    def dead_messages(
+        self,
+        agent: str,
+        *,
+        limit: int | None = None,
+        page_size: int | None = None,
+        cursor: str | None = None,
+    ) -> AsyncDeadMessagePager:
+        """`agent`'s dead letters (delivered `[messages] max_deliveries` times unacked), oldest
+        death first: iterate it (lazy pages) up to `limit` messages, or call `.page()`."""
+        path = f"/v1/agents/{_seg(agent)}/dead"
+        return AsyncDeadMessagePager(self._t, path, {}, cursor=cursor, limit=limit, page_size=page_size)
+
+    @operation("POST", "/v1/agents/{agent}/dead/replay")
+    async def replay_dead(self, agent: str, ids: Sequence[str] | None = None) -> int:
+        """Puts `agent`'s dead letters (those of `ids`, else every one) back in its inbox, the
+        delivery count reset and the ttl restarted; how many."""
+        payload = {"ids": list(ids)} if ids is not None else {}
+        path = f"/v1/agents/{_seg(agent)}/dead/replay"
+        out = await self._t.call("POST", path, body=payload, has_body=True)
+        return cast(int, out["replayed"])
+
+    @operation("PUT", "/v1/agents/{agent}/channels")
+    async def set_channels(self, agent: str, channels: Sequence[str]) -> list[ChannelCursor]:
+        """Sets every channel `agent` is subscribed to (up to 64; leaving out `all` drops it);
+        a new one starts at its head (older broadcasts are not received). The subscriptions
+        now, each with its cursor."""
+        payload = {"channels": list(channels)}
+        path = f"/v1/agents/{_seg(agent)}/channels"
+        out = await self._t.call("PUT", path, body=payload, has_body=True)
+        return cast("list[ChannelCursor]", out["channels"])
+
+    @operation("GET", "/v1/agents")
+    def list_agents(
+        self, *, limit: int | None = None, page_size: int | None = None, cursor: str | None = None
+    ) -> AsyncAgentPager:
+        """Agents (inboxes) by name with their `ready`, `in_flight` and `dead` counts and
+        `last_seen_at` (a token restricted to agents sees only its own): iterate it (lazy
+        pages) up to `limit` agents, or call `.page()`."""
+        return AsyncAgentPager(self._t, "/v1/agents", {}, cursor=cursor, limit=limit, page_size=page_size)
+
+    @operation("GET", "/v1/agents/{agent}")
+    async def get_agent(self, name: str) -> AgentInfo:
+        """One agent's inbox counts and `channels` (each with its cursor); `NotFound` for a
+        name no send or receive ever used."""
+        return cast(AgentInfo, await self._t.call("GET", f"/v1/agents/{_seg(name)}"))
+
     # ---- events --------------------------------------------------------------------------------
 
     @operation("GET", "/v1/events/stream")
@@ -744,14 +914,22 @@ class AsyncClient:
 
     @operation("POST", "/v1/tokens")
     async def create_token(
-        self, name: str, scopes: Sequence[str], *, queues: Sequence[str] | None = None
+        self,
+        name: str,
+        scopes: Sequence[str],
+        *,
+        queues: Sequence[str] | None = None,
+        agents: Sequence[str] | None = None,
     ) -> NewToken:
-        """Mints a token (scopes `admin`, `produce`, `work`, `read`, optionally limited to
-        queues); its secret, `token`, is shown only this once. Not retried after a connection
-        failure."""
+        """Mints a token (scopes `admin`, `produce`, `work`, `read`, `messages`), optionally
+        limited to queues or to agents (it then sends only as, and reads only the inboxes of,
+        its agents; work-item writes must name one as `agent`); its secret, `token`, is shown
+        only this once. Not retried after a connection failure."""
         body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
         if queues is not None:
             body["queues"] = list(queues)
+        if agents is not None:
+            body["agents"] = list(agents)
         return cast(
             NewToken, await self._t.call("POST", "/v1/tokens", body=body, has_body=True, retry=REFUSED)
         )

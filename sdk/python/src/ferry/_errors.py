@@ -113,13 +113,13 @@ class Unauthorized(FerryError):
 
 
 class Forbidden(FerryError):
-    """403: the token lacks the scope or queue (or a cross-site request)."""
+    """403: the token lacks the scope, queue or agent (or a cross-site request)."""
 
     code_name = "forbidden"
 
 
 class NotFound(FerryError):
-    """404: no such job, schedule, host, token or route."""
+    """404: no such job, schedule, work item, agent, host, token or route."""
 
     code_name = "not_found"
 
@@ -222,13 +222,16 @@ class HeadersTooLarge(FerryError):
 
 
 class RateLimited(FerryError):
-    """429: this client is over its rate; `retry_after` says when to come back."""
+    """429: this client (or, for a send or broadcast, the sending agent) is over its rate;
+    `retry_after` says when to come back."""
 
     code_name = "rate_limited"
 
 
 class QueueFull(FerryError):
-    """429: the queue holds its `max_depth` (backpressure); `details` has the depth."""
+    """429: the queue holds its `max_depth` (backpressure; `details` has the depth), or a
+    recipient's inbox holds `limits.max_inbox_depth` messages (`details["agent"]` names it;
+    nothing was sent to anyone)."""
 
     code_name = "queue_full"
 

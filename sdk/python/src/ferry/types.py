@@ -326,6 +326,115 @@ class ConflictDetails(TypedDict):
     current: Item
 
 
+# ---- agent messages ----------------------------------------------------------------------------
+
+
+class Recipient(TypedDict):
+    """A recipient of a send: `last_seen_at` is its latest receive, ack or nack (to the
+    second), null if it never received."""
+
+    agent: str
+    last_seen_at: str | None
+
+
+class SendResult(TypedDict):
+    """`POST /v1/messages`: the message id, when it expires, each recipient; `duplicate: true`
+    when it repeated an earlier send with the same `from` and `dedup_key` (the first answer)."""
+
+    id: str
+    expires_at: str
+    recipients: list[Recipient]
+    duplicate: NotRequired[bool]
+
+
+class BroadcastResult(TypedDict):
+    """`POST /v1/broadcasts`: one row however many agents read it; `seq` is its place in the
+    channel."""
+
+    id: str
+    channel: str
+    seq: int
+    expires_at: str
+
+
+# `from` (the sending agent) is a Python keyword: only the functional form can name it.
+_Sent = TypedDict("_Sent", {"from": str})
+
+
+class Message(_Sent):
+    """A received message from agent `from` (`kind` `direct` or `broadcast`, with its
+    `channel`): ack or nack it with `receipt`, which goes stale when the message is delivered
+    again; `delivery_count` counts this delivery."""
+
+    id: str
+    kind: str
+    channel: NotRequired[str]
+    body: Any
+    sent_at: str
+    expires_at: str
+    reply_to: NotRequired[str]
+    correlation_id: NotRequired[str]
+    receipt: str
+    delivery_count: int
+
+
+class ReceiptResult(TypedDict):
+    """One receipt's outcome in an ack or nack: `ok: false` with `error.code` `stale_lease`
+    when the message was delivered again, acked or gone since (nothing changed)."""
+
+    id: str
+    ok: bool
+    error: NotRequired[ErrorInfo]
+
+
+class DeadMessage(_Sent):
+    """A message (from agent `from`) in an agent's dead letters, after `[messages]
+    max_deliveries` unacked deliveries."""
+
+    id: str
+    kind: str
+    channel: NotRequired[str]
+    body: Any
+    sent_at: str
+    dead_at: str
+    reply_to: NotRequired[str]
+    correlation_id: NotRequired[str]
+    delivery_count: int
+
+
+class DeadMessagesPage(TypedDict):
+    """One page of an agent's dead letters, oldest death first; pass `next_cursor` back."""
+
+    messages: list[DeadMessage]
+    next_cursor: NotRequired[str | None]
+
+
+class ChannelCursor(TypedDict):
+    """An agent's position in a channel: the last broadcast `seq` it has passed."""
+
+    channel: str
+    seq: int
+
+
+class AgentInfo(TypedDict):
+    """An inbox: messages `ready` now (broadcasts past its cursors included), `in_flight`
+    (received, not acked within their visibility), `dead`; `channels` only from `get_agent`."""
+
+    name: str
+    ready: int
+    in_flight: int
+    dead: int
+    last_seen_at: str | None
+    channels: NotRequired[list[ChannelCursor]]
+
+
+class AgentsPage(TypedDict):
+    """One page of agents, by name; pass `next_cursor` back for the next."""
+
+    agents: list[AgentInfo]
+    next_cursor: NotRequired[str | None]
+
+
 # ---- access, workers, hosts --------------------------------------------------------------------
 
 
@@ -336,6 +445,7 @@ class TokenRecord(TypedDict):
     name: str
     scopes: list[str]
     queues: NotRequired[list[str] | None]
+    agents: NotRequired[list[str] | None]
     created_at: int
     revoked_at: NotRequired[int | None]
 

@@ -30,6 +30,12 @@ impl Server {
 
     /// Starts a server with extra `serve` arguments on `dir`.
     pub fn start_with(args: &[&str], dir: tempfile::TempDir) -> Server {
+        Server::start_with_env(args, dir, &[])
+    }
+
+    /// Starts a server with extra `serve` arguments on `dir` and extra environment variables
+    /// (test hooks such as `FERRY_TEST_HOLD_BROADCAST`).
+    pub fn start_with_env(args: &[&str], dir: tempfile::TempDir, envs: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .arg("serve")
             .arg("--listen")
@@ -41,6 +47,7 @@ impl Server {
             .env_remove("FERRY_DATABASE_URL")
             .env("NO_COLOR", "1")
             .env("RUST_LOG_STYLE", "never")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -2,17 +2,19 @@
 //! against every backend (as River's driver test suite is), one file per domain of the
 //! contract. This module holds what every domain shares: the [`Harness`] and the helpers.
 //!
-//! A backend's test file provides `async fn harness(clock) -> Option<Harness>` (None skips,
-//! with a printed reason, when the backend's service is absent and not required) and calls
-//! `conformance_tests!(harness);`, which expands to one test per rule, named
-//! `<backend>::<domain>::<rule>`.
+//! A backend's test file provides `async fn harness(clock, limits) -> Option<Harness>` (None
+//! skips, with a printed reason, when the backend's service is absent and not required; the
+//! store is opened with `limits`) and calls `conformance_tests!(harness);`, which expands to
+//! one test per rule, named `<backend>::<domain>::<rule>`.
 //!
 //! A rule is a `pub async fn <rule>(h: Harness)` in its domain's file, and that file ends with
-//! one `<domain>_rules!` macro listing its rules. Only those lists call rules, and `dead_code`
-//! is denied here, so a rule left out of its list is an unused function and the build fails;
-//! so does a domain whose macro `conformance_tests!` does not expand (its rules are unused, the
-//! macro too). Every backend expands the same `conformance_tests!`, and must (a constant below
-//! reads the marker it defines in each), so a rule runs against all of them or the build fails.
+//! one `<domain>_rules!` macro listing its rules; a rule listed as `rule [limits = expr]` runs
+//! on a store opened with those limits (`Limits::default()` otherwise). Only those lists call
+//! rules, and `dead_code` is denied here, so a rule left out of its list is an unused function
+//! and the build fails; so does a domain whose macro `conformance_tests!` does not expand (its
+//! rules are unused, the macro too). Every backend expands the same `conformance_tests!`, and
+//! must (a constant below reads the marker it defines in each), so a rule runs against all of
+//! them or the build fails.
 //! A file here that is not declared a module is not compiled at all: a test catches that.
 
 #![deny(dead_code, unused_macros)]
@@ -29,6 +31,8 @@ pub mod items;
 pub mod jobs;
 #[macro_use]
 pub mod json_props;
+#[macro_use]
+pub mod messages;
 #[macro_use]
 pub mod props;
 #[macro_use]
@@ -73,11 +77,13 @@ impl Harness {
 /// for every rule of every domain. `$make` is the backend's `harness`.
 macro_rules! conformance_tests {
     ($make:path) => {
-        /// The backend's harness, under the one name every domain's tests call.
+        /// The backend's harness, under the one name every domain's tests call: a fresh store
+        /// reading `clock`, opened with `limits`.
         async fn conformance_harness(
             clock: std::sync::Arc<ferry_core::ManualClock>,
+            limits: ferry_core::Limits,
         ) -> Option<crate::conformance::Harness> {
-            $make(clock).await
+            $make(clock, limits).await
         }
 
         /// Read by the conformance module: this backend runs the whole suite.
@@ -89,6 +95,7 @@ macro_rules! conformance_tests {
         items_rules!();
         jobs_rules!();
         json_props_rules!();
+        messages_rules!();
         props_rules!();
         queues_rules!();
         schedules_rules!();
@@ -98,15 +105,23 @@ macro_rules! conformance_tests {
 }
 
 /// One domain's tests against the backend whose module expands it: `mod $domain`, with a test
-/// per rule running `crate::conformance::$domain::$rule` on a fresh harness.
+/// per rule running `crate::conformance::$domain::$rule` on a fresh harness. A rule written
+/// `rule [limits = expr]` gets a store opened with `expr`'s limits; the others the defaults.
 macro_rules! domain_tests {
-    ($domain:ident: $($rule:ident),* $(,)?) => {
+    (@limits) => {
+        ferry_core::Limits::default()
+    };
+    (@limits $limits:expr) => {
+        $limits
+    };
+    ($domain:ident: $($rule:ident $([limits = $limits:expr])?),* $(,)?) => {
         mod $domain {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $rule() {
                     let clock = ferry_core::ManualClock::new(crate::conformance::T0);
-                    if let Some(h) = super::conformance_harness(clock).await {
+                    let limits: ferry_core::Limits = domain_tests!(@limits $($limits)?);
+                    if let Some(h) = super::conformance_harness(clock, limits).await {
                         crate::conformance::$domain::$rule(h).await;
                     }
                 }
