@@ -37,14 +37,14 @@ counters=(
   ferry_http_requests
 )
 gauges=(
-  ferry_queue_jobs ferry_items ferry_dlq_jobs ferry_queue_oldest_ready_age_seconds ferry_db_size_bytes
+  ferry_queue_jobs ferry_items ferry_inbox_messages ferry_dlq_jobs ferry_queue_oldest_ready_age_seconds ferry_db_size_bytes
   ferry_store_writers ferry_db_connections_in_use ferry_db_connections_max
   ferry_circuit_state ferry_pending_writes ferry_http_requests_in_flight
   ferry_disk_free_bytes ferry_disk_total_bytes
 )
 histograms=(
   ferry_store_write_duration_seconds ferry_store_batch_size ferry_job_wait_seconds
-  ferry_job_run_seconds ferry_http_request_duration_seconds
+  ferry_job_run_seconds ferry_message_wait_seconds ferry_http_request_duration_seconds
 )
 allowed=()
 for m in "${counters[@]}"; do allowed+=("${m}_total"); done
