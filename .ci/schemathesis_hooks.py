@@ -3,7 +3,7 @@
 Three adjustments, all made to a request just before it is sent (schemathesis re-checks
 afterwards whether the request is still schema-valid, so its checks judge what was sent):
 
-* Long-polls stay short. `POST /v1/queues/{queue}/claim` (body `wait_ms`),
+* Long-polls stay short. `POST /v1/queues/{queue}/claim`, `POST /v1/agents/{agent}/receive` (body `wait_ms`),
   `GET /v1/events` and `GET /v1/items/{id}` (query `wait_ms`) wait up to `wait_ms` (<= 30,000) when nothing is there,
   which on a fuzzed, mostly empty server is nearly always. A valid wait above WAIT_CAP_MS is
   lowered to WAIT_CAP_MS: still a valid long-poll that really waits and times out, but 20 ms
@@ -29,7 +29,12 @@ import schemathesis
 
 WAIT_CAP_MS = 20
 MAX_WAIT_MS = 30_000
-LONG_POLLS = {("POST", "/v1/queues/{queue}/claim"), ("GET", "/v1/events"), ("GET", "/v1/items/{id}")}
+LONG_POLLS = {
+    ("POST", "/v1/queues/{queue}/claim"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/items/{id}"),
+    ("POST", "/v1/agents/{agent}/receive"),
+}
 CI_TOKEN_ID = os.environ.get("FERRY_CI_TOKEN_ID", "").strip().lower()
 CI_JOB_ID = os.environ.get("FERRY_CI_JOB_ID", "").strip().lower()
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")

@@ -302,6 +302,9 @@ pub enum Restriction {
     PathJob,
     /// The handler checks every resource its body, filters or items name ([`Access`]).
     Handler,
+    /// Only tokens restricted to some resources of this kind (or unrestricted ones) pass,
+    /// before the body or query is read; the handler checks which one the body names.
+    Agents(ResourceKind),
     /// Data that cannot be narrowed to a token's resources (cluster-wide): refused.
     Refused,
 }
@@ -422,6 +425,11 @@ async fn check(
         match restriction {
             Restriction::Open | Restriction::Handler => {}
             Restriction::Refused => return Err(forbidden()),
+            Restriction::Agents(kind) => {
+                if access.allowed(kind).is_some_and(<[String]>::is_empty) {
+                    return Err(forbidden());
+                }
+            }
             Restriction::Path(kind) => {
                 let name = param(kind.as_str()).ok_or_else(forbidden)?;
                 access.check_in(kind, &name)?;

@@ -459,6 +459,16 @@ async fn openapi_document_covers_every_route() {
         ("get", "/v1/items/{id}/history"),
         ("patch", "/v1/items/{id}"),
         ("post", "/v1/items/batch"),
+        ("post", "/v1/messages"),
+        ("post", "/v1/broadcasts"),
+        ("post", "/v1/agents/{agent}/receive"),
+        ("post", "/v1/agents/{agent}/ack"),
+        ("post", "/v1/agents/{agent}/nack"),
+        ("get", "/v1/agents/{agent}/dead"),
+        ("post", "/v1/agents/{agent}/dead/replay"),
+        ("put", "/v1/agents/{agent}/channels"),
+        ("get", "/v1/agents"),
+        ("get", "/v1/agents/{agent}"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in expected {
@@ -470,7 +480,8 @@ async fn openapi_document_covers_every_route() {
         let url = s.at(&path
             .replace("{id}", "00000000-0000-7000-8000-000000000000")
             .replace("{queue}", "q")
-            .replace("{name}", "s"));
+            .replace("{name}", "s")
+            .replace("{agent}", "ag"));
         let resp = match method {
             "get" => crate::common::http().get(&url).send().await,
             "patch" => crate::common::http().patch(&url).body("{}").send().await,

@@ -1378,6 +1378,49 @@ fn variants(key: &str, fx: &Fx, who: usize) -> Option<Vec<Variant>> {
             )
             .forbidden(),
         ],
+        // Messages belong to agents, not queues: a token restricted to queues is refused them all,
+        // for agents that exist (`b-agent`, named by the setup below) and unknown ones alike.
+        "POST /v1/messages" => vec![
+            v(
+                "send as an agent",
+                post("/v1/messages?queue=a", json!({"to": ["b-agent"], "from": "a", "body": {}})),
+            )
+            .forbidden(),
+        ],
+        "POST /v1/broadcasts" => {
+            vec![
+                v("broadcast as an agent", post("/v1/broadcasts?queue=a", json!({"from": "a", "body": {}})))
+                    .forbidden(),
+            ]
+        }
+        "GET /v1/agents" => vec![v("list agents", get("/v1/agents?queue=a")).forbidden()],
+        "GET /v1/agents/{agent}" => vec![
+            v("read an agent", get("/v1/agents/b-agent")).forbidden(),
+            v("read an unknown agent", get("/v1/agents/nosuch-agent")).forbidden(),
+        ],
+        "GET /v1/agents/{agent}/dead" => {
+            vec![v("read dead letters", get("/v1/agents/b-agent/dead")).forbidden()]
+        }
+        "POST /v1/agents/{agent}/receive" => vec![
+            v("receive", post("/v1/agents/b-agent/receive", json!({}))).forbidden(),
+            v("receive as an unknown agent", post("/v1/agents/nosuch-agent/receive", json!({}))).forbidden(),
+        ],
+        "POST /v1/agents/{agent}/ack" => {
+            vec![v("ack", post("/v1/agents/b-agent/ack", json!({"receipts": ["x"]}))).forbidden()]
+        }
+        "POST /v1/agents/{agent}/nack" => {
+            vec![v("nack", post("/v1/agents/b-agent/nack", json!({"receipts": ["x"]}))).forbidden()]
+        }
+        "POST /v1/agents/{agent}/dead/replay" => {
+            vec![v("replay dead letters", post("/v1/agents/b-agent/dead/replay", json!({}))).forbidden()]
+        }
+        "PUT /v1/agents/{agent}/channels" => vec![
+            v(
+                "set channels",
+                req(Method::PUT, "/v1/agents/b-agent/channels", Some(json!({"channels": ["x"]}))),
+            )
+            .forbidden(),
+        ],
         "DELETE /v1/hosts/{name}" => vec![
             v("remove a host", req(Method::DELETE, "/v1/hosts/host-1?queue=a", None)),
             v("remove an unknown host", req(Method::DELETE, "/v1/hosts/nosuch-host?queue=a", None)),

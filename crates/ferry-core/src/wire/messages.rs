@@ -33,13 +33,10 @@ fn ttl(ttl_ms: Option<i64>, limits: &Limits) -> Result<i64> {
 }
 
 fn key(k: &Option<String>, limits: &Limits, field: &str) -> Result<()> {
-    if let Some(k) = k {
-        if k.is_empty() || k.len() > limits.max_unique_key_len {
-            return Err(Error::invalid(
-                field,
-                format!("{field} must be 1..={} bytes", limits.max_unique_key_len),
-            ));
-        }
+    if let Some(k) = k
+        && (k.is_empty() || k.len() > limits.max_unique_key_len)
+    {
+        return Err(Error::invalid(field, format!("{field} must be 1..={} bytes", limits.max_unique_key_len)));
     }
     Ok(())
 }
@@ -242,12 +239,18 @@ fn receipts(rs: &[String], limits: &Limits) -> Result<Vec<Receipt>> {
         .collect()
 }
 
+/// A receipt as handed out by a receive: the message id in 32 hex digits, a dot, the delivery's
+/// fencing token.
+#[derive(ToSchema)]
+#[schema(pattern = r"^[0-9a-f]{32}\.[1-9][0-9]{0,17}$", min_length = 34, max_length = 51)]
+pub struct ReceiptText(pub String);
+
 /// `POST /v1/agents/{agent}/ack` body.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     /// Receipts of the messages done with (1..=`limits.max_batch`).
-    #[schema(min_items = 1, max_items = 10000)]
+    #[schema(value_type = Vec<ReceiptText>, min_items = 1, max_items = 10000)]
     pub receipts: Vec<String>,
 }
 
@@ -263,7 +266,7 @@ impl AckBody {
 #[serde(deny_unknown_fields)]
 pub struct NackBody {
     /// Receipts of the messages to hand back (1..=`limits.max_batch`).
-    #[schema(min_items = 1, max_items = 10000)]
+    #[schema(value_type = Vec<ReceiptText>, min_items = 1, max_items = 10000)]
     pub receipts: Vec<String>,
     /// Visible again after this long (default 0), ≤ `limits.max_delay_ms`.
     #[serde(
@@ -339,10 +342,10 @@ pub struct ReplayMessagesBody {
 impl ReplayMessagesBody {
     /// Checks the id count.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        if let Some(ids) = &self.ids {
-            if ids.is_empty() || ids.len() > limits.max_batch {
-                return Err(Error::invalid("ids", format!("ids must hold 1..={}", limits.max_batch)));
-            }
+        if let Some(ids) = &self.ids
+            && (ids.is_empty() || ids.len() > limits.max_batch)
+        {
+            return Err(Error::invalid("ids", format!("ids must hold 1..={}", limits.max_batch)));
         }
         Ok(())
     }

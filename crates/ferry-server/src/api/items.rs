@@ -262,12 +262,12 @@ pub async fn batch(
 /// as one of its agents (`Handler`, through [`Access`]).
 pub(super) fn routes(r: super::Routes) -> super::Routes {
     use crate::auth::Restriction::*;
-    use ferry_core::Scope;
+    use ferry_core::{ResourceKind, Scope};
     use utoipa_axum::routes;
-    r.add(routes!(create), Scope::Items, Handler)
-        .add(routes!(list), Scope::Read, Handler)
-        .add(routes!(get), Scope::Read, Handler)
-        .add(routes!(history), Scope::Read, Handler)
-        .add(routes!(patch), Scope::Items, Handler)
-        .add(routes!(batch), Scope::Items, Handler)
+    r.add(routes!(create), Scope::Items, Agents(ResourceKind::Agent))
+        .add(routes!(list), Scope::Read, Agents(ResourceKind::Agent))
+        .add(routes!(get), Scope::Read, Agents(ResourceKind::Agent))
+        .add(routes!(history), Scope::Read, Agents(ResourceKind::Agent))
+        .add(routes!(patch), Scope::Items, Agents(ResourceKind::Agent))
+        .add(routes!(batch), Scope::Items, Agents(ResourceKind::Agent))
 }

@@ -306,14 +306,14 @@ pub(super) fn routes(r: super::Routes) -> super::Routes {
     use ferry_core::Scope;
     use utoipa_axum::routes;
     let agent = Path(ResourceKind::Agent);
-    r.add(routes!(send), Scope::Messages, Handler)
-        .add(routes!(broadcast), Scope::Messages, Handler)
+    r.add(routes!(send), Scope::Messages, Agents(ResourceKind::Agent))
+        .add(routes!(broadcast), Scope::Messages, Agents(ResourceKind::Agent))
         .add(routes!(receive), Scope::Messages, agent)
         .add(routes!(ack), Scope::Messages, agent)
         .add(routes!(nack), Scope::Messages, agent)
         .add(routes!(dead), Scope::Read, agent)
         .add(routes!(replay), Scope::Messages, agent)
         .add(routes!(channels), Scope::Messages, agent)
-        .add(routes!(list), Scope::Read, Handler)
+        .add(routes!(list), Scope::Read, Agents(ResourceKind::Agent))
         .add(routes!(get), Scope::Read, agent)
 }

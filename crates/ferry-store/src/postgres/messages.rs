@@ -298,7 +298,9 @@ fn delivery(r: &Row) -> Result<DeliveryRow> {
     })
 }
 
-/// Hands out up to `req.max` messages (see [`MessageStore::receive_messages`]).
+/// Hands out up to `req.max` messages (see [`MessageStore::receive_messages`]). Candidate rows
+/// are locked (`SKIP LOCKED`): an ack or nack settling one at the same moment either commits
+/// first (the row is gone or hidden) or waits for this delivery and finds its receipt stale.
 async fn receive(
     tx: &Transaction<'_>,
     now: i64,
@@ -321,7 +323,7 @@ async fn receive(
             &format!(
                 "SELECT {DELIVERY_COLS} FROM {DELIVERY_JOIN}
                  WHERE d.agent = $1 AND d.state IN ('ready', 'in_flight') AND d.visible_at <= $2 AND d.expires_at > $2
-                 ORDER BY d.ord LIMIT $3"
+                 ORDER BY d.ord LIMIT $3 FOR UPDATE OF d SKIP LOCKED"
             ),
             &[&agent, &now, &want],
         )
