@@ -36,7 +36,10 @@ fn key(k: &Option<String>, limits: &Limits, field: &str) -> Result<()> {
     if let Some(k) = k
         && (k.is_empty() || k.len() > limits.max_unique_key_len)
     {
-        return Err(Error::invalid(field, format!("{field} must be 1..={} bytes", limits.max_unique_key_len)));
+        return Err(Error::invalid(
+            field,
+            format!("{field} must be 1..={} bytes", limits.max_unique_key_len),
+        ));
     }
     Ok(())
 }
