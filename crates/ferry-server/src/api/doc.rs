@@ -265,7 +265,9 @@ fn parameter_patterns(doc: &mut Value, l: &Limits) {
                 ("/v1/events" | "/v1/events/stream" | "/v1/ws", n) => {
                     filters.iter().find(|(f, _)| *f == n).map(|(_, pat)| pat.clone())
                 }
-                ("/v1/jobs" | "/v1/dlq" | "/v1/items/{id}/history", "cursor") => Some(cursor_pattern()),
+                ("/v1/jobs" | "/v1/dlq" | "/v1/items/{id}/history" | "/v1/agents/{agent}/dead", "cursor") => {
+                    Some(cursor_pattern())
+                }
                 _ => None,
             };
             if let Some(pattern) = pattern {

@@ -195,10 +195,7 @@ pub async fn dead(
     let limit = page_size(&st, q.limit)?;
     let after = match q.cursor.filter(|c| !c.is_empty()) {
         Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| Error::invalid("cursor", "not a cursor returned by this server"))?,
+            c.parse::<i64>().map_err(|_| Error::invalid("cursor", "not a cursor returned by this server"))?,
         ),
         None => None,
     };
