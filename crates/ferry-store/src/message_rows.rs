@@ -181,6 +181,23 @@ pub fn dead_event(agent: &str, id: Uuid, kind: &str, at: i64) -> Event {
     agent_event(EventType::MessageDead, agent, at, json!({ "id": id, "kind": kind }))
 }
 
+/// Whether a receive of an existing agent can answer "nothing" without writing: `?1` the
+/// agent, `?2` now. One row (none for an unknown agent): its `last_seen_at` (a receive
+/// rewrites it when the second changed), whether a delivery is visible (overdue ones
+/// included: they go dead on the write path), whether a broadcast waits past a cursor.
+pub const IDLE_CHECK: &str = "SELECT a.last_seen_at,
+    EXISTS (SELECT 1 FROM deliveries d WHERE d.agent = a.name AND d.state IN ('ready', 'in_flight')
+            AND d.visible_at <= ?2 AND d.expires_at > ?2),
+    EXISTS (SELECT 1 FROM channel_cursors c JOIN broadcasts b ON b.channel = c.channel AND b.seq > c.seq
+            WHERE c.agent = a.name AND b.sender <> a.name AND b.expires_at > ?2
+              AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.agent = a.name AND e.msg_id = b.id))
+    FROM agents a WHERE a.name = ?1";
+
+/// Whether an [`IDLE_CHECK`] row lets a receive at `now` answer empty without a write.
+pub fn idle(last_seen_at: Option<i64>, visible: bool, unread: bool, now: i64) -> bool {
+    last_seen_at == Some(ferry_core::message::to_second(now)) && !visible && !unread
+}
+
 /// Whether `agent`'s cursor may pass a broadcast: its own, expired, acked or dead.
 pub fn passable(agent: &str, sender: &str, expires_at: i64, state: Option<&str>, now: i64) -> bool {
     sender == agent || expires_at <= now || matches!(state, Some("acked" | "dead"))
