@@ -937,6 +937,8 @@ struct RingStats {
     rounds: Vec<f64>,
     /// HTTP calls (send, receive, ack) that ended before the deadline.
     calls: u64,
+    /// Milliseconds of each send and ack (the calls that do not wait for a message by design).
+    ops: Vec<f64>,
 }
 
 /// One agent of the ring until `deadline`: send to `next`, receive its own inbox (long-poll,
@@ -960,6 +962,7 @@ async fn ring_agent(c: Client, me: String, next: String, deadline: Instant) -> R
         k += 1;
         if Instant::now() <= deadline {
             s.calls += 1;
+            s.ops.push(ms_since(t));
         }
         let got = loop {
             let got =
@@ -976,6 +979,7 @@ async fn ring_agent(c: Client, me: String, next: String, deadline: Instant) -> R
             }
         };
         let receipts: Vec<String> = got.into_iter().map(|m| m.receipt).collect();
+        let acked = Instant::now();
         let results = c.ack(&me, &receipts).await.map_err(|e| message_error(&format!("ack of {me}"), &e))?;
         if let Some(r) = results.iter().find(|r| !r.ok) {
             let why = r.error.as_ref().map_or("no reason given".to_string(), |e| e.to_string());
@@ -983,6 +987,7 @@ async fn ring_agent(c: Client, me: String, next: String, deadline: Instant) -> R
         }
         if Instant::now() <= deadline {
             s.calls += 1;
+            s.ops.push(ms_since(acked));
             s.rounds.push(ms_since(t));
         }
     }
@@ -1018,12 +1023,13 @@ async fn ring(a: &BenchArgs, nodes: &[Client], prefix: &str) -> Result<(), Strin
         let c = nodes[i % nodes.len()].clone();
         tasks.spawn(ring_agent(c, names[i].clone(), names[(i + 1) % n].clone(), deadline));
     }
-    let (mut rounds, mut calls) = (Vec::new(), 0u64);
+    let (mut rounds, mut ops, mut calls) = (Vec::new(), Vec::new(), 0u64);
     let mut failure = None;
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(Ok(s)) => {
                 rounds.extend(s.rounds);
+                ops.extend(s.ops);
                 calls += s.calls;
             }
             Ok(Err(e)) => {
@@ -1042,14 +1048,18 @@ async fn ring(a: &BenchArgs, nodes: &[Client], prefix: &str) -> Result<(), Strin
     }
     let secs = secs as f64;
     rounds.sort_by(f64::total_cmp);
+    ops.sort_by(f64::total_cmp);
     println!(
         "messages  ring of {n} agents, {secs:.0} s (send to the next, receive wait {RECEIVE_WAIT_MS} ms max 1, ack): \
-         {calls} calls, {:.0} calls/s, {} rounds ({:.0}/s); round p50 {:.2} ms, p99 {:.2} ms; server memory {}",
+         {calls} calls, {:.0} calls/s, {} rounds ({:.0}/s); round p50 {:.2} ms, p99 {:.2} ms; \
+         send and ack p50 {:.2} ms, p99 {:.2} ms; server memory {}",
         calls as f64 / secs,
         rounds.len(),
         rounds.len() as f64 / secs,
         pct(&rounds, 0.5),
         pct(&rounds, 0.99),
+        pct(&ops, 0.5),
+        pct(&ops, 0.99),
         rss(&nodes[0]).await
     );
     Ok(())
