@@ -44,8 +44,14 @@ fn key(k: &Option<String>, limits: &Limits, field: &str) -> Result<()> {
     Ok(())
 }
 
+/// A body as stored: within its size, and readable by every receiver. JSON's grammar allows
+/// numbers no double holds (`1e999999`) and lone surrogate escapes (`"\ud800"`), which common
+/// parsers (serde_json's, JavaScript's `JSON.parse` for the former) refuse or turn into
+/// something else: a message every receive would fail to read is refused at the send (422).
 fn body_text(body: Box<RawValue>, limits: &Limits) -> Result<String> {
     validate::json_size(&body, limits.max_message_bytes, "body")?;
+    serde_json::from_str::<serde_json::Value>(body.get())
+        .map_err(|e| Error::invalid("body", format!("body is JSON no receiver could read back: {e}")))?;
     Ok(body.get().to_string())
 }
 
@@ -434,6 +440,18 @@ mod tests {
         let e = send(vec!["b".into()], Some(l.max_message_ttl_ms + 1)).validate(&l).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("ttl_ms"));
         assert_eq!(send(vec!["x/y".into()], None).validate(&l).unwrap_err().field.as_deref(), Some("to[0]"));
+    }
+
+    #[test]
+    fn bodies_a_receiver_cannot_read_are_refused() {
+        let l = Limits::default();
+        let b = |body: &str| {
+            BroadcastBody { channel: None, from: "a".into(), body: raw(body), ttl_ms: None }.validate(&l)
+        };
+        assert!(b(r#"{"n": 123456789012345678901234567890}"#).is_ok(), "a large number reads as a double");
+        for bad in [r#"{"n": 1e999999}"#, r#"{"s": "\ud800"}"#] {
+            assert_eq!(b(bad).unwrap_err().field.as_deref(), Some("body"), "{bad}");
+        }
     }
 
     #[test]
