@@ -76,15 +76,6 @@ impl Access {
         }
     }
 
-    /// 403 unless the caller is unrestricted or restricted to some agents (the shared work
-    /// items are readable by agents, not by tokens limited to queues).
-    pub fn check_reads_items(&self) -> Result<(), Error> {
-        match self.allowed(ResourceKind::Agent) {
-            Some([]) => Err(forbidden()),
-            _ => Ok(()),
-        }
-    }
-
     /// Whether the caller is limited to some resources.
     pub fn is_restricted(&self) -> bool {
         self.only.is_some()

@@ -8,6 +8,17 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+/// Columns of a delivery joined with its message or broadcast (see [`DELIVERY_JOIN`]), in the
+/// order both backends read them into a [`DeliveryRow`].
+pub const DELIVERY_COLS: &str =
+    "d.ord, d.msg_id, d.kind, d.state, d.receipt, d.delivery_count, d.expires_at, d.dead_at,
+    coalesce(m.sender, b.sender), coalesce(m.body, b.body), coalesce(m.sent_at, b.sent_at), m.reply_to,
+    m.correlation_id, b.channel, b.seq";
+
+/// A delivery with its direct message or its broadcast.
+pub const DELIVERY_JOIN: &str = "deliveries d LEFT JOIN messages m ON d.kind = 'direct' AND m.id = d.msg_id
+    LEFT JOIN broadcasts b ON d.kind = 'broadcast' AND b.id = d.msg_id";
+
 /// A delivery joined with its message or broadcast; `ord: None` for an unread broadcast (no
 /// delivery row yet).
 #[derive(Debug, Clone)]

@@ -20,20 +20,10 @@ use tokio::sync::watch;
 
 /// Description of an agent in a path.
 const AGENT: &str = "The agent (1-128 of A-Z a-z 0-9 . _ : -)";
-/// Default page size of the agent and dead-letter lists.
-const DEFAULT_PAGE: usize = 100;
 
 /// An agent name from a path: one that cannot exist names no inbox (404).
 fn path_agent(st: &AppState, agent: &str) -> Result<(), Error> {
     inbox_name(agent, &st.limits, "agent").map_err(|_| message::agent_not_found(agent))
-}
-
-fn page_size(st: &AppState, limit: Option<usize>) -> Result<usize, Error> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > st.limits.max_page_size {
-        return Err(Error::invalid("limit", format!("limit must be 1..={}", st.limits.max_page_size)));
-    }
-    Ok(limit)
 }
 
 /// Send a message to 1..=`limits.max_recipients` agents: 201 once committed, or 200 with the
@@ -192,7 +182,7 @@ pub async fn dead(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<DeadPage>> {
     path_agent(&st, &agent)?;
-    let limit = page_size(&st, q.limit)?;
+    let limit = super::page_size(&st, q.limit)?;
     let after = match q.cursor.filter(|c| !c.is_empty()) {
         Some(c) => Some(
             c.parse::<i64>().map_err(|_| Error::invalid("cursor", "not a cursor returned by this server"))?,
@@ -247,12 +237,9 @@ pub async fn list(
     access: Access,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<AgentsPage>> {
+    // A token restricted to no agent was refused by the route's `Agents` restriction.
     let names = access.allowed(ResourceKind::Agent).map(<[String]>::to_vec);
-    if names.as_ref().is_some_and(Vec::is_empty) {
-        // Restricted, but to no agent (a queue token): refused like every message route.
-        return Err(Error::new(ErrorCode::Forbidden, "this token may not do this").into());
-    }
-    let limit = page_size(&st, q.limit)?;
+    let limit = super::page_size(&st, q.limit)?;
     let after = q.cursor.filter(|c| !c.is_empty());
     let agents = st.store.list_agents(AgentFilter { names, after, limit }).await?;
     let next_cursor = (agents.len() == limit).then(|| agents.last().map(|a| a.name.clone())).flatten();

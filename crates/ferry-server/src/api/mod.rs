@@ -60,6 +60,21 @@ impl Routes {
     }
 }
 
+/// Default page size of the lists that take `?limit=`.
+const DEFAULT_PAGE: usize = 100;
+
+/// A list's page size: `limit` (default 100), 1..=`limits.max_page_size` (422 past it).
+fn page_size(st: &AppState, limit: Option<usize>) -> Result<usize, ferry_core::Error> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > st.limits.max_page_size {
+        return Err(ferry_core::Error::invalid(
+            "limit",
+            format!("limit must be 1..={}", st.limits.max_page_size),
+        ));
+    }
+    Ok(limit)
+}
+
 /// Every route, each with its OpenAPI operation, its scope and its restriction (declared in
 /// its domain's file).
 fn routes() -> Routes {

@@ -6,7 +6,7 @@
 
 use super::{PgStore, RowExt, pg_err};
 use crate::effects::Effects;
-use crate::message_rows::{self as mr, DeliveryRow};
+use crate::message_rows::{self as mr, DELIVERY_COLS, DELIVERY_JOIN, DeliveryRow};
 use crate::{AgentFilter, MessageStore, MessageSweep};
 use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
@@ -57,6 +57,12 @@ async fn subscribe(tx: &Transaction<'_>, agent: &str, channel: &str) -> Result<(
     )
     .await?;
     Ok(())
+}
+
+/// Locks `agent`'s row: its receives, broadcast acks and channel changes move its cursors one
+/// at a time.
+async fn lock_agent(tx: &Transaction<'_>, agent: &str) -> Result<()> {
+    query(tx, "SELECT 1 FROM agents WHERE name = $1 FOR UPDATE", &[&agent]).await.map(drop)
 }
 
 async fn touch(tx: &Transaction<'_>, name: &str, now: i64) -> Result<()> {
@@ -271,14 +277,6 @@ pub async fn number_broadcasts(tx: &Transaction<'_>, msg_channel: &str, now: i64
     Ok(rows.len() as u64)
 }
 
-const DELIVERY_COLS: &str =
-    "d.ord, d.msg_id, d.kind, d.state, d.receipt, d.delivery_count, d.expires_at, d.dead_at,
-    coalesce(m.sender, b.sender), coalesce(m.body, b.body), coalesce(m.sent_at, b.sent_at), m.reply_to,
-    m.correlation_id, b.channel, b.seq";
-
-const DELIVERY_JOIN: &str = "deliveries d LEFT JOIN messages m ON d.kind = 'direct' AND m.id = d.msg_id
-    LEFT JOIN broadcasts b ON d.kind = 'broadcast' AND b.id = d.msg_id";
-
 fn delivery(r: &Row) -> Result<DeliveryRow> {
     Ok(DeliveryRow {
         ord: Some(r.col(0)?),
@@ -311,7 +309,7 @@ async fn receive(
 ) -> Result<Received> {
     let me = vec![agent.to_string()];
     ensure_agents(tx, &me, now).await?;
-    query(tx, "SELECT 1 FROM agents WHERE name = $1 FOR UPDATE", &[&agent]).await?;
+    lock_agent(tx, agent).await?;
     touch(tx, agent, now).await?;
     advance_cursors(tx, agent, now).await?;
     let mut out = Received::default();
@@ -491,7 +489,7 @@ async fn settle(
         out.push(ReceiptOutcome { id: r.id, error: None });
     }
     if broadcast_acked {
-        query(tx, "SELECT 1 FROM agents WHERE name = $1 FOR UPDATE", &[&agent]).await?;
+        lock_agent(tx, agent).await?;
         advance_cursors(tx, agent, now).await?;
     }
     Ok(out)
@@ -704,7 +702,7 @@ impl MessageStore for PgStore {
         self.tx("set_channels", move |tx, now, _| {
             boxed!({
                 ensure_agents(tx, std::slice::from_ref(&agent), now).await?;
-                query(tx, "SELECT 1 FROM agents WHERE name = $1 FOR UPDATE", &[&agent]).await?;
+                lock_agent(tx, &agent).await?;
                 exec(
                     tx,
                     "DELETE FROM channel_cursors WHERE agent = $1 AND NOT (channel = ANY($2))",

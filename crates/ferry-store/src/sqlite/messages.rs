@@ -4,7 +4,7 @@
 
 use super::{SqliteStore, db_err};
 use crate::effects::Effects;
-use crate::message_rows::{self as mr, DeliveryRow};
+use crate::message_rows::{self as mr, DELIVERY_COLS, DELIVERY_JOIN, DeliveryRow};
 use crate::{AgentFilter, MessageStore, MessageSweep};
 use async_trait::async_trait;
 use ferry_core::message::{
@@ -193,14 +193,6 @@ pub fn broadcast(
     fx.event(mr::broadcast_event(b.id, &b.from, &b.channel, seq, now));
     Ok(BroadcastSent { id: b.id, channel: b.channel.clone(), seq, expires_at: Timestamp(expires_at) })
 }
-
-const DELIVERY_COLS: &str =
-    "d.ord, d.msg_id, d.kind, d.state, d.receipt, d.delivery_count, d.expires_at, d.dead_at,
-    coalesce(m.sender, b.sender), coalesce(m.body, b.body), coalesce(m.sent_at, b.sent_at), m.reply_to,
-    m.correlation_id, b.channel, b.seq";
-
-const DELIVERY_JOIN: &str = "deliveries d LEFT JOIN messages m ON d.kind = 'direct' AND m.id = d.msg_id
-    LEFT JOIN broadcasts b ON d.kind = 'broadcast' AND b.id = d.msg_id";
 
 fn delivery(r: &rusqlite::Row) -> rusqlite::Result<DeliveryRow> {
     Ok(DeliveryRow {
