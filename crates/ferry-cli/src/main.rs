@@ -114,6 +114,12 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::messages::MessagesCmd,
     },
+    /// Convoys (groups of jobs run under a fixed or adaptive limit, with one completion job):
+    /// add, show, list, members, seal, cancel.
+    Convoys {
+        #[command(subcommand)]
+        cmd: cmd::convoys::ConvoysCmd,
+    },
     /// Broadcasts: send a message to every agent subscribed to a channel.
     Broadcasts {
         #[command(subcommand)]
@@ -298,6 +304,7 @@ async fn main() {
         Command::Hosts { cmd } => cmd::hosts::hosts(cmd).await,
         Command::Items { cmd } => cmd::items::items(cmd).await,
         Command::Messages { cmd } => cmd::messages::messages(cmd).await,
+        Command::Convoys { cmd } => cmd::convoys::convoys(cmd).await,
         Command::Broadcasts { cmd } => cmd::broadcasts::broadcasts(cmd).await,
         Command::Agents { cmd } => cmd::agents::agents(cmd).await,
     };

@@ -252,9 +252,20 @@ impl Client {
 
     /// Extends a lease.
     pub async fn heartbeat(&self, id: Uuid, lease: &str, extend_ms: Option<i64>) -> Result<HeartbeatOutcome> {
+        self.heartbeat_with(id, lease, extend_ms, None).await
+    }
+
+    /// Extends a lease and reports the worker's load (0.0–1.0) for its convoy's adaptive limit.
+    pub async fn heartbeat_with(
+        &self,
+        id: Uuid,
+        lease: &str,
+        extend_ms: Option<i64>,
+        pressure: Option<f64>,
+    ) -> Result<HeartbeatOutcome> {
         self.post(
             &format!("/v1/jobs/{id}/heartbeat"),
-            &HeartbeatBody { lease: lease.into(), extend_ms, worker: self.name.clone() },
+            &HeartbeatBody { lease: lease.into(), extend_ms, worker: self.name.clone(), pressure },
         )
         .await
     }
@@ -267,12 +278,16 @@ impl Client {
         result: Option<serde_json::Value>,
     ) -> Result<StateResponse> {
         let result = result.map(|v| serde_json::value::to_raw_value(&v).expect("JSON value"));
-        self.post(&format!("/v1/jobs/{id}/complete"), &CompleteBody { lease: lease.into(), result }).await
+        self.post(
+            &format!("/v1/jobs/{id}/complete"),
+            &CompleteBody { lease: lease.into(), result, pressure: None },
+        )
+        .await
     }
 
     /// Fails a job (retry after backoff unless `retry` is false).
     pub async fn fail(&self, id: Uuid, lease: &str, error: &str, retry: bool) -> Result<FailOutcome> {
-        let body = FailBody { lease: lease.into(), error: error.into(), retry: Some(retry) };
+        let body = FailBody { lease: lease.into(), error: error.into(), retry: Some(retry), pressure: None };
         self.post(&format!("/v1/jobs/{id}/fail"), &body).await
     }
 
@@ -474,6 +489,62 @@ impl Client {
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         EventSocket::connect(req).await
+    }
+
+    /// Creates a convoy with its first members (a repeat of its `id` answers `duplicate`).
+    pub async fn create_convoy(&self, body: &ConvoyBody) -> Result<ConvoyCreatedResponse> {
+        self.post("/v1/convoys", body).await
+    }
+
+    /// Adds members to an open convoy.
+    pub async fn add_convoy_members(&self, id: &str, members: &[MemberSpec]) -> Result<MembersAdded> {
+        self.post(&format!("/v1/convoys/{id}/members"), &MembersBody { members: members.to_vec() }).await
+    }
+
+    /// Seals a convoy: it takes no more members and ends once none is live.
+    pub async fn seal_convoy(&self, id: &str) -> Result<ferry_core::convoy::Convoy> {
+        self.post(&format!("/v1/convoys/{id}/seal"), &serde_json::json!({})).await
+    }
+
+    /// Cancels a convoy: every member not running is cancelled.
+    pub async fn cancel_convoy(&self, id: &str) -> Result<ferry_core::convoy::Convoy> {
+        self.post(&format!("/v1/convoys/{id}/cancel"), &serde_json::json!({})).await
+    }
+
+    /// One convoy; with `wait_ms`, once it ended or when the wait is over.
+    pub async fn get_convoy(&self, id: &str, wait_ms: Option<i64>) -> Result<ferry_core::convoy::Convoy> {
+        self.get_with(&format!("/v1/convoys/{id}"), &ConvoyWaitQuery { wait_ms }).await
+    }
+
+    /// One page of convoys, oldest first.
+    pub async fn list_convoys(
+        &self,
+        state: Option<&str>,
+        queue: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<ConvoysPage> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        q.extend(state.map(|s| ("state", s.to_string())));
+        q.extend(queue.map(|s| ("queue", s.to_string())));
+        q.extend(limit.map(|l| ("limit", l.to_string())));
+        q.extend(cursor.map(|c| ("cursor", c.to_string())));
+        self.get("/v1/convoys", &q).await
+    }
+
+    /// One page of a convoy's members, in the order added.
+    pub async fn convoy_members(
+        &self,
+        id: &str,
+        state: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<MembersPage> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        q.extend(state.map(|s| ("state", s.to_string())));
+        q.extend(limit.map(|l| ("limit", l.to_string())));
+        q.extend(cursor.map(|c| ("cursor", c.to_string())));
+        self.get(&format!("/v1/convoys/{id}/members"), &q).await
     }
 
     /// Creates a work item; `duplicate` in the answer tells an exact repeat (200) from a new

@@ -43,9 +43,26 @@ pub struct JobContext {
     /// The run deadline of this attempt: past it the handler is cancelled and the job failed
     /// (retryable).
     pub timeout_ms: i64,
+    pressure: Arc<AtomicU64>,
+}
+
+/// No pressure reported (a bit pattern no `f64` in 0..=1 has).
+const NO_PRESSURE: u64 = u64::MAX;
+
+/// The pressure a handler set, if any.
+fn pressure_of(cell: &AtomicU64) -> Option<f64> {
+    let bits = cell.load(Ordering::Relaxed);
+    (bits != NO_PRESSURE).then(|| f64::from_bits(bits))
 }
 
 impl JobContext {
+    /// Reports this worker's load (0.0–1.0, clamped) with the next heartbeat and the job's
+    /// report, so a convoy with an adaptive limit lowers it at 0.8 and above.
+    pub fn set_pressure(&self, pressure: f64) {
+        let p = if pressure.is_finite() { pressure.clamp(0.0, 1.0) } else { 1.0 };
+        self.pressure.store(p.to_bits(), Ordering::Relaxed);
+    }
+
     /// The payload parsed as `T`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, JobError> {
         serde_json::from_str(self.payload.get()).map_err(|e| JobError::fatal(format!("bad payload: {e}")))
@@ -293,7 +310,9 @@ async fn run_one(
         payload: job.payload.clone(),
         tags: job.tags.clone(),
         timeout_ms: job.timeout_ms,
+        pressure: Arc::new(AtomicU64::new(NO_PRESSURE)),
     };
+    let load = ctx.pressure.clone();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -302,7 +321,7 @@ async fn run_one(
     let heartbeat = async {
         loop {
             tokio::time::sleep(beat_every).await;
-            match client.heartbeat(job.id, &job.lease, None).await {
+            match client.heartbeat_with(job.id, &job.lease, None, pressure_of(&load)).await {
                 Ok(_) => {}
                 Err(e) if e.is_transient() => {
                     tracing::warn!(job = %job.id, error = %e, "heartbeat failed; will retry")
@@ -332,12 +351,14 @@ async fn run_one(
             id: job.id.to_string(),
             lease: job.lease,
             result: result.map(|v| serde_json::value::to_raw_value(&v).expect("JSON value")),
+            pressure: pressure_of(&load),
         }),
         Some(Err(e)) => Report::Failed(FailItemBody {
             id: job.id.to_string(),
             lease: job.lease,
             error: e.message,
             retry: Some(e.retry),
+            pressure: pressure_of(&load),
         }),
     };
     let _ = reports.send(report).await;

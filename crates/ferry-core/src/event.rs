@@ -49,6 +49,15 @@ named_enum! {
         BroadcastSent = "broadcast.sent" @ 15;
         /// A message went to an agent's dead letters after its last delivery (data: id, kind).
         MessageDead = "message.dead" @ 16;
+        /// A convoy was created (data: name, queue, limit, sealed).
+        ConvoyCreated = "convoy.created" @ 17;
+        /// A convoy's counts changed (data: counts; at most once a second per convoy).
+        ConvoyProgress = "convoy.progress" @ 18;
+        /// A convoy's adaptive limit moved (data: from, to, reason, p50_ms, long_p50_ms,
+        /// failed, pressure).
+        ConvoyLimitChanged = "convoy.limit_changed" @ 19;
+        /// A convoy ended (data: state, counts, on_complete_job_id).
+        ConvoyCompleted = "convoy.completed" @ 20;
     }
 }
 
@@ -67,6 +76,8 @@ named_enum! {
         Item = "item" @ 3;
         /// An agent's inbox (id: the agent's name).
         Agent = "agent" @ 4;
+        /// A convoy (id: the convoy's id).
+        Convoy = "convoy" @ 5;
     }
 }
 
@@ -346,6 +357,10 @@ mod tests {
             (EventType::MessageSent, 14),
             (EventType::BroadcastSent, 15),
             (EventType::MessageDead, 16),
+            (EventType::ConvoyCreated, 17),
+            (EventType::ConvoyProgress, 18),
+            (EventType::ConvoyLimitChanged, 19),
+            (EventType::ConvoyCompleted, 20),
         ];
         assert_eq!(pinned.len(), EventType::ALL.len(), "a new type needs its code pinned here");
         for (t, code) in pinned {
@@ -358,6 +373,7 @@ mod tests {
             (SubjectKind::Schedule, 2),
             (SubjectKind::Item, 3),
             (SubjectKind::Agent, 4),
+            (SubjectKind::Convoy, 5),
         ];
         assert_eq!(kinds.len(), SubjectKind::ALL.len(), "a new kind needs its code pinned here");
         for (k, code) in kinds {

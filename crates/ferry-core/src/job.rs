@@ -20,6 +20,8 @@ pub enum JobState {
     Scheduled,
     /// Waiting for its dependencies to complete.
     Waiting,
+    /// A convoy member over its convoy's limit, waiting for a slot (not in the queue's depth).
+    Held,
     /// Claimable now.
     Ready,
     /// Leased by a worker.
@@ -34,9 +36,10 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in display order.
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
         JobState::Scheduled,
         JobState::Waiting,
+        JobState::Held,
         JobState::Ready,
         JobState::Running,
         JobState::Completed,
@@ -49,6 +52,7 @@ impl JobState {
         match self {
             JobState::Scheduled => "scheduled",
             JobState::Waiting => "waiting",
+            JobState::Held => "held",
             JobState::Ready => "ready",
             JobState::Running => "running",
             JobState::Completed => "completed",
@@ -185,7 +189,7 @@ pub struct ClaimRequest {
 }
 
 /// A lease extension: the job, the lease its worker holds, and for how long from now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HeartbeatRequest {
     /// Job id.
     pub id: Uuid,
@@ -193,6 +197,8 @@ pub struct HeartbeatRequest {
     pub lease: String,
     /// New lease length from now; `None`: the job's own `lease_ms`.
     pub extend_ms: Option<i64>,
+    /// The worker's load (0.0–1.0), for its convoy's adaptive limit.
+    pub pressure: Option<f64>,
 }
 
 /// One page of a list: at most `limit` items after `cursor` (a cursor from the previous page).
@@ -241,6 +247,8 @@ pub struct CompleteItem {
     pub lease: String,
     /// Optional JSON result, kept verbatim.
     pub result: Option<Box<RawValue>>,
+    /// The worker's load (0.0–1.0), for its convoy's adaptive limit.
+    pub pressure: Option<f64>,
 }
 
 /// Failure of one leased job.
@@ -254,6 +262,8 @@ pub struct FailItem {
     pub error: String,
     /// False sends the job straight to the dead-letter queue.
     pub retry: bool,
+    /// The worker's load (0.0–1.0), for its convoy's adaptive limit.
+    pub pressure: Option<f64>,
 }
 
 /// The state a failed job moved to.
@@ -363,6 +373,9 @@ pub struct Job {
     /// Why it was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// The convoy this job is a member of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convoy_id: Option<String>,
 }
 
 /// Which jobs a list call returns.

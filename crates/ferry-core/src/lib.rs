@@ -10,6 +10,7 @@ mod named;
 pub mod access;
 pub mod backoff;
 pub mod clock;
+pub mod convoy;
 pub mod error;
 pub mod event;
 pub mod item;

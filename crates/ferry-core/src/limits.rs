@@ -126,6 +126,14 @@ pub struct Limits {
     pub max_inbox_depth: u64,
     /// Most channels one agent subscribes to.
     pub max_agent_channels: usize,
+    /// Highest `max_parallel` of a convoy (fixed, or an adaptive bound).
+    pub max_convoy_parallel: u32,
+    /// Most members one convoy takes over its life.
+    pub max_convoy_members: u64,
+    /// Most members one create or add request carries.
+    pub max_convoy_members_per_request: usize,
+    /// Most dead member ids a completion job's payload lists (`failed_total` counts them all).
+    pub max_convoy_failed_ids: usize,
 }
 
 impl Default for Limits {
@@ -186,6 +194,10 @@ impl Default for Limits {
             max_message_ttl_ms: 7 * 24 * 3_600_000,
             max_inbox_depth: 10_000,
             max_agent_channels: 64,
+            max_convoy_parallel: 10_000,
+            max_convoy_members: 1_000_000,
+            max_convoy_members_per_request: 10_000,
+            max_convoy_failed_ids: 1_000,
         }
     }
 }

@@ -419,6 +419,16 @@ impl JobSpec {
     }
 }
 
+/// Checks a worker's reported load: 0.0..=1.0.
+pub fn pressure(p: Option<f64>, field: &str) -> Result<()> {
+    match p {
+        Some(p) if !(p.is_finite() && (0.0..=1.0).contains(&p)) => {
+            Err(Error::invalid(field, format!("{field} must be 0.0..=1.0, got {p}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Validates a batch: all or nothing, with the index in the field path.
 pub fn batch(specs: Vec<JobSpec>, limits: &Limits) -> Result<Vec<NewJob>> {
     if specs.is_empty() {

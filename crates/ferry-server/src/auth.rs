@@ -126,6 +126,24 @@ impl Access {
             Err(e) => Err(e),
         }
     }
+
+    /// 403 unless convoy `id` exists with its queue, and its completion job's, ones the caller
+    /// may touch; an unknown convoy gets the same 403 as a foreign one.
+    pub async fn check_convoy(&self, store: &dyn Store, id: &str) -> Result<(), Error> {
+        if !self.is_restricted() {
+            return Ok(());
+        }
+        match store.get_convoy(id).await {
+            Ok(c)
+                if self.allows(&c.queue) && c.on_complete.as_ref().is_none_or(|o| self.allows(&o.queue)) =>
+            {
+                Ok(())
+            }
+            Ok(_) => Err(forbidden()),
+            Err(e) if e.code == ErrorCode::NotFound => Err(forbidden()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Access {
@@ -291,6 +309,9 @@ pub enum Restriction {
     Path(ResourceKind),
     /// The job `{id}` in the path must exist in a queue the token may touch.
     PathJob,
+    /// The convoy `{id}` in the path must exist, its queue and its completion job's queue
+    /// both ones the token may touch.
+    PathConvoy,
     /// The handler checks every resource its body, filters or items name ([`Access`]).
     Handler,
     /// Only tokens restricted to some resources of this kind (or unrestricted ones) pass,
@@ -429,6 +450,10 @@ async fn check(
                 // Anything that is not a job id names no job: the same 403 as a foreign one.
                 let id = param("id").and_then(|i| Uuid::try_parse(&i).ok()).ok_or_else(forbidden)?;
                 access.check_job(st.store.as_ref(), id).await?;
+            }
+            Restriction::PathConvoy => {
+                let id = param("id").ok_or_else(forbidden)?;
+                access.check_convoy(st.store.as_ref(), &id).await?;
             }
         }
     }

@@ -66,6 +66,8 @@ struct Scrape {
     items: Vec<(ferry_core::item::ItemStatus, u64)>,
     /// Inbox deliveries by state, across the cluster.
     inbox: Vec<(&'static str, u64)>,
+    /// Live convoys and their held members, across the cluster.
+    convoys: ferry_core::convoy::ConvoyGauges,
 }
 
 /// Free and total bytes of the filesystem holding `path`.
@@ -157,6 +159,30 @@ impl prometheus_client::collector::Collector for StoreCollector {
         for state in ["ready", "in_flight", "dead"] {
             let n = scrape.inbox.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
             ConstGauge::new(n as i64).encode(f.encode_family(&[("state", state)])?)?;
+        }
+        let mut f = enc.encode_descriptor(
+            "ferry_convoys",
+            "Live convoys per state (cluster-wide)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(scrape.convoys.open as i64).encode(f.encode_family(&[("state", "open")])?)?;
+        ConstGauge::new(scrape.convoys.sealed as i64).encode(f.encode_family(&[("state", "sealed")])?)?;
+        let f = enc.encode_descriptor(
+            "ferry_convoy_held_jobs",
+            "Convoy members waiting for a slot (cluster-wide)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(scrape.convoys.held as i64).encode(f)?;
+        let mut f = enc.encode_descriptor(
+            "ferry_convoy_limit_changes",
+            "Adaptive convoy limit moves by reason (this node's commits)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, n) in ferry_store::metrics::limit_changes() {
+            ConstCounter::new(n).encode(f.encode_family(&[("reason", reason.as_str())])?)?;
         }
         let mut f = enc.encode_descriptor(
             "ferry_dlq_jobs",
@@ -448,7 +474,8 @@ impl Metrics {
         let disk = self.sqlite_path.as_deref().and_then(disk_space);
         let items = self.store.item_counts().await.unwrap_or_default();
         let inbox = self.store.message_counts().await.unwrap_or_default();
-        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes, disk, items, inbox };
+        let convoys = self.store.convoy_gauges().await.unwrap_or_default();
+        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes, disk, items, inbox, convoys };
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode to a String");

@@ -78,6 +78,7 @@ pub fn is_long_lived(route: &str) -> bool {
         || route == "GET /metrics"
         || route == "GET /v1/items/{id}"
         || route == "POST /v1/agents/{agent}/receive"
+        || route == "GET /v1/convoys/{id}"
 }
 
 fn request_id(req: &Request) -> String {

@@ -107,7 +107,7 @@ async fn lifecycle(
                 let n = jobs.len() as u64;
                 let items = jobs
                     .into_iter()
-                    .map(|j| CompleteItem { id: j.id, lease: j.lease, result: None })
+                    .map(|j| CompleteItem { id: j.id, lease: j.lease, result: None, pressure: None })
                     .collect();
                 for r in store.complete(items).await.unwrap() {
                     r.unwrap();
@@ -154,7 +154,12 @@ async fn single(callers: usize) -> (f64, f64, f64) {
                 let claimed = store.claim(req).await.unwrap();
                 lat.push(t.elapsed().as_micros() as u64);
                 let t = Instant::now();
-                let item = CompleteItem { id: claimed[0].id, lease: claimed[0].lease.clone(), result: None };
+                let item = CompleteItem {
+                    id: claimed[0].id,
+                    lease: claimed[0].lease.clone(),
+                    result: None,
+                    pressure: None,
+                };
                 store.complete(vec![item]).await.unwrap()[0].clone().unwrap();
                 lat.push(t.elapsed().as_micros() as u64);
             }

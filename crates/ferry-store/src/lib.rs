@@ -6,6 +6,7 @@
 //! contract: the server, the maintenance loops and the long-poll claim only see `dyn Store`.
 
 mod contract;
+mod convoy_rows;
 mod effects;
 pub mod events;
 mod item_rows;
@@ -22,8 +23,9 @@ use ferry_core::{ClaimRequest, ClaimedJob, Result};
 use std::time::Duration;
 
 pub use contract::{
-    AgentFilter, EventPrune, EventStore, HostStore, ItemFilter, ItemStore, JobStore, MessageStore,
-    MessageSweep, QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, TokenStore, WorkerStore,
+    AgentFilter, ConvoyStore, EventPrune, EventStore, HostStore, ItemFilter, ItemStore, JobStore,
+    MessageStore, MessageSweep, QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, TokenStore,
+    WorkerStore,
 };
 pub use events::EventBus;
 
@@ -31,8 +33,8 @@ pub use events::EventBus;
 /// than `dyn Store`: `use ferry_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        EventStore, HostStore, ItemStore, JobStore, QueueLimitStore, QueueStore, ScheduleStore, Store,
-        StoreCore, TokenStore, WorkerStore,
+        ConvoyStore, EventStore, HostStore, ItemStore, JobStore, QueueLimitStore, QueueStore, ScheduleStore,
+        Store, StoreCore, TokenStore, WorkerStore,
     };
 }
 pub use notify::Notifier;

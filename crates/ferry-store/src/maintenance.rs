@@ -183,6 +183,16 @@ async fn retention(store: Arc<dyn Store>, cfg: MaintenanceConfig, mut rx: watch:
         if total > 0 {
             tracing::info!(pruned = total, "retention removed finished jobs");
         }
+        loop {
+            match store.prune_convoys(before, cfg.batch).await {
+                Ok(n) if (n as usize) >= cfg.batch && !*rx.borrow() => tokio::task::yield_now().await,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "convoy retention pass failed");
+                    break;
+                }
+            }
+        }
         let before = store.clock().now_ms() - cfg.events_retention_ms;
         loop {
             let prune = crate::EventPrune { before_ms: before, keep: cfg.events_keep_max, max: cfg.batch };

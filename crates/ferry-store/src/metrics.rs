@@ -173,3 +173,23 @@ impl StoreMetrics {
         self.busy_us.fetch_add(took.as_micros() as u64, Relaxed);
     }
 }
+
+/// Adaptive convoy limit moves by reason ([`ferry_core::convoy::LimitReason::ALL`] order),
+/// counted by the node whose transaction decided them (process-wide: every store of the
+/// process adds here).
+static LIMIT_CHANGES: [std::sync::atomic::AtomicU64; 4] = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
+
+/// Counts one adaptive limit move.
+pub fn limit_changed(reason: ferry_core::convoy::LimitReason) {
+    let i = ferry_core::convoy::LimitReason::ALL.iter().position(|r| *r == reason).expect("a known reason");
+    LIMIT_CHANGES[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Adaptive convoy limit moves so far, by reason.
+pub fn limit_changes() -> Vec<(ferry_core::convoy::LimitReason, u64)> {
+    ferry_core::convoy::LimitReason::ALL
+        .iter()
+        .zip(&LIMIT_CHANGES)
+        .map(|(r, n)| (*r, n.load(std::sync::atomic::Ordering::Relaxed)))
+        .collect()
+}

@@ -107,6 +107,10 @@ pub struct Leased {
     pub run_at: i64,
     /// Stored tags (JSON list), carried onto its events.
     pub tags: Option<String>,
+    /// Start of the current or last attempt.
+    pub started_at: Option<i64>,
+    /// The convoy it is a member of.
+    pub convoy_id: Option<String>,
 }
 
 /// What a failure report does.
@@ -213,7 +217,8 @@ pub fn decide_expiry(job: &Leased, now: i64, limits: &Limits, why: Expiry) -> Re
 /// Columns of a full job row, in the order both backends decode them.
 pub const JOB_COLS: &str = "seq, id, queue, state, payload, priority, attempt, max_attempts, backoff_base_ms,
     backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, depends_on, tags, run_at, created_at,
-    updated_at, started_at, finished_at, lease_expires_at, worker, result, errors, cancel_reason, timeout_ms";
+    updated_at, started_at, finished_at, lease_expires_at, worker, result, errors, cancel_reason, timeout_ms,
+    convoy_id";
 
 /// ferry's invariants as (what, SQL condition of violating rows); both backends count them.
 pub const INVARIANT_CHECKS: &[(&str, &str)] = &[

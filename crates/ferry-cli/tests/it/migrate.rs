@@ -67,6 +67,7 @@ async fn build_source(path: &std::path::Path) -> BTreeMap<String, BTreeMap<JobSt
                 id: j.id,
                 lease: j.lease.clone(),
                 result: Some(serde_json::value::to_raw_value(&1).unwrap()),
+                pressure: None,
             })
             .collect();
         store.complete(items).await.unwrap();
@@ -75,7 +76,13 @@ async fn build_source(path: &std::path::Path) -> BTreeMap<String, BTreeMap<JobSt
         let jobs = store.claim(claim("odd", 1_000)).await.unwrap();
         let items = jobs
             .iter()
-            .map(|j| FailItem { id: j.id, lease: j.lease.clone(), error: "boom".into(), retry: false })
+            .map(|j| FailItem {
+                id: j.id,
+                lease: j.lease.clone(),
+                error: "boom".into(),
+                retry: false,
+                pressure: None,
+            })
             .collect();
         store.fail(items).await.unwrap();
     }

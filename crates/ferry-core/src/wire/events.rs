@@ -113,6 +113,7 @@ pub fn room_of(kind: &str, id: &str, limits: &Limits, field: &str) -> Result<Roo
         SubjectKind::Queue | SubjectKind::Schedule => validate::queue_name(id, limits, field)?,
         SubjectKind::Item => super::items::item_id(id, limits, field)?,
         SubjectKind::Agent => super::messages::inbox_name(id, limits, field)?,
+        SubjectKind::Convoy => crate::convoy::check_id(id, limits.max_name_len, field)?,
         SubjectKind::Job => {}
     }
     Room::of(kind, id).map_err(|m| Error::invalid(field, m))

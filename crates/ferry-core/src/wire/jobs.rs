@@ -140,12 +140,18 @@ pub struct HeartbeatBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::validate::names::WorkerName>)]
     pub worker: Option<String>,
+    /// The worker's load, 0.0–1.0 (else 422): lowers its convoy's adaptive limit at 0.8+.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub pressure: Option<f64>,
 }
 
 impl HeartbeatBody {
-    /// Checks the lease, the extension and the worker name; returns the checked extension.
+    /// Checks the lease, the extension, the worker name and the pressure; returns the checked
+    /// extension.
     pub fn validate(&self, limits: &Limits) -> Result<Option<i64>> {
         lease_present(&self.lease, "lease")?;
+        validate::pressure(self.pressure, "pressure")?;
         let extend = self.extend_ms.map(|ms| validate::lease_ms(ms, limits, "extend_ms")).transpose()?;
         if let Some(w) = &self.worker {
             validate::worker_name(w, limits, "worker")?;
@@ -165,12 +171,17 @@ pub struct CompleteBody {
     #[serde(default)]
     #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Box<RawValue>>,
+    /// The worker's load, 0.0–1.0 (else 422): lowers its convoy's adaptive limit at 0.8+.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub pressure: Option<f64>,
 }
 
 impl CompleteBody {
-    /// Checks the lease and the result's size.
+    /// Checks the lease, the result's size and the pressure.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
         lease_present(&self.lease, "lease")?;
+        validate::pressure(self.pressure, "pressure")?;
         if let Some(r) = &self.result {
             validate::json_size(r, limits.max_result_bytes, "result")?;
         }
@@ -191,12 +202,18 @@ pub struct FailBody {
     /// False sends the job to the dead-letter queue now; default true.
     #[serde(default)]
     pub retry: Option<bool>,
+    /// The worker's load, 0.0–1.0 (else 422): lowers its convoy's adaptive limit at 0.8+.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub pressure: Option<f64>,
 }
 
 impl FailBody {
-    /// Checks the lease (a long `error` is truncated by the store, never refused).
+    /// Checks the lease and the pressure (a long `error` is truncated by the store, never
+    /// refused).
     pub fn validate(&self) -> Result<()> {
-        lease_present(&self.lease, "lease")
+        lease_present(&self.lease, "lease")?;
+        validate::pressure(self.pressure, "pressure")
     }
 }
 
@@ -251,6 +268,10 @@ pub struct CompleteItemBody {
     #[serde(default)]
     #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Box<RawValue>>,
+    /// The worker's load, 0.0–1.0 (else 422): lowers its convoy's adaptive limit at 0.8+.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub pressure: Option<f64>,
 }
 
 impl CompleteItemBody {
@@ -258,6 +279,7 @@ impl CompleteItemBody {
     pub fn validate(&self, index: usize, limits: &Limits) -> Result<Uuid> {
         let id = item_id(&self.id)?;
         lease_present(&self.lease, &format!("items[{index}].lease"))?;
+        validate::pressure(self.pressure, &format!("items[{index}].pressure"))?;
         if let Some(r) = &self.result {
             validate::json_size(r, limits.max_result_bytes, &format!("items[{index}].result"))?;
         }
@@ -288,6 +310,10 @@ pub struct FailItemBody {
     /// Default true.
     #[serde(default)]
     pub retry: Option<bool>,
+    /// The worker's load, 0.0–1.0 (else 422): lowers its convoy's adaptive limit at 0.8+.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub pressure: Option<f64>,
 }
 
 impl FailItemBody {
@@ -295,6 +321,7 @@ impl FailItemBody {
     pub fn validate(&self, index: usize) -> Result<Uuid> {
         let id = item_id(&self.id)?;
         lease_present(&self.lease, &format!("items[{index}].lease"))?;
+        validate::pressure(self.pressure, &format!("items[{index}].pressure"))?;
         Ok(id)
     }
 }
@@ -325,6 +352,10 @@ pub struct HeartbeatItemBody {
     )]
     #[schema(minimum = 10, maximum = 86_400_000)]
     pub extend_ms: Option<i64>,
+    /// The worker's load, 0.0–1.0 (else 422): lowers its convoy's adaptive limit at 0.8+.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub pressure: Option<f64>,
 }
 
 impl HeartbeatItemBody {
@@ -336,7 +367,7 @@ impl HeartbeatItemBody {
             .extend_ms
             .map(|ms| validate::lease_ms(ms, limits, &format!("items[{index}].extend_ms")))
             .transpose()?;
-        Ok(crate::HeartbeatRequest { id, lease: self.lease.clone(), extend_ms })
+        Ok(crate::HeartbeatRequest { id, lease: self.lease.clone(), extend_ms, pressure: self.pressure })
     }
 }
 
@@ -378,6 +409,7 @@ impl HeartbeatBatchRequest {
             if let Some(ms) = item.extend_ms {
                 validate::lease_ms(ms, limits, &format!("items[{i}].extend_ms"))?;
             }
+            validate::pressure(item.pressure, &format!("items[{i}].pressure"))?;
         }
         Ok(())
     }
@@ -614,12 +646,23 @@ mod tests {
 
     #[test]
     fn batch_items_name_their_index() {
-        let item = CompleteItemBody { id: Uuid::nil().to_string(), lease: String::new(), result: None };
+        let item = CompleteItemBody {
+            id: Uuid::nil().to_string(),
+            lease: String::new(),
+            result: None,
+            pressure: None,
+        };
         assert_eq!(
             item.validate(4, &Limits::default()).unwrap_err().field.as_deref(),
             Some("items[4].lease")
         );
-        let item = FailItemBody { id: "x".into(), lease: "l".into(), error: String::new(), retry: None };
+        let item = FailItemBody {
+            id: "x".into(),
+            lease: "l".into(),
+            error: String::new(),
+            retry: None,
+            pressure: None,
+        };
         assert_eq!(item.validate(0).unwrap_err().code.http_status(), 404);
     }
 }

@@ -6,6 +6,7 @@
 //! before sending. Everything is re-exported here, so `ferry_core::wire::X` names any body.
 
 pub mod advice;
+pub mod convoys;
 pub mod dlq;
 pub mod errors;
 pub mod events;
@@ -21,6 +22,7 @@ pub mod tokens;
 pub mod workers;
 
 pub use advice::*;
+pub use convoys::*;
 pub use dlq::*;
 pub use errors::*;
 pub use events::*;

@@ -147,7 +147,8 @@ pub async fn heartbeat(
 ) -> ApiResult<Json<ferry_core::HeartbeatOutcome>> {
     let id = path_id(&id)?;
     let extend = body.validate(&st.limits)?;
-    let req = ferry_core::HeartbeatRequest { id, lease: body.lease, extend_ms: extend };
+    let req =
+        ferry_core::HeartbeatRequest { id, lease: body.lease, extend_ms: extend, pressure: body.pressure };
     let mut out = st.store.heartbeat(vec![req]).await?;
     if let Some(w) = &body.worker {
         st.sightings.note(w, st.store.clock().now_ms());
@@ -206,7 +207,7 @@ pub async fn complete(
 ) -> ApiResult<Json<StateResponse>> {
     let id = path_id(&id)?;
     body.validate(&st.limits)?;
-    let item = CompleteItem { id, lease: body.lease, result: body.result };
+    let item = CompleteItem { id, lease: body.lease, result: body.result, pressure: body.pressure };
     let mut out = st.store.complete(vec![item]).await?;
     out.pop().expect("one outcome per item")?;
     Ok(Json(StateResponse { id, state: JobState::Completed }))
@@ -225,7 +226,13 @@ pub async fn fail(
 ) -> ApiResult<Json<ferry_core::FailOutcome>> {
     let id = path_id(&id)?;
     body.validate()?;
-    let item = FailItem { id, lease: body.lease, error: body.error, retry: body.retry.unwrap_or(true) };
+    let item = FailItem {
+        id,
+        lease: body.lease,
+        error: body.error,
+        retry: body.retry.unwrap_or(true),
+        pressure: body.pressure,
+    };
     let mut out = st.store.fail(vec![item]).await?;
     Ok(Json(out.pop().expect("one outcome per item")?))
 }
@@ -403,8 +410,12 @@ pub async fn complete_batch(
         .into_iter()
         .enumerate()
         .map(|(i, Obj(it))| {
-            let item =
-                it.validate(i, &st.limits).map(|id| CompleteItem { id, lease: it.lease, result: it.result });
+            let item = it.validate(i, &st.limits).map(|id| CompleteItem {
+                id,
+                lease: it.lease,
+                result: it.result,
+                pressure: it.pressure,
+            });
             (it.id, item)
         })
         .collect();
@@ -445,6 +456,7 @@ pub async fn fail_batch(
                 lease: it.lease,
                 error: it.error,
                 retry: it.retry.unwrap_or(true),
+                pressure: it.pressure,
             });
             (it.id, item)
         })

@@ -3,6 +3,7 @@
 //! miss a route.
 
 pub mod access;
+pub mod convoys;
 pub mod dlq;
 mod doc;
 pub mod events;
@@ -87,6 +88,7 @@ fn routes() -> Routes {
     let r = access::routes(r);
     let r = items::routes(r);
     let r = messages::routes(r);
+    let r = convoys::routes(r);
     health::routes(r)
 }
 

@@ -66,13 +66,19 @@ fn main() {
                         jobs.into_iter().enumerate().partition(|(i, _)| i % 10 == 9);
                     let items: Vec<CompleteItem> = done
                         .iter()
-                        .map(|(_, j)| CompleteItem { id: j.id, lease: j.lease.clone(), result: None })
+                        .map(|(_, j)| CompleteItem {
+                            id: j.id,
+                            lease: j.lease.clone(),
+                            result: None,
+                            pressure: None,
+                        })
                         .collect();
                     let fails = fail.iter().map(|(_, j)| FailItem {
                         id: j.id,
                         lease: j.lease.clone(),
                         error: "x".into(),
                         retry: true,
+                        pressure: None,
                     });
                     store.fail(fails.collect()).await.unwrap();
                     let results = store.complete(items.clone()).await.unwrap();

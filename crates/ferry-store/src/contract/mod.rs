@@ -12,6 +12,7 @@
 //! - every writing call is timed and counted by its `op` name in [`StoreCore::metrics`], by
 //!   the backend's write and transaction primitives.
 
+mod convoys;
 mod events;
 mod hosts;
 mod items;
@@ -23,6 +24,7 @@ mod schedules;
 mod tokens;
 mod workers;
 
+pub use convoys::ConvoyStore;
 pub use events::{EventPrune, EventStore};
 pub use hosts::HostStore;
 pub use items::{ItemFilter, ItemStore};
@@ -103,5 +105,6 @@ store_is_the_sum_of!(
     WorkerStore,
     HostStore,
     ItemStore,
-    MessageStore
+    MessageStore,
+    ConvoyStore
 );

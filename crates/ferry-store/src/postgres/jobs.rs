@@ -6,6 +6,7 @@
 //! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
 
 use super::PgStore;
+use super::convoys::Move;
 use super::{RowExt, pg_err};
 use crate::JobStore;
 use crate::effects::Effects;
@@ -382,24 +383,24 @@ async fn lease_failure(tx: &Transaction<'_>, id: Uuid) -> Result<Error> {
 }
 
 /// Extends a live lease.
-pub async fn heartbeat(
-    tx: &Transaction<'_>,
-    now: i64,
-    id: Uuid,
-    lease: &str,
-    extend_ms: Option<i64>,
-) -> Result<HeartbeatOutcome> {
+pub async fn heartbeat(tx: &Transaction<'_>, now: i64, req: &HeartbeatRequest) -> Result<HeartbeatOutcome> {
+    let (id, lease) = (req.id, req.lease.as_str());
     let row = tx
         .query_opt(
             "UPDATE jobs SET lease_expires_at = $1 + coalesce($2, lease_ms), updated_at = $1
              WHERE seq = $5 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $1
-             RETURNING lease_expires_at",
-            &[&now, &extend_ms, &id, &lease, &lease_seq(lease)],
+             RETURNING lease_expires_at, convoy_id",
+            &[&now, &req.extend_ms, &id, &lease, &lease_seq(lease)],
         )
         .await
         .map_err(pg_err)?;
     match row {
-        Some(r) => Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(r.col(0)?) }),
+        Some(r) => {
+            if let (Some(cid), Some(p)) = (r.col::<Option<String>>(1)?, req.pressure) {
+                super::convoys::member_pressure(tx, &cid, p).await?;
+            }
+            Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(r.col(0)?) })
+        }
         None => Err(lease_failure(tx, id).await?),
     }
 }
@@ -437,6 +438,7 @@ pub async fn complete_many(
     tx: &Transaction<'_>,
     now: i64,
     items: Vec<CompleteItem>,
+    limits: &Limits,
     w: &mut Effects,
 ) -> Result<Vec<Result<()>>> {
     let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
@@ -451,7 +453,7 @@ pub async fn complete_many(
                  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[]) AS x(id, lease, seq, result)
                  WHERE j.seq = x.seq AND j.id = x.id AND j.state = 'running' AND j.lease = x.lease
                     AND j.lease_expires_at > $1
-                 RETURNING j.id, j.lease, j.seq, j.has_dependants, j.queue, j.tags, j.started_at",
+                 RETURNING j.id, j.lease, j.seq, j.has_dependants, j.queue, j.tags, j.started_at, j.convoy_id",
             )
             .await
             .map_err(pg_err)?,
@@ -460,33 +462,55 @@ pub async fn complete_many(
         .await
         .map_err(pg_err)?;
     let mut done = std::collections::HashSet::with_capacity(rows.len());
+    // Members' convoys are locked in id order, so two batches never wait on each other.
+    let mut members: Vec<(String, Uuid, Option<i64>)> = Vec::new();
     for r in &rows {
         done.insert((r.col::<Uuid>(0)?, r.col::<String>(1)?));
         w.events.push(completed_event(now, r.col(4)?, r.col(0)?, event_tags(r.col(5)?), r.col(6)?));
         if r.col::<bool>(3)? {
             resolve_dependants(tx, now, r.col(2)?, w).await?;
         }
+        if let Some(cid) = r.col::<Option<String>>(7)? {
+            members.push((cid, r.col(0)?, r.col(6)?));
+        }
+    }
+    members.sort();
+    for (cid, id, started_at) in members {
+        let pressure = items.iter().find(|i| i.id == id).and_then(|i| i.pressure);
+        let mv = Move {
+            from: JobState::Running,
+            to: JobState::Completed,
+            attempt: Some((started_at, false)),
+            pressure,
+        };
+        super::convoys::member_moved(tx, now, &cid, mv, limits, w).await?;
     }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         if done.remove(&(item.id, item.lease.clone())) {
             out.push(Ok(()));
         } else {
-            out.push(complete(tx, now, item, w).await);
+            out.push(complete(tx, now, item, limits, w).await);
         }
     }
     Ok(out)
 }
 
 /// Records one completion; a repeat with the lease that completed the job succeeds again.
-pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mut Effects) -> Result<()> {
+pub async fn complete(
+    tx: &Transaction<'_>,
+    now: i64,
+    item: CompleteItem,
+    limits: &Limits,
+    w: &mut Effects,
+) -> Result<()> {
     let result = item.result.as_ref().map(|r| r.get());
     let row = tx
         .query_opt(
             "UPDATE jobs SET state = 'completed', result = $1, lease_expires_at = NULL, finished_at = $2,
                 updated_at = $2
              WHERE seq = $5 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $2
-             RETURNING seq, has_dependants, queue, tags, started_at",
+             RETURNING seq, has_dependants, queue, tags, started_at, convoy_id",
             &[&result, &now, &item.id, &item.lease, &lease_seq(&item.lease)],
         )
         .await
@@ -496,6 +520,16 @@ pub async fn complete(tx: &Transaction<'_>, now: i64, item: CompleteItem, w: &mu
             w.events.push(completed_event(now, r.col(2)?, item.id, event_tags(r.col(3)?), r.col(4)?));
             if r.col::<bool>(1)? {
                 resolve_dependants(tx, now, r.col(0)?, w).await?;
+            }
+            if let Some(cid) = r.col::<Option<String>>(5)? {
+                let attempt = Some((r.col(4)?, false));
+                let mv = Move {
+                    from: JobState::Running,
+                    to: JobState::Completed,
+                    attempt,
+                    pressure: item.pressure,
+                };
+                super::convoys::member_moved(tx, now, &cid, mv, limits, w).await?;
             }
             Ok(())
         }
@@ -544,7 +578,7 @@ async fn resolve_dependants(tx: &Transaction<'_>, now: i64, dep_seq: i64, w: &mu
     Ok(())
 }
 
-async fn cancel_dependants(
+pub(super) async fn cancel_dependants(
     tx: &Transaction<'_>,
     now: i64,
     root_seq: i64,
@@ -588,7 +622,8 @@ async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Leased>> {
     let Some(r) = tx
         .query_opt(
             "SELECT seq, state, lease, lease_expires_at, attempt, max_attempts, backoff_base_ms, backoff_factor,
-                backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at, tags
+                backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at, tags, started_at,
+                convoy_id
              FROM jobs WHERE id = $1 FOR UPDATE",
             &[&id],
         )
@@ -616,6 +651,8 @@ async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Leased>> {
         has_dependants: r.col(13)?,
         run_at: r.col(14)?,
         tags: r.col(15)?,
+        started_at: r.col(16)?,
+        convoy_id: r.col(17)?,
     }))
 }
 
@@ -633,6 +670,7 @@ pub async fn fail(
     };
     let id = item.id;
     let message = item.error.clone();
+    let pressure = item.pressure;
     let (state, run_at, errors) = match decide_failure(&job, item, now, limits, u)? {
         FailDecision::Repeat(outcome) => return Ok(outcome),
         FailDecision::Stale => return Err(Error::stale_lease(id)),
@@ -659,6 +697,10 @@ pub async fn fail(
         JobState::Scheduled => w.due(run_at),
         _ => {}
     }
+    if let Some(cid) = &job.convoy_id {
+        let mv = Move { from: JobState::Running, to: state, attempt: Some((job.started_at, true)), pressure };
+        super::convoys::member_moved(tx, now, cid, mv, limits, w).await?;
+    }
     let run_at = (state == JobState::Scheduled).then_some(Timestamp(run_at));
     Ok(FailOutcome { id, state, attempt: job.attempt, run_at })
 }
@@ -669,8 +711,20 @@ pub async fn cancel(
     now: i64,
     id: Uuid,
     reason: &str,
+    limits: &Limits,
     w: &mut Effects,
 ) -> Result<JobState> {
+    // A member's convoy is locked before the member (the order of convoy-wide cancels), so a
+    // job cancel and a convoy cancel never wait on each other.
+    let convoy: Option<Option<String>> = tx
+        .query_opt("SELECT convoy_id FROM jobs WHERE id = $1", &[&id])
+        .await
+        .map_err(pg_err)?
+        .map(|r| r.col(0))
+        .transpose()?;
+    if let Some(Some(cid)) = &convoy {
+        tx.execute("SELECT 1 FROM convoys WHERE id = $1 FOR UPDATE", &[cid]).await.map_err(pg_err)?;
+    }
     let Some(job) = lock_job(tx, id).await? else {
         return Err(Error::job_not_found(id));
     };
@@ -685,7 +739,7 @@ pub async fn cancel(
         JobState::Completed | JobState::Dead => {
             return Err(Error::new(ErrorCode::InvalidState, format!("job {id} is already {}", job.state)));
         }
-        JobState::Scheduled | JobState::Waiting | JobState::Ready => {}
+        JobState::Scheduled | JobState::Waiting | JobState::Ready | JobState::Held => {}
     }
     tx.execute(&tx.prepare_cached("UPDATE jobs SET state = 'cancelled', cancel_reason = $1, pending_deps = 0, lease = NULL, finished_at = $2,
             updated_at = $2
@@ -700,6 +754,10 @@ pub async fn cancel(
     );
     if job.has_dependants {
         cancel_dependants(tx, now, job.seq, id, JobState::Cancelled, w).await?;
+    }
+    if let Some(cid) = &job.convoy_id {
+        let mv = Move { from: job.state, to: JobState::Cancelled, attempt: None, pressure: None };
+        super::convoys::member_moved(tx, now, cid, mv, limits, w).await?;
     }
     Ok(JobState::Cancelled)
 }
@@ -777,6 +835,15 @@ pub(super) async fn take_back(
         }
     } else {
         w.wake(&job.queue);
+    }
+    if let Some(cid) = &job.convoy_id {
+        let mv = Move {
+            from: JobState::Running,
+            to: state,
+            attempt: Some((job.started_at, true)),
+            pressure: None,
+        };
+        super::convoys::member_moved(tx, now, cid, mv, limits, w).await?;
     }
     Ok(Some(state))
 }
@@ -857,6 +924,7 @@ pub async fn replay(
     now: i64,
     selector: &DeadSelector,
     max: usize,
+    limits: &Limits,
     w: &mut Effects,
 ) -> Result<Vec<Uuid>> {
     let rows = dead_rows(tx, selector, max, true).await?;
@@ -873,6 +941,11 @@ pub async fn replay(
     let mut replayed = Vec::with_capacity(rows.len());
     for row in rows {
         if tx.execute(&update, &[&now, &row.0]).await.map_err(pg_err)? == 1 {
+            let convoy =
+                tx.query_one("SELECT convoy_id FROM jobs WHERE seq = $1", &[&row.0]).await.map_err(pg_err)?;
+            if let Some(cid) = convoy.col::<Option<String>>(0)? {
+                super::convoys::replay_member(tx, now, row.0, &cid, limits, w).await?;
+            }
             replayed.push(row);
         }
     }
@@ -964,6 +1037,7 @@ fn job_from_row(r: &Row) -> Result<(i64, Job)> {
             errors: json_list(r.col(24)?)?,
             cancel_reason: r.col(25)?,
             timeout_ms: r.col::<Option<i64>>(26)?.unwrap_or(DEFAULT_TIMEOUT_MS),
+            convoy_id: r.col(27)?,
         },
     ))
 }
@@ -1121,14 +1195,12 @@ impl JobStore for PgStore {
                 boxed!({
                     let mut out = Vec::with_capacity(items.len());
                     for req in items {
-                        out.push(
-                            match super::jobs::heartbeat(tx, now, req.id, &req.lease, req.extend_ms).await {
-                                Err(e) if is_storage_error(&e) => {
-                                    return Err(e);
-                                }
-                                r => r,
-                            },
-                        );
+                        out.push(match super::jobs::heartbeat(tx, now, &req).await {
+                            Err(e) if is_storage_error(&e) => {
+                                return Err(e);
+                            }
+                            r => r,
+                        });
                     }
                     Ok(out)
                 })
@@ -1143,10 +1215,11 @@ impl JobStore for PgStore {
     }
 
     async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
+        let limits = self.limits.clone();
         let out = self
             .tx("complete", move |tx, now, w| {
                 boxed!({
-                    let out = super::jobs::complete_many(tx, now, items, w).await?;
+                    let out = super::jobs::complete_many(tx, now, items, &limits, w).await?;
                     if let Some(Err(e)) = out.iter().find(|r| matches!(r, Err(e) if is_storage_error(e))) {
                         return Err(e.clone());
                     }
@@ -1181,7 +1254,11 @@ impl JobStore for PgStore {
 
     async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
         let reason = reason.to_string();
-        self.tx("cancel", move |tx, now, w| boxed!(super::jobs::cancel(tx, now, id, &reason, w).await)).await
+        let limits = self.limits.clone();
+        self.tx("cancel", move |tx, now, w| {
+            boxed!(super::jobs::cancel(tx, now, id, &reason, &limits, w).await)
+        })
+        .await
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Job> {
@@ -1200,8 +1277,9 @@ impl JobStore for PgStore {
     }
 
     async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
+        let limits = self.limits.clone();
         self.tx("replay_dead", move |tx, now, w| {
-            boxed!(super::jobs::replay(tx, now, &selector, max, w).await)
+            boxed!(super::jobs::replay(tx, now, &selector, max, &limits, w).await)
         })
         .await
     }

@@ -16,6 +16,7 @@ macro_rules! boxed {
 }
 
 mod access;
+mod convoys;
 mod events;
 mod hosts;
 mod items;
@@ -435,7 +436,8 @@ async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<Str
         .query(
             "SELECT relname::text FROM pg_stat_user_tables
              WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps', 'items', 'item_history',
-                                                                 'deliveries', 'agents', 'channel_cursors', 'messages')
+                                                                 'deliveries', 'agents', 'channel_cursors', 'messages',
+                                                                 'convoys')
                AND n_dead_tup > greatest($1, n_live_tup / 10)",
             &[&VACUUM_MIN_DEAD],
         )
@@ -485,6 +487,7 @@ impl StoreCore for PgStore {
                 let mut out = jobs::invariants(c).await?;
                 out.extend(items::invariants(c).await?);
                 out.extend(messages::invariants(c).await?);
+                out.extend(convoys::invariants(c).await?);
                 Ok(out)
             })
         })

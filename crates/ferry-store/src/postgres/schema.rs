@@ -234,6 +234,44 @@ CREATE TABLE channel_cursors (
     PRIMARY KEY (agent, channel)
 );
 "#,
+    r#"
+-- Convoys (see the SQLite migration of the same name).
+ALTER TABLE jobs ADD COLUMN convoy_id TEXT;
+CREATE INDEX jobs_convoy ON jobs (convoy_id, state, priority DESC, seq) WHERE convoy_id IS NOT NULL;
+CREATE INDEX jobs_convoy_order ON jobs (convoy_id, seq) WHERE convoy_id IS NOT NULL;
+CREATE TABLE convoys (
+    seq                BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                 TEXT NOT NULL UNIQUE,
+    name               TEXT NOT NULL,
+    queue              TEXT NOT NULL,
+    max_parallel       TEXT NOT NULL,
+    on_failure         TEXT NOT NULL,
+    on_complete        TEXT,
+    state              TEXT NOT NULL,
+    cancelling         BOOLEAN NOT NULL DEFAULT FALSE,
+    lim                BIGINT NOT NULL,
+    total              BIGINT NOT NULL DEFAULT 0,
+    held               BIGINT NOT NULL DEFAULT 0,
+    slots              BIGINT NOT NULL DEFAULT 0,
+    completed          BIGINT NOT NULL DEFAULT 0,
+    failed             BIGINT NOT NULL DEFAULT 0,
+    cancelled          BIGINT NOT NULL DEFAULT 0,
+    tuner              TEXT,
+    progress_at        BIGINT NOT NULL,
+    on_complete_job_id UUID,
+    created_at         BIGINT NOT NULL,
+    finished_at        BIGINT
+);
+CREATE INDEX convoys_queue ON convoys (queue, seq);
+CREATE INDEX convoys_finished ON convoys (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX convoys_live ON convoys (seq) WHERE finished_at IS NULL;
+CREATE TABLE convoy_keys (
+    convoy_id TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    job_id    UUID NOT NULL,
+    PRIMARY KEY (convoy_id, key)
+);
+"#,
 ];
 
 /// The schema version this build writes.

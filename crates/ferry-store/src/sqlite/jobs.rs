@@ -5,6 +5,7 @@
 //! that fails after writing poisons the whole batch (the writer rolls it back and its batch
 //! mates are answered `unavailable`). Read functions run on a read-only connection.
 
+use super::convoys::Move;
 use super::counts::Counts;
 use super::db_err;
 use super::{SqliteStore, parse_cursor};
@@ -229,25 +230,28 @@ pub fn claim(
 }
 
 /// Extends a live lease.
-pub fn heartbeat(
-    conn: &Connection,
-    now: i64,
-    id: Uuid,
-    lease: &str,
-    extend_ms: Option<i64>,
-) -> Result<HeartbeatOutcome> {
-    let expires: Option<i64> = conn
+pub fn heartbeat(conn: &Connection, now: i64, req: &HeartbeatRequest) -> Result<HeartbeatOutcome> {
+    let (id, lease) = (req.id, req.lease.as_str());
+    let expires: Option<(i64, Option<String>)> = conn
         .prepare_cached(
             "UPDATE jobs SET lease_expires_at = ?1 + coalesce(?2, lease_ms), updated_at = ?1
              WHERE seq = ?5 AND id = ?3 AND state = 'running' AND lease = ?4 AND lease_expires_at > ?1
-             RETURNING lease_expires_at",
+             RETURNING lease_expires_at, convoy_id",
         )
         .and_then(|mut s| {
-            s.query_row(params![now, extend_ms, id, lease, lease_seq(lease)], |r| r.get(0)).optional()
+            s.query_row(params![now, req.extend_ms, id, lease, lease_seq(lease)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
         })
         .map_err(db_err)?;
     match expires {
-        Some(t) => Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(t) }),
+        Some((t, convoy_id)) => {
+            if let (Some(cid), Some(p)) = (convoy_id, req.pressure) {
+                super::convoys::member_pressure(conn, &cid, p)?;
+            }
+            Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(t) })
+        }
         None => Err(lease_failure(conn, id)?),
     }
 }
@@ -283,30 +287,45 @@ fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
 }
 
 /// Records one completion; a repeat with the lease that completed the job succeeds again.
-pub fn complete(conn: &Connection, now: i64, item: CompleteItem, fx: &mut Effects) -> Result<()> {
-    // seq, has_dependants, queue, tags, started_at
-    type Done = (i64, bool, String, Option<String>, Option<i64>);
+pub fn complete(
+    conn: &Connection,
+    now: i64,
+    item: CompleteItem,
+    limits: &Limits,
+    fx: &mut Effects,
+) -> Result<()> {
+    // seq, has_dependants, queue, tags, started_at, convoy_id
+    type Done = (i64, bool, String, Option<String>, Option<i64>, Option<String>);
     let done: Option<Done> = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'completed', result = ?1, lease_expires_at = NULL, finished_at = ?2,
                 updated_at = ?2
              WHERE seq = ?5 AND id = ?3 AND state = 'running' AND lease = ?4 AND lease_expires_at > ?2
-             RETURNING seq, has_dependants, queue, tags, started_at",
+             RETURNING seq, has_dependants, queue, tags, started_at, convoy_id",
         )
         .and_then(|mut s| {
             let seq = lease_seq(&item.lease);
             s.query_row(params![item.result.as_ref().map(|r| r.get()), now, item.id, item.lease, seq], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<i64>>(4)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<i64>>(4)?, r.get(5)?))
             })
             .optional()
         })
         .map_err(db_err)?;
     match done {
-        Some((seq, has_dependants, queue, tags, started_at)) => {
+        Some((seq, has_dependants, queue, tags, started_at, convoy_id)) => {
             fx.moved(&queue, Some(JobState::Running), Some(JobState::Completed), 1);
             fx.event(completed_event(now, &queue, item.id, event_tags(tags), started_at));
             if has_dependants {
                 resolve_dependants(conn, now, seq, fx)?;
+            }
+            if let Some(cid) = convoy_id {
+                let mv = Move {
+                    from: JobState::Running,
+                    to: JobState::Completed,
+                    attempt: Some((started_at, false)),
+                    pressure: item.pressure,
+                };
+                super::convoys::member_moved(conn, now, &cid, mv, limits, fx)?;
             }
             Ok(())
         }
@@ -360,7 +379,7 @@ fn resolve_dependants(conn: &Connection, now: i64, dep_seq: i64, fx: &mut Effect
 }
 
 /// A job died or was cancelled: cancel every waiting job that depends on it, transitively.
-fn cancel_dependants(
+pub(super) fn cancel_dependants(
     conn: &Connection,
     now: i64,
     root_seq: i64,
@@ -408,7 +427,8 @@ fn cancel_dependants(
 fn load_leased(conn: &Connection, id: Uuid) -> Result<Option<Leased>> {
     conn.prepare_cached(
         "SELECT seq, state, lease, lease_expires_at, attempt, max_attempts, backoff_base_ms, backoff_factor,
-            backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at, tags
+            backoff_max_ms, backoff_jitter, queue, worker, errors, has_dependants, run_at, tags, started_at,
+            convoy_id
          FROM jobs WHERE id = ?1",
     )
     .and_then(|mut s| {
@@ -434,6 +454,8 @@ fn load_leased(conn: &Connection, id: Uuid) -> Result<Option<Leased>> {
                     has_dependants: r.get(13)?,
                     run_at: r.get(14)?,
                     tags: r.get(15)?,
+                    started_at: r.get(16)?,
+                    convoy_id: r.get(17)?,
                 },
             ))
         })
@@ -461,6 +483,7 @@ pub fn fail(
         return Err(Error::job_not_found(id));
     };
     let message = item.error.clone();
+    let pressure = item.pressure;
     let (state, run_at, errors) = match decide_failure(&job, item, now, limits, u)? {
         FailDecision::Repeat(outcome) => return Ok(outcome),
         FailDecision::Stale => return Err(Error::stale_lease(id)),
@@ -494,12 +517,23 @@ pub fn fail(
         JobState::Scheduled => fx.due(run_at),
         _ => {}
     }
+    if let Some(cid) = &job.convoy_id {
+        let mv = Move { from: JobState::Running, to: state, attempt: Some((job.started_at, true)), pressure };
+        super::convoys::member_moved(conn, now, cid, mv, limits, fx)?;
+    }
     let run_at = (state == JobState::Scheduled).then_some(Timestamp(run_at));
     Ok(FailOutcome { id, state, attempt: job.attempt, run_at })
 }
 
 /// Cancels a job that is not running (idempotent for an already cancelled job).
-pub fn cancel(conn: &Connection, now: i64, id: Uuid, reason: &str, fx: &mut Effects) -> Result<JobState> {
+pub fn cancel(
+    conn: &Connection,
+    now: i64,
+    id: Uuid,
+    reason: &str,
+    limits: &Limits,
+    fx: &mut Effects,
+) -> Result<JobState> {
     let Some(job) = load_leased(conn, id)? else {
         return Err(Error::job_not_found(id));
     };
@@ -514,7 +548,7 @@ pub fn cancel(conn: &Connection, now: i64, id: Uuid, reason: &str, fx: &mut Effe
         JobState::Completed | JobState::Dead => {
             return Err(Error::new(ErrorCode::InvalidState, format!("job {id} is already {}", job.state)));
         }
-        JobState::Scheduled | JobState::Waiting | JobState::Ready => {}
+        JobState::Scheduled | JobState::Waiting | JobState::Ready | JobState::Held => {}
     }
     conn.prepare_cached(
         "UPDATE jobs SET state = 'cancelled', cancel_reason = ?1, pending_deps = 0, lease = NULL,
@@ -530,6 +564,10 @@ pub fn cancel(conn: &Connection, now: i64, id: Uuid, reason: &str, fx: &mut Effe
     );
     if job.has_dependants {
         cancel_dependants(conn, now, job.seq, id, JobState::Cancelled, fx)?;
+    }
+    if let Some(cid) = &job.convoy_id {
+        let mv = Move { from: job.state, to: JobState::Cancelled, attempt: None, pressure: None };
+        super::convoys::member_moved(conn, now, cid, mv, limits, fx)?;
     }
     Ok(JobState::Cancelled)
 }
@@ -598,6 +636,15 @@ pub(super) fn take_back(
         }
     } else {
         fx.wake(&job.queue);
+    }
+    if let Some(cid) = &job.convoy_id {
+        let mv = Move {
+            from: JobState::Running,
+            to: state,
+            attempt: Some((job.started_at, true)),
+            pressure: None,
+        };
+        super::convoys::member_moved(conn, now, cid, mv, limits, fx)?;
     }
     Ok(Some(state))
 }
@@ -678,6 +725,7 @@ pub fn replay(
     now: i64,
     selector: &DeadSelector,
     max: usize,
+    limits: &Limits,
     fx: &mut Effects,
 ) -> Result<Vec<Uuid>> {
     let rows = dead_seqs(conn, selector, max, true)?;
@@ -692,11 +740,17 @@ pub fn replay(
         ))
         .map_err(db_err)?;
     let mut ids = Vec::with_capacity(rows.len());
+    let mut convoy_of = conn.prepare_cached("SELECT convoy_id FROM jobs WHERE seq = ?1").map_err(db_err)?;
     for (seq, id, queue, tags) in rows {
         if s.execute(params![now, seq]).map_err(db_err)? == 0 {
             continue;
         }
-        fx.moved(&queue, Some(JobState::Dead), Some(JobState::Ready), 1);
+        let convoy_id: Option<String> = convoy_of.query_row([seq], |r| r.get(0)).map_err(db_err)?;
+        let state = match convoy_id {
+            Some(cid) => super::convoys::replay_member(conn, now, seq, &cid, limits, fx)?,
+            None => JobState::Ready,
+        };
+        fx.moved(&queue, Some(JobState::Dead), Some(state), 1);
         fx.event(job_event(EventType::JobReplayed, now, &queue, id, event_tags(tags)));
         fx.wake(&queue);
         ids.push(id);
@@ -769,6 +823,7 @@ fn job_from_row(r: &Row) -> Result<(i64, Job)> {
             errors: json_list(r.get(24).map_err(g)?)?,
             cancel_reason: r.get(25).map_err(g)?,
             timeout_ms: r.get::<_, Option<i64>>(26).map_err(g)?.unwrap_or(DEFAULT_TIMEOUT_MS),
+            convoy_id: r.get(27).map_err(g)?,
         },
     ))
 }
@@ -962,9 +1017,7 @@ impl JobStore for SqliteStore {
 
     async fn heartbeat(&self, items: Vec<HeartbeatRequest>) -> Result<Vec<Result<HeartbeatOutcome>>> {
         let out = self
-            .write("heartbeat", move |c, now, _| {
-                each_item(items, |req| super::jobs::heartbeat(c, now, req.id, &req.lease, req.extend_ms))
-            })
+            .write("heartbeat", move |c, now, _| each_item(items, |req| super::jobs::heartbeat(c, now, &req)))
             .await;
         self.metrics.stale_items(out)
     }
@@ -975,9 +1028,10 @@ impl JobStore for SqliteStore {
     }
 
     async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
+        let limits = self.limits.clone();
         let out = self
             .write("complete", move |c, now, fx| {
-                each_item(items, |item| super::jobs::complete(c, now, item, fx))
+                each_item(items, |item| super::jobs::complete(c, now, item, &limits, fx))
             })
             .await;
         self.metrics.stale_items(out)
@@ -994,8 +1048,8 @@ impl JobStore for SqliteStore {
     }
 
     async fn cancel(&self, id: Uuid, reason: &str) -> Result<JobState> {
-        let reason = reason.to_string();
-        self.write("cancel", move |c, now, fx| super::jobs::cancel(c, now, id, &reason, fx)).await
+        let (reason, limits) = (reason.to_string(), self.limits.clone());
+        self.write("cancel", move |c, now, fx| super::jobs::cancel(c, now, id, &reason, &limits, fx)).await
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Job> {
@@ -1008,7 +1062,9 @@ impl JobStore for SqliteStore {
     }
 
     async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
-        self.write("replay_dead", move |c, now, fx| super::jobs::replay(c, now, &selector, max, fx)).await
+        let limits = self.limits.clone();
+        self.write("replay_dead", move |c, now, fx| super::jobs::replay(c, now, &selector, max, &limits, fx))
+            .await
     }
 
     async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {

@@ -5,6 +5,7 @@
 //! roughly 4× the single-writer commit rate. Group commit pays one fsync per batch either way.
 
 mod access;
+mod convoys;
 mod counts;
 mod events;
 mod hosts;
@@ -337,6 +338,7 @@ impl StoreCore for SqliteStore {
                 let mut out = jobs::invariants(c)?;
                 out.extend(items::invariants(c)?);
                 out.extend(messages::invariants(c)?);
+                out.extend(convoys::invariants(c)?);
                 if integrity != "ok" {
                     out.insert(0, format!("integrity_check: {integrity}"));
                 }

@@ -4,7 +4,7 @@
 //! Table registry (kept in step with `ferry migrate` and the PostgreSQL schema): `ferry_meta`,
 //! `jobs`, `job_deps`, `queues` (pause flag, flow limits and the start-rate token bucket),
 //! `event_log` (one row per committed group of events), `schedules`, `api_tokens`, `workers`,
-//! `hosts`.
+//! `hosts`, the work items', messages' and convoys' tables.
 //!
 //! Indexes are partial wherever a state is rare, so a transition touches as few b-trees as
 //! possible; counts per state are kept in memory (see `counts`), not in an index.
@@ -224,6 +224,45 @@ CREATE TABLE channel_cursors (
     channel TEXT NOT NULL,
     seq     INTEGER NOT NULL,
     PRIMARY KEY (agent, channel)
+) WITHOUT ROWID;
+"#,
+    r#"
+-- Convoys: groups of jobs run under a limit. Members are jobs with a convoy_id; the counters
+-- live on the convoy row (they outlive pruned members); member unique keys are per convoy.
+ALTER TABLE jobs ADD COLUMN convoy_id TEXT;
+CREATE INDEX jobs_convoy ON jobs (convoy_id, state, priority DESC, seq) WHERE convoy_id IS NOT NULL;
+CREATE INDEX jobs_convoy_order ON jobs (convoy_id, seq) WHERE convoy_id IS NOT NULL;
+CREATE TABLE convoys (
+    seq                INTEGER PRIMARY KEY,
+    id                 TEXT NOT NULL UNIQUE,
+    name               TEXT NOT NULL,
+    queue              TEXT NOT NULL,
+    max_parallel       TEXT NOT NULL,
+    on_failure         TEXT NOT NULL,
+    on_complete        TEXT,
+    state              TEXT NOT NULL,
+    cancelling         INTEGER NOT NULL DEFAULT 0,
+    lim                INTEGER NOT NULL,
+    total              INTEGER NOT NULL DEFAULT 0,
+    held               INTEGER NOT NULL DEFAULT 0,
+    slots              INTEGER NOT NULL DEFAULT 0,
+    completed          INTEGER NOT NULL DEFAULT 0,
+    failed             INTEGER NOT NULL DEFAULT 0,
+    cancelled          INTEGER NOT NULL DEFAULT 0,
+    tuner              TEXT,
+    progress_at        INTEGER NOT NULL,
+    on_complete_job_id BLOB,
+    created_at         INTEGER NOT NULL,
+    finished_at        INTEGER
+);
+CREATE INDEX convoys_queue ON convoys (queue, seq);
+CREATE INDEX convoys_finished ON convoys (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX convoys_live ON convoys (seq) WHERE finished_at IS NULL;
+CREATE TABLE convoy_keys (
+    convoy_id TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    job_id    BLOB NOT NULL,
+    PRIMARY KEY (convoy_id, key)
 ) WITHOUT ROWID;
 "#,
 ];

@@ -176,7 +176,12 @@ async fn claimers_on_three_nodes_lease_each_job_once() {
                 }
                 let items = jobs
                     .iter()
-                    .map(|j| ferry_core::CompleteItem { id: j.id, lease: j.lease.clone(), result: None })
+                    .map(|j| ferry_core::CompleteItem {
+                        id: j.id,
+                        lease: j.lease.clone(),
+                        result: None,
+                        pressure: None,
+                    })
                     .collect();
                 for r in node.complete(items).await.unwrap() {
                     r.unwrap();

@@ -54,7 +54,12 @@ pub async fn payload_is_kept_verbatim(h: Harness) {
     assert_eq!(c.payload.get(), payload);
     assert_eq!(c.tags, vec!["t1", "t2"]);
     h.store
-        .complete(vec![CompleteItem { id, lease: c.lease, result: Some(raw(r#"{"ok":true}"#)) }])
+        .complete(vec![CompleteItem {
+            id,
+            lease: c.lease,
+            result: Some(raw(r#"{"ok":true}"#)),
+            pressure: None,
+        }])
         .await
         .unwrap()[0]
         .clone()
@@ -137,7 +142,9 @@ pub async fn complete_requires_current_lease(h: Harness) {
     let e = complete(&h, Uuid::now_v7(), &c.lease).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
     let e =
-        heartbeat(&h, HeartbeatRequest { id, lease: "nope".to_string(), extend_ms: None }).await.unwrap_err();
+        heartbeat(&h, HeartbeatRequest { id, lease: "nope".to_string(), extend_ms: None, pressure: None })
+            .await
+            .unwrap_err();
     assert_eq!(e.code, ErrorCode::StaleLease);
     let e = fail(&h, id, "nope", true).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::StaleLease);
@@ -151,8 +158,8 @@ pub async fn complete_requires_current_lease(h: Harness) {
         h.store.enqueue(vec![job("q"), job("q")]).await.unwrap().iter().map(|o| o.id).collect();
     let cs = claim(&h, "q", 2).await;
     let items = vec![
-        CompleteItem { id: cs[0].id, lease: cs[0].lease.clone(), result: None },
-        CompleteItem { id: cs[1].id, lease: "stale".into(), result: None },
+        CompleteItem { id: cs[0].id, lease: cs[0].lease.clone(), result: None, pressure: None },
+        CompleteItem { id: cs[1].id, lease: "stale".into(), result: None, pressure: None },
     ];
     let out = h.store.complete(items).await.unwrap();
     assert!(out[0].is_ok());
@@ -194,15 +201,21 @@ pub async fn heartbeat_extends_live_lease_only(h: Harness) {
     let c = claim_one(&h, "q").await;
     assert_eq!(c.lease_expires_at, Timestamp(T0 + 1_000));
     h.clock.advance(900);
-    let hb = heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None }).await.unwrap();
+    let hb = heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None, pressure: None })
+        .await
+        .unwrap();
     assert_eq!(hb.lease_expires_at, Timestamp(T0 + 900 + 1_000));
-    let hb =
-        heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: Some(5_000) }).await.unwrap();
+    let hb = heartbeat(
+        &h,
+        HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: Some(5_000), pressure: None },
+    )
+    .await
+    .unwrap();
     assert_eq!(hb.lease_expires_at, Timestamp(T0 + 900 + 5_000));
     h.clock.advance(5_000);
     // Expired (even before the reaper ran): stale everywhere.
     assert_eq!(
-        heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None })
+        heartbeat(&h, HeartbeatRequest { id, lease: c.lease.clone(), extend_ms: None, pressure: None })
             .await
             .unwrap_err()
             .code,
@@ -210,10 +223,13 @@ pub async fn heartbeat_extends_live_lease_only(h: Harness) {
     );
     assert_eq!(complete(&h, id, &c.lease).await.unwrap_err().code, ErrorCode::StaleLease);
     assert_eq!(
-        heartbeat(&h, HeartbeatRequest { id: Uuid::now_v7(), lease: "x".to_string(), extend_ms: None })
-            .await
-            .unwrap_err()
-            .code,
+        heartbeat(
+            &h,
+            HeartbeatRequest { id: Uuid::now_v7(), lease: "x".to_string(), extend_ms: None, pressure: None }
+        )
+        .await
+        .unwrap_err()
+        .code,
         ErrorCode::NotFound
     );
     h.finish().await;
@@ -228,10 +244,10 @@ pub async fn heartbeat_batch_answers_each_item(h: Harness) {
     complete(&h, done.id, &done.lease).await.unwrap();
     h.clock.advance(100);
     let items = vec![
-        HeartbeatRequest { id: cs[0].id, lease: cs[0].lease.clone(), extend_ms: Some(2_000) },
-        HeartbeatRequest { id: done.id, lease: done.lease.clone(), extend_ms: None },
-        HeartbeatRequest { id: cs[0].id, lease: "1.stale".into(), extend_ms: None },
-        HeartbeatRequest { id: Uuid::now_v7(), lease: "x".into(), extend_ms: None },
+        HeartbeatRequest { id: cs[0].id, lease: cs[0].lease.clone(), extend_ms: Some(2_000), pressure: None },
+        HeartbeatRequest { id: done.id, lease: done.lease.clone(), extend_ms: None, pressure: None },
+        HeartbeatRequest { id: cs[0].id, lease: "1.stale".into(), extend_ms: None, pressure: None },
+        HeartbeatRequest { id: Uuid::now_v7(), lease: "x".into(), extend_ms: None, pressure: None },
     ];
     let out = h.store.heartbeat(items).await.unwrap();
     assert_eq!(out.len(), 4, "one outcome per item, in order");
@@ -307,7 +323,13 @@ pub async fn fail_until_dead_keeps_history(h: Harness) {
         h.clock.advance(10);
         let out = h
             .store
-            .fail(vec![FailItem { id, lease: c.lease, error: format!("err {attempt}"), retry: true }])
+            .fail(vec![FailItem {
+                id,
+                lease: c.lease,
+                error: format!("err {attempt}"),
+                retry: true,
+                pressure: None,
+            }])
             .await
             .unwrap()
             .pop()
@@ -380,7 +402,7 @@ pub async fn dlq_replay_by_ids_and_queue(h: Harness) {
 /// Claims the next job of `q` and fails it for good.
 async fn kill_one(h: &Harness) -> Uuid {
     let c = claim_one(h, "q").await;
-    let f = FailItem { id: c.id, lease: c.lease, error: "boom".into(), retry: false };
+    let f = FailItem { id: c.id, lease: c.lease, error: "boom".into(), retry: false, pressure: None };
     h.store.fail(vec![f]).await.unwrap().pop().unwrap().unwrap();
     c.id
 }
@@ -761,7 +783,7 @@ pub async fn concurrent_claimers_each_job_once(h: Harness) {
                 }
                 let items = jobs
                     .iter()
-                    .map(|j| CompleteItem { id: j.id, lease: j.lease.clone(), result: None })
+                    .map(|j| CompleteItem { id: j.id, lease: j.lease.clone(), result: None, pressure: None })
                     .collect();
                 for r in store.complete(items).await.unwrap() {
                     r.unwrap();
@@ -838,7 +860,10 @@ pub async fn error_text_is_truncated_and_history_bounded(h: Harness) {
     let id = enqueue1(&h, job_with(|s| s.backoff = Some(no_backoff()))).await;
     let c = claim_one(&h, "q").await;
     let long = "x".repeat(10_000);
-    h.store.fail(vec![FailItem { id, lease: c.lease, error: long, retry: true }]).await.unwrap()[0]
+    h.store
+        .fail(vec![FailItem { id, lease: c.lease, error: long, retry: true, pressure: None }])
+        .await
+        .unwrap()[0]
         .clone()
         .unwrap();
     let j = h.store.get_job(id).await.unwrap();

@@ -89,7 +89,7 @@ async fn run_case(h: &Harness, c: Case) -> Result<(), TestCaseError> {
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(claimed.len(), 1);
     let result = serde_json::value::to_raw_value(&c.payload).expect("raw");
-    let item = CompleteItem { id, lease: claimed[0].lease.clone(), result: Some(result) };
+    let item = CompleteItem { id, lease: claimed[0].lease.clone(), result: Some(result), pressure: None };
     h.store
         .complete(vec![item])
         .await
@@ -107,7 +107,13 @@ async fn run_case(h: &Harness, c: Case) -> Result<(), TestCaseError> {
         .claim(ClaimRequest { queue: queue.clone(), worker: "w".into(), max: 1, lease_ms: None })
         .await
         .unwrap();
-    let fail = FailItem { id: id2, lease: claimed[0].lease.clone(), error: c.error.clone(), retry: false };
+    let fail = FailItem {
+        id: id2,
+        lease: claimed[0].lease.clone(),
+        error: c.error.clone(),
+        retry: false,
+        pressure: None,
+    };
     h.store.fail(vec![fail]).await.unwrap().pop().unwrap().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let got = h.store.get_job(id2).await.unwrap();
     prop_assert_eq!(got.errors.last().map(|e| e.message.as_str()), Some(c.error.as_str()));

@@ -187,7 +187,7 @@ pub async fn claim_one(h: &Harness, queue: &str) -> ClaimedJob {
 
 pub async fn complete(h: &Harness, id: Uuid, lease: &str) -> Result<()> {
     h.store
-        .complete(vec![CompleteItem { id, lease: lease.into(), result: None }])
+        .complete(vec![CompleteItem { id, lease: lease.into(), result: None, pressure: None }])
         .await
         .unwrap()
         .pop()
@@ -200,7 +200,7 @@ pub async fn heartbeat(h: &Harness, req: HeartbeatRequest) -> Result<HeartbeatOu
 
 pub async fn fail(h: &Harness, id: Uuid, lease: &str, retry: bool) -> Result<FailOutcome> {
     h.store
-        .fail(vec![FailItem { id, lease: lease.into(), error: "boom".into(), retry }])
+        .fail(vec![FailItem { id, lease: lease.into(), error: "boom".into(), retry, pressure: None }])
         .await
         .unwrap()
         .pop()

@@ -118,7 +118,7 @@ async fn run_case(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let m = &mut jobs[pick as usize % n];
                 let lease = m.pick_lease(older);
                 let expect_ok = m.live(&lease, now) || m.completed_with.as_deref() == Some(lease.as_str());
-                let item = CompleteItem { id: m.id, lease: lease.clone(), result: None };
+                let item = CompleteItem { id: m.id, lease: lease.clone(), result: None, pressure: None };
                 let got = h.store.complete(vec![item]).await.unwrap().pop().unwrap();
                 match got {
                     Ok(()) => {
@@ -138,7 +138,8 @@ async fn run_case(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let lease = m.pick_lease(older);
                 let repeat = m.failed_with.as_deref() == Some(lease.as_str());
                 let expect_ok = m.live(&lease, now) || repeat;
-                let item = FailItem { id: m.id, lease: lease.clone(), error: "e".into(), retry };
+                let item =
+                    FailItem { id: m.id, lease: lease.clone(), error: "e".into(), retry, pressure: None };
                 match h.store.fail(vec![item]).await.unwrap().pop().unwrap() {
                     Ok(out) => {
                         prop_assert!(expect_ok, "fail accepted a stale lease");
@@ -161,7 +162,11 @@ async fn run_case(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let m = &mut jobs[pick as usize % n];
                 let lease = m.pick_lease(false);
                 let expect_ok = m.live(&lease, now);
-                match heartbeat(h, HeartbeatRequest { id: m.id, lease: lease.clone(), extend_ms: None }).await
+                match heartbeat(
+                    h,
+                    HeartbeatRequest { id: m.id, lease: lease.clone(), extend_ms: None, pressure: None },
+                )
+                .await
                 {
                     Ok(hb) => {
                         prop_assert!(expect_ok, "heartbeat accepted a stale lease");

@@ -151,7 +151,7 @@ pub async fn limits_max_running_concurrent(h: Harness) {
                 held.fetch_sub(jobs.len() as i64, SeqCst);
                 let items = jobs
                     .iter()
-                    .map(|j| CompleteItem { id: j.id, lease: j.lease.clone(), result: None })
+                    .map(|j| CompleteItem { id: j.id, lease: j.lease.clone(), result: None, pressure: None })
                     .collect();
                 for r in store.complete(items).await.unwrap() {
                     r.unwrap();
