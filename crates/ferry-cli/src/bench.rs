@@ -12,6 +12,11 @@
 //!    then `--broadcast-agents` receivers long-polling channel `all` while one more agent
 //!    broadcasts every 100 ms for `--fanout-secs` (needs the server's `[messages]
 //!    rate_per_min = 0`);
+//! 6. (`convoy`, only when named) convoys: `--jobs` no-op members added to one open convoy in
+//!    batches of `--batch` (four requests in flight, as the e2e phase enqueues), sealed, and
+//!    worked as in the e2e phase, first under `max_parallel` 10,000, then under an adaptive
+//!    limit of 2048..10000 (the controller's cost: it never binds); then `--clients` clients
+//!    each creating 10-member convoys and long-polling each to its end, `--rounds` times;
 //!
 //! and the server's resident memory after each phase (from `GET /v1/server`).
 //!
@@ -103,7 +108,7 @@ pub struct BenchArgs {
     /// Messages: receivers long-polling channel `all` during the broadcast fan-out.
     #[arg(long, default_value_t = 1_000)]
     broadcast_agents: usize,
-    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents and messages only
+    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages and convoy only
     /// when named); e2e, latency, clients by default. `messages` needs the server started with
     /// `[messages] rate_per_min = 0`; its ring uses the largest --agents count and
     /// --fanout-secs, its broadcast fan-out --broadcast-agents and --fanout-secs.
@@ -187,7 +192,8 @@ pub async fn run(a: BenchArgs) -> i32 {
     let client = nodes[0].clone();
     let node = |i: usize| nodes[i % nodes.len()].clone();
     let want = |p: &str| {
-        (a.phases.is_empty() && !matches!(p, "soak" | "fanout" | "overload" | "agents" | "messages"))
+        (a.phases.is_empty()
+            && !matches!(p, "soak" | "fanout" | "overload" | "agents" | "messages" | "convoy"))
             || a.phases.iter().any(|x| x == p)
     };
     let run_id = format!("{:x}", now_us());
@@ -367,7 +373,113 @@ pub async fn run(a: BenchArgs) -> i32 {
     if want("messages") && messages(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
+    if want("convoy") && convoy(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
     0
+}
+
+/// The `convoy` phase: one big convoy under a fixed, then an adaptive limit, end to end;
+/// then many clients creating small convoys and waiting for each.
+async fn convoy(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    use ferry_core::wire::{AdaptiveBody, ConvoyBody, MaxParallelBody, MemberSpec};
+    let fail = |what: &str, e: ClientError| eprintln!("ferry: convoy {what} failed: {e}");
+    for (label, limit) in [
+        ("fixed 10000", MaxParallelBody::Fixed(10_000)),
+        (
+            "adaptive 2048..10000",
+            MaxParallelBody::Adaptive { adaptive: AdaptiveBody { min: 2048, max: 10_000, start: None } },
+        ),
+    ] {
+        let queue = format!("bench-convoy-{run_id}-{}", label.split(' ').next().unwrap_or("x"));
+        let id = format!("{queue}-c");
+        let t0 = Instant::now();
+        let body = ConvoyBody {
+            id: Some(id.clone()),
+            queue: queue.clone(),
+            max_parallel: Some(limit),
+            sealed: Some(false),
+            ..Default::default()
+        };
+        nodes[0].create_convoy(&body).await.map_err(|e| fail("create", e))?;
+        let workers = CountingWorkers::spawn(a, nodes, &queue, "bench-convoy");
+        let mut adds = tokio::task::JoinSet::new();
+        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        let mut left = a.jobs;
+        let mut i = 0;
+        while left > 0 {
+            let n = left.min(a.batch);
+            left -= n;
+            let (c, sem, id) = (nodes[i % nodes.len()].clone(), sem.clone(), id.clone());
+            i += 1;
+            adds.spawn(async move {
+                let _p = sem.acquire().await.expect("open");
+                c.add_convoy_members(&id, &vec![MemberSpec::default(); n]).await
+            });
+        }
+        while let Some(r) = adds.join_next().await {
+            r.expect("task").map_err(|e| fail("add", e))?;
+        }
+        let added = t0.elapsed();
+        nodes[0].seal_convoy(&id).await.map_err(|e| fail("seal", e))?;
+        let end = loop {
+            let c = nodes[0].get_convoy(&id, Some(30_000)).await.map_err(|e| fail("read", e))?;
+            if c.state.is_finished() {
+                break c;
+            }
+        };
+        let total = t0.elapsed();
+        workers.stop().await;
+        println!(
+            "convoy    {label}: {} members added in {:.2} s ({:.0}/s); end to end {:.0} jobs/s; state {}, limit at the end {}; server memory {}",
+            a.jobs,
+            added.as_secs_f64(),
+            a.jobs as f64 / added.as_secs_f64(),
+            a.jobs as f64 / total.as_secs_f64(),
+            end.state.as_str(),
+            end.limit,
+            rss(&nodes[0]).await
+        );
+    }
+    let queue = format!("bench-convoy-{run_id}-small");
+    let workers = CountingWorkers::spawn(a, nodes, &queue, "bench-convoy-small");
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..a.clients {
+        let (client, queue, rounds) = (nodes[c % nodes.len()].clone(), queue.clone(), a.rounds);
+        tasks.spawn(async move {
+            let mut lat = Vec::with_capacity(rounds);
+            for r in 0..rounds {
+                let body = ConvoyBody {
+                    id: Some(format!("{queue}-{c}-{r}")),
+                    queue: queue.clone(),
+                    members: vec![MemberSpec::default(); 10],
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                client.create_convoy(&body).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                let id = format!("{queue}-{c}-{r}");
+                while !client.get_convoy(&id, Some(30_000)).await?.state.is_finished() {}
+            }
+            Ok::<_, ClientError>(lat)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.expect("task").map_err(|e| fail("small", e))?);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    workers.stop().await;
+    all.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+    println!(
+        "convoy    {} clients creating 10-member convoys and waiting for each: {:.0} convoys/s, create p50 {:.2} ms, p99 {:.2} ms",
+        a.clients,
+        all.len() as f64 / secs,
+        pct(&all, 0.5),
+        pct(&all, 0.99)
+    );
+    Ok(())
 }
 
 /// Holds `rate` jobs/s (enqueued in ten batches a second, worked by SDK workers) for `secs`;

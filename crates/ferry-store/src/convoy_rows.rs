@@ -193,11 +193,14 @@ impl ConvoyRow {
 
     /// Notes that `n` members moved from `from` (None: added) to `to`.
     pub fn moved(&mut self, from: Option<JobState>, to: JobState, n: i64) {
-        if let Some(f) = from.and_then(|f| bucket(self, f)) {
-            *f -= n;
-            debug_assert!(*f >= 0, "a convoy counter went negative");
-        } else {
-            self.total += n;
+        match from {
+            None => self.total += n,
+            Some(f) => {
+                if let Some(f) = bucket(self, f) {
+                    *f -= n;
+                    debug_assert!(*f >= 0, "a convoy counter went negative");
+                }
+            }
         }
         if let Some(t) = bucket(self, to) {
             *t += n;
@@ -253,6 +256,11 @@ impl ConvoyRow {
         } else {
             ConvoyState::Completed
         }
+    }
+
+    /// True while it winds down: cancelled, or failed fast; no member starts again.
+    pub fn is_stopping(&self) -> bool {
+        self.is_live() && (self.cancelling || (self.on_failure == OnFailure::FailFast && self.failed > 0))
     }
 
     /// True when this dead member should seal the convoy and cancel the rest (fail_fast).

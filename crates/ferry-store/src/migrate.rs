@@ -267,7 +267,7 @@ pub const TABLES: &[Table] = &[
         name: "convoy_keys",
         columns: &[("convoy_id", Text), ("key", Text), ("job_id", Uuid)],
         key: &["convoy_id", "key"],
-        resumable: true,
+        resumable: false,
         identity: None,
     },
     Table {

@@ -238,7 +238,7 @@ pub const INVARIANT_CHECKS: &[(&str, &str)] = &[
     ("completed job without a recorded attempt", "state = 'completed' AND attempt < 1"),
     (
         "unknown state",
-        "state NOT IN ('scheduled', 'waiting', 'ready', 'running', 'completed', 'dead', 'cancelled')",
+        "state NOT IN ('scheduled', 'waiting', 'held', 'ready', 'running', 'completed', 'dead', 'cancelled')",
     ),
 ];
 

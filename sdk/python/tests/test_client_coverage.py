@@ -121,6 +121,29 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     assert (await c("set_queue_limits", q, max_running=3))["limits"]["max_running"] == 3
     assert (await c("queue_limits", q))["limits"]["max_running"] == 3
 
+    # Convoys.
+    cq, cid = f"{q}-convoy", f"convoy-{tag}"
+    made = await c(
+        "create_convoy",
+        cq,
+        [{"payload": {"n": 0}}],
+        id=cid,
+        max_parallel=1,
+        sealed=False,
+        on_complete={"queue": cq},
+    )
+    assert made["convoy"]["state"] == "open" and len(made["ids"]) == 1
+    added = await c("add_convoy_members", cid, [{"payload": {"n": 1}, "unique_key": f"{tag}-m1"}])
+    assert len(added["ids"]) == 1 and added["duplicates"] == []
+    assert (await c("seal_convoy", cid))["state"] == "sealed"
+    shown = await c("get_convoy", cid, wait_ms=0)
+    assert (shown["counts"]["total"], shown["counts"]["ready"], shown["counts"]["held"]) == (2, 1, 1)
+    members = await c("convoy_members", cid, limit=1)
+    assert [m["id"] for m in members["members"]] == made["ids"] and members["next_cursor"]
+    assert [v["id"] for v in (await c("list_convoys", queue=cq))["convoys"]] == [cid]
+    cancelled = await c("cancel_convoy", cid)
+    assert cancelled["state"] == "cancelled" and cancelled["counts"]["cancelled"] == 2
+
     # Schedules.
     name = f"sched-{tag}"
     created = await c("create_schedule", name, "@daily", {"queue": q}, timezone="UTC")

@@ -469,6 +469,13 @@ async fn openapi_document_covers_every_route() {
         ("put", "/v1/agents/{agent}/channels"),
         ("get", "/v1/agents"),
         ("get", "/v1/agents/{agent}"),
+        ("post", "/v1/convoys"),
+        ("get", "/v1/convoys"),
+        ("get", "/v1/convoys/{id}"),
+        ("get", "/v1/convoys/{id}/members"),
+        ("post", "/v1/convoys/{id}/members"),
+        ("post", "/v1/convoys/{id}/seal"),
+        ("post", "/v1/convoys/{id}/cancel"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in expected {

@@ -1421,6 +1421,41 @@ fn variants(key: &str, fx: &Fx, who: usize) -> Option<Vec<Variant>> {
             )
             .forbidden(),
         ],
+        "POST /v1/convoys" => vec![
+            v("create a convoy on b", post("/v1/convoys", json!({"queue": "b", "members": [{}]})))
+                .forbidden(),
+            v(
+                "create a convoy on a that completes on b",
+                post("/v1/convoys", json!({"queue": "a", "on_complete": {"queue": "b"}})),
+            )
+            .forbidden(),
+        ],
+        "GET /v1/convoys" => vec![
+            v("list b's convoys", get("/v1/convoys?queue=b")).forbidden(),
+            v("list convoys (narrowed to a)", get("/v1/convoys")),
+        ],
+        "GET /v1/convoys/{id}" => {
+            vec![v("read an unknown convoy", get("/v1/convoys/nosuch-convoy")).forbidden()]
+        }
+        "GET /v1/convoys/{id}/members" => {
+            vec![v("list an unknown convoy's members", get("/v1/convoys/nosuch-convoy/members")).forbidden()]
+        }
+        "POST /v1/convoys/{id}/members" => vec![
+            v(
+                "add to an unknown convoy",
+                post("/v1/convoys/nosuch-convoy/members", json!({"members": [{}]})),
+            )
+            .forbidden(),
+        ],
+        "POST /v1/convoys/{id}/seal" => {
+            vec![v("seal an unknown convoy", post("/v1/convoys/nosuch-convoy/seal", json!({}))).forbidden()]
+        }
+        "POST /v1/convoys/{id}/cancel" => {
+            vec![
+                v("cancel an unknown convoy", post("/v1/convoys/nosuch-convoy/cancel", json!({})))
+                    .forbidden(),
+            ]
+        }
         "DELETE /v1/hosts/{name}" => vec![
             v("remove a host", req(Method::DELETE, "/v1/hosts/host-1?queue=a", None)),
             v("remove an unknown host", req(Method::DELETE, "/v1/hosts/nosuch-host?queue=a", None)),

@@ -279,7 +279,6 @@ impl CompleteItemBody {
     pub fn validate(&self, index: usize, limits: &Limits) -> Result<Uuid> {
         let id = item_id(&self.id)?;
         lease_present(&self.lease, &format!("items[{index}].lease"))?;
-        validate::pressure(self.pressure, &format!("items[{index}].pressure"))?;
         if let Some(r) = &self.result {
             validate::json_size(r, limits.max_result_bytes, &format!("items[{index}].result"))?;
         }
@@ -321,7 +320,6 @@ impl FailItemBody {
     pub fn validate(&self, index: usize) -> Result<Uuid> {
         let id = item_id(&self.id)?;
         lease_present(&self.lease, &format!("items[{index}].lease"))?;
-        validate::pressure(self.pressure, &format!("items[{index}].pressure"))?;
         Ok(id)
     }
 }

@@ -405,6 +405,9 @@ pub async fn complete_batch(
     JsonBody(body): JsonBody<ItemsBody<CompleteItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
     body.validate(&st.limits)?;
+    for (i, Obj(it)) in body.items.iter().enumerate() {
+        validate::pressure(it.pressure, &format!("items[{i}].pressure"))?;
+    }
     let checked: Vec<_> = body
         .items
         .into_iter()
@@ -446,6 +449,9 @@ pub async fn fail_batch(
     JsonBody(body): JsonBody<ItemsBody<FailItemBody>>,
 ) -> ApiResult<Json<BatchResponse>> {
     body.validate(&st.limits)?;
+    for (i, Obj(it)) in body.items.iter().enumerate() {
+        validate::pressure(it.pressure, &format!("items[{i}].pressure"))?;
+    }
     let checked: Vec<_> = body
         .items
         .into_iter()

@@ -233,10 +233,12 @@ pub async fn release_lost_workers(
         )
         .await
         .map_err(pg_err)?;
+    let mut moves = Vec::new();
     for r in held {
         let worker: String = r.col(1)?;
-        jobs::take_back(tx, now, r.col(0)?, Expiry::WorkerLost(&worker), limits, w).await?;
+        jobs::take_back(tx, now, r.col(0)?, Expiry::WorkerLost(&worker), limits, &mut moves, w).await?;
     }
+    super::convoys::members_moved(tx, now, moves, limits, w).await?;
     Ok(lost)
 }
 

@@ -400,7 +400,9 @@ async fn cancel_rest(tx: &Transaction<'_>, now: i64, row: &mut ConvoyRow, w: &mu
 }
 
 /// Brings `row` in line with its limit, ends it when it is done, and records progress.
-/// Members other transactions hold (a claim in flight) are skipped, never waited for.
+/// Members other transactions hold (a claim in flight) are skipped, never waited for. The
+/// picks are CTEs: PostgreSQL runs a locking CTE once, whereas an `IN (SELECT … LIMIT n FOR
+/// UPDATE)` subquery may be run again by the plan and move more than n rows.
 async fn settle(
     tx: &Transaction<'_>,
     now: i64,
@@ -412,10 +414,10 @@ async fn settle(
     if surplus > 0 {
         let stmt = tx
             .prepare_cached(
-                "UPDATE jobs SET state = 'held', updated_at = $1
-                 WHERE seq IN (SELECT seq FROM jobs WHERE convoy_id = $2 AND state = 'ready'
-                               ORDER BY priority, seq DESC LIMIT $3 FOR UPDATE SKIP LOCKED)
-                    AND state = 'ready'",
+                "WITH picked AS (SELECT seq FROM jobs WHERE convoy_id = $2 AND state = 'ready'
+                                 ORDER BY priority, seq DESC LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 UPDATE jobs SET state = 'held', updated_at = $1 FROM picked
+                 WHERE jobs.seq = picked.seq AND jobs.state = 'ready'",
             )
             .await
             .map_err(pg_err)?;
@@ -426,10 +428,10 @@ async fn settle(
     if free > 0 {
         let stmt = tx
             .prepare_cached(
-                "UPDATE jobs SET state = 'ready', run_at = $1, updated_at = $1
-                 WHERE seq IN (SELECT seq FROM jobs WHERE convoy_id = $2 AND state = 'held'
-                               ORDER BY priority DESC, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
-                    AND state = 'held'",
+                "WITH picked AS (SELECT seq FROM jobs WHERE convoy_id = $2 AND state = 'held'
+                                 ORDER BY priority DESC, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 UPDATE jobs SET state = 'ready', run_at = $1, updated_at = $1 FROM picked
+                 WHERE jobs.seq = picked.seq AND jobs.state = 'held'",
             )
             .await
             .map_err(pg_err)?;
@@ -494,29 +496,49 @@ pub async fn member_moved(
     limits: &Limits,
     w: &mut Effects,
 ) -> Result<()> {
-    let Some(mut row) = lock(tx, convoy_id).await? else { return Ok(()) };
-    row.moved(Some(mv.from), mv.to, 1);
-    if let Some(p) = mv.pressure {
-        row.pressure(p);
-    }
-    if let Some((started_at, failed)) = mv.attempt
-        && let Some(change) = row.sample(now, started_at, failed)
-    {
-        w.events.push(row.limit_event(now, &change));
-        crate::metrics::limit_changed(change.reason);
-    }
-    if mv.to == JobState::Dead && row.fails_fast() {
-        row.state = ConvoyState::Sealed;
-        cancel_rest(tx, now, &mut row, w).await?;
-    }
-    settle(tx, now, &mut row, limits, w).await?;
-    save(tx, &row).await
+    members_moved(tx, now, vec![(convoy_id.to_string(), mv)], limits, w).await
 }
 
-/// A member's worker reported its load with a heartbeat.
-pub async fn member_pressure(tx: &Transaction<'_>, convoy_id: &str, p: f64) -> Result<()> {
-    let Some(mut row) = lock(tx, convoy_id).await? else { return Ok(()) };
-    if row.pressure(p) {
+/// Several members moved in one transaction (a batch of completions): each convoy is locked
+/// (in id order, so two batches never wait on each other), settled and written once.
+pub async fn members_moved(
+    tx: &Transaction<'_>,
+    now: i64,
+    mut moves: Vec<(String, Move)>,
+    limits: &Limits,
+    w: &mut Effects,
+) -> Result<()> {
+    moves.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rest = moves.as_slice();
+    while let Some((convoy_id, _)) = rest.first() {
+        let n = rest.iter().take_while(|(c, _)| c == convoy_id).count();
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        let Some(mut row) = lock(tx, convoy_id).await? else { continue };
+        if !row.is_live() {
+            continue;
+        }
+        for (_, mv) in group {
+            row.moved(Some(mv.from), mv.to, 1);
+            if let Some(p) = mv.pressure {
+                row.pressure(p);
+            }
+            if let Some((started_at, failed)) = mv.attempt
+                && let Some(change) = row.sample(now, started_at, failed)
+            {
+                w.events.push(row.limit_event(now, &change));
+                crate::metrics::limit_changed(change.reason);
+            }
+            if mv.to == JobState::Dead && row.fails_fast() {
+                row.state = ConvoyState::Sealed;
+                cancel_rest(tx, now, &mut row, w).await?;
+            }
+        }
+        if row.is_stopping() {
+            // A member of a cancelled or failed-fast convoy that went back to retry stops here.
+            cancel_rest(tx, now, &mut row, w).await?;
+        }
+        settle(tx, now, &mut row, limits, w).await?;
         save(tx, &row).await?;
     }
     Ok(())
@@ -557,7 +579,7 @@ async fn list(c: &Client, filter: &ConvoyFilter, limit: usize, cursor: Option<i6
         .map_err(pg_err)?;
     let more = rows.len() > limit;
     let mut items = Vec::with_capacity(rows.len().min(limit));
-    let mut last = 0;
+    let mut last: i64 = 0;
     for r in rows.iter().take(limit) {
         let row = decode(r)?.decode()?;
         last = row.seq;
@@ -587,7 +609,7 @@ async fn members(
         c.query(sql.as_str(), &[&id, &cursor.unwrap_or(0), &(limit as i64 + 1)]).await.map_err(pg_err)?;
     let more = rows.len() > limit;
     let mut items = Vec::with_capacity(rows.len().min(limit));
-    let mut last = 0;
+    let mut last: i64 = 0;
     for r in rows.iter().take(limit) {
         last = r.col(0)?;
         items.push(MemberView {
@@ -613,6 +635,10 @@ async fn prune(tx: &Transaction<'_>, before_ms: i64, max: usize) -> Result<u64> 
         .map_err(pg_err)?;
     let ids = rows.iter().map(|r| r.col(0)).collect::<Result<Vec<String>>>()?;
     tx.execute("DELETE FROM convoy_keys WHERE convoy_id = ANY($1)", &[&ids]).await.map_err(pg_err)?;
+    // Members outlive their convoy as plain jobs: a new convoy of the same id shares nothing.
+    tx.execute("UPDATE jobs SET convoy_id = NULL WHERE convoy_id = ANY($1)", &[&ids])
+        .await
+        .map_err(pg_err)?;
     Ok(ids.len() as u64)
 }
 

@@ -383,7 +383,13 @@ async fn lease_failure(tx: &Transaction<'_>, id: Uuid) -> Result<Error> {
 }
 
 /// Extends a live lease.
-pub async fn heartbeat(tx: &Transaction<'_>, now: i64, req: &HeartbeatRequest) -> Result<HeartbeatOutcome> {
+/// A member's reported pressure is pushed to `moves` (a move from running to running).
+pub async fn heartbeat(
+    tx: &Transaction<'_>,
+    now: i64,
+    req: &HeartbeatRequest,
+    moves: &mut Vec<(String, Move)>,
+) -> Result<HeartbeatOutcome> {
     let (id, lease) = (req.id, req.lease.as_str());
     let row = tx
         .query_opt(
@@ -397,7 +403,8 @@ pub async fn heartbeat(tx: &Transaction<'_>, now: i64, req: &HeartbeatRequest) -
     match row {
         Some(r) => {
             if let (Some(cid), Some(p)) = (r.col::<Option<String>>(1)?, req.pressure) {
-                super::convoys::member_pressure(tx, &cid, p).await?;
+                let (from, to) = (JobState::Running, JobState::Running);
+                moves.push((cid, Move { from, to, attempt: None, pressure: Some(p) }));
             }
             Ok(HeartbeatOutcome { id, lease_expires_at: Timestamp(r.col(0)?) })
         }
@@ -462,7 +469,6 @@ pub async fn complete_many(
         .await
         .map_err(pg_err)?;
     let mut done = std::collections::HashSet::with_capacity(rows.len());
-    // Members' convoys are locked in id order, so two batches never wait on each other.
     let mut members: Vec<(String, Uuid, Option<i64>)> = Vec::new();
     for r in &rows {
         done.insert((r.col::<Uuid>(0)?, r.col::<String>(1)?));
@@ -474,17 +480,15 @@ pub async fn complete_many(
             members.push((cid, r.col(0)?, r.col(6)?));
         }
     }
-    members.sort();
-    for (cid, id, started_at) in members {
-        let pressure = items.iter().find(|i| i.id == id).and_then(|i| i.pressure);
-        let mv = Move {
-            from: JobState::Running,
-            to: JobState::Completed,
-            attempt: Some((started_at, false)),
-            pressure,
-        };
-        super::convoys::member_moved(tx, now, &cid, mv, limits, w).await?;
-    }
+    let moves = members
+        .into_iter()
+        .map(|(cid, id, started_at)| {
+            let pressure = items.iter().find(|i| i.id == id).and_then(|i| i.pressure);
+            let attempt = Some((started_at, false));
+            (cid, Move { from: JobState::Running, to: JobState::Completed, attempt, pressure })
+        })
+        .collect();
+    super::convoys::members_moved(tx, now, moves, limits, w).await?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         if done.remove(&(item.id, item.lease.clone())) {
@@ -657,12 +661,16 @@ async fn lock_job(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Leased>> {
 }
 
 /// Records one failure: a retry after backoff, or the dead-letter queue.
+/// A member's move is pushed to `moves`: the caller applies them once every member row is
+/// locked (member rows, then convoys in id order: the lock order that keeps batches from
+/// deadlocking).
 pub async fn fail(
     tx: &Transaction<'_>,
     now: i64,
     item: FailItem,
     limits: &Limits,
     u: f64,
+    moves: &mut Vec<(String, Move)>,
     w: &mut Effects,
 ) -> Result<FailOutcome> {
     let Some(job) = lock_job(tx, item.id).await? else {
@@ -697,9 +705,11 @@ pub async fn fail(
         JobState::Scheduled => w.due(run_at),
         _ => {}
     }
-    if let Some(cid) = &job.convoy_id {
-        let mv = Move { from: JobState::Running, to: state, attempt: Some((job.started_at, true)), pressure };
-        super::convoys::member_moved(tx, now, cid, mv, limits, w).await?;
+    if let Some(cid) = job.convoy_id {
+        moves.push((
+            cid,
+            Move { from: JobState::Running, to: state, attempt: Some((job.started_at, true)), pressure },
+        ));
     }
     let run_at = (state == JobState::Scheduled).then_some(Timestamp(run_at));
     Ok(FailOutcome { id, state, attempt: job.attempt, run_at })
@@ -780,13 +790,15 @@ pub async fn reap(
         .await
         .map_err(pg_err)?;
     let mut out = ReapOutcome::default();
+    let mut moves = Vec::new();
     for r in expired {
-        match take_back(tx, now, r.col(0)?, Expiry::LeaseExpired, limits, w).await? {
+        match take_back(tx, now, r.col(0)?, Expiry::LeaseExpired, limits, &mut moves, w).await? {
             Some(JobState::Dead) => out.dead += 1,
             Some(_) => out.requeued += 1,
             None => {}
         }
     }
+    super::convoys::members_moved(tx, now, moves, limits, w).await?;
     Ok(out)
 }
 
@@ -801,6 +813,7 @@ pub(super) async fn take_back(
     id: Uuid,
     why: Expiry<'_>,
     limits: &Limits,
+    moves: &mut Vec<(String, Move)>,
     w: &mut Effects,
 ) -> Result<Option<JobState>> {
     let Some(job) = lock_job(tx, id).await? else { return Ok(None) };
@@ -836,14 +849,9 @@ pub(super) async fn take_back(
     } else {
         w.wake(&job.queue);
     }
-    if let Some(cid) = &job.convoy_id {
-        let mv = Move {
-            from: JobState::Running,
-            to: state,
-            attempt: Some((job.started_at, true)),
-            pressure: None,
-        };
-        super::convoys::member_moved(tx, now, cid, mv, limits, w).await?;
+    if let Some(cid) = job.convoy_id {
+        let attempt = Some((job.started_at, true));
+        moves.push((cid, Move { from: JobState::Running, to: state, attempt, pressure: None }));
     }
     Ok(Some(state))
 }
@@ -1190,18 +1198,21 @@ impl JobStore for PgStore {
     }
 
     async fn heartbeat(&self, items: Vec<HeartbeatRequest>) -> Result<Vec<Result<HeartbeatOutcome>>> {
+        let limits = self.limits.clone();
         let out = self
-            .tx("heartbeat", move |tx, now, _| {
+            .tx("heartbeat", move |tx, now, w| {
                 boxed!({
                     let mut out = Vec::with_capacity(items.len());
+                    let mut moves = Vec::new();
                     for req in items {
-                        out.push(match super::jobs::heartbeat(tx, now, &req).await {
+                        out.push(match super::jobs::heartbeat(tx, now, &req, &mut moves).await {
                             Err(e) if is_storage_error(&e) => {
                                 return Err(e);
                             }
                             r => r,
                         });
                     }
+                    super::convoys::members_moved(tx, now, moves, &limits, w).await?;
                     Ok(out)
                 })
             })
@@ -1236,15 +1247,17 @@ impl JobStore for PgStore {
             .tx("fail", move |tx, now, w| {
                 boxed!({
                     let mut out = Vec::with_capacity(items.len());
+                    let mut moves = Vec::new();
                     for item in items {
                         let u: f64 = rand::random();
-                        out.push(match super::jobs::fail(tx, now, item, &limits, u, w).await {
+                        out.push(match super::jobs::fail(tx, now, item, &limits, u, &mut moves, w).await {
                             Err(e) if is_storage_error(&e) => {
                                 return Err(e);
                             }
                             r => r,
                         });
                     }
+                    super::convoys::members_moved(tx, now, moves, &limits, w).await?;
                     Ok(out)
                 })
             })

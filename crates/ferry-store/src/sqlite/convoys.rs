@@ -391,23 +391,52 @@ pub fn member_moved(
     limits: &Limits,
     fx: &mut Effects,
 ) -> Result<()> {
-    let Some(mut row) = load(conn, convoy_id)? else { return Ok(()) };
-    row.moved(Some(mv.from), mv.to, 1);
-    if let Some(p) = mv.pressure {
-        row.pressure(p);
+    members_moved(conn, now, vec![(convoy_id.to_string(), mv)], limits, fx)
+}
+
+/// Several members moved in one command (a batch of completions): each convoy is read,
+/// settled and written once for all of its moves.
+pub fn members_moved(
+    conn: &Connection,
+    now: i64,
+    mut moves: Vec<(String, Move)>,
+    limits: &Limits,
+    fx: &mut Effects,
+) -> Result<()> {
+    moves.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rest = moves.as_slice();
+    while let Some((convoy_id, _)) = rest.first() {
+        let n = rest.iter().take_while(|(c, _)| c == convoy_id).count();
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        let Some(mut row) = load(conn, convoy_id)? else { continue };
+        if !row.is_live() {
+            continue;
+        }
+        for (_, mv) in group {
+            row.moved(Some(mv.from), mv.to, 1);
+            if let Some(p) = mv.pressure {
+                row.pressure(p);
+            }
+            if let Some((started_at, failed)) = mv.attempt
+                && let Some(change) = row.sample(now, started_at, failed)
+            {
+                fx.event(row.limit_event(now, &change));
+                crate::metrics::limit_changed(change.reason);
+            }
+            if mv.to == JobState::Dead && row.fails_fast() {
+                row.state = ConvoyState::Sealed;
+                cancel_rest(conn, now, &mut row, fx)?;
+            }
+        }
+        if row.is_stopping() {
+            // A member of a cancelled or failed-fast convoy that went back to retry stops here.
+            cancel_rest(conn, now, &mut row, fx)?;
+        }
+        settle(conn, now, &mut row, limits, fx)?;
+        save(conn, &row)?;
     }
-    if let Some((started_at, failed)) = mv.attempt
-        && let Some(change) = row.sample(now, started_at, failed)
-    {
-        fx.event(row.limit_event(now, &change));
-        crate::metrics::limit_changed(change.reason);
-    }
-    if mv.to == JobState::Dead && row.fails_fast() {
-        row.state = ConvoyState::Sealed;
-        cancel_rest(conn, now, &mut row, fx)?;
-    }
-    settle(conn, now, &mut row, limits, fx)?;
-    save(conn, &row)
+    Ok(())
 }
 
 /// A member's worker reported its load with a heartbeat.
@@ -530,7 +559,8 @@ pub fn members(
     Ok(Page { items, next_cursor: more.then(|| last.to_string()) })
 }
 
-/// Deletes convoys that ended at or before `before_ms`, with their member keys.
+/// Deletes convoys that ended at or before `before_ms`, with their member keys; their
+/// members stay, as plain jobs.
 pub fn prune(conn: &Connection, before_ms: i64, max: usize) -> Result<u64> {
     let ids: Vec<String> = conn
         .prepare_cached(
@@ -540,8 +570,12 @@ pub fn prune(conn: &Connection, before_ms: i64, max: usize) -> Result<u64> {
         .and_then(|mut s| s.query_map(params![before_ms, max as i64], |r| r.get(0))?.collect())
         .map_err(db_err)?;
     let mut keys = conn.prepare_cached("DELETE FROM convoy_keys WHERE convoy_id = ?1").map_err(db_err)?;
+    // Members outlive their convoy as plain jobs: a new convoy of the same id shares nothing.
+    let mut detach =
+        conn.prepare_cached("UPDATE jobs SET convoy_id = NULL WHERE convoy_id = ?1").map_err(db_err)?;
     for id in &ids {
         keys.execute([id]).map_err(db_err)?;
+        detach.execute([id]).map_err(db_err)?;
     }
     Ok(ids.len() as u64)
 }

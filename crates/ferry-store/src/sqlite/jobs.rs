@@ -286,12 +286,13 @@ fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
     Ok(if exists.is_some() { Error::stale_lease(id) } else { Error::job_not_found(id) })
 }
 
-/// Records one completion; a repeat with the lease that completed the job succeeds again.
+/// Records one completion; a repeat with the lease that completed the job succeeds again. A
+/// completed member's move is pushed to `moves`, for the caller to apply once per convoy.
 pub fn complete(
     conn: &Connection,
     now: i64,
     item: CompleteItem,
-    limits: &Limits,
+    moves: &mut Vec<(String, Move)>,
     fx: &mut Effects,
 ) -> Result<()> {
     // seq, has_dependants, queue, tags, started_at, convoy_id
@@ -325,7 +326,7 @@ pub fn complete(
                     attempt: Some((started_at, false)),
                     pressure: item.pressure,
                 };
-                super::convoys::member_moved(conn, now, &cid, mv, limits, fx)?;
+                moves.push((cid, mv));
             }
             Ok(())
         }
@@ -1031,7 +1032,10 @@ impl JobStore for SqliteStore {
         let limits = self.limits.clone();
         let out = self
             .write("complete", move |c, now, fx| {
-                each_item(items, |item| super::jobs::complete(c, now, item, &limits, fx))
+                let mut moves = Vec::new();
+                let out = each_item(items, |item| super::jobs::complete(c, now, item, &mut moves, fx))?;
+                super::convoys::members_moved(c, now, moves, &limits, fx)?;
+                Ok(out)
             })
             .await;
         self.metrics.stale_items(out)

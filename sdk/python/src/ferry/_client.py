@@ -53,6 +53,11 @@ from ferry.types import (
     BroadcastResult,
     ChannelCursor,
     ClaimedJob,
+    Convoy,
+    ConvoyCreated,
+    ConvoyMembersAdded,
+    ConvoyMembersPage,
+    ConvoysPage,
     DeadMessage,
     DeadMessagesPage,
     Deleted,
@@ -205,6 +210,21 @@ class AsyncAgentPager(_AsyncPager[AgentsPage, AgentInfo]):
     _key = "agents"
 
 
+def _max_parallel(max_parallel: int | None, adaptive: Sequence[int] | Mapping[str, Any] | None) -> Any:
+    """`create_convoy`'s wire `max_parallel`: a number, `{"adaptive": {min, max, start?}}`, or
+    None (not sent: the server's default)."""
+    if adaptive is None:
+        return max_parallel
+    if max_parallel is not None:
+        raise ValueError("give max_parallel or adaptive, not both")
+    if isinstance(adaptive, Mapping):
+        return {"adaptive": dict(adaptive)}
+    bounds = list(adaptive)
+    if len(bounds) not in (2, 3):
+        raise ValueError("adaptive is (min, max) or (min, max, start)")
+    return {"adaptive": dict(zip(("min", "max", "start"), bounds, strict=False))}
+
+
 class AsyncClient:
     """A ferry server for asyncio code (what `ferry.Worker` uses).
 
@@ -319,13 +339,22 @@ class AsyncClient:
 
     @operation("POST", "/v1/jobs/{id}/heartbeat")
     async def heartbeat(
-        self, id: str, lease: str, *, extend_ms: int | None = None, worker: str | None = None
+        self,
+        id: str,
+        lease: str,
+        *,
+        extend_ms: int | None = None,
+        worker: str | None = None,
+        pressure: float | None = None,
     ) -> HeartbeatOutcome:
         """Extends a lease (by the job's `lease_ms`, or `extend_ms`); `StaleLease` when it is
-        lost. Lease-fenced, so retried."""
+        lost. `pressure` (0.0 to 1.0) reports the worker's load to an adaptive convoy.
+        Lease-fenced, so retried."""
         body: dict[str, Any] = {"lease": lease}
         if extend_ms is not None:
             body["extend_ms"] = extend_ms
+        if pressure is not None:
+            body["pressure"] = pressure
         if worker or self._name:
             body["worker"] = worker or self._name
         out = await self._t.call("POST", f"/v1/jobs/{_seg(id)}/heartbeat", body=body, has_body=True)
@@ -335,7 +364,7 @@ class AsyncClient:
     async def heartbeat_batch(
         self, items: list[dict[str, Any]], *, worker: str | None = None
     ) -> list[HeartbeatResult]:
-        """Extends many leases at once (items `{id, lease, extend_ms?}`); one result per item,
+        """Extends many leases at once (items `{id, lease, extend_ms?, pressure?}`); one result per item,
         in order, `ok: false` with `stale_lease` for a lost one. Lease-fenced, so retried."""
         body: dict[str, Any] = {"items": items}
         if worker or self._name:
@@ -344,20 +373,30 @@ class AsyncClient:
         return cast("list[HeartbeatResult]", out["results"])
 
     @operation("POST", "/v1/jobs/{id}/complete")
-    async def complete(self, id: str, lease: str, result: Any = None) -> StateResult:
+    async def complete(
+        self, id: str, lease: str, result: Any = None, *, pressure: float | None = None
+    ) -> StateResult:
         """Completes a job with an optional JSON `result`; `StaleLease` if the lease was lost
-        (the work is discarded). Lease-fenced, so retried."""
+        (the work is discarded). `pressure` (0.0 to 1.0) reports the worker's load to an
+        adaptive convoy. Lease-fenced, so retried."""
         body: dict[str, Any] = {"lease": lease}
         if result is not None:
             body["result"] = result
+        if pressure is not None:
+            body["pressure"] = pressure
         out = await self._t.call("POST", f"/v1/jobs/{_seg(id)}/complete", body=body, has_body=True)
         return cast(StateResult, out)
 
     @operation("POST", "/v1/jobs/{id}/fail")
-    async def fail(self, id: str, lease: str, error: str = "", *, retry: bool = True) -> FailResult:
+    async def fail(
+        self, id: str, lease: str, error: str = "", *, retry: bool = True, pressure: float | None = None
+    ) -> FailResult:
         """Fails an attempt: retried after backoff, or dead at `max_attempts` or with
-        `retry=False`. Lease-fenced, so the request itself is retried."""
-        body = {"lease": lease, "error": error, "retry": retry}
+        `retry=False`; `pressure` (0.0 to 1.0) reports the worker's load to an adaptive convoy.
+        Lease-fenced, so the request itself is retried."""
+        body: dict[str, Any] = {"lease": lease, "error": error, "retry": retry}
+        if pressure is not None:
+            body["pressure"] = pressure
         out = await self._t.call("POST", f"/v1/jobs/{_seg(id)}/fail", body=body, has_body=True)
         return cast(FailResult, out)
 
@@ -370,15 +409,15 @@ class AsyncClient:
 
     @operation("POST", "/v1/jobs/complete")
     async def complete_batch(self, items: list[dict[str, Any]]) -> list[BatchResult]:
-        """Completes many jobs (items `{id, lease, result?}`), each on its own; one result per
-        item, in order. Lease-fenced, so retried."""
+        """Completes many jobs (items `{id, lease, result?, pressure?}`), each on its own; one
+        result per item, in order. Lease-fenced, so retried."""
         out = await self._t.call("POST", "/v1/jobs/complete", body={"items": items}, has_body=True)
         return cast("list[BatchResult]", out["results"])
 
     @operation("POST", "/v1/jobs/fail")
     async def fail_batch(self, items: list[dict[str, Any]]) -> list[BatchResult]:
-        """Fails many attempts (items `{id, lease, error, retry?}`), each on its own; one result
-        per item, in order. Lease-fenced, so retried."""
+        """Fails many attempts (items `{id, lease, error, retry?, pressure?}`), each on its own;
+        one result per item, in order. Lease-fenced, so retried."""
         out = await self._t.call("POST", "/v1/jobs/fail", body={"items": items}, has_body=True)
         return cast("list[BatchResult]", out["results"])
 
@@ -472,6 +511,116 @@ class AsyncClient:
         """Deletes dead jobs (by `ids`, or every one of `queue`)."""
         body = _selector(ids, queue)
         return cast(PurgeResult, await self._t.call("POST", "/v1/dlq/purge", body=body, has_body=True))
+
+    # ---- convoys -------------------------------------------------------------------------------
+
+    @operation("POST", "/v1/convoys")
+    async def create_convoy(
+        self,
+        queue: str,
+        members: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        max_parallel: int | None = None,
+        adaptive: Sequence[int] | Mapping[str, Any] | None = None,
+        sealed: bool = True,
+        on_failure: str | None = None,
+        on_complete: Mapping[str, Any] | None = None,
+    ) -> ConvoyCreated:
+        """Creates a convoy, so a fan-out of jobs runs under one parallelism limit and ends in
+        one `on_complete` job; `{"convoy", "ids", "duplicates"}`.
+
+        `members` are job specs without `queue`, `depends_on`, `run_at`, `delay_ms` (a
+        member's `unique_key` dedups within the convoy: `duplicates` lists their indexes).
+        At most `max_parallel` (default 10,000) run at once, or a limit tuned within
+        `adaptive` (`(min, max)`, `(min, max, start)` or a dict of those keys; not both).
+        `sealed=False` keeps it open for `add_convoy_members` until `seal_convoy`;
+        `on_failure` is `continue` (default) or `fail_fast`; `on_complete` is a job spec
+        (with its `queue`, no `unique_key` or `depends_on`) enqueued once when it ends. `id`
+        is the client's (1 to 128 of `[A-Za-z0-9._:-]`), else the server's UUIDv7; the same
+        `id` again answers the convoy with `duplicate: true`, `ids` empty, nothing added
+        (`Conflict` with `details["fields"]` when `name`, `queue` or `max_parallel` differ).
+
+        Retried (429, 503, connection failures) with an `id` (a repeat is a duplicate: after
+        a lost answer the member ids come from `convoy_members`); without one only when the
+        server refused it before writing (429, 503 `server_saturated`/`circuit_open`)."""
+        body: dict[str, Any] = {"queue": queue, "sealed": sealed}
+        if members is not None:
+            body["members"] = [dict(m) for m in members]
+        body.update(
+            _some(
+                id=id,
+                name=name,
+                max_parallel=_max_parallel(max_parallel, adaptive),
+                on_failure=on_failure,
+            )
+        )
+        if on_complete is not None:
+            body["on_complete"] = dict(on_complete)
+        retry = ALWAYS if id else REFUSED
+        out = await self._t.call("POST", "/v1/convoys", body=body, has_body=True, retry=retry)
+        return cast(ConvoyCreated, out)
+
+    @operation("POST", "/v1/convoys/{id}/members")
+    async def add_convoy_members(self, id: str, members: Sequence[Mapping[str, Any]]) -> ConvoyMembersAdded:
+        """Adds member specs to an open convoy, all or nothing; `{"ids", "duplicates"}`
+        (indexes whose `unique_key` matched an earlier member: nothing added for them).
+        `InvalidState` once it is sealed or ended, `NotFound` for an unknown convoy. Retried
+        (429, 503, connection failures) only when every member has a `unique_key`; otherwise
+        only when the server refused it before writing."""
+        specs = [dict(m) for m in members]
+        retry = ALWAYS if specs and all(m.get("unique_key") for m in specs) else REFUSED
+        path = f"/v1/convoys/{_seg(id)}/members"
+        out = await self._t.call("POST", path, body={"members": specs}, has_body=True, retry=retry)
+        return cast(ConvoyMembersAdded, out)
+
+    @operation("POST", "/v1/convoys/{id}/seal")
+    async def seal_convoy(self, id: str) -> Convoy:
+        """Seals a convoy, so it ends once its members have (at once if none is live); the
+        convoy. Sealing again changes nothing, so retried."""
+        return cast(Convoy, await self._t.call("POST", f"/v1/convoys/{_seg(id)}/seal"))
+
+    @operation("POST", "/v1/convoys/{id}/cancel")
+    async def cancel_convoy(self, id: str) -> Convoy:
+        """Stops a convoy: seals it and cancels every member not running (running ones finish);
+        it ends `cancelled` once none is live. The convoy; `InvalidState` once it completed or
+        failed. Cancelling again changes nothing, so retried."""
+        return cast(Convoy, await self._t.call("POST", f"/v1/convoys/{_seg(id)}/cancel"))
+
+    @operation("GET", "/v1/convoys/{id}")
+    async def get_convoy(self, id: str, *, wait_ms: int | None = None) -> Convoy:
+        """One convoy with its `state`, `limit` and `counts`. With `wait_ms`, a long-poll:
+        answers once the convoy has ended, or when `wait_ms` ends (then as it is)."""
+        path = f"/v1/convoys/{_seg(id)}"
+        out = await self._t.call("GET", path, params=_some(wait_ms=wait_ms) or None, wait_ms=wait_ms or 0)
+        return cast(Convoy, out)
+
+    @operation("GET", "/v1/convoys")
+    async def list_convoys(
+        self,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> ConvoysPage:
+        """One page of convoys, oldest first, optionally of one `state` (`open`, `sealed`,
+        `completed`, `failed`, `cancelled`) and `queue`: `{"convoys", "next_cursor"}`; pass
+        `next_cursor` back as `cursor` for the next."""
+        params = _some(state=state, queue=queue, limit=limit, cursor=cursor)
+        return cast(ConvoysPage, await self._t.call("GET", "/v1/convoys", params=params or None))
+
+    @operation("GET", "/v1/convoys/{id}/members")
+    async def convoy_members(
+        self, id: str, *, state: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> ConvoyMembersPage:
+        """One page of a convoy's members in the order added, optionally of one job `state`
+        (`held`, `ready`, `running`, `scheduled`, `completed`, `dead`, `cancelled`):
+        `{"members", "next_cursor"}`; pass `next_cursor` back as `cursor` for the next."""
+        params = _some(state=state, limit=limit, cursor=cursor)
+        path = f"/v1/convoys/{_seg(id)}/members"
+        return cast(ConvoyMembersPage, await self._t.call("GET", path, params=params or None))
 
     # ---- schedules -----------------------------------------------------------------------------
 

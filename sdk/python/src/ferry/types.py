@@ -133,6 +133,7 @@ class Job(TypedDict):
     result: NotRequired[Any]
     errors: list[ErrorRecord]
     cancel_reason: NotRequired[str | None]
+    convoy_id: NotRequired[str]
 
 
 class JobsPage(TypedDict):
@@ -152,6 +153,124 @@ class PurgeResult(TypedDict):
     """`POST /v1/dlq/purge`."""
 
     purged: int
+
+
+# ---- convoys -----------------------------------------------------------------------------------
+
+
+class ConvoyCounts(TypedDict):
+    """A convoy's members by where they are (kept on the convoy: they outlive pruned members).
+    `ready`, `running` and `retrying` (waiting out a retry's backoff) hold a slot; `held`
+    wait for one; `failed` are dead members."""
+
+    total: int
+    held: int
+    ready: int
+    running: int
+    retrying: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class AdaptiveBounds(TypedDict):
+    """The bounds of a self-tuning convoy limit: 1 ≤ `min` ≤ `start` ≤ `max`."""
+
+    min: int
+    max: int
+    start: NotRequired[int]
+
+
+class AdaptiveParallel(TypedDict):
+    """`max_parallel` of a convoy whose limit the server tunes."""
+
+    adaptive: AdaptiveBounds
+
+
+class Convoy(TypedDict):
+    """A convoy: members on `queue` run at most `limit` at a time (`max_parallel`, a number or
+    adaptive bounds); `state` is `open`, `sealed`, then `completed`, `failed` or `cancelled`.
+    `on_complete_job_id` and `finished_at` appear once it ended."""
+
+    id: str
+    name: str
+    queue: str
+    max_parallel: int | AdaptiveParallel
+    sealed: bool
+    on_failure: str
+    on_complete: NotRequired[dict[str, Any]]
+    state: str
+    limit: int
+    counts: ConvoyCounts
+    failed_total: int
+    on_complete_job_id: NotRequired[str | None]
+    created_at: str
+    finished_at: NotRequired[str | None]
+
+
+class ConvoyCreated(TypedDict):
+    """`POST /v1/convoys`: the convoy, one job id per member in order, and the indexes of
+    members whose `unique_key` matched an earlier member; a repeated `id` answers
+    `duplicate: true` with `ids` and `duplicates` empty (nothing added)."""
+
+    convoy: Convoy
+    ids: list[str]
+    duplicates: list[int]
+    duplicate: NotRequired[bool]
+
+
+class ConvoyMembersAdded(TypedDict):
+    """`POST /v1/convoys/{id}/members`: one job id per member in order, and the indexes of
+    members whose `unique_key` matched an earlier member (nothing added for them)."""
+
+    ids: list[str]
+    duplicates: list[int]
+
+
+class ConvoyMember(TypedDict):
+    """One member of a convoy: its job's id, job `state` (`held` while over the limit) and
+    `attempt`."""
+
+    id: str
+    state: str
+    attempt: int
+    started_at: NotRequired[str | None]
+    finished_at: NotRequired[str | None]
+
+
+class ConvoyMembersPage(TypedDict):
+    """One page of a convoy's members, in the order added; pass `next_cursor` back."""
+
+    members: list[ConvoyMember]
+    next_cursor: NotRequired[str | None]
+
+
+class ConvoysPage(TypedDict):
+    """One page of convoys, oldest first; pass `next_cursor` back."""
+
+    convoys: list[Convoy]
+    next_cursor: NotRequired[str | None]
+
+
+class ConvoySummary(TypedDict):
+    """How a convoy ended, as its `on_complete` job receives it: the first
+    `limits.max_convoy_failed_ids` dead members' ids in `failed_ids`, all of them counted in
+    `failed_total`."""
+
+    id: str
+    name: str
+    state: str
+    counts: ConvoyCounts
+    failed_ids: list[str]
+    failed_total: int
+
+
+class ConvoyCompletePayload(TypedDict):
+    """The payload of a convoy's `on_complete` job (unique key `convoy:<id>:complete`): the
+    convoy's summary and the spec's own `payload` (None when it had none)."""
+
+    convoy: ConvoySummary
+    payload: Any
 
 
 # ---- queues ------------------------------------------------------------------------------------

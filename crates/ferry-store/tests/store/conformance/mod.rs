@@ -20,6 +20,8 @@
 #![deny(dead_code, unused_macros)]
 
 #[macro_use]
+pub mod convoys;
+#[macro_use]
 pub mod core;
 #[macro_use]
 pub mod events;
@@ -89,6 +91,7 @@ macro_rules! conformance_tests {
         /// Read by the conformance module: this backend runs the whole suite.
         pub const RUNS_THE_CONFORMANCE_SUITE: () = ();
 
+        convoys_rules!();
         core_rules!();
         events_rules!();
         hosts_rules!();
