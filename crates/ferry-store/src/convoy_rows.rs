@@ -191,19 +191,25 @@ impl ConvoyRow {
         !self.state.is_finished()
     }
 
-    /// Notes that `n` members moved from `from` (None: added) to `to`.
+    /// Notes that `n` members moved from `from` (None: added) to `to`. The new state is
+    /// counted first: a move applied after its member was already cancelled in the same
+    /// transaction (fail-fast) nets to zero without a counter passing below it.
     pub fn moved(&mut self, from: Option<JobState>, to: JobState, n: i64) {
+        if let Some(t) = bucket(self, to) {
+            *t += n;
+        }
         match from {
             None => self.total += n,
             Some(f) => {
-                if let Some(f) = bucket(self, f) {
-                    *f -= n;
-                    debug_assert!(*f >= 0, "a convoy counter went negative");
+                if let Some(c) = bucket(self, f) {
+                    *c -= n;
+                    debug_assert!(
+                        *c >= 0,
+                        "convoy {}: the {f} count went negative ({f} -> {to}, {n})",
+                        self.id
+                    );
                 }
             }
-        }
-        if let Some(t) = bucket(self, to) {
-            *t += n;
         }
     }
 
