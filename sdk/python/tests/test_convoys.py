@@ -400,14 +400,12 @@ def test_pressure_on_job_reports(ferry_server_any: FerryServer) -> None:
 
     beats = c.heartbeat_batch([{"id": d["id"], "lease": d["lease"], "pressure": 0.5}])
     assert beats[0]["ok"] is True
-    err = _raises(
-        ferry.ValidationFailed, lambda: c.complete_batch([{"id": d["id"], "lease": d["lease"], "pressure": 1.5}])
-    )
+    too_high = [{"id": d["id"], "lease": d["lease"], "pressure": 1.5}]
+    err = _raises(ferry.ValidationFailed, lambda: c.complete_batch(too_high))
     assert (err.status, err.field) == (422, "items[0].pressure"), "the whole batch is refused"
     assert c.complete_batch([{"id": d["id"], "lease": d["lease"], "pressure": 0.9}])[0]["ok"] is True
-    err = _raises(
-        ferry.ValidationFailed, lambda: c.fail_batch([{"id": e["id"], "lease": e["lease"], "error": "x", "pressure": -1}])
-    )
+    too_low = [{"id": e["id"], "lease": e["lease"], "error": "x", "pressure": -1}]
+    err = _raises(ferry.ValidationFailed, lambda: c.fail_batch(too_low))
     assert (err.status, err.field) == (422, "items[0].pressure")
     failed = c.fail_batch([{"id": e["id"], "lease": e["lease"], "error": "x", "retry": False, "pressure": 1}])
     assert failed[0]["ok"] is True and failed[0]["state"] == "dead"
