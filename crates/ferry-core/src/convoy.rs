@@ -66,6 +66,8 @@ named_enum! {
     }
 }
 
+// `named_enum!` passes only doc attributes to variants, so `#[default]` cannot be derived.
+#[allow(clippy::derivable_impls)]
 impl Default for OnFailure {
     fn default() -> Self {
         OnFailure::Continue

@@ -1876,7 +1876,7 @@ async fn held_members(api: &Api) {
         let got = api.claim("held-q", 10).await;
         assert_eq!(
             got.iter().map(id_of).collect::<Vec<_>>(),
-            [member.clone()],
+            std::slice::from_ref(member),
             "only member {k} is handed out"
         );
         api.complete(&got[0]).await;

@@ -534,7 +534,9 @@ pub fn members(
         sql.push_str(&format!(" AND state = '{}'", st.as_str()));
     }
     sql.push_str(" ORDER BY seq LIMIT ?3");
-    let rows: Vec<(i64, Uuid, String, u32, Option<i64>, Option<i64>)> = conn
+    // seq, id, state, attempt, started_at, finished_at
+    type MemberRow = (i64, Uuid, String, u32, Option<i64>, Option<i64>);
+    let rows: Vec<MemberRow> = conn
         .prepare_cached(&sql)
         .and_then(|mut s| {
             s.query_map(params![id, cursor.unwrap_or(0), limit as i64 + 1], |r| {

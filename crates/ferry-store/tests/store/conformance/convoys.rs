@@ -146,7 +146,7 @@ async fn events_of(h: &Harness, start: u64, id: &str, done: impl Fn(&[Event]) ->
 /// The first `n` `convoy.limit_changed` of convoy `id` after `start`, decoded.
 async fn limit_changes(h: &Harness, start: u64, id: &str, n: usize) -> Vec<LimitChange> {
     let is_change = |e: &Event| e.kind == EventType::ConvoyLimitChanged;
-    events_of(h, start, id, |es| es.iter().filter(|e| is_change(*e)).count() >= n)
+    events_of(h, start, id, |es| es.iter().filter(|e| is_change(e)).count() >= n)
         .await
         .into_iter()
         .filter(is_change)
