@@ -9,8 +9,7 @@ use crate::output::{fail, show, table};
 use clap::Subcommand;
 use ferry_core::convoy::{Convoy, MaxParallel};
 use ferry_core::time::format_ms;
-use ferry_core::validate::JobSpec;
-use ferry_core::wire::{AdaptiveBody, ConvoyBody, MaxParallelBody, MemberSpec, MembersPage};
+use ferry_core::wire::{AdaptiveBody, ConvoyBody, MaxParallelBody, MemberSpec, MembersPage, OnCompleteSpec};
 use std::io::BufRead;
 
 /// Members per request (the server's default `limits.max_convoy_members_per_request`).
@@ -184,12 +183,12 @@ pub async fn convoys(cmd: ConvoysCmd) -> i32 {
             let id = match to {
                 Some(id) => id,
                 None => {
-                    let on_complete: Option<JobSpec> = match on_complete.as_deref().map(serde_json::from_str)
-                    {
-                        None => None,
-                        Some(Ok(spec)) => Some(spec),
-                        Some(Err(e)) => return fail(format!("--on-complete is not a job spec: {e}")),
-                    };
+                    let on_complete: Option<OnCompleteSpec> =
+                        match on_complete.as_deref().map(serde_json::from_str) {
+                            None => None,
+                            Some(Ok(spec)) => Some(spec),
+                            Some(Err(e)) => return fail(format!("--on-complete is not a job spec: {e}")),
+                        };
                     let body = ConvoyBody {
                         id,
                         name,

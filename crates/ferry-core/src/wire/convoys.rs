@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 /// A member as a producer writes it: a job spec without `queue` (the convoy's), `depends_on`,
 /// `run_at` or `delay_ms` (a member runs when a slot frees). Those four are read only to be
-/// refused by name (422), not with serde's generic unknown-field 400.
+/// refused by name (422), not with serde's generic unknown-field 400; the schema leaves them
+/// out.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberSpec {
@@ -56,19 +57,19 @@ pub struct MemberSpec {
     pub tags: Option<Vec<String>>,
     /// Refused: a member's queue is its convoy's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<serde_json::Value>)]
+    #[schema(ignore)]
     pub queue: Option<serde_json::Value>,
     /// Refused: members have no dependencies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<serde_json::Value>)]
+    #[schema(ignore)]
     pub depends_on: Option<serde_json::Value>,
     /// Refused: a member runs when a slot frees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<serde_json::Value>)]
+    #[schema(ignore)]
     pub run_at: Option<serde_json::Value>,
     /// Refused: a member runs when a slot frees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<serde_json::Value>)]
+    #[schema(ignore)]
     pub delay_ms: Option<serde_json::Value>,
 }
 
@@ -102,6 +103,12 @@ impl MemberSpec {
     }
 }
 
+/// Reads a list of members, each a JSON object (derived `Deserialize` would also take an array
+/// of the fields in order).
+fn member_objects<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<MemberSpec>, D::Error> {
+    Ok(Vec::<super::Obj<MemberSpec>>::deserialize(d)?.into_iter().map(|o| o.0).collect())
+}
+
 /// Validates members for `queue`, all or nothing, the index in the field path.
 pub fn members(specs: Vec<MemberSpec>, queue: &str, limits: &Limits, required: bool) -> Result<Vec<NewJob>> {
     if required && specs.is_empty() {
@@ -125,7 +132,7 @@ pub fn members(specs: Vec<MemberSpec>, queue: &str, limits: &Limits, required: b
 }
 
 /// `max_parallel` as sent: a number, or `{"adaptive": {min, max, start?}}`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum MaxParallelBody {
     /// A fixed limit, 1..=`limits.max_convoy_parallel`.
@@ -137,16 +144,42 @@ pub enum MaxParallelBody {
     },
 }
 
+impl<'de> Deserialize<'de> for MaxParallelBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Tuned {
+            adaptive: AdaptiveBody,
+        }
+        let v = serde_json::Value::deserialize(d)?;
+        if v.is_number() {
+            // A whole number in any JSON spelling (`50`, `50.0`), as every integer field.
+            return crate::validate::whole::int(v).map(MaxParallelBody::Fixed).map_err(D::Error::custom);
+        }
+        let Tuned { adaptive } = Tuned::deserialize(v).map_err(|e| {
+            D::Error::custom(format!("max_parallel is a whole number or {{\"adaptive\": {{...}}}}: {e}"))
+        })?;
+        Ok(MaxParallelBody::Adaptive { adaptive })
+    }
+}
+
 /// Bounds of an adaptive limit as sent.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveBody {
     /// 1..=`max`.
+    #[serde(deserialize_with = "crate::validate::whole::int")]
     pub min: i64,
     /// `min`..=`limits.max_convoy_parallel`.
+    #[serde(deserialize_with = "crate::validate::whole::int")]
     pub max: i64,
     /// `min`..=`max`; default `min`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::validate::whole::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub start: Option<i64>,
 }
 
@@ -198,7 +231,7 @@ pub struct ConvoyBody {
     #[schema(value_type = crate::validate::names::QueueName)]
     pub queue: String,
     /// The first members (0..=`limits.max_convoy_members_per_request`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "member_objects")]
     #[schema(max_items = 10000)]
     pub members: Vec<MemberSpec>,
     /// The limit; default 10,000.
@@ -212,7 +245,93 @@ pub struct ConvoyBody {
     pub on_failure: Option<OnFailure>,
     /// A job (any queue; no `unique_key` or `depends_on`) enqueued once when the convoy ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_complete: Option<JobSpec>,
+    pub on_complete: Option<OnCompleteSpec>,
+}
+
+/// The completion job as a producer writes it: a job spec without `unique_key` (ferry keys it
+/// `convoy:<id>:complete`) or `depends_on`; those two are read only to be refused by name
+/// (422), and the schema leaves them out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnCompleteSpec {
+    /// Queue name: 1–128 of `[A-Za-z0-9._:-]`.
+    #[schema(value_type = crate::validate::names::QueueName)]
+    pub queue: String,
+    /// Its own payload, handed on under `payload`.
+    #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub payload: Option<Box<RawValue>>,
+    /// Higher first (an i32); default 0.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = -2_147_483_648_i64, maximum = 2_147_483_647_i64)]
+    pub priority: Option<i64>,
+    /// RFC 3339 time when it becomes due (not with `delay_ms`).
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub run_at: Option<String>,
+    /// Milliseconds from the convoy's end until it becomes due (not with `run_at`).
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 0, maximum = 31_622_400_000_i64)]
+    pub delay_ms: Option<i64>,
+    /// Attempts before it is dead; default 5.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_attempts: Option<i64>,
+    /// Retry spacing.
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// Lease per claim; default 30,000.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
+    #[schema(minimum = 10, maximum = 86_400_000)]
+    pub lease_ms: Option<i64>,
+    /// Run deadline per attempt.
+    #[serde(
+        default,
+        deserialize_with = "crate::validate::whole::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 1, maximum = 604_800_000_i64)]
+    pub timeout_ms: Option<i64>,
+    /// Labels.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::validate::names::Tag>>, max_items = 32)]
+    pub tags: Option<Vec<String>>,
+    /// Refused: ferry keys the completion job itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub unique_key: Option<serde_json::Value>,
+    /// Refused: the completion job runs when the convoy ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub depends_on: Option<serde_json::Value>,
+}
+
+impl OnCompleteSpec {
+    /// The checked completion job.
+    pub fn validate(self, limits: &Limits) -> Result<OnComplete> {
+        for (field, present) in
+            [("unique_key", self.unique_key.is_some()), ("depends_on", self.depends_on.is_some())]
+        {
+            if present {
+                return Err(Error::invalid(field, format!("on_complete takes no {field}")));
+            }
+        }
+        let job = JobSpec {
+            queue: self.queue,
+            payload: self.payload,
+            priority: self.priority,
+            run_at: self.run_at,
+            delay_ms: self.delay_ms,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            lease_ms: self.lease_ms,
+            timeout_ms: self.timeout_ms,
+            unique_key: None,
+            depends_on: None,
+            tags: self.tags,
+        };
+        OnComplete::from_job(job.validate(limits)?)
+    }
 }
 
 /// The default limit when `max_parallel` is absent (capped at `limits.max_convoy_parallel`).
@@ -249,19 +368,7 @@ impl ConvoyBody {
         let members = members(self.members, &self.queue, limits, false)?;
         let on_complete = self
             .on_complete
-            .map(|spec| {
-                let refused = if spec.unique_key.is_some() {
-                    Some("unique_key")
-                } else if spec.depends_on.is_some() {
-                    Some("depends_on")
-                } else {
-                    None
-                };
-                if let Some(f) = refused {
-                    return Err(Error::invalid(f, format!("on_complete takes no {f}")));
-                }
-                OnComplete::from_job(spec.validate(limits)?)
-            })
+            .map(|spec| spec.validate(limits))
             .transpose()
             .map_err(|e| e.within("on_complete"))?;
         Ok(NewConvoy {
@@ -296,6 +403,7 @@ pub struct ConvoyCreatedResponse {
 #[serde(deny_unknown_fields)]
 pub struct MembersBody {
     /// 1..=`limits.max_convoy_members_per_request` members.
+    #[serde(deserialize_with = "member_objects")]
     #[schema(min_items = 1, max_items = 10000)]
     pub members: Vec<MemberSpec>,
 }
@@ -341,6 +449,7 @@ pub struct ConvoyListQuery {
     /// Only convoys in this state.
     pub state: Option<ConvoyState>,
     /// Only convoys of this queue.
+    #[param(value_type = Option<crate::validate::names::QueueName>)]
     pub queue: Option<String>,
     /// Page size, 1..=`limits.max_page_size` (default 100).
     #[param(minimum = 1, maximum = 1000)]

@@ -147,6 +147,28 @@ fn derived_schemas(doc: &mut Value) {
         *branch = merged;
     }
 
+    // A convoy's completion job: `run_at` and `delay_ms` exclude each other, as in a job.
+    object(at(doc, &schema("OnCompleteSpec"))).insert(
+        "not".into(),
+        json!({
+            "description": "`run_at` and `delay_ms` together",
+            "required": ["run_at", "delay_ms"],
+            "properties": {"run_at": {"type": "string"}, "delay_ms": {"type": "number"}}
+        }),
+    );
+    // `max_parallel`: a fixed limit in range, or exactly `{"adaptive": {...}}` (the bounds'
+    // order, min <= start <= max, is a rule across fields no schema states).
+    let limit = at(doc, &format!("{}/oneOf/0", schema("MaxParallelBody")));
+    object(limit).insert("minimum".into(), json!(1));
+    object(limit).insert("maximum".into(), json!(ferry_core::wire::DEFAULT_MAX_PARALLEL));
+    object(at(doc, &format!("{}/oneOf/1", schema("MaxParallelBody"))))
+        .insert("additionalProperties".into(), json!(false));
+    for bound in ["min", "max", "start"] {
+        let b = object(at(doc, &format!("{}/properties/{bound}", schema("AdaptiveBody"))));
+        b.insert("minimum".into(), json!(1));
+        b.insert("maximum".into(), json!(ferry_core::wire::DEFAULT_MAX_PARALLEL));
+    }
+
     // A DLQ selector names `ids` or `queue`, exactly one (the other absent or null).
     object(at(doc, &schema("DlqSelectorBody"))).insert(
         "oneOf".into(),
@@ -265,9 +287,15 @@ fn parameter_patterns(doc: &mut Value, l: &Limits) {
                 ("/v1/events" | "/v1/events/stream" | "/v1/ws", n) => {
                     filters.iter().find(|(f, _)| *f == n).map(|(_, pat)| pat.clone())
                 }
-                ("/v1/jobs" | "/v1/dlq" | "/v1/items/{id}/history" | "/v1/agents/{agent}/dead", "cursor") => {
-                    Some(cursor_pattern())
-                }
+                (
+                    "/v1/jobs"
+                    | "/v1/dlq"
+                    | "/v1/items/{id}/history"
+                    | "/v1/agents/{agent}/dead"
+                    | "/v1/convoys"
+                    | "/v1/convoys/{id}/members",
+                    "cursor",
+                ) => Some(cursor_pattern()),
                 _ => None,
             };
             if let Some(pattern) = pattern {
@@ -401,6 +429,21 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
         sets.push((query_param(doc, path, "wait_ms"), "maximum", json!(l.max_wait_ms)));
         sets.push((query_param(doc, path, "limit"), "maximum", json!(l.max_page_size)));
     }
+    sets.push((format!("{}/oneOf/0", schema("MaxParallelBody")), "maximum", json!(l.max_convoy_parallel)));
+    for bound in ["min", "max", "start"] {
+        let p = format!("{}/properties/{bound}", schema("AdaptiveBody"));
+        sets.push((p, "maximum", json!(l.max_convoy_parallel)));
+    }
+    sets.push((
+        format!("{}/properties/members", schema("ConvoyBody")),
+        "maxItems",
+        json!(l.max_convoy_members_per_request),
+    ));
+    sets.push((
+        format!("{}/properties/members", schema("MembersBody")),
+        "maxItems",
+        json!(l.max_convoy_members_per_request),
+    ));
     for (pointer, key, value) in sets {
         replace(doc, &pointer, key, value);
     }
