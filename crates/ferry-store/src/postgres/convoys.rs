@@ -66,6 +66,19 @@ async fn lock(tx: &Transaction<'_>, id: &str) -> Result<Option<ConvoyRow>> {
     row.map(|r| decode(&r)?.decode()).transpose()
 }
 
+/// True when the convoy tunes its limit (read without a lock: the kind never changes).
+async fn is_adaptive(tx: &Transaction<'_>, id: &str) -> Result<bool> {
+    let stmt =
+        tx.prepare_cached("SELECT tuner IS NOT NULL FROM convoys WHERE id = $1").await.map_err(pg_err)?;
+    Ok(tx
+        .query_opt(&stmt, &[&id])
+        .await
+        .map_err(pg_err)?
+        .map(|r| r.col::<bool>(0))
+        .transpose()?
+        .unwrap_or(false))
+}
+
 async fn view<C: GenericClient + Sync>(c: &C, id: &str) -> Result<Option<Convoy>> {
     let sql = format!("SELECT {CONVOY_COLS}, {LIVE_COUNTS} FROM convoys c WHERE c.id = $1");
     let row = c.query_opt(sql.as_str(), &[&id]).await.map_err(pg_err)?;
@@ -514,6 +527,10 @@ pub async fn members_moved(
         let n = rest.iter().take_while(|(c, _)| c == convoy_id).count();
         let (group, tail) = rest.split_at(n);
         rest = tail;
+        if group.iter().all(|(_, mv)| mv.from == mv.to) && !is_adaptive(tx, convoy_id).await? {
+            // Only pressure reports, which a fixed limit ignores: no lock on the convoy.
+            continue;
+        }
         let Some(mut row) = lock(tx, convoy_id).await? else { continue };
         if !row.is_live() {
             continue;

@@ -947,15 +947,21 @@ pub async fn replay(
         .await
         .map_err(pg_err)?;
     let mut replayed = Vec::with_capacity(rows.len());
+    let mut members = Vec::new();
     for row in rows {
         if tx.execute(&update, &[&now, &row.0]).await.map_err(pg_err)? == 1 {
             let convoy =
                 tx.query_one("SELECT convoy_id FROM jobs WHERE seq = $1", &[&row.0]).await.map_err(pg_err)?;
             if let Some(cid) = convoy.col::<Option<String>>(0)? {
-                super::convoys::replay_member(tx, now, row.0, &cid, limits, w).await?;
+                members.push((cid, row.0));
             }
             replayed.push(row);
         }
+    }
+    // Convoys in id order, as every batch locks them.
+    members.sort();
+    for (cid, seq) in members {
+        super::convoys::replay_member(tx, now, seq, &cid, limits, w).await?;
     }
     let rows = replayed;
     for (_, id, q, tags) in &rows {
