@@ -24,6 +24,20 @@ pub const LIVE_COUNTS: &str = "(SELECT count(*) FROM jobs j WHERE j.convoy_id = 
     (SELECT count(*) FROM jobs j WHERE j.convoy_id = c.id AND j.state = 'running'),
     (SELECT count(*) FROM jobs j WHERE j.convoy_id = c.id AND j.state = 'scheduled')";
 
+/// A member's move, as the job commands report it.
+#[derive(Debug, Clone, Copy)]
+pub struct Move {
+    /// Where it was.
+    pub from: JobState,
+    /// Where it is now.
+    pub to: JobState,
+    /// Start of the attempt that ended, when this move ends one (a sample for the adaptive
+    /// limit), with whether it failed.
+    pub attempt: Option<(Option<i64>, bool)>,
+    /// The load its worker reported with it.
+    pub pressure: Option<f64>,
+}
+
 /// A convoy row as stored, decoded.
 #[derive(Debug, Clone)]
 pub struct ConvoyRow {

@@ -22,19 +22,6 @@ use ferry_core::{
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-/// A member's move, as the job commands report it.
-#[derive(Debug, Clone, Copy)]
-pub struct Move {
-    /// Where it was.
-    pub from: JobState,
-    /// Where it is now.
-    pub to: JobState,
-    /// Start of the attempt that ended, when this move ends one, with whether it failed.
-    pub attempt: Option<(Option<i64>, bool)>,
-    /// The load its worker reported with it.
-    pub pressure: Option<f64>,
-}
-
 fn decode(r: &Row) -> Result<StoredConvoy> {
     Ok(StoredConvoy {
         seq: r.col(0)?,

@@ -6,9 +6,9 @@
 //! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
 
 use super::PgStore;
-use super::convoys::Move;
 use super::{RowExt, pg_err};
 use crate::JobStore;
+use crate::convoy_rows::Move;
 use crate::effects::Effects;
 use crate::rows::*;
 use async_trait::async_trait;

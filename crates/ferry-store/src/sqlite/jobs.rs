@@ -5,11 +5,11 @@
 //! that fails after writing poisons the whole batch (the writer rolls it back and its batch
 //! mates are answered `unavailable`). Read functions run on a read-only connection.
 
-use super::convoys::Move;
 use super::counts::Counts;
 use super::db_err;
 use super::{SqliteStore, parse_cursor};
 use crate::JobStore;
+use crate::convoy_rows::Move;
 use crate::effects::Effects;
 use crate::rows::*;
 use async_trait::async_trait;
