@@ -20,7 +20,7 @@ const CHUNK_MEMBERS: usize = 10_000;
 pub enum ConvoysCmd {
     /// Create a convoy from members in a file of JSON lines (or `-` for stdin), one member
     /// spec per line (a job spec without queue, depends_on, run_at, delay_ms); with `--to`,
-    /// add them to an open convoy instead.
+    /// add them to an open convoy instead. Sent in chunks, sealed last unless `--open`.
     Add {
         /// The members' queue (not with --to).
         #[arg(long, required_unless_present = "to")]
@@ -180,6 +180,8 @@ pub async fn convoys(cmd: ConvoysCmd) -> i32 {
             };
             let client = o.client();
             let mut chunks = members.chunks(CHUNK_MEMBERS);
+            // Sealed last unless --open: at once when every member fits in the create.
+            let seal_last = !open && (to.is_some() || members.len() > CHUNK_MEMBERS);
             let id = match to {
                 Some(id) => id,
                 None => {
@@ -211,11 +213,8 @@ pub async fn convoys(cmd: ConvoysCmd) -> i32 {
                     return fail(e);
                 }
             }
-            let r = if !open && members.len() > CHUNK_MEMBERS {
-                client.seal_convoy(&id).await
-            } else {
-                client.get_convoy(&id, None).await
-            };
+            let r =
+                if seal_last { client.seal_convoy(&id).await } else { client.get_convoy(&id, None).await };
             show(o.json, r, |c| describe(&c))
         }
         ConvoysCmd::Show { id, wait_ms, client: o } => {

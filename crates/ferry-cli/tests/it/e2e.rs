@@ -587,6 +587,74 @@ async fn cli_commands_work_and_fail_with_the_servers_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_convoys_add_show_members_seal_and_cancel() {
+    let s = Server::start();
+    let url = s.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let json = |out: &str| serde_json::from_str::<serde_json::Value>(out).unwrap();
+        let lines: String = (0..5).map(|i| format!("{{\"payload\":{{\"i\":{i}}}}}\n")).collect();
+        let args = [
+            "convoys",
+            "add",
+            "--queue",
+            "cq",
+            "--members",
+            "-",
+            "--id",
+            "cv-1",
+            "--max-parallel",
+            "2",
+            "--on-complete",
+            r#"{"queue":"cq-done"}"#,
+            "--json",
+        ];
+        let (code, out, err) = ferry_cli(&url, &args, Some(&lines));
+        assert_eq!(code, 0, "{err}");
+        let v = json(&out);
+        assert_eq!((v["state"].as_str(), v["limit"].as_i64()), (Some("sealed"), Some(2)), "{v}");
+        assert_eq!((v["counts"]["ready"].as_i64(), v["counts"]["held"].as_i64()), (Some(2), Some(3)), "{v}");
+        let (code, out, _) =
+            ferry_cli(&url, &["convoys", "members", "cv-1", "--state", "held", "--json"], None);
+        assert_eq!(code, 0);
+        assert_eq!(json(&out)["members"].as_array().unwrap().len(), 3, "{out}");
+        let (code, out, _) = ferry_cli(&url, &["convoys", "show", "cv-1"], None);
+        assert_eq!(code, 0);
+        assert!(out.contains("convoy cv-1") && out.contains("held 3"), "{out}");
+
+        // Open, added to with --to (sealed last), then cancelled.
+        let one = "{\"payload\":1}\n";
+        let (code, _, err) = ferry_cli(
+            &url,
+            &["convoys", "add", "--queue", "cq", "--members", "-", "--id", "cv-2", "--open"],
+            Some(one),
+        );
+        assert_eq!(code, 0, "{err}");
+        let (code, out, _) = ferry_cli(&url, &["convoys", "show", "cv-2", "--json"], None);
+        assert_eq!((code, json(&out)["state"].as_str()), (0, Some("open")), "{out}");
+        let (code, out, err) =
+            ferry_cli(&url, &["convoys", "add", "--to", "cv-2", "--members", "-", "--json"], Some(one));
+        assert_eq!(code, 0, "{err}");
+        let v = json(&out);
+        assert_eq!((v["state"].as_str(), v["counts"]["total"].as_i64()), (Some("sealed"), Some(2)), "{v}");
+        let (code, out, _) = ferry_cli(&url, &["convoys", "cancel", "cv-2", "--json"], None);
+        assert_eq!((code, json(&out)["state"].as_str()), (0, Some("cancelled")), "{out}");
+        let (code, _, err) =
+            ferry_cli(&url, &["convoys", "add", "--to", "cv-2", "--members", "-"], Some(one));
+        assert_eq!(code, 1);
+        assert!(err.contains("cancelled"), "{err}");
+        let (code, out, _) =
+            ferry_cli(&url, &["convoys", "list", "--queue", "cq", "--state", "cancelled"], None);
+        assert_eq!(code, 0);
+        assert!(out.contains("cv-2") && !out.contains("cv-1"), "{out}");
+        let (code, _, err) = ferry_cli(&url, &["convoys", "seal", "nosuch"], None);
+        assert_eq!(code, 1);
+        assert!(err.contains("not found"), "{err}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_worker_enforces_timeout_ms_and_retries() {
     let s = Server::start();
     let c = Client::new(&s.url);
