@@ -37,7 +37,7 @@ counters=(
   ferry_http_requests ferry_convoy_limit_changes
 )
 gauges=(
-  ferry_queue_jobs ferry_items ferry_inbox_messages ferry_convoys ferry_convoy_held_jobs ferry_dlq_jobs ferry_queue_oldest_ready_age_seconds ferry_db_size_bytes
+  ferry_queue_jobs ferry_items ferry_inbox_messages ferry_convoys ferry_convoy_held_jobs ferry_ledger_pending_transfers ferry_ledger_writes_refused ferry_dlq_jobs ferry_queue_oldest_ready_age_seconds ferry_db_size_bytes
   ferry_store_writers ferry_db_connections_in_use ferry_db_connections_max
   ferry_circuit_state ferry_pending_writes ferry_http_requests_in_flight
   ferry_disk_free_bytes ferry_disk_total_bytes

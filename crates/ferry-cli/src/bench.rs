@@ -108,7 +108,7 @@ pub struct BenchArgs {
     /// Messages: receivers long-polling channel `all` during the broadcast fan-out.
     #[arg(long, default_value_t = 1_000)]
     broadcast_agents: usize,
-    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages and convoy only
+    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages, convoy and ledger only
     /// when named); e2e, latency, clients by default. `messages` needs the server started with
     /// `[messages] rate_per_min = 0`; its ring uses the largest --agents count and
     /// --fanout-secs, its broadcast fan-out --broadcast-agents and --fanout-secs.
@@ -193,7 +193,7 @@ pub async fn run(a: BenchArgs) -> i32 {
     let node = |i: usize| nodes[i % nodes.len()].clone();
     let want = |p: &str| {
         (a.phases.is_empty()
-            && !matches!(p, "soak" | "fanout" | "overload" | "agents" | "messages" | "convoy"))
+            && !matches!(p, "soak" | "fanout" | "overload" | "agents" | "messages" | "convoy" | "ledger"))
             || a.phases.iter().any(|x| x == p)
     };
     let run_id = format!("{:x}", now_us());
@@ -376,7 +376,208 @@ pub async fn run(a: BenchArgs) -> i32 {
     if want("convoy") && convoy(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
+    if want("ledger") && ledger(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
     0
+}
+
+/// Enqueues `n` jobs of `queue` in batches (4 in flight), each paid by `payer` when given, and
+/// works them with SDK workers; returns the end-to-end rate.
+async fn jobs_end_to_end(
+    a: &BenchArgs,
+    nodes: &[Client],
+    queue: &str,
+    payer: Option<&str>,
+) -> Result<f64, ClientError> {
+    use ferry_core::wire::PaymentSpec;
+    let t0 = Instant::now();
+    let workers = CountingWorkers::spawn(a, nodes, queue, "bench-ledger");
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut sends = tokio::task::JoinSet::new();
+    let mut left = a.jobs;
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(a.batch);
+        left -= n;
+        let payment = payer.map(|p| PaymentSpec { from: p.to_string(), amount: 1, ..Default::default() });
+        let specs: Vec<JobSpec> = (0..n)
+            .map(|_| JobSpec { queue: queue.to_string(), payment: payment.clone(), ..Default::default() })
+            .collect();
+        let (c, sem) = (nodes[i % nodes.len()].clone(), sem.clone());
+        i += 1;
+        sends.spawn(async move {
+            let _p = sem.acquire().await.expect("open");
+            c.enqueue_batch(&specs).await.map(|r| r.ids.len())
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r.expect("task")?;
+    }
+    while workers.done() < a.jobs as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    workers.stop().await;
+    Ok(a.jobs as f64 / secs)
+}
+
+/// One client's single transfers `from` → `to` until `stop`, or `rounds` of them; latencies in ms.
+async fn transfer_client(
+    c: Client,
+    prefix: String,
+    (from, to): (String, String),
+    rounds: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<f64>, ClientError> {
+    use ferry_core::wire::TransferBody;
+    let mut lat = Vec::with_capacity(rounds);
+    let mut r = 0;
+    while r < rounds && !stop.load(Ordering::Relaxed) {
+        let body = TransferBody {
+            id: format!("{prefix}-{r}"),
+            debit_account: from.clone(),
+            credit_account: to.clone(),
+            amount: 1,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        c.transfer(&body).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        r += 1;
+    }
+    Ok(lat)
+}
+
+/// The `ledger` phase: batches of 1,000 transfers; `clients` single-transfer clients on one hot
+/// pair of accounts; paid against unpaid jobs end to end; jobs beside the transfer clients; a
+/// full replay.
+async fn ledger(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    use ferry_core::wire::{AccountBody, TransferBody};
+    let fail = |what: &str, e: ClientError| eprintln!("ferry: ledger {what} failed: {e}");
+    let acct = |name: &str| format!("bench-{run_id}-{name}");
+    let strict = ferry_core::ledger::Flags { debits_must_not_exceed_credits: true, ..Default::default() };
+    let accounts: Vec<AccountBody> = ["bank", "src", "dst", "payer"]
+        .iter()
+        .map(|n| AccountBody {
+            id: acct(n),
+            flags: (*n == "src" || *n == "payer").then_some(strict),
+            ..Default::default()
+        })
+        .collect();
+    let c = &nodes[0];
+    c.create_accounts(&accounts).await.map_err(|e| fail("accounts", e))?;
+    for to in ["src", "payer"] {
+        let fund = TransferBody {
+            id: format!("{}-fund", acct(to)),
+            debit_account: acct("bank"),
+            credit_account: acct(to),
+            amount: 1 << 40,
+            ..Default::default()
+        };
+        c.transfer(&fund).await.map_err(|e| fail("fund", e))?;
+    }
+    // Batches of 1,000.
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut sends = tokio::task::JoinSet::new();
+    let batches = a.jobs.div_ceil(1_000);
+    for b in 0..batches {
+        let body: Vec<TransferBody> = (0..1_000)
+            .map(|i| TransferBody {
+                id: format!("{}-b{b}-{i}", acct("t")),
+                debit_account: acct("src"),
+                credit_account: acct("dst"),
+                amount: 1,
+                ..Default::default()
+            })
+            .collect();
+        let (c, sem) = (nodes[b % nodes.len()].clone(), sem.clone());
+        sends.spawn(async move {
+            let _p = sem.acquire().await.expect("open");
+            c.transfers(&body).await.map(|t| t.len())
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r.expect("task").map_err(|e| fail("batch", e))?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "ledger    {} transfers in atomic batches of 1,000 (4 in flight): {:.0} transfers/s",
+        batches * 1_000,
+        (batches * 1_000) as f64 / secs
+    );
+    // One hot pair, many clients.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..a.clients {
+        let c = nodes[i % nodes.len()].clone();
+        let pair = (acct("src"), acct("dst"));
+        tasks.spawn(transfer_client(c, format!("{}-h{i}", acct("t")), pair, a.rounds, stop.clone()));
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.expect("task").map_err(|e| fail("hot pair", e))?);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    all.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+    println!(
+        "ledger    {} clients, single transfers on one hot pair: {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
+        a.clients,
+        all.len() as f64 / secs,
+        pct(&all, 0.5),
+        pct(&all, 0.99)
+    );
+    // Paid against unpaid jobs.
+    let unpaid = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-unpaid"), None)
+        .await
+        .map_err(|e| fail("unpaid jobs", e))?;
+    let payer = acct("payer");
+    let paid = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-paid"), Some(&payer))
+        .await
+        .map_err(|e| fail("paid jobs", e))?;
+    println!(
+        "ledger    jobs end to end: unpaid {unpaid:.0} jobs/s, paid {paid:.0} jobs/s ({:.2}x)",
+        paid / unpaid
+    );
+    // Jobs beside the transfer clients.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..a.clients {
+        let c = nodes[i % nodes.len()].clone();
+        let pair = (acct("src"), acct("dst"));
+        tasks.spawn(transfer_client(c, format!("{}-m{i}", acct("t")), pair, usize::MAX, stop.clone()));
+    }
+    let t0 = Instant::now();
+    let beside = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-beside"), None)
+        .await
+        .map_err(|e| fail("jobs beside transfers", e))?;
+    let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut moved = 0;
+    while let Some(r) = tasks.join_next().await {
+        moved += r.expect("task").map_err(|e| fail("transfers beside jobs", e))?.len();
+    }
+    println!(
+        "ledger    jobs end to end beside {} transfer clients: {beside:.0} jobs/s ({:.2}x unpaid alone), transfers {:.0}/s meanwhile",
+        a.clients,
+        beside / unpaid,
+        moved as f64 / secs
+    );
+    // Replay.
+    let t0 = Instant::now();
+    let v = c.verify_ledger(true, false).await.map_err(|e| fail("verify", e))?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "ledger    full replay: {} events in {:.2} s ({:.0} events/s), ok {}; server memory {}",
+        v.events_replayed,
+        secs,
+        v.events_replayed as f64 / secs,
+        v.ok,
+        rss(c).await
+    );
+    Ok(())
 }
 
 /// The `convoy` phase: one big convoy under a fixed, then an adaptive limit, end to end;

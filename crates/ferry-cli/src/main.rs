@@ -130,6 +130,12 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::agents::AgentsCmd,
     },
+    /// The double-entry ledger: accounts (list, show, add, close), transfer, post, void,
+    /// statement, verify, import-json.
+    Ledger {
+        #[command(subcommand)]
+        cmd: cmd::ledger::LedgerCmd,
+    },
 }
 
 /// Options of `ferry serve`; each overrides `ferry.toml` and its `FERRY_*` variable.
@@ -307,6 +313,7 @@ async fn main() {
         Command::Convoys { cmd } => cmd::convoys::convoys(cmd).await,
         Command::Broadcasts { cmd } => cmd::broadcasts::broadcasts(cmd).await,
         Command::Agents { cmd } => cmd::agents::agents(cmd).await,
+        Command::Ledger { cmd } => cmd::ledger::ledger(cmd).await,
     };
     std::process::exit(code);
 }

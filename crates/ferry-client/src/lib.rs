@@ -12,6 +12,7 @@ pub use stream::{EventSocket, EventStream};
 pub use worker::{JobContext, JobError, Worker, WorkerStats};
 
 use ferry_core::item::Item;
+use ferry_core::ledger::{Account, Transfer, Verification};
 use ferry_core::message::{AgentInfo, BroadcastSent, ChannelCursor, Message, Sent};
 use ferry_core::schedule::{DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse};
 use ferry_core::validate::JobSpec;
@@ -687,6 +688,116 @@ impl Client {
         self.get(&format!("/v1/agents/{name}"), &[]).await
     }
 
+    /// Creates a ledger account (a repeat with the same fields answers it with `duplicate`).
+    pub async fn create_account(&self, body: &AccountBody) -> Result<Account> {
+        self.post("/v1/ledger/accounts", body).await
+    }
+
+    /// Creates ledger accounts all or nothing, in one request (the failing one's error names
+    /// it as `accounts[i]`).
+    pub async fn create_accounts(&self, accounts: &[AccountBody]) -> Result<Vec<Account>> {
+        #[derive(Serialize)]
+        struct Batch<'a> {
+            accounts: &'a [AccountBody],
+        }
+        let r: AccountsResponse = self.post("/v1/ledger/accounts", &Batch { accounts }).await?;
+        Ok(r.accounts)
+    }
+
+    /// Closes a ledger account: it takes no new transfers, its pending ones still settle.
+    pub async fn close_account(&self, id: &str) -> Result<Account> {
+        self.post(&format!("/v1/ledger/accounts/{}/close", segment(id)), &serde_json::json!({})).await
+    }
+
+    /// One ledger account with its balances.
+    pub async fn account(&self, id: &str) -> Result<Account> {
+        self.get(&format!("/v1/ledger/accounts/{}", segment(id)), &[]).await
+    }
+
+    /// One page of ledger accounts in id order (only `ledger`'s when given).
+    pub async fn accounts(
+        &self,
+        ledger: Option<u32>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<AccountsPage> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        q.extend(ledger.map(|l| ("ledger", l.to_string())));
+        q.extend(limit.map(|l| ("limit", l.to_string())));
+        q.extend(cursor.map(|c| ("cursor", c.to_string())));
+        self.get("/v1/ledger/accounts", &q).await
+    }
+
+    /// Makes one transfer; its `id` is the idempotency key (a repeat answers the original with
+    /// `duplicate`, other fields are a 409 `conflict`, a refusal a 409 `invalid_state`).
+    pub async fn transfer(&self, body: &TransferBody) -> Result<Transfer> {
+        self.post("/v1/ledger/transfers", body).await
+    }
+
+    /// Makes transfers all or nothing in one request: one error (with `details.index`) and
+    /// nothing written, not even a refusal.
+    pub async fn transfers(&self, transfers: &[TransferBody]) -> Result<Vec<Transfer>> {
+        let r: TransfersResponse =
+            self.post("/v1/ledger/transfers", &TransferBatch { transfers, atomic: true }).await?;
+        Ok(r.transfers)
+    }
+
+    /// Makes transfers each on its own in one request (`atomic: false`): one result per
+    /// transfer, in input order, a refused one remembered as refused.
+    pub async fn transfers_each(&self, transfers: &[TransferBody]) -> Result<Vec<TransferResult>> {
+        let r: TransferResults =
+            self.post("/v1/ledger/transfers", &TransferBatch { transfers, atomic: false }).await?;
+        Ok(r.results)
+    }
+
+    /// Posts a pending transfer: all of it when `amount` is `None`, else that much (the rest
+    /// is released).
+    pub async fn post_transfer(&self, id: &str, amount: Option<i64>) -> Result<Transfer> {
+        self.post(&format!("/v1/ledger/transfers/{}/post", segment(id)), &PostBody { amount }).await
+    }
+
+    /// Voids a pending transfer, releasing what it held.
+    pub async fn void_transfer(&self, id: &str) -> Result<Transfer> {
+        self.post(&format!("/v1/ledger/transfers/{}/void", segment(id)), &serde_json::json!({})).await
+    }
+
+    /// One transfer as it is now (a refused one too, with its `reason`).
+    pub async fn get_transfer(&self, id: &str) -> Result<Transfer> {
+        self.get(&format!("/v1/ledger/transfers/{}", segment(id)), &[]).await
+    }
+
+    /// One page of an account's statement: the transfers it is a side of, oldest first.
+    pub async fn statement(
+        &self,
+        account: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<TransfersPage> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        q.extend(limit.map(|l| ("limit", l.to_string())));
+        q.extend(cursor.map(|c| ("cursor", c.to_string())));
+        self.get(&format!("/v1/ledger/accounts/{}/transfers", segment(account)), &q).await
+    }
+
+    /// One page of the ledger's own event chain (the audit trail), oldest first.
+    pub async fn ledger_events(
+        &self,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<LedgerEventsPage> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        q.extend(limit.map(|l| ("limit", l.to_string())));
+        q.extend(cursor.map(|c| ("cursor", c.to_string())));
+        self.get("/v1/ledger/events", &q).await
+    }
+
+    /// Replays the ledger (from the first event with `full`, else from the last snapshot) and
+    /// checks it against the live balances; `repair` (scope `admin`) rewrites them from an
+    /// intact chain.
+    pub async fn verify_ledger(&self, full: bool, repair: bool) -> Result<Verification> {
+        self.post("/v1/ledger/verify", &VerifyBody { full, repair }).await
+    }
+
     /// Read-modify-write of a work item as `agent`: reads it, sends `f`'s patch with
     /// `expected_version` set to the version read and `agent` set, and on 409
     /// `version_conflict` reruns `f` on the conflict's `details.current` (no extra GET), up to
@@ -729,6 +840,27 @@ pub const UPDATE_ATTEMPTS: u32 = 3;
 /// Range (inclusive, in ms) of the random sleep between [`Client::update`] attempts, so
 /// writers that conflicted together do not retry in lockstep.
 pub const UPDATE_JITTER_MS: (u64, u64) = (2, 50);
+
+/// `{"transfers": [...], "atomic": bool}` borrowing the transfers (no copy of a large batch).
+#[derive(Serialize)]
+struct TransferBatch<'a> {
+    transfers: &'a [TransferBody],
+    atomic: bool,
+}
+
+/// A ledger id as one URL path segment: every byte outside `[A-Za-z0-9._~:-]` percent-encoded,
+/// so an id's own `%` (as in `worker:gpu%20box`) reaches the server as `%`, not as an escape.
+fn segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 /// The error a 4xx/5xx answer stands for: the server's error body, or its text.
 fn api_error(status: u16, bytes: &[u8]) -> ClientError {

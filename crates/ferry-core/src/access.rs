@@ -26,6 +26,8 @@ named_enum! {
         Items = "items";
         /// Send messages and broadcasts; receive, ack and nack them; replay dead letters.
         Messages = "messages";
+        /// Create accounts and transfers; post and void them; pay for jobs (with `produce`).
+        Ledger = "ledger";
     }
 }
 

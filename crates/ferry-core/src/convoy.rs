@@ -259,6 +259,7 @@ impl OnComplete {
             depends_on: Vec::new(),
             tags: self.tags.clone(),
             import: None,
+            payment: None,
         }
     }
 }

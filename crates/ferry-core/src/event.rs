@@ -58,6 +58,18 @@ named_enum! {
         ConvoyLimitChanged = "convoy.limit_changed" @ 19;
         /// A convoy ended (data: state, counts, on_complete_job_id).
         ConvoyCompleted = "convoy.completed" @ 20;
+        /// A ledger account was created (data: the ledger event's data and `seq`).
+        AccountCreated = "account.created" @ 21;
+        /// A ledger account was closed.
+        AccountClosed = "account.closed" @ 22;
+        /// A pending transfer holds funds of this account (one event per side).
+        TransferPending = "transfer.pending" @ 23;
+        /// A transfer moved funds of this account (one event per side).
+        TransferPosted = "transfer.posted" @ 24;
+        /// A pending transfer was voided (one event per side).
+        TransferVoided = "transfer.voided" @ 25;
+        /// A pending transfer expired (one event per side).
+        TransferExpired = "transfer.expired" @ 26;
     }
 }
 
@@ -78,6 +90,8 @@ named_enum! {
         Agent = "agent" @ 4;
         /// A convoy (id: the convoy's id).
         Convoy = "convoy" @ 5;
+        /// A ledger account (id: the account's id).
+        Account = "account" @ 6;
     }
 }
 
@@ -361,6 +375,12 @@ mod tests {
             (EventType::ConvoyProgress, 18),
             (EventType::ConvoyLimitChanged, 19),
             (EventType::ConvoyCompleted, 20),
+            (EventType::AccountCreated, 21),
+            (EventType::AccountClosed, 22),
+            (EventType::TransferPending, 23),
+            (EventType::TransferPosted, 24),
+            (EventType::TransferVoided, 25),
+            (EventType::TransferExpired, 26),
         ];
         assert_eq!(pinned.len(), EventType::ALL.len(), "a new type needs its code pinned here");
         for (t, code) in pinned {
@@ -374,6 +394,7 @@ mod tests {
             (SubjectKind::Item, 3),
             (SubjectKind::Agent, 4),
             (SubjectKind::Convoy, 5),
+            (SubjectKind::Account, 6),
         ];
         assert_eq!(kinds.len(), SubjectKind::ALL.len(), "a new kind needs its code pinned here");
         for (k, code) in kinds {

@@ -151,6 +151,8 @@ pub struct NewJob {
     pub tags: Vec<String>,
     /// Set only by imports from other systems (`ferry import-dir`).
     pub import: Option<Import>,
+    /// A paid job's payment (its hold is placed in the enqueue's transaction).
+    pub payment: Option<crate::ledger::Payment>,
 }
 
 /// How an imported job arrives; its `unique_key` then dedups against jobs in any state, so
@@ -376,6 +378,9 @@ pub struct Job {
     /// The convoy this job is a member of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub convoy_id: Option<String>,
+    /// A paid job's payment, with its current hold transfer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<crate::ledger::Payment>,
 }
 
 /// Which jobs a list call returns.
@@ -421,6 +426,16 @@ pub struct QueueStats {
     /// The queue's flow limits, if any is set.
     #[serde(default, skip_serializing_if = "crate::QueueLimits::is_empty")]
     pub limits: crate::QueueLimits,
+}
+
+/// What a DLQ replay did: the jobs ready again, and paid jobs left dead because their new
+/// hold was refused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replayed {
+    /// Jobs returned to `ready` (or `held`, for convoy members).
+    pub ids: Vec<Uuid>,
+    /// Paid jobs left dead, with why their hold was refused.
+    pub refused: Vec<(Uuid, crate::Error)>,
 }
 
 /// Counts of what one reaper pass did.

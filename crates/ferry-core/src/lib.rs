@@ -16,6 +16,7 @@ pub mod event;
 pub mod item;
 pub mod job;
 pub mod json_text;
+pub mod ledger;
 pub mod limits;
 pub mod measure;
 pub mod message;

@@ -134,6 +134,10 @@ pub struct Limits {
     pub max_convoy_members_per_request: usize,
     /// Most dead member ids a completion job's payload lists (`failed_total` counts them all).
     pub max_convoy_failed_ids: usize,
+    /// Longest ledger account or transfer id, in bytes.
+    pub max_ledger_id_len: usize,
+    /// Largest ledger `metadata` object, serialized, in bytes.
+    pub max_ledger_metadata_bytes: usize,
 }
 
 impl Default for Limits {
@@ -198,6 +202,8 @@ impl Default for Limits {
             max_convoy_members: 1_000_000,
             max_convoy_members_per_request: 10_000,
             max_convoy_failed_ids: 1_000,
+            max_ledger_id_len: 512,
+            max_ledger_metadata_bytes: 4_096,
         }
     }
 }

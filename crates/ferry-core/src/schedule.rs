@@ -405,6 +405,9 @@ pub fn check_template(job: &JobSpec, limits: &Limits) -> Result<()> {
     if job.depends_on.as_ref().is_some_and(|d| !d.is_empty()) {
         return field("depends_on");
     }
+    if job.payment.is_some() {
+        return Err(Error::invalid("job.payment", "a schedule's jobs cannot be paid jobs"));
+    }
     job.clone().validate(limits).map(|_| ()).map_err(|e| e.within("job"))
 }
 

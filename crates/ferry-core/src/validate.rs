@@ -67,6 +67,10 @@ pub struct JobSpec {
     #[serde(default)]
     #[schema(value_type = Option<Vec<names::Tag>>, max_items = 32)]
     pub tags: Option<Vec<String>>,
+    /// Pay for the job from a ledger account: a hold placed now, paid to the completing
+    /// worker's account (needs scopes `ledger` and `produce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<crate::wire::ledger::PaymentSpec>,
 }
 
 /// How the OpenAPI document names the strings this module checks. Schema-only types: the
@@ -415,6 +419,10 @@ impl JobSpec {
             depends_on,
             tags,
             import: None,
+            payment: match self.payment {
+                Some(p) => Some(p.validate(limits).map_err(|e| e.within("payment"))?),
+                None => None,
+            },
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct Access {
     /// `None`: unrestricted. Otherwise the allowed names per kind; a kind not listed allows
     /// nothing.
     only: Option<Arc<[Allowed]>>,
+    /// The token's scopes; `None` when auth is off (everything).
+    scopes: Option<Arc<[Scope]>>,
 }
 
 /// The names of one kind of resource a restricted token may touch.
@@ -56,6 +58,7 @@ impl Access {
     /// The access of `principal` (everything when there is none).
     pub fn of(principal: Option<&Principal>) -> Access {
         let Some(p) = principal else { return Access::default() };
+        let scopes = Some(p.scopes.as_slice().into());
         let mut only: Vec<Allowed> = Vec::new();
         if let Some(q) = &p.queues {
             only.push((ResourceKind::Queue, q.clone()));
@@ -63,7 +66,13 @@ impl Access {
         if let Some(a) = &p.agents {
             only.push((ResourceKind::Agent, a.clone()));
         }
-        Access { only: (!only.is_empty()).then(|| only.into()) }
+        Access { only: (!only.is_empty()).then(|| only.into()), scopes }
+    }
+
+    /// Whether the caller holds `scope` (`admin` holds all; everything when auth is off), for
+    /// requests that need more than their route's scope (a paid enqueue, a ledger repair).
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.iter().any(|x| *x == scope || *x == Scope::Admin))
     }
 
     /// 403 unless the caller may act as agent `name`; a restricted caller must name one

@@ -61,6 +61,43 @@ pub struct Config {
     pub items: ItemsConfig,
     /// Agent-message settings.
     pub messages: MessagesConfig,
+    /// Ledger settings.
+    pub ledger: LedgerConfig,
+}
+
+/// `[ledger]`: expiry and verify passes, snapshots, and the ledger paid jobs use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// How often due pending transfers are expired (and paid jobs left open settled).
+    pub expire_interval_ms: u64,
+    /// A snapshot of the balances every this many ledger events.
+    pub snapshot_every: i64,
+    /// How often a full verify replays the whole chain (failing, it refuses ledger writes).
+    pub verify_interval_ms: u64,
+    /// The ledger of paid jobs' holds and payments (and of `escrow`).
+    pub jobs_ledger: u32,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            expire_interval_ms: 1_000,
+            snapshot_every: 1_000,
+            verify_interval_ms: 86_400_000,
+            jobs_ledger: 1,
+        }
+    }
+}
+
+impl LedgerConfig {
+    /// What the store applies.
+    pub fn settings(&self) -> ferry_store::LedgerSettings {
+        ferry_store::LedgerSettings {
+            snapshot_every: self.snapshot_every.max(1),
+            jobs_ledger: self.jobs_ledger.max(1),
+        }
+    }
 }
 
 /// `[messages]`: the send limit, deliveries before a dead letter, retention and the sweep.
@@ -133,6 +170,7 @@ impl Default for Config {
             server_names: Vec::new(),
             items: ItemsConfig::default(),
             messages: MessagesConfig::default(),
+            ledger: LedgerConfig::default(),
         }
     }
 }

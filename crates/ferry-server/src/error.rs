@@ -44,9 +44,18 @@ impl IntoResponse for ApiError {
                 | ErrorCode::ServerSaturated
                 | ErrorCode::CircuitOpen
         );
+        // A refusal by policy (the ledger's writes while its balances are unverified) is not a
+        // storage failure: it must not feed the circuit breaker.
+        let deliberate = self
+            .0
+            .details
+            .as_ref()
+            .is_some_and(|d| d.get("reason").and_then(|r| r.as_str()) == Some("ledger_unverified"));
         let mut resp = (status, Json(ErrorBody { error: self.0 })).into_response();
         // The protection layer reads the code: storage failures feed the circuit breaker.
-        resp.extensions_mut().insert(code);
+        if !deliberate {
+            resp.extensions_mut().insert(code);
+        }
         if retry {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait_s));
         }

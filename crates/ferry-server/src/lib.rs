@@ -55,6 +55,7 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
             let mut cfg = PgConfig::new(&url);
             cfg.limits = config.limits.clone();
             cfg.pool_size = config.pg_pool_size.max(1);
+            cfg.ledger = config.ledger.settings();
             let store = PgStore::open(cfg, clock).await?;
             Ok((measured(config, Arc::new(store)), format!("postgres database {}", redact(&url))))
         }
@@ -62,6 +63,7 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
             let mut cfg = SqliteConfig::new(&path);
             cfg.synchronous = config.synchronous;
             cfg.limits = config.limits.clone();
+            cfg.ledger = config.ledger.settings();
             let store = SqliteStore::open(cfg, clock)?;
             Ok((measured(config, Arc::new(store)), format!("sqlite database {}", path.display())))
         }
@@ -127,6 +129,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let auth_note = format!("auth {}", state.tokens.mode());
     tokio::spawn(api::messages::sweeper(state.clone(), config.maintenance.batch, stop_rx.clone()));
+    api::ledger::check_at_start(&state).await;
+    tokio::spawn(api::ledger::passes(state.clone(), config.maintenance.batch, stop_rx.clone()));
     let maintenance = Maintenance::spawn(store.clone(), config.maintenance.clone());
     let app = api::router(state).0;
     tracing::info!("ferry listening on http://{addr} with {where_data} ({auth_note})");

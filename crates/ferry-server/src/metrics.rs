@@ -42,8 +42,8 @@ fn to_prometheus_text(open_metrics: &str) -> String {
 }
 
 /// Kinds of item conflict counted in `ferry_conflicts_total{kind}` (besides `stale_lease`).
-pub const CONFLICT_KINDS: [&str; 4] =
-    ["version_conflict", "precondition_failed", "assigned_to_other", "stale_receipt"];
+pub const CONFLICT_KINDS: [&str; 5] =
+    ["version_conflict", "precondition_failed", "assigned_to_other", "stale_receipt", "transfer"];
 
 /// The node's metric registry.
 pub struct Metrics {
@@ -68,6 +68,8 @@ struct Scrape {
     inbox: Vec<(&'static str, u64)>,
     /// Live convoys and their held members, across the cluster.
     convoys: ferry_core::convoy::ConvoyGauges,
+    /// Pending ledger transfers, across the cluster.
+    ledger_pending: u64,
 }
 
 /// Free and total bytes of the filesystem holding `path`.
@@ -175,6 +177,20 @@ impl prometheus_client::collector::Collector for StoreCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         ConstGauge::new(scrape.convoys.held as i64).encode(f)?;
+        let f = enc.encode_descriptor(
+            "ferry_ledger_pending_transfers",
+            "Pending ledger transfers, holds of paid jobs included (cluster-wide)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(scrape.ledger_pending as i64).encode(f)?;
+        let f = enc.encode_descriptor(
+            "ferry_ledger_writes_refused",
+            "1 while this node refuses ledger writes (balances disagree with their chain)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(crate::api::ledger::WRITES_REFUSED.load(Ordering::Relaxed))).encode(f)?;
         let mut f = enc.encode_descriptor(
             "ferry_convoy_limit_changes",
             "Adaptive convoy limit moves by reason (this node's commits)",
@@ -397,6 +413,11 @@ impl prometheus_client::collector::Collector for ProtectionCollector {
             let c = ConstCounter::new(p.rejected[i].load(Ordering::Relaxed));
             c.encode(m.encode_family(&[("reason", *reason)])?)?;
         }
+        // The ledger's refusals, by `details.reason`.
+        for (i, reason) in ferry_core::ledger::Reason::ALL.iter().enumerate() {
+            let c = ConstCounter::new(crate::api::ledger::REFUSALS[i].load(Ordering::Relaxed));
+            c.encode(m.encode_family(&[("reason", reason.as_str())])?)?;
+        }
         let state = p.breaker.state();
         let g = ConstGauge::new(0i64);
         let mut m = enc.encode_descriptor(
@@ -475,7 +496,9 @@ impl Metrics {
         let items = self.store.item_counts().await.unwrap_or_default();
         let inbox = self.store.message_counts().await.unwrap_or_default();
         let convoys = self.store.convoy_gauges().await.unwrap_or_default();
-        *self.scrape.lock().expect("scrape lock") = Scrape { queues, sizes, disk, items, inbox, convoys };
+        let ledger_pending = self.store.pending_transfers().await.unwrap_or_default();
+        *self.scrape.lock().expect("scrape lock") =
+            Scrape { queues, sizes, disk, items, inbox, convoys, ledger_pending };
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("metrics encode to a String");

@@ -48,6 +48,10 @@ pub struct AppState {
     pub items: crate::config::ItemsConfig,
     /// Agent-message settings (`[messages]`).
     pub messages: crate::config::MessagesConfig,
+    /// Ledger settings (`[ledger]`).
+    pub ledger: crate::config::LedgerConfig,
+    /// Whether ledger writes are refused (balances unverified).
+    pub ledger_guard: Arc<crate::api::ledger::LedgerGuard>,
 }
 
 impl AppState {
@@ -85,6 +89,8 @@ impl AppState {
             server_names: config.server_names.as_slice().into(),
             items: config.items.clone(),
             messages: config.messages.clone(),
+            ledger: config.ledger.clone(),
+            ledger_guard: Default::default(),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
         }
     }

@@ -18,6 +18,8 @@ pub struct Effects {
     pub deltas: Deltas,
     /// Events to record in the same transaction and publish after commit.
     pub events: Vec<Event>,
+    /// Some job reached `completed`, `dead` or `cancelled` (its hold, if paid, settles now).
+    pub ended: bool,
 }
 
 impl Effects {
@@ -35,6 +37,11 @@ impl Effects {
 
     /// Records that `n` jobs of `queue` moved from `from` (None: inserted) to `to` (None: deleted).
     pub fn moved(&mut self, queue: &str, from: Option<JobState>, to: Option<JobState>, n: i64) {
+        if from.is_some()
+            && to.is_some_and(|t| matches!(t, JobState::Completed | JobState::Dead | JobState::Cancelled))
+        {
+            self.ended = true;
+        }
         self.deltas.moved(queue, from, to, n);
     }
 
@@ -53,6 +60,7 @@ impl Effects {
         }
         self.deltas.merge(other.deltas);
         self.events.extend(other.events);
+        self.ended |= other.ended;
     }
 }
 

@@ -10,6 +10,7 @@ mod convoy_rows;
 mod effects;
 pub mod events;
 mod item_rows;
+mod ledger_rows;
 pub mod maintenance;
 mod message_rows;
 pub mod metrics;
@@ -23,18 +24,19 @@ use ferry_core::{ClaimRequest, ClaimedJob, Result};
 use std::time::Duration;
 
 pub use contract::{
-    AgentFilter, ConvoyStore, EventPrune, EventStore, HostStore, ItemFilter, ItemStore, JobStore,
-    MessageStore, MessageSweep, QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, TokenStore,
-    WorkerStore,
+    AccountFilter, AgentFilter, ConvoyStore, EventPrune, EventStore, HostStore, ItemFilter, ItemStore,
+    JobStore, LedgerStore, MessageStore, MessageSweep, QueueLimitStore, QueueStore, ScheduleStore, Store,
+    StoreCore, TokenStore, WorkerStore,
 };
 pub use events::EventBus;
+pub use ledger_rows::LedgerSettings;
 
 /// Every domain trait, for code that calls a concrete store (`SqliteStore`, `PgStore`) rather
 /// than `dyn Store`: `use ferry_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        ConvoyStore, EventStore, HostStore, ItemStore, JobStore, QueueLimitStore, QueueStore, ScheduleStore,
-        Store, StoreCore, TokenStore, WorkerStore,
+        ConvoyStore, EventStore, HostStore, ItemStore, JobStore, LedgerStore, QueueLimitStore, QueueStore,
+        ScheduleStore, Store, StoreCore, TokenStore, WorkerStore,
     };
 }
 pub use notify::Notifier;

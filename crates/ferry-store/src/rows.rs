@@ -218,7 +218,7 @@ pub fn decide_expiry(job: &Leased, now: i64, limits: &Limits, why: Expiry) -> Re
 pub const JOB_COLS: &str = "seq, id, queue, state, payload, priority, attempt, max_attempts, backoff_base_ms,
     backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, depends_on, tags, run_at, created_at,
     updated_at, started_at, finished_at, lease_expires_at, worker, result, errors, cancel_reason, timeout_ms,
-    convoy_id";
+    convoy_id, payment";
 
 /// ferry's invariants as (what, SQL condition of violating rows); both backends count them.
 pub const INVARIANT_CHECKS: &[(&str, &str)] = &[

@@ -144,6 +144,43 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     cancelled = await c("cancel_convoy", cid)
     assert cancelled["state"] == "cancelled" and cancelled["counts"]["cancelled"] == 2
 
+    # Ledger.
+    bank, payer = f"bank-{tag}", f"payer-{tag}"
+    made = await c("create_account", bank, metadata={"kind": "bank"})
+    assert (made["id"], made["ledger"], made["balance"]) == (bank, 1, 0) and not made.get("duplicate")
+    accounts = await c(
+        "create_accounts",
+        [
+            {"id": payer, "flags": ["debits_must_not_exceed_credits"]},
+            {"id": bank, "metadata": {"kind": "bank"}},
+        ],
+    )
+    assert [(a["id"], a.get("duplicate", False)) for a in accounts] == [(payer, False), (bank, True)]
+    funded = await c("transfer", f"fund-{tag}", bank, payer, 100)
+    assert (funded["state"], funded["posted_amount"]) == ("posted", 100)
+    held = await c("transfer", f"hold-{tag}", payer, bank, 30, pending=True, timeout_ms=600_000)
+    assert held["state"] == "pending" and held["expires_at"]
+    assert (await c("post_transfer", f"hold-{tag}", 10))["posted_amount"] == 10
+    small = {"id": f"b1-{tag}", "debit_account": payer, "credit_account": bank, "amount": 5, "pending": True}
+    assert [t["state"] for t in await c("transfers", [small])] == ["pending"]
+    big = {"id": f"b2-{tag}", "debit_account": payer, "credit_account": bank, "amount": 1000}
+    results = await c("transfers", [small, big], atomic=False)
+    assert [(r["ok"], r.get("duplicate", False)) for r in results] == [(True, True), (False, False)]
+    assert results[1]["error"]["details"]["reason"] == "exceeds_credits"
+    assert (await c("void_transfer", f"b1-{tag}"))["state"] == "voided"
+    assert (await c("get_transfer", f"b2-{tag}"))["state"] == "refused"
+    shown = await c("get_account", payer)
+    assert (shown["balance"], shown["available"], shown["debits_pending"]) == (90, 90, 0)
+    page = await c("list_accounts", limit=1)
+    assert len(page["accounts"]) == 1 and page["next_cursor"]
+    statement = await c("statement", payer, limit=10)
+    assert [t["id"] for t in statement["transfers"]] == [f"fund-{tag}", f"hold-{tag}", f"b1-{tag}"]
+    events = await c("ledger_events", limit=2)
+    assert [e["seq"] for e in events["events"]] == [1, 2] and events["next_cursor"]
+    assert (await c("verify_ledger", full=True))["ok"] is True
+    closed = await c("close_account", payer)
+    assert "closed" in closed["flags"] and closed["closed_at"]
+
     # Schedules.
     name = f"sched-{tag}"
     created = await c("create_schedule", name, "@daily", {"queue": q}, timezone="UTC")

@@ -6,6 +6,7 @@ use crate::output::{fail, print_json, show, table};
 use clap::{Args, Subcommand};
 use ferry_client::{Client, ClientError};
 use ferry_core::validate::JobSpec;
+use ferry_core::wire::PaymentSpec;
 use ferry_core::{Job, time::format_ms};
 use serde_json::value::RawValue;
 use std::io::{BufRead, IsTerminal, Read};
@@ -76,8 +77,24 @@ pub struct EnqueueArgs {
     /// A job id this job waits for (repeatable).
     #[arg(long = "depends-on")]
     pub depends_on: Vec<String>,
+    /// Pay for the job from this ledger account: the amount is held when it is enqueued and
+    /// paid to the worker that completes it (needs --pay-amount; with --batch, every line
+    /// without its own payment).
+    #[arg(long, requires = "pay_amount")]
+    pub pay_from: Option<String>,
+    /// The amount held, then paid (needs --pay-from).
+    #[arg(long, requires = "pay_from")]
+    pub pay_amount: Option<i64>,
     #[command(flatten)]
     pub client: ClientOpts,
+}
+
+impl EnqueueArgs {
+    /// `payment` of the jobs, from --pay-from and --pay-amount (clap requires both or neither).
+    fn payment(&self) -> Option<PaymentSpec> {
+        let (from, amount) = self.pay_from.clone().zip(self.pay_amount)?;
+        Some(PaymentSpec { from, amount, ..PaymentSpec::default() })
+    }
 }
 
 fn read_input(file: &Option<PathBuf>) -> Result<String, String> {
@@ -129,6 +146,7 @@ pub async fn enqueue(a: EnqueueArgs) -> i32 {
         unique_key: a.unique_key.clone(),
         depends_on: (!a.depends_on.is_empty()).then(|| a.depends_on.clone()),
         tags: (!a.tags.is_empty()).then(|| a.tags.clone()),
+        payment: a.payment(),
     };
     show(a.client.json, client.enqueue(&spec).await, |r| {
         println!("{}{}", r.id, if r.duplicate { " (duplicate)" } else { "" })
@@ -156,6 +174,7 @@ async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
         _ => None,
     };
     let chunk = a.chunk.clamp(1, 10_000);
+    let payment = a.payment();
     let mut pending: Vec<JobSpec> = Vec::with_capacity(chunk);
     let (mut sent, mut dups) = (0usize, 0usize);
     let flush =
@@ -180,7 +199,7 @@ async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
         if line.trim().is_empty() {
             continue;
         }
-        let spec = match &a.queue {
+        let mut spec = match &a.queue {
             Some(q) => match raw(&line, &format!("line {}", n + 1)) {
                 Ok(p) => JobSpec { queue: q.clone(), payload: Some(p), ..Default::default() },
                 Err(e) => return fail(e),
@@ -190,6 +209,9 @@ async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
                 Err(e) => return fail(format!("line {} is not a job object: {e}", n + 1)),
             },
         };
+        if spec.payment.is_none() {
+            spec.payment = payment.clone();
+        }
         pending.push(spec);
         if pending.len() == chunk
             && let Err(e) = flush(&mut pending, &mut sent, &mut dups).await

@@ -9,6 +9,7 @@ pub mod dlq;
 pub mod hosts;
 pub mod items;
 pub mod jobs;
+pub mod ledger;
 pub mod messages;
 pub mod queues;
 pub mod schedules;

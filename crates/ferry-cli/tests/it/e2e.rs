@@ -476,6 +476,17 @@ async fn openapi_document_covers_every_route() {
         ("post", "/v1/convoys/{id}/members"),
         ("post", "/v1/convoys/{id}/seal"),
         ("post", "/v1/convoys/{id}/cancel"),
+        ("post", "/v1/ledger/accounts"),
+        ("get", "/v1/ledger/accounts"),
+        ("get", "/v1/ledger/accounts/{id}"),
+        ("post", "/v1/ledger/accounts/{id}/close"),
+        ("get", "/v1/ledger/accounts/{id}/transfers"),
+        ("post", "/v1/ledger/transfers"),
+        ("get", "/v1/ledger/transfers/{id}"),
+        ("post", "/v1/ledger/transfers/{id}/post"),
+        ("post", "/v1/ledger/transfers/{id}/void"),
+        ("get", "/v1/ledger/events"),
+        ("post", "/v1/ledger/verify"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in expected {

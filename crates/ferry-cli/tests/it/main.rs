@@ -12,6 +12,7 @@ mod events;
 mod faults;
 mod import_dir;
 mod items;
+mod ledger;
 mod messages;
 mod migrate;
 mod multinode;

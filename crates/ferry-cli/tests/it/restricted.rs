@@ -1456,6 +1456,43 @@ fn variants(key: &str, fx: &Fx, who: usize) -> Option<Vec<Variant>> {
                     .forbidden(),
             ]
         }
+        // The ledger is not narrowed to queues: a restricted token reaches none of it.
+        "POST /v1/ledger/accounts" => {
+            vec![v("create an account", post("/v1/ledger/accounts", json!({"id": "acct-1"}))).forbidden()]
+        }
+        "GET /v1/ledger/accounts" => vec![v("list accounts", get("/v1/ledger/accounts")).forbidden()],
+        "GET /v1/ledger/accounts/{id}" => {
+            vec![v("read an account", get("/v1/ledger/accounts/acct-1")).forbidden()]
+        }
+        "POST /v1/ledger/accounts/{id}/close" => {
+            vec![v("close an account", post("/v1/ledger/accounts/acct-1/close", json!({}))).forbidden()]
+        }
+        "GET /v1/ledger/accounts/{id}/transfers" => {
+            vec![v("read a statement", get("/v1/ledger/accounts/acct-1/transfers")).forbidden()]
+        }
+        "POST /v1/ledger/transfers" => vec![
+            v(
+                "transfer",
+                post(
+                    "/v1/ledger/transfers",
+                    json!({"id": "t-1", "debit_account": "acct-1", "credit_account": "acct-2", "amount": 1}),
+                ),
+            )
+            .forbidden(),
+        ],
+        "GET /v1/ledger/transfers/{id}" => {
+            vec![v("read a transfer", get("/v1/ledger/transfers/t-1")).forbidden()]
+        }
+        "POST /v1/ledger/transfers/{id}/post" => {
+            vec![v("post a transfer", post("/v1/ledger/transfers/t-1/post", json!({}))).forbidden()]
+        }
+        "POST /v1/ledger/transfers/{id}/void" => {
+            vec![v("void a transfer", post("/v1/ledger/transfers/t-1/void", json!({}))).forbidden()]
+        }
+        "GET /v1/ledger/events" => vec![v("read the ledger's events", get("/v1/ledger/events")).forbidden()],
+        "POST /v1/ledger/verify" => {
+            vec![v("verify the ledger", post("/v1/ledger/verify", json!({}))).forbidden()]
+        }
         "DELETE /v1/hosts/{name}" => vec![
             v("remove a host", req(Method::DELETE, "/v1/hosts/host-1?queue=a", None)),
             v("remove an unknown host", req(Method::DELETE, "/v1/hosts/nosuch-host?queue=a", None)),

@@ -71,6 +71,10 @@ pub struct MemberSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(ignore)]
     pub delay_ms: Option<serde_json::Value>,
+    /// Refused: convoy members are not paid jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub payment: Option<serde_json::Value>,
 }
 
 impl MemberSpec {
@@ -81,6 +85,7 @@ impl MemberSpec {
             ("depends_on", self.depends_on.is_some()),
             ("run_at", self.run_at.is_some()),
             ("delay_ms", self.delay_ms.is_some()),
+            ("payment", self.payment.is_some()),
         ];
         if let Some((field, _)) = refused.into_iter().find(|(_, present)| *present) {
             return Err(Error::invalid(field, format!("a convoy member takes no {field}")));
@@ -98,6 +103,7 @@ impl MemberSpec {
             unique_key: self.unique_key,
             depends_on: None,
             tags: self.tags,
+            payment: None,
         }
         .validate(limits)
     }
@@ -304,14 +310,20 @@ pub struct OnCompleteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(ignore)]
     pub depends_on: Option<serde_json::Value>,
+    /// Refused: a completion job is not a paid job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub payment: Option<serde_json::Value>,
 }
 
 impl OnCompleteSpec {
     /// The checked completion job.
     pub fn validate(self, limits: &Limits) -> Result<OnComplete> {
-        for (field, present) in
-            [("unique_key", self.unique_key.is_some()), ("depends_on", self.depends_on.is_some())]
-        {
+        for (field, present) in [
+            ("unique_key", self.unique_key.is_some()),
+            ("depends_on", self.depends_on.is_some()),
+            ("payment", self.payment.is_some()),
+        ] {
             if present {
                 return Err(Error::invalid(field, format!("on_complete takes no {field}")));
             }
@@ -329,6 +341,7 @@ impl OnCompleteSpec {
             unique_key: None,
             depends_on: None,
             tags: self.tags,
+            payment: None,
         };
         OnComplete::from_job(job.validate(limits)?)
     }

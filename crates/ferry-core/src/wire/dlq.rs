@@ -80,6 +80,18 @@ impl DlqSelectorBody {
 pub struct ReplayResponse {
     /// Jobs returned to `ready`.
     pub replayed: u64,
+    /// Paid jobs left dead because their new hold was refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedReplay>,
+}
+
+/// A paid dead job a replay left dead.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RefusedReplay {
+    /// The job.
+    pub id: uuid::Uuid,
+    /// Why its hold was refused.
+    pub error: crate::Error,
 }
 
 /// `POST /v1/dlq/purge` answer.

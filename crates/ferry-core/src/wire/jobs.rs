@@ -599,6 +599,9 @@ impl ImportBody {
             if item.job.unique_key.is_none() {
                 return Err(at(Error::invalid("job.unique_key", "an imported job needs a unique_key")));
             }
+            if item.job.payment.is_some() {
+                return Err(at(Error::invalid("job.payment", "an imported job cannot be a paid job")));
+            }
             let mut job = item.job.validate(limits).map_err(|e| at(e.within("job")))?;
             job.import = Some(match item.state.as_deref() {
                 None | Some("ready") => crate::job::Import::Ready,

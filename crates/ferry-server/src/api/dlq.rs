@@ -7,7 +7,7 @@ use crate::error::{ApiQuery, ApiResult, JsonBody};
 use axum::Json;
 use axum::extract::State;
 use ferry_core::wire::{
-    DlqParams, DlqSelectorBody, ErrorBody, JobsPage, ListParams, PurgeResponse, ReplayResponse,
+    DlqParams, DlqSelectorBody, ErrorBody, JobsPage, ListParams, PurgeResponse, RefusedReplay, ReplayResponse,
 };
 use ferry_core::{DeadSelector, Error};
 
@@ -66,21 +66,31 @@ pub async fn replay(
 ) -> ApiResult<Json<ReplayResponse>> {
     let sel = selector(body, &st, &access).await?;
     let mut replayed = 0u64;
+    let mut refused = Vec::new();
     match sel {
         DeadSelector::Ids(ids) => {
-            replayed += st.store.replay_dead(DeadSelector::Ids(ids), usize::MAX).await?.len() as u64
+            let out = st.store.replay_dead(DeadSelector::Ids(ids), usize::MAX).await?;
+            replayed += out.ids.len() as u64;
+            refused.extend(out.refused);
         }
         DeadSelector::Queue(q) => loop {
             // Until a step replays nothing: a step may bring back fewer than it selected (of two
             // dead jobs with one unique key, only the first), so a short step is not the end.
-            let n = st.store.replay_dead(DeadSelector::Queue(q.clone()), DLQ_STEP).await?.len();
-            replayed += n as u64;
+            let out = st.store.replay_dead(DeadSelector::Queue(q.clone()), DLQ_STEP).await?;
+            replayed += out.ids.len() as u64;
+            let n = out.ids.len();
+            for (id, e) in out.refused {
+                if !refused.iter().any(|(r, _)| *r == id) {
+                    refused.push((id, e));
+                }
+            }
             if n == 0 {
                 break;
             }
         },
     }
-    Ok(Json(ReplayResponse { replayed }))
+    let refused = refused.into_iter().map(|(id, error)| RefusedReplay { id, error }).collect();
+    Ok(Json(ReplayResponse { replayed, refused }))
 }
 
 /// Delete dead jobs: by `ids` or by `queue`.

@@ -444,6 +444,17 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
         "maxItems",
         json!(l.max_convoy_members_per_request),
     ));
+    for path in ["/v1/ledger/accounts", "/v1/ledger/accounts/{id}/transfers", "/v1/ledger/events"] {
+        sets.push((query_param(doc, path, "limit"), "maximum", json!(l.max_page_size)));
+    }
+    sets.push((schema("LedgerId"), "maxLength", json!(l.max_ledger_id_len)));
+    sets.push((format!("{}/properties/accounts", schema("AccountsBody")), "maxItems", json!(l.max_batch)));
+    sets.push((format!("{}/properties/transfers", schema("TransfersBody")), "maxItems", json!(l.max_batch)));
+    sets.push((
+        format!("{}/properties/timeout_ms", schema("TransferBody")),
+        "maximum",
+        json!(l.max_delay_ms),
+    ));
     for (pointer, key, value) in sets {
         replace(doc, &pointer, key, value);
     }

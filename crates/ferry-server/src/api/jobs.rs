@@ -59,7 +59,8 @@ pub async fn enqueue(State(st): State<AppState>, access: Access, req: Request) -
     if probe.jobs.is_some() {
         let Obj(batch): Obj<BatchBody> = parse_json(&bytes, "")?;
         let specs: Vec<Obj<JobSpec>> = parse_json(batch.jobs.get().as_bytes(), "jobs")?;
-        let jobs = validate::batch(specs.into_iter().map(|o| o.0).collect(), &st.limits)?;
+        let mut jobs = validate::batch(specs.into_iter().map(|o| o.0).collect(), &st.limits)?;
+        paid(&st, &access, &mut jobs, true)?;
         let (_permit, ticket) = admit(&st, &access, &jobs).await?;
         let out = st.store.enqueue(jobs).await?;
         ticket.committed();
@@ -69,13 +70,36 @@ pub async fn enqueue(State(st): State<AppState>, access: Access, req: Request) -
     }
     let Obj(spec): Obj<JobSpec> = parse_json(&bytes, "")?;
     let job = spec.validate(&st.limits)?;
-    let jobs = vec![job];
+    let mut jobs = vec![job];
+    paid(&st, &access, &mut jobs, false)?;
     let (_permit, ticket) = admit(&st, &access, &jobs).await?;
     let out = st.store.enqueue(jobs).await?;
     ticket.committed();
     let o = out[0];
     let status = if o.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(EnqueueResponse { id: o.id, duplicate: o.duplicate })).into_response())
+}
+
+/// Paid jobs: the caller needs scopes `ledger` and `produce`, the ledger must take writes, and
+/// each payment's ledger is the jobs' one (`[ledger] jobs_ledger`).
+fn paid(st: &AppState, access: &Access, jobs: &mut [NewJob], batch: bool) -> Result<(), Error> {
+    if jobs.iter().all(|j| j.payment.is_none()) {
+        return Ok(());
+    }
+    if !(access.has(ferry_core::Scope::Ledger) && access.has(ferry_core::Scope::Produce)) {
+        return Err(Error::new(
+            ferry_core::ErrorCode::Forbidden,
+            "a paid job needs a token with scopes ledger and produce",
+        ));
+    }
+    st.ledger_guard.check()?;
+    for (i, j) in jobs.iter_mut().enumerate() {
+        if let Some(p) = j.payment.as_mut() {
+            p.resolve(st.ledger.jobs_ledger)
+                .map_err(|e| if batch { e.within(&format!("jobs[{i}]")) } else { e })?;
+        }
+    }
+    Ok(())
 }
 
 /// Admission of new jobs: the caller's queues (and those of the jobs they depend on), then

@@ -10,6 +10,7 @@ pub mod events;
 pub mod health;
 pub mod items;
 pub mod jobs;
+pub mod ledger;
 pub mod messages;
 pub mod queues;
 pub mod schedules;
@@ -89,6 +90,7 @@ fn routes() -> Routes {
     let r = items::routes(r);
     let r = messages::routes(r);
     let r = convoys::routes(r);
+    let r = ledger::routes(r);
     health::routes(r)
 }
 

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use ferry_core::{
     ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, FailItem, FailOutcome,
     HeartbeatOutcome, HeartbeatRequest, Job, JobFilter, JobState, NewJob, Page, PageRequest, ReapOutcome,
-    Result,
+    Replayed, Result,
 };
 use uuid::Uuid;
 
@@ -41,8 +41,9 @@ pub trait JobStore: Send + Sync {
     /// Jobs in insertion order, filtered, one page at a time.
     async fn list_jobs(&self, filter: JobFilter, page: PageRequest) -> Result<Page<Job>>;
 
-    /// Returns up to `max` dead jobs to `ready` with attempts reset and history kept.
-    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>>;
+    /// Returns up to `max` dead jobs to `ready` with attempts reset and history kept; a paid
+    /// job holds its payment again (`job:<id>:hold:<n>`) or, refused, stays dead.
+    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Replayed>;
 
     /// Deletes up to `max` dead jobs.
     async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64>;

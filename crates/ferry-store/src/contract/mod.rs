@@ -17,6 +17,7 @@ mod events;
 mod hosts;
 mod items;
 mod jobs;
+mod ledger;
 mod limits;
 mod messages;
 mod queues;
@@ -29,6 +30,7 @@ pub use events::{EventPrune, EventStore};
 pub use hosts::HostStore;
 pub use items::{ItemFilter, ItemStore};
 pub use jobs::JobStore;
+pub use ledger::{AccountFilter, LedgerStore};
 pub use limits::QueueLimitStore;
 pub use messages::{AgentFilter, MessageStore, MessageSweep};
 pub use queues::QueueStore;
@@ -106,5 +108,6 @@ store_is_the_sum_of!(
     HostStore,
     ItemStore,
     MessageStore,
-    ConvoyStore
+    ConvoyStore,
+    LedgerStore
 );

@@ -476,7 +476,7 @@ async fn finish(
             tx.query(&stmt, &[&row.id, &(limits.max_convoy_failed_ids as i64)]).await.map_err(pg_err)?;
         let failed_ids = rows.iter().map(|r| r.col(0)).collect::<Result<Vec<Uuid>>>()?;
         let job = on_complete.job(&row.summary(state, failed_ids));
-        let out = super::jobs::enqueue(tx, now, vec![job], w).await?;
+        let out = super::jobs::enqueue(tx, now, vec![job], &crate::LedgerSettings::default(), w).await?;
         row.on_complete_job_id = Some(out[0].id);
     }
     row.state = state;

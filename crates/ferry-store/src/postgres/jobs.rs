@@ -29,6 +29,7 @@ pub async fn enqueue(
     tx: &Transaction<'_>,
     now: i64,
     jobs: Vec<NewJob>,
+    settings: &crate::LedgerSettings,
     w: &mut Effects,
 ) -> Result<Vec<EnqueueOutcome>> {
     let batch = jobs.len() > 1;
@@ -73,8 +74,13 @@ pub async fn enqueue(
     }
     let mut out = Vec::with_capacity(jobs.len());
     let mut simple = SimpleBatch::default();
-    for (job, (pending, cancel_reason)) in jobs.into_iter().zip(resolved) {
-        if job.unique_key.is_none() && job.depends_on.is_empty() && job.import.is_none() {
+    let mut holds = Vec::new();
+    for (i, (mut job, (pending, cancel_reason))) in jobs.into_iter().zip(resolved).enumerate() {
+        if job.unique_key.is_none()
+            && job.depends_on.is_empty()
+            && job.import.is_none()
+            && job.payment.is_none()
+        {
             // The common case goes into one multi-row insert.
             let run_at = job.run_at.resolve(now);
             let state = initial_state(&job, run_at, now, false, false);
@@ -146,6 +152,19 @@ pub async fn enqueue(
             out.push(EnqueueOutcome { id: existing.col(0)?, duplicate: true });
             continue;
         };
+        if let Some(p) = job.payment.as_mut()
+            && state != JobState::Cancelled
+        {
+            // The hold is placed below, after every insert, in this transaction.
+            p.hold = ferry_core::ledger::hold_id(id, 0);
+            let seq: i64 = row.col(0)?;
+            let set = tx
+                .prepare_cached("UPDATE jobs SET payment = $2, hold_open = 1 WHERE seq = $1")
+                .await
+                .map_err(pg_err)?;
+            tx.execute(&set, &[&seq, &crate::ledger_rows::payment_text(p)]).await.map_err(pg_err)?;
+            holds.push((i, id, p.clone()));
+        }
         if let Some(ferry_core::Import::Completed { result }) = &job.import {
             let seq: i64 = row.col(0)?;
             let set = tx
@@ -186,6 +205,7 @@ pub async fn enqueue(
         out.push(EnqueueOutcome { id, duplicate: false });
     }
     simple.flush(tx, now).await?;
+    super::ledger::hold_jobs(tx, now, &holds, settings, w).await?;
     Ok(out)
 }
 
@@ -926,15 +946,17 @@ async fn dead_rows(
     rows.iter().map(|r| Ok((r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?))).collect()
 }
 
-/// Dead jobs back to ready: attempts reset, history kept.
+/// Dead jobs back to ready: attempts reset, history kept. A paid job places a new hold first;
+/// refused, it stays dead (and is listed).
 pub async fn replay(
     tx: &Transaction<'_>,
     now: i64,
     selector: &DeadSelector,
     max: usize,
     limits: &Limits,
+    settings: &crate::LedgerSettings,
     w: &mut Effects,
-) -> Result<Vec<Uuid>> {
+) -> Result<ferry_core::Replayed> {
     let rows = dead_rows(tx, selector, max, true).await?;
     // Row by row, checked again: two dead jobs of one key may be selected together; the first
     // brought back holds the key and the second stays dead.
@@ -946,8 +968,26 @@ pub async fn replay(
         ))
         .await
         .map_err(pg_err)?;
+    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let mut payments = Vec::new();
+    for r in tx
+        .query(
+            "SELECT seq, id, payment FROM jobs WHERE seq = ANY($1) AND payment IS NOT NULL ORDER BY seq",
+            &[&seqs],
+        )
+        .await
+        .map_err(pg_err)?
+    {
+        let mut p = crate::ledger_rows::payment_from(&r.col::<String>(2)?)?;
+        let id: Uuid = r.col(1)?;
+        p.hold = ferry_core::ledger::hold_id(id, crate::ledger_rows::hold_number(&p.hold) + 1);
+        payments.push((r.col::<i64>(0)?, id, p));
+    }
+    let mut refused = Vec::new();
     let mut replayed = Vec::with_capacity(rows.len());
     let mut members = Vec::new();
+    let (paid_rows, rows): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|r| payments.iter().any(|p| p.0 == r.0));
     for row in rows {
         if tx.execute(&update, &[&now, &row.0]).await.map_err(pg_err)? == 1 {
             let convoy =
@@ -958,10 +998,41 @@ pub async fn replay(
             replayed.push(row);
         }
     }
-    // Convoys in id order, as every batch locks them.
+    // Convoys in id order, as every batch locks them; then the ledger (its head, then its
+    // accounts), as job commands settle holds last: convoy rows are never locked under the head.
     members.sort();
     for (cid, seq) in members {
         super::convoys::replay_member(tx, now, seq, &cid, limits, w).await?;
+    }
+    if !paid_rows.is_empty() {
+        let mut book =
+            super::ledger::holds_book(tx, now, payments.iter().map(|(_, id, p)| (*id, p)), settings).await?;
+        for row in paid_rows {
+            let Some((_, id, p)) = payments.iter().find(|(s, ..)| *s == row.0) else { continue };
+            let still = tx
+                .query_opt(&format!("SELECT 1 FROM jobs WHERE seq = $1 {REPLAYABLE}"), &[&row.0])
+                .await
+                .map_err(pg_err)?;
+            if still.is_none() {
+                continue;
+            }
+            if let Err(e) = super::ledger::hold_one(&mut book, *id, p) {
+                refused.push((*id, e));
+                continue;
+            }
+            tx.execute(
+                "UPDATE jobs SET payment = $2, hold_open = 1 WHERE seq = $1",
+                &[&row.0, &crate::ledger_rows::payment_text(p)],
+            )
+            .await
+            .map_err(pg_err)?;
+            if tx.execute(&update, &[&now, &row.0]).await.map_err(pg_err)? == 1 {
+                replayed.push(row);
+            }
+        }
+        if let Some(book) = book {
+            super::ledger::store(tx, book, settings, w).await?;
+        }
     }
     let rows = replayed;
     for (_, id, q, tags) in &rows {
@@ -973,7 +1044,7 @@ pub async fn replay(
     if let DeadSelector::Ids(order) = selector {
         ids.sort_by_key(|id| order.iter().position(|o| o == id));
     }
-    Ok(ids)
+    Ok(ferry_core::Replayed { ids, refused })
 }
 
 /// Deletes dead jobs.
@@ -1052,6 +1123,10 @@ fn job_from_row(r: &Row) -> Result<(i64, Job)> {
             cancel_reason: r.col(25)?,
             timeout_ms: r.col::<Option<i64>>(26)?.unwrap_or(DEFAULT_TIMEOUT_MS),
             convoy_id: r.col(27)?,
+            payment: r
+                .col::<Option<String>>(28)?
+                .map(|p| crate::ledger_rows::payment_from(&p))
+                .transpose()?,
         },
     ))
 }
@@ -1195,7 +1270,12 @@ pub async fn invariants(c: &Client) -> Result<Vec<String>> {
 #[async_trait]
 impl JobStore for PgStore {
     async fn enqueue(&self, new: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
-        self.tx("enqueue", move |tx, now, w| boxed!(super::jobs::enqueue(tx, now, new, w).await)).await
+        let settings = self.ledger;
+        if new.iter().any(|j| j.payment.is_some()) {
+            self.paid.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.tx("enqueue", move |tx, now, w| boxed!(super::jobs::enqueue(tx, now, new, &settings, w).await))
+            .await
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
@@ -1295,10 +1375,10 @@ impl JobStore for PgStore {
         self.read(move |c| boxed!(super::jobs::list(c, &filter, limit, cursor).await)).await
     }
 
-    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
-        let limits = self.limits.clone();
+    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<ferry_core::Replayed> {
+        let (limits, settings) = (self.limits.clone(), self.ledger);
         self.tx("replay_dead", move |tx, now, w| {
-            boxed!(super::jobs::replay(tx, now, &selector, max, &limits, w).await)
+            boxed!(super::jobs::replay(tx, now, &selector, max, &limits, &settings, w).await)
         })
         .await
     }

@@ -21,6 +21,7 @@ mod events;
 mod hosts;
 mod items;
 mod jobs;
+mod ledger;
 mod limits;
 mod messages;
 mod queues;
@@ -58,6 +59,8 @@ pub struct PgConfig {
     /// How often this node checks ferry's hot tables for dead row versions and vacuums them
     /// (one node at a time); 0 leaves it to autovacuum alone.
     pub vacuum_interval_ms: u64,
+    /// The `[ledger]` settings the store applies.
+    pub ledger: crate::LedgerSettings,
 }
 
 impl PgConfig {
@@ -70,6 +73,7 @@ impl PgConfig {
             fallback_poll_ms: 1_000,
             limits: Limits::default(),
             vacuum_interval_ms: 10_000,
+            ledger: crate::LedgerSettings::default(),
         }
     }
 }
@@ -89,6 +93,14 @@ pub struct PgStore {
     sequence: Arc<tokio::sync::Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     metrics: Arc<crate::metrics::StoreMetrics>,
+    /// The `[ledger]` settings the store applies.
+    ledger: crate::LedgerSettings,
+    /// Whether some paid job may hold funds: only then does a transaction that ends jobs look
+    /// for holds to settle (the ledger's expiry pass settles any left over, and turns this on
+    /// once another node has placed the cluster's first hold).
+    paid: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's batcher of ledger transfer, post and void writes.
+    ledger_batch: ledger::Batcher,
 }
 
 /// Maps a PostgreSQL error: lost connections and server shutdowns are `unavailable`.
@@ -202,6 +214,14 @@ impl PgStore {
             schema::migrate(&mut client).await?;
         }
         let head = events::head(&*pool.get().await.map_err(pool_err)?).await?;
+        let paid: bool = pool
+            .get()
+            .await
+            .map_err(pool_err)?
+            .query_one("SELECT EXISTS (SELECT 1 FROM jobs WHERE hold_open = 1)", &[])
+            .await
+            .map_err(pg_err)?
+            .col(0)?;
         let bus = EventBus::new(head);
         let notifier = Notifier::new();
         let sequence = Arc::new(tokio::sync::Notify::new());
@@ -241,6 +261,9 @@ impl PgStore {
             sequence,
             tasks,
             metrics: Arc::new(crate::metrics::StoreMetrics::new(config.pool_size.max(1) as u32)),
+            ledger: config.ledger,
+            paid: Arc::new(std::sync::atomic::AtomicBool::new(paid)),
+            ledger_batch: ledger::Batcher::default(),
         })
     }
 
@@ -305,6 +328,10 @@ impl PgStore {
         f: F,
     ) -> Result<T> {
         let out = f(tx, now, fx).await?;
+        // A paid job that ended in this transaction is paid (or its hold voided) in it.
+        if fx.ended && self.paid.load(std::sync::atomic::Ordering::Relaxed) {
+            ledger::settle_ended(tx, now, &self.ledger, fx).await?;
+        }
         if !fx.events.is_empty() {
             let at = fx.events.last().map_or(now, |e| e.at.0);
             tx.execute(
@@ -488,6 +515,7 @@ impl StoreCore for PgStore {
                 out.extend(items::invariants(c).await?);
                 out.extend(messages::invariants(c).await?);
                 out.extend(convoys::invariants(c).await?);
+                out.extend(ledger::invariants(c).await?);
                 Ok(out)
             })
         })

@@ -160,7 +160,14 @@ pub async fn fire(
         let ticks: Vec<i64> = jobs.iter().map(|(t, _)| *t).collect();
         let (queues, tags): (Vec<String>, Vec<Vec<String>>) =
             jobs.iter().map(|(_, j)| (j.queue.clone(), j.tags.clone())).unzip();
-        let out = jobs::enqueue(tx, now, jobs.into_iter().map(|(_, j)| j).collect(), w).await?;
+        let out = jobs::enqueue(
+            tx,
+            now,
+            jobs.into_iter().map(|(_, j)| j).collect(),
+            &crate::LedgerSettings::default(),
+            w,
+        )
+        .await?;
         for (i, o) in out.iter().enumerate() {
             w.events.push(fired_event(now, &s.name, ticks[i], o, &queues[i], &tags[i]));
             enqueued += u64::from(!o.duplicate);

@@ -2,7 +2,8 @@
 //! start together do not race, and a schema newer than this build is refused.
 //!
 //! Table registry (kept in step with the SQLite schema): `ferry_meta`, `jobs`, `job_deps`,
-//! `queues`, `event_log`, `schedules`, `api_tokens`, `workers`, `hosts`. Unlike SQLite, several
+//! `queues`, `event_log`, `schedules`, `api_tokens`, `workers`, `hosts`, and the domains' tables
+//! (items, messages, convoys, ledger). Unlike SQLite, several
 //! processes write here, so counts per state come from a scan of the table, not from memory.
 
 use super::{RowExt, pg_err};
@@ -271,6 +272,84 @@ CREATE TABLE convoy_keys (
     job_id    UUID NOT NULL,
     PRIMARY KEY (convoy_id, key)
 );
+"#,
+    r#"
+CREATE TABLE ledger_accounts (
+    id              TEXT PRIMARY KEY,
+    ledger          BIGINT NOT NULL,
+    code            BIGINT NOT NULL,
+    flags           BIGINT NOT NULL,
+    metadata        TEXT NOT NULL,
+    debits_posted   BIGINT NOT NULL,
+    credits_posted  BIGINT NOT NULL,
+    debits_pending  BIGINT NOT NULL,
+    credits_pending BIGINT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    closed_at       BIGINT,
+    last_seq        BIGINT NOT NULL
+);
+CREATE INDEX ledger_accounts_ledger ON ledger_accounts (ledger, id);
+CREATE INDEX ledger_accounts_changed ON ledger_accounts (last_seq);
+CREATE TABLE ledger_transfers (
+    id             TEXT PRIMARY KEY,
+    debit_account  TEXT NOT NULL,
+    credit_account TEXT NOT NULL,
+    ledger         BIGINT NOT NULL,
+    amount         BIGINT NOT NULL,
+    code           BIGINT NOT NULL,
+    metadata       TEXT NOT NULL,
+    pending        BIGINT NOT NULL,
+    timeout_ms     BIGINT,
+    state          TEXT NOT NULL,
+    reason         TEXT,
+    posted_amount  BIGINT,
+    expires_at     BIGINT,
+    job_id         TEXT,
+    seq            BIGINT,
+    created_at     BIGINT NOT NULL,
+    settled_at     BIGINT
+);
+CREATE INDEX ledger_transfers_debit ON ledger_transfers (debit_account, seq) WHERE seq IS NOT NULL;
+CREATE INDEX ledger_transfers_credit ON ledger_transfers (credit_account, seq) WHERE seq IS NOT NULL;
+CREATE INDEX ledger_transfers_due ON ledger_transfers (expires_at) WHERE state = 'pending' AND expires_at IS NOT NULL;
+CREATE INDEX ledger_transfers_debit_due ON ledger_transfers (debit_account, expires_at)
+    WHERE state = 'pending' AND expires_at IS NOT NULL;
+CREATE INDEX ledger_transfers_credit_due ON ledger_transfers (credit_account, expires_at)
+    WHERE state = 'pending' AND expires_at IS NOT NULL;
+CREATE INDEX ledger_transfers_pending ON ledger_transfers (seq) WHERE state = 'pending';
+CREATE TABLE ledger_events (
+    seq  BIGINT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    at   BIGINT NOT NULL,
+    data TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE ledger_head (
+    id     BIGINT PRIMARY KEY,
+    seq    BIGINT NOT NULL,
+    hash   TEXT NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE TABLE ledger_snapshots (
+    seq    BIGINT PRIMARY KEY,
+    at     BIGINT NOT NULL,
+    hash   TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    totals TEXT NOT NULL
+);
+CREATE TABLE ledger_snapshot_accounts (
+    account_id      TEXT NOT NULL,
+    snapshot_seq    BIGINT NOT NULL,
+    ledger          BIGINT NOT NULL,
+    debits_posted   BIGINT NOT NULL,
+    credits_posted  BIGINT NOT NULL,
+    debits_pending  BIGINT NOT NULL,
+    credits_pending BIGINT NOT NULL,
+    PRIMARY KEY (account_id, snapshot_seq)
+);
+ALTER TABLE jobs ADD COLUMN payment TEXT;
+ALTER TABLE jobs ADD COLUMN hold_open BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX jobs_hold_open ON jobs (seq) WHERE hold_open = 1 AND state IN ('completed', 'dead', 'cancelled');
 "#,
 ];
 

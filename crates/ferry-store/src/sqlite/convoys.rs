@@ -357,7 +357,7 @@ fn finish(conn: &Connection, now: i64, row: &mut ConvoyRow, limits: &Limits, fx:
             })
             .map_err(db_err)?;
         let job = on_complete.job(&row.summary(state, failed_ids));
-        let out = super::jobs::enqueue(conn, now, vec![job], fx)?;
+        let out = super::jobs::enqueue(conn, now, vec![job], &crate::LedgerSettings::default(), fx)?;
         row.on_complete_job_id = Some(out[0].id);
     }
     row.state = state;

@@ -17,7 +17,7 @@ use ferry_core::validate::DEFAULT_TIMEOUT_MS;
 use ferry_core::{
     Backoff, ClaimRequest, ClaimedJob, CompleteItem, DeadSelector, EnqueueOutcome, Error, ErrorCode, Event,
     EventType, FailItem, FailOutcome, HeartbeatOutcome, Jitter, Job, JobFilter, JobState, Limits, NewJob,
-    Page, QueueStats, ReapOutcome, Result, Timestamp,
+    Page, QueueStats, ReapOutcome, Replayed, Result, Timestamp,
 };
 use ferry_core::{HeartbeatRequest, PageRequest};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -29,7 +29,8 @@ use uuid::Uuid;
 pub fn enqueue(
     conn: &Connection,
     now: i64,
-    jobs: Vec<NewJob>,
+    mut jobs: Vec<NewJob>,
+    settings: &crate::LedgerSettings,
     fx: &mut Effects,
 ) -> Result<Vec<EnqueueOutcome>> {
     let batch = jobs.len() > 1;
@@ -44,8 +45,9 @@ pub fn enqueue(
         .prepare_cached(
             "INSERT INTO jobs (id, queue, state, priority, run_at, payload, max_attempts, backoff_base_ms,
                 backoff_factor, backoff_max_ms, backoff_jitter, lease_ms, unique_key, tags, depends_on,
-                pending_deps, cancel_reason, created_at, updated_at, finished_at, timeout_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19, ?20)",
+                pending_deps, cancel_reason, created_at, updated_at, finished_at, timeout_ms, payment, hold_open)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19, ?20,
+                ?21, ?22)",
         )
         .map_err(db_err)?;
     let mut add_dep = conn
@@ -76,7 +78,34 @@ pub fn enqueue(
         }
         resolved.push((pending, cancel_reason));
     }
-    for (job, (pending, cancel_reason)) in jobs.into_iter().zip(resolved) {
+    // Ids are chosen before anything is written, so the holds of paid jobs (which name their
+    // job) are planned, and refused, before the first insert too.
+    let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+    let mut holds = Vec::new();
+    let mut keys_seen = std::collections::HashSet::new();
+    for (i, job) in jobs.iter_mut().enumerate() {
+        let fresh = match &job.unique_key {
+            Some(key) => {
+                keys_seen.insert((job.queue.clone(), key.clone()))
+                    && find_unique
+                        .query_row(params![job.queue, key], |r| r.get::<_, Uuid>(0))
+                        .optional()
+                        .map_err(db_err)?
+                        .is_none()
+            }
+            None => true,
+        };
+        if let Some(p) = job.payment.as_mut()
+            && fresh
+            && resolved[i].1.is_none()
+        {
+            p.hold = ferry_core::ledger::hold_id(ids[i], 0);
+            holds.push((i, ids[i], p.clone()));
+        }
+    }
+    super::ledger::hold_jobs(conn, now, &holds, settings, fx)?;
+    let held: std::collections::HashSet<usize> = holds.iter().map(|(i, ..)| *i).collect();
+    for (i, (job, (pending, cancel_reason))) in jobs.into_iter().zip(resolved).enumerate() {
         if let Some(key) = &job.unique_key {
             // An import dedups against jobs in any state, so a re-run creates nothing.
             let existing: Option<Uuid> = if job.import.is_some() {
@@ -96,8 +125,10 @@ pub fn enqueue(
         }
         let run_at = job.run_at.resolve(now);
         let state = initial_state(&job, run_at, now, !pending.is_empty(), cancel_reason.is_some());
-        let id = Uuid::now_v7();
+        let id = ids[i];
         let pending_deps = if state == JobState::Waiting { pending.len() as i64 } else { 0 };
+        let payment =
+            job.payment.as_ref().filter(|_| held.contains(&i)).map(crate::ledger_rows::payment_text);
         insert
             .execute(params![
                 id,
@@ -120,6 +151,8 @@ pub fn enqueue(
                 now,
                 (state.is_finished()).then_some(now),
                 job.timeout_ms,
+                payment,
+                i64::from(held.contains(&i)),
             ])
             .map_err(db_err)?;
         if let Some(ferry_core::Import::Completed { result }) = &job.import {
@@ -720,15 +753,17 @@ fn dead_seqs(conn: &Connection, selector: &DeadSelector, max: usize, replay: boo
     }
 }
 
-/// Dead jobs back to ready: attempts reset, history kept.
+/// Dead jobs back to ready: attempts reset, history kept. A paid job places a new hold first;
+/// refused, it stays dead (and is listed).
 pub fn replay(
     conn: &Connection,
     now: i64,
     selector: &DeadSelector,
     max: usize,
     limits: &Limits,
+    settings: &crate::LedgerSettings,
     fx: &mut Effects,
-) -> Result<Vec<Uuid>> {
+) -> Result<Replayed> {
     let rows = dead_seqs(conn, selector, max, true)?;
     // Checked again per row: two dead jobs of one key may be selected together; the first
     // brought back holds the key, and the second stays dead (check before write: a broken
@@ -740,9 +775,36 @@ pub fn replay(
              WHERE seq = ?2 {REPLAYABLE}"
         ))
         .map_err(db_err)?;
-    let mut ids = Vec::with_capacity(rows.len());
+    let mut still =
+        conn.prepare_cached(&format!("SELECT 1 FROM jobs WHERE seq = ?1 {REPLAYABLE}")).map_err(db_err)?;
+    let mut paid = conn
+        .prepare_cached("SELECT payment FROM jobs WHERE seq = ?1 AND payment IS NOT NULL")
+        .map_err(db_err)?;
+    let mut out = Replayed::default();
+    let mut payments = Vec::new();
+    for (seq, id, ..) in &rows {
+        if let Some(text) = paid.query_row([seq], |r| r.get::<_, String>(0)).optional().map_err(db_err)? {
+            let mut p = crate::ledger_rows::payment_from(&text)?;
+            p.hold = ferry_core::ledger::hold_id(*id, crate::ledger_rows::hold_number(&p.hold) + 1);
+            payments.push((*seq, *id, p));
+        }
+    }
+    let mut book =
+        super::ledger::holds_book(conn, now, payments.iter().map(|(_, id, p)| (*id, p)), settings)?;
     let mut convoy_of = conn.prepare_cached("SELECT convoy_id FROM jobs WHERE seq = ?1").map_err(db_err)?;
     for (seq, id, queue, tags) in rows {
+        if let Some((_, _, p)) = payments.iter().find(|(s, ..)| *s == seq) {
+            if still.query_row([seq], |_| Ok(())).optional().map_err(db_err)?.is_none() {
+                continue;
+            }
+            if let Err(e) = super::ledger::hold_one(&mut book, id, p) {
+                out.refused.push((id, e));
+                continue;
+            }
+            conn.prepare_cached("UPDATE jobs SET payment = ?2, hold_open = 1 WHERE seq = ?1")
+                .and_then(|mut u| u.execute(params![seq, crate::ledger_rows::payment_text(p)]))
+                .map_err(db_err)?;
+        }
         if s.execute(params![now, seq]).map_err(db_err)? == 0 {
             continue;
         }
@@ -754,9 +816,12 @@ pub fn replay(
         fx.moved(&queue, Some(JobState::Dead), Some(state), 1);
         fx.event(job_event(EventType::JobReplayed, now, &queue, id, event_tags(tags)));
         fx.wake(&queue);
-        ids.push(id);
+        out.ids.push(id);
     }
-    Ok(ids)
+    if let Some(book) = book {
+        super::ledger::store(conn, book, settings, fx)?;
+    }
+    Ok(out)
 }
 
 /// Deletes dead jobs.
@@ -825,6 +890,11 @@ fn job_from_row(r: &Row) -> Result<(i64, Job)> {
             cancel_reason: r.get(25).map_err(g)?,
             timeout_ms: r.get::<_, Option<i64>>(26).map_err(g)?.unwrap_or(DEFAULT_TIMEOUT_MS),
             convoy_id: r.get(27).map_err(g)?,
+            payment: r
+                .get::<_, Option<String>>(28)
+                .map_err(g)?
+                .map(|p| crate::ledger_rows::payment_from(&p))
+                .transpose()?,
         },
     ))
 }
@@ -1000,7 +1070,11 @@ pub fn prune_events(conn: &Connection, before_ms: i64, keep: u64, max: usize) ->
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
-        self.write("enqueue", move |c, now, fx| super::jobs::enqueue(c, now, jobs, fx)).await
+        let settings = self.ledger;
+        if jobs.iter().any(|j| j.payment.is_some()) {
+            self.paid.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.write("enqueue", move |c, now, fx| super::jobs::enqueue(c, now, jobs, &settings, fx)).await
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
@@ -1065,10 +1139,12 @@ impl JobStore for SqliteStore {
         self.readers.read(move |c| super::jobs::list(c, &filter, limit, cursor)).await
     }
 
-    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Vec<Uuid>> {
-        let limits = self.limits.clone();
-        self.write("replay_dead", move |c, now, fx| super::jobs::replay(c, now, &selector, max, &limits, fx))
-            .await
+    async fn replay_dead(&self, selector: DeadSelector, max: usize) -> Result<Replayed> {
+        let (limits, settings) = (self.limits.clone(), self.ledger);
+        self.write("replay_dead", move |c, now, fx| {
+            super::jobs::replay(c, now, &selector, max, &limits, &settings, fx)
+        })
+        .await
     }
 
     async fn purge_dead(&self, selector: DeadSelector, max: usize) -> Result<u64> {

@@ -11,6 +11,7 @@ mod events;
 mod hosts;
 mod items;
 mod jobs;
+mod ledger;
 mod limits;
 mod messages;
 mod queues;
@@ -60,6 +61,8 @@ pub struct SqliteConfig {
     pub channel_capacity: usize,
     /// Input limits (error text, history length).
     pub limits: Limits,
+    /// The `[ledger]` settings the store applies.
+    pub ledger: crate::LedgerSettings,
 }
 
 impl SqliteConfig {
@@ -72,6 +75,7 @@ impl SqliteConfig {
             max_batch_ops: 1024,
             channel_capacity: 8192,
             limits: Limits::default(),
+            ledger: crate::LedgerSettings::default(),
         }
     }
 }
@@ -90,6 +94,10 @@ pub struct SqliteStore {
     path: PathBuf,
     bus: Arc<EventBus>,
     metrics: Arc<crate::metrics::StoreMetrics>,
+    ledger: crate::LedgerSettings,
+    /// Whether some paid job may hold funds: only then does a write that ends jobs look for
+    /// holds to settle.
+    paid: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The lock file beside a database (`<db>.lock`).
@@ -239,6 +247,9 @@ impl SqliteStore {
             .map_err(db_err)?
             .unwrap_or(0);
         let bus = EventBus::new(head as u64);
+        let paid: bool = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM jobs WHERE hold_open = 1)", [], |r| r.get(0))
+            .map_err(db_err)?;
         let metrics = Arc::new(crate::metrics::StoreMetrics::new(1));
         let writer = Writer::spawn(
             conn,
@@ -261,6 +272,8 @@ impl SqliteStore {
             path: config.path.clone(),
             bus,
             metrics,
+            ledger: config.ledger,
+            paid: Arc::new(std::sync::atomic::AtomicBool::new(paid)),
         })
     }
 
@@ -271,7 +284,21 @@ impl SqliteStore {
         F: FnOnce(&Connection, i64, &mut Effects) -> Result<T> + Send + 'static,
     {
         let clock = self.clock.clone();
-        self.metrics.timed(op, self.writer.write(move |conn, fx| f(conn, clock.now_ms(), fx))).await
+        let (paid, settings) = (self.paid.clone(), self.ledger);
+        self.metrics
+            .timed(
+                op,
+                self.writer.write(move |conn, fx| {
+                    let now = clock.now_ms();
+                    let out = f(conn, now, fx)?;
+                    // A paid job that ended in this command is paid (or its hold voided) in it.
+                    if fx.ended && paid.load(std::sync::atomic::Ordering::Relaxed) {
+                        ledger::settle_ended(conn, now, &settings, fx)?;
+                    }
+                    Ok(out)
+                }),
+            )
+            .await
     }
 
     /// Runs `f` on the writer; timed and counted as `op`.
@@ -339,6 +366,7 @@ impl StoreCore for SqliteStore {
                 out.extend(items::invariants(c)?);
                 out.extend(messages::invariants(c)?);
                 out.extend(convoys::invariants(c)?);
+                out.extend(ledger::invariants(c)?);
                 if integrity != "ok" {
                     out.insert(0, format!("integrity_check: {integrity}"));
                 }

@@ -155,7 +155,13 @@ pub fn fire(conn: &Connection, now: i64, max: usize, limits: &Limits, fx: &mut E
         let ticks: Vec<i64> = jobs.iter().map(|(t, _)| *t).collect();
         let (queues, tags): (Vec<String>, Vec<Vec<String>>) =
             jobs.iter().map(|(_, j)| (j.queue.clone(), j.tags.clone())).unzip();
-        let out = super::jobs::enqueue(conn, now, jobs.into_iter().map(|(_, j)| j).collect(), fx)?;
+        let out = super::jobs::enqueue(
+            conn,
+            now,
+            jobs.into_iter().map(|(_, j)| j).collect(),
+            &crate::LedgerSettings::default(),
+            fx,
+        )?;
         for (i, o) in out.iter().enumerate() {
             fx.event(fired_event(now, &s.name, ticks[i], o, &queues[i], &tags[i]));
             enqueued += u64::from(!o.duplicate);

@@ -4,7 +4,7 @@
 //! Table registry (kept in step with `ferry migrate` and the PostgreSQL schema): `ferry_meta`,
 //! `jobs`, `job_deps`, `queues` (pause flag, flow limits and the start-rate token bucket),
 //! `event_log` (one row per committed group of events), `schedules`, `api_tokens`, `workers`,
-//! `hosts`, the work items', messages' and convoys' tables.
+//! `hosts`, the work items', messages', convoys' and ledger's tables.
 //!
 //! Indexes are partial wherever a state is rare, so a transition touches as few b-trees as
 //! possible; counts per state are kept in memory (see `counts`), not in an index.
@@ -264,6 +264,84 @@ CREATE TABLE convoy_keys (
     job_id    BLOB NOT NULL,
     PRIMARY KEY (convoy_id, key)
 ) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE ledger_accounts (
+    id              TEXT PRIMARY KEY,
+    ledger          INTEGER NOT NULL,
+    code            INTEGER NOT NULL,
+    flags           INTEGER NOT NULL,
+    metadata        TEXT NOT NULL,
+    debits_posted   INTEGER NOT NULL,
+    credits_posted  INTEGER NOT NULL,
+    debits_pending  INTEGER NOT NULL,
+    credits_pending INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    closed_at       INTEGER,
+    last_seq        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX ledger_accounts_ledger ON ledger_accounts (ledger, id);
+CREATE INDEX ledger_accounts_changed ON ledger_accounts (last_seq);
+CREATE TABLE ledger_transfers (
+    id             TEXT PRIMARY KEY,
+    debit_account  TEXT NOT NULL,
+    credit_account TEXT NOT NULL,
+    ledger         INTEGER NOT NULL,
+    amount         INTEGER NOT NULL,
+    code           INTEGER NOT NULL,
+    metadata       TEXT NOT NULL,
+    pending        INTEGER NOT NULL,
+    timeout_ms     INTEGER,
+    state          TEXT NOT NULL,
+    reason         TEXT,
+    posted_amount  INTEGER,
+    expires_at     INTEGER,
+    job_id         TEXT,
+    seq            INTEGER,
+    created_at     INTEGER NOT NULL,
+    settled_at     INTEGER
+) WITHOUT ROWID;
+CREATE INDEX ledger_transfers_debit ON ledger_transfers (debit_account, seq) WHERE seq IS NOT NULL;
+CREATE INDEX ledger_transfers_credit ON ledger_transfers (credit_account, seq) WHERE seq IS NOT NULL;
+CREATE INDEX ledger_transfers_due ON ledger_transfers (expires_at) WHERE state = 'pending' AND expires_at IS NOT NULL;
+CREATE INDEX ledger_transfers_debit_due ON ledger_transfers (debit_account, expires_at)
+    WHERE state = 'pending' AND expires_at IS NOT NULL;
+CREATE INDEX ledger_transfers_credit_due ON ledger_transfers (credit_account, expires_at)
+    WHERE state = 'pending' AND expires_at IS NOT NULL;
+CREATE INDEX ledger_transfers_pending ON ledger_transfers (seq) WHERE state = 'pending';
+CREATE TABLE ledger_events (
+    seq  INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    at   INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE ledger_head (
+    id     INTEGER PRIMARY KEY,
+    seq    INTEGER NOT NULL,
+    hash   TEXT NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE TABLE ledger_snapshots (
+    seq    INTEGER PRIMARY KEY,
+    at     INTEGER NOT NULL,
+    hash   TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    totals TEXT NOT NULL
+);
+CREATE TABLE ledger_snapshot_accounts (
+    account_id      TEXT NOT NULL,
+    snapshot_seq    INTEGER NOT NULL,
+    ledger          INTEGER NOT NULL,
+    debits_posted   INTEGER NOT NULL,
+    credits_posted  INTEGER NOT NULL,
+    debits_pending  INTEGER NOT NULL,
+    credits_pending INTEGER NOT NULL,
+    PRIMARY KEY (account_id, snapshot_seq)
+) WITHOUT ROWID;
+ALTER TABLE jobs ADD COLUMN payment TEXT;
+ALTER TABLE jobs ADD COLUMN hold_open INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX jobs_hold_open ON jobs (seq) WHERE hold_open = 1 AND state IN ('completed', 'dead', 'cancelled');
 "#,
 ];
 

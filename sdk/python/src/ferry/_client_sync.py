@@ -245,25 +245,43 @@ class Client:
     # ---- jobs ----------------------------------------------------------------------------------
 
     @operation("POST", "/v1/jobs")
-    def enqueue(self, queue: str, payload: Any = None, **fields: Any) -> EnqueueResult:
+    def enqueue(
+        self,
+        queue: str,
+        payload: Any = None,
+        *,
+        payment: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> EnqueueResult:
         """Enqueues one job; `fields` are the job spec's others (`priority`, `delay_ms`, `run_at`,
         `max_attempts`, `backoff`, `lease_ms`, `timeout_ms`, `unique_key`, `depends_on`, `tags`).
+
+        `payment` (`{"from", "amount", "ledger"?, "code"?}`) makes it a paid job (the token
+        needs scopes `ledger` and `produce`): a hold `job:<id>:hold` from the ledger account
+        `from` to `escrow` is placed with the job, paid to `worker:<name>` of the worker that
+        completes it, voided if it dies or is cancelled. Too little `available` raises
+        `InvalidState` (`details["reason"]` `exceeds_credits`, or `account_closed`) and
+        enqueues nothing; an unknown `from` is `ValidationFailed` (`payment.from`).
 
         Retried (429, 503, connection failures) only with a `unique_key`, which deduplicates
         only while the first job is unfinished (a finished job's key can be enqueued again);
         without one it is sent once and any failure raises (`retry_after` says when to try
-        again), so a lost answer never enqueues twice.
+        again), so a lost answer never enqueues twice (nor holds a payment twice).
         """
         body = {"queue": queue, **fields}
         if payload is not None:
             body["payload"] = payload
+        if payment is not None:
+            body["payment"] = dict(payment)
         retry = ALWAYS if fields.get("unique_key") else NEVER
         return cast(EnqueueResult, self._t.call("POST", "/v1/jobs", body=body, has_body=True, retry=retry))
 
     @operation("POST", "/v1/jobs")
     def enqueue_batch(self, jobs: Sequence[Mapping[str, Any]]) -> EnqueueBatchResult:
-        """Enqueues job specs (each with its `queue`) all or nothing; one id per job, in order.
-        Retried (429, 503, connection failures) only when every job has a `unique_key`."""
+        """Enqueues job specs (each with its `queue`, and its own `payment` if paid: see
+        `enqueue`) all or nothing; one id per job, in order. A refused payment raises its
+        error with `details["index"]` and enqueues nothing. Retried (429, 503, connection
+        failures) only when every job has a `unique_key`."""
         jobs = list(jobs)
         retry = ALWAYS if jobs and all(j.get("unique_key") for j in jobs) else NEVER
         out = self._t.call("POST", "/v1/jobs", body={"jobs": jobs}, has_body=True, retry=retry)
@@ -583,6 +601,186 @@ class Client:
         params = _some(state=state, limit=limit, cursor=cursor)
         path = f"/v1/convoys/{_seg(id)}/members"
         return cast(ConvoyMembersPage, self._t.call("GET", path, params=params or None))
+
+    # ---- ledger --------------------------------------------------------------------------------
+
+    @operation("POST", "/v1/ledger/accounts")
+    def create_account(
+        self,
+        id: str,
+        *,
+        ledger: int | None = None,
+        code: int | None = None,
+        flags: str | Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Creates a ledger account; the account (`balance` = credits - debits posted,
+        `available` = balance - debits pending, the four sums, `flags`, `created_at`).
+
+        `id` is 1 to 512 bytes of `[A-Za-z0-9._:%-]` (not `escrow` nor `worker:...`:
+        ferry's own); `ledger` 1 to 2^32-1 (default 1); `code` 0 to 65535 (default 0);
+        `flags` names of `debits_must_not_exceed_credits` or `credits_must_not_exceed_debits`,
+        and `closed`; `metadata` a JSON object (at most `limits.max_ledger_metadata_bytes`
+        serialized, else `PayloadTooLarge`). The same id and fields again answer the account
+        with `duplicate: true`; other fields raise `Conflict` with `details["fields"]`.
+        Idempotent by `id`, so retried."""
+        body: dict[str, Any] = {"id": id}
+        body.update(_some(ledger=ledger, code=code))
+        if flags is not None:
+            body["flags"] = [flags] if isinstance(flags, str) else list(flags)
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        out = self._t.call("POST", "/v1/ledger/accounts", body=body, has_body=True)
+        return cast("dict[str, Any]", out)
+
+    @operation("POST", "/v1/ledger/accounts")
+    def create_accounts(self, accounts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Creates accounts (`{"id", "ledger"?, "code"?, "flags"?, "metadata"?}` each, as
+        `create_account`) all or nothing; the accounts in order, repeats with `duplicate:
+        true`. A failing one raises its error with `field` `accounts[i]...` and
+        `details["index"]`, and nothing is created. Idempotent by id, so retried."""
+        body = {"accounts": [dict(a) for a in accounts]}
+        out = self._t.call("POST", "/v1/ledger/accounts", body=body, has_body=True)
+        return cast("list[dict[str, Any]]", out["accounts"])
+
+    @operation("POST", "/v1/ledger/accounts/{id}/close")
+    def close_account(self, id: str) -> dict[str, Any]:
+        """Closes an account: no new transfers (refused with `InvalidState`, `details["reason"]`
+        `account_closed`), its pending ones still post or void; the account, its `flags` with
+        `closed`. Closing again answers `duplicate: true`, so retried."""
+        return cast("dict[str, Any]", self._t.call("POST", f"/v1/ledger/accounts/{_seg(id)}/close"))
+
+    @operation("GET", "/v1/ledger/accounts/{id}")
+    def get_account(self, id: str) -> dict[str, Any]:
+        """One account with its balances (ferry's `escrow` and `worker:<name>` ones too);
+        `NotFound` for an unknown id."""
+        return cast("dict[str, Any]", self._t.call("GET", f"/v1/ledger/accounts/{_seg(id)}"))
+
+    @operation("GET", "/v1/ledger/accounts")
+    def list_accounts(
+        self, *, ledger: int | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of accounts in id order, optionally of one `ledger`: `{"accounts",
+        "next_cursor"}`; pass `next_cursor` back as `cursor` for the next (None at the end)."""
+        params = _some(ledger=ledger, limit=limit, cursor=cursor)
+        return cast("dict[str, Any]", self._t.call("GET", "/v1/ledger/accounts", params=params or None))
+
+    @operation("POST", "/v1/ledger/transfers")
+    def transfer(
+        self,
+        id: str,
+        debit_account: str,
+        credit_account: str,
+        amount: int,
+        *,
+        ledger: int | None = None,
+        code: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        pending: bool = False,
+        timeout_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """Moves `amount` (1 to 2^53-1) from `debit_account` to `credit_account` (two
+        accounts of one `ledger`, default theirs); the transfer with its `state` and `seq`.
+
+        `id` is the client's idempotency key (not starting `job:`): the same id and fields
+        again answer the transfer with `duplicate: true`, other fields raise `Conflict` with
+        `details["fields"]`. `pending=True` only holds the amount (`state` `pending`) until
+        `post_transfer` or `void_transfer`, or until `timeout_ms` passes (then `expired`,
+        the hold released). A flag or a closed account refuses it with `InvalidState`
+        (`details["reason"]` `exceeds_credits`, `exceeds_debits`, `account_closed`,
+        `overflow`); the refusal is kept under its id, and any repeat of that id raises
+        `InvalidState` with reason `id_already_failed` and `details["original_reason"]`. An
+        unknown account is `NotFound` (not kept). Crediting a missing `worker:` account
+        creates it. Idempotent by `id`, so retried."""
+        body: dict[str, Any] = {
+            "id": id,
+            "debit_account": debit_account,
+            "credit_account": credit_account,
+            "amount": amount,
+        }
+        body.update(_some(ledger=ledger, code=code))
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if pending:
+            body["pending"] = True
+        if timeout_ms is not None:
+            body["timeout_ms"] = timeout_ms
+        out = self._t.call("POST", "/v1/ledger/transfers", body=body, has_body=True)
+        return cast("dict[str, Any]", out)
+
+    @operation("POST", "/v1/ledger/transfers")
+    def transfers(
+        self, transfers: Sequence[Mapping[str, Any]], *, atomic: bool = True
+    ) -> list[dict[str, Any]]:
+        """Makes many transfers (`{"id", "debit_account", "credit_account", "amount", ...}`
+        each, as `transfer`) in one write.
+
+        `atomic=True`: all or nothing; the transfers in order (repeats with `duplicate:
+        true`). One that fails raises its error with `details["index"]` (and `field`
+        `transfers[i]...` for invalid input), and nothing is written, not even that refusal.
+        `atomic=False`: each on its own; one result per transfer, in order: `{"id", "ok":
+        true, "duplicate"?, "transfer"}` or `{"id", "ok": false, "error"}` (a refusal is
+        kept under its id, as for `transfer`). Idempotent by id, so retried."""
+        body = {"transfers": [dict(t) for t in transfers], "atomic": atomic}
+        out = self._t.call("POST", "/v1/ledger/transfers", body=body, has_body=True)
+        return cast("list[dict[str, Any]]", out["transfers" if atomic else "results"])
+
+    @operation("POST", "/v1/ledger/transfers/{id}/post")
+    def post_transfer(self, id: str, amount: int | None = None) -> dict[str, Any]:
+        """Posts a pending transfer: all of it, or `amount` of it (the rest released; more than
+        held is `ValidationFailed`); the transfer, `state` `posted` with `posted_amount`. A
+        repeat (no amount, or the same) answers `duplicate: true`, so retried; another amount
+        raises `InvalidState` (`pending_already_posted`), as do a voided (`pending_already_voided`),
+        expired (`pending_expired`) or not pending one (`not_pending`)."""
+        path = f"/v1/ledger/transfers/{_seg(id)}/post"
+        out = self._t.call("POST", path, body=_some(amount=amount), has_body=True)
+        return cast("dict[str, Any]", out)
+
+    @operation("POST", "/v1/ledger/transfers/{id}/void")
+    def void_transfer(self, id: str) -> dict[str, Any]:
+        """Voids a pending transfer, releasing its hold; the transfer, `state` `voided`. A
+        repeat answers `duplicate: true`, so retried; a posted or expired one raises
+        `InvalidState` (`details["reason"]`)."""
+        return cast("dict[str, Any]", self._t.call("POST", f"/v1/ledger/transfers/{_seg(id)}/void"))
+
+    @operation("GET", "/v1/ledger/transfers/{id}")
+    def get_transfer(self, id: str) -> dict[str, Any]:
+        """One transfer (a refused one too: `state` `refused` with its `reason`, no `seq`);
+        `NotFound` for an unknown id."""
+        return cast("dict[str, Any]", self._t.call("GET", f"/v1/ledger/transfers/{_seg(id)}"))
+
+    @operation("GET", "/v1/ledger/accounts/{id}/transfers")
+    def statement(
+        self, account: str, *, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of an account's statement: the transfers debiting or crediting it, oldest
+        first (by `seq`; refused ones left out): `{"transfers", "next_cursor"}`; pass
+        `next_cursor` back as `cursor` for the next. `NotFound` for an unknown account."""
+        params = _some(limit=limit, cursor=cursor)
+        path = f"/v1/ledger/accounts/{_seg(account)}/transfers"
+        return cast("dict[str, Any]", self._t.call("GET", path, params=params or None))
+
+    @operation("GET", "/v1/ledger/events")
+    def ledger_events(self, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """One page of the ledger's audit trail, oldest first: `{"events", "next_cursor"}`,
+        each event `{"seq", "type", "at", "data", "hash"}` (`seq` from 1 with no gap; `hash`
+        the hex SHA-256 of the previous event's hash and `"{seq}\\n{type}\\n{at_ms}\\n{data}"`).
+        Never pruned."""
+        params = _some(limit=limit, cursor=cursor)
+        return cast("dict[str, Any]", self._t.call("GET", "/v1/ledger/events", params=params or None))
+
+    @operation("POST", "/v1/ledger/verify")
+    def verify_ledger(self, *, full: bool = False, repair: bool = False) -> dict[str, Any]:
+        """Replays the ledger's events (from the last snapshot, or from the first with `full`)
+        checking the chain, the snapshots' digests, conservation and the live balances:
+        `{"ok", "head_seq", "digest", "problems", "repaired"}`. `repair=True` (scope `admin`)
+        rewrites balances from an intact chain and lifts a refusal of ledger writes. It can
+        take long on a long chain: the client's `timeout` bounds it. Retried, but with
+        `repair` only when the server refused it before writing."""
+        body = {"full": full, "repair": repair}
+        retry = REFUSED if repair else ALWAYS
+        out = self._t.call("POST", "/v1/ledger/verify", body=body, has_body=True, retry=retry)
+        return cast("dict[str, Any]", out)
 
     # ---- schedules -----------------------------------------------------------------------------
 
@@ -1032,10 +1230,10 @@ class Client:
         queues: Sequence[str] | None = None,
         agents: Sequence[str] | None = None,
     ) -> NewToken:
-        """Mints a token (scopes `admin`, `produce`, `work`, `read`, `messages`), optionally
-        limited to queues or to agents (it then sends only as, and reads only the inboxes of,
-        its agents; work-item writes must name one as `agent`); its secret, `token`, is shown
-        only this once. Not retried after a connection failure."""
+        """Mints a token (scopes `admin`, `produce`, `work`, `read`, `messages`, `ledger`),
+        optionally limited to queues or to agents (it then sends only as, and reads only the
+        inboxes of, its agents; work-item writes must name one as `agent`); its secret, `token`,
+        is shown only this once. Not retried after a connection failure."""
         body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
         if queues is not None:
             body["queues"] = list(queues)

@@ -743,7 +743,7 @@ pub async fn replayed_members_rejoin_a_live_convoy_only(h: Harness) {
         get(&h, "rp").await.counts,
         ConvoyCounts { total: 3, held: 1, ready: 1, failed: 1, ..Default::default() }
     );
-    assert_eq!(h.store.replay_dead(DeadSelector::Ids(vec![ids[0]]), 10).await.unwrap(), vec![ids[0]]);
+    assert_eq!(h.store.replay_dead(DeadSelector::Ids(vec![ids[0]]), 10).await.unwrap().ids, vec![ids[0]]);
     let j = h.store.get_job(ids[0]).await.unwrap();
     assert_eq!(
         (j.state, j.attempt, j.convoy_id.as_deref()),

@@ -385,14 +385,15 @@ pub async fn dlq_replay_by_ids_and_queue(h: Harness) {
     let b = make_dead(&h, "qb").await;
     let b2 = make_dead(&h, "qb").await;
     let alive = enqueue1(&h, job("qa")).await;
-    let replayed = h.store.replay_dead(DeadSelector::Ids(vec![a, alive, Uuid::now_v7()]), 100).await.unwrap();
+    let replayed =
+        h.store.replay_dead(DeadSelector::Ids(vec![a, alive, Uuid::now_v7()]), 100).await.unwrap().ids;
     assert_eq!(replayed, vec![a], "only dead jobs are replayed");
     let j = h.store.get_job(a).await.unwrap();
     assert_eq!((j.state, j.attempt, j.errors.len()), (JobState::Ready, 0, 1), "attempts reset, history kept");
     assert!(j.finished_at.is_none());
-    let replayed = h.store.replay_dead(DeadSelector::Queue("qb".into()), 1).await.unwrap();
+    let replayed = h.store.replay_dead(DeadSelector::Queue("qb".into()), 1).await.unwrap().ids;
     assert_eq!(replayed, vec![b], "replay is bounded by max");
-    let replayed = h.store.replay_dead(DeadSelector::Queue("qb".into()), 100).await.unwrap();
+    let replayed = h.store.replay_dead(DeadSelector::Queue("qb".into()), 100).await.unwrap().ids;
     assert_eq!(replayed, vec![b2]);
     let c = claim_one(&h, "qb").await;
     assert_eq!((c.id, c.attempt), (b, 1));
@@ -423,7 +424,7 @@ pub async fn dlq_replay_keeps_unique_keys_unique(h: Harness) {
     enqueue1(&h, keyed("b")).await;
     let dead_b = kill_one(&h).await;
     let holder_b = enqueue1(&h, keyed("b")).await;
-    let replayed = h.store.replay_dead(DeadSelector::Queue("q".into()), 100).await.unwrap();
+    let replayed = h.store.replay_dead(DeadSelector::Queue("q".into()), 100).await.unwrap().ids;
     assert_eq!(replayed, vec![dead_a1], "one of the two a's, and not b (its key is held)");
     for (id, state) in [
         (dead_a1, JobState::Ready),
@@ -433,7 +434,7 @@ pub async fn dlq_replay_keeps_unique_keys_unique(h: Harness) {
     ] {
         assert_eq!(h.store.get_job(id).await.unwrap().state, state);
     }
-    assert!(h.store.replay_dead(DeadSelector::Ids(vec![dead_a2, dead_b]), 100).await.unwrap().is_empty());
+    assert!(h.store.replay_dead(DeadSelector::Ids(vec![dead_a2, dead_b]), 100).await.unwrap().ids.is_empty());
     h.finish().await;
 }
 

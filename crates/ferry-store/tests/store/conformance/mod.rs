@@ -34,6 +34,8 @@ pub mod jobs;
 #[macro_use]
 pub mod json_props;
 #[macro_use]
+pub mod ledger;
+#[macro_use]
 pub mod messages;
 #[macro_use]
 pub mod props;
@@ -98,6 +100,7 @@ macro_rules! conformance_tests {
         items_rules!();
         jobs_rules!();
         json_props_rules!();
+        ledger_rules!();
         messages_rules!();
         props_rules!();
         queues_rules!();
