@@ -18,11 +18,16 @@ pub struct Effects {
     pub deltas: Deltas,
     /// Events to record in the same transaction and publish after commit.
     pub events: Vec<Event>,
-    /// Some job reached `completed`, `dead` or `cancelled` (its hold, if paid, settles now).
-    pub ended: bool,
 }
 
 impl Effects {
+    /// Whether some job reached `completed`, `dead` or `cancelled` here (its hold, if it is a
+    /// paid job, settles in the same transaction): every such move records its job event.
+    pub fn jobs_ended(&self) -> bool {
+        use ferry_core::EventType::{JobCancelled, JobCompleted, JobDead};
+        self.events.iter().any(|e| matches!(e.kind, JobCompleted | JobDead | JobCancelled))
+    }
+
     /// Asks for the claimers of `queue` to be woken.
     pub fn wake(&mut self, queue: &str) {
         if !self.wake.iter().any(|q| q == queue) {
@@ -37,11 +42,6 @@ impl Effects {
 
     /// Records that `n` jobs of `queue` moved from `from` (None: inserted) to `to` (None: deleted).
     pub fn moved(&mut self, queue: &str, from: Option<JobState>, to: Option<JobState>, n: i64) {
-        if from.is_some()
-            && to.is_some_and(|t| matches!(t, JobState::Completed | JobState::Dead | JobState::Cancelled))
-        {
-            self.ended = true;
-        }
         self.deltas.moved(queue, from, to, n);
     }
 
@@ -60,7 +60,6 @@ impl Effects {
         }
         self.deltas.merge(other.deltas);
         self.events.extend(other.events);
-        self.ended |= other.ended;
     }
 }
 

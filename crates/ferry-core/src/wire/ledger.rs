@@ -60,6 +60,26 @@ pub struct AccountsBody {
     pub accounts: Vec<AccountBody>,
 }
 
+/// `POST /v1/ledger/accounts` body (schema only: the handler reads the body itself).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AccountsRequest {
+    /// One account.
+    One(Box<AccountBody>),
+    /// Several, created all or nothing.
+    Batch(AccountsBody),
+}
+
+/// `POST /v1/ledger/transfers` body (schema only: the handler reads the body itself).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TransfersRequest {
+    /// One transfer.
+    One(Box<TransferBody>),
+    /// Several: atomic (default) or each on its own.
+    Batch(TransfersBody),
+}
+
 /// Answer of a batch account create.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AccountsResponse {

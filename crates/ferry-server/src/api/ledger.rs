@@ -143,7 +143,7 @@ fn indexed(e: Error, field: &str, i: usize) -> Error {
 /// Create one account (`{"id", ...}`) or a batch (`{"accounts": [...]}`, all or nothing); a
 /// repeat of an identical account answers it with `duplicate`.
 #[utoipa::path(post, path = "/v1/ledger/accounts", tag = "ledger", operation_id = "create_account",
-    request_body = AccountBody,
+    request_body = AccountsRequest,
     responses((status = 201, description = "created: the account, or `{\"accounts\"}` for a batch", body = Account),
     (status = 200, description = "an identical repeat (`duplicate`)", body = Account),
     (status = 409, description = "conflict: the id exists with other fields (`details.fields`)", body = ErrorBody),
@@ -229,7 +229,7 @@ pub async fn list_accounts(
 
 /// Create one transfer, or a batch: `atomic` (default) all or nothing, else each on its own.
 #[utoipa::path(post, path = "/v1/ledger/transfers", tag = "ledger", operation_id = "create_transfer",
-    request_body = TransferBody,
+    request_body = TransfersRequest,
     responses((status = 201, description = "applied: the transfer, or `{\"transfers\"}` for an atomic batch", body = Transfer),
     (status = 200, description = "an identical repeat (`duplicate`), or `{\"results\"}` of a non-atomic batch", body = TransferResults),
     (status = 404, description = "not_found: an account does not exist (not remembered)", body = ErrorBody),

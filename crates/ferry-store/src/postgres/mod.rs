@@ -329,7 +329,7 @@ impl PgStore {
     ) -> Result<T> {
         let out = f(tx, now, fx).await?;
         // A paid job that ended in this transaction is paid (or its hold voided) in it.
-        if fx.ended && self.paid.load(std::sync::atomic::Ordering::Relaxed) {
+        if fx.jobs_ended() && self.paid.load(std::sync::atomic::Ordering::Relaxed) {
             ledger::settle_ended(tx, now, &self.ledger, fx).await?;
         }
         if !fx.events.is_empty() {

@@ -292,7 +292,7 @@ impl SqliteStore {
                     let now = clock.now_ms();
                     let out = f(conn, now, fx)?;
                     // A paid job that ended in this command is paid (or its hold voided) in it.
-                    if fx.ended && paid.load(std::sync::atomic::Ordering::Relaxed) {
+                    if fx.jobs_ended() && paid.load(std::sync::atomic::Ordering::Relaxed) {
                         ledger::settle_ended(conn, now, &settings, fx)?;
                     }
                     Ok(out)
