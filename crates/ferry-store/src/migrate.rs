@@ -338,7 +338,7 @@ pub const TABLES: &[Table] = &[
             ("last_seq", I64),
         ],
         key: &["id"],
-        resumable: true,
+        resumable: false, // a text key: copied again whole on --resume
         identity: None,
     },
     Table {
@@ -363,7 +363,7 @@ pub const TABLES: &[Table] = &[
             ("settled_at", I64),
         ],
         key: &["id"],
-        resumable: true,
+        resumable: false, // a text key: copied again whole on --resume
         identity: None,
     },
     Table {

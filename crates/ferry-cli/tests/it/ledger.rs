@@ -2764,7 +2764,8 @@ async fn migrate_scenario(db: TestDb) {
         let items: Vec<Value> = (0..100)
             .map(|i| {
                 // mg-a (flagged) receives 1..=5, then passes 1 on: it never runs short.
-                let (d, c, amount) = if i % 2 == 1 { ("mg-a", "mg-b", 1) } else { ("mg-bank", "mg-a", 1 + i % 5) };
+                let (d, c, amount) =
+                    if i % 2 == 1 { ("mg-a", "mg-b", 1) } else { ("mg-bank", "mg-a", 1 + i % 5) };
                 tr(&format!("mg-{b}-{i}"), d, c, amount)
             })
             .collect();
