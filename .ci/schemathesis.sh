@@ -124,6 +124,13 @@ fuzz() {
   job_id=$(curl -sSf -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
     -d '{"queue":"schemathesis-ci-deps"}' "$URL/v1/jobs" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  # A funded ledger account for generated paid jobs to pay from (see the hooks).
+  for body in '{"accounts":[{"id":"schemathesis-bank"},{"id":"schemathesis-payer"}]}' \
+    '{"id":"schemathesis-fund","debit_account":"schemathesis-bank","credit_account":"schemathesis-payer","amount":9007199254740991}'; do
+    case $body in *accounts*) path=accounts ;; *) path=transfers ;; esac
+    curl -sSf -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+      -d "$body" "$URL/v1/ledger/$path"
+  done
   # The document as served must be valid OpenAPI 3.1.
   if ! curl -sSf -H "Authorization: Bearer $token" "$URL/v1/openapi.json" -o "$dir/openapi.json"; then
     echo "schemathesis: GET /v1/openapi.json failed ($name)" >&2

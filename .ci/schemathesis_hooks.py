@@ -19,6 +19,11 @@ afterwards whether the request is still schema-valid, so its checks judge what w
   `depends_on` is replaced by FERRY_CI_JOB_ID, a job the script enqueued before fuzzing (the
   list keeps its length; anything that is not a UUID is sent unchanged, so its rejection is
   still tested).
+* Payers exist. A paid job's `payment.from` must name a ledger account (else 422) and its
+  `ledger` must be the server's `[ledger] jobs_ledger` (1), neither of which a schema can say.
+  In `POST /v1/jobs`, a well-formed `from` becomes `schemathesis-payer` (funded by the script)
+  and an integer `ledger` within range becomes 1. An import takes no payment (422 by design,
+  tested elsewhere): `payment` is dropped from the jobs of `POST /v1/import`.
 """
 
 import os
@@ -47,6 +52,26 @@ def _existing_dependencies(job):
     job["depends_on"] = [
         CI_JOB_ID if isinstance(d, str) and UUID.match(d) else d for d in job["depends_on"]
     ]
+
+
+LEDGER_ID = re.compile(r"^[A-Za-z0-9._:%-]{1,512}$")
+
+
+def _existing_payer(key, job):
+    """Points a paid job at the funded account, in the jobs' ledger; drops an import's payment."""
+    if not isinstance(job, dict) or not isinstance(job.get("payment"), dict):
+        return
+    if key == ("POST", "/v1/import"):
+        del job["payment"]
+        return
+    pay = job["payment"]
+    frm = pay.get("from")
+    if isinstance(frm, str) and LEDGER_ID.match(frm) and frm != "escrow" and not frm.startswith("worker:"):
+        pay["from"] = "schemathesis-payer"
+    ledger = pay.get("ledger")
+    whole = isinstance(ledger, int) or (isinstance(ledger, float) and ledger.is_integer())
+    if whole and not isinstance(ledger, bool) and 1 <= ledger <= 4_294_967_295:
+        pay["ledger"] = 1
 
 
 def _jobs_of(key, body):
@@ -93,6 +118,7 @@ def before_call(context, case, kwargs):
     if key in {("POST", "/v1/jobs"), ("POST", "/v1/import")}:
         for job in _jobs_of(key, case.body):
             _existing_dependencies(job)
+            _existing_payer(key, job)
     if key == ("DELETE", "/v1/tokens/{id}") and CI_TOKEN_ID and isinstance(case.path_parameters, dict):
         if str(case.path_parameters.get("id", "")).strip().lower() == CI_TOKEN_ID:
             case.path_parameters["id"] = str(uuid.uuid4())

@@ -134,12 +134,17 @@ impl<'de> Deserialize<'de> for Flags {
         #[serde(untagged)]
         enum Form {
             List(Vec<String>),
-            Object(BTreeMap<String, bool>),
+            Object(BTreeMap<String, Option<bool>>),
         }
         let mut f = Flags::default();
         let names: Vec<String> = match Form::deserialize(d)? {
             Form::List(l) => l,
-            Form::Object(o) => o.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect(),
+            Form::Object(o) => {
+                if let Some(k) = o.keys().find(|k| !Flags::NAMES.contains(&k.as_str())) {
+                    return Err(D::Error::custom(format!("unknown flag {k:?} (one of {})", Flags::NAMES.join(", "))));
+                }
+                o.into_iter().filter(|(_, on)| *on == Some(true)).map(|(k, _)| k).collect()
+            }
         };
         for n in names {
             if !f.set(&n) {

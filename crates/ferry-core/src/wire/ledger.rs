@@ -43,7 +43,7 @@ pub struct AccountBody {
     /// Flag names: `debits_must_not_exceed_credits` or `credits_must_not_exceed_debits`,
     /// and `closed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<FlagsInput>)]
     pub flags: Option<Flags>,
     /// A JSON object, at most `limits.max_ledger_metadata_bytes` serialized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +78,73 @@ pub enum TransfersRequest {
     One(Box<TransferBody>),
     /// Several: atomic (default) or each on its own.
     Batch(TransfersBody),
+}
+
+/// `POST /v1/ledger/accounts` 201 answer (schema only): the account, or `{"accounts"}`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AccountsCreated {
+    /// One account.
+    One(Box<Account>),
+    /// A batch.
+    Batch(AccountsResponse),
+}
+
+/// `POST /v1/ledger/transfers` 201 answer (schema only): the transfer, or `{"transfers"}`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TransfersCreated {
+    /// One transfer.
+    One(Box<Transfer>),
+    /// An atomic batch.
+    Batch(TransfersResponse),
+}
+
+/// `POST /v1/ledger/transfers` 200 answer (schema only): a duplicate, or a non-atomic batch.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TransfersAnswered {
+    /// A repeat of one transfer (`duplicate`).
+    One(Box<Transfer>),
+    /// Each item of a non-atomic batch.
+    Results(TransferResults),
+}
+
+/// Flag names (schema only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagName {
+    /// debits_posted + debits_pending may not pass credits_posted.
+    DebitsMustNotExceedCredits,
+    /// credits_posted + credits_pending may not pass debits_posted.
+    CreditsMustNotExceedDebits,
+    /// No new transfers.
+    Closed,
+}
+
+/// Flags as an object (schema only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsObject {
+    /// debits_posted + debits_pending may not pass credits_posted.
+    debits_must_not_exceed_credits: Option<bool>,
+    /// credits_posted + credits_pending may not pass debits_posted.
+    credits_must_not_exceed_debits: Option<bool>,
+    /// No new transfers.
+    closed: Option<bool>,
+}
+
+/// An account's flags as a client sends them (schema only): a list of names or an object.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum FlagsInput {
+    /// Names.
+    List(Vec<FlagName>),
+    /// `{"closed": true, ...}`.
+    Object(FlagsObject),
 }
 
 /// Answer of a batch account create.
@@ -219,8 +286,8 @@ pub struct AccountListQuery {
     /// Page size (default 100, at most `limits.max_page_size`).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    #[param(max_length = 600)]
+    /// `next_cursor` of the previous page (an account id).
+    #[param(pattern = r"^[A-Za-z0-9._:%-]{0,512}$")]
     pub cursor: Option<String>,
 }
 
@@ -233,7 +300,7 @@ pub struct LedgerPageQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = r"^[0-9]{1,18}$")]
+    #[param(pattern = r"^[0-9]{0,18}$")]
     pub cursor: Option<String>,
 }
 

@@ -448,6 +448,8 @@ pub fn sync_limits(doc: &mut Value, l: &Limits) {
         sets.push((query_param(doc, path, "limit"), "maximum", json!(l.max_page_size)));
     }
     sets.push((schema("LedgerId"), "maxLength", json!(l.max_ledger_id_len)));
+    let cursor = json!(format!("^[A-Za-z0-9._:%-]{{0,{}}}$", l.max_ledger_id_len));
+    sets.push((query_param(doc, "/v1/ledger/accounts", "cursor"), "pattern", cursor));
     sets.push((format!("{}/properties/accounts", schema("AccountsBody")), "maxItems", json!(l.max_batch)));
     sets.push((format!("{}/properties/transfers", schema("TransfersBody")), "maxItems", json!(l.max_batch)));
     sets.push((

@@ -144,7 +144,7 @@ fn indexed(e: Error, field: &str, i: usize) -> Error {
 /// repeat of an identical account answers it with `duplicate`.
 #[utoipa::path(post, path = "/v1/ledger/accounts", tag = "ledger", operation_id = "create_account",
     request_body = AccountsRequest,
-    responses((status = 201, description = "created: the account, or `{\"accounts\"}` for a batch", body = Account),
+    responses((status = 201, description = "created: the account, or `{\"accounts\"}` for a batch", body = AccountsCreated),
     (status = 200, description = "an identical repeat (`duplicate`)", body = Account),
     (status = 409, description = "conflict: the id exists with other fields (`details.fields`)", body = ErrorBody),
     (status = 422, description = "validation_failed: a field is invalid (named)", body = ErrorBody),
@@ -222,6 +222,10 @@ pub async fn list_accounts(
         ),
     };
     let after = q.cursor.filter(|c| !c.is_empty());
+    if let Some(c) = &after {
+        ledger::valid_id(c, st.limits.max_ledger_id_len)
+            .map_err(|_| Error::invalid("cursor", "not a cursor returned by this server"))?;
+    }
     let accounts = st.store.list_accounts(AccountFilter { ledger, after, limit }).await?;
     let next_cursor = (accounts.len() == limit).then(|| accounts.last().map(|a| a.id.clone())).flatten();
     Ok(Json(AccountsPage { accounts, next_cursor }))
@@ -230,8 +234,8 @@ pub async fn list_accounts(
 /// Create one transfer, or a batch: `atomic` (default) all or nothing, else each on its own.
 #[utoipa::path(post, path = "/v1/ledger/transfers", tag = "ledger", operation_id = "create_transfer",
     request_body = TransfersRequest,
-    responses((status = 201, description = "applied: the transfer, or `{\"transfers\"}` for an atomic batch", body = Transfer),
-    (status = 200, description = "an identical repeat (`duplicate`), or `{\"results\"}` of a non-atomic batch", body = TransferResults),
+    responses((status = 201, description = "applied: the transfer, or `{\"transfers\"}` for an atomic batch", body = TransfersCreated),
+    (status = 200, description = "an identical repeat (`duplicate`), or `{\"results\"}` of a non-atomic batch", body = TransfersAnswered),
     (status = 404, description = "not_found: an account does not exist (not remembered)", body = ErrorBody),
     (status = 409, description = "invalid_state: refused (`details.reason`, remembered), or conflict: the id exists with other fields (`details.fields`)", body = ErrorBody),
     (status = 422, description = "validation_failed: a field is invalid (named)", body = ErrorBody),
@@ -306,7 +310,7 @@ fn failed(id: &str, e: Error) -> TransferResult {
 
 /// Post a pending transfer: all of it, or `amount` (the rest is released).
 #[utoipa::path(post, path = "/v1/ledger/transfers/{id}/post", tag = "ledger", operation_id = "post_transfer",
-    params(("id" = LedgerId, Path, description = TRANSFER)), request_body = PostBody,
+    params(("id" = LedgerId, Path, description = TRANSFER)), request_body = Option<PostBody>,
     responses((status = 200, description = "the transfer (`duplicate` on a repeat)", body = Transfer),
     (status = 404, description = NO_TRANSFER, body = ErrorBody),
     (status = 409, description = "invalid_state: not pending (`details.reason`)", body = ErrorBody),
@@ -415,7 +419,7 @@ pub async fn events(
 /// Replay the chain (from the last snapshot, or from the first event with `full`) and compare
 /// it with the balances; `repair` (scope `admin`) rewrites them from an intact chain.
 #[utoipa::path(post, path = "/v1/ledger/verify", tag = "ledger", operation_id = "verify_ledger",
-    request_body = VerifyBody,
+    request_body = Option<VerifyBody>,
     responses((status = 200, description = "what the replay found", body = Verification),
     (status = 403, description = "forbidden: `repair` needs scope admin", body = ErrorBody),
     (status = 409, description = "invalid_state: the chain itself is broken; nothing to repair from", body = ErrorBody)))]
