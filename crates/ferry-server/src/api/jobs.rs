@@ -51,8 +51,11 @@ struct BatchBody<'a> {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = EnqueueBody, responses(
     (status = 201, description = "enqueued: `{\"id\"}` for one job, `{\"ids\"}` for a batch", body = Enqueued),
     (status = 200, description = "one job whose `unique_key` matched an unfinished job: that job's id", body = EnqueueResponse),
+    (status = 403, description = "forbidden: a paid job needs scopes ledger and produce", body = ErrorBody),
+    (status = 409, description = "invalid_state: a paid job's hold is refused (`details.reason`: exceeds_credits, account_closed; a batch whole, with `details.index`)", body = ErrorBody),
     (status = 413, description = "payload_too_large: a payload, or the batch, is over its limit", body = ErrorBody),
-    (status = 422, description = "validation_failed: a field is invalid (named, e.g. `jobs[3].queue`)", body = ErrorBody)))]
+    (status = 422, description = "validation_failed: a field is invalid (named, e.g. `jobs[3].queue`; `payment.from` for an unknown account)", body = ErrorBody),
+    (status = 503, description = "unavailable: ledger writes are refused, so paid jobs are too (`details.accounts`)", body = ErrorBody)))]
 pub async fn enqueue(State(st): State<AppState>, access: Access, req: Request) -> ApiResult<Response> {
     let bytes = read_body(req, st.limits.max_request_bytes).await?;
     let Obj(probe): Obj<Probe> = parse_json(&bytes, "")?;
