@@ -431,7 +431,7 @@ async fn transfer_client(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Vec<f64>, ClientError> {
     use ferry_core::wire::TransferBody;
-    let mut lat = Vec::with_capacity(rounds);
+    let mut lat = Vec::with_capacity(rounds.min(100_000));
     let mut r = 0;
     while r < rounds && !stop.load(Ordering::Relaxed) {
         let body = TransferBody {

@@ -141,7 +141,10 @@ impl<'de> Deserialize<'de> for Flags {
             Form::List(l) => l,
             Form::Object(o) => {
                 if let Some(k) = o.keys().find(|k| !Flags::NAMES.contains(&k.as_str())) {
-                    return Err(D::Error::custom(format!("unknown flag {k:?} (one of {})", Flags::NAMES.join(", "))));
+                    return Err(D::Error::custom(format!(
+                        "unknown flag {k:?} (one of {})",
+                        Flags::NAMES.join(", ")
+                    )));
                 }
                 o.into_iter().filter(|(_, on)| *on == Some(true)).map(|(k, _)| k).collect()
             }
@@ -560,6 +563,11 @@ pub struct Book {
     dirty_accounts: BTreeSet<String>,
     dirty_transfers: BTreeMap<String, bool>,
     events: Vec<LedgerEvent>,
+    /// Copies of the events for `/v1/events`, made from their data before it is text.
+    copies: Vec<crate::Event>,
+    /// Each changed loaded account's digest term as loaded: the digest moves once per account
+    /// per write (at `finish`), not once per change.
+    terms: BTreeMap<String, [u8; 32]>,
     /// The escrow account's ledger, for creating it on the first hold.
     jobs_ledger: u32,
 }
@@ -575,6 +583,8 @@ pub struct Written {
     pub transfers: Vec<TransferWrite>,
     /// Events appended (in seq order).
     pub events: Vec<LedgerEvent>,
+    /// Their copies for `/v1/events`.
+    pub copies: Vec<crate::Event>,
     /// The new head.
     pub head: Head,
 }
@@ -604,6 +614,8 @@ impl Book {
             dirty_accounts: BTreeSet::new(),
             dirty_transfers: BTreeMap::new(),
             events: Vec::new(),
+            copies: Vec::new(),
+            terms: BTreeMap::new(),
             jobs_ledger,
         }
     }
@@ -728,7 +740,6 @@ impl Book {
             "id": id, "ledger": ledger, "code": code, "flags": flags.names(), "metadata": account.metadata,
         });
         account.last_seq = self.append("account.created", data);
-        xor_into(&mut self.head.digest, &account.digest_term());
         self.new_accounts.insert(id.clone());
         self.accounts.insert(id, account.clone());
         account
@@ -1011,13 +1022,12 @@ impl Book {
 
     fn change(&mut self, id: &str, seq: i64, f: impl FnOnce(&mut Balances)) {
         let a = self.accounts.get_mut(id).expect("changed accounts are loaded");
-        let old = a.digest_term();
+        if !self.new_accounts.contains(id) && !self.terms.contains_key(id) {
+            self.terms.insert(id.to_string(), a.digest_term());
+        }
         f(&mut a.sums);
         a.refresh();
         a.last_seq = seq;
-        let new = a.digest_term();
-        xor_into(&mut self.head.digest, &old);
-        xor_into(&mut self.head.digest, &new);
         if !self.new_accounts.contains(id) {
             self.dirty_accounts.insert(id.to_string());
         }
@@ -1025,6 +1035,7 @@ impl Book {
 
     fn append(&mut self, kind: &str, data: Value) -> i64 {
         let seq = self.head.seq + 1;
+        copies_of(seq, kind, self.now, &data, &mut self.copies);
         let data = data.to_string();
         let hash = chain(&self.head.hash, seq, kind, self.now, &data);
         self.events.push(LedgerEvent { seq, kind: kind.to_string(), at: self.now, data, hash });
@@ -1046,8 +1057,24 @@ impl Book {
     /// What to store.
     pub fn finish(self) -> Written {
         let Book {
-            head, mut accounts, transfers, new_accounts, dirty_accounts, dirty_transfers, events, ..
+            mut head,
+            mut accounts,
+            transfers,
+            new_accounts,
+            dirty_accounts,
+            dirty_transfers,
+            events,
+            copies,
+            terms,
+            ..
         } = self;
+        for (id, old) in &terms {
+            xor_into(&mut head.digest, old);
+            xor_into(&mut head.digest, &accounts[id].digest_term());
+        }
+        for id in &new_accounts {
+            xor_into(&mut head.digest, &accounts[id].digest_term());
+        }
         let inserted = new_accounts.iter().filter_map(|id| accounts.remove(id)).collect();
         let updated = dirty_accounts.iter().filter_map(|id| accounts.remove(id)).collect();
         let transfers = dirty_transfers
@@ -1056,7 +1083,7 @@ impl Book {
                 transfers.get(&id).map(|t| TransferWrite { transfer: t.clone(), insert })
             })
             .collect();
-        Written { inserted, updated, transfers, events, head }
+        Written { inserted, updated, transfers, events, copies, head }
     }
 }
 
@@ -1364,20 +1391,31 @@ pub struct Verification {
 /// The copies of a ledger event for `/v1/events`: one per account it concerns (subject kind
 /// `account`), with the ledger event's data and `seq`; none for `ledger.repaired`.
 pub fn copies(e: &LedgerEvent) -> Vec<crate::Event> {
+    let mut out = Vec::new();
+    if let Ok(data) = serde_json::from_str::<Value>(&e.data) {
+        copies_of(e.seq, &e.kind, e.at, &data, &mut out);
+    }
+    out
+}
+
+/// [`copies`] of an event from its data as a value.
+fn copies_of(seq: i64, kind: &str, at: i64, data: &Value, out: &mut Vec<crate::Event>) {
     use crate::{EventType, Subject, SubjectKind};
-    let kind = match e.kind.as_str() {
+    let kind_str = kind;
+    let kind = match kind_str {
         "account.created" => EventType::AccountCreated,
         "account.closed" => EventType::AccountClosed,
         "transfer.pending" => EventType::TransferPending,
         "transfer.posted" => EventType::TransferPosted,
         "transfer.voided" => EventType::TransferVoided,
         "transfer.expired" => EventType::TransferExpired,
-        _ => return Vec::new(),
+        _ => return,
     };
-    let Ok(Value::Object(mut data)) = serde_json::from_str::<Value>(&e.data) else { return Vec::new() };
-    data.insert("seq".into(), json!(e.seq));
+    let Value::Object(data) = data else { return };
+    let mut data = data.clone();
+    data.insert("seq".into(), json!(seq));
     let job_id = data.get("job_id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
-    let sides: Vec<String> = if e.kind.starts_with("account.") {
+    let sides: Vec<String> = if kind_str.starts_with("account.") {
         vec![data.get("id").and_then(Value::as_str).unwrap_or_default().to_string()]
     } else {
         ["debit_account", "credit_account"]
@@ -1386,19 +1424,16 @@ pub fn copies(e: &LedgerEvent) -> Vec<crate::Event> {
             .collect()
     };
     let data = Value::Object(data);
-    sides
-        .into_iter()
-        .map(|id| crate::Event {
-            cursor: 0,
-            kind,
-            subject: Subject::new(SubjectKind::Account, id),
-            at: Timestamp(e.at),
-            queue: None,
-            job_id,
-            tags: Vec::new(),
-            data: Some(data.clone()),
-        })
-        .collect()
+    out.extend(sides.into_iter().map(|id| crate::Event {
+        cursor: 0,
+        kind,
+        subject: Subject::new(SubjectKind::Account, id),
+        at: Timestamp(at),
+        queue: None,
+        job_id,
+        tags: Vec::new(),
+        data: Some(data.clone()),
+    }));
 }
 
 /// A transfer's row-level decoding from stored columns.
@@ -1454,8 +1489,8 @@ mod tests {
         assert!(matches!(dup, Applied::Transfer(t) if t.duplicate));
         let e = b.apply(&Op::Void { id: "t2".into() }, true).unwrap_err();
         assert_eq!(reason(&e), "pending_already_posted");
-        let head = b.head;
         let w = b.finish();
+        let head = w.head;
         let mut r = Replay::default();
         for e in &w.events {
             r.apply(e);

@@ -228,9 +228,7 @@ pub async fn store(
     insert_transfers(tx, &inserted).await?;
     update_transfers(tx, &updated).await?;
     insert_events(tx, &out.events).await?;
-    for e in &out.events {
-        fx.events.extend(ledger::copies(e));
-    }
+    fx.events.extend(out.copies);
     if !out.events.is_empty() {
         write_head(tx, &out.head).await?;
         if snapshot_due(before, out.head.seq, settings.snapshot_every) {

@@ -330,7 +330,7 @@ impl PgStore {
         let out = f(tx, now, fx).await?;
         // A paid job that ended in this transaction is paid (or its hold voided) in it.
         if fx.jobs_ended() && self.paid.load(std::sync::atomic::Ordering::Relaxed) {
-            ledger::settle_ended(tx, now, &self.ledger, fx).await?;
+            while ledger::settle_ended(tx, now, &self.ledger, fx).await? == 1_000 {}
         }
         if !fx.events.is_empty() {
             let at = fx.events.last().map_or(now, |e| e.at.0);

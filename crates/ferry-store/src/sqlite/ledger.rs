@@ -240,8 +240,8 @@ pub fn store(conn: &Connection, book: Book, settings: &LedgerSettings, fx: &mut 
         .map_err(db_err)?;
     for e in &w.events {
         insert.execute(params![e.seq, e.kind, e.at, e.data, hex(&e.hash)]).map_err(db_err)?;
-        fx.events.extend(ledger::copies(e));
     }
+    fx.events.extend(w.copies);
     if !w.events.is_empty() {
         conn.prepare_cached(
             "INSERT INTO ledger_head (id, seq, hash, digest) VALUES (1, ?1, ?2, ?3)
@@ -408,17 +408,20 @@ fn add_index(e: Error, i: usize) -> Error {
     e.with_details(serde_json::Value::Object(d))
 }
 
+/// Most ended paid jobs settled with one ledger load.
+pub const SETTLE_BATCH: u64 = 1_000;
+
 /// Settles the holds of paid jobs that reached an end in this transaction: completed ones
 /// post the hold and pay `worker:<name>`, dead or cancelled ones void it.
 pub fn settle_ended(conn: &Connection, now: i64, settings: &LedgerSettings, fx: &mut Effects) -> Result<u64> {
     let mut s = conn
         .prepare_cached(
             "SELECT seq, id, state, worker, payment FROM jobs
-             WHERE hold_open = 1 AND state IN ('completed', 'dead', 'cancelled') LIMIT 1000",
+             WHERE hold_open = 1 AND state IN ('completed', 'dead', 'cancelled') LIMIT ?1",
         )
         .map_err(db_err)?;
     let rows: Vec<(i64, Uuid, String, Option<String>, String)> = s
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .query_map([SETTLE_BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .map_err(db_err)?
         .collect::<rusqlite::Result<_>>()
         .map_err(db_err)?;

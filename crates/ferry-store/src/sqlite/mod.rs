@@ -107,6 +107,22 @@ pub fn lock_path(db: &std::path::Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The writer's group step: a paid job that one of the group's commands ended is paid (or its
+/// hold voided) in the same transaction, all of the group's at once (one ledger load).
+fn settle_paid(
+    clock: Arc<dyn Clock>,
+    settings: crate::LedgerSettings,
+    paid: Arc<std::sync::atomic::AtomicBool>,
+) -> writer::BeforeCommit {
+    Box::new(move |conn, fx| {
+        if fx.jobs_ended() && paid.load(std::sync::atomic::Ordering::Relaxed) {
+            // A thousand at a time (one ledger load each), until none is left open.
+            while ledger::settle_ended(conn, clock.now_ms(), &settings, fx)? == ledger::SETTLE_BATCH {}
+        }
+        Ok(())
+    })
+}
+
 /// Takes the database's exclusive process lock, or says who holds it.
 pub fn lock_file(db: &std::path::Path) -> Result<std::fs::File> {
     let path = lock_path(db);
@@ -198,7 +214,8 @@ fn open_conn(path: &PathBuf, flags: OpenFlags) -> Result<Connection> {
     let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
-    conn.set_prepared_statement_cache_capacity(64);
+    // Every domain's statements stay prepared (the ledger alone has a few dozen).
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -250,16 +267,16 @@ impl SqliteStore {
         let paid: bool = conn
             .query_row("SELECT EXISTS (SELECT 1 FROM jobs WHERE hold_open = 1)", [], |r| r.get(0))
             .map_err(db_err)?;
+        let paid = Arc::new(std::sync::atomic::AtomicBool::new(paid));
         let metrics = Arc::new(crate::metrics::StoreMetrics::new(1));
-        let writer = Writer::spawn(
-            conn,
-            notifier.clone(),
-            counts.clone(),
-            bus.clone(),
-            metrics.clone(),
-            config.max_batch_ops,
-            config.channel_capacity,
-        );
+        let sinks = writer::Sinks {
+            notifier: notifier.clone(),
+            counts: counts.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            before_commit: Some(settle_paid(clock.clone(), config.ledger, paid.clone())),
+        };
+        let writer = Writer::spawn(conn, sinks, config.max_batch_ops, config.channel_capacity);
         Ok(SqliteStore {
             writer,
             readers: ReadPool::new(readers),
@@ -273,7 +290,7 @@ impl SqliteStore {
             bus,
             metrics,
             ledger: config.ledger,
-            paid: Arc::new(std::sync::atomic::AtomicBool::new(paid)),
+            paid,
         })
     }
 
@@ -284,21 +301,7 @@ impl SqliteStore {
         F: FnOnce(&Connection, i64, &mut Effects) -> Result<T> + Send + 'static,
     {
         let clock = self.clock.clone();
-        let (paid, settings) = (self.paid.clone(), self.ledger);
-        self.metrics
-            .timed(
-                op,
-                self.writer.write(move |conn, fx| {
-                    let now = clock.now_ms();
-                    let out = f(conn, now, fx)?;
-                    // A paid job that ended in this command is paid (or its hold voided) in it.
-                    if fx.jobs_ended() && paid.load(std::sync::atomic::Ordering::Relaxed) {
-                        ledger::settle_ended(conn, now, &settings, fx)?;
-                    }
-                    Ok(out)
-                }),
-            )
-            .await
+        self.metrics.timed(op, self.writer.write(move |conn, fx| f(conn, clock.now_ms(), fx))).await
     }
 
     /// Runs `f` on the writer; timed and counted as `op`.

@@ -25,6 +25,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 type Reply = Box<dyn FnOnce(Result<()>) + Send>;
+/// Runs once per transaction after its commands, before its events are numbered: what a group
+/// does as a whole (settling the holds of the paid jobs its commands ended). An error rolls the
+/// group back, its commands answered `unavailable`.
+pub(crate) type BeforeCommit = Box<dyn Fn(&Connection, &mut Effects) -> Result<()> + Send>;
 /// A command: runs on the writer's connection, says whether it poisoned the transaction,
 /// and returns how to answer its caller once the commit outcome is known.
 type Op = Box<dyn FnOnce(&Connection, &mut Effects) -> (bool, Reply) + Send>;
@@ -43,23 +47,13 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`.
-    pub fn spawn(
-        conn: Connection,
-        notifier: Arc<Notifier>,
-        counts: Arc<CountsCell>,
-        bus: Arc<EventBus>,
-        metrics: Arc<crate::metrics::StoreMetrics>,
-        max_batch_ops: usize,
-        capacity: usize,
-    ) -> Writer {
+    pub fn spawn(conn: Connection, sinks: Sinks, max_batch_ops: usize, capacity: usize) -> Writer {
         assert!(max_batch_ops >= 1 && capacity >= 1);
         let (tx, rx) = mpsc::channel(capacity);
+        let metrics = sinks.metrics.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
-            .spawn({
-                let sinks = Sinks { notifier, counts, bus, metrics: metrics.clone() };
-                move || run(conn, rx, sinks, max_batch_ops)
-            })
+            .spawn(move || run(conn, rx, sinks, max_batch_ops))
             .expect("spawn writer thread");
         Writer { tx, thread: std::sync::Mutex::new(Some(thread)), metrics }
     }
@@ -135,16 +129,22 @@ impl Writer {
     }
 }
 
-/// Where the effects of a commit go.
-struct Sinks {
-    notifier: Arc<Notifier>,
-    counts: Arc<CountsCell>,
-    bus: Arc<EventBus>,
-    metrics: Arc<crate::metrics::StoreMetrics>,
+/// Where the effects of a commit go, and the group step before it.
+pub(crate) struct Sinks {
+    /// Wakes claimers after a commit.
+    pub notifier: Arc<Notifier>,
+    /// The in-memory counts the commit moves.
+    pub counts: Arc<CountsCell>,
+    /// Publishes the committed events.
+    pub bus: Arc<EventBus>,
+    /// Times transactions.
+    pub metrics: Arc<crate::metrics::StoreMetrics>,
+    /// Runs once per transaction before its events are numbered.
+    pub before_commit: Option<BeforeCommit>,
 }
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_ops: usize) {
-    let Sinks { notifier, counts, bus, metrics } = sinks;
+    let Sinks { notifier, counts, bus, metrics, before_commit } = sinks;
     let mut ops: Vec<Op> = Vec::with_capacity(max_batch_ops);
     let mut replies: Vec<Reply> = Vec::with_capacity(max_batch_ops);
     let mut closing: Option<oneshot::Sender<()>> = None;
@@ -183,6 +183,13 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
                 if bad {
                     poisoned = true;
                     break;
+                }
+            }
+            if !poisoned && let Some(hook) = &before_commit {
+                let hooked = catch_unwind(AssertUnwindSafe(|| hook(&conn, &mut fx)));
+                if !matches!(hooked, Ok(Ok(()))) {
+                    tracing::error!("the writer's group step failed; the batch is rolled back");
+                    poisoned = true;
                 }
             }
             // The group's events, numbered after the last committed cursor, in one row.
@@ -260,7 +267,14 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER)").unwrap();
         let metrics = Arc::new(crate::metrics::StoreMetrics::new(1));
-        (Writer::spawn(conn, Notifier::new(), Default::default(), EventBus::new(0), metrics, 64, 64), dir)
+        let sinks = Sinks {
+            notifier: Notifier::new(),
+            counts: Default::default(),
+            bus: EventBus::new(0),
+            metrics,
+            before_commit: None,
+        };
+        (Writer::spawn(conn, sinks, 64, 64), dir)
     }
 
     async fn count(w: &Writer, v: i64) -> i64 {
