@@ -495,6 +495,12 @@ mod tests {
         // Past i64, up to u64, for unsigned fields.
         let big: Option<u64> = whole::opt(&mut serde_json::Deserializer::from_str("1.8e19")).unwrap();
         assert_eq!(big, Some(18_000_000_000_000_000_000));
+        // A whole float with 16 significant digits parses exactly (serde_json's
+        // `float_roundtrip`; its fast path read 2251799813685247.0 as ...247.25).
+        let exact: i64 = whole::int(&mut serde_json::Deserializer::from_str("2251799813685247.0")).unwrap();
+        assert_eq!(exact, 2_251_799_813_685_247);
+        let top: i64 = whole::int(&mut serde_json::Deserializer::from_str("9007199254740991.0")).unwrap();
+        assert_eq!(top, 9_007_199_254_740_991);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! in `ferry_core::ledger` ([`Book`] plans, [`Replay`] checks).
 
 use ferry_core::ledger::{
-    Account, Balances, Flags, Head, LedgerEvent, NewTransfer, Payment, Replay, Transfer, state_of, unhex,
+    Account, Applied, Balances, Flags, Head, LedgerEvent, NewTransfer, Payment, Replay, Transfer, state_of,
+    unhex,
 };
 use ferry_core::{Error, Result, Timestamp};
 use serde_json::{Map, Value};
@@ -248,6 +249,41 @@ pub fn verification(r: Replay, live_head: Head, events: i64) -> ferry_core::ledg
 /// Whether a verification found the chain itself broken (no repair can trust it).
 pub fn chain_broken(v: &ferry_core::ledger::Verification) -> bool {
     v.problems.iter().any(|p| matches!(p.kind.as_str(), "chain" | "gap" | "event"))
+}
+
+/// The transfer an op answered.
+pub fn transfer_of(a: Result<Applied>) -> Result<Transfer> {
+    match a? {
+        Applied::Transfer(t) => Ok(t),
+        Applied::Account(_) => Err(Error::internal("a transfer op answered an account")),
+    }
+}
+
+/// The account an op answered.
+pub fn account_of(a: Result<Applied>) -> Result<Account> {
+    match a? {
+        Applied::Account(a) => Ok(a),
+        Applied::Transfer(_) => Err(Error::internal("an account op answered a transfer")),
+    }
+}
+
+/// The answer of a write of one op.
+pub fn one(mut v: Vec<Result<Applied>>) -> Result<Applied> {
+    if v.len() != 1 {
+        return Err(Error::internal("one op answered other than once"));
+    }
+    v.remove(0)
+}
+
+/// An atomic batch of `n` ops: every answer, or the one error that refused the batch.
+pub fn all_or_error(out: Vec<Result<Applied>>, n: usize) -> Result<Vec<Result<Applied>>> {
+    if out.len() == n && out.iter().all(|r| r.is_ok()) {
+        return Ok(out);
+    }
+    Err(out
+        .into_iter()
+        .find_map(|r| r.err())
+        .unwrap_or_else(|| Error::internal("an atomic batch answered partly")))
 }
 
 /// The ledger invariants as (SQL over both backends returning offending ids, what they break).

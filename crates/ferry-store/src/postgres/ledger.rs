@@ -1050,36 +1050,12 @@ impl PgStore {
     }
 }
 
-fn transfer_of(a: Result<Applied>) -> Result<Transfer> {
-    match a? {
-        Applied::Transfer(t) => Ok(t),
-        Applied::Account(_) => Err(Error::internal("a transfer op answered an account")),
-    }
-}
-
-fn account_of(a: Result<Applied>) -> Result<Account> {
-    match a? {
-        Applied::Account(a) => Ok(a),
-        Applied::Transfer(_) => Err(Error::internal("an account op answered a transfer")),
-    }
-}
-
-fn one(mut v: Vec<Result<Applied>>) -> Result<Applied> {
-    if v.len() != 1 {
-        return Err(Error::internal("one op answered other than once"));
-    }
-    v.remove(0)
-}
-
 #[async_trait]
 impl LedgerStore for PgStore {
     async fn create_accounts(&self, accounts: Vec<NewAccount>) -> Result<Vec<Account>> {
         let ops: Vec<Op> = accounts.into_iter().map(Op::CreateAccount).collect();
         let n = ops.len();
-        let out = self.ledger_ops("ledger_accounts", ops, true).await?;
-        if out.len() != n {
-            return Err(one(out).err().unwrap_or_else(|| Error::internal("an atomic batch answered partly")));
-        }
+        let out = all_or_error(self.ledger_ops("ledger_accounts", ops, true).await?, n)?;
         out.into_iter().map(account_of).collect()
     }
 
@@ -1095,12 +1071,7 @@ impl LedgerStore for PgStore {
         let n = transfers.len();
         let ops: Vec<Op> = transfers.into_iter().map(Op::Transfer).collect();
         let out = self.batched("ledger_transfers", ops, atomic).await?;
-        if atomic && (out.len() != n || out.iter().any(|r| r.is_err())) {
-            return Err(out
-                .into_iter()
-                .find_map(|r| r.err())
-                .unwrap_or_else(|| Error::internal("an atomic batch answered partly")));
-        }
+        let out = if atomic { all_or_error(out, n)? } else { out };
         Ok(out.into_iter().map(transfer_of).collect())
     }
 

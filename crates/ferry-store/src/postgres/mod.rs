@@ -464,7 +464,8 @@ async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<Str
             "SELECT relname::text FROM pg_stat_user_tables
              WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps', 'items', 'item_history',
                                                                  'deliveries', 'agents', 'channel_cursors', 'messages',
-                                                                 'convoys')
+                                                                 'convoys',
+                                                                 'ledger_accounts', 'ledger_transfers', 'ledger_head')
                AND n_dead_tup > greatest($1, n_live_tup / 10)",
             &[&VACUUM_MIN_DEAD],
         )
