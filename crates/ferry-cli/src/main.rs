@@ -103,6 +103,12 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::hosts::HostsCmd,
     },
+    /// Run checkpoints (LangGraph's saver): threads, show, history, rm, prune, and import of a
+    /// SqliteSaver file.
+    Checkpoints {
+        #[command(subcommand)]
+        cmd: cmd::checkpoints::CheckpointsCmd,
+    },
     /// Work items (shared task state changed by compare-and-set): create, show, list, patch,
     /// history.
     Items {
@@ -308,6 +314,7 @@ async fn main() {
         Command::Stats(o) => cmd::stats::stats(o).await,
         Command::Advise(a) => cmd::advise::advise(a).await,
         Command::Hosts { cmd } => cmd::hosts::hosts(cmd).await,
+        Command::Checkpoints { cmd } => cmd::checkpoints::checkpoints(cmd).await,
         Command::Items { cmd } => cmd::items::items(cmd).await,
         Command::Messages { cmd } => cmd::messages::messages(cmd).await,
         Command::Convoys { cmd } => cmd::convoys::convoys(cmd).await,

@@ -11,6 +11,7 @@ pub mod worker;
 pub use stream::{EventSocket, EventStream};
 pub use worker::{JobContext, JobError, Worker, WorkerStats};
 
+use ferry_core::checkpoint::{PutOutcome, Thread, Tuple, WritesOutcome};
 use ferry_core::item::Item;
 use ferry_core::ledger::{Account, Transfer, Verification};
 use ferry_core::message::{AgentInfo, BroadcastSent, ChannelCursor, Message, Sent};
@@ -829,6 +830,86 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+    // ---- checkpoints ----
+
+    /// Stores a checkpoint with the blobs of its new versions in namespace `ns`; a byte-identical
+    /// repeat answers `duplicate`, other content `replaced` (or 409 `conflict` with
+    /// `if_none_match`).
+    pub async fn put_checkpoint(
+        &self,
+        thread: &str,
+        ns: &str,
+        id: &str,
+        body: &PutCheckpointBody,
+        if_none_match: bool,
+    ) -> Result<PutOutcome> {
+        let url = format!("{}/v1/threads/{}/checkpoints/{}", self.base, segment(thread), segment(id));
+        let mut req = self.http.put(url).query(&[("ns", ns)]).json(body);
+        if if_none_match {
+            req = req.header(reqwest::header::IF_NONE_MATCH, "*");
+        }
+        Ok(self.send(req).await?.1)
+    }
+
+    /// Stores a task's pending writes for a checkpoint (they may precede it).
+    pub async fn put_checkpoint_writes(
+        &self,
+        thread: &str,
+        ns: &str,
+        id: &str,
+        body: &WritesBody,
+    ) -> Result<WritesOutcome> {
+        let url = format!("{}/v1/threads/{}/checkpoints/{}/writes", self.base, segment(thread), segment(id));
+        Ok(self.send(self.http.post(url).query(&[("ns", ns)]).json(body)).await?.1)
+    }
+
+    /// One checkpoint with its blobs and pending writes; `None`: the namespace's newest.
+    pub async fn checkpoint(&self, thread: &str, ns: &str, id: Option<&str>) -> Result<Tuple> {
+        let path = format!("/v1/threads/{}/checkpoints/{}", segment(thread), segment(id.unwrap_or("latest")));
+        self.get(&path, &[("ns", ns.to_string())]).await
+    }
+
+    /// One page of checkpoints, newest first (`query` as the list endpoint takes it).
+    pub async fn checkpoints(&self, query: &[(&str, String)]) -> Result<CheckpointsPage> {
+        self.get("/v1/checkpoints", query).await
+    }
+
+    /// One page of threads by id.
+    pub async fn threads(&self, query: &[(&str, String)]) -> Result<ThreadsPage> {
+        self.get("/v1/threads", query).await
+    }
+
+    /// One thread's settings and counts.
+    pub async fn thread(&self, thread: &str) -> Result<Thread> {
+        self.get(&format!("/v1/threads/{}", segment(thread)), &[]).await
+    }
+
+    /// Changes a thread's metadata or retention.
+    pub async fn patch_thread(&self, thread: &str, body: &ThreadPatchBody) -> Result<Thread> {
+        let req = self.http.patch(format!("{}/v1/threads/{}", self.base, segment(thread))).json(body);
+        Ok(self.send(req).await?.1)
+    }
+
+    /// Deletes a thread with everything it holds.
+    pub async fn delete_thread(&self, thread: &str) -> Result<ThreadDeleted> {
+        Ok(self.send(self.http.delete(format!("{}/v1/threads/{}", self.base, segment(thread)))).await?.1)
+    }
+
+    /// Copies a thread to `to` (which must hold no checkpoints).
+    pub async fn copy_thread(&self, thread: &str, to: &str) -> Result<Copied> {
+        self.post(&format!("/v1/threads/{}/copy", segment(thread)), &CopyBody { to: to.into() }).await
+    }
+
+    /// Prunes threads: `KeepLatest` keeps each namespace's newest checkpoint, `Delete` all.
+    pub async fn prune_checkpoints(&self, threads: &[String], strategy: PruneStrategy) -> Result<Deleted> {
+        self.post("/v1/checkpoints/prune", &PruneBody { threads: threads.to_vec(), strategy: Some(strategy) })
+            .await
+    }
+
+    /// Deletes the checkpoints of runs, by `metadata.run_id`.
+    pub async fn delete_checkpoint_runs(&self, run_ids: &[String]) -> Result<Deleted> {
+        self.post("/v1/checkpoints/delete-runs", &DeleteRunsBody { run_ids: run_ids.to_vec() }).await
     }
 }
 

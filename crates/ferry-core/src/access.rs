@@ -28,6 +28,8 @@ named_enum! {
         Messages = "messages";
         /// Create accounts and transfers; post and void them; pay for jobs (with `produce`).
         Ledger = "ledger";
+        /// Put checkpoints and their writes; change, copy, prune and delete threads.
+        Checkpoints = "checkpoints";
     }
 }
 

@@ -70,6 +70,11 @@ named_enum! {
         TransferVoided = "transfer.voided" @ 25;
         /// A pending transfer expired (one event per side).
         TransferExpired = "transfer.expired" @ 26;
+        /// A checkpoint was stored new or replaced (data: ns, checkpoint_id,
+        /// parent_checkpoint_id, step).
+        CheckpointPut = "checkpoint.put" @ 27;
+        /// A thread and its checkpoints were deleted (data: deleted, reason `request|idle_ttl`).
+        ThreadDeleted = "thread.deleted" @ 28;
     }
 }
 
@@ -92,6 +97,8 @@ named_enum! {
         Convoy = "convoy" @ 5;
         /// A ledger account (id: the account's id).
         Account = "account" @ 6;
+        /// A checkpoint thread (id: the thread's id).
+        Thread = "thread" @ 7;
     }
 }
 
@@ -381,6 +388,8 @@ mod tests {
             (EventType::TransferPosted, 24),
             (EventType::TransferVoided, 25),
             (EventType::TransferExpired, 26),
+            (EventType::CheckpointPut, 27),
+            (EventType::ThreadDeleted, 28),
         ];
         assert_eq!(pinned.len(), EventType::ALL.len(), "a new type needs its code pinned here");
         for (t, code) in pinned {
@@ -395,6 +404,7 @@ mod tests {
             (SubjectKind::Agent, 4),
             (SubjectKind::Convoy, 5),
             (SubjectKind::Account, 6),
+            (SubjectKind::Thread, 7),
         ];
         assert_eq!(kinds.len(), SubjectKind::ALL.len(), "a new kind needs its code pinned here");
         for (k, code) in kinds {

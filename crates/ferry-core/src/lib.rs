@@ -9,6 +9,7 @@ mod named;
 
 pub mod access;
 pub mod backoff;
+pub mod checkpoint;
 pub mod clock;
 pub mod convoy;
 pub mod error;

@@ -138,6 +138,21 @@ pub struct Limits {
     pub max_ledger_id_len: usize,
     /// Largest ledger `metadata` object, serialized, in bytes.
     pub max_ledger_metadata_bytes: usize,
+    /// Longest checkpoint key (thread, checkpoint id, namespace, channel, version, task id), in
+    /// bytes.
+    pub max_checkpoint_key_bytes: usize,
+    /// Largest checkpoint with the blobs one put sends, in bytes (decoded).
+    pub max_checkpoint_bytes: usize,
+    /// Largest blob or pending-write value, in bytes (decoded).
+    pub max_blob_bytes: usize,
+    /// Largest checkpoint `metadata` object, serialized, in bytes.
+    pub max_checkpoint_metadata_bytes: usize,
+    /// Body limit of the checkpoint write routes (replacing `max_request_bytes` there), in bytes.
+    pub max_checkpoint_request_bytes: usize,
+    /// Most channels a checkpoint versions, blobs one put sends, or writes one call sends.
+    pub max_checkpoint_channels: usize,
+    /// Longest pending write `task_path`, in bytes.
+    pub max_task_path_bytes: usize,
 }
 
 impl Default for Limits {
@@ -204,6 +219,13 @@ impl Default for Limits {
             max_convoy_failed_ids: 1_000,
             max_ledger_id_len: 512,
             max_ledger_metadata_bytes: 4_096,
+            max_checkpoint_key_bytes: 256,
+            max_checkpoint_bytes: 8 << 20,
+            max_blob_bytes: 4 << 20,
+            max_checkpoint_metadata_bytes: 64 << 10,
+            max_checkpoint_request_bytes: 16 << 20,
+            max_checkpoint_channels: 1_000,
+            max_task_path_bytes: 1_024,
         }
     }
 }

@@ -63,6 +63,28 @@ pub struct Config {
     pub messages: MessagesConfig,
     /// Ledger settings.
     pub ledger: LedgerConfig,
+    /// Run-checkpoint retention.
+    pub checkpoints: CheckpointsConfig,
+}
+
+/// `[checkpoints]`: retention of run checkpoints (each also settable per thread).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointsConfig {
+    /// Threads not written for this long are deleted; 0: never.
+    pub idle_ttl_ms: i64,
+    /// Checkpoints kept per namespace of a thread; 0: all.
+    pub keep_last: i64,
+    /// How often the retention pass runs.
+    pub prune_interval_ms: u64,
+    /// Threads written this recently are left alone by `keep_last`.
+    pub prune_grace_ms: i64,
+}
+
+impl Default for CheckpointsConfig {
+    fn default() -> Self {
+        CheckpointsConfig { idle_ttl_ms: 0, keep_last: 0, prune_interval_ms: 60_000, prune_grace_ms: 300_000 }
+    }
 }
 
 /// `[ledger]`: expiry and verify passes, snapshots, and the ledger paid jobs use.
@@ -171,6 +193,7 @@ impl Default for Config {
             items: ItemsConfig::default(),
             messages: MessagesConfig::default(),
             ledger: LedgerConfig::default(),
+            checkpoints: CheckpointsConfig::default(),
         }
     }
 }

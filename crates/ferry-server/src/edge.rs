@@ -145,7 +145,8 @@ pub async fn buffer_body(st: &AppState, req: Request) -> Result<Request, Error> 
     }
     let limits = &st.limits;
     let (parts, body) = req.into_parts();
-    let read = crate::error::read_body_of(&parts.headers, body, limits.max_request_bytes);
+    let limit = crate::error::body_limit(&parts.method, parts.uri.path(), limits);
+    let read = crate::error::read_body_of(&parts.headers, body, limit);
     let bytes = tokio::time::timeout(Duration::from_millis(limits.body_read_timeout_ms), read)
         .await
         .map_err(|_| {

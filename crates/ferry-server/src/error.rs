@@ -150,6 +150,28 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
+/// A JSON body of a checkpoint write route, whose size limit is
+/// `limits.max_checkpoint_request_bytes` instead of `limits.max_request_bytes`.
+pub struct CheckpointBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for CheckpointBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state.limits.max_checkpoint_request_bytes).await?;
+        let Obj(value) = parse_json(&bytes, "")?;
+        Ok(CheckpointBody(value))
+    }
+}
+
+/// The body limit of a request: the checkpoint write routes have their own.
+pub fn body_limit(method: &axum::http::Method, path: &str, limits: &ferry_core::Limits) -> usize {
+    let checkpoint_write = path.starts_with("/v1/threads/")
+        && path.contains("/checkpoints/")
+        && (*method == axum::http::Method::PUT || *method == axum::http::Method::POST);
+    if checkpoint_write { limits.max_checkpoint_request_bytes } else { limits.max_request_bytes }
+}
+
 /// A JSON body that may be absent (empty, or JSON `null`), standing for `T::default()`.
 pub struct OptionalJson<T>(pub T);
 

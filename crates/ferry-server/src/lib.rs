@@ -129,6 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let auth_note = format!("auth {}", state.tokens.mode());
     tokio::spawn(api::messages::sweeper(state.clone(), config.maintenance.batch, stop_rx.clone()));
+    tokio::spawn(api::checkpoints::pruner(state.clone(), config.maintenance.batch, stop_rx.clone()));
     api::ledger::check_at_start(&state).await;
     tokio::spawn(api::ledger::passes(state.clone(), config.maintenance.batch, stop_rx.clone()));
     let maintenance = Maintenance::spawn(store.clone(), config.maintenance.clone());

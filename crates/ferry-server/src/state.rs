@@ -50,6 +50,8 @@ pub struct AppState {
     pub messages: crate::config::MessagesConfig,
     /// Ledger settings (`[ledger]`).
     pub ledger: crate::config::LedgerConfig,
+    /// Checkpoint retention (`[checkpoints]`).
+    pub checkpoints: crate::config::CheckpointsConfig,
     /// Whether ledger writes are refused (balances unverified).
     pub ledger_guard: Arc<crate::api::ledger::LedgerGuard>,
 }
@@ -90,6 +92,7 @@ impl AppState {
             items: config.items.clone(),
             messages: config.messages.clone(),
             ledger: config.ledger.clone(),
+            checkpoints: config.checkpoints.clone(),
             ledger_guard: Default::default(),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
         }

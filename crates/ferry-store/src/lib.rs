@@ -5,6 +5,7 @@
 //! conformance suite (`tests/store/conformance`, one file per domain). Nothing backend-specific leaks above the
 //! contract: the server, the maintenance loops and the long-poll claim only see `dyn Store`.
 
+mod checkpoint_rows;
 mod contract;
 mod convoy_rows;
 mod effects;
@@ -24,9 +25,10 @@ use ferry_core::{ClaimRequest, ClaimedJob, Result};
 use std::time::Duration;
 
 pub use contract::{
-    AccountFilter, AgentFilter, ConvoyStore, EventPrune, EventStore, HostStore, ItemFilter, ItemStore,
-    JobStore, LedgerStore, MessageStore, MessageSweep, QueueLimitStore, QueueStore, ScheduleStore, Store,
-    StoreCore, TokenStore, WorkerStore,
+    AccountFilter, AgentFilter, CheckpointFilter, CheckpointStore, CheckpointSweep, ConvoyStore, EventPrune,
+    EventStore, HostStore, ItemFilter, ItemStore, JobStore, LedgerStore, MAX_SCAN, MessageStore,
+    MessageSweep, PageKey, QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, SweepOutcome,
+    ThreadFilter, TokenStore, WorkerStore,
 };
 pub use events::EventBus;
 pub use ledger_rows::LedgerSettings;
@@ -35,8 +37,8 @@ pub use ledger_rows::LedgerSettings;
 /// than `dyn Store`: `use ferry_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        ConvoyStore, EventStore, HostStore, ItemStore, JobStore, LedgerStore, QueueLimitStore, QueueStore,
-        ScheduleStore, Store, StoreCore, TokenStore, WorkerStore,
+        CheckpointStore, ConvoyStore, EventStore, HostStore, ItemStore, JobStore, LedgerStore,
+        QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, TokenStore, WorkerStore,
     };
 }
 pub use notify::Notifier;

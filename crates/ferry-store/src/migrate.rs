@@ -29,6 +29,8 @@ pub enum Col {
     Text,
     /// UUID (SQLite 16-byte BLOB).
     Uuid,
+    /// Raw bytes (SQLite BLOB, PostgreSQL BYTEA), checksummed byte for byte.
+    Bytes,
 }
 
 /// One migrated table: its columns in key order first.
@@ -402,6 +404,78 @@ pub const TABLES: &[Table] = &[
         resumable: false,
         identity: None,
     },
+    Table {
+        name: "threads",
+        columns: &[
+            ("thread", Text),
+            ("metadata", Text),
+            ("idle_ttl_ms", I64),
+            ("keep_last", I64),
+            ("checkpoints", I64),
+            ("blobs", I64),
+            ("writes", I64),
+            ("bytes", I64),
+            ("last_job_id", Uuid),
+            ("pruned_at", I64),
+            ("created_at", I64),
+            ("updated_at", I64),
+        ],
+        key: &["thread"],
+        resumable: false,
+        identity: None,
+    },
+    Table {
+        name: "checkpoints",
+        columns: &[
+            ("thread", Text),
+            ("ns", Text),
+            ("checkpoint_id", Text),
+            ("parent_checkpoint_id", Text),
+            ("type", Text),
+            ("checkpoint", Bytes),
+            ("metadata", Text),
+            ("channel_versions", Text),
+            ("delta_channels", Text),
+            ("run_id", Text),
+            ("step", I64),
+            ("bytes", I64),
+            ("created_at", I64),
+        ],
+        key: &["thread", "ns", "checkpoint_id"],
+        resumable: false,
+        identity: None,
+    },
+    Table {
+        name: "checkpoint_blobs",
+        columns: &[
+            ("thread", Text),
+            ("ns", Text),
+            ("channel", Text),
+            ("version", Text),
+            ("type", Text),
+            ("data", Bytes),
+        ],
+        key: &["thread", "ns", "channel", "version"],
+        resumable: false,
+        identity: None,
+    },
+    Table {
+        name: "checkpoint_writes",
+        columns: &[
+            ("thread", Text),
+            ("ns", Text),
+            ("checkpoint_id", Text),
+            ("task_id", Text),
+            ("idx", I64),
+            ("channel", Text),
+            ("type", Text),
+            ("data", Bytes),
+            ("task_path", Text),
+        ],
+        key: &["thread", "ns", "checkpoint_id", "task_id", "idx"],
+        resumable: false,
+        identity: None,
+    },
 ];
 
 /// Tables that exist in both schemas but are deliberately not copied, with the reason.
@@ -417,6 +491,7 @@ enum Val {
     F64(f64),
     Text(String),
     Uuid(uuid::Uuid),
+    Bytes(Vec<u8>),
 }
 
 impl Val {
@@ -429,6 +504,7 @@ impl Val {
             Val::F64(v) => v,
             Val::Text(v) => v,
             Val::Uuid(v) => v,
+            Val::Bytes(v) => v,
         }
     }
 
@@ -445,6 +521,10 @@ impl Val {
                 h.write(v.as_bytes())
             }
             Val::Uuid(v) => h.write(v.as_bytes()),
+            Val::Bytes(v) => {
+                h.write(format!("b{}:", v.len()).as_bytes());
+                h.write(v)
+            }
         }
         h.write(b"|");
     }
@@ -458,6 +538,7 @@ fn null_of(col: Col) -> &'static (dyn ToSql + Sync) {
     static F64_: Option<f64> = None;
     static TEXT_: Option<String> = None;
     static UUID_: Option<uuid::Uuid> = None;
+    static BYTES_: Option<Vec<u8>> = None;
     match col {
         I64 => &I64_,
         I32 => &I32_,
@@ -465,6 +546,7 @@ fn null_of(col: Col) -> &'static (dyn ToSql + Sync) {
         F64 => &F64_,
         Text => &TEXT_,
         Uuid => &UUID_,
+        Bytes => &BYTES_,
     }
 }
 
@@ -496,6 +578,7 @@ fn sqlite_val(row: &rusqlite::Row, i: usize, col: Col) -> Result<Val> {
         (ValueRef::Integer(n), F64) => Val::F64(n as f64),
         (ValueRef::Real(f), F64) => Val::F64(f),
         (ValueRef::Text(t), Text) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+        (ValueRef::Blob(b), Bytes) => Val::Bytes(b.to_vec()),
         (ValueRef::Blob(b), Uuid) => Val::Uuid(
             uuid::Uuid::from_slice(b).map_err(|e| Error::internal(format!("bad stored uuid: {e}")))?,
         ),
@@ -514,6 +597,7 @@ fn pg_val(row: &tokio_postgres::Row, i: usize, col: Col) -> Result<Val> {
         F64 => row.col::<Option<f64>>(i)?.map(Val::F64),
         Text => row.col::<Option<String>>(i)?.map(Val::Text),
         Uuid => row.col::<Option<uuid::Uuid>>(i)?.map(Val::Uuid),
+        Bytes => row.col::<Option<Vec<u8>>>(i)?.map(Val::Bytes),
     };
     Ok(opt.unwrap_or(Val::Null(col)))
 }

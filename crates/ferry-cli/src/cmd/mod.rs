@@ -4,6 +4,7 @@
 pub mod advise;
 pub mod agents;
 pub mod broadcasts;
+pub mod checkpoints;
 pub mod convoys;
 pub mod dlq;
 pub mod hosts;

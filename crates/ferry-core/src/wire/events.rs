@@ -116,6 +116,7 @@ pub fn room_of(kind: &str, id: &str, limits: &Limits, field: &str) -> Result<Roo
         SubjectKind::Convoy => crate::convoy::check_id(id, limits.max_name_len, field)?,
         SubjectKind::Account => crate::ledger::valid_id(id, limits.max_ledger_id_len)
             .map_err(|m| Error::invalid(field, format!("an account id {m}")))?,
+        SubjectKind::Thread => crate::checkpoint::check_key(id, limits, field, false)?,
         SubjectKind::Job => {}
     }
     Room::of(kind, id).map_err(|m| Error::invalid(field, m))

@@ -6,6 +6,7 @@
 //! before sending. Everything is re-exported here, so `ferry_core::wire::X` names any body.
 
 pub mod advice;
+pub mod checkpoints;
 pub mod convoys;
 pub mod dlq;
 pub mod errors;
@@ -23,6 +24,7 @@ pub mod tokens;
 pub mod workers;
 
 pub use advice::*;
+pub use checkpoints::*;
 pub use convoys::*;
 pub use dlq::*;
 pub use errors::*;

@@ -3,6 +3,7 @@
 //! miss a route.
 
 pub mod access;
+pub mod checkpoints;
 pub mod convoys;
 pub mod dlq;
 mod doc;
@@ -91,6 +92,7 @@ fn routes() -> Routes {
     let r = messages::routes(r);
     let r = convoys::routes(r);
     let r = ledger::routes(r);
+    let r = checkpoints::routes(r);
     health::routes(r)
 }
 

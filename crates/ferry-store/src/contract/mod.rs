@@ -12,6 +12,7 @@
 //! - every writing call is timed and counted by its `op` name in [`StoreCore::metrics`], by
 //!   the backend's write and transaction primitives.
 
+mod checkpoints;
 mod convoys;
 mod events;
 mod hosts;
@@ -25,6 +26,9 @@ mod schedules;
 mod tokens;
 mod workers;
 
+pub use checkpoints::{
+    CheckpointFilter, CheckpointStore, CheckpointSweep, MAX_SCAN, PageKey, SweepOutcome, ThreadFilter,
+};
 pub use convoys::ConvoyStore;
 pub use events::{EventPrune, EventStore};
 pub use hosts::HostStore;
@@ -109,5 +113,6 @@ store_is_the_sum_of!(
     ItemStore,
     MessageStore,
     ConvoyStore,
-    LedgerStore
+    LedgerStore,
+    CheckpointStore
 );

@@ -394,7 +394,7 @@ pub async fn claim(
     Ok(jobs.into_iter().map(|(_, _, j)| j).collect())
 }
 
-async fn lease_failure(tx: &Transaction<'_>, id: Uuid) -> Result<Error> {
+pub(crate) async fn lease_failure(tx: &Transaction<'_>, id: Uuid) -> Result<Error> {
     let exists = tx
         .query_opt(&tx.prepare_cached("SELECT 1 FROM jobs WHERE id = $1").await.map_err(pg_err)?, &[&id])
         .await

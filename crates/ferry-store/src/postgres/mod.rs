@@ -16,6 +16,7 @@ macro_rules! boxed {
 }
 
 mod access;
+mod checkpoints;
 mod convoys;
 mod events;
 mod hosts;
@@ -465,7 +466,7 @@ async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<Str
              WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps', 'items', 'item_history',
                                                                  'deliveries', 'agents', 'channel_cursors', 'messages',
                                                                  'convoys',
-                                                                 'ledger_accounts', 'ledger_transfers', 'ledger_head')
+                                                                 'ledger_accounts', 'ledger_transfers', 'ledger_head', 'threads', 'checkpoints', 'checkpoint_blobs', 'checkpoint_writes')
                AND n_dead_tup > greatest($1, n_live_tup / 10)",
             &[&VACUUM_MIN_DEAD],
         )
@@ -517,6 +518,7 @@ impl StoreCore for PgStore {
                 out.extend(messages::invariants(c).await?);
                 out.extend(convoys::invariants(c).await?);
                 out.extend(ledger::invariants(c).await?);
+                out.extend(checkpoints::invariants(c).await?);
                 Ok(out)
             })
         })

@@ -351,6 +351,62 @@ ALTER TABLE jobs ADD COLUMN payment TEXT;
 ALTER TABLE jobs ADD COLUMN hold_open BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX jobs_hold_open ON jobs (seq) WHERE hold_open = 1 AND state IN ('completed', 'dead', 'cancelled');
 "#,
+    r#"
+-- Run checkpoints (LangGraph's saver tables) under threads; blobs written once per version.
+CREATE TABLE threads (
+    thread       TEXT COLLATE "C" PRIMARY KEY,
+    metadata     TEXT NOT NULL,
+    idle_ttl_ms  BIGINT,
+    keep_last    BIGINT,
+    checkpoints  BIGINT NOT NULL,
+    blobs        BIGINT NOT NULL,
+    writes       BIGINT NOT NULL,
+    bytes        BIGINT NOT NULL,
+    last_job_id  UUID,
+    pruned_at    BIGINT,
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL
+);
+CREATE INDEX threads_updated ON threads (updated_at);
+CREATE TABLE checkpoints (
+    thread               TEXT COLLATE "C" NOT NULL,
+    ns                   TEXT COLLATE "C" NOT NULL,
+    checkpoint_id        TEXT COLLATE "C" NOT NULL,
+    parent_checkpoint_id TEXT,
+    type                 TEXT NOT NULL,
+    checkpoint           BYTEA NOT NULL,
+    metadata             TEXT NOT NULL,
+    channel_versions     TEXT NOT NULL,
+    delta_channels       TEXT NOT NULL,
+    run_id               TEXT,
+    step                 BIGINT,
+    bytes                BIGINT NOT NULL,
+    created_at           BIGINT NOT NULL,
+    PRIMARY KEY (thread, ns, checkpoint_id)
+);
+CREATE INDEX checkpoints_run ON checkpoints (run_id) WHERE run_id IS NOT NULL;
+CREATE TABLE checkpoint_blobs (
+    thread  TEXT COLLATE "C" NOT NULL,
+    ns      TEXT COLLATE "C" NOT NULL,
+    channel TEXT COLLATE "C" NOT NULL,
+    version TEXT COLLATE "C" NOT NULL,
+    type    TEXT NOT NULL,
+    data    BYTEA NOT NULL,
+    PRIMARY KEY (thread, ns, channel, version)
+);
+CREATE TABLE checkpoint_writes (
+    thread        TEXT COLLATE "C" NOT NULL,
+    ns            TEXT COLLATE "C" NOT NULL,
+    checkpoint_id TEXT COLLATE "C" NOT NULL,
+    task_id       TEXT COLLATE "C" NOT NULL,
+    idx           BIGINT NOT NULL,
+    channel       TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    data          BYTEA NOT NULL,
+    task_path     TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (thread, ns, checkpoint_id, task_id, idx)
+);
+"#,
 ];
 
 /// The schema version this build writes.

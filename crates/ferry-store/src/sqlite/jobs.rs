@@ -311,7 +311,7 @@ pub fn release(conn: &Connection, now: i64, id: Uuid, lease: &str, fx: &mut Effe
 }
 
 /// The error for a lease check that matched no row: not found, or stale.
-fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
+pub(crate) fn lease_failure(conn: &Connection, id: Uuid) -> Result<Error> {
     let exists: Option<i64> = conn
         .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
         .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())

@@ -5,6 +5,7 @@
 //! roughly 4× the single-writer commit rate. Group commit pays one fsync per batch either way.
 
 mod access;
+mod checkpoints;
 mod convoys;
 mod counts;
 mod events;
@@ -370,6 +371,7 @@ impl StoreCore for SqliteStore {
                 out.extend(messages::invariants(c)?);
                 out.extend(convoys::invariants(c)?);
                 out.extend(ledger::invariants(c)?);
+                out.extend(checkpoints::invariants(c)?);
                 if integrity != "ok" {
                     out.insert(0, format!("integrity_check: {integrity}"));
                 }

@@ -343,6 +343,62 @@ ALTER TABLE jobs ADD COLUMN payment TEXT;
 ALTER TABLE jobs ADD COLUMN hold_open INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX jobs_hold_open ON jobs (seq) WHERE hold_open = 1 AND state IN ('completed', 'dead', 'cancelled');
 "#,
+    r#"
+-- Run checkpoints (LangGraph's saver tables) under threads; blobs written once per version.
+CREATE TABLE threads (
+    thread       TEXT PRIMARY KEY,
+    metadata     TEXT NOT NULL,
+    idle_ttl_ms  INTEGER,
+    keep_last    INTEGER,
+    checkpoints  INTEGER NOT NULL,
+    blobs        INTEGER NOT NULL,
+    writes       INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    last_job_id  BLOB,
+    pruned_at    INTEGER,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX threads_updated ON threads (updated_at);
+CREATE TABLE checkpoints (
+    thread               TEXT NOT NULL,
+    ns                   TEXT NOT NULL,
+    checkpoint_id        TEXT NOT NULL,
+    parent_checkpoint_id TEXT,
+    type                 TEXT NOT NULL,
+    checkpoint           BLOB NOT NULL,
+    metadata             TEXT NOT NULL,
+    channel_versions     TEXT NOT NULL,
+    delta_channels       TEXT NOT NULL,
+    run_id               TEXT,
+    step                 INTEGER,
+    bytes                INTEGER NOT NULL,
+    created_at           INTEGER NOT NULL,
+    PRIMARY KEY (thread, ns, checkpoint_id)
+);
+CREATE INDEX checkpoints_run ON checkpoints (run_id) WHERE run_id IS NOT NULL;
+CREATE TABLE checkpoint_blobs (
+    thread  TEXT NOT NULL,
+    ns      TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    version TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (thread, ns, channel, version)
+);
+CREATE TABLE checkpoint_writes (
+    thread        TEXT NOT NULL,
+    ns            TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    task_id       TEXT NOT NULL,
+    idx           INTEGER NOT NULL,
+    channel       TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    data          BLOB NOT NULL,
+    task_path     TEXT NOT NULL,
+    PRIMARY KEY (thread, ns, checkpoint_id, task_id, idx)
+);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -20,6 +20,8 @@
 #![deny(dead_code, unused_macros)]
 
 #[macro_use]
+pub mod checkpoints;
+#[macro_use]
 pub mod convoys;
 #[macro_use]
 pub mod core;
@@ -93,6 +95,7 @@ macro_rules! conformance_tests {
         /// Read by the conformance module: this backend runs the whole suite.
         pub const RUNS_THE_CONFORMANCE_SUITE: () = ();
 
+        checkpoints_rules!();
         convoys_rules!();
         core_rules!();
         events_rules!();
