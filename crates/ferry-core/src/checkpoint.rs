@@ -67,6 +67,7 @@ pub fn check_checkpoint_id(value: &str, limits: &crate::Limits, field: &str) -> 
 pub struct Typed {
     /// The serializer's type tag (`msgpack`, `json`, `bytes`, `empty`...), opaque to ferry.
     #[serde(rename = "type")]
+    #[schema(value_type = crate::wire::checkpoints::CheckpointKey)]
     pub type_: String,
     /// The bytes, standard base64 with padding.
     #[serde(with = "b64")]
@@ -105,11 +106,14 @@ pub struct Fence {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Blob {
     /// The channel.
+    #[schema(value_type = crate::wire::checkpoints::CheckpointKey)]
     pub channel: String,
     /// Its version (a string; LangGraph's versions are compared as text here).
+    #[schema(value_type = crate::wire::checkpoints::CheckpointKey)]
     pub version: String,
     /// The value's type tag (`empty`: the version exists without a value).
     #[serde(rename = "type")]
+    #[schema(value_type = crate::wire::checkpoints::CheckpointKey)]
     pub type_: String,
     /// The value, base64.
     #[serde(with = "b64")]

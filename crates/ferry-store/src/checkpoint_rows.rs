@@ -116,3 +116,8 @@ pub fn referenced(
     }
     Ok(out)
 }
+
+/// The 404 for a thread that does not exist.
+pub fn thread_not_found(thread: &str) -> Error {
+    Error::new(ferry_core::ErrorCode::NotFound, format!("thread {thread:?} not found"))
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Python SDK's checks: pytest against the real server binary (SQLite; the PostgreSQL-marked
-# tests also on PostgreSQL), with the `pydantic` extra and again without it, then mypy --strict
+# tests also on PostgreSQL), with the `pydantic` and `langgraph` extras (and the LangGraph
+# conformance suite) and again without pydantic, then mypy --strict
 # and ruff (lint and format). Two venvs under target/ (made on first use; `--install-only`
 # makes them and stops, which CI runs in the background while Rust compiles).
 set -euo pipefail
@@ -19,7 +20,7 @@ make_venv() { # dir extras
     echo "$stamp" >"$1/.ferry-stamp"
   fi
 }
-make_venv "$with" "pydantic,ws,dev" &
+make_venv "$with" "pydantic,ws,dev,langgraph,langgraph-test" &
 first=$!
 make_venv "$without" "ws,dev" &
 second=$!

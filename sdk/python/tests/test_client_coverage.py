@@ -181,6 +181,38 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     closed = await c("close_account", payer)
     assert "closed" in closed["flags"] and closed["closed_at"]
 
+    # Checkpoints (LangGraph): typed values go as bytes and come back as bytes.
+    th, th2 = f"thread-{tag}", f"thread-{tag}-copy"
+    put = await c(
+        "put_checkpoint",
+        th,
+        "cp-1",
+        checkpoint=("msgpack", b"\x80"),
+        metadata={"run_id": f"run-{tag}"},
+        channel_versions={"x": "1"},
+        blobs=[{"channel": "x", "version": "1", "type": "msgpack", "data": b"\x01"}],
+    )
+    assert put["blobs_written"] == 1 and not put.get("duplicate")
+    w = await c(
+        "put_checkpoint_writes",
+        th,
+        "cp-1",
+        task_id="k",
+        writes=[{"channel": "x", "type": "msgpack", "data": b"\x02"}],
+    )
+    assert w == {"written": 1}
+    got = await c("get_checkpoint", th)
+    assert got["checkpoint"]["data"] == b"\x80" and [p["data"] for p in got["pending_writes"]] == [b"\x02"]
+    listed = await c.collect(await c("list_checkpoints", th, full=True))
+    assert [r["blobs"][0]["data"] for r in listed] == [b"\x01"]
+    assert (await c("patch_thread", th, metadata={"tag": tag}))["metadata"] == {"tag": tag}
+    assert (await c("get_thread", th))["checkpoints"] == 1
+    assert th in {t["thread"] for t in await c.collect(await c("list_threads"))}
+    assert await c("copy_thread", th, th2) == {"thread": th2, "copied": 1}
+    assert await c("prune_checkpoints", [th2], "delete") == {"deleted": 1}
+    assert await c("delete_checkpoint_runs", [f"run-{tag}"]) == {"deleted": 1}
+    assert await c("delete_thread", th) == {"thread": th, "deleted": 0}
+
     # Schedules.
     name = f"sched-{tag}"
     created = await c("create_schedule", name, "@daily", {"queue": q}, timezone="UTC")

@@ -13,14 +13,47 @@ use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+/// A checkpoint key as the OpenAPI document names it: 1..=256 characters without control
+/// characters (the server counts `limits.max_checkpoint_key_bytes` in UTF-8 bytes).
+#[derive(ToSchema)]
+#[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")]
+pub struct CheckpointKey(pub String);
+
+/// A namespace as the OpenAPI document names it: a key that may be empty (the root graph).
+#[derive(ToSchema)]
+#[schema(max_length = 256, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
+pub struct Namespace(pub String);
+
+/// A task path as the OpenAPI document names it.
+#[derive(ToSchema)]
+#[schema(max_length = 1024, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
+pub struct TaskPath(pub String);
+
 /// A channel version: a string, or an integer taken as its decimal text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Version {
     /// A string version (LangGraph's savers: `"0000...0001.0.7012"`).
+    #[schema(value_type = CheckpointKey)]
     Text(String),
     /// An integer version.
     Int(i64),
+}
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Version::Text(s)),
+            Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => Ok(Version::Int(i)),
+                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Version::Int(f as i64)),
+                _ => Err(serde::de::Error::custom(format!("a version is a string or an integer, not {n}"))),
+            },
+            other => {
+                Err(serde::de::Error::custom(format!("a version is a string or an integer, not {other}")))
+            }
+        }
+    }
 }
 
 impl Version {
@@ -38,6 +71,7 @@ impl Version {
 pub struct PutCheckpointBody {
     /// The checkpoint this one follows (none for a thread's first).
     #[serde(default)]
+    #[schema(value_type = Option<CheckpointKey>)]
     pub parent_checkpoint_id: Option<String>,
     /// The checkpoint, opaque typed bytes (LangGraph sends it without its channel values).
     pub checkpoint: Typed,
@@ -45,20 +79,24 @@ pub struct PutCheckpointBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
-    /// Channel → version: the blobs holding the checkpoint's values.
+    /// Channel → version: the blobs holding the checkpoint's values (at most
+    /// `limits.max_checkpoint_channels`).
     #[serde(default)]
     pub channel_versions: Option<BTreeMap<String, Version>>,
     /// The new versions' values (written once: a stored version is shared, not rewritten).
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub blobs: Option<Vec<Blob>>,
     /// Channels whose values are rebuilt from ancestors' writes (LangGraph's `DeltaChannel`).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<CheckpointKey>>, max_items = 1000)]
     pub delta_channels: Option<Vec<String>>,
     /// With `lease`: the job whose current lease fences this write.
     #[serde(default)]
     pub job_id: Option<Uuid>,
     /// With `job_id`: that job's lease token.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub lease: Option<String>,
 }
 
@@ -196,9 +234,11 @@ impl PutCheckpointBody {
 #[serde(deny_unknown_fields)]
 pub struct WriteBody {
     /// The channel written.
+    #[schema(value_type = CheckpointKey)]
     pub channel: String,
     /// The value's type tag.
     #[serde(rename = "type")]
+    #[schema(value_type = CheckpointKey)]
     pub type_: String,
     /// The value, base64.
     #[serde(with = "crate::checkpoint::b64")]
@@ -214,17 +254,21 @@ pub struct WriteBody {
 #[serde(deny_unknown_fields)]
 pub struct WritesBody {
     /// The task that wrote them.
+    #[schema(value_type = CheckpointKey)]
     pub task_id: String,
     /// The task's path (the first sort key of pending writes); default `""`.
     #[serde(default)]
+    #[schema(value_type = Option<TaskPath>)]
     pub task_path: Option<String>,
     /// 1..=`limits.max_checkpoint_channels` writes.
+    #[schema(min_items = 1, max_items = 1000)]
     pub writes: Vec<WriteBody>,
     /// With `lease`: the job whose current lease fences this write.
     #[serde(default)]
     pub job_id: Option<Uuid>,
     /// With `job_id`: that job's lease token.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub lease: Option<String>,
 }
 
@@ -303,6 +347,7 @@ impl WritesBody {
 #[into_params(parameter_in = Query)]
 pub struct NsQuery {
     /// The namespace; default `""` (the root graph).
+    #[param(value_type = Option<Namespace>, inline)]
     pub ns: Option<String>,
 }
 
@@ -311,14 +356,18 @@ pub struct NsQuery {
 #[into_params(parameter_in = Query)]
 pub struct CheckpointsQuery {
     /// Only this thread.
+    #[param(value_type = Option<CheckpointKey>, inline)]
     pub thread: Option<String>,
     /// Only this namespace (absent: every namespace).
+    #[param(value_type = Option<Namespace>, inline)]
     pub ns: Option<String>,
     /// Only ids strictly below this one.
+    #[param(value_type = Option<CheckpointKey>, inline)]
     pub before: Option<String>,
     /// A JSON object each result's metadata contains (PostgreSQL `@>`).
     pub metadata: Option<String>,
     /// Page size, 1..=`limits.max_page_size`; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -341,8 +390,10 @@ pub struct CheckpointsPage {
 #[into_params(parameter_in = Query)]
 pub struct ThreadsQuery {
     /// Only threads last written before this time (RFC 3339).
+    #[param(format = DateTime)]
     pub updated_before: Option<String>,
     /// Page size, 1..=`limits.max_page_size`; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -372,11 +423,11 @@ pub struct ThreadPatchBody {
     pub metadata: Option<Map<String, Value>>,
     /// Deleted after this long without a write (≥ 1); null: the server's default.
     #[serde(default, deserialize_with = "tri", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<i64>, minimum = 1)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 31_622_400_000_i64)]
     pub idle_ttl_ms: Option<Option<i64>>,
     /// Checkpoints kept per namespace (0: all); null: the server's default.
     #[serde(default, deserialize_with = "tri", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<i64>, minimum = 0)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000)]
     pub keep_last: Option<Option<i64>>,
 }
 
@@ -421,6 +472,7 @@ pub struct ThreadDeleted {
 #[serde(deny_unknown_fields)]
 pub struct CopyBody {
     /// The new thread, which must hold no checkpoints.
+    #[schema(value_type = CheckpointKey)]
     pub to: String,
 }
 
@@ -448,6 +500,7 @@ pub enum PruneStrategy {
 #[serde(deny_unknown_fields)]
 pub struct PruneBody {
     /// 0..=`limits.max_batch` threads.
+    #[schema(value_type = Vec<CheckpointKey>, max_items = 10_000)]
     pub threads: Vec<String>,
     /// Default `keep_latest`.
     #[serde(default)]
@@ -459,6 +512,7 @@ pub struct PruneBody {
 #[serde(deny_unknown_fields)]
 pub struct DeleteRunsBody {
     /// 0..=`limits.max_batch` run ids (`metadata.run_id`).
+    #[schema(value_type = Vec<CheckpointKey>, max_items = 10_000)]
     pub run_ids: Vec<String>,
 }
 

@@ -33,7 +33,7 @@ fn if_none_match(headers: &HeaderMap) -> Result<bool, Error> {
 
 /// Store or replace a checkpoint with the blobs of its new versions (LangGraph's `put`).
 #[utoipa::path(put, path = "/v1/threads/{thread}/checkpoints/{id}", tag = "checkpoints", operation_id = "put_checkpoint",
-    params(("thread" = String, Path, description = THREAD), ("id" = String, Path, description = CHECKPOINT), NsQuery,
+    params(("thread" = CheckpointKey, Path, description = THREAD), ("id" = CheckpointKey, Path, description = CHECKPOINT), NsQuery,
         ("If-None-Match" = Option<String>, Header, description = "`*`: a different checkpoint under this id is 409 `conflict` instead of a replace")),
     request_body = PutCheckpointBody,
     responses(
@@ -68,7 +68,7 @@ pub async fn put(
 /// the checkpoint.
 #[utoipa::path(post, path = "/v1/threads/{thread}/checkpoints/{id}/writes", tag = "checkpoints",
     operation_id = "put_checkpoint_writes",
-    params(("thread" = String, Path, description = THREAD), ("id" = String, Path, description = CHECKPOINT), NsQuery),
+    params(("thread" = CheckpointKey, Path, description = THREAD), ("id" = CheckpointKey, Path, description = CHECKPOINT), NsQuery),
     request_body = WritesBody,
     responses(
     (status = 201, description = "stored: regular writes not yet present are inserted; a batch of only special channels replaces", body = WritesOutcome),
@@ -94,8 +94,8 @@ pub async fn put_writes(
 /// A checkpoint with its blobs (through `channel_versions`) and pending writes (LangGraph's
 /// `get_tuple`); id `latest`: the namespace's newest.
 #[utoipa::path(get, path = "/v1/threads/{thread}/checkpoints/{id}", tag = "checkpoints", operation_id = "get_checkpoint",
-    params(("thread" = String, Path, description = THREAD),
-        ("id" = String, Path, description = "The checkpoint's id, or `latest` for the namespace's newest"), NsQuery),
+    params(("thread" = CheckpointKey, Path, description = THREAD),
+        ("id" = CheckpointKey, Path, description = "The checkpoint's id, or `latest` for the namespace's newest"), NsQuery),
     responses((status = 200, description = "the checkpoint", body = Tuple),
     (status = 404, description = "not_found: no such checkpoint (or none in the namespace)", body = ErrorBody)))]
 pub async fn get(
@@ -198,7 +198,7 @@ pub async fn list_threads(
 
 /// One thread's settings and counts.
 #[utoipa::path(get, path = "/v1/threads/{thread}", tag = "checkpoints", operation_id = "get_thread",
-    params(("thread" = String, Path, description = THREAD)),
+    params(("thread" = CheckpointKey, Path, description = THREAD)),
     responses((status = 200, description = "the thread", body = Thread),
     (status = 404, description = "not_found: no such thread", body = ErrorBody)))]
 pub async fn get_thread(
@@ -212,10 +212,11 @@ pub async fn get_thread(
     st.store.get_thread(&thread).await?.map(Json).ok_or_else(|| miss().into())
 }
 
-/// Change a thread's metadata or retention (null: the server's default); creates it if absent.
+/// Change a thread's metadata or retention (null: the server's default).
 #[utoipa::path(patch, path = "/v1/threads/{thread}", tag = "checkpoints", operation_id = "patch_thread",
-    params(("thread" = String, Path, description = THREAD)), request_body = ThreadPatchBody,
+    params(("thread" = CheckpointKey, Path, description = THREAD)), request_body = ThreadPatchBody,
     responses((status = 200, description = "the thread after the change", body = Thread),
+    (status = 404, description = "not_found: no such thread (a thread exists from its first write)", body = ErrorBody),
     (status = 413, description = "payload_too_large: metadata over its limit", body = ErrorBody),
     (status = 422, description = "validation_failed: a field is invalid (named)", body = ErrorBody)))]
 pub async fn patch_thread(
@@ -230,7 +231,7 @@ pub async fn patch_thread(
 
 /// Delete a thread and everything it holds (LangGraph's `delete_thread`); 0 if absent.
 #[utoipa::path(delete, path = "/v1/threads/{thread}", tag = "checkpoints", operation_id = "delete_thread",
-    params(("thread" = String, Path, description = THREAD)),
+    params(("thread" = CheckpointKey, Path, description = THREAD)),
     responses((status = 200, description = "deleted: the checkpoints it held", body = ThreadDeleted),
     (status = 422, description = "validation_failed: a bad thread id", body = ErrorBody)))]
 pub async fn delete_thread(
@@ -246,7 +247,7 @@ pub async fn delete_thread(
 /// Copy every checkpoint, blob and write of a thread to a new one (ids kept; LangGraph's
 /// `copy_thread`).
 #[utoipa::path(post, path = "/v1/threads/{thread}/copy", tag = "checkpoints", operation_id = "copy_thread",
-    params(("thread" = String, Path, description = THREAD)), request_body = CopyBody,
+    params(("thread" = CheckpointKey, Path, description = THREAD)), request_body = CopyBody,
     responses((status = 201, description = "copied", body = Copied),
     (status = 404, description = "not_found: no such source thread", body = ErrorBody),
     (status = 409, description = "conflict: the target holds checkpoints", body = ErrorBody),

@@ -97,7 +97,7 @@ pub trait CheckpointStore: Send + Sync {
     /// Threads by id.
     async fn list_threads(&self, filter: ThreadFilter) -> Result<Vec<Thread>>;
 
-    /// Changes a thread's settings, creating it if absent.
+    /// Changes a thread's settings; `not_found` if absent.
     async fn patch_thread(&self, patch: ThreadPatch) -> Result<Thread>;
 
     /// Deletes a thread with everything it holds; the checkpoints deleted (0 if absent).

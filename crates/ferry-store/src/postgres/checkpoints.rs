@@ -392,8 +392,14 @@ async fn list_threads(c: &Client, f: &ThreadFilter) -> Result<Vec<Thread>> {
     rows.iter().map(|r| thread_row(r).and_then(thread_from)).collect()
 }
 
-async fn patch_thread(tx: &Transaction<'_>, now: i64, p: &ThreadPatch) -> Result<Thread> {
-    lock_thread(tx, &p.thread, now).await?;
+async fn patch_thread(tx: &Transaction<'_>, p: &ThreadPatch) -> Result<Thread> {
+    let found = tx
+        .query_opt("SELECT 1 FROM threads WHERE thread = $1 FOR UPDATE", &[&p.thread])
+        .await
+        .map_err(pg_err)?;
+    if found.is_none() {
+        return Err(thread_not_found(&p.thread));
+    }
     if let Some(m) = &p.metadata {
         tx.execute("UPDATE threads SET metadata = $2 WHERE thread = $1", &[&p.thread, m])
             .await
@@ -456,9 +462,7 @@ async fn copy(tx: &Transaction<'_>, now: i64, from: &str, to: &str) -> Result<u6
     tx.query("SELECT 1 FROM threads WHERE thread = ANY($1) ORDER BY thread FOR UPDATE", &[&pair.to_vec()])
         .await
         .map_err(pg_err)?;
-    let Some(src) = get_thread(&**tx, from).await? else {
-        return Err(Error::new(ErrorCode::NotFound, format!("thread {from:?} not found")));
-    };
+    let Some(src) = get_thread(&**tx, from).await? else { return Err(thread_not_found(from)) };
     let taken =
         tx.query_opt("SELECT 1 FROM checkpoints WHERE thread = $1 LIMIT 1", &[&to]).await.map_err(pg_err)?;
     if taken.is_some() {
@@ -746,8 +750,7 @@ impl CheckpointStore for PgStore {
     }
 
     async fn patch_thread(&self, patch: ThreadPatch) -> Result<Thread> {
-        self.tx("checkpoint.patch_thread", move |tx, now, _| boxed!(patch_thread(tx, now, &patch).await))
-            .await
+        self.tx("checkpoint.patch_thread", move |tx, _, _| boxed!(patch_thread(tx, &patch).await)).await
     }
 
     async fn delete_thread(&self, thread: &str) -> Result<u64> {

@@ -392,9 +392,11 @@ pub fn list_threads(conn: &Connection, f: &ThreadFilter) -> Result<Vec<Thread>> 
     rows.map(|r| r.map_err(db_err).and_then(thread_from)).collect()
 }
 
-/// Changes a thread's settings, creating it if absent.
-pub fn patch_thread(conn: &Connection, now: i64, p: &ThreadPatch) -> Result<Thread> {
-    touch_thread(conn, &p.thread, now)?;
+/// Changes a thread's settings; `not_found` if absent.
+pub fn patch_thread(conn: &Connection, p: &ThreadPatch) -> Result<Thread> {
+    if get_thread(conn, &p.thread)?.is_none() {
+        return Err(thread_not_found(&p.thread));
+    }
     if let Some(m) = &p.metadata {
         conn.execute("UPDATE threads SET metadata = ?2 WHERE thread = ?1", params![p.thread, m])
             .map_err(db_err)?;
@@ -454,9 +456,7 @@ fn recount(conn: &Connection, thread: &str) -> Result<()> {
 
 /// Copies a thread (see [`CheckpointStore::copy_thread`]).
 pub fn copy(conn: &Connection, now: i64, from: &str, to: &str) -> Result<u64> {
-    let Some(src) = get_thread(conn, from)? else {
-        return Err(Error::new(ErrorCode::NotFound, format!("thread {from:?} not found")));
-    };
+    let Some(src) = get_thread(conn, from)? else { return Err(thread_not_found(from)) };
     let taken: Option<i64> = conn
         .prepare_cached("SELECT 1 FROM checkpoints WHERE thread = ?1 LIMIT 1")
         .and_then(|mut s| s.query_row([to], |r| r.get(0)).optional())
@@ -718,7 +718,7 @@ impl CheckpointStore for SqliteStore {
     }
 
     async fn patch_thread(&self, patch: ThreadPatch) -> Result<Thread> {
-        self.write("checkpoint.patch_thread", move |conn, now, _| patch_thread(conn, now, &patch)).await
+        self.write("checkpoint.patch_thread", move |conn, _, _| patch_thread(conn, &patch)).await
     }
 
     async fn delete_thread(&self, thread: &str) -> Result<u64> {

@@ -16,26 +16,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from types import EllipsisType
 from typing import Any, TypeVar, cast
 
 from ferry._client_base import (
     _batch_retry,
+    _blobs_out,
     _default_worker,
     _env_token,
     _env_url,
+    _fence,
     _filters,
     _if_match,
     _jitter,
+    _json_param,
     _PagerBase,
     _patch_retry,
+    _record,
     _seg,
     _selector,
     _some,
+    _typed,
+    _writes_out,
     operation,
     operations,
 )
 from ferry._client_sync import (  # unasync: remove
     AgentPager,
+    CheckpointPager,
+    CheckpointThreadPager,
     Client,
     DeadMessagePager,
     HistoryPager,
@@ -52,6 +61,15 @@ from ferry.types import (
     BatchResult,
     BroadcastResult,
     ChannelCursor,
+    CheckpointBlob,
+    CheckpointPutResult,
+    CheckpointRecord,
+    CheckpointsDeleted,
+    CheckpointsPage,
+    CheckpointThread,
+    CheckpointThreadsPage,
+    CheckpointWriteInput,
+    CheckpointWritesResult,
     ClaimedJob,
     Convoy,
     ConvoyCreated,
@@ -90,18 +108,25 @@ from ferry.types import (
     ServerInfo,
     StateResult,
     Stats,
+    ThreadCopied,
+    ThreadDeleted,
     TokenRecord,
+    TypedBytes,
     WorkerInfo,
 )
 
 __all__ = [  # unasync: remove
     "AgentPager",
     "AsyncAgentPager",
+    "AsyncCheckpointPager",
+    "AsyncCheckpointThreadPager",
     "AsyncClient",
     "AsyncDeadMessagePager",
     "AsyncHistoryPager",
     "AsyncItemPager",
     "AsyncJobPager",
+    "CheckpointPager",
+    "CheckpointThreadPager",
     "Client",
     "DeadMessagePager",
     "HistoryPager",
@@ -208,6 +233,29 @@ class AsyncAgentPager(_AsyncPager[AgentsPage, AgentInfo]):
     `limit` agents; `await .page()` fetches one page (`{"agents", "next_cursor"}`)."""
 
     _key = "agents"
+
+
+class AsyncCheckpointPager(_AsyncPager[CheckpointsPage, CheckpointRecord]):
+    """Checkpoints of `list_checkpoints`, newest first by id: iterating it (`async for`)
+    follows `next_cursor` lazily up to `limit` checkpoints; `await .page()` fetches one page
+    (`{"checkpoints", "next_cursor"}`). Typed values' `data` come decoded to bytes."""
+
+    _key = "checkpoints"
+
+    async def page(self, cursor: str | None = None) -> CheckpointsPage:
+        """One page from `cursor` (default the list's start)."""
+        out = await super().page(cursor)
+        for row in out["checkpoints"]:
+            _record(row)
+        return out
+
+
+class AsyncCheckpointThreadPager(_AsyncPager[CheckpointThreadsPage, CheckpointThread]):
+    """Checkpoint threads of `list_threads`, by id: iterating it (`async for`) follows
+    `next_cursor` lazily up to `limit` threads; `await .page()` fetches one page (`{"threads",
+    "next_cursor"}`)."""
+
+    _key = "threads"
 
 
 def _max_parallel(max_parallel: int | None, adaptive: Sequence[int] | Mapping[str, Any] | None) -> Any:
@@ -1199,6 +1247,215 @@ class AsyncClient:
         """One agent's inbox counts and `channels` (each with its cursor); `NotFound` for a
         name no send or receive ever used."""
         return cast(AgentInfo, await self._t.call("GET", f"/v1/agents/{_seg(name)}"))
+
+    # ---- checkpoints (LangGraph) ---------------------------------------------------------------
+    #
+    # A LangGraph checkpoint store (`ferry.langgraph` builds savers on these). Typed values
+    # (the checkpoint, blobs, writes) travel as `{"type", "data"}` with `data` in base64: these
+    # methods take `data` as raw bytes and encode it, and decode it back to bytes in what they
+    # return. `ns` is the checkpoint namespace ("" for a graph's root, `child:<task>` for a
+    # subgraph's).
+
+    @operation("PUT", "/v1/threads/{thread}/checkpoints/{id}")
+    async def put_checkpoint(
+        self,
+        thread: str,
+        checkpoint_id: str,
+        *,
+        checkpoint: TypedBytes | tuple[str, bytes],
+        metadata: Mapping[str, Any],
+        channel_versions: Mapping[str, str | int],
+        blobs: Sequence[CheckpointBlob],
+        parent_checkpoint_id: str | None = None,
+        ns: str = "",
+        delta_channels: Sequence[str] | None = None,
+        job_id: str | None = None,
+        lease: str | None = None,
+        if_none_match: bool = False,
+    ) -> CheckpointPutResult:
+        """Stores checkpoint `checkpoint_id` of `thread` (in namespace `ns`): the serialized
+        `checkpoint` (`{"type", "data"}` or a `(type, data)` pair, `data` raw bytes), its JSON
+        `metadata` (at most 64 KiB), `channel_versions` (channel to version string; ints
+        become their decimal string) and `blobs` (`{"channel", "version", "type", "data"}`,
+        `data` raw bytes), one for every *new* version (type `empty`, data `b""` when the
+        channel has no value then). A version sent before (by any checkpoint of the thread
+        and ns) need not be sent again: blobs are stored once per version.
+
+        The answer has `duplicate: true` when the same content was stored under this id
+        (nothing written), `replaced: true` when other content was replaced; with
+        `if_none_match` (`If-None-Match: *`) other content raises `Conflict` instead. A
+        version with no blob sent or stored raises `ValidationFailed` (`field` `blobs`,
+        `details["missing"]` the `{"channel", "version"}` pairs); sizes past the limits
+        `PayloadTooLarge`. With `job_id` and `lease` (both or neither) the write is fenced:
+        `StaleLease` unless `lease` is the job's current lease (nothing written), `NotFound`
+        for an unknown job. Idempotent by id, so retried."""
+        body: dict[str, Any] = {
+            "parent_checkpoint_id": parent_checkpoint_id,
+            "checkpoint": _typed(checkpoint),
+            "metadata": dict(metadata),
+            "channel_versions": {k: str(v) for k, v in channel_versions.items()},
+            "blobs": _blobs_out(blobs),
+        }
+        if delta_channels is not None:
+            body["delta_channels"] = list(delta_channels)
+        body.update(_fence(job_id, lease))
+        out = await self._t.call(
+            "PUT",
+            f"/v1/threads/{_seg(thread)}/checkpoints/{_seg(checkpoint_id)}",
+            params={"ns": ns},
+            body=body,
+            has_body=True,
+            headers={"if-none-match": "*"} if if_none_match else None,
+        )
+        return cast(CheckpointPutResult, out)
+
+    @operation("POST", "/v1/threads/{thread}/checkpoints/{id}/writes")
+    async def put_checkpoint_writes(
+        self,
+        thread: str,
+        checkpoint_id: str,
+        *,
+        task_id: str,
+        writes: Sequence[CheckpointWriteInput],
+        task_path: str = "",
+        ns: str = "",
+        job_id: str | None = None,
+        lease: str | None = None,
+    ) -> CheckpointWritesResult:
+        """Stores task `task_id`'s pending `writes` on checkpoint `checkpoint_id` (which may not
+        be stored yet): each `{"channel", "type", "data", "idx"?}`, `data` raw bytes, `idx`
+        defaulting to LangGraph's (`__error__` -1, `__scheduled__` -2, `__interrupt__` -3,
+        `__resume__` -4, else the position in `writes`). A regular write is kept if its
+        (task_id, idx) is new; a batch of only special channels replaces. `{"written"}`;
+        a resent batch answers `written: 0, duplicate: true`. Fenced by `job_id` and `lease`
+        as `put_checkpoint`. Idempotent, so retried."""
+        body: dict[str, Any] = {"task_id": task_id, "task_path": task_path, "writes": _writes_out(writes)}
+        body.update(_fence(job_id, lease))
+        path = f"/v1/threads/{_seg(thread)}/checkpoints/{_seg(checkpoint_id)}/writes"
+        out = await self._t.call("POST", path, params={"ns": ns}, body=body, has_body=True)
+        return cast(CheckpointWritesResult, out)
+
+    @operation("GET", "/v1/threads/{thread}/checkpoints/{id}")
+    async def get_checkpoint(
+        self, thread: str, checkpoint_id: str = "latest", *, ns: str = ""
+    ) -> CheckpointRecord:
+        """One checkpoint of `thread` in namespace `ns` (`latest`: the one with the greatest
+        id) with its `checkpoint`, one blob per `channel_versions` entry (type `empty`
+        included) and its pending writes sorted by (task_path, task_id, idx), every `data`
+        decoded to bytes. `NotFound` when there is none."""
+        path = f"/v1/threads/{_seg(thread)}/checkpoints/{_seg(checkpoint_id)}"
+        return cast(CheckpointRecord, _record(await self._t.call("GET", path, params={"ns": ns})))
+
+    @operation("GET", "/v1/checkpoints")
+    def list_checkpoints(
+        self,
+        thread: str | None = None,
+        *,
+        ns: str | None = None,
+        before: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        full: bool = False,
+        limit: int | None = None,
+        page_size: int | None = None,
+        cursor: str | None = None,
+    ) -> AsyncCheckpointPager:
+        """Checkpoints newest first by id (byte order), of one `thread` or all, of one
+        namespace `ns` or all (None), with ids below `before`, whose metadata contains
+        `metadata` (PostgreSQL `@>` semantics: nested objects and arrays by containment).
+        Without `full` the rows have no `checkpoint`, `blobs` nor `pending_writes`. Iterate it
+        (pages of up to `page_size`, at most 1000, fetched lazily) up to `limit` rows, or call
+        `.page()`."""
+        params = {
+            "thread": thread,
+            "ns": ns,
+            "before": before,
+            "metadata": _json_param(metadata),
+            "full": "true" if full else None,
+        }
+        return AsyncCheckpointPager(
+            self._t, "/v1/checkpoints", params, cursor=cursor, limit=limit, page_size=page_size
+        )
+
+    @operation("GET", "/v1/threads")
+    def list_threads(
+        self,
+        *,
+        updated_before: str | None = None,
+        limit: int | None = None,
+        page_size: int | None = None,
+        cursor: str | None = None,
+    ) -> AsyncCheckpointThreadPager:
+        """Checkpoint threads by id, optionally only those last updated before `updated_before`
+        (RFC 3339): iterate it (lazy pages) up to `limit` threads, or call `.page()`."""
+        params = {"updated_before": updated_before}
+        return AsyncCheckpointThreadPager(
+            self._t, "/v1/threads", params, cursor=cursor, limit=limit, page_size=page_size
+        )
+
+    @operation("GET", "/v1/threads/{thread}")
+    async def get_thread(self, thread: str) -> CheckpointThread:
+        """One checkpoint thread: its metadata, retention settings, counts and stored `bytes`;
+        `NotFound` if absent."""
+        return cast(CheckpointThread, await self._t.call("GET", f"/v1/threads/{_seg(thread)}"))
+
+    @operation("PATCH", "/v1/threads/{thread}")
+    async def patch_thread(
+        self,
+        thread: str,
+        *,
+        metadata: Mapping[str, Any] | EllipsisType | None = ...,
+        idle_ttl_ms: int | EllipsisType | None = ...,
+        keep_last: int | EllipsisType | None = ...,
+    ) -> CheckpointThread:
+        """Sets a thread's `metadata` (a JSON object), `idle_ttl_ms` and `keep_last`, creating
+        the thread if absent; the thread. Arguments left out are not sent (they stay); None
+        sends null (the server's default). Retried: a repeat sets the same."""
+        body: dict[str, Any] = {}
+        if metadata is not ...:
+            body["metadata"] = None if metadata is None else dict(metadata)
+        if idle_ttl_ms is not ...:
+            body["idle_ttl_ms"] = idle_ttl_ms
+        if keep_last is not ...:
+            body["keep_last"] = keep_last
+        out = await self._t.call("PATCH", f"/v1/threads/{_seg(thread)}", body=body, has_body=True)
+        return cast(CheckpointThread, out)
+
+    @operation("DELETE", "/v1/threads/{thread}")
+    async def delete_thread(self, thread: str) -> ThreadDeleted:
+        """Deletes a thread with its checkpoints, blobs and writes in every namespace;
+        `{"thread", "deleted"}` (checkpoints; 0 if absent, so a repeat after a lost answer
+        says 0). Retried."""
+        return cast(ThreadDeleted, await self._t.call("DELETE", f"/v1/threads/{_seg(thread)}"))
+
+    @operation("POST", "/v1/threads/{thread}/copy")
+    async def copy_thread(self, thread: str, to: str) -> ThreadCopied:
+        """Copies every checkpoint of `thread` (ids, parents, metadata, blobs and writes, all
+        namespaces) to thread `to`, at once; `{"thread": to, "copied"}`. `NotFound` for an
+        unknown source, `Conflict` when `to` has checkpoints. Retried only when the server
+        refused it before writing (429, 503 `server_saturated`/`circuit_open`): a repeat of a
+        copy that was made conflicts."""
+        path = f"/v1/threads/{_seg(thread)}/copy"
+        out = await self._t.call("POST", path, body={"to": to}, has_body=True, retry=REFUSED)
+        return cast(ThreadCopied, out)
+
+    @operation("POST", "/v1/checkpoints/prune")
+    async def prune_checkpoints(
+        self, threads: Sequence[str], strategy: str = "keep_latest"
+    ) -> CheckpointsDeleted:
+        """Prunes `threads`: `keep_latest` keeps each namespace's latest checkpoint (and what
+        it needs to be read), `delete` deletes them all; `{"deleted"}` (checkpoints). A
+        repeat changes nothing more, so retried."""
+        body = {"threads": list(threads), "strategy": strategy}
+        out = await self._t.call("POST", "/v1/checkpoints/prune", body=body, has_body=True)
+        return cast(CheckpointsDeleted, out)
+
+    @operation("POST", "/v1/checkpoints/delete-runs")
+    async def delete_checkpoint_runs(self, run_ids: Sequence[str]) -> CheckpointsDeleted:
+        """Deletes every checkpoint (with its writes) whose `metadata.run_id` is one of
+        `run_ids`, in any thread or namespace; `{"deleted"}`. Retried."""
+        body = {"run_ids": list(run_ids)}
+        out = await self._t.call("POST", "/v1/checkpoints/delete-runs", body=body, has_body=True)
+        return cast(CheckpointsDeleted, out)
 
     # ---- events --------------------------------------------------------------------------------
 

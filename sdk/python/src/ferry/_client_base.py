@@ -1,10 +1,12 @@
 """What `ferry.AsyncClient` (`_client.py`) and `ferry.Client` (`_client_sync.py`, generated from
-it) share: the `@operation` marker, argument helpers, the pagers' common part, and the retry
-classes of the work-items writes.
+it) share: the `@operation` marker, argument helpers, the pagers' common part, the retry
+classes of the work-items writes, and the base64 of checkpoints' typed values.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 import socket
@@ -184,3 +186,74 @@ def _if_match(version: int | None) -> dict[str, str] | None:
 def _jitter() -> float:
     """Seconds between two attempts of `update_item`: 2 to 50 ms."""
     return random.uniform(0.002, 0.05)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+# Typed values travel as `{"type", "data"}` with `data` in standard base64; the methods take and
+# give raw bytes.
+
+
+def _b64(data: bytes | bytearray | memoryview) -> str:
+    """Standard, padded base64 of `data`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    return base64.b64encode(data).decode("ascii")
+
+
+def _typed(value: Mapping[str, Any] | Sequence[Any]) -> dict[str, str]:
+    """The wire form of a typed value given as `{"type", "data"}` or a `(type, data)` pair (what
+    a LangGraph serializer's `dumps_typed` returns)."""
+    if isinstance(value, Mapping):
+        type_, data = value["type"], value["data"]
+    else:
+        type_, data = value
+    return {"type": str(type_), "data": _b64(data)}
+
+
+def _blobs_out(blobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"channel": b["channel"], "version": str(b["version"]), "type": b["type"], "data": _b64(b["data"])}
+        for b in blobs
+    ]
+
+
+def _writes_out(writes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for w in writes:
+        row: dict[str, Any] = {"channel": w["channel"], "type": w["type"], "data": _b64(w["data"])}
+        if w.get("idx") is not None:
+            row["idx"] = w["idx"]
+        out.append(row)
+    return out
+
+
+def _fence(job_id: str | None, lease: str | None) -> dict[str, str]:
+    """`job_id` and `lease` for a lease-fenced checkpoint write: both or neither."""
+    if (job_id is None) != (lease is None):
+        raise ValueError("give both job_id and lease, or neither")
+    return {} if job_id is None or lease is None else {"job_id": job_id, "lease": lease}
+
+
+def _unb64(row: dict[str, Any]) -> None:
+    if isinstance(row.get("data"), str):
+        row["data"] = base64.b64decode(row["data"], validate=True)
+
+
+def _record(row: Any) -> Any:
+    """A checkpoint as the server sent it, its typed values' `data` decoded to bytes (in place)."""
+    if isinstance(row, dict):
+        cp = row.get("checkpoint")
+        if isinstance(cp, dict):
+            _unb64(cp)
+        for key in ("blobs", "pending_writes"):
+            for item in row.get(key) or ():
+                _unb64(item)
+    return row
+
+
+def _json_param(value: Mapping[str, Any] | None) -> str | None:
+    """A JSON object as one query parameter (compact; URL-encoded by the transport)."""
+    if value is None:
+        return None
+    return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -554,6 +554,152 @@ class AgentsPage(TypedDict):
     next_cursor: NotRequired[str | None]
 
 
+# ---- checkpoints (LangGraph) -------------------------------------------------------------------
+#
+# On the wire a typed value is `{"type", "data"}` with `data` in standard base64; the client
+# methods take and return `data` as raw `bytes` (they encode and decode the base64), so these
+# shapes carry bytes where the JSON carries text.
+
+
+class TypedBytes(TypedDict):
+    """An opaque serialized value: `type` names the serializer (LangGraph's `msgpack`,
+    `msgpack+aes`, `json`, `pickle`, ...; `empty` means "version exists, no value"), `data`
+    its bytes. The server never decodes either."""
+
+    type: str
+    data: bytes
+
+
+class CheckpointBlob(TypedDict):
+    """A channel's value at one version (`type` `empty` when the channel had none): stored
+    once per (thread, ns, channel, version) and shared by every checkpoint listing that
+    version."""
+
+    channel: str
+    version: str
+    type: str
+    data: bytes
+
+
+class CheckpointWriteInput(TypedDict):
+    """One write sent by `put_checkpoint_writes`: `idx` defaults to LangGraph's (the special
+    channels' negative index, else the position in the batch)."""
+
+    channel: str
+    type: str
+    data: bytes
+    idx: NotRequired[int]
+
+
+class CheckpointWrite(TypedDict):
+    """A pending write of a checkpoint, as read: the task that made it, its channel, value,
+    the task's `task_path` and its `idx`."""
+
+    task_id: str
+    channel: str
+    type: str
+    data: bytes
+    task_path: str
+    idx: int
+
+
+class CheckpointPutResult(TypedDict):
+    """`PUT /v1/threads/{thread}/checkpoints/{id}`: `blobs_written` new blobs stored,
+    `blobs_shared` versions served by blobs stored before; `duplicate: true` when the same
+    checkpoint was stored already (nothing written), `replaced: true` when other content was
+    replaced."""
+
+    thread: str
+    ns: str
+    checkpoint_id: str
+    blobs_written: int
+    blobs_shared: int
+    duplicate: NotRequired[bool]
+    replaced: NotRequired[bool]
+
+
+class CheckpointWritesResult(TypedDict):
+    """`POST .../checkpoints/{id}/writes`: how many writes were stored; `duplicate: true` when
+    the batch had been stored already (nothing new)."""
+
+    written: int
+    duplicate: NotRequired[bool]
+
+
+class CheckpointRecord(TypedDict):
+    """A stored checkpoint: its parent, the serialized checkpoint, JSON `metadata`, the
+    `channel_versions` (version strings), the channels whose values are deltas, and (from
+    `get_checkpoint`, or `list_checkpoints(full=True)`) the `checkpoint`, one blob per
+    `channel_versions` entry and the pending writes sorted by (task_path, task_id, idx).
+    `bytes` is its stored size."""
+
+    thread: str
+    ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    checkpoint: NotRequired[TypedBytes]
+    metadata: dict[str, Any]
+    channel_versions: dict[str, str]
+    delta_channels: list[str]
+    blobs: NotRequired[list[CheckpointBlob]]
+    pending_writes: NotRequired[list[CheckpointWrite]]
+    bytes: int
+    created_at: str
+
+
+class CheckpointsPage(TypedDict):
+    """One page of checkpoints, newest first by id; pass `next_cursor` back for the next."""
+
+    checkpoints: list[CheckpointRecord]
+    next_cursor: NotRequired[str | None]
+
+
+class CheckpointThread(TypedDict):
+    """A checkpoint thread: its JSON `metadata`, retention (`idle_ttl_ms`, `keep_last`: null
+    is the server's default), what it holds (`checkpoints`, `blobs`, `writes`, `bytes` stored)
+    and the job whose lease last wrote to it."""
+
+    thread: str
+    metadata: dict[str, Any]
+    idle_ttl_ms: int | None
+    keep_last: int | None
+    checkpoints: int
+    blobs: int
+    writes: int
+    bytes: int
+    created_at: str
+    updated_at: str
+    last_job_id: str | None
+
+
+class CheckpointThreadsPage(TypedDict):
+    """One page of checkpoint threads, by thread id; pass `next_cursor` back for the next."""
+
+    threads: list[CheckpointThread]
+    next_cursor: NotRequired[str | None]
+
+
+class ThreadDeleted(TypedDict):
+    """`DELETE /v1/threads/{thread}`: how many checkpoints went (0 for an unknown thread)."""
+
+    thread: str
+    deleted: int
+
+
+class ThreadCopied(TypedDict):
+    """`POST /v1/threads/{thread}/copy`: the target thread and how many checkpoints were
+    copied."""
+
+    thread: str
+    copied: int
+
+
+class CheckpointsDeleted(TypedDict):
+    """`POST /v1/checkpoints/prune` and `/v1/checkpoints/delete-runs`: checkpoints deleted."""
+
+    deleted: int
+
+
 # ---- access, workers, hosts --------------------------------------------------------------------
 
 
