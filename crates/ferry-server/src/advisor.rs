@@ -38,6 +38,13 @@ pub struct AdvisorConfig {
     pub oldest_ready_age_s: f64,
     /// Registered hosts probed (PLAN MIGRATION above).
     pub max_hosts: u64,
+    /// Checkpoint puts and put_writes per second one node sustains (BENCHMARKS.md, "Run
+    /// checkpoints"): their rate over this capacity is judged as writer utilization is.
+    pub checkpoint_capacity_per_s: f64,
+    /// The seed teams' line: checkpoint writes per second...
+    pub checkpoint_writes_per_s: f64,
+    /// ...and their error share, both exceeded: MIGRATE NOW on SQLite.
+    pub checkpoint_write_error_rate: f64,
     /// Decisions kept in the history.
     pub history_max: usize,
 }
@@ -56,6 +63,9 @@ impl Default for AdvisorConfig {
             dlq_growth: 1_000,
             oldest_ready_age_s: 300.0,
             max_hosts: 10,
+            checkpoint_capacity_per_s: 2_000.0,
+            checkpoint_writes_per_s: 100.0,
+            checkpoint_write_error_rate: 0.01,
             history_max: 1_000,
         }
     }
@@ -118,6 +128,45 @@ pub fn evaluate(m: &Measurements, c: &AdvisorConfig) -> (Verdict, String, String
     let probed = m.now.hosts as f64;
     rule("hosts", probed, c.max_hosts as f64, Verdict::PlanMigration, &|h| {
         format!("registered hosts {} {} {}", m.now.hosts, cmp(h), c.max_hosts)
+    });
+    let load = if c.checkpoint_capacity_per_s > 0.0 {
+        w.checkpoint_writes_per_sec / c.checkpoint_capacity_per_s
+    } else {
+        0.0
+    };
+    let (l_verdict, l_threshold) = if load > c.writer_utilization_now {
+        (Verdict::MigrateNow, c.writer_utilization_now)
+    } else {
+        (Verdict::PlanMigration, c.writer_utilization_plan)
+    };
+    rule("checkpoint_load", load, l_threshold, l_verdict, &|h| {
+        format!(
+            "checkpoint writes {:.0}/s = {} of capacity {:.0}/s {} {}",
+            w.checkpoint_writes_per_sec,
+            pct(load),
+            c.checkpoint_capacity_per_s,
+            cmp(h),
+            pct(l_threshold)
+        )
+    });
+    // The seed's trigger: writes over its rate with errors over its share, both (SQLite only:
+    // on PostgreSQL the other rules speak).
+    let (rate, errs) = (w.checkpoint_writes_per_sec, w.checkpoint_write_error_rate);
+    let both = rate > c.checkpoint_writes_per_s && errs > c.checkpoint_write_error_rate;
+    let sqlite = m.backend != "postgres";
+    f.push(Finding {
+        metric: "checkpoint_write_errors".into(),
+        value: errs,
+        threshold: c.checkpoint_write_error_rate,
+        verdict: if both && sqlite { Verdict::MigrateNow } else { Verdict::Stay },
+        text: format!(
+            "checkpoint writes {rate:.0}/s {} {:.0}/s with errors {} {} {}",
+            if rate > c.checkpoint_writes_per_s { ">" } else { "<=" },
+            c.checkpoint_writes_per_s,
+            pct(errs),
+            if errs > c.checkpoint_write_error_rate { ">" } else { "<=" },
+            pct(c.checkpoint_write_error_rate)
+        ),
     });
     let verdict = f.iter().map(|x| x.verdict).max().unwrap_or(Verdict::Stay);
     // The findings that decided first, then the others, so the text reads as a reason.
@@ -242,13 +291,40 @@ impl Advisor {
 mod tests {
     use super::*;
 
+    #[test]
+    fn checkpoint_writes_with_errors_over_the_seed_line_mean_migrate_now_on_sqlite() {
+        let cfg = AdvisorConfig::default();
+        let mut m = Measurements { backend: "sqlite".into(), ..Default::default() };
+        m.window.checkpoint_writes_per_sec = 150.0;
+        m.window.checkpoint_write_error_rate = 0.02;
+        let (v, text, _, _) = evaluate(&m, &cfg);
+        assert_eq!(v, Verdict::MigrateNow, "{text}");
+        assert!(text.contains("checkpoint writes 150/s > 100/s with errors 2% > 1%"), "{text}");
+        // One past the line on one side only: no verdict from it.
+        m.window.checkpoint_write_error_rate = 0.01;
+        assert_eq!(evaluate(&m, &cfg).0, Verdict::Stay);
+        m.window.checkpoint_write_error_rate = 0.02;
+        m.window.checkpoint_writes_per_sec = 100.0;
+        assert_eq!(evaluate(&m, &cfg).0, Verdict::Stay);
+        // On PostgreSQL the seed's SQLite trigger does not apply.
+        m.window.checkpoint_writes_per_sec = 150.0;
+        m.backend = "postgres".into();
+        assert_eq!(evaluate(&m, &cfg).0, Verdict::Stay);
+        // Load against the benchmarked capacity: plan above 70%, now above 90%.
+        m.window.checkpoint_write_error_rate = 0.0;
+        m.window.checkpoint_writes_per_sec = 1_500.0;
+        assert_eq!(evaluate(&m, &cfg).0, Verdict::PlanMigration);
+        m.window.checkpoint_writes_per_sec = 1_900.0;
+        assert_eq!(evaluate(&m, &cfg).0, Verdict::MigrateNow);
+    }
+
     fn base() -> Measurements {
         Measurements { backend: "sqlite".into(), ..Default::default() }
     }
 
     fn verdict_of(m: &Measurements) -> (Verdict, String) {
         let (v, text, _, findings) = evaluate(m, &AdvisorConfig::default());
-        assert_eq!(findings.len(), 8, "every rule reports");
+        assert_eq!(findings.len(), 10, "every rule reports");
         (v, text)
     }
 

@@ -13,6 +13,9 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+/// The store ops the advisor's checkpoint rules count (LangGraph's puts and put_writes).
+pub const CHECKPOINT_WRITE_OPS: [&str; 2] = ["checkpoint.put", "checkpoint.put_writes"];
+
 /// Cumulative values at one moment.
 #[derive(Debug, Clone)]
 struct Sample {
@@ -20,6 +23,7 @@ struct Sample {
     jobs: [u64; 8],
     writes_ok: u64,
     writes_err: u64,
+    checkpoint_writes: [u64; 2],
     write_latency: HistogramSnapshot,
     api_latency: HistogramSnapshot,
     http_total: u64,
@@ -68,6 +72,13 @@ impl Stats {
     async fn take(st: &AppState) -> Sample {
         let m = st.store.metrics();
         let [writes_ok, writes_err] = m.writes.totals();
+        let mut checkpoint_writes = [0u64; 2];
+        for (op, [ok, err]) in m.writes.snapshot() {
+            if CHECKPOINT_WRITE_OPS.contains(&op.as_str()) {
+                checkpoint_writes[0] += ok;
+                checkpoint_writes[1] += err;
+            }
+        }
         let (mut http_total, mut http_5xx) = (0, 0);
         for (key, [n]) in st.http.requests.snapshot() {
             http_total += n;
@@ -86,6 +97,7 @@ impl Stats {
             jobs: m.jobs.totals(),
             writes_ok,
             writes_err,
+            checkpoint_writes,
             write_latency: m.write_seconds.snapshot(),
             api_latency: st.http.api_latency(),
             http_total,
@@ -170,6 +182,15 @@ fn diff(a: &Sample, b: &Sample, secs: f64, writers: f64, claim_hosts: u64) -> Wi
         rejections_per_sec: per(a.rejections, b.rejections),
         dlq_growth: b.dlq as i64 - a.dlq as i64,
         claim_hosts,
+        checkpoint_writes_per_sec: per(
+            a.checkpoint_writes[0] + a.checkpoint_writes[1],
+            b.checkpoint_writes[0] + b.checkpoint_writes[1],
+        ),
+        checkpoint_write_error_rate: share(
+            b.checkpoint_writes[1].saturating_sub(a.checkpoint_writes[1]),
+            (b.checkpoint_writes[0] + b.checkpoint_writes[1])
+                .saturating_sub(a.checkpoint_writes[0] + a.checkpoint_writes[1]),
+        ),
     }
 }
 

@@ -487,6 +487,17 @@ async fn openapi_document_covers_every_route() {
         ("post", "/v1/ledger/transfers/{id}/void"),
         ("get", "/v1/ledger/events"),
         ("post", "/v1/ledger/verify"),
+        ("put", "/v1/threads/{thread}/checkpoints/{id}"),
+        ("get", "/v1/threads/{thread}/checkpoints/{id}"),
+        ("post", "/v1/threads/{thread}/checkpoints/{id}/writes"),
+        ("get", "/v1/checkpoints"),
+        ("get", "/v1/threads"),
+        ("get", "/v1/threads/{thread}"),
+        ("patch", "/v1/threads/{thread}"),
+        ("delete", "/v1/threads/{thread}"),
+        ("post", "/v1/threads/{thread}/copy"),
+        ("post", "/v1/checkpoints/prune"),
+        ("post", "/v1/checkpoints/delete-runs"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in expected {
@@ -499,7 +510,8 @@ async fn openapi_document_covers_every_route() {
             .replace("{id}", "00000000-0000-7000-8000-000000000000")
             .replace("{queue}", "q")
             .replace("{name}", "s")
-            .replace("{agent}", "ag"));
+            .replace("{agent}", "ag")
+            .replace("{thread}", "th"));
         let resp = match method {
             "get" => crate::common::http().get(&url).send().await,
             "patch" => crate::common::http().patch(&url).body("{}").send().await,

@@ -6,6 +6,7 @@
 mod common;
 
 mod api_errors;
+mod checkpoints;
 mod convoys;
 mod e2e;
 mod events;

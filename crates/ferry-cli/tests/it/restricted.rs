@@ -1493,6 +1493,52 @@ fn variants(key: &str, fx: &Fx, who: usize) -> Option<Vec<Variant>> {
         "POST /v1/ledger/verify" => {
             vec![v("verify the ledger", post("/v1/ledger/verify", json!({}))).forbidden()]
         }
+        // Checkpoints are not narrowed to queues: a restricted token reaches none of them.
+        "PUT /v1/threads/{thread}/checkpoints/{id}" => vec![
+            v(
+                "put a checkpoint",
+                req(
+                    Method::PUT,
+                    "/v1/threads/th-1/checkpoints/cp-1",
+                    Some(json!({"checkpoint": {"type": "msgpack", "data": ""}})),
+                ),
+            )
+            .forbidden(),
+        ],
+        "GET /v1/threads/{thread}/checkpoints/{id}" => {
+            vec![v("read a checkpoint", get("/v1/threads/th-1/checkpoints/latest")).forbidden()]
+        }
+        "POST /v1/threads/{thread}/checkpoints/{id}/writes" => vec![
+            v(
+                "put writes",
+                post(
+                    "/v1/threads/th-1/checkpoints/cp-1/writes",
+                    json!({"task_id": "t", "writes": [{"channel": "c", "type": "msgpack", "data": ""}]}),
+                ),
+            )
+            .forbidden(),
+        ],
+        "GET /v1/checkpoints" => vec![v("list checkpoints", get("/v1/checkpoints")).forbidden()],
+        "GET /v1/threads" => vec![v("list threads", get("/v1/threads")).forbidden()],
+        "GET /v1/threads/{thread}" => vec![v("read a thread", get("/v1/threads/th-1")).forbidden()],
+        "PATCH /v1/threads/{thread}" => {
+            vec![
+                v("change a thread", req(Method::PATCH, "/v1/threads/th-1", Some(json!({"keep_last": 1}))))
+                    .forbidden(),
+            ]
+        }
+        "DELETE /v1/threads/{thread}" => {
+            vec![v("delete a thread", req(Method::DELETE, "/v1/threads/th-1", None)).forbidden()]
+        }
+        "POST /v1/threads/{thread}/copy" => {
+            vec![v("copy a thread", post("/v1/threads/th-1/copy", json!({"to": "th-2"}))).forbidden()]
+        }
+        "POST /v1/checkpoints/prune" => {
+            vec![v("prune threads", post("/v1/checkpoints/prune", json!({"threads": ["th-1"]}))).forbidden()]
+        }
+        "POST /v1/checkpoints/delete-runs" => {
+            vec![v("delete runs", post("/v1/checkpoints/delete-runs", json!({"run_ids": ["r"]}))).forbidden()]
+        }
         "DELETE /v1/hosts/{name}" => vec![
             v("remove a host", req(Method::DELETE, "/v1/hosts/host-1?queue=a", None)),
             v("remove an unknown host", req(Method::DELETE, "/v1/hosts/nosuch-host?queue=a", None)),

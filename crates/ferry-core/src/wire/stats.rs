@@ -49,6 +49,12 @@ pub struct WindowStats {
     pub dlq_growth: i64,
     /// Distinct hosts that claimed jobs from this node in the window.
     pub claim_hosts: u64,
+    /// Checkpoint puts and put_writes per second (`checkpoint.put|checkpoint.put_writes`).
+    #[serde(default)]
+    pub checkpoint_writes_per_sec: f64,
+    /// Share of those that failed in storage (0..1).
+    #[serde(default)]
+    pub checkpoint_write_error_rate: f64,
 }
 
 /// Current readings.

@@ -201,19 +201,26 @@ pub async fn put(tx: &Transaction<'_>, now: i64, c: &NewCheckpoint, fx: &mut Eff
             return Err(checkpoint::missing_blobs(&missing));
         }
     }
+    // One statement for every sent blob; the rows it returns are the ones it stored.
     let mut blob_bytes = 0;
-    for b in &c.blobs {
-        let n = tx
-            .execute(
-                "INSERT INTO checkpoint_blobs (thread, ns, channel, version, type, data) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT DO NOTHING",
-                &[&c.thread, &c.ns, &b.channel, &b.version, &b.type_, &b.data],
+    if !c.blobs.is_empty() {
+        let channels: Vec<&str> = c.blobs.iter().map(|b| b.channel.as_str()).collect();
+        let versions: Vec<&str> = c.blobs.iter().map(|b| b.version.as_str()).collect();
+        let types: Vec<&str> = c.blobs.iter().map(|b| b.type_.as_str()).collect();
+        let datas: Vec<&[u8]> = c.blobs.iter().map(|b| b.data.as_slice()).collect();
+        let rows = tx
+            .query(
+                "INSERT INTO checkpoint_blobs (thread, ns, channel, version, type, data)
+                 SELECT $1, $2, v.channel, v.version, v.type, v.data
+                 FROM unnest($3::text[], $4::text[], $5::text[], $6::bytea[]) AS v(channel, version, type, data)
+                 ON CONFLICT DO NOTHING RETURNING octet_length(data)::bigint",
+                &[&c.thread, &c.ns, &channels, &versions, &types, &datas],
             )
             .await
             .map_err(pg_err)?;
-        if n == 1 {
-            out.blobs_written += 1;
-            blob_bytes += b.data.len() as i64;
+        out.blobs_written = rows.len() as u64;
+        for r in &rows {
+            blob_bytes += r.col::<i64>(0)?;
         }
     }
     out.blobs_shared = c.blobs.len() as u64 - out.blobs_written;

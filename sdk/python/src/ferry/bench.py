@@ -15,6 +15,10 @@
 
 Each mode also prints this process's peak RSS (the worker's, since the worker runs here).
 Human output is one line per figure; `--json` prints one JSON object.
+
+`python -m ferry.bench checkpoints ...` (the first word `checkpoints`, options of its own)
+compares LangGraph checkpoint savers (ferry servers, SqliteSaver, PostgresSaver) on one
+workload: `python -m ferry.bench checkpoints --help`, and ferry/_bench_checkpoints.py.
 """
 
 from __future__ import annotations
@@ -391,7 +395,13 @@ def _human(r: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ferry.bench`."""
+    """`python -m ferry.bench` (`python -m ferry.bench checkpoints ...`: the checkpoint savers'
+    benchmark)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["checkpoints"]:
+        from ferry._bench_checkpoints import main as checkpoints_main
+
+        return checkpoints_main(args[1:])
     p = argparse.ArgumentParser(prog="python -m ferry.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="the server (default $FERRY_URL, else http://127.0.0.1:7700)")
     p.add_argument("--token", help="API token (default $FERRY_TOKEN)")
@@ -407,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         help="null mode: async handlers (default) or plain ones in the thread pool",
     )
     p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
-    a = p.parse_args(argv)
+    a = p.parse_args(args)
     if a.jobs is not None and a.jobs < 1:
         p.error("--jobs must be >= 1")
     if a.concurrency < 1 or a.batch < 1:
