@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import contextlib
 import operator
 import os
+import shutil
+import socket
 import sqlite3
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -828,6 +832,101 @@ def test_concurrent_puts_are_all_readable(ferry_server_any: FerryServer) -> None
     asyncio.run(run())
 
 
+# ---- PostgreSQL restarted under load ----------------------------------------------------------
+
+
+class PrivatePg:
+    """A PostgreSQL cluster of this test's own (initdb into a temp dir, run as `postgres` on a
+    free port), so stopping it disturbs no other test."""
+
+    def __init__(self) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not bins or shutil.which("runuser") is None:
+            raise RuntimeError("no PostgreSQL server binaries or runuser")
+        self.bin = bins[-1].parent
+        # Under /tmp itself: pytest's own temp dirs are private to their owner.
+        self.dir = Path(tempfile.mkdtemp(prefix="ferry-pg-"))
+        if subprocess.run(["chown", "-R", "postgres:postgres", str(self.dir)]).returncode != 0:
+            raise RuntimeError("cannot hand a directory to the postgres user (not root?)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+        self.up()
+
+    def _run(self, program: str, *args: str) -> None:
+        cmd = ["runuser", "-u", "postgres", "--", str(self.bin / program), *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"{program}: {out.stderr}")
+
+    def up(self) -> None:
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        log = str(self.dir / "pg.log")
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", opts, "-l", log, "-w", "start")
+
+    def down(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", mode, "-w", "stop")
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+
+@pytest.mark.pg
+def test_postgres_restarted_under_load_loses_no_acknowledged_put() -> None:
+    """Savers keep putting while PostgreSQL is stopped and started again: their retries (after
+    503 and `Retry-After`) carry every put through, and each acknowledged one reads back."""
+    if not os.environ.get("FERRY_TEST_PG_URL"):
+        pytest.skip("FERRY_TEST_PG_URL is not set")
+    try:
+        pg = PrivatePg()
+    except RuntimeError as e:
+        if os.environ.get("FERRY_REQUIRE_PG") == "1":
+            raise
+        pytest.skip(str(e))
+    server = FerryServer.start(pg_url=pg.url)
+    try:
+
+        async def writer(saver: AsyncFerrySaver, thread: str, stop: asyncio.Event, acked: list[Any]) -> None:
+            config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+            version: str | None = None
+            step = 0
+            while not stop.is_set():
+                version = saver.get_next_version(version, None)
+                cp = _checkpoint({"n": step}, {"n": version})
+                config = dict(
+                    await saver.aput(config, cp, {"source": "loop", "step": step}, cp["channel_versions"])
+                )
+                acked.append((thread, cp["id"], step))
+                step += 1
+
+        async def run() -> None:
+            saver = AsyncFerrySaver(server.async_client())
+            stop, acked = asyncio.Event(), []
+            tasks = [asyncio.create_task(writer(saver, _tid("pgr"), stop, acked)) for _ in range(4)]
+            await asyncio.sleep(1.0)
+            before = len(acked)
+            await asyncio.to_thread(pg.down, "fast")
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(pg.up)
+            await asyncio.sleep(2.0)
+            stop.set()
+            await asyncio.gather(*tasks)
+            assert before > 0 and len(acked) > before, "puts went on before and after the restart"
+            for thread, cid, step in acked:
+                tup = await saver.aget_tuple({"configurable": {"thread_id": thread, "checkpoint_id": cid}})
+                assert tup is not None and tup.checkpoint["channel_values"]["n"] == step, (thread, cid)
+            await saver.client.aclose()
+
+        asyncio.run(run())
+    finally:
+        server.close()
+        with contextlib.suppress(RuntimeError):
+            pg.down("immediate")
+        shutil.rmtree(pg.dir, ignore_errors=True)
+
+
 # ---- a thread imported from SqliteSaver -------------------------------------------------------
 
 
@@ -852,47 +951,25 @@ def test_a_thread_imported_from_a_sqlite_file_resumes(ferry_server_any: FerrySer
         local_app.invoke({"log": ["in"]}, config)
         waiting = local_app.get_state(config)
 
-        # The file's rows, sent as they are: each checkpoint keeps its values inline, and
-        # every version is declared `empty` (the first time it appears).
+        # `ferry checkpoints import` sends the file's rows as they are (each checkpoint keeps
+        # its values inline); a second import adds nothing.
         c = ferry_server_any.client()
-        serde = JsonPlusSerializer()
-        sent: set[tuple[str, str, str]] = set()
-        rows = conn.execute(
-            "SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint,"
-            " metadata FROM checkpoints ORDER BY thread_id, checkpoint_ns, checkpoint_id"
-        ).fetchall()
-        for tid, ns, cid, parent, typ, blob, md in rows:
-            cp = serde.loads_typed((typ, blob))
-            versions = {k: str(v) for k, v in cp["channel_versions"].items()}
-            blobs = [
-                {"channel": ch, "version": v, "type": "empty", "data": b""}
-                for ch, v in versions.items()
-                if (ns, ch, v) not in sent
-            ]
-            sent.update((ns, b["channel"], b["version"]) for b in blobs)
-            c.put_checkpoint(
-                tid,
-                cid,
-                checkpoint=(typ, blob),
-                metadata=json.loads(md) if md else {},
-                channel_versions=versions,
-                blobs=blobs,
-                parent_checkpoint_id=parent,
-                ns=ns,
-            )
-        writes = conn.execute(
-            "SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, value "
-            "FROM writes ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx"
-        ).fetchall()
-        for tid, ns, cid, task_id, task_path, idx, channel, typ, value in writes:
-            c.put_checkpoint_writes(
-                tid,
-                cid,
-                task_id=task_id,
-                task_path=task_path,
-                ns=ns,
-                writes=[{"channel": channel, "type": typ, "data": value, "idx": idx}],
-            )
+        n_cps = conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+        n_writes = conn.execute("SELECT count(*) FROM writes").fetchone()[0]
+        file = str(tmp_path / "cp.sqlite")
+        url, token = ferry_server_any.url, ferry_server_any.token
+        cmd = [os.environ["FERRY_BIN"], "checkpoints", "import", "--langgraph-sqlite", file]
+        cmd += ["--url", url, "--token", token]
+        first = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip() == (
+            f"checkpoints: {n_cps} written, 0 already present; writes: {n_writes} written, 0 already present"
+        )
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == (
+            f"checkpoints: 0 written, {n_cps} already present; writes: 0 written, {n_writes} already present"
+        )
 
         ours = g.compile(checkpointer=FerrySaver(c))
         assert snapshot(ours.get_state(config)) == snapshot(waiting)

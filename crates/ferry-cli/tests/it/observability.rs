@@ -175,10 +175,11 @@ async fn stats_windows_and_a_real_verdict_with_history() {
             "DLQ growth",
             "oldest ready",
             "registered hosts",
+            "checkpoint writes",
         ] {
             assert!(text.contains(metric), "{metric:?} missing: {text}");
         }
-        assert_eq!(advice["findings"].as_array().unwrap().len(), 8);
+        assert_eq!(advice["findings"].as_array().unwrap().len(), 10);
         // The CLI shows the same.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["advise", "--url", &s.url])

@@ -317,6 +317,23 @@ pub async fn retention_pass_expires_idle_and_applies_keep_last(h: Harness) {
         })
         .await
         .unwrap();
+    // A thread whose last writing job still runs is left alone until the job ends.
+    h.store.enqueue(vec![super::job("q")]).await.unwrap();
+    let running = super::claim(&h, "q", 1).await.remove(0);
+    for i in 1..=4 {
+        let parent = (i > 1).then(|| (i - 1).to_string());
+        let mut c = put("held", &i.to_string(), parent.as_deref(), &[]);
+        c.fence = Some(checkpoint::Fence { job_id: running.id, lease: running.lease.clone() });
+        h.store.put_checkpoint(c).await.unwrap();
+    }
+    h.store
+        .patch_thread(checkpoint::ThreadPatch {
+            thread: "held".into(),
+            keep_last: Some(Some(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let sweep = CheckpointSweep { batch: 10, idle_ttl_ms: 5_000, keep_last: 0, grace_ms: 1_000 };
     // Within the grace period `busy` is left alone; `idle` is past its TTL.
     let out = h.store.sweep_checkpoints(sweep).await.unwrap();
@@ -325,8 +342,11 @@ pub async fn retention_pass_expires_idle_and_applies_keep_last(h: Harness) {
     h.clock.advance(2_000);
     let out = h.store.sweep_checkpoints(sweep).await.unwrap();
     assert_eq!(out.checkpoints_pruned, 3);
+    assert_eq!(h.store.get_thread("held").await.unwrap().unwrap().checkpoints, 4, "its job still runs");
     let again = h.store.sweep_checkpoints(sweep).await.unwrap();
     assert_eq!(again.checkpoints_pruned, 0, "a pruned thread is not pruned again until written");
+    super::complete(&h, running.id, &running.lease).await.unwrap();
+    assert_eq!(h.store.sweep_checkpoints(sweep).await.unwrap().checkpoints_pruned, 3, "its job ended");
     assert_eq!(h.store.get_thread("busy").await.unwrap().unwrap().checkpoints, 2);
     let evs = events_after(&h, 0, 1).await;
     let deleted = evs.iter().find(|e| e.kind == EventType::ThreadDeleted).expect("thread.deleted");
