@@ -91,6 +91,38 @@ pub fn same_content(stored: &Tuple, put: &ferry_core::checkpoint::NewCheckpoint)
         && stored.delta_channels == put.delta_channels)
 }
 
+/// What a put does once its stored row (if any) is read.
+pub enum Decided {
+    /// An identical repeat: answer this, write nothing.
+    Duplicate(ferry_core::checkpoint::PutOutcome),
+    /// Write (new, or a replace): the outcome to fill in.
+    Write(ferry_core::checkpoint::PutOutcome),
+}
+
+/// Decides a put against its stored row, before anything is written: a duplicate, a 409
+/// `conflict` under `If-None-Match: *`, or a write.
+pub fn decide_put(stored: Option<&Tuple>, c: &ferry_core::checkpoint::NewCheckpoint) -> Result<Decided> {
+    let mut out = ferry_core::checkpoint::PutOutcome {
+        thread: c.thread.clone(),
+        ns: c.ns.clone(),
+        checkpoint_id: c.checkpoint_id.clone(),
+        blobs_written: 0,
+        blobs_shared: 0,
+        duplicate: false,
+        replaced: false,
+    };
+    let Some(s) = stored else { return Ok(Decided::Write(out)) };
+    if same_content(s, c)? {
+        out.blobs_shared = c.blobs.len() as u64;
+        out.duplicate = true;
+        return Ok(Decided::Duplicate(out));
+    }
+    if c.if_none_match {
+        return Err(ferry_core::checkpoint::exists_conflict(c));
+    }
+    Ok(Decided::Write(out))
+}
+
 /// The invariant checks both backends run (each query returns offending thread ids).
 pub const INVARIANTS: &[(&str, &str)] = &[
     (

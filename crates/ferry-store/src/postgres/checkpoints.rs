@@ -160,25 +160,10 @@ pub async fn put(tx: &Transaction<'_>, now: i64, c: &NewCheckpoint, fx: &mut Eff
     lock_thread(tx, &c.thread, now).await?;
     check_fence(tx, now, &c.fence).await?;
     let stored = load(&**tx, &c.thread, &c.ns, Some(&c.checkpoint_id)).await?;
-    let mut out = PutOutcome {
-        thread: c.thread.clone(),
-        ns: c.ns.clone(),
-        checkpoint_id: c.checkpoint_id.clone(),
-        blobs_written: 0,
-        blobs_shared: 0,
-        duplicate: false,
-        replaced: false,
+    let mut out = match decide_put(stored.as_ref(), c)? {
+        Decided::Duplicate(out) => return Ok(out),
+        Decided::Write(out) => out,
     };
-    if let Some(s) = &stored {
-        if same_content(s, c)? {
-            out.blobs_shared = c.blobs.len() as u64;
-            out.duplicate = true;
-            return Ok(out);
-        }
-        if c.if_none_match {
-            return Err(checkpoint::exists_conflict(c));
-        }
-    }
     let unsent = c.unsent();
     if !unsent.is_empty() {
         let (channels, versions): (Vec<&str>, Vec<&str>) =

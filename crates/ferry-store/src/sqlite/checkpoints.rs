@@ -157,25 +157,10 @@ fn bump_thread(
 pub fn put(conn: &Connection, now: i64, c: &NewCheckpoint, fx: &mut Effects) -> Result<PutOutcome> {
     check_fence(conn, now, &c.fence)?;
     let stored = load(conn, &c.thread, &c.ns, Some(&c.checkpoint_id))?;
-    let mut out = PutOutcome {
-        thread: c.thread.clone(),
-        ns: c.ns.clone(),
-        checkpoint_id: c.checkpoint_id.clone(),
-        blobs_written: 0,
-        blobs_shared: 0,
-        duplicate: false,
-        replaced: false,
+    let mut out = match decide_put(stored.as_ref(), c)? {
+        Decided::Duplicate(out) => return Ok(out),
+        Decided::Write(out) => out,
     };
-    if let Some(s) = &stored {
-        if same_content(s, c)? {
-            out.blobs_shared = c.blobs.len() as u64;
-            out.duplicate = true;
-            return Ok(out);
-        }
-        if c.if_none_match {
-            return Err(checkpoint::exists_conflict(c));
-        }
-    }
     let mut missing = Vec::new();
     for (channel, version) in c.unsent() {
         if !blob_exists(conn, &c.thread, &c.ns, &channel, &version)? {
