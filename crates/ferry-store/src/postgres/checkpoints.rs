@@ -16,8 +16,8 @@ use ferry_core::checkpoint::{
 };
 use ferry_core::{Error, ErrorCode, Result};
 use std::collections::HashSet;
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient as _, Row, Statement};
 
 fn checkpoint_row(r: &Row, body: bool) -> Result<CheckpointRow> {
     Ok(CheckpointRow {
@@ -41,38 +41,80 @@ fn thread_row(r: &Row) -> Result<ThreadRow> {
     ))
 }
 
-/// Anything that runs statements: a transaction or a client (`&**` of deadpool's wrappers).
-trait Conn: tokio_postgres::GenericClient + Sync {}
-impl<T: tokio_postgres::GenericClient + Sync> Conn for T {}
+/// A pooled client or a transaction: runs statements prepared once per connection (deadpool's
+/// statement cache), so a hot statement costs one round trip, not a Parse and an Execute.
+trait Conn: Sync {
+    /// The tokio-postgres handle that runs the statements.
+    type Raw: tokio_postgres::GenericClient + Sync;
+    fn raw(&self) -> &Self::Raw;
+    fn prep(&self, sql: &str) -> impl Future<Output = Result<Statement>> + Send;
+}
 
-async fn check_fence(tx: &Transaction<'_>, now: i64, fence: &Option<Fence>) -> Result<()> {
-    let Some(f) = fence else { return Ok(()) };
-    let seq = crate::rows::lease_seq(&f.lease);
-    let current = tx
-        .query_opt(
-            "SELECT 1 FROM jobs WHERE seq = $1 AND id = $2 AND state = 'running' AND lease = $3
-                AND lease_expires_at > $4 FOR SHARE",
-            &[&seq, &f.job_id, &f.lease, &now],
-        )
-        .await
-        .map_err(pg_err)?;
-    match current {
-        Some(_) => Ok(()),
-        None => Err(super::jobs::lease_failure(tx, f.job_id).await?),
+impl Conn for Client {
+    type Raw = tokio_postgres::Client;
+    fn raw(&self) -> &tokio_postgres::Client {
+        self
+    }
+    async fn prep(&self, sql: &str) -> Result<Statement> {
+        self.prepare_cached(sql).await.map_err(pg_err)
     }
 }
 
-/// Creates the thread row if absent, and locks it for this transaction.
-async fn lock_thread(tx: &Transaction<'_>, thread: &str, now: i64) -> Result<()> {
-    tx.execute(
-        "INSERT INTO threads (thread, metadata, checkpoints, blobs, writes, bytes, created_at, updated_at)
-         VALUES ($1, '{}', 0, 0, 0, 0, $2, $2) ON CONFLICT (thread) DO UPDATE SET updated_at = threads.updated_at",
-        &[&thread, &now],
-    )
-    .await
-    .map_err(pg_err)?;
-    Ok(())
+impl<'a> Conn for Transaction<'a> {
+    type Raw = tokio_postgres::Transaction<'a>;
+    fn raw(&self) -> &tokio_postgres::Transaction<'a> {
+        self
+    }
+    async fn prep(&self, sql: &str) -> Result<Statement> {
+        self.prepare_cached(sql).await.map_err(pg_err)
+    }
 }
+
+/// The opening of every write to a thread, as one pipeline: create-or-lock the thread's row,
+/// check the fence (when the write carries one), then `next` (the caller's first statement,
+/// prepared and not yet polled). All three go out before any answer is awaited; the server
+/// runs them in that order, so `next` runs with the thread's row locked.
+async fn locked<T>(
+    tx: &Transaction<'_>,
+    thread: &str,
+    now: i64,
+    fence: &Option<Fence>,
+    next: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    let lock = tx
+        .prep(
+            "INSERT INTO threads (thread, metadata, checkpoints, blobs, writes, bytes, created_at, updated_at)
+             VALUES ($1, '{}', 0, 0, 0, 0, $2, $2) ON CONFLICT (thread) DO UPDATE SET updated_at = threads.updated_at",
+        )
+        .await?;
+    let fenced = tx
+        .prep(
+            "SELECT 1 FROM jobs WHERE seq = $1 AND id = $2 AND state = 'running' AND lease = $3
+                AND lease_expires_at > $4 FOR SHARE",
+        )
+        .await?;
+    let seq = fence.as_ref().map(|f| crate::rows::lease_seq(&f.lease));
+    let fence_check = async {
+        match (fence, &seq) {
+            (Some(f), Some(seq)) => {
+                tx.query_opt(&fenced, &[seq, &f.job_id, &f.lease, &now]).await.map(|r| r.is_some())
+            }
+            _ => Ok(true),
+        }
+    };
+    let lock_args: [&(dyn ToSql + Sync); 2] = [&thread, &now];
+    let (_, current, out) =
+        tokio::try_join!(tx.execute(&lock, &lock_args), fence_check, next).map_err(pg_err)?;
+    match fence {
+        Some(f) if !current => Err(super::jobs::lease_failure(tx, f.job_id).await?),
+        _ => Ok(out),
+    }
+}
+
+/// The statement [`bump_thread`] runs, with the thread's counters moved by `$2..=$5`.
+const BUMP_THREAD: &str =
+    "UPDATE threads SET checkpoints = checkpoints + $2, blobs = blobs + $3, writes = writes + $4,
+    bytes = bytes + $5, updated_at = $6, last_job_id = coalesce($7, last_job_id) WHERE thread = $1";
 
 async fn bump_thread(
     tx: &Transaction<'_>,
@@ -81,35 +123,28 @@ async fn bump_thread(
     d: [i64; 4],
     job: Option<uuid::Uuid>,
 ) -> Result<()> {
-    tx.execute(
-        "UPDATE threads SET checkpoints = checkpoints + $2, blobs = blobs + $3, writes = writes + $4,
-            bytes = bytes + $5, updated_at = $6, last_job_id = coalesce($7, last_job_id) WHERE thread = $1",
-        &[&thread, &d[0], &d[1], &d[2], &d[3], &now, &job],
-    )
-    .await
-    .map_err(pg_err)?;
+    let stmt = tx.prep(BUMP_THREAD).await?;
+    tx.execute(&stmt, &[&thread, &d[0], &d[1], &d[2], &d[3], &now, &job]).await.map_err(pg_err)?;
     Ok(())
 }
 
 async fn load<C: Conn>(c: &C, thread: &str, ns: &str, id: Option<&str>) -> Result<Option<Tuple>> {
     let row = match id {
-        Some(id) => c
-            .query_opt(
-                &format!("SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3"),
-                &[&thread, &ns, &id],
-            )
-            .await
-            .map_err(pg_err)?,
-        None => c
-            .query_opt(
-                &format!(
-                    "SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2
-                     ORDER BY checkpoint_id DESC LIMIT 1"
-                ),
-                &[&thread, &ns],
-            )
-            .await
-            .map_err(pg_err)?,
+        Some(id) => {
+            let sql = format!(
+                "SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3"
+            );
+            let stmt = c.prep(&sql).await?;
+            c.raw().query_opt(&stmt, &[&thread, &ns, &id]).await.map_err(pg_err)?
+        }
+        None => {
+            let sql = format!(
+                "SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2
+                 ORDER BY checkpoint_id DESC LIMIT 1"
+            );
+            let stmt = c.prep(&sql).await?;
+            c.raw().query_opt(&stmt, &[&thread, &ns]).await.map_err(pg_err)?
+        }
     };
     row.map(|r| checkpoint_row(&r, true).and_then(tuple_from)).transpose()
 }
@@ -117,30 +152,32 @@ async fn load<C: Conn>(c: &C, thread: &str, ns: &str, id: Option<&str>) -> Resul
 async fn complete<C: Conn>(c: &C, t: &mut Tuple) -> Result<()> {
     let (channels, versions): (Vec<&str>, Vec<&str>) =
         t.channel_versions.iter().map(|(c, v)| (c.as_str(), v.as_str())).unzip();
-    let rows = c
-        .query(
+    let blobs_stmt = c
+        .prep(
             "SELECT b.channel, b.version, b.type, b.data FROM checkpoint_blobs b
              JOIN unnest($3::text[], $4::text[]) AS v(channel, version)
                ON b.channel = v.channel AND b.version = v.version
              WHERE b.thread = $1 AND b.ns = $2 ORDER BY b.channel",
-            &[&t.thread, &t.ns, &channels, &versions],
         )
-        .await
-        .map_err(pg_err)?;
+        .await?;
+    let writes_stmt = c
+        .prep(
+            "SELECT task_id, channel, type, data, task_path, idx FROM checkpoint_writes
+             WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3 ORDER BY task_path, task_id, idx",
+        )
+        .await?;
+    // One pipeline: both reads go out before either answer is awaited.
+    let blobs_args: [&(dyn ToSql + Sync); 4] = [&t.thread, &t.ns, &channels, &versions];
+    let writes_args: [&(dyn ToSql + Sync); 3] = [&t.thread, &t.ns, &t.checkpoint_id];
+    let (rows, write_rows) =
+        tokio::try_join!(c.raw().query(&blobs_stmt, &blobs_args), c.raw().query(&writes_stmt, &writes_args))
+            .map_err(pg_err)?;
     let mut blobs = Vec::with_capacity(rows.len());
     for r in &rows {
         blobs.push(Blob { channel: r.col(0)?, version: r.col(1)?, type_: r.col(2)?, data: r.col(3)? });
     }
-    let rows = c
-        .query(
-            "SELECT task_id, channel, type, data, task_path, idx FROM checkpoint_writes
-             WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3 ORDER BY task_path, task_id, idx",
-            &[&t.thread, &t.ns, &t.checkpoint_id],
-        )
-        .await
-        .map_err(pg_err)?;
-    let mut writes = Vec::with_capacity(rows.len());
-    for r in &rows {
+    let mut writes = Vec::with_capacity(write_rows.len());
+    for r in &write_rows {
         writes.push(PendingWrite {
             task_id: r.col(0)?,
             channel: r.col(1)?,
@@ -155,116 +192,196 @@ async fn complete<C: Conn>(c: &C, t: &mut Tuple) -> Result<()> {
     Ok(())
 }
 
-/// Stores a checkpoint (see [`CheckpointStore::put_checkpoint`]).
+/// Stores a checkpoint (see [`CheckpointStore::put_checkpoint`]): three round trips (the
+/// thread lock with the stored row's read, then the blobs, the thread's counters and the
+/// checkpoint row together), each statement prepared once per connection.
 pub async fn put(tx: &Transaction<'_>, now: i64, c: &NewCheckpoint, fx: &mut Effects) -> Result<PutOutcome> {
-    lock_thread(tx, &c.thread, now).await?;
-    check_fence(tx, now, &c.fence).await?;
-    let stored = load(&**tx, &c.thread, &c.ns, Some(&c.checkpoint_id)).await?;
+    let sql = format!(
+        "SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3"
+    );
+    let read = tx.prep(&sql).await?;
+    let row =
+        locked(tx, &c.thread, now, &c.fence, tx.query_opt(&read, &[&c.thread, &c.ns, &c.checkpoint_id]))
+            .await?;
+    let stored = row.map(|r| checkpoint_row(&r, true).and_then(tuple_from)).transpose()?;
     let mut out = match decide_put(stored.as_ref(), c)? {
         Decided::Duplicate(out) => return Ok(out),
         Decided::Write(out) => out,
     };
     let unsent = c.unsent();
-    if !unsent.is_empty() {
-        let (channels, versions): (Vec<&str>, Vec<&str>) =
-            unsent.iter().map(|(c, v)| (c.as_str(), v.as_str())).unzip();
-        let rows = tx
-            .query(
-                "SELECT v.channel, v.version FROM unnest($3::text[], $4::text[]) AS v(channel, version)
-                 WHERE NOT EXISTS (SELECT 1 FROM checkpoint_blobs b WHERE b.thread = $1 AND b.ns = $2
-                    AND b.channel = v.channel AND b.version = v.version)",
-                &[&c.thread, &c.ns, &channels, &versions],
-            )
-            .await
-            .map_err(pg_err)?;
-        if !rows.is_empty() {
-            let mut missing = Vec::with_capacity(rows.len());
-            for r in &rows {
-                missing.push((r.col::<String>(0)?, r.col::<String>(1)?));
-            }
-            missing.sort();
-            return Err(checkpoint::missing_blobs(&missing));
-        }
-    }
-    // One statement for every sent blob; the rows it returns are the ones it stored.
-    let mut blob_bytes = 0;
-    if !c.blobs.is_empty() {
-        let channels: Vec<&str> = c.blobs.iter().map(|b| b.channel.as_str()).collect();
-        let versions: Vec<&str> = c.blobs.iter().map(|b| b.version.as_str()).collect();
-        let types: Vec<&str> = c.blobs.iter().map(|b| b.type_.as_str()).collect();
-        let datas: Vec<&[u8]> = c.blobs.iter().map(|b| b.data.as_slice()).collect();
-        let rows = tx
-            .query(
-                "INSERT INTO checkpoint_blobs (thread, ns, channel, version, type, data)
-                 SELECT $1, $2, v.channel, v.version, v.type, v.data
-                 FROM unnest($3::text[], $4::text[], $5::text[], $6::bytea[]) AS v(channel, version, type, data)
-                 ON CONFLICT DO NOTHING RETURNING octet_length(data)::bigint",
-                &[&c.thread, &c.ns, &channels, &versions, &types, &datas],
-            )
-            .await
-            .map_err(pg_err)?;
-        out.blobs_written = rows.len() as u64;
-        for r in &rows {
-            blob_bytes += r.col::<i64>(0)?;
-        }
-    }
-    out.blobs_shared = c.blobs.len() as u64 - out.blobs_written;
-    tx.execute(
-        "INSERT INTO checkpoints (thread, ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata,
-            channel_versions, delta_channels, run_id, step, bytes, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         ON CONFLICT (thread, ns, checkpoint_id) DO UPDATE SET parent_checkpoint_id = EXCLUDED.parent_checkpoint_id,
-            type = EXCLUDED.type, checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata,
-            channel_versions = EXCLUDED.channel_versions, delta_channels = EXCLUDED.delta_channels,
-            run_id = EXCLUDED.run_id, step = EXCLUDED.step, bytes = EXCLUDED.bytes",
-        &[
-            &c.thread,
-            &c.ns,
-            &c.checkpoint_id,
-            &c.parent_checkpoint_id,
-            &c.checkpoint.type_,
-            &c.checkpoint.data,
-            &c.metadata,
-            &c.versions_text(),
-            &c.deltas_text(),
-            &c.run_id,
-            &c.step,
-            &c.own_bytes(),
-            &now,
-        ],
-    )
-    .await
-    .map_err(pg_err)?;
-    out.replaced = stored.is_some();
-    let (added, old_bytes) = stored.map_or((1, 0), |s| (0, s.bytes));
+    let (unsent_channels, unsent_versions): (Vec<&str>, Vec<&str>) =
+        unsent.iter().map(|(c, v)| (c.as_str(), v.as_str())).unzip();
+    let missing_stmt = tx
+        .prep(
+            "SELECT v.channel, v.version FROM unnest($3::text[], $4::text[]) AS v(channel, version)
+             WHERE NOT EXISTS (SELECT 1 FROM checkpoint_blobs b WHERE b.thread = $1 AND b.ns = $2
+                AND b.channel = v.channel AND b.version = v.version)",
+        )
+        .await?;
+    // The sent blobs (first write wins) and the thread's counters in one statement: the rows
+    // the insert returns are the blobs it stored.
+    let blobs_stmt = tx
+        .prep(
+            "WITH b AS (
+                INSERT INTO checkpoint_blobs (thread, ns, channel, version, type, data)
+                SELECT $1, $2, v.channel, v.version, v.type, v.data
+                FROM unnest($3::text[], $4::text[], $5::text[], $6::bytea[]) AS v(channel, version, type, data)
+                ON CONFLICT DO NOTHING RETURNING octet_length(data)::bigint AS n),
+             s AS (SELECT count(*)::bigint AS k, coalesce(sum(n), 0)::bigint AS bytes FROM b)
+             UPDATE threads SET checkpoints = threads.checkpoints + $7, blobs = threads.blobs + s.k,
+                bytes = threads.bytes + s.bytes + $8, updated_at = $9, last_job_id = coalesce($10, threads.last_job_id)
+             FROM s WHERE threads.thread = $1 RETURNING s.k, s.bytes",
+        )
+        .await?;
+    let row_stmt = tx
+        .prep(
+            "INSERT INTO checkpoints (thread, ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata,
+                channel_versions, delta_channels, run_id, step, bytes, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (thread, ns, checkpoint_id) DO UPDATE SET parent_checkpoint_id = EXCLUDED.parent_checkpoint_id,
+                type = EXCLUDED.type, checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata,
+                channel_versions = EXCLUDED.channel_versions, delta_channels = EXCLUDED.delta_channels,
+                run_id = EXCLUDED.run_id, step = EXCLUDED.step, bytes = EXCLUDED.bytes",
+        )
+        .await?;
+    let channels: Vec<&str> = c.blobs.iter().map(|b| b.channel.as_str()).collect();
+    let versions: Vec<&str> = c.blobs.iter().map(|b| b.version.as_str()).collect();
+    let types: Vec<&str> = c.blobs.iter().map(|b| b.type_.as_str()).collect();
+    let datas: Vec<&[u8]> = c.blobs.iter().map(|b| b.data.as_slice()).collect();
+    let (added, old_bytes) = stored.as_ref().map_or((1i64, 0), |s| (0, s.bytes));
+    let own_delta = c.own_bytes() - old_bytes;
     let job = c.fence.as_ref().map(|f| f.job_id);
-    let d = [added, out.blobs_written as i64, 0, blob_bytes + c.own_bytes() - old_bytes];
-    bump_thread(tx, &c.thread, now, d, job).await?;
+    let (versions_text, deltas_text, own_bytes) = (c.versions_text(), c.deltas_text(), c.own_bytes());
+    let missing_check = async {
+        if unsent.is_empty() {
+            return Ok(Vec::new());
+        }
+        tx.query(&missing_stmt, &[&c.thread, &c.ns, &unsent_channels, &unsent_versions]).await
+    };
+    let blobs_args: [&(dyn ToSql + Sync); 10] =
+        [&c.thread, &c.ns, &channels, &versions, &types, &datas, &added, &own_delta, &now, &job];
+    let row_args: [&(dyn ToSql + Sync); 13] = [
+        &c.thread,
+        &c.ns,
+        &c.checkpoint_id,
+        &c.parent_checkpoint_id,
+        &c.checkpoint.type_,
+        &c.checkpoint.data,
+        &c.metadata,
+        &versions_text,
+        &deltas_text,
+        &c.run_id,
+        &c.step,
+        &own_bytes,
+        &now,
+    ];
+    // One pipeline; a refusal (a missing blob) rolls the other two back with the transaction.
+    let (missing, counted, _) = tokio::try_join!(
+        missing_check,
+        tx.query_one(&blobs_stmt, &blobs_args),
+        tx.execute(&row_stmt, &row_args),
+    )
+    .map_err(pg_err)?;
+    if !missing.is_empty() {
+        let mut pairs = Vec::with_capacity(missing.len());
+        for r in &missing {
+            pairs.push((r.col::<String>(0)?, r.col::<String>(1)?));
+        }
+        pairs.sort();
+        return Err(checkpoint::missing_blobs(&pairs));
+    }
+    out.blobs_written = counted.col::<i64>(0)? as u64;
+    out.blobs_shared = c.blobs.len() as u64 - out.blobs_written;
+    out.replaced = stored.is_some();
     fx.events.push(c.event(now));
     Ok(out)
 }
 
-/// Stores pending writes (see [`CheckpointStore::put_checkpoint_writes`]).
+/// Stores pending writes (see [`CheckpointStore::put_checkpoint_writes`]). Regular writes are
+/// kept once (the first wins), in one statement pipelined behind the thread's lock; writes to
+/// special channels replace a differing stored one, row by row.
 pub async fn put_writes(tx: &Transaction<'_>, now: i64, w: &NewWrites) -> Result<WritesOutcome> {
-    lock_thread(tx, &w.thread, now).await?;
-    check_fence(tx, now, &w.fence).await?;
-    let replaces = w.replaces();
+    let job = w.fence.as_ref().map(|f| f.job_id);
+    if !w.replaces() {
+        let stmt = tx
+            .prep(
+                "WITH w AS (
+                    INSERT INTO checkpoint_writes (thread, ns, checkpoint_id, task_id, idx, channel, type, data, task_path)
+                    SELECT $1, $2, $3, $4, v.idx, v.channel, v.type, v.data, $5
+                    FROM unnest($6::bigint[], $7::text[], $8::text[], $9::bytea[]) AS v(idx, channel, type, data)
+                    ON CONFLICT DO NOTHING RETURNING octet_length(data)::bigint AS n),
+                 s AS (SELECT count(*)::bigint AS k, coalesce(sum(n), 0)::bigint AS bytes FROM w)
+                 UPDATE threads SET writes = threads.writes + s.k, bytes = threads.bytes + s.bytes, updated_at = $10,
+                    last_job_id = coalesce($11, threads.last_job_id)
+                 FROM s WHERE threads.thread = $1 RETURNING s.k",
+            )
+            .await?;
+        let idxs: Vec<i64> = w.writes.iter().map(|r| r.idx).collect();
+        let channels: Vec<&str> = w.writes.iter().map(|r| r.channel.as_str()).collect();
+        let types: Vec<&str> = w.writes.iter().map(|r| r.value.type_.as_str()).collect();
+        let datas: Vec<&[u8]> = w.writes.iter().map(|r| r.value.data.as_slice()).collect();
+        let args: [&(dyn ToSql + Sync); 11] = [
+            &w.thread,
+            &w.ns,
+            &w.checkpoint_id,
+            &w.task_id,
+            &w.task_path,
+            &idxs,
+            &channels,
+            &types,
+            &datas,
+            &now,
+            &job,
+        ];
+        let row = locked(tx, &w.thread, now, &w.fence, tx.query_one(&stmt, &args)).await?;
+        let written = row.col::<i64>(0)? as u64;
+        return Ok(WritesOutcome { written, duplicate: written == 0 });
+    }
+    locked(tx, &w.thread, now, &w.fence, async { Ok(()) }).await?;
+    let read = tx
+        .prep(
+            "SELECT channel, type, data FROM checkpoint_writes
+             WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3 AND task_id = $4 AND idx = $5",
+        )
+        .await?;
+    let insert = tx
+        .prep(
+            "INSERT INTO checkpoint_writes (thread, ns, checkpoint_id, task_id, idx, channel, type, data, task_path)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await?;
+    let update = tx
+        .prep(
+            "UPDATE checkpoint_writes SET channel = $6, type = $7, data = $8
+             WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3 AND task_id = $4 AND idx = $5",
+        )
+        .await?;
     let (mut written, mut added, mut bytes) = (0u64, 0i64, 0i64);
     for row in &w.writes {
-        let stored = tx
-            .query_opt(
-                "SELECT channel, type, data FROM checkpoint_writes
-                 WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3 AND task_id = $4 AND idx = $5",
-                &[&w.thread, &w.ns, &w.checkpoint_id, &w.task_id, &row.idx],
-            )
-            .await
-            .map_err(pg_err)?;
+        let key: [&(dyn ToSql + Sync); 5] = [&w.thread, &w.ns, &w.checkpoint_id, &w.task_id, &row.idx];
+        let stored = tx.query_opt(&read, &key).await.map_err(pg_err)?;
         match stored {
             None => {
-                tx.execute(
-                    "INSERT INTO checkpoint_writes (thread, ns, checkpoint_id, task_id, idx, channel, type, data, task_path)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[
+                let args: [&(dyn ToSql + Sync); 9] = [
+                    &w.thread,
+                    &w.ns,
+                    &w.checkpoint_id,
+                    &w.task_id,
+                    &row.idx,
+                    &row.channel,
+                    &row.value.type_,
+                    &row.value.data,
+                    &w.task_path,
+                ];
+                tx.execute(&insert, &args).await.map_err(pg_err)?;
+                written += 1;
+                added += 1;
+                bytes += row.value.data.len() as i64;
+            }
+            Some(r) => {
+                let (channel, type_, data): (String, String, Vec<u8>) = (r.col(0)?, r.col(1)?, r.col(2)?);
+                if channel != row.channel || type_ != row.value.type_ || data != row.value.data {
+                    let args: [&(dyn ToSql + Sync); 8] = [
                         &w.thread,
                         &w.ns,
                         &w.checkpoint_id,
@@ -273,42 +390,14 @@ pub async fn put_writes(tx: &Transaction<'_>, now: i64, w: &NewWrites) -> Result
                         &row.channel,
                         &row.value.type_,
                         &row.value.data,
-                        &w.task_path,
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-                written += 1;
-                added += 1;
-                bytes += row.value.data.len() as i64;
-            }
-            Some(r) if replaces => {
-                let (channel, type_, data): (String, String, Vec<u8>) = (r.col(0)?, r.col(1)?, r.col(2)?);
-                if channel != row.channel || type_ != row.value.type_ || data != row.value.data {
-                    tx.execute(
-                        "UPDATE checkpoint_writes SET channel = $6, type = $7, data = $8
-                         WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3 AND task_id = $4 AND idx = $5",
-                        &[
-                            &w.thread,
-                            &w.ns,
-                            &w.checkpoint_id,
-                            &w.task_id,
-                            &row.idx,
-                            &row.channel,
-                            &row.value.type_,
-                            &row.value.data,
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)?;
+                    ];
+                    tx.execute(&update, &args).await.map_err(pg_err)?;
                     written += 1;
                     bytes += row.value.data.len() as i64 - data.len() as i64;
                 }
             }
-            Some(_) => {}
         }
     }
-    let job = w.fence.as_ref().map(|f| f.job_id);
     bump_thread(tx, &w.thread, now, [0, 0, added, bytes], job).await?;
     Ok(WritesOutcome { written, duplicate: written == 0 })
 }
@@ -351,7 +440,7 @@ pub async fn list(c: &Client, f: &CheckpointFilter) -> Result<(Vec<Tuple>, Optio
             continue;
         }
         if f.full {
-            complete(&**c, &mut t).await?;
+            complete(c, &mut t).await?;
             bytes += t.wire_bytes();
         }
         out.push(t);
@@ -363,7 +452,9 @@ pub async fn list(c: &Client, f: &CheckpointFilter) -> Result<(Vec<Tuple>, Optio
 }
 
 async fn get_thread<C: Conn>(c: &C, thread: &str) -> Result<Option<Thread>> {
-    c.query_opt(&format!("SELECT {THREAD_COLS} FROM threads WHERE thread = $1"), &[&thread])
+    let stmt = c.prep(&format!("SELECT {THREAD_COLS} FROM threads WHERE thread = $1")).await?;
+    c.raw()
+        .query_opt(&stmt, &[&thread])
         .await
         .map_err(pg_err)?
         .map(|r| thread_row(&r).and_then(thread_from))
@@ -407,7 +498,7 @@ async fn patch_thread(tx: &Transaction<'_>, p: &ThreadPatch) -> Result<Thread> {
             .await
             .map_err(pg_err)?;
     }
-    get_thread(&**tx, &p.thread).await?.ok_or_else(|| Error::internal("a patched thread is stored"))
+    get_thread(tx, &p.thread).await?.ok_or_else(|| Error::internal("a patched thread is stored"))
 }
 
 async fn delete_thread(
@@ -454,14 +545,14 @@ async fn copy(tx: &Transaction<'_>, now: i64, from: &str, to: &str) -> Result<u6
     tx.query("SELECT 1 FROM threads WHERE thread = ANY($1) ORDER BY thread FOR UPDATE", &[&pair.to_vec()])
         .await
         .map_err(pg_err)?;
-    let Some(src) = get_thread(&**tx, from).await? else { return Err(thread_not_found(from)) };
+    let Some(src) = get_thread(tx, from).await? else { return Err(thread_not_found(from)) };
     let taken =
         tx.query_opt("SELECT 1 FROM checkpoints WHERE thread = $1 LIMIT 1", &[&to]).await.map_err(pg_err)?;
     if taken.is_some() {
         return Err(Error::new(ErrorCode::Conflict, format!("thread {to:?} already holds checkpoints"))
             .with_details(serde_json::json!({"thread": to})));
     }
-    lock_thread(tx, to, now).await?;
+    locked(tx, to, now, &None, async { Ok(()) }).await?;
     let meta = serde_json::to_string(&src.metadata).expect("json");
     tx.execute(
         "UPDATE threads SET metadata = $2, idle_ttl_ms = $3, keep_last = $4, updated_at = $5 WHERE thread = $1",
@@ -720,8 +811,8 @@ impl CheckpointStore for PgStore {
         let (thread, ns, id) = (thread.to_string(), ns.to_string(), id.map(str::to_string));
         self.read(move |c| {
             boxed!({
-                let Some(mut t) = load(&**c, &thread, &ns, id.as_deref()).await? else { return Ok(None) };
-                complete(&**c, &mut t).await?;
+                let Some(mut t) = load(c, &thread, &ns, id.as_deref()).await? else { return Ok(None) };
+                complete(c, &mut t).await?;
                 Ok(Some(t))
             })
         })
@@ -734,7 +825,7 @@ impl CheckpointStore for PgStore {
 
     async fn get_thread(&self, thread: &str) -> Result<Option<Thread>> {
         let thread = thread.to_string();
-        self.read(move |c| boxed!(get_thread(&**c, &thread).await)).await
+        self.read(move |c| boxed!(get_thread(c, &thread).await)).await
     }
 
     async fn list_threads(&self, filter: ThreadFilter) -> Result<Vec<Thread>> {
