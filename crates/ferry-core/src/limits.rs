@@ -153,6 +153,10 @@ pub struct Limits {
     pub max_checkpoint_channels: usize,
     /// Longest pending write `task_path`, in bytes.
     pub max_task_path_bytes: usize,
+    /// Largest SQLite write-ahead log, in bytes: past it the checkpointer copies the whole log
+    /// back while writers wait, then truncates it, so a write rate above what background
+    /// checkpoints keep up with cannot grow the log (and every read's walk of it) without end.
+    pub max_sqlite_wal_bytes: u64,
 }
 
 impl Default for Limits {
@@ -226,6 +230,7 @@ impl Default for Limits {
             max_checkpoint_request_bytes: 16 << 20,
             max_checkpoint_channels: 1_000,
             max_task_path_bytes: 1_024,
+            max_sqlite_wal_bytes: 1 << 30,
         }
     }
 }

@@ -147,6 +147,9 @@ pub fn lock_file(db: &std::path::Path) -> Result<std::fs::File> {
 
 /// Copies the WAL back into the database from its own thread, so the writer never pays for
 /// checkpoints (SQLite's automatic checkpoint is switched off on the writer's connection).
+/// A passive checkpoint never waits for anyone, so under a write rate above what it keeps up
+/// with the log would only grow; past `limits.max_sqlite_wal_bytes` a truncating checkpoint
+/// makes the writer wait for the copy instead (backpressure), and empties the file.
 struct Checkpointer {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -156,7 +159,7 @@ struct Checkpointer {
 const CHECKPOINT_INTERVAL_MS: u64 = 200;
 
 impl Checkpointer {
-    fn spawn(conn: Connection) -> Checkpointer {
+    fn spawn(conn: Connection, wal: PathBuf, max_wal_bytes: u64) -> Checkpointer {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -164,8 +167,12 @@ impl Checkpointer {
             .spawn(move || {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::park_timeout(std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS));
-                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                    let mode = if wal_bytes > max_wal_bytes { "TRUNCATE" } else { "PASSIVE" };
+                    if let Err(e) = conn.execute_batch(&format!("PRAGMA wal_checkpoint({mode})")) {
+                        tracing::warn!(error = %e, mode, wal_bytes, "WAL checkpoint failed");
+                    } else if mode == "TRUNCATE" {
+                        tracing::info!(wal_bytes, max_wal_bytes, "WAL over its limit: copied back and truncated");
                     }
                 }
             })
@@ -252,7 +259,13 @@ impl SqliteStore {
             r.execute_batch("PRAGMA cache_size = -16384; PRAGMA query_only = ON;").map_err(db_err)?;
             readers.push(r);
         }
-        let checkpointer = Checkpointer::spawn(open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_WRITE)?);
+        let mut wal = config.path.clone().into_os_string();
+        wal.push("-wal");
+        let checkpointer = Checkpointer::spawn(
+            open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+            PathBuf::from(wal),
+            config.limits.max_sqlite_wal_bytes,
+        );
         let notifier = Notifier::new();
         let counts = Arc::new(CountsCell::new(Counts::from_rows(jobs::count_rows(&conn)?)));
         let head: i64 = conn

@@ -93,3 +93,38 @@ async fn events_written_by_the_previous_release_still_decode() {
     assert_eq!(types.len(), of_that_release, "the fixture holds every type of that release");
     s.close().await;
 }
+
+/// Writes about 4 MiB (100 jobs of 40 KB payloads), then the WAL file's size a moment later.
+async fn wal_after_writes(max_wal_bytes: u64, wait: std::time::Duration) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    let mut cfg = SqliteConfig::new(&path);
+    cfg.limits.max_sqlite_wal_bytes = max_wal_bytes;
+    let s = SqliteStore::open(cfg, Arc::new(SystemClock)).unwrap();
+    let payload = format!("\"{}\"", "x".repeat(40_000));
+    for _ in 0..10 {
+        let jobs = (0..10).map(|_| conformance::job_with(|j| j.payload = Some(conformance::raw(&payload)))).collect();
+        s.enqueue(jobs).await.unwrap();
+    }
+    let wal = dir.path().join("ferry.db-wal");
+    let deadline = std::time::Instant::now() + wait;
+    let mut len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    while std::time::Instant::now() < deadline && len > max_wal_bytes {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    }
+    s.close().await;
+    len
+}
+
+#[tokio::test]
+async fn the_wal_is_truncated_once_past_its_limit() {
+    // One past the edge: 4 MiB written under a 2 MiB limit is copied back and truncated.
+    let limit = 2 << 20;
+    let len = wal_after_writes(limit, std::time::Duration::from_secs(10)).await;
+    assert!(len <= limit, "the WAL stayed at {len} bytes over its {limit}-byte limit");
+    // Under the default limit the same writes leave the log as it is: passive checkpoints
+    // copy it back but never shrink the file.
+    let len = wal_after_writes(1 << 30, std::time::Duration::from_millis(600)).await;
+    assert!(len > limit, "a WAL of {len} bytes under the default limit: the limit above did the truncating");
+}
