@@ -103,7 +103,9 @@ async fn wal_after_writes(max_wal_bytes: u64, wait: std::time::Duration) -> u64 
     let s = SqliteStore::open(cfg, Arc::new(SystemClock)).unwrap();
     let payload = format!("\"{}\"", "x".repeat(40_000));
     for _ in 0..10 {
-        let jobs = (0..10).map(|_| conformance::job_with(|j| j.payload = Some(conformance::raw(&payload)))).collect();
+        let jobs = (0..10)
+            .map(|_| conformance::job_with(|j| j.payload = Some(conformance::raw(&payload))))
+            .collect();
         s.enqueue(jobs).await.unwrap();
     }
     let wal = dir.path().join("ferry.db-wal");
