@@ -358,21 +358,21 @@ pub async fn put_writes(tx: &Transaction<'_>, now: i64, w: &NewWrites) -> Result
         .await?;
     let (mut written, mut added, mut bytes) = (0u64, 0i64, 0i64);
     for row in &w.writes {
-        let key: [&(dyn ToSql + Sync); 5] = [&w.thread, &w.ns, &w.checkpoint_id, &w.task_id, &row.idx];
-        let stored = tx.query_opt(&read, &key).await.map_err(pg_err)?;
+        // The insert's parameters; the update takes the first eight (all but `task_path`).
+        let args: [&(dyn ToSql + Sync); 9] = [
+            &w.thread,
+            &w.ns,
+            &w.checkpoint_id,
+            &w.task_id,
+            &row.idx,
+            &row.channel,
+            &row.value.type_,
+            &row.value.data,
+            &w.task_path,
+        ];
+        let stored = tx.query_opt(&read, &args[..5]).await.map_err(pg_err)?;
         match stored {
             None => {
-                let args: [&(dyn ToSql + Sync); 9] = [
-                    &w.thread,
-                    &w.ns,
-                    &w.checkpoint_id,
-                    &w.task_id,
-                    &row.idx,
-                    &row.channel,
-                    &row.value.type_,
-                    &row.value.data,
-                    &w.task_path,
-                ];
                 tx.execute(&insert, &args).await.map_err(pg_err)?;
                 written += 1;
                 added += 1;
@@ -381,17 +381,7 @@ pub async fn put_writes(tx: &Transaction<'_>, now: i64, w: &NewWrites) -> Result
             Some(r) => {
                 let (channel, type_, data): (String, String, Vec<u8>) = (r.col(0)?, r.col(1)?, r.col(2)?);
                 if channel != row.channel || type_ != row.value.type_ || data != row.value.data {
-                    let args: [&(dyn ToSql + Sync); 8] = [
-                        &w.thread,
-                        &w.ns,
-                        &w.checkpoint_id,
-                        &w.task_id,
-                        &row.idx,
-                        &row.channel,
-                        &row.value.type_,
-                        &row.value.data,
-                    ];
-                    tx.execute(&update, &args).await.map_err(pg_err)?;
+                    tx.execute(&update, &args[..8]).await.map_err(pg_err)?;
                     written += 1;
                     bytes += row.value.data.len() as i64 - data.len() as i64;
                 }
