@@ -9,8 +9,8 @@ the same after pruning, one large unchanged channel stored once, lease fencing, 
 writers, and a thread imported from a `SqliteSaver` file; and what the methods send (no
 server).
 
-Scale with FERRY_CP_DEDUP_STEPS (default 1000), FERRY_CP_CLIENTS (8), FERRY_CP_THREADS (20),
-FERRY_CP_STEPS (10)."""
+Scale with FERRY_CP_DEDUP_STEPS (default 1000), FERRY_CP_CLIENTS (32), FERRY_CP_THREADS (200),
+FERRY_CP_STEPS (50), the issue's sizes."""
 
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ from ferry.testing import FerryServer
 pytestmark = pytest.mark.timeout(180)
 
 DEDUP_STEPS = int(os.environ.get("FERRY_CP_DEDUP_STEPS", "1000"))
-CLIENTS = int(os.environ.get("FERRY_CP_CLIENTS", "8"))
-THREADS = int(os.environ.get("FERRY_CP_THREADS", "20"))
-STEPS = int(os.environ.get("FERRY_CP_STEPS", "10"))
+CLIENTS = int(os.environ.get("FERRY_CP_CLIENTS", "32"))
+THREADS = int(os.environ.get("FERRY_CP_THREADS", "200"))
+STEPS = int(os.environ.get("FERRY_CP_STEPS", "50"))
 
 MIB = 1 << 20
 T = TypeVar("T")
