@@ -16,6 +16,7 @@ use ferry_core::checkpoint::{
 };
 use ferry_core::{Error, ErrorCode, Result};
 use std::collections::HashSet;
+use std::sync::LazyLock;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient as _, Row, Statement};
 
@@ -87,19 +88,24 @@ async fn locked<T>(
              VALUES ($1, '{}', 0, 0, 0, 0, $2, $2) ON CONFLICT (thread) DO UPDATE SET updated_at = threads.updated_at",
         )
         .await?;
-    let fenced = tx
-        .prep(
-            "SELECT 1 FROM jobs WHERE seq = $1 AND id = $2 AND state = 'running' AND lease = $3
-                AND lease_expires_at > $4 FOR SHARE",
-        )
-        .await?;
-    let seq = fence.as_ref().map(|f| crate::rows::lease_seq(&f.lease));
+    let fenced = match fence {
+        Some(f) => {
+            let stmt = tx
+                .prep(
+                    "SELECT 1 FROM jobs WHERE seq = $1 AND id = $2 AND state = 'running' AND lease = $3
+                        AND lease_expires_at > $4 FOR SHARE",
+                )
+                .await?;
+            Some((stmt, f, crate::rows::lease_seq(&f.lease)))
+        }
+        None => None,
+    };
     let fence_check = async {
-        match (fence, &seq) {
-            (Some(f), Some(seq)) => {
-                tx.query_opt(&fenced, &[seq, &f.job_id, &f.lease, &now]).await.map(|r| r.is_some())
+        match &fenced {
+            Some((stmt, f, seq)) => {
+                tx.query_opt(stmt, &[seq, &f.job_id, &f.lease, &now]).await.map(|r| r.is_some())
             }
-            _ => Ok(true),
+            None => Ok(true),
         }
     };
     let lock_args: [&(dyn ToSql + Sync); 2] = [&thread, &now];
@@ -111,11 +117,6 @@ async fn locked<T>(
     }
 }
 
-/// The statement [`bump_thread`] runs, with the thread's counters moved by `$2..=$5`.
-const BUMP_THREAD: &str =
-    "UPDATE threads SET checkpoints = checkpoints + $2, blobs = blobs + $3, writes = writes + $4,
-    bytes = bytes + $5, updated_at = $6, last_job_id = coalesce($7, last_job_id) WHERE thread = $1";
-
 async fn bump_thread(
     tx: &Transaction<'_>,
     thread: &str,
@@ -123,26 +124,36 @@ async fn bump_thread(
     d: [i64; 4],
     job: Option<uuid::Uuid>,
 ) -> Result<()> {
-    let stmt = tx.prep(BUMP_THREAD).await?;
+    let stmt = tx
+        .prep(
+            "UPDATE threads SET checkpoints = checkpoints + $2, blobs = blobs + $3, writes = writes + $4,
+                bytes = bytes + $5, updated_at = $6, last_job_id = coalesce($7, last_job_id) WHERE thread = $1",
+        )
+        .await?;
     tx.execute(&stmt, &[&thread, &d[0], &d[1], &d[2], &d[3], &now, &job]).await.map_err(pg_err)?;
     Ok(())
 }
 
+/// One checkpoint row by `(thread, ns, checkpoint_id)`.
+static SELECT_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3")
+});
+
+/// A namespace's newest checkpoint row.
+static SELECT_LATEST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2 ORDER BY checkpoint_id DESC LIMIT 1"
+    )
+});
+
 async fn load<C: Conn>(c: &C, thread: &str, ns: &str, id: Option<&str>) -> Result<Option<Tuple>> {
     let row = match id {
         Some(id) => {
-            let sql = format!(
-                "SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3"
-            );
-            let stmt = c.prep(&sql).await?;
+            let stmt = c.prep(&SELECT_BY_ID).await?;
             c.raw().query_opt(&stmt, &[&thread, &ns, &id]).await.map_err(pg_err)?
         }
         None => {
-            let sql = format!(
-                "SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2
-                 ORDER BY checkpoint_id DESC LIMIT 1"
-            );
-            let stmt = c.prep(&sql).await?;
+            let stmt = c.prep(&SELECT_LATEST).await?;
             c.raw().query_opt(&stmt, &[&thread, &ns]).await.map_err(pg_err)?
         }
     };
@@ -196,10 +207,7 @@ async fn complete<C: Conn>(c: &C, t: &mut Tuple) -> Result<()> {
 /// thread lock with the stored row's read, then the blobs, the thread's counters and the
 /// checkpoint row together), each statement prepared once per connection.
 pub async fn put(tx: &Transaction<'_>, now: i64, c: &NewCheckpoint, fx: &mut Effects) -> Result<PutOutcome> {
-    let sql = format!(
-        "SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE thread = $1 AND ns = $2 AND checkpoint_id = $3"
-    );
-    let read = tx.prep(&sql).await?;
+    let read = tx.prep(&SELECT_BY_ID).await?;
     let row =
         locked(tx, &c.thread, now, &c.fence, tx.query_opt(&read, &[&c.thread, &c.ns, &c.checkpoint_id]))
             .await?;
@@ -230,7 +238,7 @@ pub async fn put(tx: &Transaction<'_>, now: i64, c: &NewCheckpoint, fx: &mut Eff
              s AS (SELECT count(*)::bigint AS k, coalesce(sum(n), 0)::bigint AS bytes FROM b)
              UPDATE threads SET checkpoints = threads.checkpoints + $7, blobs = threads.blobs + s.k,
                 bytes = threads.bytes + s.bytes + $8, updated_at = $9, last_job_id = coalesce($10, threads.last_job_id)
-             FROM s WHERE threads.thread = $1 RETURNING s.k, s.bytes",
+             FROM s WHERE threads.thread = $1 RETURNING s.k",
         )
         .await?;
     let row_stmt = tx
@@ -249,9 +257,9 @@ pub async fn put(tx: &Transaction<'_>, now: i64, c: &NewCheckpoint, fx: &mut Eff
     let types: Vec<&str> = c.blobs.iter().map(|b| b.type_.as_str()).collect();
     let datas: Vec<&[u8]> = c.blobs.iter().map(|b| b.data.as_slice()).collect();
     let (added, old_bytes) = stored.as_ref().map_or((1i64, 0), |s| (0, s.bytes));
-    let own_delta = c.own_bytes() - old_bytes;
-    let job = c.fence.as_ref().map(|f| f.job_id);
     let (versions_text, deltas_text, own_bytes) = (c.versions_text(), c.deltas_text(), c.own_bytes());
+    let own_delta = own_bytes - old_bytes;
+    let job = c.fence.as_ref().map(|f| f.job_id);
     let missing_check = async {
         if unsent.is_empty() {
             return Ok(Vec::new());

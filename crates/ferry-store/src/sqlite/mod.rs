@@ -168,23 +168,24 @@ impl Checkpointer {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::park_timeout(std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS));
                     let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-                    let mode = if wal_bytes > max_wal_bytes { "TRUNCATE" } else { "PASSIVE" };
+                    let truncate = wal_bytes > max_wal_bytes;
+                    let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
                     // One row: whether it gave up on a busy lock, then the log's frames.
-                    let sql = format!("PRAGMA wal_checkpoint({mode})");
-                    match conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
-                        Err(e) => tracing::warn!(error = %e, mode, wal_bytes, "WAL checkpoint failed"),
-                        Ok(0) if mode == "TRUNCATE" => {
+                    let busy =
+                        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(0));
+                    match (busy, truncate) {
+                        (Err(e), _) => tracing::warn!(error = %e, mode, wal_bytes, "WAL checkpoint failed"),
+                        (Ok(0), true) => {
                             tracing::info!(
                                 wal_bytes,
                                 max_wal_bytes,
                                 "WAL over its limit: copied back and truncated"
                             )
                         }
-                        Ok(0) => {}
-                        Ok(_) if mode == "TRUNCATE" => {
+                        (Ok(_), true) => {
                             tracing::warn!(wal_bytes, max_wal_bytes, "WAL over its limit, but busy: retrying")
                         }
-                        Ok(_) => {}
+                        (Ok(_), false) => {}
                     }
                 }
             })

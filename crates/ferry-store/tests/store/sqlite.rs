@@ -108,12 +108,12 @@ async fn wal_after_writes(max_wal_bytes: u64, wait: std::time::Duration) -> u64 
             .collect();
         s.enqueue(jobs).await.unwrap();
     }
-    let wal = dir.path().join("ferry.db-wal");
+    let wal_len = || std::fs::metadata(dir.path().join("ferry.db-wal")).map(|m| m.len()).unwrap_or(0);
     let deadline = std::time::Instant::now() + wait;
-    let mut len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let mut len = wal_len();
     while std::time::Instant::now() < deadline && len > max_wal_bytes {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        len = wal_len();
     }
     s.close().await;
     len

@@ -302,38 +302,34 @@ pub async fn prune_keeps_latest_and_delta_ancestors(h: Harness) {
     h.finish().await;
 }
 
+/// Puts checkpoints "1" to `n` on `thread`, each the child of the one before, under `fence`.
+async fn put_chain(h: &Harness, thread: &str, n: u32, fence: Option<checkpoint::Fence>) {
+    for i in 1..=n {
+        let parent = (i > 1).then(|| (i - 1).to_string());
+        let mut c = put(thread, &i.to_string(), parent.as_deref(), &[]);
+        c.fence = fence.clone();
+        h.store.put_checkpoint(c).await.unwrap();
+    }
+}
+
+/// Sets `thread`'s own `keep_last`.
+async fn keep_last(h: &Harness, thread: &str, keep: i64) {
+    let patch =
+        checkpoint::ThreadPatch { thread: thread.into(), keep_last: Some(Some(keep)), ..Default::default() };
+    h.store.patch_thread(patch).await.unwrap();
+}
+
 pub async fn retention_pass_expires_idle_and_applies_keep_last(h: Harness) {
     h.store.put_checkpoint(put("idle", "1", None, &[])).await.unwrap();
     h.clock.advance(10_000);
-    for i in 1..=5 {
-        let parent = (i > 1).then(|| (i - 1).to_string());
-        h.store.put_checkpoint(put("busy", &i.to_string(), parent.as_deref(), &[])).await.unwrap();
-    }
-    h.store
-        .patch_thread(checkpoint::ThreadPatch {
-            thread: "busy".into(),
-            keep_last: Some(Some(2)),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    put_chain(&h, "busy", 5, None).await;
+    keep_last(&h, "busy", 2).await;
     // A thread whose last writing job still runs is left alone until the job ends.
     h.store.enqueue(vec![super::job("q")]).await.unwrap();
     let running = super::claim(&h, "q", 1).await.remove(0);
-    for i in 1..=4 {
-        let parent = (i > 1).then(|| (i - 1).to_string());
-        let mut c = put("held", &i.to_string(), parent.as_deref(), &[]);
-        c.fence = Some(checkpoint::Fence { job_id: running.id, lease: running.lease.clone() });
-        h.store.put_checkpoint(c).await.unwrap();
-    }
-    h.store
-        .patch_thread(checkpoint::ThreadPatch {
-            thread: "held".into(),
-            keep_last: Some(Some(1)),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    put_chain(&h, "held", 4, Some(checkpoint::Fence { job_id: running.id, lease: running.lease.clone() }))
+        .await;
+    keep_last(&h, "held", 1).await;
     let sweep = CheckpointSweep { batch: 10, idle_ttl_ms: 5_000, keep_last: 0, grace_ms: 1_000 };
     // Within the grace period `busy` is left alone; `idle` is past its TTL.
     let out = h.store.sweep_checkpoints(sweep).await.unwrap();
