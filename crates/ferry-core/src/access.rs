@@ -30,6 +30,8 @@ named_enum! {
         Ledger = "ledger";
         /// Put checkpoints and their writes; change, copy, prune and delete threads.
         Checkpoints = "checkpoints";
+        /// Add, change, delete and search memory episodes.
+        Memory = "memory";
     }
 }
 
@@ -48,6 +50,8 @@ pub enum ResourceKind {
     Queue,
     /// An agent, by name (its inbox, and what it sends or writes as).
     Agent,
+    /// A memory namespace, by name (its episodes).
+    Namespace,
 }
 
 impl ResourceKind {
@@ -56,6 +60,7 @@ impl ResourceKind {
         match self {
             ResourceKind::Queue => "queue",
             ResourceKind::Agent => "agent",
+            ResourceKind::Namespace => "namespace",
         }
     }
 }
@@ -85,6 +90,9 @@ pub struct TokenRecord {
     /// When set, the token may only act as these agents (send as, read and ack the inboxes of).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<Vec<String>>,
+    /// When set, the token may only touch these memory namespaces' episodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
     /// Creation time, epoch ms.
     pub created_at: i64,
     /// Revocation time, epoch ms; a revoked token authenticates nothing.

@@ -75,6 +75,12 @@ named_enum! {
         CheckpointPut = "checkpoint.put" @ 27;
         /// A thread and its checkpoints were deleted (data: deleted, reason `request|idle_ttl`).
         ThreadDeleted = "thread.deleted" @ 28;
+        /// An episode was stored (data: id, agent, domain, task_type, outcome).
+        EpisodeAdded = "episode.added" @ 29;
+        /// An episode's tags or importance changed (data: id, version).
+        EpisodeUpdated = "episode.updated" @ 30;
+        /// An episode was deleted (data: id, reason `request|retention`).
+        EpisodeDeleted = "episode.deleted" @ 31;
     }
 }
 
@@ -99,6 +105,8 @@ named_enum! {
         Account = "account" @ 6;
         /// A checkpoint thread (id: the thread's id).
         Thread = "thread" @ 7;
+        /// A memory namespace (id: its name).
+        Namespace = "namespace" @ 8;
     }
 }
 
@@ -390,6 +398,9 @@ mod tests {
             (EventType::TransferExpired, 26),
             (EventType::CheckpointPut, 27),
             (EventType::ThreadDeleted, 28),
+            (EventType::EpisodeAdded, 29),
+            (EventType::EpisodeUpdated, 30),
+            (EventType::EpisodeDeleted, 31),
         ];
         assert_eq!(pinned.len(), EventType::ALL.len(), "a new type needs its code pinned here");
         for (t, code) in pinned {
@@ -405,6 +416,7 @@ mod tests {
             (SubjectKind::Convoy, 5),
             (SubjectKind::Account, 6),
             (SubjectKind::Thread, 7),
+            (SubjectKind::Namespace, 8),
         ];
         assert_eq!(kinds.len(), SubjectKind::ALL.len(), "a new kind needs its code pinned here");
         for (k, code) in kinds {

@@ -20,6 +20,7 @@ pub mod json_text;
 pub mod ledger;
 pub mod limits;
 pub mod measure;
+pub mod memory;
 pub mod message;
 pub mod schedule;
 pub mod time;

@@ -157,6 +157,27 @@ pub struct Limits {
     /// back while writers wait, then truncates it, so a write rate above what background
     /// checkpoints keep up with cannot grow the log (and every read's walk of it) without end.
     pub max_sqlite_wal_bytes: u64,
+    /// Largest episode request body (`POST /v1/memory/episodes`), and each episode of a batch
+    /// as serialized, in bytes.
+    pub max_episode_bytes: usize,
+    /// Longest episode `description` and `outcome.summary`, in bytes.
+    pub max_episode_text_bytes: usize,
+    /// Most steps of one episode.
+    pub max_episode_steps: usize,
+    /// Longest step `action`, in bytes.
+    pub max_step_text_bytes: usize,
+    /// Most tags on one episode (each at most `max_tag_len`).
+    pub max_episode_tags: usize,
+    /// Most artifacts on one episode.
+    pub max_episode_artifacts: usize,
+    /// Largest episode `metadata` object, serialized, in bytes.
+    pub max_episode_metadata_bytes: usize,
+    /// Most dimensions of an embedding.
+    pub max_embedding_dims: usize,
+    /// Most episodes in one batch.
+    pub max_memory_batch: usize,
+    /// Most results of one memory search (`k`).
+    pub max_search_k: usize,
 }
 
 impl Default for Limits {
@@ -231,6 +252,16 @@ impl Default for Limits {
             max_checkpoint_channels: 1_000,
             max_task_path_bytes: 1_024,
             max_sqlite_wal_bytes: 1 << 30,
+            max_episode_bytes: 1 << 20,
+            max_episode_text_bytes: 10_000,
+            max_episode_steps: 1_000,
+            max_step_text_bytes: 1_000,
+            max_episode_tags: 100,
+            max_episode_artifacts: 100,
+            max_episode_metadata_bytes: 16 << 10,
+            max_embedding_dims: 4_096,
+            max_memory_batch: 100,
+            max_search_k: 100,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct Principal {
     pub queues: Option<Vec<String>>,
     /// The agents it is limited to, if any.
     pub agents: Option<Vec<String>>,
+    /// The memory namespaces it is limited to, if any.
+    pub namespaces: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -65,6 +67,9 @@ impl Access {
         }
         if let Some(a) = &p.agents {
             only.push((ResourceKind::Agent, a.clone()));
+        }
+        if let Some(n) = &p.namespaces {
+            only.push((ResourceKind::Namespace, n.clone()));
         }
         Access { only: (!only.is_empty()).then(|| only.into()), scopes }
     }
@@ -167,7 +172,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Access {
 }
 
 /// The generic 403: the same words whatever was refused, so it reveals nothing.
-fn forbidden() -> Error {
+pub(crate) fn forbidden() -> Error {
     Error::new(ErrorCode::Forbidden, "this token may not do this")
 }
 
@@ -195,7 +200,7 @@ pub fn mint(
     now_ms: i64,
 ) -> Result<(TokenRecord, String), Error> {
     body.validate(limits)?;
-    let TokenBody { name, scopes, queues, agents } = body;
+    let TokenBody { name, scopes, queues, agents, namespaces } = body;
     let id = Uuid::now_v7();
     let secret = new_secret(id);
     let mut scopes = scopes;
@@ -208,6 +213,7 @@ pub fn mint(
         scopes,
         queues,
         agents,
+        namespaces,
         created_at: now_ms,
         revoked_at: None,
     };
@@ -436,7 +442,13 @@ async fn check(
     if rec.revoked_at.is_some() || rec.hash != hash_secret(secret) {
         return Err(unauthorized());
     }
-    let p = Principal { token_id: rec.id, scopes: rec.scopes, queues: rec.queues, agents: rec.agents };
+    let p = Principal {
+        token_id: rec.id,
+        scopes: rec.scopes,
+        queues: rec.queues,
+        agents: rec.agents,
+        namespaces: rec.namespaces,
+    };
     if !p.has(scope) {
         return Err(forbidden());
     }

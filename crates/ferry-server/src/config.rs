@@ -65,6 +65,10 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Run-checkpoint retention.
     pub checkpoints: CheckpointsConfig,
+    /// Read-only SQLite connections (also the concurrent memory searches on SQLite).
+    pub sqlite_readers: usize,
+    /// Episodic memory: search bounds, backpressure, switches, retention.
+    pub memory: crate::api::memory::MemoryConfig,
 }
 
 /// `[checkpoints]`: retention of run checkpoints (each also settable per thread).
@@ -194,6 +198,8 @@ impl Default for Config {
             messages: MessagesConfig::default(),
             ledger: LedgerConfig::default(),
             checkpoints: CheckpointsConfig::default(),
+            sqlite_readers: 4,
+            memory: Default::default(),
         }
     }
 }

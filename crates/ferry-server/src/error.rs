@@ -164,12 +164,31 @@ impl<T: DeserializeOwned> FromRequest<AppState> for CheckpointBody<T> {
     }
 }
 
-/// The body limit of a request: the checkpoint write routes have their own.
+/// The body of `POST /v1/memory/episodes`, whose size limit is `limits.max_episode_bytes`.
+pub struct EpisodeBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for EpisodeBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state.limits.max_episode_bytes).await?;
+        let Obj(value) = parse_json(&bytes, "")?;
+        Ok(EpisodeBody(value))
+    }
+}
+
+/// The body limit of a request: the checkpoint write routes and the episode route have their own.
 pub fn body_limit(method: &axum::http::Method, path: &str, limits: &ferry_core::Limits) -> usize {
     let checkpoint_write = path.starts_with("/v1/threads/")
         && path.contains("/checkpoints/")
         && (*method == axum::http::Method::PUT || *method == axum::http::Method::POST);
-    if checkpoint_write { limits.max_checkpoint_request_bytes } else { limits.max_request_bytes }
+    if checkpoint_write {
+        limits.max_checkpoint_request_bytes
+    } else if path == "/v1/memory/episodes" && *method == axum::http::Method::POST {
+        limits.max_episode_bytes
+    } else {
+        limits.max_request_bytes
+    }
 }
 
 /// A JSON body that may be absent (empty, or JSON `null`), standing for `T::default()`.

@@ -62,6 +62,7 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
         Database::Sqlite(path) => {
             let mut cfg = SqliteConfig::new(&path);
             cfg.synchronous = config.synchronous;
+            cfg.readers = config.sqlite_readers.max(1);
             cfg.limits = config.limits.clone();
             cfg.ledger = config.ledger.settings();
             let store = SqliteStore::open(cfg, clock)?;
@@ -130,6 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let auth_note = format!("auth {}", state.tokens.mode());
     tokio::spawn(api::messages::sweeper(state.clone(), config.maintenance.batch, stop_rx.clone()));
     tokio::spawn(api::checkpoints::pruner(state.clone(), config.maintenance.batch, stop_rx.clone()));
+    tokio::spawn(api::memory::retention(state.clone(), config.maintenance.batch, stop_rx.clone()));
     api::ledger::check_at_start(&state).await;
     tokio::spawn(api::ledger::passes(state.clone(), config.maintenance.batch, stop_rx.clone()));
     let maintenance = Maintenance::spawn(store.clone(), config.maintenance.clone());

@@ -10,7 +10,11 @@ use ferry_store::Store;
 use ferry_store::metrics::JOB_OUTCOMES;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -52,6 +56,21 @@ pub struct Metrics {
     store: Arc<dyn Store>,
     scrape: Arc<Mutex<Scrape>>,
     sqlite_path: Option<PathBuf>,
+    memory: MemoryMetrics,
+}
+
+/// One label, as prometheus-client families take it.
+type Labels = Vec<(String, String)>;
+
+/// Memory search timings and counts, and the last reconcile's mismatches.
+struct MemoryMetrics {
+    search_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    searches: Family<Labels, Counter>,
+    mismatches: Gauge,
+}
+
+fn search_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
 }
 
 /// What a scrape reads from the database first (the collectors cannot wait).
@@ -465,7 +484,41 @@ impl Metrics {
         }));
         registry.register_collector(Box::new(ProtectionCollector(protection)));
         registry.register_collector(Box::new(HttpCollector(http)));
-        Metrics { registry, conflicts, store, scrape, sqlite_path }
+        let memory = MemoryMetrics {
+            search_seconds: Family::new_with_constructor(search_histogram),
+            searches: Family::default(),
+            mismatches: Gauge::default(),
+        };
+        registry.register(
+            "ferry_memory_search_duration_seconds",
+            "Memory searches by how they were served",
+            memory.search_seconds.clone(),
+        );
+        registry.register(
+            "ferry_memory_searches",
+            "Memory searches by the level that served them",
+            memory.searches.clone(),
+        );
+        registry.register(
+            "ferry_memory_reconcile_mismatches",
+            "Derived memory rows that differed from their episodes at the last reconcile",
+            memory.mismatches.clone(),
+        );
+        Metrics { registry, conflicts, store, scrape, sqlite_path, memory }
+    }
+
+    /// Records one memory search.
+    pub fn memory_search(&self, served_by: &str, level: &str, seconds: f64) {
+        self.memory
+            .search_seconds
+            .get_or_create(&vec![("served_by".into(), served_by.into())])
+            .observe(seconds);
+        self.memory.searches.get_or_create(&vec![("level".into(), level.into())]).inc();
+    }
+
+    /// Records the mismatches the last reconcile found (0 after a repair).
+    pub fn memory_mismatches(&self, n: u64) {
+        self.memory.mismatches.set(n as i64);
     }
 
     /// Counts one conflict of `kind` (one of [`CONFLICT_KINDS`]).

@@ -54,6 +54,8 @@ pub struct AppState {
     pub checkpoints: crate::config::CheckpointsConfig,
     /// Whether ledger writes are refused (balances unverified).
     pub ledger_guard: Arc<crate::api::ledger::LedgerGuard>,
+    /// Memory settings, the search gate and the rebuild's progress.
+    pub memory: Arc<crate::api::memory::Memory>,
 }
 
 impl AppState {
@@ -94,6 +96,16 @@ impl AppState {
             ledger: config.ledger.clone(),
             checkpoints: config.checkpoints.clone(),
             ledger_guard: Default::default(),
+            memory: Arc::new(crate::api::memory::Memory::new(
+                config.memory.clone(),
+                // Searches hold a read connection: as many as SQLite's readers, or half the pool.
+                if config.database().is_ok_and(|d| matches!(d, crate::config::Database::Postgres(_))) {
+                    (config.pg_pool_size / 2).max(1)
+                } else {
+                    config.sqlite_readers.max(1)
+                },
+                config.maintenance.batch,
+            )),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
         }
     }

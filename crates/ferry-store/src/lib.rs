@@ -13,6 +13,7 @@ pub mod events;
 mod item_rows;
 mod ledger_rows;
 pub mod maintenance;
+pub mod memory_rows;
 mod message_rows;
 pub mod metrics;
 pub mod migrate;
@@ -30,6 +31,9 @@ pub use contract::{
     MessageSweep, PageKey, QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, SweepOutcome,
     ThreadFilter, TokenStore, WorkerStore,
 };
+pub use contract::{
+    CandidateQuery, CandidateSet, DerivedPass, EpisodeFilter, EpisodeList, MemoryStore, PassMode, PassOutcome,
+};
 pub use events::EventBus;
 pub use ledger_rows::LedgerSettings;
 
@@ -37,7 +41,7 @@ pub use ledger_rows::LedgerSettings;
 /// than `dyn Store`: `use ferry_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        CheckpointStore, ConvoyStore, EventStore, HostStore, ItemStore, JobStore, LedgerStore,
+        CheckpointStore, ConvoyStore, EventStore, HostStore, ItemStore, JobStore, LedgerStore, MemoryStore,
         QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, TokenStore, WorkerStore,
     };
 }

@@ -154,6 +154,7 @@ pub const TABLES: &[Table] = &[
             ("created_at", I64),
             ("revoked_at", I64),
             ("agents", Text),
+            ("namespaces", Text),
         ],
         key: &["id"],
         resumable: false,
@@ -476,6 +477,64 @@ pub const TABLES: &[Table] = &[
         resumable: false,
         identity: None,
     },
+    Table {
+        name: "episodes",
+        columns: &[
+            ("seq", I64),
+            ("id", Uuid),
+            ("namespace", Text),
+            ("agent", Text),
+            ("domain", Text),
+            ("task_type", Text),
+            ("outcome", Text),
+            ("at", I64),
+            ("importance", F64),
+            ("tags", Text),
+            ("version", I64),
+            ("created_at", I64),
+            ("updated_at", I64),
+            ("idempotency_key", Text),
+            ("body_hash", Text),
+            ("bytes", I64),
+            ("content", Text),
+            ("embedding", Bytes),
+        ],
+        key: &["seq"],
+        resumable: true,
+        identity: Some("seq"),
+    },
+    Table {
+        name: "episode_tags",
+        columns: &[("seq", I64), ("tag", Text)],
+        key: &["seq", "tag"],
+        resumable: false,
+        identity: None,
+    },
+    Table {
+        name: "episode_vectors",
+        columns: &[("seq", I64), ("vec", Bytes)],
+        key: &["seq"],
+        resumable: true,
+        identity: None,
+    },
+    Table {
+        name: "memory_namespaces",
+        columns: &[("namespace", Text), ("episodes", I64), ("bytes", I64), ("dims", I32)],
+        key: &["namespace"],
+        resumable: false,
+        identity: None,
+    },
+];
+
+/// SQLite's full-text index of episodes (the FTS5 table and its shadow tables): not copied;
+/// after the copy every episode's tokens are rebuilt in PostgreSQL from the episode itself.
+pub const SQLITE_ONLY: &[&str] = &[
+    "episode_fts",
+    "episode_fts_config",
+    "episode_fts_content",
+    "episode_fts_data",
+    "episode_fts_docsize",
+    "episode_fts_idx",
 ];
 
 /// Tables that exist in both schemas but are deliberately not copied, with the reason.
@@ -843,5 +902,27 @@ pub async fn sqlite_to_postgres(
     }
     drop(client);
     let _ = driver.await;
+    rebuild_memory(to, opts).await?;
     Ok(reports)
+}
+
+/// Derives every copied episode's tokens (and tag and vector rows) in PostgreSQL, batch by batch.
+async fn rebuild_memory(to: &str, opts: &MigrateOptions) -> Result<()> {
+    let mut cfg = PgConfig::new(to);
+    cfg.schema = opts.schema.clone();
+    let store = PgStore::open(cfg, Arc::new(SystemClock)).await?;
+    let mut after = 0;
+    let out = loop {
+        let pass =
+            crate::DerivedPass { namespace: None, after, batch: opts.batch, mode: crate::PassMode::Rewrite };
+        match crate::MemoryStore::memory_pass(&store, pass).await {
+            Ok(o) => match o.next {
+                Some(n) => after = n,
+                None => break Ok(()),
+            },
+            Err(e) => break Err(e),
+        }
+    };
+    crate::StoreCore::close(&store).await;
+    out
 }

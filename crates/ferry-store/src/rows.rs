@@ -449,21 +449,27 @@ pub fn limits_cols(l: &QueueLimits) -> (Option<i64>, Option<f64>, Option<i64>) {
 }
 
 /// Columns of an API token row, in the order `token_from` reads them.
-pub const TOKEN_COLS: &str = "id, name, hash, scopes, queues, created_at, revoked_at, agents";
+pub const TOKEN_COLS: &str = "id, name, hash, scopes, queues, created_at, revoked_at, agents, namespaces";
 
 /// A token's stored columns, in [`TOKEN_COLS`] order.
-pub type TokenRow = (Uuid, String, String, String, Option<String>, i64, Option<i64>, Option<String>);
+pub type TokenRow =
+    (Uuid, String, String, String, Option<String>, i64, Option<i64>, Option<String>, Option<String>);
 
 /// A token as stored columns: scopes and queues as JSON lists (an empty queue list stays
 /// `[]`, unlike "no restriction", which is NULL).
-pub fn token_cols(t: &TokenRecord) -> (String, Option<String>, Option<String>) {
+pub fn token_cols(t: &TokenRecord) -> (String, Option<String>, Option<String>, Option<String>) {
     let list = |l: &Option<Vec<String>>| l.as_ref().map(|q| serde_json::to_string(q).expect("serializable"));
-    (serde_json::to_string(&t.scopes).expect("serializable"), list(&t.queues), list(&t.agents))
+    (
+        serde_json::to_string(&t.scopes).expect("serializable"),
+        list(&t.queues),
+        list(&t.agents),
+        list(&t.namespaces),
+    )
 }
 
 /// A token from its stored columns.
 pub fn token_from(r: TokenRow) -> Result<TokenRecord> {
-    let (id, name, hash, scopes, queues, created_at, revoked_at, agents) = r;
+    let (id, name, hash, scopes, queues, created_at, revoked_at, agents, namespaces) = r;
     let corrupt = |e: serde_json::Error| Error::internal(format!("stored token {id} is corrupt: {e}"));
     Ok(TokenRecord {
         id,
@@ -472,6 +478,7 @@ pub fn token_from(r: TokenRow) -> Result<TokenRecord> {
         scopes: serde_json::from_str(&scopes).map_err(corrupt)?,
         queues: queues.map(|q| serde_json::from_str(&q)).transpose().map_err(corrupt)?,
         agents: agents.map(|q| serde_json::from_str(&q)).transpose().map_err(corrupt)?,
+        namespaces: namespaces.map(|q| serde_json::from_str(&q)).transpose().map_err(corrupt)?,
         created_at,
         revoked_at,
     })

@@ -53,6 +53,9 @@ pub enum TokensCmd {
         /// reading and acking their inboxes, writing work items as them.
         #[arg(long, value_delimiter = ',')]
         agents: Option<Vec<String>>,
+        /// Limit the token to these memory namespaces (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Option<Vec<String>>,
         #[command(flatten)]
         target: TokenTarget,
     },
@@ -128,7 +131,7 @@ pub async fn tokens(cmd: TokensCmd) -> i32 {
 
 async fn run(cmd: TokensCmd) -> Result<(), String> {
     match cmd {
-        TokensCmd::Create { scopes, name, queues, agents, target: t } => {
+        TokensCmd::Create { scopes, name, queues, agents, namespaces, target: t } => {
             let mut parsed = Vec::new();
             for s in &scopes {
                 parsed
@@ -137,14 +140,14 @@ async fn run(cmd: TokensCmd) -> Result<(), String> {
             let name = name.unwrap_or_else(|| scopes.join("+"));
             let (record, secret) = match target(&t).await? {
                 Target::Api(c) => {
-                    let body = TokenBody { name, scopes: parsed, queues, agents };
+                    let body = TokenBody { name, scopes: parsed, queues, agents, namespaces };
                     let new = c.create_token(&body).await.map_err(|e| e.to_string())?;
                     (new.record, new.token)
                 }
                 Target::Db(store) => {
                     let limits = ferry_core::Limits::default();
                     let now = store.clock().now_ms();
-                    let body = TokenBody { name, scopes: parsed, queues, agents };
+                    let body = TokenBody { name, scopes: parsed, queues, agents, namespaces };
                     let (rec, secret) = ferry_server::mint(body, &limits, now).map_err(|e| e.message)?;
                     let r = store.create_token(rec.clone()).await.map_err(|e| e.message);
                     store.close().await;
@@ -155,7 +158,8 @@ async fn run(cmd: TokensCmd) -> Result<(), String> {
             if t.json {
                 print_json(&json!({
                     "token": secret, "id": record.id, "name": record.name, "scopes": record.scopes,
-                    "queues": record.queues, "agents": record.agents
+                    "queues": record.queues, "agents": record.agents,
+                    "namespaces": record.namespaces
                 }));
             } else {
                 println!("{secret}");

@@ -110,7 +110,9 @@ pub fn room_of(kind: &str, id: &str, limits: &Limits, field: &str) -> Result<Roo
         Error::invalid(field, format!("unknown room kind {kind:?} ({})", known.join(", ")))
     })?;
     match kind {
-        SubjectKind::Queue | SubjectKind::Schedule => validate::queue_name(id, limits, field)?,
+        SubjectKind::Queue | SubjectKind::Schedule | SubjectKind::Namespace => {
+            validate::queue_name(id, limits, field)?
+        }
         SubjectKind::Item => super::items::item_id(id, limits, field)?,
         SubjectKind::Agent => super::messages::inbox_name(id, limits, field)?,
         SubjectKind::Convoy => crate::convoy::check_id(id, limits.max_name_len, field)?,

@@ -27,6 +27,11 @@ pub struct TokenBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<crate::validate::names::AgentName>>, min_items = 1, max_items = 100)]
     pub agents: Option<Vec<String>>,
+    /// Limit the token to these memory namespaces' episodes: 1..=`limits.max_recipients` of
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::wire::memory::MemoryNamespace>>, min_items = 1, max_items = 100)]
+    pub namespaces: Option<Vec<String>>,
 }
 
 impl TokenBody {
@@ -64,6 +69,17 @@ impl TokenBody {
             }
             for (i, a) in agents.iter().enumerate() {
                 crate::wire::messages::inbox_name(a, limits, &format!("agents[{i}]"))?;
+            }
+        }
+        if let Some(names) = &self.namespaces {
+            if names.is_empty() || names.len() > limits.max_recipients {
+                return Err(Error::invalid(
+                    "namespaces",
+                    format!("namespaces must list 1..={} namespaces", limits.max_recipients),
+                ));
+            }
+            for (i, n) in names.iter().enumerate() {
+                validate::queue_name(n, limits, &format!("namespaces[{i}]"))?;
             }
         }
         Ok(())

@@ -12,6 +12,7 @@ pub mod health;
 pub mod items;
 pub mod jobs;
 pub mod ledger;
+pub mod memory;
 pub mod messages;
 pub mod queues;
 pub mod schedules;

@@ -20,6 +20,7 @@ mod items;
 mod jobs;
 mod ledger;
 mod limits;
+mod memory;
 mod messages;
 mod queues;
 mod schedules;
@@ -36,6 +37,9 @@ pub use items::{ItemFilter, ItemStore};
 pub use jobs::JobStore;
 pub use ledger::{AccountFilter, LedgerStore};
 pub use limits::QueueLimitStore;
+pub use memory::{
+    CandidateQuery, CandidateSet, DerivedPass, EpisodeFilter, EpisodeList, MemoryStore, PassMode, PassOutcome,
+};
 pub use messages::{AgentFilter, MessageStore, MessageSweep};
 pub use queues::QueueStore;
 pub use schedules::ScheduleStore;
@@ -114,5 +118,6 @@ store_is_the_sum_of!(
     MessageStore,
     ConvoyStore,
     LedgerStore,
-    CheckpointStore
+    CheckpointStore,
+    MemoryStore
 );

@@ -64,20 +64,20 @@ pub async fn limits(c: &Client) -> Result<Vec<(String, QueueLimits)>> {
 }
 
 fn token_row(r: &Row) -> Result<TokenRow> {
-    Ok((r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?, r.col(4)?, r.col(5)?, r.col(6)?, r.col(7)?))
+    Ok((r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?, r.col(4)?, r.col(5)?, r.col(6)?, r.col(7)?, r.col(8)?))
 }
 
 /// Stores a new token; `conflict` if its id exists.
 pub async fn create_token(tx: &Transaction<'_>, t: &TokenRecord) -> Result<()> {
-    let (scopes, queues, agents) = token_cols(t);
+    let (scopes, queues, agents, namespaces) = token_cols(t);
     let n = tx
         .execute(
             &tx.prepare_cached(&format!(
-                "INSERT INTO api_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+                "INSERT INTO api_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING"
             ))
             .await
             .map_err(pg_err)?,
-            &[&t.id, &t.name, &t.hash, &scopes, &queues, &t.created_at, &t.revoked_at, &agents],
+            &[&t.id, &t.name, &t.hash, &scopes, &queues, &t.created_at, &t.revoked_at, &agents, &namespaces],
         )
         .await
         .map_err(pg_err)?;

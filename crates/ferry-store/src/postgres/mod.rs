@@ -24,6 +24,7 @@ mod items;
 mod jobs;
 mod ledger;
 mod limits;
+mod memory;
 mod messages;
 mod queues;
 mod schedules;
@@ -466,7 +467,8 @@ async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<Str
              WHERE schemaname = current_schema() AND relname IN ('jobs', 'event_log', 'job_deps', 'items', 'item_history',
                                                                  'deliveries', 'agents', 'channel_cursors', 'messages',
                                                                  'convoys',
-                                                                 'ledger_accounts', 'ledger_transfers', 'ledger_head', 'threads', 'checkpoints', 'checkpoint_blobs', 'checkpoint_writes')
+                                                                 'ledger_accounts', 'ledger_transfers', 'ledger_head', 'threads', 'checkpoints', 'checkpoint_blobs', 'checkpoint_writes',
+                                                                 'episodes', 'episode_tags', 'episode_vectors', 'memory_namespaces')
                AND n_dead_tup > greatest($1, n_live_tup / 10)",
             &[&VACUUM_MIN_DEAD],
         )
@@ -519,6 +521,7 @@ impl StoreCore for PgStore {
                 out.extend(convoys::invariants(c).await?);
                 out.extend(ledger::invariants(c).await?);
                 out.extend(checkpoints::invariants(c).await?);
+                out.extend(memory::invariants(c).await?);
                 Ok(out)
             })
         })

@@ -55,7 +55,7 @@ pub fn limits(conn: &Connection) -> Result<Vec<(String, QueueLimits)>> {
 }
 
 fn token_row(r: &Row) -> rusqlite::Result<TokenRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
 }
 
 /// Stores a new token; `conflict` if its id exists.
@@ -70,12 +70,22 @@ pub fn create_token(conn: &Connection, t: &TokenRecord) -> Result<()> {
             format!("token {} exists already", t.id),
         ));
     }
-    let (scopes, queues, agents) = token_cols(t);
+    let (scopes, queues, agents, namespaces) = token_cols(t);
     conn.prepare_cached(&format!(
-        "INSERT INTO api_tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        "INSERT INTO api_tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     ))
     .and_then(|mut s| {
-        s.execute(params![t.id, t.name, t.hash, scopes, queues, t.created_at, t.revoked_at, agents])
+        s.execute(params![
+            t.id,
+            t.name,
+            t.hash,
+            scopes,
+            queues,
+            t.created_at,
+            t.revoked_at,
+            agents,
+            namespaces
+        ])
     })
     .map_err(db_err)?;
     Ok(())

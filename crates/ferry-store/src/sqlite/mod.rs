@@ -14,6 +14,7 @@ mod items;
 mod jobs;
 mod ledger;
 mod limits;
+mod memory;
 mod messages;
 mod queues;
 mod read_pool;
@@ -398,6 +399,7 @@ impl StoreCore for SqliteStore {
                 out.extend(convoys::invariants(c)?);
                 out.extend(ledger::invariants(c)?);
                 out.extend(checkpoints::invariants(c)?);
+                out.extend(memory::invariants(c)?);
                 if integrity != "ok" {
                     out.insert(0, format!("integrity_check: {integrity}"));
                 }

@@ -399,6 +399,54 @@ CREATE TABLE checkpoint_writes (
     PRIMARY KEY (thread, ns, checkpoint_id, task_id, idx)
 );
 "#,
+    // Episodic memory: episodes (authoritative), and the rows derived from them in the same
+    // transaction: full text (FTS5, rowid = seq, ferry's tokens kept whole by `ascii`), tags,
+    // unit vectors; per-namespace counters (stats, the embedding dimension).
+    r#"
+ALTER TABLE api_tokens ADD COLUMN namespaces TEXT;
+CREATE TABLE episodes (
+    seq             INTEGER PRIMARY KEY,
+    id              BLOB NOT NULL UNIQUE,
+    namespace       TEXT NOT NULL,
+    agent           TEXT,
+    domain          TEXT,
+    task_type       TEXT,
+    outcome         TEXT,
+    at              INTEGER NOT NULL,
+    importance      REAL NOT NULL,
+    tags            TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    idempotency_key TEXT,
+    body_hash       TEXT NOT NULL,
+    bytes           INTEGER NOT NULL,
+    content         TEXT NOT NULL,
+    embedding       BLOB
+);
+CREATE UNIQUE INDEX episodes_key ON episodes (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX episodes_ns ON episodes (namespace, seq);
+CREATE INDEX episodes_task ON episodes (namespace, domain, task_type, seq);
+CREATE INDEX episodes_agent ON episodes (namespace, agent, seq);
+CREATE INDEX episodes_created ON episodes (created_at);
+CREATE TABLE episode_tags (
+    seq INTEGER NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (seq, tag)
+) WITHOUT ROWID;
+CREATE INDEX episode_tags_tag ON episode_tags (tag, seq);
+CREATE TABLE episode_vectors (
+    seq INTEGER PRIMARY KEY,
+    vec BLOB NOT NULL
+);
+CREATE VIRTUAL TABLE episode_fts USING fts5 (terms, tokenize = 'ascii');
+CREATE TABLE memory_namespaces (
+    namespace TEXT PRIMARY KEY,
+    episodes  INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL,
+    dims      INTEGER
+);
+"#,
 ];
 
 /// The schema version this build writes.

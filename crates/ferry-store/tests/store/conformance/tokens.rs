@@ -11,8 +11,10 @@ fn token(name: &str, created_at: i64, scopes: Vec<Scope>, queues: Option<Vec<Str
         name: name.into(),
         hash: format!("{:064x}", rand_hash(name)),
         scopes,
-        // Restricted tokens here are restricted to agents too, so both lists round-trip.
+        // Restricted tokens here are restricted to agents and namespaces too, so every list
+        // round-trips.
         agents: queues.as_ref().map(|q| q.iter().map(|n| format!("agent-{n}")).collect()),
+        namespaces: queues.as_ref().map(|q| q.iter().map(|n| format!("ns-{n}")).collect()),
         queues,
         created_at,
         revoked_at: None,

@@ -1,0 +1,572 @@
+//! Episodic memory as PostgreSQL statements. An episode's tokens and generated `tsvector` live
+//! on its row; tag and vector rows are written in the same transaction. A write locks its
+//! namespaces' counter rows first (in name order), so a batch's idempotency, conflict and
+//! dimension checks see a settled namespace, and a refusal rolls back its own transaction only.
+
+use super::{PgStore, RowExt, pg_err};
+use crate::contract::{
+    CandidateQuery, CandidateSet, DerivedPass, EpisodeList, MemoryStore, PassMode, PassOutcome,
+};
+use crate::effects::Effects;
+use crate::memory_rows::*;
+use async_trait::async_trait;
+use ferry_core::memory::{AddOutcome, Candidate, Episode, EpisodePatch, NewEpisode};
+use ferry_core::wire::{MemoryStats, Mismatches, episode_not_found};
+use ferry_core::{EventType, Result, Timestamp};
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+type Boxed = Box<dyn ToSql + Sync + Send>;
+
+fn boxed(params: Vec<Param>) -> Vec<Boxed> {
+    params
+        .into_iter()
+        .map(|p| -> Boxed {
+            match p {
+                Param::Text(t) => Box::new(t),
+                Param::Int(i) => Box::new(i),
+                Param::Texts(v) => Box::new(v),
+            }
+        })
+        .collect()
+}
+
+fn refs(b: &[Boxed]) -> Vec<&(dyn ToSql + Sync)> {
+    b.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+fn row(r: &tokio_postgres::Row) -> Result<EpisodeRow> {
+    Ok((
+        r.col(0)?,
+        r.col(1)?,
+        r.col(2)?,
+        r.col(3)?,
+        r.col(4)?,
+        r.col(5)?,
+        r.col(6)?,
+        r.col(7)?,
+        r.col(8)?,
+        r.col(9)?,
+        r.col(10)?,
+    ))
+}
+
+async fn load<C: GenericClient + Sync>(c: &C, id: Uuid, lock: bool) -> Result<Option<(i64, Episode)>> {
+    let sql = format!(
+        "SELECT {EPISODE_COLS} FROM episodes e WHERE e.id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    match c.query_opt(&sql, &[&id]).await.map_err(pg_err)? {
+        Some(r) => episode_from(row(&r)?).map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn stored_for<C: GenericClient + Sync>(c: &C, e: &NewEpisode) -> Result<Stored> {
+    if let Some(k) = &e.idempotency_key {
+        let r = c
+            .query_opt(
+                "SELECT id, body_hash FROM episodes WHERE namespace = $1 AND idempotency_key = $2",
+                &[&e.namespace, k],
+            )
+            .await
+            .map_err(pg_err)?;
+        if let Some(r) = r {
+            return Ok(Some((r.col(0)?, r.col(1)?)));
+        }
+    }
+    let r =
+        c.query_opt("SELECT id, body_hash FROM episodes WHERE id = $1", &[&e.id]).await.map_err(pg_err)?;
+    r.map(|r| Ok((r.col(0)?, r.col(1)?))).transpose()
+}
+
+async fn write_derived<C: GenericClient + Sync>(c: &C, seq: i64, d: &Derived) -> Result<()> {
+    fault("fts", &d.tags)?;
+    c.execute("UPDATE episodes SET terms = $2 WHERE seq = $1", &[&seq, &d.terms]).await.map_err(pg_err)?;
+    fault("tags", &d.tags)?;
+    if !d.tags.is_empty() {
+        c.execute("INSERT INTO episode_tags (seq, tag) SELECT $1, unnest($2::text[])", &[&seq, &d.tags])
+            .await
+            .map_err(pg_err)?;
+    }
+    fault("embeddings", &d.tags)?;
+    if let Some(v) = &d.vector {
+        c.execute("INSERT INTO episode_vectors (seq, vec) VALUES ($1, $2)", &[&seq, v])
+            .await
+            .map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+async fn delete_derived<C: GenericClient + Sync>(c: &C, seq: i64) -> Result<()> {
+    c.execute("UPDATE episodes SET terms = '' WHERE seq = $1", &[&seq]).await.map_err(pg_err)?;
+    c.execute("DELETE FROM episode_tags WHERE seq = $1", &[&seq]).await.map_err(pg_err)?;
+    c.execute("DELETE FROM episode_vectors WHERE seq = $1", &[&seq]).await.map_err(pg_err)?;
+    Ok(())
+}
+
+/// Locks the counter rows of `namespaces` (creating them), in name order; their dimensions.
+async fn lock_namespaces<C: GenericClient + Sync>(
+    c: &C,
+    namespaces: BTreeSet<&str>,
+) -> Result<HashMap<String, Option<u32>>> {
+    let mut out = HashMap::new();
+    for ns in namespaces {
+        c.execute(
+            "INSERT INTO memory_namespaces (namespace, episodes, bytes) VALUES ($1, 0, 0) ON CONFLICT DO NOTHING",
+            &[&ns],
+        )
+        .await
+        .map_err(pg_err)?;
+        let r = c
+            .query_one("SELECT dims FROM memory_namespaces WHERE namespace = $1 FOR UPDATE", &[&ns])
+            .await
+            .map_err(pg_err)?;
+        let dims: Option<i32> = r.col(0)?;
+        out.insert(ns.to_string(), dims.map(|d| d as u32));
+    }
+    Ok(out)
+}
+
+async fn add<C: GenericClient + Sync>(
+    c: &C,
+    now: i64,
+    batch: &[NewEpisode],
+    fx: &mut Effects,
+) -> Result<Vec<AddOutcome>> {
+    let dims = lock_namespaces(c, batch.iter().map(|e| e.namespace.as_str()).collect()).await?;
+    let mut stored = Vec::with_capacity(batch.len());
+    for e in batch {
+        stored.push(stored_for(c, e).await?);
+    }
+    let plan = decide(batch, &stored, &dims, batch.len() == 1)?;
+    let mut out = Vec::with_capacity(batch.len());
+    for (e, dup) in batch.iter().zip(plan) {
+        if let Some(id) = dup {
+            out.push(AddOutcome { id, created_at: None, duplicate: true });
+            continue;
+        }
+        let k = cols(e, now);
+        let seq: i64 = c
+            .query_one(
+                "INSERT INTO episodes (id, namespace, agent, domain, task_type, outcome, at, importance, tags, version,
+                     created_at, updated_at, idempotency_key, body_hash, bytes, content, embedding)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10, $11, $12, $13, $14, $15) RETURNING seq",
+                &[
+                    &e.id,
+                    &e.namespace,
+                    &e.content.agent,
+                    &e.content.domain,
+                    &e.content.task_type,
+                    &k.outcome,
+                    &k.at,
+                    &e.importance,
+                    &k.tags,
+                    &now,
+                    &e.idempotency_key,
+                    &e.body_hash,
+                    &e.bytes,
+                    &k.content,
+                    &k.embedding,
+                ],
+            )
+            .await
+            .map_err(pg_err)?
+            .col(0)?;
+        write_derived(c, seq, &derived(&e.content, &e.tags, e.embedding.as_deref())).await?;
+        let d = e.embedding.as_ref().map(|v| v.len() as i32);
+        c.execute(
+            "UPDATE memory_namespaces SET episodes = episodes + 1, bytes = bytes + $2, dims = COALESCE(dims, $3)
+             WHERE namespace = $1",
+            &[&e.namespace, &e.bytes, &d],
+        )
+        .await
+        .map_err(pg_err)?;
+        fx.event(added_event(e, now));
+        out.push(AddOutcome { id: e.id, created_at: Some(Timestamp(now)), duplicate: false });
+    }
+    Ok(out)
+}
+
+async fn patch<C: GenericClient + Sync>(
+    c: &C,
+    now: i64,
+    p: &EpisodePatch,
+    fx: &mut Effects,
+) -> Result<Episode> {
+    let (seq, mut e) = load(c, p.id, true).await?.ok_or_else(|| episode_not_found(p.id))?;
+    if let Some(v) = p.if_version.filter(|v| *v != e.version) {
+        return Err(precondition_failed(p.id, v, e.version));
+    }
+    if let Some(t) = &p.tags {
+        e.tags = t.clone();
+    }
+    if let Some(i) = p.importance {
+        e.importance = i;
+    }
+    e.version += 1;
+    e.updated_at = Timestamp(now);
+    let tags = serde_json::to_string(&e.tags).expect("tags");
+    c.execute(
+        "UPDATE episodes SET tags = $2, importance = $3, version = $4, updated_at = $5 WHERE seq = $1",
+        &[&seq, &tags, &e.importance, &e.version, &now],
+    )
+    .await
+    .map_err(pg_err)?;
+    if let Some(tags) = &p.tags {
+        c.execute("DELETE FROM episode_tags WHERE seq = $1", &[&seq]).await.map_err(pg_err)?;
+        fault("tags", tags)?;
+        c.execute("INSERT INTO episode_tags (seq, tag) SELECT $1, unnest($2::text[])", &[&seq, tags])
+            .await
+            .map_err(pg_err)?;
+    }
+    fx.event(event(
+        EventType::EpisodeUpdated,
+        &e.namespace,
+        now,
+        json!({ "id": e.id, "version": e.version }),
+    ));
+    Ok(e)
+}
+
+async fn delete<C: GenericClient + Sync>(
+    c: &C,
+    now: i64,
+    seq: i64,
+    reason: &str,
+    fx: &mut Effects,
+) -> Result<bool> {
+    let Some(r) = c
+        .query_opt("DELETE FROM episodes WHERE seq = $1 RETURNING id, namespace, bytes", &[&seq])
+        .await
+        .map_err(pg_err)?
+    else {
+        return Ok(false);
+    };
+    let (id, ns, bytes): (Uuid, String, i64) = (r.col(0)?, r.col(1)?, r.col(2)?);
+    c.execute("DELETE FROM episode_tags WHERE seq = $1", &[&seq]).await.map_err(pg_err)?;
+    c.execute("DELETE FROM episode_vectors WHERE seq = $1", &[&seq]).await.map_err(pg_err)?;
+    c.execute(
+        "UPDATE memory_namespaces SET episodes = episodes - 1, bytes = bytes - $2 WHERE namespace = $1",
+        &[&ns, &bytes],
+    )
+    .await
+    .map_err(pg_err)?;
+    fx.event(event(EventType::EpisodeDeleted, &ns, now, json!({ "id": id, "reason": reason })));
+    Ok(true)
+}
+
+async fn read_candidates<C: GenericClient + Sync>(
+    c: &C,
+    sql: &str,
+    params: Vec<Param>,
+) -> Result<Vec<Candidate>> {
+    let b = boxed(params);
+    let rows = c.query(sql, &refs(&b)).await.map_err(pg_err)?;
+    rows.iter()
+        .map(|r| {
+            candidate_from((r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?, r.col(4)?, r.col(5)?, r.col(6)?))
+        })
+        .collect()
+}
+
+async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Result<CandidateSet> {
+    let vec_col =
+        if q.vectors { "(SELECT vec FROM episode_vectors v WHERE v.seq = e.seq)" } else { "NULL::bytea" };
+    let cols = format!("e.seq, e.id, e.at, e.importance, e.outcome::text, e.terms::text, {vec_col}");
+    let mut sql = Sql::new(true);
+    let cond = sql.filter(&q.filter);
+    let mut extra = String::new();
+    let mut windowed = false;
+    if let Some(terms) = &q.terms {
+        let total: i64 = c
+            .query_opt(
+                "SELECT episodes FROM memory_namespaces WHERE namespace = $1",
+                &[&q.filter.namespace.as_deref().unwrap_or_default()],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.col(0))
+            .transpose()?
+            .unwrap_or(0);
+        if total as usize > q.max_scanned {
+            let mut w = sql.clone();
+            let off = w.bind(Param::Int(q.max_scanned as i64));
+            let text =
+                format!("SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}");
+            let b = boxed(w.params);
+            if let Some(r) = c.query_opt(&text, &refs(&b)).await.map_err(pg_err)? {
+                let s: i64 = r.col(0)?;
+                windowed = true;
+                extra.push_str(&format!(" AND e.seq > {}", sql.bind(Param::Int(s))));
+            }
+        }
+        let m = sql.bind(Param::Text(ts_query(terms)));
+        extra.push_str(&format!(" AND e.tsv @@ {m}::tsquery"));
+    }
+    let lim = sql.bind(Param::Int(q.limit as i64 + 1));
+    let text = format!("SELECT {cols} FROM episodes e WHERE {cond}{extra} ORDER BY e.seq DESC LIMIT {lim}");
+    Ok(cut(read_candidates(c, &text, sql.params).await?, q.limit, windowed))
+}
+
+async fn list<C: GenericClient + Sync>(c: &C, l: &EpisodeList) -> Result<(Vec<Episode>, Option<i64>)> {
+    let mut sql = Sql::new(true);
+    let cond = sql.filter(&l.filter);
+    let before = sql.bind(Param::Int(l.before.unwrap_or(i64::MAX)));
+    let lim = sql.bind(Param::Int(l.limit as i64 + 1));
+    let text = format!(
+        "SELECT {EPISODE_COLS} FROM episodes e WHERE {cond} AND e.seq < {before} ORDER BY e.seq DESC LIMIT {lim}"
+    );
+    let b = boxed(sql.params);
+    let rows = c.query(&text, &refs(&b)).await.map_err(pg_err)?;
+    let mut out: Vec<(i64, Episode)> = rows.iter().map(|r| episode_from(row(r)?)).collect::<Result<_>>()?;
+    let next = (out.len() > l.limit).then(|| {
+        out.truncate(l.limit);
+        out.last().map(|(s, _)| *s)
+    });
+    Ok((out.into_iter().map(|(_, e)| e).collect(), next.flatten()))
+}
+
+async fn stats<C: GenericClient + Sync>(
+    c: &C,
+    ns: Option<String>,
+    allowed: Option<Vec<String>>,
+) -> Result<MemoryStats> {
+    let names: Vec<String> = match (ns, allowed) {
+        (Some(n), _) => vec![n],
+        (None, Some(list)) => list,
+        (None, None) => c
+            .query("SELECT namespace FROM memory_namespaces", &[])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.col(0))
+            .collect::<Result<_>>()?,
+    };
+    let mut out = MemoryStats::default();
+    let mut dims: Vec<u32> = Vec::new();
+    for n in &names {
+        let Some(r) = c
+            .query_opt("SELECT episodes, bytes, dims FROM memory_namespaces WHERE namespace = $1", &[n])
+            .await
+            .map_err(pg_err)?
+        else {
+            continue;
+        };
+        out.episodes += r.col::<i64>(0)? as u64;
+        out.bytes += r.col::<i64>(1)? as u64;
+        dims.extend(r.col::<Option<i32>>(2)?.map(|d| d as u32));
+        for (order, oldest) in [("ASC", true), ("DESC", false)] {
+            let at = c
+                .query_opt(
+                    &format!(
+                        "SELECT created_at FROM episodes WHERE namespace = $1 ORDER BY seq {order} LIMIT 1"
+                    ),
+                    &[n],
+                )
+                .await
+                .map_err(pg_err)?
+                .map(|r| r.col::<i64>(0))
+                .transpose()?;
+            if let Some(at) = at {
+                let slot = if oldest { &mut out.oldest_at } else { &mut out.newest_at };
+                if slot.is_none_or(|t| if oldest { at < t.0 } else { at > t.0 }) {
+                    *slot = Some(Timestamp(at));
+                }
+            }
+        }
+    }
+    dims.dedup();
+    out.embedding_dims = if dims.len() == 1 { dims.first().copied() } else { None };
+    Ok(out)
+}
+
+async fn pass<C: GenericClient + Sync>(c: &C, p: &DerivedPass) -> Result<PassOutcome> {
+    let rows = c
+        .query(
+            "SELECT e.seq, e.tags, e.content, e.embedding, e.terms,
+                    ARRAY(SELECT t.tag FROM episode_tags t WHERE t.seq = e.seq ORDER BY t.tag),
+                    (SELECT vec FROM episode_vectors v WHERE v.seq = e.seq)
+             FROM episodes e WHERE ($1::text IS NULL OR e.namespace = $1) AND e.seq > $2 ORDER BY e.seq LIMIT $3",
+            &[&p.namespace, &p.after, &(p.batch as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut out = PassOutcome::default();
+    let mut last = None;
+    for r in &rows {
+        let seq: i64 = r.col(0)?;
+        last = Some(seq);
+        let (_, e) = episode_from((
+            seq,
+            Uuid::nil(),
+            String::new(),
+            0,
+            0,
+            0,
+            0.0,
+            r.col(1)?,
+            r.col(2)?,
+            r.col(3)?,
+            None,
+        ))?;
+        let want = derived(&e.content, &e.tags, e.embedding.as_deref());
+        let (terms, tags, vector): (String, Vec<String>, Option<Vec<u8>>) = (r.col(4)?, r.col(5)?, r.col(6)?);
+        let mut m = Mismatches::default();
+        if terms != want.terms {
+            m.fts += 1;
+        }
+        let mut want_tags = want.tags.clone();
+        want_tags.sort();
+        if tags != want_tags {
+            m.tags += 1;
+        }
+        if vector != want.vector {
+            m.embeddings += 1;
+        }
+        out.checked += 1;
+        out.mismatches.add(m);
+        if p.mode == PassMode::Rewrite || (p.mode == PassMode::Repair && m.total() > 0) {
+            delete_derived(c, seq).await?;
+            write_derived(c, seq, &want).await?;
+            out.repaired += if p.mode == PassMode::Rewrite { 1 } else { m.total() };
+        }
+    }
+    let full = rows.len() >= p.batch;
+    if p.namespace.is_none() {
+        let upto = if full { last.unwrap_or(i64::MAX) } else { i64::MAX };
+        for (table, kind) in [("episode_tags", "tags"), ("episode_vectors", "embeddings")] {
+            let sql = format!(
+                "SELECT DISTINCT seq FROM {table} x WHERE seq > $1 AND seq <= $2
+                 AND NOT EXISTS (SELECT 1 FROM episodes e WHERE e.seq = x.seq)"
+            );
+            let ids: Vec<i64> = c
+                .query(&sql, &[&p.after, &upto])
+                .await
+                .map_err(pg_err)?
+                .iter()
+                .map(|r| r.col(0))
+                .collect::<Result<_>>()?;
+            let n = ids.len() as u64;
+            if kind == "tags" {
+                out.mismatches.tags += n;
+            } else {
+                out.mismatches.embeddings += n;
+            }
+            if p.mode != PassMode::Check && n > 0 {
+                c.execute(&format!("DELETE FROM {table} WHERE seq = ANY($1)"), &[&ids])
+                    .await
+                    .map_err(pg_err)?;
+                out.repaired += n;
+            }
+        }
+    }
+    out.next = if full { last } else { None };
+    Ok(out)
+}
+
+/// Violations of the memory invariants.
+pub async fn invariants(c: &deadpool_postgres::ClientWrapper) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (sql, what) in MEMORY_INVARIANTS {
+        for r in c.query(*sql, &[]).await.map_err(pg_err)? {
+            out.push(format!("{what}: {}", r.col::<String>(0)?));
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl MemoryStore for PgStore {
+    async fn add_episodes(&self, episodes: Vec<NewEpisode>) -> Result<Vec<AddOutcome>> {
+        self.tx("memory.add", move |tx, now, fx| boxed!(add(&**tx, now, &episodes, fx).await)).await
+    }
+
+    async fn get_episode(&self, id: Uuid) -> Result<Option<Episode>> {
+        self.read(move |c| boxed!(Ok(load(&**c, id, false).await?.map(|(_, e)| e)))).await
+    }
+
+    async fn get_episodes(&self, ids: Vec<Uuid>) -> Result<Vec<Episode>> {
+        self.read(move |c| {
+            boxed!({
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT {EPISODE_COLS} FROM unnest($1::uuid[]) WITH ORDINALITY AS q(id, n)
+                             JOIN episodes e ON e.id = q.id ORDER BY q.n"
+                        ),
+                        &[&ids],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                rows.iter().map(|r| episode_from(row(r)?).map(|(_, e)| e)).collect()
+            })
+        })
+        .await
+    }
+
+    async fn list_episodes(&self, l: EpisodeList) -> Result<(Vec<Episode>, Option<i64>)> {
+        self.read(move |c| boxed!(list(&**c, &l).await)).await
+    }
+
+    async fn patch_episode(&self, p: EpisodePatch) -> Result<Episode> {
+        self.tx("memory.update", move |tx, now, fx| boxed!(patch(&**tx, now, &p, fx).await)).await
+    }
+
+    async fn delete_episode(&self, id: Uuid) -> Result<bool> {
+        self.tx("memory.delete", move |tx, now, fx| {
+            boxed!({
+                // The namespace's counter row first, as every memory write takes it.
+                let Some((seq, e)) = load(&**tx, id, false).await? else { return Ok(false) };
+                lock_namespaces(&**tx, BTreeSet::from([e.namespace.as_str()])).await?;
+                delete(&**tx, now, seq, "request", fx).await
+            })
+        })
+        .await
+    }
+
+    async fn memory_candidates(&self, q: CandidateQuery) -> Result<CandidateSet> {
+        self.read(move |c| boxed!(candidates(&**c, &q).await)).await
+    }
+
+    async fn memory_stats(&self, ns: Option<String>, allowed: Option<Vec<String>>) -> Result<MemoryStats> {
+        self.read(move |c| boxed!(stats(&**c, ns, allowed).await)).await
+    }
+
+    async fn memory_pass(&self, p: DerivedPass) -> Result<PassOutcome> {
+        if p.mode == PassMode::Check {
+            return self.read(move |c| boxed!(pass(&**c, &p).await)).await;
+        }
+        self.tx("memory.repair", move |tx, _, _| boxed!(pass(&**tx, &p).await)).await
+    }
+
+    async fn retire_episodes(&self, before_ms: i64, batch: usize) -> Result<u64> {
+        self.tx("memory.retire", move |tx, now, fx| {
+            boxed!({
+                let rows = tx
+                    .query(
+                        "SELECT seq, namespace FROM episodes WHERE created_at < $1 ORDER BY created_at LIMIT $2",
+                        &[&before_ms, &(batch as i64)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let mut namespaces = BTreeSet::new();
+                let mut seqs = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    seqs.push(r.col::<i64>(0)?);
+                    namespaces.insert(r.col::<String>(1)?);
+                }
+                lock_namespaces(&**tx, namespaces.iter().map(String::as_str).collect()).await?;
+                let mut n = 0;
+                for seq in seqs {
+                    n += u64::from(delete(&**tx, now, seq, "retention", fx).await?);
+                }
+                Ok(n)
+            })
+        })
+        .await
+    }
+}
