@@ -109,6 +109,11 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::checkpoints::CheckpointsCmd,
     },
+    /// Episodic memory: add, show, list, search, stats, export, import, rm, reconcile, rebuild.
+    Memory {
+        #[command(subcommand)]
+        cmd: cmd::memory::MemoryCmd,
+    },
     /// Work items (shared task state changed by compare-and-set): create, show, list, patch,
     /// history.
     Items {
@@ -315,6 +320,7 @@ async fn main() {
         Command::Advise(a) => cmd::advise::advise(a).await,
         Command::Hosts { cmd } => cmd::hosts::hosts(cmd).await,
         Command::Checkpoints { cmd } => cmd::checkpoints::checkpoints(cmd).await,
+        Command::Memory { cmd } => cmd::memory::memory(cmd).await,
         Command::Items { cmd } => cmd::items::items(cmd).await,
         Command::Messages { cmd } => cmd::messages::messages(cmd).await,
         Command::Convoys { cmd } => cmd::convoys::convoys(cmd).await,

@@ -14,6 +14,7 @@ pub use worker::{JobContext, JobError, Worker, WorkerStats};
 use ferry_core::checkpoint::{PutOutcome, Thread, Tuple, WritesOutcome};
 use ferry_core::item::Item;
 use ferry_core::ledger::{Account, Transfer, Verification};
+use ferry_core::memory::{AddOutcome, Episode};
 use ferry_core::message::{AgentInfo, BroadcastSent, ChannelCursor, Message, Sent};
 use ferry_core::schedule::{DeletedResponse, Schedule, SchedulePatch, ScheduleSpec, SchedulesResponse};
 use ferry_core::validate::JobSpec;
@@ -910,6 +911,70 @@ impl Client {
     /// Deletes the checkpoints of runs, by `metadata.run_id`.
     pub async fn delete_checkpoint_runs(&self, run_ids: &[String]) -> Result<Deleted> {
         self.post("/v1/checkpoints/delete-runs", &DeleteRunsBody { run_ids: run_ids.to_vec() }).await
+    }
+}
+
+/// Episodic memory.
+impl Client {
+    /// Stores an episode: 201 `{id, created_at}`, or a resend's stored id with `duplicate`.
+    pub async fn add_episode(&self, body: &EpisodeBody) -> Result<AddOutcome> {
+        self.post("/v1/memory/episodes", body).await
+    }
+
+    /// Stores episodes, all or none; their ids in order.
+    pub async fn add_episodes(&self, episodes: Vec<EpisodeBody>) -> Result<EpisodeIds> {
+        self.post("/v1/memory/episodes/batch", &EpisodeBatchBody { episodes }).await
+    }
+
+    /// One episode.
+    pub async fn episode(&self, id: Uuid) -> Result<Episode> {
+        self.get(&format!("/v1/memory/episodes/{id}"), &[]).await
+    }
+
+    /// A page of episodes, newest first (`query`: the list's filters, `limit`, `cursor`).
+    pub async fn episodes(&self, query: &EpisodeListQuery) -> Result<EpisodePage> {
+        self.get_with("/v1/memory/episodes", query).await
+    }
+
+    /// Changes an episode's tags or importance; with `if_version`, only at that version (else
+    /// 412 `precondition_failed`).
+    pub async fn patch_episode(
+        &self,
+        id: Uuid,
+        body: &EpisodePatchBody,
+        if_version: Option<i64>,
+    ) -> Result<Episode> {
+        let mut req = self.http.patch(format!("{}/v1/memory/episodes/{id}", self.base)).json(body);
+        if let Some(v) = if_version {
+            req = req.header(reqwest::header::IF_MATCH, format!("\"{v}\""));
+        }
+        Ok(self.send(req).await?.1)
+    }
+
+    /// Deletes an episode (404 if absent).
+    pub async fn delete_episode(&self, id: Uuid) -> Result<()> {
+        self.fetch(self.http.delete(format!("{}/v1/memory/episodes/{id}", self.base))).await.map(|_| ())
+    }
+
+    /// Searches a namespace.
+    pub async fn search_memory(&self, body: &SearchBody) -> Result<SearchResult> {
+        self.post("/v1/memory/search", body).await
+    }
+
+    /// Counts of a namespace (or of all).
+    pub async fn memory_stats(&self, namespace: Option<&str>) -> Result<MemoryStats> {
+        let q: Vec<(&str, String)> = namespace.map(|n| ("namespace", n.to_string())).into_iter().collect();
+        self.get("/v1/memory/stats", &q).await
+    }
+
+    /// Compares every derived row with its episode; `repair` rewrites those that differ.
+    pub async fn reconcile_memory(&self, body: &ReconcileBody) -> Result<ReconcileReport> {
+        self.post("/v1/memory/reconcile", body).await
+    }
+
+    /// Starts a rebuild of every derived row (progress in [`Client::memory_stats`]).
+    pub async fn rebuild_memory(&self, body: &RebuildBody) -> Result<RebuildProgress> {
+        self.post("/v1/memory/rebuild", body).await
     }
 }
 

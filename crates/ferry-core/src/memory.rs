@@ -267,7 +267,9 @@ pub fn vector_bytes(v: &[f32]) -> Vec<u8> {
 
 /// A stored vector; `None` if the byte count is not a whole number of f32s.
 pub fn vector_from(bytes: &[u8]) -> Option<Vec<f32>> {
-    bytes.len().is_multiple_of(4)
+    bytes
+        .len()
+        .is_multiple_of(4)
         .then(|| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 

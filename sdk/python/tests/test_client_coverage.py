@@ -213,6 +213,108 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     assert await c("delete_checkpoint_runs", [f"run-{tag}"]) == {"deleted": 1}
     assert await c("delete_thread", th) == {"thread": th, "deleted": 0}
 
+    # Episodic memory: add (a resend is a duplicate, another body a conflict), batch, get,
+    # list, patch (a stale If-Match is refused), search, stats, delete, reconcile, rebuild.
+    ns = f"mem-{tag}"
+    fields: dict[str, Any] = {
+        "agent": f"ann-{tag}",
+        "domain": "ops",
+        "task_type": "deploy",
+        "steps": [{"tool": "kubectl", "action": "applied the manifest", "status": "ok", "latency_ms": 120}],
+        "outcome": {"status": "success", "summary": "rolled out cleanly", "reward": 1.0},
+        "importance": 0.8,
+        "tags": ["prod", "payments"],
+        "artifacts": [{"kind": "pr", "uri": "https://example.invalid/pr/1"}],
+        "metadata": {"run": tag},
+        "embedding": [1.0, 0.0, 0.0],
+        "idempotency_key": f"{tag}-ep-1",
+    }
+    ep = await c("add_episode", ns, "deployed the payments service to production", **fields)
+    assert ep["created_at"] and not ep.get("duplicate")
+    resend = await c("add_episode", ns, "deployed the payments service to production", **fields)
+    assert resend == {"id": ep["id"], "duplicate": True}
+    with pytest.raises(ferry.Conflict) as conflict:
+        await c("add_episode", ns, "something else", idempotency_key=f"{tag}-ep-1")
+    assert conflict.value.details is not None and conflict.value.details["id"] == ep["id"]
+    eps = await c(
+        "add_episodes",
+        [
+            {
+                "namespace": ns,
+                "description": "wrote the search API docs",
+                "domain": "docs",
+                "outcome": "failure",
+                "embedding": [0.0, 1.0, 0.0],
+                "tags": ["docs"],
+            },
+            {
+                "namespace": ns,
+                "description": "rolled back a broken release",
+                "domain": "ops",
+                "task_type": "deploy",
+                "outcome": "partial",
+                "embedding": [0.6, 0.8, 0.0],
+            },
+        ],
+    )
+    assert len(eps["ids"]) == 2 and ep["id"] not in eps["ids"]
+    docs_id, rollback_id = eps["ids"]
+    got = await c("get_episode", ep["id"])
+    assert (got["namespace"], got["version"], got["agent"], got["domain"]) == (ns, 1, f"ann-{tag}", "ops")
+    assert got["steps"][0]["tool"] == "kubectl" and got["outcome"]["reward"] == 1.0
+    assert got["artifacts"] == [{"kind": "pr", "uri": "https://example.invalid/pr/1"}]
+    assert got["embedding"] == [1.0, 0.0, 0.0] and got["idempotency_key"] == f"{tag}-ep-1"
+    listed = await c.collect(await c("list_episodes", ns, page_size=2))
+    assert [e["id"] for e in listed] == [rollback_id, docs_id, ep["id"]], "newest first"
+    page = await c.page(await c("list_episodes", ns, domain="ops", limit=1))
+    assert [e["id"] for e in page["episodes"]] == [rollback_id] and page["next_cursor"]
+    tagged = await c.collect(await c("list_episodes", ns, tag="docs", outcome="failure"))
+    assert [e["id"] for e in tagged] == [docs_id]
+    patched = await c("patch_episode", ep["id"], tags=["prod"], importance=0.9, if_match=1)
+    assert (patched["version"], patched["tags"], patched["importance"]) == (2, ["prod"], 0.9)
+    with pytest.raises(ferry.PreconditionFailed) as stale:
+        await c("patch_episode", ep["id"], importance=0.1, if_match=1)
+    assert stale.value.details is not None and stale.value.details["actual_version"] == 2
+    found = await c("search_memory", ns, "payments production", k=2)
+    assert found["results"][0]["id"] == ep["id"] and found["results"][0]["components"]["text"] == 1.0
+    assert found["served_by"] == "flat" and found["candidates_scored"] >= 1
+    near = await c(
+        "search_memory",
+        ns,
+        embedding=[0.0, 1.0, 0.1],
+        weights={"text": 0, "recency": 0, "importance": 0, "outcome": 0},
+        filters={"outcome": ["failure", "partial"]},
+        disable=["diversity"],
+    )
+    assert [r["id"] for r in near["results"]] == [docs_id, rollback_id]
+    assert near["features"]["diversity"] is False and near["diversity"].get("lambda") is None
+    ctx = await c("search_memory", ns, "deploy", context={"domain": "ops", "task_type": "deploy"})
+    assert ctx["served_by"] == "hierarchical" and ctx["features"]["hierarchical"] is True
+    stats = await c("memory_stats", ns)
+    assert (stats["episodes"], stats["embedding_dims"]) == (3, 3) and stats["bytes"] > 0
+    assert await c("delete_episode", docs_id) is None
+    with pytest.raises(ferry.NotFound):
+        await c("get_episode", docs_id)
+    with pytest.raises(ferry.NotFound):
+        await c("delete_episode", docs_id)
+    assert (await c("memory_stats", ns))["episodes"] == 2
+    report = await c("reconcile_memory", ns)
+    assert report == {"checked": 2, "mismatches": {"fts": 0, "tags": 0, "embeddings": 0}, "repaired": 0}
+    assert (await c("reconcile_memory", ns, repair=True))["repaired"] == 0
+    started = await c("rebuild_memory", ns)
+    assert (started["running"], started["total"], started["namespace"]) == (True, 2, ns)
+    try:  # refused while one runs; two episodes may be rebuilt already, then it starts again
+        again = await c("rebuild_memory", ns)
+        assert (again["running"], again["total"]) == (True, 2)
+    except ferry.InvalidState:
+        pass
+    for _ in range(200):  # it runs in the background
+        rebuild = (await c("memory_stats", ns))["rebuild"]
+        if not rebuild["running"]:
+            break
+        await asyncio.sleep(0.05)
+    assert (rebuild["running"], rebuild["done"], rebuild.get("error")) == (False, 2, None)
+
     # Schedules.
     name = f"sched-{tag}"
     created = await c("create_schedule", name, "@daily", {"queue": q}, timezone="UTC")
@@ -311,6 +413,8 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     assert (await c("revoke_token", tok["id"]))["revoked_at"]
     agent_tok = await c("create_token", f"agent-tok-{tag}", ["messages", "read"], agents=[ann])
     assert agent_tok["token"] and agent_tok.get("agents") == [ann]
+    ns_tok = await c("create_token", f"ns-tok-{tag}", ["memory", "read"], namespaces=[ns])
+    assert ns_tok["token"] and ns_tok.get("namespaces") == [ns]
     for _ in range(100):  # the registry is written behind the claims
         if f"w-{tag}" in {w["name"] for w in await c("workers")}:
             break

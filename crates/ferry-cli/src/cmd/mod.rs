@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod items;
 pub mod jobs;
 pub mod ledger;
+pub mod memory;
 pub mod messages;
 pub mod queues;
 pub mod schedules;

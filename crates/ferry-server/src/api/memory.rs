@@ -2,10 +2,6 @@
 //! delete, search, stats, and the admin passes (reconcile, rebuild). Searches take a permit
 //! sized to the read connections and wait for one only briefly, so a flood of searches gets 503
 //! instead of starving every other reader.
-//!
-//! In progress (issue #21): not routed until the Rust and Python clients and the CLI cover
-//! every route, as the client-coverage tests demand; until then its handlers are unused.
-#![allow(dead_code)]
 
 use crate::AppState;
 use crate::auth::Access;
@@ -591,9 +587,8 @@ pub async fn retention(st: AppState, batch: usize, mut stop: tokio::sync::watch:
 
 /// The memory routes: writes need scope `memory`, reads `read`, reconcile and rebuild `admin`.
 /// A token restricted to namespaces reaches only their episodes; one restricted to other kinds
-/// (queues, agents) none. Not yet in the router: it joins once the clients (Rust, Python, CLI)
-/// cover every route, which the client-coverage tests demand.
-pub fn routes(r: super::Routes) -> super::Routes {
+/// (queues, agents) none.
+pub(super) fn routes(r: super::Routes) -> super::Routes {
     use crate::auth::Restriction::*;
     use ferry_core::Scope;
     use utoipa_axum::routes;

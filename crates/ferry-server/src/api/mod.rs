@@ -94,6 +94,7 @@ fn routes() -> Routes {
     let r = convoys::routes(r);
     let r = ledger::routes(r);
     let r = checkpoints::routes(r);
+    let r = memory::routes(r);
     health::routes(r)
 }
 

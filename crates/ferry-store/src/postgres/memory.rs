@@ -305,7 +305,7 @@ async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Resul
             }
         }
         let m = sql.bind(Param::Text(ts_query(terms)));
-        extra.push_str(&format!(" AND e.tsv @@ {m}::tsquery"));
+        extra.push_str(&format!(" AND e.tsv @@ {m}::text::tsquery"));
     }
     let lim = sql.bind(Param::Int(q.limit as i64 + 1));
     let text = format!("SELECT {cols} FROM episodes e WHERE {cond}{extra} ORDER BY e.seq DESC LIMIT {lim}");

@@ -558,3 +558,49 @@ impl MemoryStore for SqliteStore {
         self.write("memory.retire", move |c, now, fx| retire(c, now, before_ms, batch, fx)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, OpenFlags};
+
+    /// A reader that read the full-text index before a rewrite and an insert still finds the
+    /// new row; SQLite's `integrity_check` on it reports a checksum mismatch until a query has
+    /// reloaded its cached index structure, which is why `check_invariants` runs one first.
+    #[test]
+    fn a_reader_sees_full_text_rows_written_after_it_last_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.db");
+        let w = Connection::open(&p).unwrap();
+        w.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE VIRTUAL TABLE f USING fts5 (terms, tokenize = 'ascii');",
+        )
+        .unwrap();
+        let r = Connection::open_with_flags(&p, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let docs = ["scrape the pricing page", "deploy the api", "rollback the api deploy"];
+        w.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for (i, d) in docs.iter().enumerate() {
+            w.execute("INSERT INTO f (rowid, terms) VALUES (?1, ?2)", rusqlite::params![i as i64 + 1, d])
+                .unwrap();
+        }
+        w.execute_batch("COMMIT").unwrap();
+        let check =
+            |c: &Connection| c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap();
+        assert_eq!(check(&r), "ok");
+        w.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for (i, d) in docs.iter().enumerate() {
+            let seq = i as i64 + 1;
+            w.execute("DELETE FROM f WHERE rowid = ?1", [seq]).unwrap();
+            w.execute("INSERT INTO f (rowid, terms) VALUES (?1, ?2)", rusqlite::params![seq, d]).unwrap();
+        }
+        w.execute_batch("COMMIT").unwrap();
+        assert_eq!(check(&r), "ok", "after rewrite");
+        w.execute("INSERT INTO f (rowid, terms) VALUES (4, 'fresh')", []).unwrap();
+        assert_eq!(check(&w), "ok", "writer after insert");
+        let n: i64 =
+            r.query_row("SELECT count(*) FROM f WHERE f MATCH 'fresh OR api'", [], |x| x.get(0)).unwrap();
+        assert_eq!(n, 3, "reader sees the new row");
+        let r2 = Connection::open_with_flags(&p, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        assert_eq!(check(&r2), "ok", "new reader after insert");
+        assert_eq!(check(&r), "ok", "reader after insert");
+    }
+}

@@ -391,6 +391,14 @@ impl StoreCore for SqliteStore {
         let cell = self.counts.clone();
         self.readers
             .read(move |c| {
+                // A full-text query first: it reloads this connection's cached FTS5 structure,
+                // which `integrity_check` alone would compare, stale, with the current index.
+                c.query_row(
+                    "SELECT count(*) FROM episode_fts WHERE episode_fts MATCH '\"ferry\"'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db_err)?;
                 let integrity: String =
                     c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
                 let mut out = jobs::invariants(c)?;

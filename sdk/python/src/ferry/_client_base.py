@@ -1,6 +1,7 @@
 """What `ferry.AsyncClient` (`_client.py`) and `ferry.Client` (`_client_sync.py`, generated from
 it) share: the `@operation` marker, argument helpers, the pagers' common part, the retry
-classes of the work-items writes, and the base64 of checkpoints' typed values.
+classes of the work-items writes, the base64 of checkpoints' typed values, and the wire form
+of episodes.
 """
 
 from __future__ import annotations
@@ -257,3 +258,34 @@ def _json_param(value: Mapping[str, Any] | None) -> str | None:
     if value is None:
         return None
     return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# ---- episodic memory ---------------------------------------------------------------------------
+
+
+def _vector(values: Sequence[float] | Any) -> list[float]:
+    """An embedding as a JSON list of floats (a numpy array's `float32`s are not JSON)."""
+    return [float(x) for x in values]
+
+
+def _outcome(outcome: str | Mapping[str, Any]) -> dict[str, Any]:
+    """An episode's wire `outcome`: a status alone (`"success"`) or `{status, summary?, reward?}`."""
+    return {"status": outcome} if isinstance(outcome, str) else dict(outcome)
+
+
+def _episode_out(episode: Mapping[str, Any]) -> dict[str, Any]:
+    """An episode body as sent: its fields left as given, but an `embedding` as a list of
+    floats and a bare `outcome` status as `{"status"}`; None values are not sent."""
+    out = {k: v for k, v in episode.items() if v is not None}
+    if "embedding" in out:
+        out["embedding"] = _vector(out["embedding"])
+    if "outcome" in out:
+        out["outcome"] = _outcome(out["outcome"])
+    for key in ("steps", "artifacts"):
+        if key in out:
+            out[key] = [dict(x) for x in out[key]]
+    if "tags" in out:
+        out["tags"] = list(out["tags"])
+    if "metadata" in out:
+        out["metadata"] = dict(out["metadata"])
+    return out

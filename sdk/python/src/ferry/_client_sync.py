@@ -17,6 +17,7 @@ from ferry._client_base import (
     _default_worker,
     _env_token,
     _env_url,
+    _episode_out,
     _fence,
     _filters,
     _if_match,
@@ -29,6 +30,7 @@ from ferry._client_base import (
     _selector,
     _some,
     _typed,
+    _vector,
     _writes_out,
     operation,
 )
@@ -62,6 +64,10 @@ from ferry.types import (
     Deleted,
     EnqueueBatchResult,
     EnqueueResult,
+    Episode,
+    EpisodeAdded,
+    EpisodesAdded,
+    EpisodesPage,
     EventsPage,
     FailResult,
     Health,
@@ -76,15 +82,19 @@ from ferry.types import (
     Job,
     JobsPage,
     LimitsResult,
+    MemoryStats,
     Message,
     NewToken,
     PatchItemResult,
     PauseResult,
     PurgeResult,
     QueueStats,
+    RebuildProgress,
     ReceiptResult,
+    ReconcileReport,
     ReplayResult,
     Schedule,
+    SearchResult,
     SendResult,
     ServerInfo,
     StateResult,
@@ -216,6 +226,14 @@ class CheckpointThreadPager(_Pager[CheckpointThreadsPage, CheckpointThread]):
     "next_cursor"}`)."""
 
     _key = "threads"
+
+
+class EpisodePager(_Pager[EpisodesPage, Episode]):
+    """Episodes of `list_episodes`, newest first: iterating it (`for`) follows
+    `next_cursor` lazily up to `limit` episodes; `.page()` fetches one page
+    (`{"episodes", "next_cursor"}`)."""
+
+    _key = "episodes"
 
 
 def _max_parallel(max_parallel: int | None, adaptive: Sequence[int] | Mapping[str, Any] | None) -> Any:
@@ -1409,6 +1427,261 @@ class Client:
         out = self._t.call("POST", "/v1/checkpoints/delete-runs", body=body, has_body=True)
         return cast(CheckpointsDeleted, out)
 
+    # ---- episodic memory -----------------------------------------------------------------------
+    #
+    # Episodes: what an agent did and how it ended, kept per `namespace` and searched by text
+    # (BM25), by embedding (cosine), recency, importance and outcome. Writes and searches need
+    # the token scope `memory`, reads `read`, `reconcile_memory` and `rebuild_memory` `admin`; a
+    # token limited to namespaces reaches only their episodes (`Forbidden` otherwise, for an
+    # absent id too).
+
+    @operation("POST", "/v1/memory/episodes")
+    def add_episode(
+        self,
+        namespace: str,
+        description: str | None = None,
+        *,
+        id: str | None = None,
+        agent: str | None = None,
+        domain: str | None = None,
+        task_type: str | None = None,
+        steps: Sequence[Mapping[str, Any]] | None = None,
+        outcome: str | Mapping[str, Any] | None = None,
+        importance: float | None = None,
+        tags: Sequence[str] | None = None,
+        artifacts: Sequence[Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        embedding: Sequence[float] | None = None,
+        started_at: str | None = None,
+        ended_at: str | None = None,
+        job_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> EpisodeAdded:
+        """Stores an episode in `namespace` (1 to 128 of `[A-Za-z0-9._:-]`); `{"id",
+        "created_at"}`. Arguments left None are not sent.
+
+        `description` and the steps' `action`s and the outcome's `summary` are searchable
+        text; `agent`, `domain` and `task_type` are names (`domain`, then `task_type`, are
+        hierarchical search's levels); `steps` are `{"tool", "action", "status",
+        "latency_ms"?, "tokens"?}`; `outcome` a status (`success`, `partial`, `failure`,
+        `abandoned`) or `{"status", "summary"?, "reward"?}` (reward in [-1, 1]);
+        `importance` in [0, 1] (default 0.5); `artifacts` `{"kind", "uri", "sha256"?}`;
+        `metadata` a JSON object; `embedding` any sequence of numbers (a numpy array too),
+        the namespace's first fixing its dimension (another is `ValidationFailed`);
+        `started_at` and `ended_at` RFC 3339 (recency counts from `ended_at`, else from
+        storing); `id` keeps a UUID of the caller's (an import), else the server's UUIDv7.
+
+        A resend with the same `idempotency_key` (per namespace) or `id` and the same body
+        answers the stored id with `duplicate: true`, nothing written; with another body it
+        raises `Conflict` (`details["id"]`). Every violation is in `ValidationFailed`'s
+        `details["violations"]` (`field` the first). Retried (429, 503, connection failures)
+        with an `idempotency_key` or `id`; without one only when the server refused it before
+        writing (429, 503 `server_saturated`/`circuit_open`)."""
+        body = _episode_out(
+            {
+                "namespace": namespace,
+                "id": id,
+                "agent": agent,
+                "domain": domain,
+                "task_type": task_type,
+                "description": description,
+                "steps": steps,
+                "outcome": outcome,
+                "importance": importance,
+                "tags": tags,
+                "artifacts": artifacts,
+                "metadata": metadata,
+                "embedding": embedding,
+                "started_at": started_at,
+                "ended_at": ended_at,
+                "job_id": job_id,
+                "idempotency_key": idempotency_key,
+            }
+        )
+        retry = ALWAYS if idempotency_key or id else REFUSED
+        out = self._t.call("POST", "/v1/memory/episodes", body=body, has_body=True, retry=retry)
+        return cast(EpisodeAdded, out)
+
+    @operation("POST", "/v1/memory/episodes/batch")
+    def add_episodes(self, episodes: Sequence[Mapping[str, Any]]) -> EpisodesAdded:
+        """Stores 1 to `limits.max_memory_batch` (100) episodes all or nothing: each a dict of
+        `add_episode`'s fields with its `namespace` (an `embedding` may be a numpy array, an
+        `outcome` a bare status); `{"ids"}` in order, a resend's the stored one. A failing
+        episode raises its error (`ValidationFailed` with `field` `episodes[i]...`, `Conflict`
+        for a key that holds another body) and stores none. Retried (429, 503, connection
+        failures) only when every episode has an `idempotency_key` or `id`; otherwise only
+        when the server refused it before writing."""
+        body = [_episode_out(e) for e in episodes]
+        keyed = bool(body) and all(e.get("idempotency_key") or e.get("id") for e in body)
+        retry = ALWAYS if keyed else REFUSED
+        out = self._t.call(
+            "POST", "/v1/memory/episodes/batch", body={"episodes": body}, has_body=True, retry=retry
+        )
+        return cast(EpisodesAdded, out)
+
+    @operation("GET", "/v1/memory/episodes/{id}")
+    def get_episode(self, id: str) -> Episode:
+        """One episode (its `version` is the `ETag`); `NotFound` if absent."""
+        return cast(Episode, self._t.call("GET", f"/v1/memory/episodes/{_seg(id)}"))
+
+    @operation("GET", "/v1/memory/episodes")
+    def list_episodes(
+        self,
+        namespace: str | None = None,
+        *,
+        agent: str | None = None,
+        domain: str | None = None,
+        task_type: str | None = None,
+        tag: str | None = None,
+        outcome: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+        page_size: int | None = None,
+        cursor: str | None = None,
+    ) -> EpisodePager:
+        """Episodes newest first, of one `namespace` (or of every one the token may read), one
+        `agent`, `domain`, `task_type`, carrying `tag`, with `outcome` status, that ended
+        (else were stored) at or after `since` and before `until` (RFC 3339): iterate it
+        (pages of up to `page_size`, fetched lazily) up to `limit` episodes, or call
+        `.page()`."""
+        params = {
+            "namespace": namespace,
+            "agent": agent,
+            "domain": domain,
+            "task_type": task_type,
+            "tag": tag,
+            "outcome": outcome,
+            "since": since,
+            "until": until,
+        }
+        return EpisodePager(
+            self._t, "/v1/memory/episodes", params, cursor=cursor, limit=limit, page_size=page_size
+        )
+
+    @operation("PATCH", "/v1/memory/episodes/{id}")
+    def patch_episode(
+        self,
+        id: str,
+        *,
+        tags: Sequence[str] | None = None,
+        importance: float | None = None,
+        if_match: int | None = None,
+    ) -> Episode:
+        """Replaces an episode's `tags` and/or `importance` (nothing else of an episode
+        changes; arguments left None are not sent); the episode, `version` + 1. With
+        `if_match` (sent as `If-Match: "N"`) it writes only at version N, else raises
+        `PreconditionFailed` (`details["actual_version"]`). `NotFound` if absent.
+
+        Retried after a connection failure only with `if_match` (a repeat of a write that
+        applied raises `PreconditionFailed`); otherwise only when the server refused it
+        before writing (a repeat could undo a writer in between)."""
+        body: dict[str, Any] = {}
+        if tags is not None:
+            body["tags"] = list(tags)
+        if importance is not None:
+            body["importance"] = importance
+        out = self._t.call(
+            "PATCH",
+            f"/v1/memory/episodes/{_seg(id)}",
+            body=body,
+            has_body=True,
+            retry=ALWAYS if if_match is not None else REFUSED,
+            headers=_if_match(if_match),
+        )
+        return cast(Episode, out)
+
+    @operation("DELETE", "/v1/memory/episodes/{id}")
+    def delete_episode(self, id: str) -> None:
+        """Deletes an episode with its derived rows; `NotFound` if absent (so a repeat after a
+        lost answer raises it). Retried."""
+        self._t.call("DELETE", f"/v1/memory/episodes/{_seg(id)}", kind=EMPTY)
+
+    @operation("POST", "/v1/memory/search")
+    def search_memory(
+        self,
+        namespace: str,
+        text: str | None = None,
+        *,
+        embedding: Sequence[float] | None = None,
+        k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        weights: Mapping[str, float] | None = None,
+        half_life_ms: int | None = None,
+        diversity: float | None = None,
+        mode: str | None = None,
+        disable: Sequence[str] | None = None,
+    ) -> SearchResult:
+        """The `k` (1 to 100) episodes of `namespace` best matching `text` and/or `embedding`
+        (of the namespace's dimension; a numpy array too), best first, each with its `score`
+        and unweighted `components`, and how the search ran (`served_by`, `level`,
+        `fallback_reason`, `candidates_scored`, `truncated`, `diversity`, `features`).
+
+        `filters` always apply: `{"agents", "domain", "task_type", "tags_all", "tags_any",
+        "outcome" (a status or a list), "since", "until"}`. `context` (`{"domain",
+        "task_type"?}`) starts a hierarchical search at that level, widening to the domain
+        and the namespace while candidates are few (`mode` `auto`, the default, or
+        `hierarchical`; `flat` ignores it). `weights` (`{"text", "vector", "recency",
+        "importance", "outcome"}`, each 0 to 1000; default 1, 1, 1, 0.5, 0.5) weigh the
+        score's terms; `half_life_ms` is recency's (default 6 days); `diversity` is MMR's
+        lambda in [0, 1] (default 0.7; 1 is plain score order); `disable` turns features off
+        for this search (`hierarchical`, `diversity`, `recency`, `vectors`). A read, so
+        retried."""
+        body: dict[str, Any] = {"namespace": namespace, "k": k}
+        if text is not None:
+            body["text"] = text
+        if embedding is not None:
+            body["embedding"] = _vector(embedding)
+        if filters is not None:
+            body["filters"] = dict(filters)
+        if context is not None:
+            body["context"] = dict(context)
+        if weights is not None:
+            body["weights"] = dict(weights)
+        if half_life_ms is not None:
+            body["half_life_ms"] = half_life_ms
+        if diversity is not None:
+            body["diversity"] = {"lambda": diversity}
+        if mode is not None:
+            body["mode"] = mode
+        if disable is not None:
+            body["disable"] = list(disable)
+        out = self._t.call("POST", "/v1/memory/search", body=body, has_body=True)
+        return cast(SearchResult, out)
+
+    @operation("GET", "/v1/memory/stats")
+    def memory_stats(self, namespace: str | None = None) -> MemoryStats:
+        """Episodes stored in `namespace` (default: every one the token may read), their
+        `bytes`, `embedding_dims`, the oldest and newest `created_at`, and the rebuild's
+        progress (`rebuild`)."""
+        params = _some(namespace=namespace)
+        return cast(MemoryStats, self._t.call("GET", "/v1/memory/stats", params=params or None))
+
+    @operation("POST", "/v1/memory/reconcile")
+    def reconcile_memory(self, namespace: str | None = None, *, repair: bool = False) -> ReconcileReport:
+        """Recomputes every derived row (full-text, tags, vectors) of the episodes of
+        `namespace` (default all) and counts those that differ: `{"checked", "mismatches":
+        {"fts", "tags", "embeddings"}, "repaired"}`; `repair=True` rewrites them. Scope
+        `admin`. Retried, but with `repair` only when the server refused it before writing."""
+        body: dict[str, Any] = {"repair": repair}
+        if namespace is not None:
+            body["namespace"] = namespace
+        retry = REFUSED if repair else ALWAYS
+        out = self._t.call("POST", "/v1/memory/reconcile", body=body, has_body=True, retry=retry)
+        return cast(ReconcileReport, out)
+
+    @operation("POST", "/v1/memory/rebuild")
+    def rebuild_memory(self, namespace: str | None = None) -> RebuildProgress:
+        """Starts rewriting every derived row of `namespace` (default all) in the background;
+        its progress at the start (`{"running": true, "done": 0, "total"}`; later in
+        `memory_stats()["rebuild"]`). `InvalidState` while one runs. Scope `admin`. Retried
+        only when the server refused it before starting (a repeat of one that started raises
+        `InvalidState` while it runs)."""
+        body = _some(namespace=namespace)
+        out = self._t.call("POST", "/v1/memory/rebuild", body=body, has_body=True, retry=REFUSED)
+        return cast(RebuildProgress, out)
+
     # ---- events --------------------------------------------------------------------------------
 
     @operation("GET", "/v1/events/stream")
@@ -1476,16 +1749,20 @@ class Client:
         *,
         queues: Sequence[str] | None = None,
         agents: Sequence[str] | None = None,
+        namespaces: Sequence[str] | None = None,
     ) -> NewToken:
-        """Mints a token (scopes `admin`, `produce`, `work`, `read`, `messages`, `ledger`),
-        optionally limited to queues or to agents (it then sends only as, and reads only the
-        inboxes of, its agents; work-item writes must name one as `agent`); its secret, `token`,
-        is shown only this once. Not retried after a connection failure."""
+        """Mints a token (scopes `admin`, `produce`, `work`, `read`, `items`, `messages`,
+        `ledger`, `checkpoints`, `memory`), optionally limited to queues, to agents (it then
+        sends only as, and reads only the inboxes of, its agents; work-item writes must name
+        one as `agent`) or to memory namespaces (it reaches only their episodes); its secret,
+        `token`, is shown only this once. Not retried after a connection failure."""
         body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
         if queues is not None:
             body["queues"] = list(queues)
         if agents is not None:
             body["agents"] = list(agents)
+        if namespaces is not None:
+            body["namespaces"] = list(namespaces)
         return cast(NewToken, self._t.call("POST", "/v1/tokens", body=body, has_body=True, retry=REFUSED))
 
     @operation("DELETE", "/v1/tokens/{id}")

@@ -700,6 +700,191 @@ class CheckpointsDeleted(TypedDict):
     deleted: int
 
 
+# ---- episodic memory ---------------------------------------------------------------------------
+
+
+class EpisodeStep(TypedDict):
+    """One tool call or action of an episode: the `tool` (a name), what was done (`action`,
+    searchable) and how it ended (`status`, free text such as `ok`)."""
+
+    tool: str
+    action: str
+    status: str
+    latency_ms: NotRequired[int | None]
+    tokens: NotRequired[int | None]
+
+
+class EpisodeOutcome(TypedDict):
+    """How an episode ended: `status` `success`, `partial`, `failure` or `abandoned`, a
+    `summary` (searchable) and a `reward` in [-1, 1]."""
+
+    status: str
+    summary: NotRequired[str]
+    reward: NotRequired[float | None]
+
+
+class EpisodeArtifact(TypedDict):
+    """Something an episode produced or used, by reference (`kind` a name such as `file`,
+    `pr`; `sha256` lower-case hex)."""
+
+    kind: str
+    uri: str
+    sha256: NotRequired[str | None]
+
+
+class Episode(TypedDict):
+    """A stored episode: what an agent did (`description`, `steps`), how it ended (`outcome`),
+    where (`domain`, `task_type`: hierarchical search's levels) and its `embedding`, when one
+    was given. Only `tags` and `importance` change after creation; `version` is 1 at creation
+    and grows by one per change (the `ETag`). Fields sent as null are absent."""
+
+    id: str
+    version: int
+    created_at: str
+    updated_at: str
+    namespace: str
+    agent: NotRequired[str | None]
+    domain: NotRequired[str | None]
+    task_type: NotRequired[str | None]
+    description: str
+    steps: list[EpisodeStep]
+    outcome: NotRequired[EpisodeOutcome | None]
+    artifacts: list[EpisodeArtifact]
+    metadata: dict[str, Any]
+    importance: float
+    tags: list[str]
+    embedding: NotRequired[list[float] | None]
+    started_at: NotRequired[str | None]
+    ended_at: NotRequired[str | None]
+    job_id: NotRequired[str | None]
+    idempotency_key: NotRequired[str | None]
+
+
+class EpisodeAdded(TypedDict):
+    """`POST /v1/memory/episodes`: the episode's id and when it was stored; a resend of its
+    `idempotency_key` (or `id`) with the same body answers the stored id with `duplicate:
+    true` and no `created_at`."""
+
+    id: str
+    created_at: NotRequired[str | None]
+    duplicate: NotRequired[bool]
+
+
+class EpisodesAdded(TypedDict):
+    """`POST /v1/memory/episodes/batch`: each episode's id in the order sent (a resend's is the
+    stored one)."""
+
+    ids: list[str]
+
+
+class EpisodesPage(TypedDict):
+    """One page of episodes, newest first; pass `next_cursor` back for the next."""
+
+    episodes: list[Episode]
+    next_cursor: NotRequired[str | None]
+
+
+class ScoreComponents(TypedDict):
+    """The terms of a search result's score, unweighted: `text` (BM25) and `vector` (cosine)
+    min-max normalized over the candidates, `recency` 0.5^(age / half-life), `importance`,
+    and `outcome` (1 success, 0.5 partial, else 0)."""
+
+    text: float
+    vector: float
+    recency: float
+    importance: float
+    outcome: float
+
+
+class SearchHit(TypedDict):
+    """One result of a memory search: the episode, its `score` (the weighted sum of the
+    `components`)."""
+
+    id: str
+    score: float
+    components: ScoreComponents
+    episode: Episode
+
+
+# `lambda` (MMR's trade-off) is a Python keyword: only the functional form can name it.
+_Lambda = TypedDict("_Lambda", {"lambda": float | None})
+
+
+class SearchDiversity(_Lambda):
+    """MMR's figures: the `lambda` used (null when diversity was off) and the results' mean
+    pairwise dissimilarity."""
+
+    score: float
+
+
+class SearchFeatures(TypedDict):
+    """Which of a search's features ran (the server's `[memory]` switches, less the request's
+    `disable`)."""
+
+    hierarchical: bool
+    diversity: bool
+    recency: bool
+    vectors: bool
+
+
+class SearchResult(TypedDict):
+    """`POST /v1/memory/search`: the results best first, and how they were found: `served_by`
+    `hierarchical` or `flat`, the `level` candidates came from (`task_type`, `domain` or
+    `namespace`), why the search widened or fell back (`fallback_reason`), and whether a
+    bound cut the candidates (`truncated`)."""
+
+    results: list[SearchHit]
+    served_by: str
+    level: str
+    fallback_reason: NotRequired[str | None]
+    candidates_scored: int
+    truncated: bool
+    diversity: SearchDiversity
+    features: SearchFeatures
+    took_ms: float
+
+
+class RebuildProgress(TypedDict):
+    """A memory rebuild's progress: whether one runs, episodes rewritten of `total`, its
+    namespace (null: all) and why the last one stopped early, if it did."""
+
+    running: bool
+    done: int
+    total: int
+    namespace: NotRequired[str | None]
+    error: NotRequired[str | None]
+
+
+class MemoryStats(TypedDict):
+    """`GET /v1/memory/stats`: episodes stored (of one namespace, or of every one the caller may
+    read), their size as sent, the embedding dimension (null: none yet, or several
+    namespaces), the oldest and newest `created_at`, and the rebuild's progress."""
+
+    episodes: int
+    bytes: int
+    embedding_dims: NotRequired[int | None]
+    oldest_at: NotRequired[str | None]
+    newest_at: NotRequired[str | None]
+    rebuild: RebuildProgress
+
+
+class MemoryMismatches(TypedDict):
+    """Derived rows of episodes that differ from what the episodes say, by kind."""
+
+    fts: int
+    tags: int
+    embeddings: int
+
+
+class ReconcileReport(TypedDict):
+    """`POST /v1/memory/reconcile`: episodes checked, mismatched derived rows, rows rewritten
+    (with `repair`)."""
+
+    checked: int
+    mismatches: MemoryMismatches
+    repaired: int
+
+
 # ---- access, workers, hosts --------------------------------------------------------------------
 
 
@@ -711,6 +896,7 @@ class TokenRecord(TypedDict):
     scopes: list[str]
     queues: NotRequired[list[str] | None]
     agents: NotRequired[list[str] | None]
+    namespaces: NotRequired[list[str] | None]
     created_at: int
     revoked_at: NotRequired[int | None]
 

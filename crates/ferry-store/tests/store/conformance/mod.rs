@@ -38,6 +38,8 @@ pub mod json_props;
 #[macro_use]
 pub mod ledger;
 #[macro_use]
+pub mod memory;
+#[macro_use]
 pub mod messages;
 #[macro_use]
 pub mod props;
@@ -104,6 +106,7 @@ macro_rules! conformance_tests {
         jobs_rules!();
         json_props_rules!();
         ledger_rules!();
+        memory_rules!();
         messages_rules!();
         props_rules!();
         queues_rules!();
