@@ -238,8 +238,22 @@ pub struct AddOutcome {
 /// whole; PostgreSQL builds its `tsvector` from the same list), so a term matches the same
 /// episodes on both.
 pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(str::to_lowercase)
+    text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(|t| {
+        let mut t = t.to_lowercase();
+        if t.len() > MAX_TOKEN_BYTES {
+            // PostgreSQL refuses lexemes of 2 KiB and more; a hash or a blob is no word anyway.
+            let mut end = MAX_TOKEN_BYTES;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+        }
+        t
+    })
 }
+
+/// A token's longest form: longer ones are cut to their first this many bytes (on both engines).
+pub const MAX_TOKEN_BYTES: usize = 100;
 
 /// A query's distinct terms, in first-seen order, at most `max`.
 pub fn query_terms(text: &str, max: usize) -> Vec<String> {
@@ -590,6 +604,8 @@ mod tests {
         let t: Vec<String> = tokens("Deploy-API v2.1: Ünïcode naïve_x  ß").collect();
         assert_eq!(t, ["deploy", "api", "v2", "1", "ünïcode", "naïve", "x", "ß"]);
         assert_eq!(query_terms("a b a B c", 2), ["a", "b"]);
+        let long: Vec<String> = tokens(&"é".repeat(80)).collect();
+        assert_eq!(long[0].len(), 100, "cut at a character boundary at most 100 bytes in");
     }
 
     #[test]

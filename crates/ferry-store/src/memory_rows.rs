@@ -147,7 +147,12 @@ pub fn decide(
         };
         if let Some((id, hash)) = earlier {
             if hash != e.body_hash {
-                return conflict(id);
+                // Two bodies under one key in the same batch: nothing is stored to name.
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!("episodes[{i}] repeats an earlier episode's key (or id) of this batch with another body"),
+                )
+                .with_details(json!({ "index": i })));
             }
             out.push(Some(id));
             continue;
@@ -369,7 +374,7 @@ pub async fn search<S: MemoryStore + ?Sized>(store: &S, plan: SearchPlan) -> Res
         None => (
             "flat",
             "namespace",
-            store.memory_candidates(query(plan.filter.clone(), terms)).await?,
+            flat(store, query(plan.filter.clone(), terms.clone())).await?,
             plan.fallback.clone(),
         ),
         Some((domain, task_type)) => {
@@ -417,7 +422,7 @@ pub async fn search<S: MemoryStore + ?Sized>(store: &S, plan: SearchPlan) -> Res
             match found {
                 Some((name, set)) => ("hierarchical", name, set, reason),
                 None => {
-                    let set = store.memory_candidates(query(plan.filter.clone(), terms)).await?;
+                    let set = flat(store, query(plan.filter.clone(), terms.clone())).await?;
                     ("hierarchical", "namespace", set, reason)
                 }
             }
@@ -439,6 +444,30 @@ pub async fn search<S: MemoryStore + ?Sized>(store: &S, plan: SearchPlan) -> Res
         truncated: set.truncated,
         diversity,
     })
+}
+
+/// Flat candidates: the term matches; with a query vector also the newest episodes, so one near
+/// in meaning but sharing no word is not lost (merged newest first, cut at the same bound).
+async fn flat<S: MemoryStore + ?Sized>(store: &S, q: CandidateQuery) -> Result<CandidateSet> {
+    let hybrid = q.terms.is_some() && q.vectors;
+    let limit = q.limit;
+    let matched = store.memory_candidates(q.clone()).await?;
+    if !hybrid {
+        return Ok(matched);
+    }
+    let newest = store.memory_candidates(CandidateQuery { terms: None, ..q }).await?;
+    Ok(merge(matched, newest, limit))
+}
+
+/// Two candidate sets as one, newest first without repeats, at most `limit`.
+fn merge(a: CandidateSet, b: CandidateSet, limit: usize) -> CandidateSet {
+    let truncated = a.truncated || b.truncated;
+    let mut all: Vec<Candidate> = a.candidates.into_iter().chain(b.candidates).collect();
+    all.sort_by_key(|c| std::cmp::Reverse(c.seq));
+    all.dedup_by_key(|c| c.seq);
+    let more = all.len() > limit;
+    all.truncate(limit);
+    CandidateSet { candidates: all, truncated: truncated || more }
 }
 
 /// The FTS5 query matching any of `terms` (each quoted: ferry's tokens hold no quote).

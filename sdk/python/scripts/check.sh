@@ -20,7 +20,7 @@ make_venv() { # dir extras
     echo "$stamp" >"$1/.ferry-stamp"
   fi
 }
-make_venv "$with" "pydantic,ws,dev,langgraph,langgraph-test" &
+make_venv "$with" "pydantic,ws,dev,langgraph,langgraph-test,memory-test" &
 first=$!
 make_venv "$without" "ws,dev" &
 second=$!

@@ -342,7 +342,7 @@ pub async fn memory(cmd: MemoryCmd) -> i32 {
                         outcome: Some(ferry_core::wire::OneOrMany::One(o)),
                         ..Default::default()
                     }),
-                    k,
+                    k: k.map(|k| k as i64),
                     mode,
                     ..Default::default()
                 },

@@ -14,6 +14,7 @@ mod faults;
 mod import_dir;
 mod items;
 mod ledger;
+mod memory;
 mod messages;
 mod migrate;
 mod multinode;

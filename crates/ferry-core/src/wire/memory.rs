@@ -25,6 +25,14 @@ pub struct MemoryNamespace(pub String);
 #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
 pub struct EpisodeName(pub String);
 
+/// The largest integer every JSON reader holds exactly (2^53 − 1).
+const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
+
+/// A number a float32 holds (an embedding's component).
+#[derive(ToSchema)]
+#[schema(minimum = -3.4028234663852886e38, maximum = 3.4028234663852886e38)]
+pub struct Float32(pub f64);
+
 /// One broken rule of a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Violation {
@@ -101,6 +109,17 @@ impl Violations {
         }
     }
 
+    /// Adds another check's violations with their field's leading `from` replaced by `to`
+    /// (`tags[2]` checked as a filter becomes `filters.tags_any[2]`).
+    pub fn extend_renamed(&mut self, from: &str, to: &str, other: Violations) {
+        for (mut v, why) in other.0 {
+            if let Some(rest) = v.field.strip_prefix(from) {
+                v.field = format!("{to}{rest}");
+            }
+            self.0.push((v, why));
+        }
+    }
+
     /// `Ok` when empty, else the one 422: `field` the first, `details.violations` all.
     pub fn finish(self) -> Result<()> {
         let Some((first, why)) = self.0.first() else { return Ok(()) };
@@ -138,14 +157,14 @@ pub struct EpisodeBody {
     pub task_type: Option<String>,
     /// What the task was: at most `limits.max_episode_text_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 2500)]
+    #[schema(max_length = 10000)]
     pub description: Option<String>,
     /// What was done: at most `limits.max_episode_steps`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "super::object::vec")]
     #[schema(max_items = 1000)]
     pub steps: Vec<StepBody>,
     /// How it ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::object::opt")]
     pub outcome: Option<OutcomeBody>,
     /// In [0, 1]; default 0.5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,7 +175,7 @@ pub struct EpisodeBody {
     #[schema(value_type = Vec<crate::validate::names::Tag>, max_items = 100)]
     pub tags: Vec<String>,
     /// At most `limits.max_episode_artifacts`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "super::object::vec")]
     #[schema(max_items = 100)]
     pub artifacts: Vec<ArtifactBody>,
     /// A JSON object, at most `limits.max_episode_metadata_bytes` serialized.
@@ -166,7 +185,7 @@ pub struct EpisodeBody {
     /// 1..=`limits.max_embedding_dims` finite numbers (stored as float32); the namespace's
     /// first fixes its dimension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_items = 1, max_items = 4096)]
+    #[schema(value_type = Option<Vec<Float32>>, min_items = 1, max_items = 4096)]
     pub embedding: Option<Vec<f64>>,
     /// RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,23 +211,31 @@ pub struct EpisodeBody {
 pub struct StepBody {
     /// The tool (at most `limits.max_name_len` bytes).
     #[serde(default)]
-    #[schema(max_length = 32)]
+    #[schema(max_length = 128)]
     pub tool: String,
     /// What was done (at most `limits.max_step_text_bytes` bytes).
     #[serde(default)]
-    #[schema(max_length = 250)]
+    #[schema(max_length = 1000)]
     pub action: String,
     /// How it ended (at most `limits.max_name_len` bytes).
     #[serde(default)]
-    #[schema(max_length = 32)]
+    #[schema(max_length = 128)]
     pub status: String,
     /// Milliseconds, ≥ 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::validate::whole::opt"
+    )]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
     pub latency_ms: Option<i64>,
     /// ≥ 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::validate::whole::opt"
+    )]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_i64)]
     pub tokens: Option<i64>,
 }
 
@@ -220,7 +247,7 @@ pub struct OutcomeBody {
     pub status: OutcomeStatus,
     /// What happened (at most `limits.max_episode_text_bytes`).
     #[serde(default)]
-    #[schema(max_length = 2500)]
+    #[schema(max_length = 10000)]
     pub summary: String,
     /// In [-1, 1].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,10 +260,10 @@ pub struct OutcomeBody {
 #[serde(deny_unknown_fields)]
 pub struct ArtifactBody {
     /// 1..=`limits.max_name_len` bytes.
-    #[schema(min_length = 1, max_length = 32)]
+    #[schema(min_length = 1, max_length = 128)]
     pub kind: String,
     /// 1..=`limits.max_url_len` bytes.
-    #[schema(min_length = 1, max_length = 512)]
+    #[schema(min_length = 1, max_length = 2048)]
     pub uri: String,
     /// 64 lower-case hex digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,8 +350,14 @@ impl EpisodeBody {
             v.bytes(&format!("{p}.action"), &s.action, limits.max_step_text_bytes);
             v.bytes(&format!("{p}.status"), &s.status, limits.max_name_len);
             for (f, n) in [("latency_ms", s.latency_ms), ("tokens", s.tokens)] {
-                if let Some(n) = n.filter(|n| *n < 0) {
-                    v.add(format!("{p}.{f}"), json!(0), json!(n), format!("{p}.{f} must not be negative"));
+                if let Some(n) = n.filter(|n| !(0..=MAX_SAFE_INT).contains(n)) {
+                    let field = format!("{p}.{f}");
+                    v.add(
+                        &field,
+                        json!(MAX_SAFE_INT),
+                        json!(n),
+                        format!("{field} must be 0..={MAX_SAFE_INT}"),
+                    );
                 }
             }
         }
@@ -456,6 +489,7 @@ impl EpisodeBody {
 #[serde(deny_unknown_fields)]
 pub struct EpisodeBatchBody {
     /// 1..=`limits.max_memory_batch` episodes.
+    #[serde(deserialize_with = "super::object::vec")]
     #[schema(min_items = 1, max_items = 100)]
     pub episodes: Vec<EpisodeBody>,
 }
@@ -683,31 +717,31 @@ pub struct SearchBody {
     pub namespace: String,
     /// Query text (at most `limits.max_episode_text_bytes`).
     #[serde(default)]
-    #[schema(max_length = 2500)]
+    #[schema(max_length = 10000)]
     pub text: Option<String>,
     /// Query vector, of the namespace's dimension.
     #[serde(default)]
-    #[schema(min_items = 1, max_items = 4096)]
+    #[schema(value_type = Option<Vec<Float32>>, min_items = 1, max_items = 4096)]
     pub embedding: Option<Vec<f64>>,
     /// Filters.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object::opt")]
     pub filters: Option<SearchFilters>,
     /// Where hierarchical search starts.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object::opt")]
     pub context: Option<SearchContext>,
     /// Results wanted, 1..=`limits.max_search_k` (default 10).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
     #[schema(minimum = 1, maximum = 100)]
-    pub k: Option<usize>,
+    pub k: Option<i64>,
     /// The score's weights (each 0..=1000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object::opt")]
     pub weights: Option<Weights>,
     /// Recency's half-life (default 518,400,000: 6 days), 1..=`limits.max_delay_ms`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt")]
     #[schema(minimum = 1, maximum = 31_622_400_000_i64)]
     pub half_life_ms: Option<i64>,
     /// MMR settings.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object::opt")]
     pub diversity: Option<DiversityBody>,
     /// `auto` (default), `hierarchical` or `flat`.
     #[serde(default)]

@@ -64,6 +64,23 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
     }
 }
 
+/// Deserializers for nested objects that refuse the array form derived `Deserialize` also
+/// takes (`{"context": [null, null]}` is not a context).
+pub(crate) mod object {
+    use super::Obj;
+    use serde::{Deserialize, Deserializer};
+
+    /// An optional nested object.
+    pub fn opt<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        Ok(Option::<Obj<T>>::deserialize(d)?.map(|o| o.0))
+    }
+
+    /// A list of objects.
+    pub fn vec<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        Ok(Vec::<Obj<T>>::deserialize(d)?.into_iter().map(|o| o.0).collect())
+    }
+}
+
 /// Checks that a lease token was sent (every lease-fenced body has one).
 pub(crate) fn lease_present(lease: &str, field: &str) -> crate::Result<()> {
     if lease.is_empty() { Err(crate::Error::invalid(field, "lease must not be empty")) } else { Ok(()) }

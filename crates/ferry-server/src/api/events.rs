@@ -188,6 +188,12 @@ fn change_rooms(
         {
             access.check(&s.id)?;
         }
+        if let Room::Subject(s) = &r
+            && join
+            && s.kind == SubjectKind::Namespace
+        {
+            access.check_in(ferry_core::ResourceKind::Namespace, &s.id)?;
+        }
         f.rooms.retain(|x| *x != r);
         if join {
             f.rooms.push(r);

@@ -220,6 +220,19 @@ pub async fn list(
     access: Access,
     ApiQuery(q): ApiQuery<EpisodeListQuery>,
 ) -> ApiResult<Json<EpisodePage>> {
+    let mut v = Violations::default();
+    if let Some(ns) = &q.namespace {
+        v.name("namespace", ns, st.limits.max_queue_name_len);
+    }
+    for (field, n) in [("agent", &q.agent), ("domain", &q.domain), ("task_type", &q.task_type)] {
+        if let Some(n) = n {
+            v.name(field, n, st.limits.max_name_len);
+        }
+    }
+    if let Some(t) = &q.tag {
+        check_tags(&mut v, std::slice::from_ref(t), &st.limits);
+    }
+    v.finish()?;
     if let Some(ns) = &q.namespace {
         access.check_in(ResourceKind::Namespace, ns)?;
     }
@@ -326,6 +339,24 @@ pub async fn search_memory(
     access.check_in(ResourceKind::Namespace, &body.namespace)?;
     let mem = st.memory.clone();
     let (plan, features) = plan(&body, &st, &mem.config)?;
+    if let Some(q) = &body.embedding {
+        // A query vector must have the namespace's dimension, as its episodes' do.
+        let dims = st.store.memory_stats(Some(body.namespace.clone()), None).await?.embedding_dims;
+        if let Some(d) = dims.filter(|d| *d as usize != q.len()) {
+            let mut v = Violations::default();
+            v.add(
+                "embedding",
+                serde_json::json!(d),
+                serde_json::json!(q.len()),
+                format!(
+                    "namespace {} holds {d}-dimensional embeddings; this query has {}",
+                    body.namespace,
+                    q.len()
+                ),
+            );
+            v.finish()?;
+        }
+    }
     let _permit = mem.permit().await?;
     let out = search(st.store.as_ref(), plan).await?;
     st.metrics.memory_search(out.served_by, out.level, started.elapsed().as_secs_f64());
@@ -356,7 +387,7 @@ fn plan(b: &SearchBody, st: &AppState, cfg: &MemoryConfig) -> Result<(SearchPlan
     let text = b.text.clone().unwrap_or_default();
     v.bytes("text", &text, limits.max_episode_text_bytes);
     let k = b.k.unwrap_or(10);
-    if k == 0 || k > limits.max_search_k {
+    if k < 1 || k > limits.max_search_k as i64 {
         v.add(
             "k",
             serde_json::json!(limits.max_search_k),
@@ -380,8 +411,11 @@ fn plan(b: &SearchBody, st: &AppState, cfg: &MemoryConfig) -> Result<(SearchPlan
     v.range("diversity.lambda", lambda, 0.0, 1.0);
     let f = b.filters.clone().unwrap_or_default();
     v.count("filters.agents", f.agents.len(), limits.max_episode_tags);
-    v.count("filters.tags_all", f.tags_all.len(), limits.max_episode_tags);
-    v.count("filters.tags_any", f.tags_any.len(), limits.max_episode_tags);
+    for (field, tags) in [("filters.tags_all", &f.tags_all), ("filters.tags_any", &f.tags_any)] {
+        let mut inner = Violations::default();
+        check_tags(&mut inner, tags, limits);
+        v.extend_renamed("tags", field, inner);
+    }
     for (i, a) in f.agents.iter().enumerate() {
         v.name(&format!("filters.agents[{i}]"), a, limits.max_name_len);
     }
@@ -408,6 +442,7 @@ fn plan(b: &SearchBody, st: &AppState, cfg: &MemoryConfig) -> Result<(SearchPlan
             }
         }
     }
+    v.count("disable", b.disable.len(), Feature::ALL.len());
     v.finish()?;
     let off = |f: Feature| b.disable.contains(&f);
     let features = Features {
@@ -447,7 +482,7 @@ fn plan(b: &SearchBody, st: &AppState, cfg: &MemoryConfig) -> Result<(SearchPlan
         weights: Weights { recency: if features.recency { weights.recency } else { 0.0 }, ..weights },
         half_life_ms,
         lambda: features.diversity.then_some(lambda),
-        k,
+        k: k.clamp(1, limits.max_search_k as i64) as usize,
         now_ms: st.store.clock().now_ms(),
     };
     let plan = SearchPlan {
@@ -472,6 +507,7 @@ pub async fn stats(
     ApiQuery(q): ApiQuery<MemoryStatsQuery>,
 ) -> ApiResult<Json<MemoryStats>> {
     if let Some(ns) = &q.namespace {
+        ferry_core::validate::queue_name(ns, &st.limits, "namespace")?;
         access.check_in(ResourceKind::Namespace, ns)?;
     }
     let mut out = st.store.memory_stats(q.namespace.clone(), namespaces(&access)).await?;
@@ -482,7 +518,7 @@ pub async fn stats(
 /// Recompute every derived row from the episodes and count those that differ; `repair`
 /// rewrites them (in `[maintenance] batch`es, while serving).
 #[utoipa::path(post, path = "/v1/memory/reconcile", tag = "memory", operation_id = "reconcile_memory",
-    request_body = ReconcileBody,
+    request_body = Option<ReconcileBody>,
     responses((status = 200, description = "what was checked, found and repaired", body = ReconcileReport)))]
 pub async fn reconcile(
     State(st): State<AppState>,
@@ -512,7 +548,7 @@ pub async fn reconcile(
 /// Rewrite every derived row in the background (`[maintenance] batch` episodes per
 /// transaction); progress in `GET /v1/memory/stats`.
 #[utoipa::path(post, path = "/v1/memory/rebuild", tag = "memory", operation_id = "rebuild_memory",
-    request_body = RebuildBody,
+    request_body = Option<RebuildBody>,
     responses((status = 202, description = "started; progress in stats", body = RebuildProgress),
     (status = 409, description = "invalid_state: a rebuild is running", body = ErrorBody)))]
 pub async fn rebuild(

@@ -49,7 +49,8 @@ pub struct EpisodeList {
 pub struct CandidateQuery {
     /// The filter (its namespace is set).
     pub filter: EpisodeFilter,
-    /// With terms, only episodes matching at least one (flat search); else every episode.
+    /// With terms, only episodes matching at least one; else every episode (a flat search with
+    /// a query vector asks for both and merges them).
     pub terms: Option<Vec<String>>,
     /// Most candidates.
     pub limit: usize,

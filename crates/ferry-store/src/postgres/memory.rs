@@ -201,6 +201,12 @@ async fn patch<C: GenericClient + Sync>(
     if let Some(v) = p.if_version.filter(|v| *v != e.version) {
         return Err(precondition_failed(p.id, v, e.version));
     }
+    let same_tags = p.tags.as_ref().is_none_or(|t| *t == e.tags);
+    let same_importance = p.importance.is_none_or(|i| i == e.importance);
+    if same_tags && same_importance {
+        // Nothing changes: no new version, no event.
+        return Ok(e);
+    }
     if let Some(t) = &p.tags {
         e.tags = t.clone();
     }
