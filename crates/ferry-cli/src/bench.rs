@@ -18,6 +18,8 @@
 //!    limit of 2048..10000 (the controller's cost: it never binds); then `--clients` clients
 //!    each creating 10-member convoys and long-polling each to its end, `--rounds` times;
 //!
+//! 7. (`memory`, only when named) episodic memory: see `bench_memory.rs`;
+//!
 //! and the server's resident memory after each phase (from `GET /v1/server`).
 //!
 //! With several comma-separated URLs (nodes of one PostgreSQL database) producers and workers
@@ -63,9 +65,15 @@ pub struct BenchArgs {
     /// Samples for the enqueue → start latency phase.
     #[arg(long, default_value_t = 500)]
     latency_samples: usize,
-    /// Concurrent single-job clients.
+    /// Concurrent single-job clients (memory: searching clients, at most 32).
     #[arg(long, default_value_t = 100)]
-    clients: usize,
+    pub(crate) clients: usize,
+    /// Memory: synthetic episodes ingested.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) memory_episodes: usize,
+    /// Memory: searches per kind (flat, hierarchical; a tenth of them for the commonest term).
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) memory_searches: usize,
     /// Rounds per single-job client.
     #[arg(long, default_value_t = 50)]
     rounds: usize,
@@ -108,14 +116,14 @@ pub struct BenchArgs {
     /// Messages: receivers long-polling channel `all` during the broadcast fan-out.
     #[arg(long, default_value_t = 1_000)]
     broadcast_agents: usize,
-    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages, convoy and ledger only
+    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages, convoy, ledger and memory only
     /// when named); e2e, latency, clients by default. `messages` needs the server started with
     /// `[messages] rate_per_min = 0`; its ring uses the largest --agents count and
     /// --fanout-secs, its broadcast fan-out --broadcast-agents and --fanout-secs.
     phases: Vec<String>,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -126,7 +134,7 @@ fn now_us() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros())
 }
 
-async fn rss(c: &Client) -> String {
+pub(crate) async fn rss(c: &Client) -> String {
     match c.server_info().await {
         Ok(i) => i.rss_bytes.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or("?".into()),
         Err(e) => format!("? ({e})"),
@@ -193,7 +201,10 @@ pub async fn run(a: BenchArgs) -> i32 {
     let node = |i: usize| nodes[i % nodes.len()].clone();
     let want = |p: &str| {
         (a.phases.is_empty()
-            && !matches!(p, "soak" | "fanout" | "overload" | "agents" | "messages" | "convoy" | "ledger"))
+            && !matches!(
+                p,
+                "soak" | "fanout" | "overload" | "agents" | "messages" | "convoy" | "ledger" | "memory"
+            ))
             || a.phases.iter().any(|x| x == p)
     };
     let run_id = format!("{:x}", now_us());
@@ -379,12 +390,15 @@ pub async fn run(a: BenchArgs) -> i32 {
     if want("ledger") && ledger(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
+    if want("memory") && crate::bench_memory::memory(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
     0
 }
 
 /// Enqueues `n` jobs of `queue` in batches (4 in flight), each paid by `payer` when given, and
 /// works them with SDK workers; returns the end-to-end rate.
-async fn jobs_end_to_end(
+pub(crate) async fn jobs_end_to_end(
     a: &BenchArgs,
     nodes: &[Client],
     queue: &str,

@@ -526,6 +526,10 @@ pub const TABLES: &[Table] = &[
     },
 ];
 
+/// PostgreSQL columns no SQLite table has, derived after the copy: an episode's tokens and the
+/// `tsvector` generated from them.
+pub const PG_ONLY_COLUMNS: &[(&str, &str)] = &[("episodes", "terms"), ("episodes", "tsv")];
+
 /// SQLite's full-text index of episodes (the FTS5 table and its shadow tables): not copied;
 /// after the copy every episode's tokens are rebuilt in PostgreSQL from the episode itself.
 pub const SQLITE_ONLY: &[&str] = &[

@@ -498,6 +498,16 @@ async fn openapi_document_covers_every_route() {
         ("post", "/v1/threads/{thread}/copy"),
         ("post", "/v1/checkpoints/prune"),
         ("post", "/v1/checkpoints/delete-runs"),
+        ("post", "/v1/memory/episodes"),
+        ("post", "/v1/memory/episodes/batch"),
+        ("get", "/v1/memory/episodes"),
+        ("get", "/v1/memory/episodes/{id}"),
+        ("patch", "/v1/memory/episodes/{id}"),
+        ("delete", "/v1/memory/episodes/{id}"),
+        ("post", "/v1/memory/search"),
+        ("get", "/v1/memory/stats"),
+        ("post", "/v1/memory/reconcile"),
+        ("post", "/v1/memory/rebuild"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in expected {

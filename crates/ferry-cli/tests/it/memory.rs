@@ -293,8 +293,18 @@ async fn round_trip(db: Option<&TestDb>) {
     );
 
     // Events, in the namespace's room.
-    let (_, ev) =
-        api.get("/v1/events?since=0&type=episode.added,episode.updated,episode.deleted&limit=100").await;
+    // PostgreSQL numbers events after their commit: wait for the last one.
+    let mut ev = Value::Null;
+    for _ in 0..200 {
+        ev = api
+            .get("/v1/events?since=0&type=episode.added,episode.updated,episode.deleted&limit=100")
+            .await
+            .1;
+        if ev["events"].as_array().is_some_and(|e| e.len() >= 6) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let kinds: Vec<&str> =
         ev["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(

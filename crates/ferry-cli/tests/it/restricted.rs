@@ -1539,6 +1539,49 @@ fn variants(key: &str, fx: &Fx, who: usize) -> Option<Vec<Variant>> {
         "POST /v1/checkpoints/delete-runs" => {
             vec![v("delete runs", post("/v1/checkpoints/delete-runs", json!({"run_ids": ["r"]}))).forbidden()]
         }
+        // Memory is narrowed to namespaces, not queues: a queue-restricted token reaches none.
+        "POST /v1/memory/episodes" => {
+            vec![v("add an episode", post("/v1/memory/episodes", json!({"namespace": "a"}))).forbidden()]
+        }
+        "POST /v1/memory/episodes/batch" => vec![
+            v("add episodes", post("/v1/memory/episodes/batch", json!({"episodes": [{"namespace": "a"}]})))
+                .forbidden(),
+        ],
+        "GET /v1/memory/episodes" => vec![v("list episodes", get("/v1/memory/episodes")).forbidden()],
+        "GET /v1/memory/episodes/{id}" => {
+            vec![
+                v("read an episode", get("/v1/memory/episodes/01900000-0000-7000-8000-000000000000"))
+                    .forbidden(),
+            ]
+        }
+        "PATCH /v1/memory/episodes/{id}" => vec![
+            v(
+                "change an episode",
+                req(
+                    Method::PATCH,
+                    "/v1/memory/episodes/01900000-0000-7000-8000-000000000000",
+                    Some(json!({"importance": 1})),
+                ),
+            )
+            .forbidden(),
+        ],
+        "DELETE /v1/memory/episodes/{id}" => vec![
+            v(
+                "delete an episode",
+                req(Method::DELETE, "/v1/memory/episodes/01900000-0000-7000-8000-000000000000", None),
+            )
+            .forbidden(),
+        ],
+        "POST /v1/memory/search" => {
+            vec![v("search memory", post("/v1/memory/search", json!({"namespace": "a"}))).forbidden()]
+        }
+        "GET /v1/memory/stats" => vec![v("memory stats", get("/v1/memory/stats")).forbidden()],
+        "POST /v1/memory/reconcile" => {
+            vec![v("reconcile memory", post("/v1/memory/reconcile", json!({}))).forbidden()]
+        }
+        "POST /v1/memory/rebuild" => {
+            vec![v("rebuild memory", post("/v1/memory/rebuild", json!({}))).forbidden()]
+        }
         "DELETE /v1/hosts/{name}" => vec![
             v("remove a host", req(Method::DELETE, "/v1/hosts/host-1?queue=a", None)),
             v("remove an unknown host", req(Method::DELETE, "/v1/hosts/nosuch-host?queue=a", None)),

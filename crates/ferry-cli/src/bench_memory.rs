@@ -1,0 +1,224 @@
+//! `ferry bench memory`: episodic memory on a live server. Ingests `--memory-episodes`
+//! synthetic 30-word episodes in batches of 100 (four in flight) and compares the rate with a
+//! batch enqueue of jobs measured in the same run; then `--memory-searches` searches (text and
+//! filters, from `--clients` concurrent clients) with their p50/p99, the commonest term's p99,
+//! the server's resident memory before and after, and the jobs' end-to-end rate alone and
+//! beside a second ingest (its cost to the jobs).
+
+use crate::bench::{BenchArgs, jobs_end_to_end, pct, rss};
+use ferry_client::{Client, ClientError};
+use ferry_core::validate::JobSpec;
+use ferry_core::wire::{EpisodeBody, OutcomeBody, SearchBody, SearchContext, SearchFilters};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A deterministic generator (xorshift): the same corpus every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A word index with a Zipf-like skew over `n` words (small indexes are common).
+    fn word(&mut self, n: u64) -> u64 {
+        let u = (self.next() % 1_000_000) as f64 / 1_000_000.0;
+        ((n as f64).powf(u) - 1.0) as u64
+    }
+}
+
+const VOCABULARY: u64 = 5_000;
+const DOMAINS: u64 = 10;
+const TASK_TYPES: u64 = 5;
+const AGENTS: u64 = 20;
+
+/// The `i`th synthetic episode: 30 words (one of them `task`, in every episode), a domain,
+/// task type, agent, outcome and tag.
+fn episode(ns: &str, i: u64, rng: &mut Rng) -> EpisodeBody {
+    let mut words: Vec<String> = (0..29).map(|_| format!("w{}", rng.word(VOCABULARY))).collect();
+    words.insert((i % 30) as usize, "task".into());
+    let status = [
+        ferry_core::memory::OutcomeStatus::Success,
+        ferry_core::memory::OutcomeStatus::Partial,
+        ferry_core::memory::OutcomeStatus::Failure,
+    ][(i % 3) as usize];
+    EpisodeBody {
+        namespace: ns.to_string(),
+        agent: Some(format!("agent{}", i % AGENTS)),
+        domain: Some(format!("d{}", i % DOMAINS)),
+        task_type: Some(format!("t{}", (i / DOMAINS) % TASK_TYPES)),
+        description: Some(words.join(" ")),
+        outcome: Some(OutcomeBody { status, summary: String::new(), reward: None }),
+        importance: Some((i % 10) as f64 / 10.0),
+        tags: vec![format!("tag{}", i % 7)],
+        ..Default::default()
+    }
+}
+
+/// Ingests `n` episodes from `start` in batches of 100, four in flight; episodes per second.
+async fn ingest(nodes: &[Client], ns: &str, start: u64, n: u64) -> Result<f64, ClientError> {
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut sends = tokio::task::JoinSet::new();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ start.wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1));
+    let mut i = start;
+    while i < start + n {
+        let batch: Vec<EpisodeBody> =
+            (i..(i + 100).min(start + n)).map(|k| episode(ns, k, &mut rng)).collect();
+        i += batch.len() as u64;
+        let (c, sem) = (nodes[(i as usize / 100) % nodes.len()].clone(), sem.clone());
+        sends.spawn(async move {
+            let _p = sem.acquire().await.expect("open");
+            c.add_episodes(batch).await
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r.expect("task")?;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Enqueues `n` no-op jobs in batches of 1,000, four in flight; jobs per second.
+async fn enqueue_rate(nodes: &[Client], queue: &str, n: usize) -> Result<f64, ClientError> {
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut sends = tokio::task::JoinSet::new();
+    for (i, chunk) in (0..n).collect::<Vec<_>>().chunks(1_000).enumerate() {
+        let specs: Vec<JobSpec> =
+            chunk.iter().map(|_| JobSpec { queue: queue.to_string(), ..Default::default() }).collect();
+        let (c, sem) = (nodes[i % nodes.len()].clone(), sem.clone());
+        sends.spawn(async move {
+            let _p = sem.acquire().await.expect("open");
+            c.enqueue_batch(&specs).await
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r.expect("task")?;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// `count` searches from `clients` concurrent clients; (client p50, p99, server p99) in ms.
+async fn searches(
+    nodes: &[Client],
+    ns: &str,
+    count: usize,
+    clients: usize,
+    make: impl Fn(u64) -> SearchBody + Send + Sync + 'static,
+) -> Result<(f64, f64, f64), ClientError> {
+    let make = Arc::new(make);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (client, make) = (nodes[c % nodes.len()].clone(), make.clone());
+        let per = count / clients + usize::from(c < count % clients);
+        let _ = ns;
+        tasks.spawn(async move {
+            let (mut lat, mut took) = (Vec::with_capacity(per), Vec::with_capacity(per));
+            for k in 0..per {
+                let body = make((c * 1_000_003 + k) as u64);
+                let t = Instant::now();
+                let r = client.search_memory(&body).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                took.push(r.took_ms);
+            }
+            Ok::<_, ClientError>((lat, took))
+        });
+    }
+    let (mut lat, mut took) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        let (l, t) = r.expect("task")?;
+        lat.extend(l);
+        took.extend(t);
+    }
+    lat.sort_by(f64::total_cmp);
+    took.sort_by(f64::total_cmp);
+    Ok((pct(&lat, 0.5), pct(&lat, 0.99), pct(&took, 0.99)))
+}
+
+/// The memory phase.
+pub async fn memory(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
+    let fail = |what: &str, e: ClientError| eprintln!("ferry: memory {what} failed: {e}");
+    let ns = format!("bench-mem-{run_id}");
+    let n = a.memory_episodes as u64;
+    let enq = enqueue_rate(nodes, &format!("bench-mem-jobs-{run_id}"), 20_000)
+        .await
+        .map_err(|e| fail("enqueue", e))?;
+    let rss0 = rss(&nodes[0]).await;
+    let rate = ingest(nodes, &ns, 0, n).await.map_err(|e| fail("ingest", e))?;
+    println!(
+        "memory    ingest {n} 30-word episodes in batches of 100: {rate:.0} episodes/s = {:.3} x the batch enqueue rate ({enq:.0} jobs/s); server memory {rss0} before, {} after",
+        rate / enq,
+        rss(&nodes[0]).await
+    );
+    let vocab_word = |seed: u64| {
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        format!("w{}", r.word(VOCABULARY))
+    };
+    let ns2 = ns.clone();
+    let flat = move |seed: u64| SearchBody {
+        namespace: ns2.clone(),
+        text: Some(format!("{} {}", vocab_word(seed), vocab_word(seed + 1))),
+        filters: seed.is_multiple_of(2)
+            .then(|| SearchFilters { domain: Some(format!("d{}", seed % DOMAINS)), ..Default::default() }),
+        k: Some(10),
+        ..Default::default()
+    };
+    let (p50, p99, server) = searches(nodes, &ns, a.memory_searches, a.clients.min(32), flat)
+        .await
+        .map_err(|e| fail("search", e))?;
+    println!(
+        "memory    {} flat searches (2 terms, half with a domain filter) from {} clients at {n} episodes: p50 {p50:.2} ms, p99 {p99:.2} ms (server p99 {server:.2} ms)",
+        a.memory_searches,
+        a.clients.min(32)
+    );
+    let ns3 = ns.clone();
+    let hier = move |seed: u64| SearchBody {
+        namespace: ns3.clone(),
+        text: Some(format!("w{} w{}", seed % 50, seed % 97)),
+        context: Some(SearchContext {
+            domain: Some(format!("d{}", seed % DOMAINS)),
+            task_type: Some(format!("t{}", seed % TASK_TYPES)),
+        }),
+        k: Some(10),
+        ..Default::default()
+    };
+    let (p50, p99, server) = searches(nodes, &ns, a.memory_searches, a.clients.min(32), hier)
+        .await
+        .map_err(|e| fail("search", e))?;
+    println!(
+        "memory    {} hierarchical searches (domain and task type) at {n} episodes: p50 {p50:.2} ms, p99 {p99:.2} ms (server p99 {server:.2} ms)",
+        a.memory_searches
+    );
+    let ns4 = ns.clone();
+    let common = move |_seed: u64| SearchBody {
+        namespace: ns4.clone(),
+        text: Some("task".into()),
+        k: Some(10),
+        ..Default::default()
+    };
+    let (p50, p99, server) = searches(nodes, &ns, (a.memory_searches / 10).max(10), 4, common)
+        .await
+        .map_err(|e| fail("search", e))?;
+    println!(
+        "memory    the commonest term (in every episode) at {n} episodes: p50 {p50:.2} ms, p99 {p99:.2} ms (server p99 {server:.2} ms)"
+    );
+    // Ingest beside the jobs' end to end: its cost to their rate.
+    let alone = jobs_end_to_end(a, nodes, &format!("bench-mem-e2e-{run_id}-a"), None)
+        .await
+        .map_err(|e| fail("e2e", e))?;
+    let beside_nodes = nodes.to_vec();
+    let (ns5, extra) = (format!("{ns}-beside"), (n / 4).max(1_000));
+    let side = tokio::spawn(async move { ingest(&beside_nodes, &ns5, 0, extra).await });
+    let with = jobs_end_to_end(a, nodes, &format!("bench-mem-e2e-{run_id}-b"), None)
+        .await
+        .map_err(|e| fail("e2e", e))?;
+    let side_rate = side.await.expect("task").map_err(|e| fail("ingest", e))?;
+    println!(
+        "memory    jobs end to end {alone:.0} jobs/s alone, {with:.0} jobs/s beside an ingest of {extra} episodes ({side_rate:.0}/s): {:.2}x",
+        with / alone
+    );
+    Ok(())
+}
