@@ -161,7 +161,8 @@ pub async fn memory(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(),
     let flat = move |seed: u64| SearchBody {
         namespace: ns2.clone(),
         text: Some(format!("{} {}", vocab_word(seed), vocab_word(seed + 1))),
-        filters: seed.is_multiple_of(2)
+        filters: seed
+            .is_multiple_of(2)
             .then(|| SearchFilters { domain: Some(format!("d{}", seed % DOMAINS)), ..Default::default() }),
         k: Some(10),
         ..Default::default()
