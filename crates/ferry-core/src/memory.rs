@@ -76,7 +76,7 @@ pub struct Outcome {
 /// Something an episode produced or used, by reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Artifact {
+pub struct EpisodeArtifact {
     /// What it is (a name, e.g. `file`, `pr`).
     pub kind: String,
     /// Where it is.
@@ -109,7 +109,7 @@ pub struct EpisodeContent {
     pub outcome: Option<Outcome>,
     /// What it produced or used.
     #[serde(default)]
-    pub artifacts: Vec<Artifact>,
+    pub artifacts: Vec<EpisodeArtifact>,
     /// Anything else, as a JSON object.
     #[serde(default)]
     #[schema(value_type = Object)]

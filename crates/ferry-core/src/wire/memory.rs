@@ -6,7 +6,7 @@ use crate::Timestamp;
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::Limits;
 use crate::memory::{
-    AddOutcome, Artifact, Components, Episode, EpisodeContent, EpisodePatch, NewEpisode, Outcome,
+    AddOutcome, Components, Episode, EpisodeArtifact, EpisodeContent, EpisodePatch, NewEpisode, Outcome,
     OutcomeStatus, Step, Weights, content_hash,
 };
 use serde::{Deserialize, Serialize};
@@ -450,7 +450,11 @@ impl EpisodeBody {
             artifacts: self
                 .artifacts
                 .iter()
-                .map(|a| Artifact { kind: a.kind.clone(), uri: a.uri.clone(), sha256: a.sha256.clone() })
+                .map(|a| EpisodeArtifact {
+                    kind: a.kind.clone(),
+                    uri: a.uri.clone(),
+                    sha256: a.sha256.clone(),
+                })
                 .collect(),
             metadata,
             started_at,

@@ -170,6 +170,17 @@ mod tests {
         assert_eq!(names("Scope"), wire(Scope::ALL.iter().map(|s| s.as_str()).collect()));
     }
 
+    /// Two schemas of one name would be merged silently (the last wins): the item's artifact
+    /// and the episode's keep their own names and shapes.
+    #[test]
+    fn schemas_of_one_name_are_not_merged() {
+        let (_, api) = routes().router.split_for_parts();
+        let doc = serde_json::to_value(&api).unwrap();
+        let props = |name: &str| doc["components"]["schemas"][name]["properties"].clone();
+        assert!(props("Artifact").get("meta").is_some(), "the item's artifact");
+        assert!(props("EpisodeArtifact").get("kind").is_some(), "the episode's artifact");
+    }
+
     /// Every operation in the OpenAPI document has a declared scope and restriction, and
     /// nothing is declared that the document does not describe.
     #[test]
