@@ -165,8 +165,8 @@ pub async fn history(
     Ok(Json(HistoryPage { history, next_cursor }))
 }
 
-/// The version an `If-Match` header names, if one was sent.
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Error> {
+/// The version an `If-Match` header names, if one was sent (items and episodes).
+pub(super) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Error> {
     match headers.get(header::IF_MATCH) {
         None => Ok(None),
         Some(v) => {

@@ -260,17 +260,6 @@ pub async fn list(
     Ok(Json(EpisodePage { episodes, next_cursor: next.map(|n| n.to_string()) }))
 }
 
-/// The version an `If-Match` header names, if one was sent.
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Error> {
-    match headers.get(header::IF_MATCH) {
-        None => Ok(None),
-        Some(v) => {
-            let text = v.to_str().map_err(|_| Error::invalid("If-Match", "If-Match is not text"))?;
-            parse_if_match(text).map(Some)
-        }
-    }
-}
-
 /// Change an episode's tags or importance (nothing else changes); `If-Match: "N"` writes only
 /// at version N (else 412 `precondition_failed`, `details.actual_version`).
 #[utoipa::path(patch, path = "/v1/memory/episodes/{id}", tag = "memory", operation_id = "patch_episode",
@@ -288,7 +277,7 @@ pub async fn patch(
     headers: HeaderMap,
     JsonBody(body): JsonBody<EpisodePatchBody>,
 ) -> ApiResult<Response> {
-    let version = if_match(&headers)?;
+    let version = super::items::if_match(&headers)?;
     let p = body.validate(id, version, &st.limits)?;
     if access.allowed(ResourceKind::Namespace).is_some() {
         visible(&st, &access, id).await?;
