@@ -286,36 +286,63 @@ async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Resul
     let mut sql = Sql::new(true);
     let cond = sql.filter(&q.filter);
     let mut extra = String::new();
-    let mut windowed = false;
     if let Some(terms) = &q.terms {
-        let total: i64 = c
-            .query_opt(
-                "SELECT episodes FROM memory_namespaces WHERE namespace = $1",
-                &[&q.filter.namespace.as_deref().unwrap_or_default()],
-            )
-            .await
-            .map_err(pg_err)?
-            .map(|r| r.col(0))
-            .transpose()?
-            .unwrap_or(0);
-        if total as usize > q.max_scanned {
-            let mut w = sql.clone();
-            let off = w.bind(Param::Int(q.max_scanned as i64));
-            let text =
-                format!("SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}");
-            let b = boxed(w.params);
-            if let Some(r) = c.query_opt(&text, &refs(&b)).await.map_err(pg_err)? {
-                let s: i64 = r.col(0)?;
-                windowed = true;
-                extra.push_str(&format!(" AND e.seq > {}", sql.bind(Param::Int(s))));
-            }
-        }
         let m = sql.bind(Param::Text(ts_query(terms)));
         extra.push_str(&format!(" AND e.tsv @@ {m}::text::tsquery"));
     }
     let lim = sql.bind(Param::Int(q.limit as i64 + 1));
     let text = format!("SELECT {cols} FROM episodes e WHERE {cond}{extra} ORDER BY e.seq DESC LIMIT {lim}");
-    Ok(cut(read_candidates(c, &text, sql.params).await?, q.limit, windowed))
+    let found = read_candidates(c, &text, sql.params).await?;
+    if q.terms.is_none() {
+        return Ok(cut(found, q.limit, false));
+    }
+    windowed(c, q, found).await
+}
+
+/// Term matches (newest first, `limit + 1` of them) cut to the scan window: the newest
+/// `max_scanned` filter-passing episodes; its edge is looked up only when the matches reach
+/// past it (as on SQLite: `sqlite::memory::windowed`).
+async fn windowed<C: GenericClient + Sync>(
+    c: &C,
+    q: &CandidateQuery,
+    mut found: Vec<ferry_core::memory::Candidate>,
+) -> Result<CandidateSet> {
+    let total: i64 = c
+        .query_opt(
+            "SELECT episodes FROM memory_namespaces WHERE namespace = $1",
+            &[&q.filter.namespace.as_deref().unwrap_or_default()],
+        )
+        .await
+        .map_err(pg_err)?
+        .map(|r| r.col(0))
+        .transpose()?
+        .unwrap_or(0);
+    if total as usize <= q.max_scanned {
+        return Ok(cut(found, q.limit, false));
+    }
+    let from = if found.len() > q.limit { found[q.limit.saturating_sub(1)].seq } else { i64::MIN };
+    let mut sql = Sql::new(true);
+    let cond = sql.filter(&q.filter);
+    let (from, cap) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64 + 1)));
+    let text = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM episodes e WHERE {cond} AND e.seq >= {from} LIMIT {cap}) w"
+    );
+    let b = boxed(sql.params);
+    let reach: i64 = c.query_one(&text, &refs(&b)).await.map_err(pg_err)?.col(0)?;
+    if reach as usize <= q.max_scanned {
+        return Ok(cut(found, q.limit, false));
+    }
+    let mut sql = Sql::new(true);
+    let cond = sql.filter(&q.filter);
+    let off = sql.bind(Param::Int(q.max_scanned as i64));
+    let text = format!("SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}");
+    let b = boxed(sql.params);
+    let edge: Option<i64> = match c.query_opt(&text, &refs(&b)).await.map_err(pg_err)? {
+        Some(r) => Some(r.col(0)?),
+        None => None,
+    };
+    found.retain(|c| edge.is_none_or(|e| c.seq > e));
+    Ok(cut(found, q.limit, edge.is_some()))
 }
 
 async fn list<C: GenericClient + Sync>(c: &C, l: &EpisodeList) -> Result<(Vec<Episode>, Option<i64>)> {

@@ -238,40 +238,18 @@ fn delete(conn: &Connection, now: i64, seq: i64, reason: &str, fx: &mut Effects)
 
 fn candidates(conn: &Connection, q: &CandidateQuery) -> Result<CandidateSet> {
     let vec_col = if q.vectors { "(SELECT vec FROM episode_vectors v WHERE v.seq = e.seq)" } else { "NULL" };
-    let mut cut_seq: Option<i64> = None;
     if let Some(terms) = &q.terms {
-        let total: i64 = conn
-            .prepare_cached("SELECT episodes FROM memory_namespaces WHERE namespace = ?1")
-            .and_then(|mut s| {
-                s.query_row([q.filter.namespace.as_deref().unwrap_or_default()], |r| r.get(0)).optional()
-            })
-            .map_err(db_err)?
-            .unwrap_or(0);
-        if total as usize > q.max_scanned {
-            let mut sql = Sql::new(false);
-            let cond = sql.filter(&q.filter);
-            let off = sql.bind(Param::Int(q.max_scanned as i64));
-            let text =
-                format!("SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}");
-            let mut s = conn.prepare_cached(&text).map_err(db_err)?;
-            // The newest episode past the newest `max_scanned`: it and older ones are out of reach.
-            cut_seq =
-                s.query_row(params_from_iter(values(sql.params)), |r| r.get(0)).optional().map_err(db_err)?;
-        }
         let mut sql = Sql::new(false);
         let m = sql.bind(Param::Text(fts_match(terms)));
         let cond = sql.filter(&q.filter);
-        let floor =
-            cut_seq.map(|c| format!(" AND f.rowid > {}", sql.bind(Param::Int(c)))).unwrap_or_default();
         let lim = sql.bind(Param::Int(q.limit as i64 + 1));
         let text = format!(
             "SELECT e.seq, e.id, e.at, e.importance, e.outcome, f.terms, {vec_col}
              FROM episode_fts f JOIN episodes e ON e.seq = f.rowid
-             WHERE episode_fts MATCH {m} AND {cond}{floor} ORDER BY f.rowid DESC LIMIT {lim}"
+             WHERE episode_fts MATCH {m} AND {cond} ORDER BY f.rowid DESC LIMIT {lim}"
         );
         let found = read_candidates(conn, &text, sql.params)?;
-        // Whether the window left filter-passing episodes out.
-        return Ok(cut(found, q.limit, cut_seq.is_some()));
+        return windowed(conn, q, found);
     }
     let mut sql = Sql::new(false);
     let cond = sql.filter(&q.filter);
@@ -282,6 +260,55 @@ fn candidates(conn: &Connection, q: &CandidateQuery) -> Result<CandidateSet> {
          FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT {lim}"
     );
     Ok(cut(read_candidates(conn, &text, sql.params)?, q.limit, false))
+}
+
+/// Term matches (newest first, `limit + 1` of them) cut to the scan window: the newest
+/// `max_scanned` filter-passing episodes. The window's edge is looked up only when the
+/// matches reach past it: a common term's matches lie among the newest few thousand, and
+/// walking 50,000 index entries for the edge would cost more than the search.
+fn windowed(
+    conn: &Connection,
+    q: &CandidateQuery,
+    mut found: Vec<ferry_core::memory::Candidate>,
+) -> Result<CandidateSet> {
+    let total: i64 = conn
+        .prepare_cached("SELECT episodes FROM memory_namespaces WHERE namespace = ?1")
+        .and_then(|mut s| {
+            s.query_row([q.filter.namespace.as_deref().unwrap_or_default()], |r| r.get(0)).optional()
+        })
+        .map_err(db_err)?
+        .unwrap_or(0);
+    if total as usize <= q.max_scanned {
+        return Ok(cut(found, q.limit, false));
+    }
+    // How far back the answer reaches: to the oldest match kept, or (all matches kept) to the
+    // oldest filter-passing episode, where a window cuts episodes whether or not they match.
+    let from = if found.len() > q.limit { found[q.limit.saturating_sub(1)].seq } else { i64::MIN };
+    let mut sql = Sql::new(false);
+    let cond = sql.filter(&q.filter);
+    let (from, cap) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64 + 1)));
+    let text = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM episodes e WHERE {cond} AND e.seq >= {from} LIMIT {cap})"
+    );
+    let reach: i64 = conn
+        .prepare_cached(&text)
+        .and_then(|mut s| s.query_row(params_from_iter(values(sql.params)), |r| r.get(0)))
+        .map_err(db_err)?;
+    if reach as usize <= q.max_scanned {
+        return Ok(cut(found, q.limit, false));
+    }
+    let mut sql = Sql::new(false);
+    let cond = sql.filter(&q.filter);
+    let off = sql.bind(Param::Int(q.max_scanned as i64));
+    let text = format!("SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}");
+    // The newest episode past the newest `max_scanned`: it and older ones are out of reach.
+    // (Absent only if episodes were deleted between the statements: no window then.)
+    let edge: Option<i64> = conn
+        .prepare_cached(&text)
+        .and_then(|mut s| s.query_row(params_from_iter(values(sql.params)), |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    found.retain(|c| edge.is_none_or(|e| c.seq > e));
+    Ok(cut(found, q.limit, edge.is_some()))
 }
 
 fn read_candidates(

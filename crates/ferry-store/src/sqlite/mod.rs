@@ -48,6 +48,9 @@ pub enum Synchronous {
     Normal,
 }
 
+/// Bytes of the database file each reader maps (SQLite caps it at its compile-time maximum).
+const READER_MMAP_BYTES: u64 = 1 << 30;
+
 /// How to open a SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteConfig {
@@ -270,7 +273,14 @@ impl SqliteStore {
         let mut readers = Vec::with_capacity(config.readers);
         for _ in 0..config.readers {
             let r = open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            r.execute_batch("PRAGMA cache_size = -16384; PRAGMA query_only = ON;").map_err(db_err)?;
+            // Readers map the file: pages come from the OS cache they share, not copied into each
+            // reader's own cache by a read call (a search touches thousands of pages).
+            let mmap = std::env::var("FERRY_SQLITE_READER_MMAP").ok().and_then(|v| v.parse::<u64>().ok());
+            r.execute_batch(&format!(
+                "PRAGMA cache_size = -16384; PRAGMA query_only = ON; PRAGMA mmap_size = {};",
+                mmap.unwrap_or(READER_MMAP_BYTES)
+            ))
+            .map_err(db_err)?;
             readers.push(r);
         }
         let mut wal = config.path.clone().into_os_string();
