@@ -71,6 +71,10 @@ pub struct Limits {
     /// Most job writes (enqueued jobs, reports) admitted but not yet answered by the store,
     /// across the node; beyond it writes get 503 `server_saturated`.
     pub max_pending_writes: usize,
+    /// Longest a PostgreSQL call waits for a free pooled connection; beyond it 503
+    /// `server_saturated` (a queue with no bound on its wait would hold requests past any
+    /// client's deadline).
+    pub max_pool_wait_ms: u64,
     /// Most HTTP requests in flight on one node (long-polls included); beyond it 503.
     pub max_concurrent_requests: usize,
     /// Most clients the rate limiter tracks at once; beyond it, new clients share one bucket.
@@ -211,6 +215,7 @@ impl Default for Limits {
             max_catch_up: 1_000,
             max_queue_depth: 1_000_000,
             max_pending_writes: 50_000,
+            max_pool_wait_ms: 2_000,
             max_concurrent_requests: 10_000,
             max_rate_limit_keys: 100_000,
             max_tokens: 10_000,

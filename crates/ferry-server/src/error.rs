@@ -25,7 +25,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
+        if self.0.code == ErrorCode::ServerSaturated {
+            // Load shed on purpose and counted in `ferry_http_requests_total`; a warning per
+            // refusal would add a log flood to the overload it answers.
+            tracing::debug!(code = self.0.code.as_str(), message = %self.0.message, "request shed");
+        } else if status.is_server_error() {
             tracing::warn!(code = self.0.code.as_str(), message = %self.0.message, "request failed");
         }
         let code = self.0.code;

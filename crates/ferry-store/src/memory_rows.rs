@@ -126,14 +126,7 @@ pub fn decide(
     let mut dims: HashMap<String, Option<u32>> = dims.clone();
     let mut v = Violations::default();
     for (i, (e, s)) in batch.iter().zip(stored).enumerate() {
-        let conflict = |id: Uuid| {
-            let what = if e.idempotency_key.is_some() { "idempotency_key" } else { "id" };
-            Err(Error::new(
-                ErrorCode::Conflict,
-                format!("episode {id} was stored under this {what} with another body"),
-            )
-            .with_details(json!({ "id": id })))
-        };
+        let conflict = |id: Uuid| Err(stored_conflict(e, id));
         if let Some((id, hash)) = s {
             if *hash != e.body_hash {
                 return conflict(*id);
@@ -186,6 +179,13 @@ pub fn decide(
     }
     v.finish()?;
     Ok(out)
+}
+
+/// The 409 for an episode whose key (or id) is stored with another body.
+pub fn stored_conflict(e: &NewEpisode, id: Uuid) -> Error {
+    let what = if e.idempotency_key.is_some() { "idempotency_key" } else { "id" };
+    Error::new(ErrorCode::Conflict, format!("episode {id} was stored under this {what} with another body"))
+        .with_details(json!({ "id": id }))
 }
 
 /// The `episode.added` event.

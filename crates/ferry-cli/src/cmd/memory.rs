@@ -407,7 +407,7 @@ pub async fn memory(cmd: MemoryCmd) -> i32 {
             Err(e) => fail(e),
         },
         MemoryCmd::Reconcile { namespace, repair, client } => {
-            match client.client().reconcile_memory(&ReconcileBody { namespace, repair }).await {
+            match reconcile_all(&client.client(), namespace, repair).await {
                 Ok(r) => {
                     if client.json {
                         print_json(&r);
@@ -427,6 +427,27 @@ pub async fn memory(cmd: MemoryCmd) -> i32 {
             show(client.json, client.client().rebuild_memory(&RebuildBody { namespace }).await, |p| {
                 println!("rebuild started: {} episodes; progress in `ferry memory stats`", p.total)
             })
+        }
+    }
+}
+
+/// Every part of a reconcile, summed: the server answers within its time budget with a cursor
+/// to resume from.
+async fn reconcile_all(
+    c: &ferry_client::Client,
+    namespace: Option<String>,
+    repair: bool,
+) -> Result<ferry_core::wire::ReconcileReport, ferry_client::ClientError> {
+    let mut total = ferry_core::wire::ReconcileReport::default();
+    let mut cursor = None;
+    loop {
+        let r = c.reconcile_memory(&ReconcileBody { namespace: namespace.clone(), repair, cursor }).await?;
+        total.checked += r.checked;
+        total.mismatches.add(r.mismatches);
+        total.repaired += r.repaired;
+        match r.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(total),
         }
     }
 }

@@ -15,6 +15,7 @@ mod import_dir;
 mod items;
 mod ledger;
 mod memory;
+mod memory_load;
 mod messages;
 mod migrate;
 mod multinode;

@@ -869,6 +869,9 @@ pub struct ReconcileBody {
     /// Rewrite the mismatched derived rows.
     #[serde(default)]
     pub repair: bool,
+    /// Resume where an answer's `next_cursor` left off.
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 /// Derived rows that differ from what their episodes say.
@@ -905,6 +908,10 @@ pub struct ReconcileReport {
     pub mismatches: Mismatches,
     /// Derived rows rewritten.
     pub repaired: u64,
+    /// Where to resume (`cursor`) when the request's time budget ran out first
+    /// (`[memory] reconcile_budget_ms`); null once the last episode was checked.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/memory/rebuild` body.

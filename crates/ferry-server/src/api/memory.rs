@@ -47,6 +47,9 @@ pub struct MemoryConfig {
     pub retention_ms: i64,
     /// How often the retention pass runs.
     pub retention_interval_ms: u64,
+    /// Longest one reconcile request works before answering with a `next_cursor` to resume
+    /// from, so a large store never holds a request past a client's deadline.
+    pub reconcile_budget_ms: u64,
 }
 
 impl Default for MemoryConfig {
@@ -62,6 +65,7 @@ impl Default for MemoryConfig {
             vectors: true,
             retention_ms: 0,
             retention_interval_ms: 60_000,
+            reconcile_budget_ms: 2_000,
         }
     }
 }
@@ -517,8 +521,15 @@ pub async fn reconcile(
         ferry_core::validate::queue_name(ns, &st.limits, "namespace")?;
     }
     let mode = if body.repair { PassMode::Repair } else { PassMode::Check };
+    let from = match &body.cursor {
+        None => 0,
+        Some(c) => {
+            c.parse::<i64>().map_err(|_| Error::invalid("cursor", "not a cursor returned by this server"))?
+        }
+    };
     let mut report = ReconcileReport::default();
-    let mut after = 0;
+    let (mut after, started) = (from, Instant::now());
+    let budget = Duration::from_millis(st.memory.config.reconcile_budget_ms);
     loop {
         let pass = DerivedPass { namespace: body.namespace.clone(), after, batch: st.memory.batch, mode };
         let o = st.store.memory_pass(pass).await?;
@@ -526,11 +537,18 @@ pub async fn reconcile(
         report.mismatches.add(o.mismatches);
         report.repaired += o.repaired;
         match o.next {
+            Some(n) if started.elapsed() >= budget => {
+                report.next_cursor = Some(n.to_string());
+                break;
+            }
             Some(n) => after = n,
             None => break,
         }
     }
-    st.metrics.memory_mismatches(if body.repair { 0 } else { report.mismatches.total() });
+    // The gauge says what a whole check found; a part of one says nothing about the rest.
+    if from == 0 && report.next_cursor.is_none() {
+        st.metrics.memory_mismatches(if body.repair { 0 } else { report.mismatches.total() });
+    }
     Ok(Json(report))
 }
 
@@ -584,6 +602,9 @@ pub async fn rebuild(
     Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }
 
+/// Most episodes one retention transaction deletes.
+const RETENTION_BATCH_MAX: usize = 100;
+
 /// Deletes episodes past `[memory] retention_ms`, a batch per transaction, every interval.
 pub async fn retention(st: AppState, batch: usize, mut stop: tokio::sync::watch::Receiver<bool>) {
     let cfg = st.memory.config.clone();
@@ -591,6 +612,9 @@ pub async fn retention(st: AppState, batch: usize, mut stop: tokio::sync::watch:
         return;
     }
     let every = Duration::from_millis(cfg.retention_interval_ms.max(10));
+    // A retention transaction holds its namespaces' counters until it commits, and adds to
+    // them wait: small transactions keep that wait short.
+    let batch = batch.clamp(1, RETENTION_BATCH_MAX);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -598,8 +622,8 @@ pub async fn retention(st: AppState, batch: usize, mut stop: tokio::sync::watch:
         }
         let before = st.store.clock().now_ms() - cfg.retention_ms;
         loop {
-            match st.store.retire_episodes(before, batch.max(1)).await {
-                Ok(n) if n as usize >= batch.max(1) => continue,
+            match st.store.retire_episodes(before, batch).await {
+                Ok(n) if n as usize >= batch => continue,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "memory retention pass failed");

@@ -14,7 +14,7 @@ use ferry_core::memory::{AddOutcome, Candidate, Episode, EpisodePatch, NewEpisod
 use ferry_core::wire::{MemoryStats, Mismatches, episode_not_found};
 use ferry_core::{EventType, Result, Timestamp};
 use serde_json::json;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -131,30 +131,65 @@ async fn lock_namespaces<C: GenericClient + Sync>(
     Ok(out)
 }
 
+/// The batch's namespaces' embedding dimensions, their counter rows created if absent. No row is
+/// locked unless this batch may fix a dimension (a namespace without one, and an embedding in
+/// the batch): then all of them are, in order, before deciding, as deletes and retention lock
+/// them. Otherwise the counters are locked only by the update at the end of `add`, so adds to
+/// one namespace overlap but for their commits.
+async fn batch_dims<C: GenericClient + Sync>(
+    c: &C,
+    batch: &[NewEpisode],
+) -> Result<HashMap<String, Option<u32>>> {
+    let namespaces: BTreeSet<&str> = batch.iter().map(|e| e.namespace.as_str()).collect();
+    let mut out = HashMap::new();
+    for ns in &namespaces {
+        c.execute(
+            "INSERT INTO memory_namespaces (namespace, episodes, bytes) VALUES ($1, 0, 0) ON CONFLICT DO NOTHING",
+            &[ns],
+        )
+        .await
+        .map_err(pg_err)?;
+        let r = c
+            .query_one("SELECT dims FROM memory_namespaces WHERE namespace = $1", &[ns])
+            .await
+            .map_err(pg_err)?;
+        let dims: Option<i32> = r.col(0)?;
+        out.insert(ns.to_string(), dims.map(|d| d as u32));
+    }
+    let fixes =
+        batch.iter().any(|e| e.embedding.is_some() && out.get(&e.namespace).is_some_and(Option::is_none));
+    if fixes {
+        return lock_namespaces(c, namespaces).await;
+    }
+    Ok(out)
+}
+
 async fn add<C: GenericClient + Sync>(
     c: &C,
     now: i64,
     batch: &[NewEpisode],
     fx: &mut Effects,
 ) -> Result<Vec<AddOutcome>> {
-    let dims = lock_namespaces(c, batch.iter().map(|e| e.namespace.as_str()).collect()).await?;
+    let dims = batch_dims(c, batch).await?;
     let mut stored = Vec::with_capacity(batch.len());
     for e in batch {
         stored.push(stored_for(c, e).await?);
     }
     let plan = decide(batch, &stored, &dims, batch.len() == 1)?;
     let mut out = Vec::with_capacity(batch.len());
+    let mut counts: BTreeMap<&str, (i64, i64, Option<i32>)> = BTreeMap::new();
     for (e, dup) in batch.iter().zip(plan) {
         if let Some(id) = dup {
             out.push(AddOutcome { id, created_at: None, duplicate: true });
             continue;
         }
         let k = cols(e, now);
-        let seq: i64 = c
-            .query_one(
+        let seq: Option<i64> = c
+            .query_opt(
                 "INSERT INTO episodes (id, namespace, agent, domain, task_type, outcome, at, importance, tags, version,
                      created_at, updated_at, idempotency_key, body_hash, bytes, content, embedding)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10, $11, $12, $13, $14, $15) RETURNING seq",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10, $11, $12, $13, $14, $15)
+                 ON CONFLICT DO NOTHING RETURNING seq",
                 &[
                     &e.id,
                     &e.namespace,
@@ -175,20 +210,47 @@ async fn add<C: GenericClient + Sync>(
             )
             .await
             .map_err(pg_err)?
-            .col(0)?;
+            .map(|r| r.col(0))
+            .transpose()?;
+        let Some(seq) = seq else {
+            // A concurrent call stored this key (or id) and committed after this one looked: the
+            // answer it would have had coming second.
+            match stored_for(c, e).await? {
+                Some((id, hash)) if hash == e.body_hash => {
+                    out.push(AddOutcome { id, created_at: None, duplicate: true });
+                    continue;
+                }
+                Some((id, _)) => return Err(stored_conflict(e, id)),
+                None => return Err(corrupt_conflict(e)),
+            }
+        };
         write_derived(c, seq, &derived(&e.content, &e.tags, e.embedding.as_deref())).await?;
-        let d = e.embedding.as_ref().map(|v| v.len() as i32);
-        c.execute(
-            "UPDATE memory_namespaces SET episodes = episodes + 1, bytes = bytes + $2, dims = COALESCE(dims, $3)
-             WHERE namespace = $1",
-            &[&e.namespace, &e.bytes, &d],
-        )
-        .await
-        .map_err(pg_err)?;
+        let n = counts.entry(e.namespace.as_str()).or_insert((0, 0, None));
+        n.0 += 1;
+        n.1 += e.bytes;
+        n.2 = n.2.or(e.embedding.as_ref().map(|v| v.len() as i32));
         fx.event(added_event(e, now));
         out.push(AddOutcome { id: e.id, created_at: Some(Timestamp(now)), duplicate: false });
     }
+    // Counters last, in namespace order: their row locks are held only through the commit.
+    for (ns, (n, bytes, d)) in counts {
+        c.execute(
+            "UPDATE memory_namespaces SET episodes = episodes + $2, bytes = bytes + $3, dims = COALESCE(dims, $4)
+             WHERE namespace = $1",
+            &[&ns, &n, &bytes, &d],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
     Ok(out)
+}
+
+/// A conflict on insert whose stored row the next statement cannot see (it was deleted since).
+fn corrupt_conflict(e: &NewEpisode) -> ferry_core::Error {
+    ferry_core::Error::new(
+        ferry_core::ErrorCode::Unavailable,
+        format!("episode {} met a concurrent write of its key; send it again", e.id),
+    )
 }
 
 async fn patch<C: GenericClient + Sync>(
@@ -263,6 +325,57 @@ async fn delete<C: GenericClient + Sync>(
     .map_err(pg_err)?;
     fx.event(event(EventType::EpisodeDeleted, &ns, now, json!({ "id": id, "reason": reason })));
     Ok(true)
+}
+
+/// Deletes the oldest `batch` episodes stored before `before_ms`, in a few set statements; their
+/// namespaces' counters last, one by one in order, so adds wait for them only through the
+/// commit (a statement per episode held every namespace's counter for seconds under load).
+async fn retire<C: GenericClient + Sync>(
+    c: &C,
+    now: i64,
+    before_ms: i64,
+    batch: usize,
+    fx: &mut Effects,
+) -> Result<u64> {
+    let rows = c
+        .query(
+            "DELETE FROM episodes WHERE seq IN
+                 (SELECT seq FROM episodes WHERE created_at < $1 ORDER BY created_at LIMIT $2)
+             RETURNING seq, id, namespace, bytes",
+            &[&before_ms, &(batch as i64)],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut counts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut gone = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (seq, id, ns, bytes): (i64, Uuid, String, i64) = (r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?);
+        seqs.push(seq);
+        let n = counts.entry(ns.clone()).or_default();
+        (n.0, n.1) = (n.0 + 1, n.1 + bytes);
+        gone.push((seq, id, ns));
+    }
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    for table in ["episode_tags", "episode_vectors"] {
+        c.execute(&format!("DELETE FROM {table} WHERE seq = ANY($1)"), &[&seqs]).await.map_err(pg_err)?;
+    }
+    for (ns, (n, bytes)) in &counts {
+        c.execute(
+            "UPDATE memory_namespaces SET episodes = episodes - $2, bytes = bytes - $3 WHERE namespace = $1",
+            &[ns, n, bytes],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
+    // Events in the order the episodes were stored.
+    gone.sort_by_key(|g| g.0);
+    for (_, id, ns) in gone {
+        fx.event(event(EventType::EpisodeDeleted, &ns, now, json!({ "id": id, "reason": "retention" })));
+    }
+    Ok(seqs.len() as u64)
 }
 
 async fn read_candidates<C: GenericClient + Sync>(
@@ -523,7 +636,7 @@ impl MemoryStore for PgStore {
     }
 
     async fn get_episodes(&self, ids: Vec<Uuid>) -> Result<Vec<Episode>> {
-        self.read(move |c| {
+        self.search_read(move |c| {
             boxed!({
                 let rows = c
                     .query(
@@ -562,7 +675,7 @@ impl MemoryStore for PgStore {
     }
 
     async fn memory_candidates(&self, q: CandidateQuery) -> Result<CandidateSet> {
-        self.read(move |c| boxed!(candidates(&**c, &q).await)).await
+        self.search_read(move |c| boxed!(candidates(&**c, &q).await)).await
     }
 
     async fn memory_stats(&self, ns: Option<String>, allowed: Option<Vec<String>>) -> Result<MemoryStats> {
@@ -577,29 +690,7 @@ impl MemoryStore for PgStore {
     }
 
     async fn retire_episodes(&self, before_ms: i64, batch: usize) -> Result<u64> {
-        self.tx("memory.retire", move |tx, now, fx| {
-            boxed!({
-                let rows = tx
-                    .query(
-                        "SELECT seq, namespace FROM episodes WHERE created_at < $1 ORDER BY created_at LIMIT $2",
-                        &[&before_ms, &(batch as i64)],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                let mut namespaces = BTreeSet::new();
-                let mut seqs = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    seqs.push(r.col::<i64>(0)?);
-                    namespaces.insert(r.col::<String>(1)?);
-                }
-                lock_namespaces(&**tx, namespaces.iter().map(String::as_str).collect()).await?;
-                let mut n = 0;
-                for seq in seqs {
-                    n += u64::from(delete(&**tx, now, seq, "retention", fx).await?);
-                }
-                Ok(n)
-            })
-        })
-        .await
+        self.tx("memory.retire", move |tx, now, fx| boxed!(retire(&**tx, now, before_ms, batch, fx).await))
+            .await
     }
 }

@@ -83,6 +83,8 @@ impl PgConfig {
 /// A ferry store in PostgreSQL.
 pub struct PgStore {
     pool: Pool,
+    /// Connections for memory searches only (`pool_size / 2`).
+    search_pool: Pool,
     notifier: Arc<Notifier>,
     clock: Arc<dyn Clock>,
     limits: Arc<Limits>,
@@ -134,7 +136,15 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
 }
 
 pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> Error {
-    Error::unavailable(format!("database unavailable: {e}"))
+    match e {
+        // Every pooled connection stayed busy for `limits.max_pool_wait_ms`: load, not an
+        // outage, so the breaker does not count it.
+        deadpool_postgres::PoolError::Timeout(_) => Error::new(
+            ErrorCode::ServerSaturated,
+            "no database connection came free within limits.max_pool_wait_ms; retry shortly",
+        ),
+        e => Error::unavailable(format!("database unavailable: {e}")),
+    }
 }
 
 /// Reads columns without panicking: a type or index mismatch is an internal error.
@@ -207,10 +217,25 @@ impl PgStore {
             NoTls,
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
+        let wait = Some(Duration::from_millis(config.limits.max_pool_wait_ms.max(1)));
         let pool = Pool::builder(mgr)
             .max_size(config.pool_size)
+            .wait_timeout(wait)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::internal(format!("cannot build the connection pool: {e}")))?;
+        // Memory searches read through connections of their own (as many as the server's
+        // search permits), so writers queued on a namespace's counters cannot starve them.
+        let search_pool = Pool::builder(Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ))
+        .max_size((config.pool_size / 2).max(1))
+        .wait_timeout(wait)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::internal(format!("cannot build the search connection pool: {e}")))?;
         {
             let mut client = pool.get().await.map_err(pool_err)?;
             schema::migrate(&mut client).await?;
@@ -253,6 +278,7 @@ impl PgStore {
         }
         Ok(PgStore {
             pool,
+            search_pool,
             notifier,
             clock,
             limits: Arc::new(config.limits),
@@ -368,6 +394,17 @@ impl PgStore {
         ) -> futures_util::future::BoxFuture<'a, Result<T>>,
     {
         let client = self.pool.get().await.map_err(pool_err)?;
+        f(&client).await
+    }
+
+    /// Runs `f` on a connection of the search pool.
+    async fn search_read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'a> FnOnce(
+            &'a deadpool_postgres::ClientWrapper,
+        ) -> futures_util::future::BoxFuture<'a, Result<T>>,
+    {
+        let client = self.search_pool.get().await.map_err(pool_err)?;
         f(&client).await
     }
 }

@@ -1663,13 +1663,29 @@ class Client:
         """Recomputes every derived row (full-text, tags, vectors) of the episodes of
         `namespace` (default all) and counts those that differ: `{"checked", "mismatches":
         {"fts", "tags", "embeddings"}, "repaired"}`; `repair=True` rewrites them. Scope
-        `admin`. Retried, but with `repair` only when the server refused it before writing."""
+        `admin`. Retried, but with `repair` only when the server refused it before writing.
+        Follows the server's `next_cursor` until every episode was checked."""
         body: dict[str, Any] = {"repair": repair}
         if namespace is not None:
             body["namespace"] = namespace
         retry = REFUSED if repair else ALWAYS
-        out = self._t.call("POST", "/v1/memory/reconcile", body=body, has_body=True, retry=retry)
-        return cast(ReconcileReport, out)
+        total: ReconcileReport = {
+            "checked": 0,
+            "mismatches": {"fts": 0, "tags": 0, "embeddings": 0},
+            "repaired": 0,
+            "next_cursor": None,
+        }
+        while True:  # the server answers within its time budget, with a cursor to go on from
+            out = self._t.call("POST", "/v1/memory/reconcile", body=body, has_body=True, retry=retry)
+            part = cast(ReconcileReport, out)
+            total["checked"] += part["checked"]
+            total["repaired"] += part["repaired"]
+            m, got = total["mismatches"], part["mismatches"]
+            m["fts"], m["tags"] = m["fts"] + got["fts"], m["tags"] + got["tags"]
+            m["embeddings"] += got["embeddings"]
+            if not part.get("next_cursor"):
+                return total
+            body["cursor"] = part["next_cursor"]
 
     @operation("POST", "/v1/memory/rebuild")
     def rebuild_memory(self, namespace: str | None = None) -> RebuildProgress:

@@ -883,6 +883,7 @@ class ReconcileReport(TypedDict):
     checked: int
     mismatches: MemoryMismatches
     repaired: int
+    next_cursor: NotRequired[str | None]
 
 
 # ---- access, workers, hosts --------------------------------------------------------------------

@@ -474,13 +474,53 @@ pub async fn passes_find_nothing_on_a_clean_store_and_retention_retires(h: Harne
     h.finish().await;
 }
 
+/// Concurrent adds: one key sent by many at once is stored once (the others are duplicates of
+/// it), and concurrent first embeddings of two dimensions leave one dimension, refusing the
+/// other; the counters match the rows.
+pub async fn concurrent_adds_agree(h: Harness) {
+    let mut keyed = body("race", "one body under one key");
+    keyed.idempotency_key = Some("same".into());
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..8u128 {
+        let (s, e) = (h.store.clone(), new(100 + n, keyed.clone()));
+        calls.spawn(async move { s.add_episodes(vec![e]).await });
+    }
+    let mut outs = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        outs.push(r.unwrap().unwrap().remove(0));
+    }
+    let first: Vec<_> = outs.iter().filter(|o| !o.duplicate).collect();
+    assert_eq!(first.len(), 1, "{outs:?}");
+    assert!(outs.iter().all(|o| o.id == first[0].id), "{outs:?}");
+    for n in 0..8u128 {
+        let (s, mut b) = (h.store.clone(), body("dims", &format!("vector {n}")));
+        b.embedding = Some(vec![1.0; 2 + (n % 2) as usize]);
+        let e = new(200 + n, b);
+        calls.spawn(async move { s.add_episodes(vec![e]).await });
+    }
+    let mut dims = HashSet::new();
+    while let Some(r) = calls.join_next().await {
+        match r.unwrap() {
+            Ok(o) => {
+                let got = h.store.get_episode(o[0].id).await.unwrap().unwrap();
+                dims.insert(got.embedding.unwrap().len());
+            }
+            Err(e) => assert_eq!(e.code, ErrorCode::ValidationFailed),
+        }
+    }
+    assert_eq!(dims.len(), 1, "one dimension stored: {dims:?}");
+    let stats = h.store.memory_stats(Some("race".into()), None).await.unwrap();
+    assert_eq!(stats.episodes, 1);
+    h.finish().await;
+}
+
 /// Every rule above: `conformance_tests!` runs each against every backend.
 macro_rules! memory_rules {
     () => {
         domain_tests!(memory:
             add_get_list_and_idempotency, patch_and_delete, search_orders_are_pinned,
             search_agrees_with_a_brute_force_oracle,
-            passes_find_nothing_on_a_clean_store_and_retention_retires,
+            passes_find_nothing_on_a_clean_store_and_retention_retires, concurrent_adds_agree,
         );
     };
 }
