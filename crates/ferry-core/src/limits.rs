@@ -215,7 +215,7 @@ impl Default for Limits {
             max_catch_up: 1_000,
             max_queue_depth: 1_000_000,
             max_pending_writes: 50_000,
-            max_pool_wait_ms: 2_000,
+            max_pool_wait_ms: 5_000,
             max_concurrent_requests: 10_000,
             max_rate_limit_keys: 100_000,
             max_tokens: 10_000,

@@ -18,6 +18,9 @@
 //!   batch is searchable (all ten episodes, by its token) and readable by id; an
 //!   unacknowledged batch is all there or not at all (a batch is one transaction); reconcile
 //!   is clean.
+//! - `disk_full_sqlite`: SQLite on a small tmpfs a filler file makes full: adds answer 201 or
+//!   503 while it is full and store again once it has room; after a restart every acknowledged
+//!   episode reads back and is found by its token; reconcile is clean.
 
 use crate::common::Server;
 use crate::common::pg::TestDb;
@@ -683,4 +686,111 @@ async fn sigkill_mid_batch_sqlite() {
 async fn sigkill_mid_batch_postgres() {
     let Some(db) = TestDb::create("ferry_mem_kill").await else { return };
     tokio::time::timeout(Duration::from_secs(300), sigkill_mid_batch(Some(&db))).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk full (SQLite)
+// ---------------------------------------------------------------------------------------------
+
+/// One episode carrying its own token; (status, id when stored).
+async fn add_token(http: &reqwest::Client, base: &str, n: u64) -> (u16, Option<String>) {
+    let body = json!({"namespace": "full", "description": format!("dfull{n} padding {}", "x".repeat(2_000))});
+    match http.post(format!("{base}/v1/memory/episodes")).json(&body).send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            if s != 201 {
+                let code = v["error"]["code"].as_str().unwrap_or("");
+                assert!(
+                    s == 503 && ["unavailable", "circuit_open", "server_saturated"].contains(&code),
+                    "episode {n} on a full disk: {s} {v}"
+                );
+            }
+            (s, v["id"].as_str().map(String::from))
+        }
+        Err(e) => panic!("episode {n}: {e}"),
+    }
+}
+
+/// SQLite on a small tmpfs that a filler file makes full: adds answer 201 or 503 (nothing else)
+/// while it is full, and the same process stores again once the filler is gone; after a clean
+/// restart every acknowledged episode reads back and is found by its token, and reconcile is
+/// clean. Skipped, with a printed reason, where tmpfs cannot be mounted (not root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_sqlite() {
+    let fs = match crate::common::tmpfs::Tmpfs::mount(12 << 20) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED disk_full_sqlite: {why}");
+            return;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        // Declared after `fs`, so the server is gone before the tmpfs is unmounted.
+        let mut server = start(None, tempfile::tempdir_in(fs.path()).unwrap(), "").await;
+        let http = reqwest::Client::new();
+        let mut acked: Vec<(u64, String)> = Vec::new();
+        let mut n = 0u64;
+        for _ in 0..20 {
+            let (s, id) = add_token(&http, &server.url, n).await;
+            assert_eq!(s, 201);
+            acked.push((n, id.unwrap()));
+            n += 1;
+        }
+        let filler = fs.fill();
+        let (t0, mut refused) = (Instant::now(), 0);
+        while refused < 20 && t0.elapsed() < Duration::from_secs(30) {
+            match add_token(&http, &server.url, n).await {
+                (201, Some(id)) => acked.push((n, id)),
+                _ => {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            n += 1;
+        }
+        assert!(refused > 0, "adds on a full disk were refused ({} free)", fs.free());
+        std::fs::remove_file(filler).unwrap();
+        let t1 = Instant::now();
+        loop {
+            if let (201, Some(id)) = add_token(&http, &server.url, n).await {
+                acked.push((n, id));
+                break;
+            }
+            n += 1;
+            assert!(
+                t1.elapsed() < Duration::from_secs(15),
+                "no add stored within 15 s of the disk having room"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_no_panic(&server);
+        server.stop();
+        let mut server = start(None, server.take_dir(), "").await;
+        for (n, id) in &acked {
+            let r = http.get(server.at(&format!("/v1/memory/episodes/{id}"))).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "acknowledged episode {n} after the restart");
+        }
+        for (n, id) in acked.iter().step_by(5) {
+            let body = json!({"namespace": "full", "text": format!("dfull{n}"), "k": 5});
+            let v: Value = http
+                .post(server.at("/v1/memory/search"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let ids: Vec<&str> =
+                v["results"].as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
+            assert_eq!(ids, [id.as_str()], "episode {n} found by its token");
+        }
+        assert_eq!(reconcile_all(&http, &server.url).await.1, [0, 0, 0]);
+        eprintln!("disk full: {} acknowledged, {refused} refused", acked.len());
+        assert_no_panic(&server);
+        server.stop();
+    })
+    .await
+    .unwrap();
 }

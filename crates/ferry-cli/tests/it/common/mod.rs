@@ -5,6 +5,7 @@
 
 pub mod pg;
 pub mod private_pg;
+pub mod tmpfs;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
