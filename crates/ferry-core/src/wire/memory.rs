@@ -871,6 +871,7 @@ pub struct ReconcileBody {
     pub repair: bool,
     /// Resume where an answer's `next_cursor` left off.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
