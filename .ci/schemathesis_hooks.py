@@ -93,11 +93,16 @@ def _capped(value):
         return None
     if isinstance(value, int):
         n = value
+    elif isinstance(value, float) and value.is_integer():
+        # JSON's 21066.0 is the integer 21066 to the server (serde_json reads it as a u64).
+        n = int(value)
     elif isinstance(value, str) and value.isascii() and value.isdigit():
         n = int(value)
     else:
         return None
     if WAIT_CAP_MS < n <= MAX_WAIT_MS:
+        if isinstance(value, float):
+            return float(WAIT_CAP_MS)
         return WAIT_CAP_MS if isinstance(value, int) else str(WAIT_CAP_MS)
     return None
 
