@@ -212,30 +212,11 @@ impl PgStore {
             }
             None => ("ferry_wake".to_string(), "ferry_events".to_string(), "ferry_msg".to_string()),
         };
-        let mgr = Manager::from_config(
-            pg.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let wait = Some(Duration::from_millis(config.limits.max_pool_wait_ms.max(1)));
-        let pool = Pool::builder(mgr)
-            .max_size(config.pool_size)
-            .wait_timeout(wait)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::internal(format!("cannot build the connection pool: {e}")))?;
+        let wait = Duration::from_millis(config.limits.max_pool_wait_ms.max(1));
+        let pool = build_pool(&pg, config.pool_size, wait, "connection pool")?;
         // Memory searches read through connections of their own (as many as the server's
         // search permits), so writers queued on a namespace's counters cannot starve them.
-        let search_pool = Pool::builder(Manager::from_config(
-            pg.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        ))
-        .max_size((config.pool_size / 2).max(1))
-        .wait_timeout(wait)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::internal(format!("cannot build the search connection pool: {e}")))?;
+        let search_pool = build_pool(&pg, (config.pool_size / 2).max(1), wait, "search connection pool")?;
         {
             let mut client = pool.get().await.map_err(pool_err)?;
             schema::migrate(&mut client).await?;
@@ -393,8 +374,7 @@ impl PgStore {
             &'a deadpool_postgres::ClientWrapper,
         ) -> futures_util::future::BoxFuture<'a, Result<T>>,
     {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        f(&client).await
+        read_on(&self.pool, f).await
     }
 
     /// Runs `f` on a connection of the search pool.
@@ -404,9 +384,29 @@ impl PgStore {
             &'a deadpool_postgres::ClientWrapper,
         ) -> futures_util::future::BoxFuture<'a, Result<T>>,
     {
-        let client = self.search_pool.get().await.map_err(pool_err)?;
-        f(&client).await
+        read_on(&self.search_pool, f).await
     }
+}
+
+/// Runs `f` on a connection of `pool`.
+async fn read_on<T, F>(pool: &Pool, f: F) -> Result<T>
+where
+    F: for<'a> FnOnce(&'a deadpool_postgres::ClientWrapper) -> futures_util::future::BoxFuture<'a, Result<T>>,
+{
+    let client = pool.get().await.map_err(pool_err)?;
+    f(&client).await
+}
+
+/// A pool of at most `size` connections to `pg` whose callers wait at most `wait` for one.
+fn build_pool(pg: &tokio_postgres::Config, size: usize, wait: Duration, what: &str) -> Result<Pool> {
+    let mgr =
+        Manager::from_config(pg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(mgr)
+        .max_size(size)
+        .wait_timeout(Some(wait))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::internal(format!("cannot build the {what}: {e}")))
 }
 
 /// Keeps one `LISTEN` connection per node, reconnecting after failures, and turns each
