@@ -235,6 +235,11 @@ fn search_body(ns: &str, seed: u64) -> Value {
     }
 }
 
+/// A POST's JSON answer, whatever its status.
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    http.post(url).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 /// A whole reconcile, following `next_cursor`: (episodes checked, [fts, tags, embeddings]).
 async fn reconcile_all(http: &reqwest::Client, base: &str) -> (u64, [u64; 3]) {
     let (mut checked, mut m, mut body) = (0, [0u64; 3], json!({}));
@@ -268,15 +273,7 @@ async fn reconcile_resumes_from_its_cursor() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let first: Value = http
-        .post(server.at("/v1/memory/reconcile"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first = post_json(&http, &server.at("/v1/memory/reconcile"), &json!({})).await;
     assert_eq!(first["checked"], 3, "{first}");
     assert!(first["next_cursor"].is_string(), "{first}");
     assert_eq!(reconcile_all(&http, &server.url).await, (10, [0, 0, 0]));
@@ -773,15 +770,7 @@ async fn disk_full_sqlite() {
         }
         for (n, id) in acked.iter().step_by(5) {
             let body = json!({"namespace": "full", "text": format!("dfull{n}"), "k": 5});
-            let v: Value = http
-                .post(server.at("/v1/memory/search"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = post_json(&http, &server.at("/v1/memory/search"), &body).await;
             let ids: Vec<&str> =
                 v["results"].as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
             assert_eq!(ids, [id.as_str()], "episode {n} found by its token");
