@@ -66,7 +66,7 @@ pub fn check_host(req: &Request, auth_on: bool, server_names: &[String]) -> Resu
 }
 
 /// Whether the request says it carries a body.
-fn has_body(headers: &HeaderMap) -> bool {
+pub fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)

@@ -535,6 +535,17 @@ fn client_key(req: &Request, principal: Option<&Principal>) -> String {
     }
 }
 
+/// A refusal sent before the request's body was read says `Connection: close`: the server
+/// closes the connection after it (the rest of the body may still be on its way), and a
+/// client told so opens a new one instead of sending its next request into the closing one.
+fn refuse_unread(e: Error, unread: bool) -> Response {
+    let mut resp = ApiError(e).into_response();
+    if unread {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 /// The middleware every request passes; see the module doc for the order of checks.
 pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -546,21 +557,24 @@ pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Resp
         .and_then(|()| crate::edge::check_origin(req.headers(), &st.cors_origins))
         .and_then(|()| crate::edge::check_url(req.uri()))
         .and_then(|()| crate::edge::check_media_type(req.headers()));
+    // Until the body is read, a refusal may leave some of it on the wire.
+    // (HTTP/2 has no `Connection` header: a stream reset serves the same end there.)
+    let unread = crate::edge::has_body(req.headers()) && req.version() <= axum::http::Version::HTTP_11;
     if let Err(e) = edge {
-        return ApiError(e).into_response();
+        return refuse_unread(e, unread);
     }
     let principal = match crate::auth::authenticate(&st, &req) {
         None => None,
         Some(check) => match check.await {
             Ok(p) => p,
-            Err(e) => return ApiError(e).into_response(),
+            Err(e) => return refuse_unread(e, unread),
         },
     };
     // The body arrives before the request may hold a slot: a slow sender holds only its
     // connection.
     let mut req = match crate::edge::buffer_body(&st, req).await {
         Ok(r) => r,
-        Err(e) => return ApiError(e).into_response(),
+        Err(e) => return refuse_unread(e, unread),
     };
     let Ok(_slot) = st.protection.requests.clone().try_acquire_owned().map_err(|e| match e {
         TryAcquireError::Closed | TryAcquireError::NoPermits => (),

@@ -139,3 +139,57 @@ async fn slow_clients_hold_no_request_slot_and_are_closed_by_their_time_limits()
     assert!(started.elapsed() >= Duration::from_secs(5), "closed before the header limit");
     assert!(client.get(server.at("/v1/queues")).send().await.unwrap().status().is_success());
 }
+
+/// Sends `head` (a request's headers, its body withheld) on a fresh connection; returns the
+/// answer's head and whether the server then keeps the connection for another request.
+async fn refused_before_its_body(addr: &str, head: String) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&chunk[..n]).to_ascii_lowercase();
+    let head = answer.split("\r\n\r\n").next().unwrap_or("").to_string();
+    let closed = read_to_close(&mut s, Duration::from_secs(10)).await.is_some();
+    (head, !closed)
+}
+
+/// A request refused before its body was read (its media type, its token) is answered with
+/// `Connection: close`, and the server closes it: a client that reused the connection would
+/// send its next request into one closing under it (a flaky "server disconnected").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_the_body_is_read_closes_the_connection() {
+    let server = Server::start();
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let post = |ctype: &str| {
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {ctype}\r\ncontent-length: 40\r\n\r\n"
+        )
+    };
+    let (head, kept) = refused_before_its_body(&addr, post("text/plain")).await;
+    assert!(head.starts_with("http/1.1 415"), "{head}");
+    assert!(head.contains("connection: close"), "a 415 before the body says so: {head}");
+    assert!(!kept, "the server closed the connection after a refusal with the body unread");
+
+    // A refusal after the body was read (422: no queue) keeps the connection.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let body = "{}";
+    let req = format!(
+        "POST /v1/jobs HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&chunk[..n]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 422"), "{answer}");
+    assert!(!answer.contains("connection: close"), "{answer}");
+
+    let client = reqwest::Client::new();
+    let minted =
+        client.post(server.at("/v1/tokens")).json(&serde_json::json!({"name": "root", "scopes": ["admin"]}));
+    assert_eq!(minted.send().await.unwrap().status(), 201);
+    let (head, kept) = refused_before_its_body(&addr, post("application/json")).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("connection: close"), "a 401 before the body says so: {head}");
+    assert!(!kept);
+}
