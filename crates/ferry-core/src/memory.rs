@@ -5,7 +5,7 @@
 
 use crate::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -344,7 +344,7 @@ pub struct Candidate {
 impl Candidate {
     /// Whether it matches any of `terms` (the text signal).
     pub fn matches(&self, terms: &[String]) -> bool {
-        self.terms.split(' ').any(|t| terms.iter().any(|q| q == t))
+        terms.iter().any(|q| occurrences(&self.terms, q) > 0)
     }
 }
 
@@ -444,7 +444,7 @@ pub fn rank(r: &Ranking, cands: &[Candidate]) -> (Vec<Ranked>, f64) {
 /// Maximal marginal relevance: repeatedly the candidate with the best
 /// `λ·score − (1−λ)·max similarity to those chosen` (ties: the better-ranked one).
 fn mmr(pool: Vec<Ranked>, cands: &[Candidate], lambda: f64, k: usize) -> Vec<Ranked> {
-    let sets: Vec<HashSet<&str>> = pool.iter().map(|p| token_set(&cands[p.index])).collect();
+    let sets: Vec<Vec<&str>> = pool.iter().map(|p| token_set(&cands[p.index])).collect();
     let mut left: Vec<usize> = (0..pool.len()).collect();
     let mut most_similar = vec![f64::NEG_INFINITY; pool.len()];
     let mut out = Vec::with_capacity(k.min(pool.len()));
@@ -467,17 +467,57 @@ fn mmr(pool: Vec<Ranked>, cands: &[Candidate], lambda: f64, k: usize) -> Vec<Ran
     out
 }
 
-fn token_set(c: &Candidate) -> HashSet<&str> {
-    c.terms.split(' ').filter(|t| !t.is_empty()).collect()
+/// A candidate's distinct tokens, sorted (sets this small intersect faster by merging than by
+/// hashing).
+fn token_set(c: &Candidate) -> Vec<&str> {
+    let mut set: Vec<&str> = c.terms.split(' ').filter(|t| !t.is_empty()).collect();
+    set.sort_unstable();
+    set.dedup();
+    set
+}
+
+/// How many tokens two sorted token sets share.
+fn shared(a: &[&str], b: &[&str]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
+}
+
+/// How often `term` occurs as a whole token of the space-joined `terms`.
+fn occurrences(terms: &str, term: &str) -> u32 {
+    if term.is_empty() {
+        return 0;
+    }
+    let b = terms.as_bytes();
+    let whole =
+        |i: usize| (i == 0 || b[i - 1] == b' ') && (i + term.len() == b.len() || b[i + term.len()] == b' ');
+    terms.match_indices(term).filter(|(i, _)| whole(*i)).count() as u32
+}
+
+/// How many tokens the space-joined `terms` holds.
+fn token_count(terms: &str) -> u32 {
+    let b = terms.as_bytes();
+    (0..b.len()).filter(|&i| b[i] != b' ' && (i == 0 || b[i - 1] == b' ')).count() as u32
 }
 
 /// Cosine when both have vectors, else the Jaccard index of their token sets.
-fn similarity(a: &Candidate, b: &Candidate, sa: &HashSet<&str>, sb: &HashSet<&str>) -> f64 {
+fn similarity(a: &Candidate, b: &Candidate, sa: &[&str], sb: &[&str]) -> f64 {
     match (&a.vector, &b.vector) {
         (Some(x), Some(y)) if x.len() == y.len() => dot(x, y),
         _ => {
-            let union = sa.union(sb).count();
-            if union == 0 { 0.0 } else { sa.intersection(sb).count() as f64 / union as f64 }
+            let both = shared(sa, sb);
+            let union = sa.len() + sb.len() - both;
+            if union == 0 { 0.0 } else { both as f64 / union as f64 }
         }
     }
 }
@@ -486,7 +526,7 @@ fn mean_dissimilarity(chosen: &[Ranked], cands: &[Candidate]) -> f64 {
     if chosen.len() < 2 {
         return 0.0;
     }
-    let sets: Vec<HashSet<&str>> = chosen.iter().map(|c| token_set(&cands[c.index])).collect();
+    let sets: Vec<Vec<&str>> = chosen.iter().map(|c| token_set(&cands[c.index])).collect();
     let (mut sum, mut pairs) = (0.0, 0u64);
     for i in 0..chosen.len() {
         for j in i + 1..chosen.len() {
@@ -503,40 +543,35 @@ fn bm25(terms: &[String], cands: &[Candidate]) -> Vec<f64> {
     if terms.is_empty() || cands.is_empty() {
         return vec![0.0; cands.len()];
     }
-    let mut tf: Vec<HashMap<&str, u32>> = Vec::with_capacity(cands.len());
+    let q = terms.len();
+    // Each candidate's count of each query term, row by row (a query has a few terms: a
+    // substring search for each beats splitting and hashing every token).
+    let mut tf = vec![0u32; cands.len() * q];
     let mut lens = Vec::with_capacity(cands.len());
-    for c in cands {
-        let mut counts: HashMap<&str, u32> = HashMap::new();
-        let mut len = 0u32;
-        for t in c.terms.split(' ').filter(|t| !t.is_empty()) {
-            len += 1;
-            if terms.iter().any(|q| q == t) {
-                *counts.entry(t).or_default() += 1;
-            }
+    for (i, c) in cands.iter().enumerate() {
+        for (j, term) in terms.iter().enumerate() {
+            tf[i * q + j] = occurrences(&c.terms, term);
         }
-        tf.push(counts);
-        lens.push(f64::from(len));
+        lens.push(f64::from(token_count(&c.terms)));
     }
     let n = cands.len() as f64;
     let avgdl = (lens.iter().sum::<f64>() / n).max(1.0);
-    let idf: Vec<f64> = terms
-        .iter()
-        .map(|t| {
-            let df = tf.iter().filter(|m| m.contains_key(t.as_str())).count() as f64;
+    let idf: Vec<f64> = (0..q)
+        .map(|j| {
+            let df = tf.chunks_exact(q).filter(|row| row[j] > 0).count() as f64;
             (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
         })
         .collect();
-    tf.iter()
+    tf.chunks_exact(q)
         .zip(&lens)
-        .map(|(m, &dl)| {
-            terms
-                .iter()
+        .map(|(row, &dl)| {
+            row.iter()
                 .zip(&idf)
-                .map(|(t, idf)| {
-                    let f = f64::from(m.get(t.as_str()).copied().unwrap_or(0));
-                    if f == 0.0 {
+                .map(|(&f, idf)| {
+                    if f == 0 {
                         0.0
                     } else {
+                        let f = f64::from(f);
                         idf * f * (BM25_K1 + 1.0) / (f + BM25_K1 * (1.0 - BM25_B + BM25_B * dl / avgdl))
                     }
                 })
@@ -574,6 +609,21 @@ pub fn content_hash(value: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_tokens_are_counted_not_their_prefixes_or_suffixes() {
+        let t = "w1 w10 aw1 w1 w1x w1";
+        assert_eq!(occurrences(t, "w1"), 3);
+        assert_eq!(occurrences(t, "w10"), 1);
+        assert_eq!(occurrences(t, "w"), 0);
+        assert_eq!(occurrences("", "w1"), 0);
+        assert_eq!(occurrences("w1", ""), 0);
+        assert_eq!(token_count(t), 6);
+        assert_eq!(token_count(""), 0);
+        assert_eq!(token_count(" a  b "), 2);
+        assert_eq!(shared(&["a", "b", "d"], &["b", "c", "d", "e"]), 2);
+        assert!(cand(1, "x yz").matches(&["yz".into()]) && !cand(1, "x yz").matches(&["y".into()]));
+    }
 
     fn cand(seq: i64, terms: &str) -> Candidate {
         Candidate {

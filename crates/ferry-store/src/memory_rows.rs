@@ -80,6 +80,8 @@ pub fn cols(e: &NewEpisode, now: i64) -> Cols {
 pub struct Derived {
     /// Its tokens, space-joined.
     pub terms: String,
+    /// Its facet tokens, space-joined (SQLite's full-text index; see [`facets`]).
+    pub facets: String,
     /// Its tags.
     pub tags: Vec<String>,
     /// Its unit vector's bytes.
@@ -87,12 +89,94 @@ pub struct Derived {
 }
 
 /// What an episode's derived rows must hold.
-pub fn derived(content: &EpisodeContent, tags: &[String], embedding: Option<&[f32]>) -> Derived {
+pub fn derived(ns: &str, content: &EpisodeContent, tags: &[String], embedding: Option<&[f32]>) -> Derived {
     Derived {
         terms: content.terms(),
+        facets: facets(ns, content, tags),
         tags: tags.to_vec(),
         vector: embedding.map(|v| memory::vector_bytes(&memory::unit(v))),
     }
+}
+
+/// Lower-case hex of `s`'s bytes: any value as one full-text token of `[0-9a-f]`.
+fn hex(s: &str) -> String {
+    use std::fmt::Write;
+    s.bytes().fold(String::with_capacity(2 * s.len()), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// A facet token: its kind's letter, the namespace and the values, hex, `x` between them.
+/// Every one carries its namespace, so a filter reads one short posting list, not the
+/// intersection of the namespace's with a value's shared by all namespaces.
+fn facet(kind: char, ns: &str, values: &[&str]) -> String {
+    let mut t = format!("{kind}{}", hex(ns));
+    for v in values {
+        t.push('x');
+        t.push_str(&hex(v));
+    }
+    t
+}
+
+/// The facet tokens an episode is found by in SQLite's full-text index (column `facets`): its
+/// namespace (`n`), domain (`d`), task type (`t`), both (`k`), agent (`a`), outcome (`o`) and
+/// tags (`g`). Filters become full-text conditions, so a search reads only the episodes that
+/// pass them (the filter on the episode row read every newer match of other namespaces).
+pub fn facets(ns: &str, c: &EpisodeContent, tags: &[String]) -> String {
+    let mut out = vec![facet('n', ns, &[])];
+    if let Some(d) = &c.domain {
+        out.push(facet('d', ns, &[d]));
+    }
+    if let Some(t) = &c.task_type {
+        out.push(facet('t', ns, &[t]));
+    }
+    if let (Some(d), Some(t)) = (&c.domain, &c.task_type) {
+        out.push(facet('k', ns, &[d, t]));
+    }
+    if let Some(a) = &c.agent {
+        out.push(facet('a', ns, &[a]));
+    }
+    if let Some(o) = &c.outcome {
+        out.push(facet('o', ns, &[o.status.as_str()]));
+    }
+    let tags: std::collections::BTreeSet<&String> = tags.iter().collect();
+    out.extend(tags.into_iter().map(|t| facet('g', ns, &[t])));
+    out.join(" ")
+}
+
+/// The FTS5 condition on column `facets` that `f` sets, for a search (which names its
+/// namespace); `None` when `f` matches nothing (a namespace outside the allowed list).
+pub fn facet_match(f: &EpisodeFilter) -> Result<Option<String>> {
+    let ns = f.namespace.as_deref().ok_or_else(|| Error::internal("a memory search names its namespace"))?;
+    if f.namespaces.as_ref().is_some_and(|list| !list.iter().any(|n| n == ns)) {
+        return Ok(None);
+    }
+    let quoted = |t: String| format!("\"{t}\"");
+    let any = |tokens: Vec<String>| {
+        format!("({})", tokens.into_iter().map(quoted).collect::<Vec<_>>().join(" OR "))
+    };
+    let mut all: Vec<String> = Vec::new();
+    match (&f.domain, &f.task_type) {
+        (Some(d), Some(t)) => all.push(quoted(facet('k', ns, &[d, t]))),
+        (Some(d), None) => all.push(quoted(facet('d', ns, &[d]))),
+        (None, Some(t)) => all.push(quoted(facet('t', ns, &[t]))),
+        (None, None) => {}
+    }
+    if !f.agents.is_empty() {
+        all.push(any(f.agents.iter().map(|a| facet('a', ns, &[a])).collect()));
+    }
+    if !f.outcomes.is_empty() {
+        all.push(any(f.outcomes.iter().map(|o| facet('o', ns, &[o.as_str()])).collect()));
+    }
+    all.extend(f.tags_all.iter().map(|t| quoted(facet('g', ns, &[t]))));
+    if !f.tags_any.is_empty() {
+        all.push(any(f.tags_any.iter().map(|t| facet('g', ns, &[t])).collect()));
+    }
+    if all.is_empty() {
+        all.push(quoted(facet('n', ns, &[])));
+    }
+    Ok(Some(format!("facets : ({})", all.join(" AND "))))
 }
 
 /// Which derived write fails on purpose (`FERRY_MEMORY_FAULT=fts|tags|embeddings`), for the

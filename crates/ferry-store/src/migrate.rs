@@ -530,12 +530,12 @@ pub const TABLES: &[Table] = &[
 /// `tsvector` generated from them.
 pub const PG_ONLY_COLUMNS: &[(&str, &str)] = &[("episodes", "terms"), ("episodes", "tsv")];
 
-/// SQLite's full-text index of episodes (the FTS5 table and its shadow tables): not copied;
-/// after the copy every episode's tokens are rebuilt in PostgreSQL from the episode itself.
+/// SQLite's search rows of episodes (the scan rows, the FTS5 table and its shadow tables): not
+/// copied; after the copy they are derived again from each episode itself.
 pub const SQLITE_ONLY: &[&str] = &[
+    "episode_scan",
     "episode_fts",
     "episode_fts_config",
-    "episode_fts_content",
     "episode_fts_data",
     "episode_fts_docsize",
     "episode_fts_idx",

@@ -486,8 +486,9 @@ async fn corrupt(db: Option<&TestDb>, data_dir: &std::path::Path) {
         None => {
             let c = rusqlite::Connection::open(data_dir.join("ferry.db")).unwrap();
             c.execute_batch(
-                "UPDATE episode_fts SET terms = 'nothing' WHERE rowid = 1;
-                 DELETE FROM episode_fts WHERE rowid = 2;
+                "DELETE FROM episode_fts WHERE rowid = 1;
+                 INSERT INTO episode_fts (rowid, terms, facets) VALUES (1, 'nothing', 'nothing');
+                 UPDATE episode_scan SET terms = 'nothing' WHERE seq = 2;
                  DELETE FROM episode_tags WHERE seq = 3;
                  UPDATE episode_vectors SET vec = zeroblob(12) WHERE seq = 4;",
             )

@@ -224,7 +224,7 @@ async fn add<C: GenericClient + Sync>(
                 None => return Err(corrupt_conflict(e)),
             }
         };
-        write_derived(c, seq, &derived(&e.content, &e.tags, e.embedding.as_deref())).await?;
+        write_derived(c, seq, &derived(&e.namespace, &e.content, &e.tags, e.embedding.as_deref())).await?;
         let n = counts.entry(e.namespace.as_str()).or_insert((0, 0, None));
         n.0 += 1;
         n.1 += e.bytes;
@@ -535,7 +535,7 @@ async fn pass<C: GenericClient + Sync>(c: &C, p: &DerivedPass) -> Result<PassOut
         .query(
             "SELECT e.seq, e.tags, e.content, e.embedding, e.terms,
                     ARRAY(SELECT t.tag FROM episode_tags t WHERE t.seq = e.seq ORDER BY t.tag),
-                    (SELECT vec FROM episode_vectors v WHERE v.seq = e.seq)
+                    (SELECT vec FROM episode_vectors v WHERE v.seq = e.seq), e.namespace
              FROM episodes e WHERE ($1::text IS NULL OR e.namespace = $1) AND e.seq > $2 ORDER BY e.seq LIMIT $3",
             &[&p.namespace, &p.after, &(p.batch as i64)],
         )
@@ -559,7 +559,8 @@ async fn pass<C: GenericClient + Sync>(c: &C, p: &DerivedPass) -> Result<PassOut
             r.col(3)?,
             None,
         ))?;
-        let want = derived(&e.content, &e.tags, e.embedding.as_deref());
+        let ns: String = r.col(7)?;
+        let want = derived(&ns, &e.content, &e.tags, e.embedding.as_deref());
         let (terms, tags, vector): (String, Vec<String>, Option<Vec<u8>>) = (r.col(4)?, r.col(5)?, r.col(6)?);
         let mut m = Mismatches::default();
         if terms != want.terms {

@@ -1,10 +1,11 @@
-//! Episodic memory as SQL over SQLite: an episode, its FTS5 row (rowid = the episode's `seq`),
-//! tag rows and unit vector are written by one writer command, so they commit or roll back
-//! together; a batch is decided before its first write.
+//! Episodic memory as SQL over SQLite: an episode, its scan row (what ranking reads), its FTS5
+//! row (rowid = the episode's `seq`; terms and facet tokens, no content), tag rows and unit
+//! vector are written by one writer command, so they commit or roll back together; a batch is
+//! decided before its first write.
 
 use super::{SqliteStore, db_err};
 use crate::contract::{
-    CandidateQuery, CandidateSet, DerivedPass, EpisodeList, MemoryStore, PassMode, PassOutcome,
+    CandidateQuery, CandidateSet, DerivedPass, EpisodeFilter, EpisodeList, MemoryStore, PassMode, PassOutcome,
 };
 use crate::effects::Effects;
 use crate::memory_rows::*;
@@ -79,11 +80,20 @@ fn namespace_dims(conn: &Connection, ns: &str) -> Result<Option<u32>> {
         .flatten())
 }
 
+/// Writes an episode's derived rows; its episode row is written (the scan row copies from it).
 fn write_derived(conn: &Connection, seq: i64, d: &Derived) -> Result<()> {
     fault("fts", &d.tags)?;
-    conn.prepare_cached("INSERT INTO episode_fts (rowid, terms) VALUES (?1, ?2)")
+    conn.prepare_cached("INSERT INTO episode_fts (rowid, terms, facets) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![seq, d.terms, d.facets]))
+        .map_err(db_err)?;
+    let scanned = conn
+        .prepare_cached(
+            "INSERT INTO episode_scan (seq, id, at, importance, outcome, terms)
+             SELECT seq, id, at, importance, outcome, ?2 FROM episodes WHERE seq = ?1",
+        )
         .and_then(|mut s| s.execute(params![seq, d.terms]))
         .map_err(db_err)?;
+    assert_eq!(scanned, 1, "an episode's derived rows are written after it");
     fault("tags", &d.tags)?;
     for t in &d.tags {
         conn.prepare_cached("INSERT INTO episode_tags (seq, tag) VALUES (?1, ?2)")
@@ -102,6 +112,7 @@ fn write_derived(conn: &Connection, seq: i64, d: &Derived) -> Result<()> {
 fn delete_derived(conn: &Connection, seq: i64) -> Result<()> {
     for sql in [
         "DELETE FROM episode_fts WHERE rowid = ?1",
+        "DELETE FROM episode_scan WHERE seq = ?1",
         "DELETE FROM episode_tags WHERE seq = ?1",
         "DELETE FROM episode_vectors WHERE seq = ?1",
     ] {
@@ -164,7 +175,7 @@ fn add(conn: &Connection, now: i64, batch: &[NewEpisode], fx: &mut Effects) -> R
         })
         .map_err(db_err)?;
         let seq = conn.last_insert_rowid();
-        write_derived(conn, seq, &derived(&e.content, &e.tags, e.embedding.as_deref()))?;
+        write_derived(conn, seq, &derived(&e.namespace, &e.content, &e.tags, e.embedding.as_deref()))?;
         count(conn, &e.namespace, 1, e.bytes, e.embedding.as_ref().map(|v| v.len() as u32))?;
         fx.event(added_event(e, now));
         out.push(AddOutcome { id: e.id, created_at: Some(Timestamp(now)), duplicate: false });
@@ -198,17 +209,9 @@ fn patch(conn: &Connection, now: i64, p: &EpisodePatch, fx: &mut Effects) -> Res
         s.execute(params![seq, serde_json::to_string(&e.tags).expect("tags"), e.importance, e.version, now])
     })
     .map_err(db_err)?;
-    if let Some(tags) = &p.tags {
-        conn.prepare_cached("DELETE FROM episode_tags WHERE seq = ?1")
-            .and_then(|mut s| s.execute([seq]))
-            .map_err(db_err)?;
-        fault("tags", tags)?;
-        for t in tags {
-            conn.prepare_cached("INSERT INTO episode_tags (seq, tag) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(params![seq, t]))
-                .map_err(db_err)?;
-        }
-    }
+    // Tags are facets and importance a scan column: the derived rows are written again.
+    delete_derived(conn, seq)?;
+    write_derived(conn, seq, &derived(&e.namespace, &e.content, &e.tags, e.embedding.as_deref()))?;
     fx.event(event(
         EventType::EpisodeUpdated,
         &e.namespace,
@@ -236,39 +239,53 @@ fn delete(conn: &Connection, now: i64, seq: i64, reason: &str, fx: &mut Effects)
     Ok(())
 }
 
-fn candidates(conn: &Connection, q: &CandidateQuery) -> Result<CandidateSet> {
-    let vec_col = if q.vectors { "(SELECT vec FROM episode_vectors v WHERE v.seq = e.seq)" } else { "NULL" };
-    if let Some(terms) = &q.terms {
-        let mut sql = Sql::new(false);
-        let m = sql.bind(Param::Text(fts_match(terms)));
-        let cond = sql.filter(&q.filter);
-        let lim = sql.bind(Param::Int(q.limit as i64 + 1));
-        let text = format!(
-            "SELECT e.seq, e.id, e.at, e.importance, e.outcome, f.terms, {vec_col}
-             FROM episode_fts f JOIN episodes e ON e.seq = f.rowid
-             WHERE episode_fts MATCH {m} AND {cond} ORDER BY f.rowid DESC LIMIT {lim}"
-        );
-        let found = read_candidates(conn, &text, sql.params)?;
-        return windowed(conn, q, found);
+/// `FROM … WHERE …` of the full-text rows matching `m` and the filter's times (which only the
+/// scan row holds: it is joined as `s` when `scan`, or when the filter has times).
+fn matching(sql: &mut Sql, m: String, f: &EpisodeFilter, scan: bool) -> String {
+    let m = sql.bind(Param::Text(m));
+    let mut text = String::from("FROM episode_fts f");
+    if scan || f.since.is_some() || f.until.is_some() {
+        text.push_str(" JOIN episode_scan s ON s.seq = f.rowid");
     }
+    text.push_str(&format!(" WHERE episode_fts MATCH {m}"));
+    if let Some(since) = f.since {
+        text.push_str(&format!(" AND s.at >= {}", sql.bind(Param::Int(since))));
+    }
+    if let Some(until) = f.until {
+        text.push_str(&format!(" AND s.at < {}", sql.bind(Param::Int(until))));
+    }
+    text
+}
+
+fn candidates(conn: &Connection, q: &CandidateQuery) -> Result<CandidateSet> {
+    let Some(facets) = facet_match(&q.filter)? else {
+        return Ok(CandidateSet { candidates: Vec::new(), truncated: false });
+    };
+    let m = match &q.terms {
+        Some(terms) => format!("terms : ({}) AND {facets}", fts_match(terms)),
+        None => facets.clone(),
+    };
+    let vec_col = if q.vectors { "(SELECT vec FROM episode_vectors v WHERE v.seq = s.seq)" } else { "NULL" };
     let mut sql = Sql::new(false);
-    let cond = sql.filter(&q.filter);
+    let from = matching(&mut sql, m, &q.filter, true);
     let lim = sql.bind(Param::Int(q.limit as i64 + 1));
     let text = format!(
-        "SELECT e.seq, e.id, e.at, e.importance, e.outcome,
-                (SELECT terms FROM episode_fts f WHERE f.rowid = e.seq), {vec_col}
-         FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT {lim}"
+        "SELECT s.seq, s.id, s.at, s.importance, s.outcome, s.terms, {vec_col} {from}
+         ORDER BY f.rowid DESC LIMIT {lim}"
     );
-    Ok(cut(read_candidates(conn, &text, sql.params)?, q.limit, false))
+    let found = read_candidates(conn, &text, sql.params)?;
+    if q.terms.is_some() { windowed(conn, q, &facets, found) } else { Ok(cut(found, q.limit, false)) }
 }
 
 /// Term matches (newest first, `limit + 1` of them) cut to the scan window: the newest
-/// `max_scanned` filter-passing episodes. The window's edge is looked up only when the
-/// matches reach past it: a common term's matches lie among the newest few thousand, and
-/// walking 50,000 index entries for the edge would cost more than the search.
+/// `max_scanned` filter-passing episodes (those matching `facets`). The window's edge is
+/// looked up only when the matches reach past it: a common term's matches lie among the
+/// newest few thousand, and walking 50,000 postings for the edge would cost more than the
+/// search.
 fn windowed(
     conn: &Connection,
     q: &CandidateQuery,
+    facets: &str,
     mut found: Vec<ferry_core::memory::Candidate>,
 ) -> Result<CandidateSet> {
     let total: i64 = conn
@@ -285,11 +302,9 @@ fn windowed(
     // oldest filter-passing episode, where a window cuts episodes whether or not they match.
     let from = if found.len() > q.limit { found[q.limit.saturating_sub(1)].seq } else { i64::MIN };
     let mut sql = Sql::new(false);
-    let cond = sql.filter(&q.filter);
+    let within = matching(&mut sql, facets.to_string(), &q.filter, false);
     let (from, cap) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64 + 1)));
-    let text = format!(
-        "SELECT count(*) FROM (SELECT 1 FROM episodes e WHERE {cond} AND e.seq >= {from} LIMIT {cap})"
-    );
+    let text = format!("SELECT count(*) FROM (SELECT 1 {within} AND f.rowid >= {from} LIMIT {cap})");
     let reach: i64 = conn
         .prepare_cached(&text)
         .and_then(|mut s| s.query_row(params_from_iter(values(sql.params)), |r| r.get(0)))
@@ -298,9 +313,9 @@ fn windowed(
         return Ok(cut(found, q.limit, false));
     }
     let mut sql = Sql::new(false);
-    let cond = sql.filter(&q.filter);
+    let within = matching(&mut sql, facets.to_string(), &q.filter, false);
     let off = sql.bind(Param::Int(q.max_scanned as i64));
-    let text = format!("SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}");
+    let text = format!("SELECT f.rowid {within} ORDER BY f.rowid DESC LIMIT 1 OFFSET {off}");
     // The newest episode past the newest `max_scanned`: it and older ones are out of reach.
     // (Absent only if episodes were deleted between the statements: no window then.)
     let edge: Option<i64> = conn
@@ -396,7 +411,7 @@ fn stats(conn: &Connection, ns: Option<String>, allowed: Option<Vec<String>>) ->
 fn pass(conn: &Connection, p: &DerivedPass) -> Result<PassOutcome> {
     let mut s = conn
         .prepare_cached(
-            "SELECT seq, tags, content, embedding FROM episodes
+            "SELECT seq, tags, content, embedding, namespace FROM episodes
              WHERE (?1 IS NULL OR namespace = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
         .map_err(db_err)?;
@@ -407,6 +422,7 @@ fn pass(conn: &Connection, p: &DerivedPass) -> Result<PassOutcome> {
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, String>(4)?,
             ))
         })
         .map_err(db_err)?
@@ -414,13 +430,14 @@ fn pass(conn: &Connection, p: &DerivedPass) -> Result<PassOutcome> {
         .map_err(db_err)?;
     let mut out = PassOutcome::default();
     let last = rows.last().map(|r| r.0);
-    for (seq, tags, content, embedding) in rows {
+    for (seq, tags, content, embedding, ns) in rows {
         let (_, e) =
             episode_from((seq, Uuid::nil(), String::new(), 0, 0, 0, 0.0, tags, content, embedding, None))?;
-        let want = derived(&e.content, &e.tags, e.embedding.as_deref());
+        let want = derived(&ns, &e.content, &e.tags, e.embedding.as_deref());
         let have = actual(conn, seq)?;
         let mut m = Mismatches::default();
-        if have.terms != Some(want.terms.clone()) {
+        let indexed = (tokens(&want.terms), tokens(&want.facets));
+        if !have.scan_agrees || have.terms != Some(want.terms.clone()) || have.indexed != Some(indexed) {
             m.fts += 1;
         }
         let mut want_tags = want.tags.clone();
@@ -443,7 +460,7 @@ fn pass(conn: &Connection, p: &DerivedPass) -> Result<PassOutcome> {
     // Derived rows whose episode is gone (only a pass over every namespace can tell).
     if p.namespace.is_none() {
         let upto = if rows_full(out.checked, p.batch) { last.unwrap_or(i64::MAX) } else { i64::MAX };
-        for (table, key, kind) in ORPHANS {
+        for (table, key, kind, delete) in ORPHANS {
             let ids: Vec<i64> = conn
                 .prepare_cached(&format!(
                     "SELECT DISTINCT {key} FROM {table} WHERE {key} > ?1 AND {key} <= ?2
@@ -459,9 +476,7 @@ fn pass(conn: &Connection, p: &DerivedPass) -> Result<PassOutcome> {
             }
             if p.mode != PassMode::Check {
                 for id in ids {
-                    conn.prepare_cached(&format!("DELETE FROM {table} WHERE {key} = ?1"))
-                        .and_then(|mut s| s.execute([id]))
-                        .map_err(db_err)?;
+                    conn.prepare_cached(delete).and_then(|mut s| s.execute([id])).map_err(db_err)?;
                 }
                 out.repaired += n;
             }
@@ -475,18 +490,50 @@ fn rows_full(checked: u64, batch: usize) -> bool {
     checked as usize >= batch
 }
 
-/// Derived tables and their key column, for rows without an episode.
-const ORPHANS: &[(&str, &str, &str)] = &[
-    ("episode_fts", "rowid", "fts"),
-    ("episode_tags", "seq", "tags"),
-    ("episode_vectors", "seq", "embeddings"),
+/// Derived tables and their key column, for rows without an episode, and how one is removed
+/// (the full-text index's rows are listed by its own `docsize` table).
+const ORPHANS: &[(&str, &str, &str, &str)] = &[
+    ("episode_fts_docsize", "id", "fts", "DELETE FROM episode_fts WHERE rowid = ?1"),
+    ("episode_scan", "seq", "fts", "DELETE FROM episode_scan WHERE seq = ?1"),
+    ("episode_tags", "seq", "tags", "DELETE FROM episode_tags WHERE seq = ?1"),
+    ("episode_vectors", "seq", "embeddings", "DELETE FROM episode_vectors WHERE seq = ?1"),
 ];
 
+/// How many tokens a space-joined token list holds.
+fn tokens(list: &str) -> u64 {
+    list.split(' ').filter(|t| !t.is_empty()).count() as u64
+}
+
+/// The token counts FTS5 keeps for a row (`docsize.sz`: one varint per column).
+fn docsize(sz: &[u8]) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut it = sz.iter();
+    while let Some(&first) = it.next() {
+        let (mut v, mut b, mut n) = (u64::from(first & 0x7f), first, 1);
+        while b & 0x80 != 0 && n < 9 {
+            let Some(&next) = it.next() else { break };
+            v = if n == 8 { (v << 8) | u64::from(next) } else { (v << 7) | u64::from(next & 0x7f) };
+            b = next;
+            n += 1;
+        }
+        out.push(v);
+    }
+    out
+}
+
 fn actual(conn: &Connection, seq: i64) -> Result<Derived2> {
-    let terms: Option<String> = conn
-        .prepare_cached("SELECT terms FROM episode_fts WHERE rowid = ?1")
+    let scan: Option<(String, bool)> = conn
+        .prepare_cached(
+            "SELECT s.terms, s.id = e.id AND s.at = e.at AND s.importance = e.importance AND s.outcome IS e.outcome
+             FROM episode_scan s JOIN episodes e ON e.seq = s.seq WHERE s.seq = ?1",
+        )
+        .and_then(|mut s| s.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(db_err)?;
+    let sz: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT sz FROM episode_fts_docsize WHERE id = ?1")
         .and_then(|mut s| s.query_row([seq], |r| r.get(0)).optional())
         .map_err(db_err)?;
+    let indexed = sz.map(|b| docsize(&b)).and_then(|c| (c.len() == 2).then(|| (c[0], c[1])));
     let tags: Vec<String> = conn
         .prepare_cached("SELECT tag FROM episode_tags WHERE seq = ?1 ORDER BY tag")
         .and_then(|mut s| s.query_map([seq], |r| r.get(0))?.collect())
@@ -495,12 +542,18 @@ fn actual(conn: &Connection, seq: i64) -> Result<Derived2> {
         .prepare_cached("SELECT vec FROM episode_vectors WHERE seq = ?1")
         .and_then(|mut s| s.query_row([seq], |r| r.get(0)).optional())
         .map_err(db_err)?;
-    Ok(Derived2 { terms, tags, vector })
+    let scan_agrees = scan.as_ref().is_some_and(|s| s.1);
+    Ok(Derived2 { terms: scan.map(|s| s.0), scan_agrees, indexed, tags, vector })
 }
 
-/// Derived rows as found (the full-text row may be missing).
+/// Derived rows as found (the scan and full-text rows may be missing).
 struct Derived2 {
+    /// The scan row's terms.
     terms: Option<String>,
+    /// Whether the scan row's other columns are the episode's.
+    scan_agrees: bool,
+    /// The full-text row's token counts (terms, facets).
+    indexed: Option<(u64, u64)>,
     tags: Vec<String>,
     vector: Option<Vec<u8>>,
 }
@@ -516,13 +569,54 @@ fn retire(conn: &Connection, now: i64, before_ms: i64, batch: usize, fx: &mut Ef
     Ok(seqs.len() as u64)
 }
 
+/// Indexes every episode again when a schema migration asked for it (`memory_reindex` in
+/// `ferry_meta`: derived rows are computed in Rust, not in SQL), in batches, before serving.
+pub fn reindex(conn: &mut Connection) -> Result<()> {
+    let pending = conn
+        .query_row("SELECT 1 FROM ferry_meta WHERE key = 'memory_reindex'", [], |_| Ok(()))
+        .optional()
+        .map_err(db_err)?
+        .is_some();
+    if !pending {
+        return Ok(());
+    }
+    let (started, mut after, mut episodes) = (std::time::Instant::now(), 0, 0);
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+        let out = pass(&tx, &DerivedPass { namespace: None, after, batch: 1_000, mode: PassMode::Rewrite })?;
+        tx.commit().map_err(db_err)?;
+        episodes += out.checked;
+        match out.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    conn.execute("DELETE FROM ferry_meta WHERE key = 'memory_reindex'", []).map_err(db_err)?;
+    tracing::info!(
+        episodes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "memory: episodes indexed again"
+    );
+    Ok(())
+}
+
 /// Violations of the memory invariants.
 pub fn invariants(conn: &Connection) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    let extra = [(
-        "SELECT CAST(seq AS TEXT) FROM episodes e WHERE NOT EXISTS (SELECT 1 FROM episode_fts f WHERE f.rowid = e.seq)",
-        "episode without its full-text row",
-    )];
+    let extra = [
+        (
+            "SELECT CAST(seq AS TEXT) FROM episodes e WHERE NOT EXISTS (SELECT 1 FROM episode_fts_docsize f WHERE f.id = e.seq)",
+            "episode without its full-text row",
+        ),
+        (
+            "SELECT CAST(seq AS TEXT) FROM episodes e WHERE NOT EXISTS (SELECT 1 FROM episode_scan s WHERE s.seq = e.seq)",
+            "episode without its scan row",
+        ),
+        (
+            "SELECT CAST(id AS TEXT) FROM episode_fts_docsize f WHERE NOT EXISTS (SELECT 1 FROM episodes e WHERE e.seq = f.id)",
+            "full-text row without its episode",
+        ),
+    ];
     for (sql, what) in MEMORY_INVARIANTS.iter().chain(extra.iter()) {
         let mut s = conn.prepare(sql).map_err(db_err)?;
         let ids = s.query_map([], |r| r.get::<_, String>(0)).map_err(db_err)?;

@@ -270,6 +270,7 @@ impl SqliteStore {
         ))
         .map_err(db_err)?;
         schema::migrate(&mut conn)?;
+        memory::reindex(&mut conn)?;
         let mut readers = Vec::with_capacity(config.readers);
         for _ in 0..config.readers {
             let r = open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;

@@ -447,6 +447,26 @@ CREATE TABLE memory_namespaces (
     dims      INTEGER
 );
 "#,
+    // Memory search reads one slim row per candidate: `episode_scan` holds what ranking needs
+    // (the episode row carries its whole content). The full-text index keeps no content of its
+    // own and also indexes facet tokens (namespace, domain, task type, agent, outcome, tags),
+    // so filters are full-text conditions. Existing episodes are indexed again on open
+    // (`memory_reindex`: the tokens are computed in Rust).
+    r#"
+DROP TABLE episode_fts;
+CREATE VIRTUAL TABLE episode_fts USING fts5 (
+    terms, facets, content = '', contentless_delete = 1, tokenize = 'ascii'
+);
+CREATE TABLE episode_scan (
+    seq        INTEGER PRIMARY KEY,
+    id         BLOB NOT NULL,
+    at         INTEGER NOT NULL,
+    importance REAL NOT NULL,
+    outcome    TEXT,
+    terms      TEXT NOT NULL
+);
+INSERT OR REPLACE INTO ferry_meta (key, value) SELECT 'memory_reindex', '1' WHERE EXISTS (SELECT 1 FROM episodes);
+"#,
 ];
 
 /// The schema version this build writes.
