@@ -495,19 +495,25 @@ fn shared(a: &[&str], b: &[&str]) -> usize {
 
 /// How often `term` occurs as a whole token of the space-joined `terms`.
 fn occurrences(terms: &str, term: &str) -> u32 {
-    if term.is_empty() {
+    count_in(terms, &memchr::memmem::Finder::new(term))
+}
+
+/// How often `finder`'s needle occurs as a whole token of the space-joined `terms`.
+fn count_in(terms: &str, finder: &memchr::memmem::Finder<'_>) -> u32 {
+    let n = finder.needle().len();
+    if n == 0 {
         return 0;
     }
     let b = terms.as_bytes();
-    let whole =
-        |i: usize| (i == 0 || b[i - 1] == b' ') && (i + term.len() == b.len() || b[i + term.len()] == b' ');
-    terms.match_indices(term).filter(|(i, _)| whole(*i)).count() as u32
+    let whole = |i: usize| (i == 0 || b[i - 1] == b' ') && (i + n == b.len() || b[i + n] == b' ');
+    finder.find_iter(b).filter(|&i| whole(i)).count() as u32
 }
 
 /// How many tokens the space-joined `terms` holds.
 fn token_count(terms: &str) -> u32 {
     let b = terms.as_bytes();
-    (0..b.len()).filter(|&i| b[i] != b' ' && (i == 0 || b[i - 1] == b' ')).count() as u32
+    let starts = memchr::memchr_iter(b' ', b).filter(|&i| i + 1 < b.len() && b[i + 1] != b' ').count();
+    (starts + usize::from(b.first().is_some_and(|&c| c != b' '))) as u32
 }
 
 /// Cosine when both have vectors, else the Jaccard index of their token sets.
@@ -548,9 +554,11 @@ fn bm25(terms: &[String], cands: &[Candidate]) -> Vec<f64> {
     // substring search for each beats splitting and hashing every token).
     let mut tf = vec![0u32; cands.len() * q];
     let mut lens = Vec::with_capacity(cands.len());
+    let finders: Vec<memchr::memmem::Finder<'_>> =
+        terms.iter().map(|t| memchr::memmem::Finder::new(t.as_str())).collect();
     for (i, c) in cands.iter().enumerate() {
-        for (j, term) in terms.iter().enumerate() {
-            tf[i * q + j] = occurrences(&c.terms, term);
+        for (j, finder) in finders.iter().enumerate() {
+            tf[i * q + j] = count_in(&c.terms, finder);
         }
         lens.push(f64::from(token_count(&c.terms)));
     }
