@@ -341,10 +341,20 @@ pub struct Candidate {
     pub vector: Option<Vec<f32>>,
 }
 
-impl Candidate {
-    /// Whether it matches any of `terms` (the text signal).
-    pub fn matches(&self, terms: &[String]) -> bool {
-        terms.iter().any(|q| occurrences(&self.terms, q) > 0)
+/// A search's query terms, each with its substring finder built once for every candidate.
+pub struct QueryTerms<'a> {
+    finders: Vec<memchr::memmem::Finder<'a>>,
+}
+
+impl<'a> QueryTerms<'a> {
+    /// Finders for `terms`.
+    pub fn new(terms: &'a [String]) -> QueryTerms<'a> {
+        QueryTerms { finders: terms.iter().map(|t| memchr::memmem::Finder::new(t.as_str())).collect() }
+    }
+
+    /// Whether `c` holds any of the terms (the text signal).
+    pub fn any_in(&self, c: &Candidate) -> bool {
+        self.finders.iter().any(|f| count_in(&c.terms, f) > 0)
     }
 }
 
@@ -493,11 +503,6 @@ fn shared(a: &[&str], b: &[&str]) -> usize {
     n
 }
 
-/// How often `term` occurs as a whole token of the space-joined `terms`.
-fn occurrences(terms: &str, term: &str) -> u32 {
-    count_in(terms, &memchr::memmem::Finder::new(term))
-}
-
 /// How often `finder`'s needle occurs as a whole token of the space-joined `terms`.
 fn count_in(terms: &str, finder: &memchr::memmem::Finder<'_>) -> u32 {
     let n = finder.needle().len();
@@ -554,10 +559,9 @@ fn bm25(terms: &[String], cands: &[Candidate]) -> Vec<f64> {
     // substring search for each beats splitting and hashing every token).
     let mut tf = vec![0u32; cands.len() * q];
     let mut lens = Vec::with_capacity(cands.len());
-    let finders: Vec<memchr::memmem::Finder<'_>> =
-        terms.iter().map(|t| memchr::memmem::Finder::new(t.as_str())).collect();
+    let query = QueryTerms::new(terms);
     for (i, c) in cands.iter().enumerate() {
-        for (j, finder) in finders.iter().enumerate() {
+        for (j, finder) in query.finders.iter().enumerate() {
             tf[i * q + j] = count_in(&c.terms, finder);
         }
         lens.push(f64::from(token_count(&c.terms)));
@@ -618,6 +622,10 @@ pub fn content_hash(value: &serde_json::Value) -> String {
 mod tests {
     use super::*;
 
+    fn occurrences(terms: &str, term: &str) -> u32 {
+        count_in(terms, &memchr::memmem::Finder::new(term))
+    }
+
     #[test]
     fn whole_tokens_are_counted_not_their_prefixes_or_suffixes() {
         let t = "w1 w10 aw1 w1 w1x w1";
@@ -630,7 +638,10 @@ mod tests {
         assert_eq!(token_count(""), 0);
         assert_eq!(token_count(" a  b "), 2);
         assert_eq!(shared(&["a", "b", "d"], &["b", "c", "d", "e"]), 2);
-        assert!(cand(1, "x yz").matches(&["yz".into()]) && !cand(1, "x yz").matches(&["y".into()]));
+        let (yz, y) = (["yz".to_string()], ["y".to_string()]);
+        assert!(
+            QueryTerms::new(&yz).any_in(&cand(1, "x yz")) && !QueryTerms::new(&y).any_in(&cand(1, "x yz"))
+        );
     }
 
     fn cand(seq: i64, terms: &str) -> Candidate {

@@ -484,6 +484,7 @@ pub async fn search<S: MemoryStore + ?Sized>(store: &S, plan: SearchPlan) -> Res
             }
             let mut reason: Option<String> = None;
             let mut found = None;
+            let text_signal = terms.as_deref().map(memory::QueryTerms::new);
             for (name, f) in levels {
                 let set = store.memory_candidates(query(f, None)).await?;
                 let signals = set
@@ -491,7 +492,7 @@ pub async fn search<S: MemoryStore + ?Sized>(store: &S, plan: SearchPlan) -> Res
                     .iter()
                     .filter(|c| {
                         (terms.is_none() && r.vector.is_none())
-                            || terms.as_ref().is_some_and(|t| c.matches(t))
+                            || text_signal.as_ref().is_some_and(|q| q.any_in(c))
                             || (r.vector.is_some() && c.vector.is_some())
                     })
                     .count();
