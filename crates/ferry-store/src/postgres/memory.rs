@@ -413,8 +413,8 @@ async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Resul
 }
 
 /// Term matches (newest first, `limit + 1` of them) cut to the scan window: the newest
-/// `max_scanned` filter-passing episodes; its edge is looked up only when the matches reach
-/// past it (as on SQLite: `sqlite::memory::windowed`).
+/// `max_scanned` filter-passing episodes; its edge is walked to only as far back as the answer
+/// reaches (as on SQLite: `sqlite::memory::windowed`).
 async fn windowed<C: GenericClient + Sync>(
     c: &C,
     q: &CandidateQuery,
@@ -436,19 +436,10 @@ async fn windowed<C: GenericClient + Sync>(
     let from = if found.len() > q.limit { found[q.limit.saturating_sub(1)].seq } else { i64::MIN };
     let mut sql = Sql::new(true);
     let cond = sql.filter(&q.filter);
-    let (from, cap) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64 + 1)));
+    let (from, off) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64)));
     let text = format!(
-        "SELECT count(*) FROM (SELECT 1 FROM episodes e WHERE {cond} AND e.seq >= {from} LIMIT {cap}) w"
+        "SELECT e.seq FROM episodes e WHERE {cond} AND e.seq >= {from} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}"
     );
-    let b = boxed(sql.params);
-    let reach: i64 = c.query_one(&text, &refs(&b)).await.map_err(pg_err)?.col(0)?;
-    if reach as usize <= q.max_scanned {
-        return Ok(cut(found, q.limit, false));
-    }
-    let mut sql = Sql::new(true);
-    let cond = sql.filter(&q.filter);
-    let off = sql.bind(Param::Int(q.max_scanned as i64));
-    let text = format!("SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}");
     let b = boxed(sql.params);
     let edge: Option<i64> = match c.query_opt(&text, &refs(&b)).await.map_err(pg_err)? {
         Some(r) => Some(r.col(0)?),

@@ -279,9 +279,10 @@ fn candidates(conn: &Connection, q: &CandidateQuery) -> Result<CandidateSet> {
 
 /// Term matches (newest first, `limit + 1` of them) cut to the scan window: the newest
 /// `max_scanned` filter-passing episodes (those matching `facets`). The window's edge is
-/// looked up only when the matches reach past it: a common term's matches lie among the
+/// walked to only as far back as the answer reaches: a common term's matches lie among the
 /// newest few thousand, and walking 50,000 postings for the edge would cost more than the
-/// search.
+/// search. One walk answers both questions (does the answer reach past the window, and where
+/// is its edge).
 fn windowed(
     conn: &Connection,
     q: &CandidateQuery,
@@ -303,21 +304,10 @@ fn windowed(
     let from = if found.len() > q.limit { found[q.limit.saturating_sub(1)].seq } else { i64::MIN };
     let mut sql = Sql::new(false);
     let within = matching(&mut sql, facets.to_string(), &q.filter, false);
-    let (from, cap) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64 + 1)));
-    let text = format!("SELECT count(*) FROM (SELECT 1 {within} AND f.rowid >= {from} LIMIT {cap})");
-    let reach: i64 = conn
-        .prepare_cached(&text)
-        .and_then(|mut s| s.query_row(params_from_iter(values(sql.params)), |r| r.get(0)))
-        .map_err(db_err)?;
-    if reach as usize <= q.max_scanned {
-        return Ok(cut(found, q.limit, false));
-    }
-    let mut sql = Sql::new(false);
-    let within = matching(&mut sql, facets.to_string(), &q.filter, false);
-    let off = sql.bind(Param::Int(q.max_scanned as i64));
-    let text = format!("SELECT f.rowid {within} ORDER BY f.rowid DESC LIMIT 1 OFFSET {off}");
-    // The newest episode past the newest `max_scanned`: it and older ones are out of reach.
-    // (Absent only if episodes were deleted between the statements: no window then.)
+    let (from, off) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64)));
+    let text = format!("SELECT f.rowid {within} AND f.rowid >= {from} ORDER BY f.rowid DESC LIMIT 1 OFFSET {off}");
+    // The newest filter-passing episode past the newest `max_scanned`: it and older ones are
+    // out of reach. Absent: the answer does not reach past the window.
     let edge: Option<i64> = conn
         .prepare_cached(&text)
         .and_then(|mut s| s.query_row(params_from_iter(values(sql.params)), |r| r.get(0)).optional())
