@@ -77,15 +77,25 @@ pub struct BenchArgs {
     /// Rounds per single-job client.
     #[arg(long, default_value_t = 50)]
     rounds: usize,
-    /// Soak: seconds to hold the steady rate.
-    #[arg(long, default_value_t = 1_200)]
-    soak_secs: u64,
+    /// Soak: seconds to hold the steady rate [default: 1200; the memory soak 3600].
+    #[arg(long)]
+    pub(crate) soak_secs: Option<u64>,
     /// Soak: jobs per second enqueued (and worked).
     #[arg(long, default_value_t = 5_000)]
     soak_rate: u64,
     /// Soak: seconds between report lines.
     #[arg(long, default_value_t = 60)]
-    soak_report_secs: u64,
+    pub(crate) soak_report_secs: u64,
+    /// Memory: after its measurements, a soak (100 writers, 1,000 searching clients) for
+    /// --soak-secs, ending in a go/no-go line.
+    #[arg(long)]
+    pub(crate) soak: bool,
+    /// Memory soak: episodes per second, over the 100 writers.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) memory_soak_writes: u64,
+    /// Memory soak: searches per second, over the 1,000 searching clients.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) memory_soak_searches: u64,
     /// Fan-out: WebSocket subscribers.
     #[arg(long, default_value_t = 1_000)]
     subscribers: usize,
@@ -802,6 +812,7 @@ async fn soak(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
     let client = nodes[0].clone();
     let workers = CountingWorkers::spawn(a, nodes, &queue, "soak");
     let per_tick = (a.soak_rate / 10).max(1) as usize;
+    let soak_secs = a.soak_secs.unwrap_or(1_200);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let t0 = Instant::now();
@@ -811,11 +822,11 @@ async fn soak(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
     println!(
         "soak      {} jobs/s for {} s over {} node(s); one line per {} s",
         a.soak_rate,
-        a.soak_secs,
+        soak_secs,
         nodes.len(),
         a.soak_report_secs
     );
-    while t0.elapsed() < Duration::from_secs(a.soak_secs) {
+    while t0.elapsed() < Duration::from_secs(soak_secs) {
         tick.tick().await;
         let specs: Vec<JobSpec> =
             (0..per_tick).map(|_| JobSpec { queue: queue.clone(), ..Default::default() }).collect();

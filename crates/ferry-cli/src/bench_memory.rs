@@ -3,14 +3,16 @@
 //! batch enqueue of jobs measured in the same run; then `--memory-searches` searches (text and
 //! filters, from `--clients` concurrent clients) with their p50/p99, the commonest term's p99,
 //! the server's resident memory before and after, and the jobs' end-to-end rate alone and
-//! beside a second ingest (its cost to the jobs).
+//! beside a second ingest (its cost to the jobs). With `--soak`, a soak follows: 100 writers and
+//! 1,000 searching clients at steady rates for `--soak-secs` (an hour by default), one report
+//! line per interval and a go/no-go line at the end.
 
 use crate::bench::{BenchArgs, jobs_end_to_end, pct, rss};
 use ferry_client::{Client, ClientError};
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::{EpisodeBody, OutcomeBody, SearchBody, SearchContext, SearchFilters};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A deterministic generator (xorshift): the same corpus every run.
 struct Rng(u64);
@@ -221,5 +223,144 @@ pub async fn memory(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(),
         "memory    jobs end to end {alone:.0} jobs/s alone, {with:.0} jobs/s beside an ingest of {extra} episodes ({side_rate:.0}/s): {:.2}x",
         with / alone
     );
+    if a.soak {
+        return soak(a, nodes, &ns, n).await;
+    }
     Ok(())
+}
+
+/// Soak writers and searching clients (the go/no-go load).
+const SOAK_WRITERS: u64 = 100;
+const SOAK_SEARCHERS: u64 = 1_000;
+
+/// What the soak's clients saw in one report interval: latencies in ms, and failures.
+#[derive(Default)]
+struct SoakTally {
+    writes: Vec<f64>,
+    searches: Vec<f64>,
+    write_errors: u64,
+    search_errors: u64,
+    /// Of the errors, the server's "later" (429/503): refusals under load.
+    refused: u64,
+}
+
+impl SoakTally {
+    fn record(tally: &Mutex<SoakTally>, write: bool, started: Instant, r: Result<(), ClientError>) {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut t = tally.lock().expect("tally");
+        match (write, r) {
+            (true, Ok(())) => t.writes.push(ms),
+            (false, Ok(())) => t.searches.push(ms),
+            (w, Err(e)) => {
+                t.refused += u64::from(matches!(e, ClientError::Api { status: 429 | 503, .. }));
+                if w { t.write_errors += 1 } else { t.search_errors += 1 }
+            }
+        }
+    }
+
+    fn absorb(&mut self, other: SoakTally) {
+        self.writes.extend(other.writes);
+        self.searches.extend(other.searches);
+        self.write_errors += other.write_errors;
+        self.search_errors += other.search_errors;
+        self.refused += other.refused;
+    }
+
+    /// (write p99, search p99, error share) in ms and percent.
+    fn figures(&mut self) -> (f64, f64, f64) {
+        self.writes.sort_by(f64::total_cmp);
+        self.searches.sort_by(f64::total_cmp);
+        let errors = self.write_errors + self.search_errors;
+        let all = self.writes.len() as u64 + self.searches.len() as u64 + errors;
+        (pct(&self.writes, 0.99), pct(&self.searches, 0.99), 100.0 * errors as f64 / all.max(1) as f64)
+    }
+}
+
+/// Sleeps about `mean` (uniform in half to one and a half of it), so clients do not march in step.
+async fn jittered(mean: Duration, rng: &mut Rng) {
+    let ms = mean.as_millis().max(2) as u64;
+    tokio::time::sleep(Duration::from_millis(ms / 2 + rng.next() % (ms + 1))).await;
+}
+
+/// The soak: `SOAK_WRITERS` writers adding `--memory-soak-writes` episodes/s in all and
+/// `SOAK_SEARCHERS` clients searching `--memory-soak-searches` times/s in all, over the
+/// ingested namespace, for `--soak-secs`. Go: query p99 < 100 ms, errors < 0.01%, write p99
+/// < 50 ms.
+async fn soak(a: &BenchArgs, nodes: &[Client], ns: &str, ingested: u64) -> Result<(), ()> {
+    let secs = a.soak_secs.unwrap_or(3_600);
+    let write_every = Duration::from_secs_f64(SOAK_WRITERS as f64 / a.memory_soak_writes.max(1) as f64);
+    let search_every = Duration::from_secs_f64(SOAK_SEARCHERS as f64 / a.memory_soak_searches.max(1) as f64);
+    println!(
+        "memory    soak {secs} s: {SOAK_WRITERS} writers ({} episodes/s), {SOAK_SEARCHERS} searching clients ({} searches/s); one line per {} s",
+        a.memory_soak_writes, a.memory_soak_searches, a.soak_report_secs
+    );
+    let tally = Arc::new(Mutex::new(SoakTally::default()));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..SOAK_WRITERS {
+        let (c, tally, ns) = (nodes[w as usize % nodes.len()].clone(), tally.clone(), ns.to_string());
+        tasks.spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w + 1));
+            let mut i = ingested + w;
+            while Instant::now() < deadline {
+                jittered(write_every, &mut rng).await;
+                let t = Instant::now();
+                let r = c.add_episode(&episode(&ns, i, &mut rng)).await.map(|_| ());
+                SoakTally::record(&tally, true, t, r);
+                i += SOAK_WRITERS;
+            }
+        });
+    }
+    for s in 0..SOAK_SEARCHERS {
+        let (c, tally, ns) = (nodes[s as usize % nodes.len()].clone(), tally.clone(), ns.to_string());
+        tasks.spawn(async move {
+            let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (s + 1));
+            while Instant::now() < deadline {
+                jittered(search_every, &mut rng).await;
+                let body = SearchBody {
+                    namespace: ns.clone(),
+                    text: Some(format!("w{} w{}", rng.word(VOCABULARY), rng.word(VOCABULARY))),
+                    filters: (s % 2 == 0).then(|| SearchFilters {
+                        domain: Some(format!("d{}", s % DOMAINS)),
+                        ..Default::default()
+                    }),
+                    k: Some(10),
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let r = c.search_memory(&body).await.map(|_| ());
+                SoakTally::record(&tally, false, t, r);
+            }
+        });
+    }
+    let mut total = SoakTally::default();
+    let every = Duration::from_secs(a.soak_report_secs.max(1));
+    let t0 = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(every.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let mut part = std::mem::take(&mut *tally.lock().expect("tally"));
+        let (w99, s99, err) = part.figures();
+        println!(
+            "memory    soak t={:>5} s  writes {:>5.0}/s (p99 {w99:.2} ms)  searches {:>5.0}/s (p99 {s99:.2} ms)  errors {:.4}% ({} refused)  server memory {}",
+            t0.elapsed().as_secs(),
+            part.writes.len() as f64 / every.as_secs_f64(),
+            part.searches.len() as f64 / every.as_secs_f64(),
+            err,
+            part.refused,
+            rss(&nodes[0]).await
+        );
+        total.absorb(part);
+    }
+    while tasks.join_next().await.is_some() {}
+    total.absorb(std::mem::take(&mut *tally.lock().expect("tally")));
+    let (w99, s99, err) = total.figures();
+    let go = s99 < 100.0 && err < 0.01 && w99 < 50.0;
+    println!(
+        "memory    soak go/no-go: {} ({} writes, {} searches; query p99 {s99:.2} ms < 100, errors {err:.4}% < 0.01% ({} refused), write p99 {w99:.2} ms < 50)",
+        if go { "GO" } else { "NO-GO" },
+        total.writes.len(),
+        total.searches.len(),
+        total.refused
+    );
+    if go { Ok(()) } else { Err(()) }
 }

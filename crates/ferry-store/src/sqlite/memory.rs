@@ -305,7 +305,8 @@ fn windowed(
     let mut sql = Sql::new(false);
     let within = matching(&mut sql, facets.to_string(), &q.filter, false);
     let (from, off) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64)));
-    let text = format!("SELECT f.rowid {within} AND f.rowid >= {from} ORDER BY f.rowid DESC LIMIT 1 OFFSET {off}");
+    let text =
+        format!("SELECT f.rowid {within} AND f.rowid >= {from} ORDER BY f.rowid DESC LIMIT 1 OFFSET {off}");
     // The newest filter-passing episode past the newest `max_scanned`: it and older ones are
     // out of reach. Absent: the answer does not reach past the window.
     let edge: Option<i64> = conn
