@@ -21,9 +21,16 @@
 //! - `disk_full_sqlite`: SQLite on a small tmpfs a filler file makes full: adds answer 201 or
 //!   503 while it is full and store again once it has room; after a restart every acknowledged
 //!   episode reads back and is found by its token; reconcile is clean.
+//! - `postgres_restart_mid_commit`: a private PostgreSQL cluster stopped `immediate` three
+//!   times while 8 clients post batches: 201 or 503 only; afterwards the batches are whole and
+//!   reconcile is clean.
+//! - `read_only_file_sqlite`: the database and its WAL made immutable under a running server:
+//!   adds 201 or 503; the same process stores again once they are writable; after a restart
+//!   every acknowledged episode reads back and is found; reconcile is clean.
 
 use crate::common::Server;
 use crate::common::pg::TestDb;
+use crate::common::private_pg::PrivatePg;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +42,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 async fn start(db: Option<&TestDb>, dir: tempfile::TempDir, toml: &str) -> Server {
+    start_on(db.map(|d| d.url.clone()), dir, toml).await
+}
+
+/// `ferry serve` on the database at `url` (SQLite in `dir` when `None`).
+async fn start_on(url: Option<String>, dir: tempfile::TempDir, toml: &str) -> Server {
     std::fs::write(dir.path().join("ferry.toml"), toml).unwrap();
-    let url = db.map(|d| d.url.clone());
     let envs: &[(&str, &str)] = &[("RUST_LOG", "info,ferry_server::serve=debug")];
     tokio::task::spawn_blocking(move || match &url {
         Some(u) => Server::start_with_env(&["--database", u], dir, envs),
@@ -573,6 +584,66 @@ fn sample(book: &Mutex<KillBook>) -> Vec<(usize, u64)> {
     fresh.iter().enumerate().filter(keep).map(|(_, k)| *k).collect()
 }
 
+/// `KILL_CLIENTS` clients posting batches (client `c` from batch `next[c]`) until `stop`; each
+/// task ends with the client's next batch number. A 503 is sent again; an unanswered batch is
+/// booked as unknown and ends its client.
+fn batch_writers(
+    http: &reqwest::Client,
+    base: &str,
+    book: &Arc<Mutex<KillBook>>,
+    stop: &Arc<AtomicBool>,
+    next: &[u64; KILL_CLIENTS],
+) -> tokio::task::JoinSet<(usize, u64)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, from) in next.iter().copied().enumerate() {
+        let (http, base, book, stop) = (http.clone(), base.to_string(), book.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut b = from;
+            while !stop.load(Ordering::Relaxed) {
+                let r = http
+                    .post(format!("{base}/v1/memory/episodes/batch"))
+                    .json(&kill_batch(c, b))
+                    .send()
+                    .await;
+                let answer = match r {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        r.json::<Value>().await.ok().map(|v| (s, v))
+                    }
+                    Err(_) => None,
+                };
+                let pause_ms = {
+                    let mut book = book.lock().unwrap();
+                    match answer {
+                        Some((201, v)) => {
+                            let ids = v["ids"].as_array().unwrap().iter();
+                            book.acked.insert((c, b), ids.map(|x| x.as_str().unwrap().to_string()).collect());
+                            book.fresh.push((c, b));
+                            5
+                        }
+                        Some((503, _)) => 20,
+                        Some((s, v)) => panic!("batch {c}/{b}: {s} {v}"),
+                        None => {
+                            book.unknown.push((c, b));
+                            book.fresh.push((c, b));
+                            return (c, b + 1);
+                        }
+                    }
+                };
+                // Paced, so a cycle stores hundreds of batches, not thousands; a 503 is
+                // sent again.
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                if pause_ms == 20 {
+                    continue;
+                }
+                b += 1;
+            }
+            (c, b)
+        });
+    }
+    tasks
+}
+
 async fn sigkill_mid_batch(db: Option<&TestDb>) {
     let kills = env_u64("FERRY_MEMORY_KILLS", 20) as usize;
     let http = reqwest::Client::new();
@@ -586,54 +657,7 @@ async fn sigkill_mid_batch(db: Option<&TestDb>) {
         let snapshot = book.lock().unwrap().clone();
         check_batches(&http, &base, &snapshot, &seen, &format!("restart {cycle}")).await;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (c, from) in next.iter().copied().enumerate() {
-            let (http, base, book, stop) = (http.clone(), base.clone(), book.clone(), stop.clone());
-            tasks.spawn(async move {
-                let mut b = from;
-                while !stop.load(Ordering::Relaxed) {
-                    let r = http
-                        .post(format!("{base}/v1/memory/episodes/batch"))
-                        .json(&kill_batch(c, b))
-                        .send()
-                        .await;
-                    let answer = match r {
-                        Ok(r) => {
-                            let s = r.status().as_u16();
-                            r.json::<Value>().await.ok().map(|v| (s, v))
-                        }
-                        Err(_) => None,
-                    };
-                    let pause_ms = {
-                        let mut book = book.lock().unwrap();
-                        match answer {
-                            Some((201, v)) => {
-                                let ids = v["ids"].as_array().unwrap().iter();
-                                book.acked
-                                    .insert((c, b), ids.map(|x| x.as_str().unwrap().to_string()).collect());
-                                book.fresh.push((c, b));
-                                5
-                            }
-                            Some((503, _)) => 20,
-                            Some((s, v)) => panic!("batch {c}/{b}: {s} {v}"),
-                            None => {
-                                book.unknown.push((c, b));
-                                book.fresh.push((c, b));
-                                return (c, b + 1);
-                            }
-                        }
-                    };
-                    // Paced, so a cycle stores hundreds of batches, not thousands; a 503 is
-                    // sent again.
-                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                    if pause_ms == 20 {
-                        continue;
-                    }
-                    b += 1;
-                }
-                (c, b)
-            });
-        }
+        let mut tasks = batch_writers(&http, &base, &book, &stop, &next);
         let pause = 200 + (cycle as u64 * 7919) % 600;
         tokio::time::sleep(Duration::from_millis(pause)).await;
         assert_no_panic(&server);
@@ -657,21 +681,25 @@ async fn sigkill_mid_batch(db: Option<&TestDb>) {
     );
     assert!(!all.acked.is_empty(), "batches were acknowledged");
     check_batches(&http, &base, &all, &seen, "after the last restart").await;
-    // Every batch ever acknowledged is there whole, by listing; the unanswered whole or absent.
-    let stored = listed(&http, &base).await;
+    check_listed(&http, &base, &all, &format!("after {kills} kills")).await;
+    assert_no_panic(&server);
+    server.stop();
+}
+
+/// Every batch ever acknowledged is there whole, by listing; the unanswered whole or absent.
+async fn check_listed(http: &reqwest::Client, base: &str, all: &KillBook, when: &str) {
+    let stored = listed(http, base).await;
     for (key, ids) in &all.acked {
         let mut got = stored.get(&batch_token(key.0, key.1)).cloned().unwrap_or_default();
         let mut want = ids.clone();
         got.sort();
         want.sort();
-        assert_eq!(got, want, "acknowledged batch {key:?} after {kills} kills");
+        assert_eq!(got, want, "{when}: acknowledged batch {key:?}");
     }
     for key in &all.unknown {
         let n = stored.get(&batch_token(key.0, key.1)).map_or(0, Vec::len);
-        assert!(n == 0 || n == BATCH, "unanswered batch {key:?}: {n} of {BATCH}");
+        assert!(n == 0 || n == BATCH, "{when}: unanswered batch {key:?}: {n} of {BATCH}");
     }
-    assert_no_panic(&server);
-    server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,6 +711,77 @@ async fn sigkill_mid_batch_sqlite() {
 async fn sigkill_mid_batch_postgres() {
     let Some(db) = TestDb::create("ferry_mem_kill").await else { return };
     tokio::time::timeout(Duration::from_secs(300), sigkill_mid_batch(Some(&db))).await.unwrap();
+}
+
+/// Waits (≤ 30 s) until at least `more` batches beyond `from` are acknowledged.
+async fn acked_beyond(book: &Mutex<KillBook>, from: usize, more: usize, what: &str) -> usize {
+    let t0 = Instant::now();
+    loop {
+        let n = book.lock().unwrap().acked.len();
+        if n >= from + more {
+            return n;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{what}: {} of {more} batches in 30 s", n - from);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL restarted mid-commit
+// ---------------------------------------------------------------------------------------------
+
+/// PostgreSQL stopped `immediate` (a database crash) while 8 clients post batches, three
+/// times, and started again: every answer is a 201 or a 503 (a 503 is sent again, with the
+/// same idempotency keys); once it is back, batches store again, every acknowledged batch is
+/// whole (by search and by listing), an unanswered one whole or absent, and reconcile is
+/// clean. The cluster is the test's own (`PrivatePg`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_mid_commit() {
+    let Some(pg) = tokio::task::spawn_blocking(|| PrivatePg::start_or_skip("postgres_restart_mid_commit"))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let pg = Arc::new(pg);
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let mut server = start_on(Some(pg.url()), tempfile::tempdir().unwrap(), "").await;
+        let base = server.url.clone();
+        let http = reqwest::Client::new();
+        let book = Arc::new(Mutex::new(KillBook::default()));
+        let mut next = [0u64; KILL_CLIENTS];
+        for cycle in 0..3 {
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut tasks = batch_writers(&http, &base, &book, &stop, &next);
+            let before = book.lock().unwrap().acked.len();
+            let n = acked_beyond(&book, before, 20, &format!("cycle {cycle}: before the stop")).await;
+            let p = pg.clone();
+            tokio::task::spawn_blocking(move || p.down("immediate")).await.unwrap().expect("stop PostgreSQL");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let p = pg.clone();
+            tokio::task::spawn_blocking(move || p.up()).await.unwrap().expect("start PostgreSQL");
+            acked_beyond(&book, n, 20, &format!("cycle {cycle}: after the restart")).await;
+            stop.store(true, Ordering::Relaxed);
+            while let Some(r) = tasks.join_next().await {
+                let (c, b) = r.unwrap();
+                next[c] = b;
+            }
+            let seen = sample(&book);
+            let snapshot = book.lock().unwrap().clone();
+            check_batches(&http, &base, &snapshot, &seen, &format!("after restart {cycle}")).await;
+        }
+        let all = book.lock().unwrap().clone();
+        eprintln!(
+            "postgres restart mid-commit: {} batches acknowledged, {} unanswered",
+            all.acked.len(),
+            all.unknown.len()
+        );
+        check_listed(&http, &base, &all, "after three PostgreSQL restarts").await;
+        assert_no_panic(&server);
+        server.stop();
+    })
+    .await
+    .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,6 +876,140 @@ async fn disk_full_sqlite() {
         }
         assert_eq!(reconcile_all(&http, &server.url).await.1, [0, 0, 0]);
         eprintln!("disk full: {} acknowledged, {refused} refused", acked.len());
+        assert_no_panic(&server);
+        server.stop();
+    })
+    .await
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read-only file (SQLite)
+// ---------------------------------------------------------------------------------------------
+
+/// Sets or clears the immutable attribute (`chattr`), which refuses writes even through file
+/// descriptors already open, even to root: the database turning read-only under the server.
+fn immutable(path: &std::path::Path, on: bool) -> Result<(), String> {
+    let out = std::process::Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run chattr: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("chattr on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Files made immutable, made writable again when dropped (also when a test fails midway, so
+/// its temporary directory can be removed).
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn set(files: Vec<std::path::PathBuf>) -> Immutable {
+        for f in &files {
+            immutable(f, true).unwrap();
+        }
+        Immutable(files)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = immutable(f, false);
+        }
+    }
+}
+
+/// The SQLite database and its WAL turn read-only (immutable) under a running server: adds
+/// answer 201 or 503 (nothing else), and reads 200 or the open breaker's 503; once the files
+/// are writable again the same process stores again; after a clean restart every acknowledged episode reads back and is found by its token, and reconcile is
+/// clean. Skipped, with a printed reason, where `chattr` cannot set the attribute (not root, or
+/// a file system without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_file_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, b"x").unwrap();
+    if let Err(why) = immutable(&probe, true) {
+        eprintln!("SKIPPED read_only_file_sqlite: {why}");
+        return;
+    }
+    immutable(&probe, false).unwrap();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let mut server = start(None, dir, "").await;
+        let http = reqwest::Client::new();
+        let (mut acked, mut n) = (Vec::new(), 0u64);
+        for _ in 0..20 {
+            let (s, id) = add_token(&http, &server.url, n).await;
+            assert_eq!(s, 201);
+            acked.push((n, id.unwrap()));
+            n += 1;
+        }
+        let files: Vec<std::path::PathBuf> = ["ferry.db", "ferry.db-wal"]
+            .iter()
+            .map(|f| server.dir.path().join(f))
+            .filter(|p| p.exists())
+            .collect();
+        assert!(!files.is_empty(), "no database file in {}", server.dir.path().display());
+        let guard = Immutable::set(files);
+        let (t0, mut refused) = (Instant::now(), 0);
+        while refused < 20 && t0.elapsed() < Duration::from_secs(30) {
+            match add_token(&http, &server.url, n).await {
+                (201, Some(id)) => acked.push((n, id)),
+                _ => {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            n += 1;
+        }
+        let (k, id) = &acked[3];
+        let r = http.get(server.at(&format!("/v1/memory/episodes/{id}"))).send().await.unwrap();
+        let read_while_read_only = (r.status().as_u16(), r.text().await.unwrap());
+        let body = json!({"namespace": "full", "text": format!("dfull{k}"), "k": 5});
+        let r = http.post(server.at("/v1/memory/search")).json(&body).send().await.unwrap();
+        let search_while_read_only = (r.status().as_u16(), r.text().await.unwrap());
+        drop(guard);
+        assert!(refused > 0, "adds to a read-only database were refused");
+        // Reads answer, or the breaker (open after the failed writes) refuses them with a 503.
+        for (what, (status, body)) in [("read", &read_while_read_only), ("search", &search_while_read_only)] {
+            assert!(
+                *status == 200 || (*status == 503 && body.contains("circuit_open")),
+                "a {what} while the file is read-only: {status} {body}"
+            );
+        }
+        let t1 = Instant::now();
+        loop {
+            if let (201, Some(id)) = add_token(&http, &server.url, n).await {
+                acked.push((n, id));
+                break;
+            }
+            n += 1;
+            assert!(
+                t1.elapsed() < Duration::from_secs(15),
+                "no add stored within 15 s of the file being writable"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_no_panic(&server);
+        server.stop();
+        let mut server = start(None, server.take_dir(), "").await;
+        for (n, id) in &acked {
+            let r = http.get(server.at(&format!("/v1/memory/episodes/{id}"))).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "acknowledged episode {n} after the restart");
+        }
+        for (n, id) in acked.iter().step_by(5) {
+            let body = json!({"namespace": "full", "text": format!("dfull{n}"), "k": 5});
+            let v = post_json(&http, &server.at("/v1/memory/search"), &body).await;
+            let ids: Vec<&str> =
+                v["results"].as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
+            assert_eq!(ids, [id.as_str()], "episode {n} found by its token");
+        }
+        assert_eq!(reconcile_all(&http, &server.url).await.1, [0, 0, 0]);
+        eprintln!("read-only file: {} acknowledged, {refused} refused", acked.len());
         assert_no_panic(&server);
         server.stop();
     })
