@@ -503,6 +503,8 @@ struct KillBook {
     acked: HashMap<(usize, u64), Vec<String>>,
     unknown: Vec<(usize, u64)>,
     fresh: Vec<(usize, u64)>,
+    /// 503 answers (each batch sent again).
+    refused: u64,
 }
 
 /// Episodes whose description carries `token`, by search.
@@ -621,7 +623,10 @@ fn batch_writers(
                             book.fresh.push((c, b));
                             5
                         }
-                        Some((503, _)) => 20,
+                        Some((503, _)) => {
+                            book.refused += 1;
+                            20
+                        }
                         Some((s, v)) => panic!("batch {c}/{b}: {s} {v}"),
                         None => {
                             book.unknown.push((c, b));
@@ -772,10 +777,12 @@ async fn postgres_restart_mid_commit() {
         }
         let all = book.lock().unwrap().clone();
         eprintln!(
-            "postgres restart mid-commit: {} batches acknowledged, {} unanswered",
+            "postgres restart mid-commit: {} batches acknowledged, {} refused (503), {} unanswered",
             all.acked.len(),
+            all.refused,
             all.unknown.len()
         );
+        assert!(all.refused > 0, "no 503 while PostgreSQL was down: the restarts missed the writers");
         check_listed(&http, &base, &all, "after three PostgreSQL restarts").await;
         assert_no_panic(&server);
         server.stop();
