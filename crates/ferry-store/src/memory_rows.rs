@@ -331,8 +331,12 @@ impl Sql {
         if self.pg { format!("${}", self.params.len()) } else { format!("?{}", self.params.len()) }
     }
 
-    /// `col` is one of `values`.
+    /// `col` is one of `values`. One value is an equality: PostgreSQL walks an index in order
+    /// for `col = $1` (newest first, stopping at the limit), not for `col = ANY($1)`.
     pub fn one_of(&mut self, col: &str, values: &[String]) -> String {
+        if let [one] = values {
+            return format!("{col} = {}", self.bind(Param::Text(one.clone())));
+        }
         if self.pg {
             format!("{col} = ANY({})", self.bind(Param::Texts(values.to_vec())))
         } else {

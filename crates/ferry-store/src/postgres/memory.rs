@@ -392,7 +392,9 @@ async fn read_candidates<C: GenericClient + Sync>(
         .collect()
 }
 
-async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Result<CandidateSet> {
+/// The candidates' statement: filter-passing (and, with terms, term-matching) episodes newest
+/// first, `limit + 1` of them.
+fn candidates_sql(q: &CandidateQuery) -> (String, Vec<Param>) {
     let vec_col =
         if q.vectors { "(SELECT vec FROM episode_vectors v WHERE v.seq = e.seq)" } else { "NULL::bytea" };
     let cols = format!("e.seq, e.id, e.at, e.importance, e.outcome::text, e.terms::text, {vec_col}");
@@ -404,8 +406,36 @@ async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Resul
         extra.push_str(&format!(" AND e.tsv @@ {m}::text::tsquery"));
     }
     let lim = sql.bind(Param::Int(q.limit as i64 + 1));
-    let text = format!("SELECT {cols} FROM episodes e WHERE {cond}{extra} ORDER BY e.seq DESC LIMIT {lim}");
-    let found = read_candidates(c, &text, sql.params).await?;
+    (format!("SELECT {cols} FROM episodes e WHERE {cond}{extra} ORDER BY e.seq DESC LIMIT {lim}"), sql.params)
+}
+
+/// The scan window's edge: the newest filter-passing episode past the newest `max_scanned`,
+/// looked for no further back than `from`.
+fn edge_sql(q: &CandidateQuery, from: i64) -> (String, Vec<Param>) {
+    let mut sql = Sql::new(true);
+    let cond = sql.filter(&q.filter);
+    let (from, off) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64)));
+    let text = format!(
+        "SELECT e.seq FROM episodes e WHERE {cond} AND e.seq >= {from} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}"
+    );
+    (text, sql.params)
+}
+
+/// A list page's statement.
+fn list_sql(l: &EpisodeList) -> (String, Vec<Param>) {
+    let mut sql = Sql::new(true);
+    let cond = sql.filter(&l.filter);
+    let before = sql.bind(Param::Int(l.before.unwrap_or(i64::MAX)));
+    let lim = sql.bind(Param::Int(l.limit as i64 + 1));
+    let text = format!(
+        "SELECT {EPISODE_COLS} FROM episodes e WHERE {cond} AND e.seq < {before} ORDER BY e.seq DESC LIMIT {lim}"
+    );
+    (text, sql.params)
+}
+
+async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Result<CandidateSet> {
+    let (text, params) = candidates_sql(q);
+    let found = read_candidates(c, &text, params).await?;
     if q.terms.is_none() {
         return Ok(cut(found, q.limit, false));
     }
@@ -434,13 +464,8 @@ async fn windowed<C: GenericClient + Sync>(
         return Ok(cut(found, q.limit, false));
     }
     let from = if found.len() > q.limit { found[q.limit.saturating_sub(1)].seq } else { i64::MIN };
-    let mut sql = Sql::new(true);
-    let cond = sql.filter(&q.filter);
-    let (from, off) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64)));
-    let text = format!(
-        "SELECT e.seq FROM episodes e WHERE {cond} AND e.seq >= {from} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}"
-    );
-    let b = boxed(sql.params);
+    let (text, params) = edge_sql(q, from);
+    let b = boxed(params);
     let edge: Option<i64> = match c.query_opt(&text, &refs(&b)).await.map_err(pg_err)? {
         Some(r) => Some(r.col(0)?),
         None => None,
@@ -450,14 +475,8 @@ async fn windowed<C: GenericClient + Sync>(
 }
 
 async fn list<C: GenericClient + Sync>(c: &C, l: &EpisodeList) -> Result<(Vec<Episode>, Option<i64>)> {
-    let mut sql = Sql::new(true);
-    let cond = sql.filter(&l.filter);
-    let before = sql.bind(Param::Int(l.before.unwrap_or(i64::MAX)));
-    let lim = sql.bind(Param::Int(l.limit as i64 + 1));
-    let text = format!(
-        "SELECT {EPISODE_COLS} FROM episodes e WHERE {cond} AND e.seq < {before} ORDER BY e.seq DESC LIMIT {lim}"
-    );
-    let b = boxed(sql.params);
+    let (text, params) = list_sql(l);
+    let b = boxed(params);
     let rows = c.query(&text, &refs(&b)).await.map_err(pg_err)?;
     let mut out: Vec<(i64, Episode)> = rows.iter().map(|r| episode_from(row(r)?)).collect::<Result<_>>()?;
     let next = (out.len() > l.limit).then(|| {
@@ -615,6 +634,33 @@ pub async fn invariants(c: &deadpool_postgres::ClientWrapper) -> Result<Vec<Stri
         }
     }
     Ok(out)
+}
+
+impl PgStore {
+    /// `EXPLAIN` of the statements a search for `q` runs (its candidates, then its scan
+    /// window's edge at the widest) and of the list page `l`, by name: tests pin their plan
+    /// shapes, and an operator sees why a search is slow.
+    pub async fn explain_memory(
+        &self,
+        q: &CandidateQuery,
+        l: &EpisodeList,
+    ) -> Result<Vec<(&'static str, String)>> {
+        let statements =
+            [("candidates", candidates_sql(q)), ("edge", edge_sql(q, i64::MIN)), ("list", list_sql(l))];
+        self.read(|c| {
+            Box::pin(async move {
+                let mut out = Vec::with_capacity(statements.len());
+                for (name, (text, params)) in statements {
+                    let b = boxed(params);
+                    let rows = c.query(&format!("EXPLAIN {text}"), &refs(&b)).await.map_err(pg_err)?;
+                    let lines: Vec<String> = rows.iter().map(|r| r.col(0)).collect::<Result<_>>()?;
+                    out.push((name, lines.join("\n")));
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
 }
 
 #[async_trait]
