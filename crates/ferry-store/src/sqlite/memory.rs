@@ -265,30 +265,29 @@ fn candidates(conn: &Connection, q: &CandidateQuery) -> Result<CandidateSet> {
         Some(terms) => format!("terms : ({}) AND {facets}", fts_match(terms)),
         None => facets.clone(),
     };
+    let edge = if q.terms.is_some() { window_edge(conn, q, &facets)? } else { None };
     let vec_col = if q.vectors { "(SELECT vec FROM episode_vectors v WHERE v.seq = s.seq)" } else { "NULL" };
     let mut sql = Sql::new(false);
-    let from = matching(&mut sql, m, &q.filter, true);
+    let mut from = matching(&mut sql, m, &q.filter, true);
+    if let Some(e) = edge {
+        from.push_str(&format!(" AND f.rowid > {}", sql.bind(Param::Int(e))));
+    }
     let lim = sql.bind(Param::Int(q.limit as i64 + 1));
     let text = format!(
         "SELECT s.seq, s.id, s.at, s.importance, s.outcome, s.terms, {vec_col} {from}
          ORDER BY f.rowid DESC LIMIT {lim}"
     );
     let found = read_candidates(conn, &text, sql.params)?;
-    if q.terms.is_some() { windowed(conn, q, &facets, found) } else { Ok(cut(found, q.limit, false)) }
+    Ok(cut(found, q.limit, edge.is_some()))
 }
 
-/// Term matches (newest first, `limit + 1` of them) cut to the scan window: the newest
-/// `max_scanned` filter-passing episodes (those matching `facets`). The window's edge is
-/// walked to only as far back as the answer reaches: a common term's matches lie among the
-/// newest few thousand, and walking 50,000 postings for the edge would cost more than the
-/// search. One walk answers both questions (does the answer reach past the window, and where
-/// is its edge).
-fn windowed(
-    conn: &Connection,
-    q: &CandidateQuery,
-    facets: &str,
-    mut found: Vec<ferry_core::memory::Candidate>,
-) -> Result<CandidateSet> {
+/// The scan window's edge for a term search: the newest filter-passing episode (one matching
+/// `facets`) past the newest `max_scanned`; it and older ones are out of reach. `None`: the
+/// filter passes at most `max_scanned` episodes, so nothing is cut. Found before the term
+/// matches, so their walk stops at the window: a rare term's matches otherwise lie scattered
+/// through the whole history, each costing a seek into the filter's long posting list, and the
+/// walk to the edge costs at most `max_scanned` postings whatever the history's length.
+fn window_edge(conn: &Connection, q: &CandidateQuery, facets: &str) -> Result<Option<i64>> {
     let total: i64 = conn
         .prepare_cached("SELECT episodes FROM memory_namespaces WHERE namespace = ?1")
         .and_then(|mut s| {
@@ -297,24 +296,15 @@ fn windowed(
         .map_err(db_err)?
         .unwrap_or(0);
     if total as usize <= q.max_scanned {
-        return Ok(cut(found, q.limit, false));
+        return Ok(None);
     }
-    // How far back the answer reaches: to the oldest match kept, or (all matches kept) to the
-    // oldest filter-passing episode, where a window cuts episodes whether or not they match.
-    let from = if found.len() > q.limit { found[q.limit.saturating_sub(1)].seq } else { i64::MIN };
     let mut sql = Sql::new(false);
     let within = matching(&mut sql, facets.to_string(), &q.filter, false);
-    let (from, off) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64)));
-    let text =
-        format!("SELECT f.rowid {within} AND f.rowid >= {from} ORDER BY f.rowid DESC LIMIT 1 OFFSET {off}");
-    // The newest filter-passing episode past the newest `max_scanned`: it and older ones are
-    // out of reach. Absent: the answer does not reach past the window.
-    let edge: Option<i64> = conn
-        .prepare_cached(&text)
+    let off = sql.bind(Param::Int(q.max_scanned as i64));
+    let text = format!("SELECT f.rowid {within} ORDER BY f.rowid DESC LIMIT 1 OFFSET {off}");
+    conn.prepare_cached(&text)
         .and_then(|mut s| s.query_row(params_from_iter(values(sql.params)), |r| r.get(0)).optional())
-        .map_err(db_err)?;
-    found.retain(|c| edge.is_none_or(|e| c.seq > e));
-    Ok(cut(found, q.limit, edge.is_some()))
+        .map_err(db_err)
 }
 
 fn read_candidates(
