@@ -261,43 +261,72 @@ fn candidates(conn: &Connection, q: &CandidateQuery) -> Result<CandidateSet> {
     let Some(facets) = facet_match(&q.filter)? else {
         return Ok(CandidateSet { candidates: Vec::new(), truncated: false });
     };
-    let m = match &q.terms {
-        Some(terms) => format!("terms : ({}) AND {facets}", fts_match(terms)),
-        None => facets.clone(),
+    let Some(terms) = &q.terms else {
+        return Ok(cut(matches(conn, q, facets, (None, None), q.limit + 1)?, q.limit, false));
     };
-    let edge = if q.terms.is_some() { window_edge(conn, q, &facets)? } else { None };
+    let m = format!("terms : ({}) AND {facets}", fts_match(terms));
+    if namespace_episodes(conn, q)? as usize <= q.max_scanned {
+        return Ok(cut(matches(conn, q, m, (None, None), q.limit + 1)?, q.limit, false));
+    }
+    // Episodes past `inside` are within the scan window whatever the namespace holds: fewer
+    // than `max_scanned` episodes of any namespace are newer. A common term's candidates are
+    // all there; a rare term's walk stops there instead of seeking through the whole history.
+    let newest: i64 =
+        conn.query_row("SELECT coalesce(max(seq), 0) FROM episode_scan", [], |r| r.get(0)).map_err(db_err)?;
+    let inside = newest - q.max_scanned as i64;
+    let mut found = matches(conn, q, m.clone(), (Some(inside), None), q.limit + 1)?;
+    if found.len() > q.limit {
+        return Ok(cut(found, q.limit, true));
+    }
+    let edge = window_edge(conn, q, &facets)?;
+    if edge.is_none_or(|e| e < inside) {
+        found.extend(matches(conn, q, m, (edge, Some(inside)), q.limit + 1 - found.len())?);
+    }
+    Ok(cut(found, q.limit, edge.is_some()))
+}
+
+/// Up to `limit` candidates matching `m` (and the filter's times), newest first, with
+/// positions in `(after, upto]`.
+fn matches(
+    conn: &Connection,
+    q: &CandidateQuery,
+    m: String,
+    (after, upto): (Option<i64>, Option<i64>),
+    limit: usize,
+) -> Result<Vec<ferry_core::memory::Candidate>> {
     let vec_col = if q.vectors { "(SELECT vec FROM episode_vectors v WHERE v.seq = s.seq)" } else { "NULL" };
     let mut sql = Sql::new(false);
     let mut from = matching(&mut sql, m, &q.filter, true);
-    if let Some(e) = edge {
-        from.push_str(&format!(" AND f.rowid > {}", sql.bind(Param::Int(e))));
+    if let Some(a) = after {
+        from.push_str(&format!(" AND f.rowid > {}", sql.bind(Param::Int(a))));
     }
-    let lim = sql.bind(Param::Int(q.limit as i64 + 1));
+    if let Some(u) = upto {
+        from.push_str(&format!(" AND f.rowid <= {}", sql.bind(Param::Int(u))));
+    }
+    let lim = sql.bind(Param::Int(limit as i64));
     let text = format!(
         "SELECT s.seq, s.id, s.at, s.importance, s.outcome, s.terms, {vec_col} {from}
          ORDER BY f.rowid DESC LIMIT {lim}"
     );
-    let found = read_candidates(conn, &text, sql.params)?;
-    Ok(cut(found, q.limit, edge.is_some()))
+    read_candidates(conn, &text, sql.params)
 }
 
-/// The scan window's edge for a term search: the newest filter-passing episode (one matching
-/// `facets`) past the newest `max_scanned`; it and older ones are out of reach. `None`: the
-/// filter passes at most `max_scanned` episodes, so nothing is cut. Found before the term
-/// matches, so their walk stops at the window: a rare term's matches otherwise lie scattered
-/// through the whole history, each costing a seek into the filter's long posting list, and the
-/// walk to the edge costs at most `max_scanned` postings whatever the history's length.
-fn window_edge(conn: &Connection, q: &CandidateQuery, facets: &str) -> Result<Option<i64>> {
-    let total: i64 = conn
+/// The episodes of the query's namespace (its counter row).
+fn namespace_episodes(conn: &Connection, q: &CandidateQuery) -> Result<i64> {
+    Ok(conn
         .prepare_cached("SELECT episodes FROM memory_namespaces WHERE namespace = ?1")
         .and_then(|mut s| {
             s.query_row([q.filter.namespace.as_deref().unwrap_or_default()], |r| r.get(0)).optional()
         })
         .map_err(db_err)?
-        .unwrap_or(0);
-    if total as usize <= q.max_scanned {
-        return Ok(None);
-    }
+        .unwrap_or(0))
+}
+
+/// The scan window's edge for a term search: the newest filter-passing episode (one matching
+/// `facets`) past the newest `max_scanned`; it and older ones are out of reach. `None`: the
+/// filter passes at most `max_scanned` episodes, so nothing is cut. The walk costs at most
+/// `max_scanned` postings whatever the history's length.
+fn window_edge(conn: &Connection, q: &CandidateQuery, facets: &str) -> Result<Option<i64>> {
     let mut sql = Sql::new(false);
     let within = matching(&mut sql, facets.to_string(), &q.filter, false);
     let off = sql.bind(Param::Int(q.max_scanned as i64));
