@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use ferry_core::memory::{AddOutcome, Candidate, Episode, EpisodePatch, NewEpisode};
 use ferry_core::wire::{MemoryStats, Mismatches, episode_not_found};
 use ferry_core::{EventType, Result, Timestamp};
+use futures_util::future::try_join_all;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio_postgres::GenericClient;
@@ -86,6 +87,11 @@ async fn stored_for<C: GenericClient + Sync>(c: &C, e: &NewEpisode) -> Result<St
 async fn write_derived<C: GenericClient + Sync>(c: &C, seq: i64, d: &Derived) -> Result<()> {
     fault("fts", &d.tags)?;
     c.execute("UPDATE episodes SET terms = $2 WHERE seq = $1", &[&seq, &d.terms]).await.map_err(pg_err)?;
+    write_side_rows(c, seq, d).await
+}
+
+/// An episode's tag and vector rows (its tokens are in its own row).
+async fn write_side_rows<C: GenericClient + Sync>(c: &C, seq: i64, d: &Derived) -> Result<()> {
     fault("tags", &d.tags)?;
     if !d.tags.is_empty() {
         c.execute("INSERT INTO episode_tags (seq, tag) SELECT $1, unnest($2::text[])", &[&seq, &d.tags])
@@ -164,6 +170,51 @@ async fn batch_dims<C: GenericClient + Sync>(
     Ok(out)
 }
 
+/// Inserts an episode with its tokens (the `tsvector` is generated from them) and writes its tag
+/// and vector rows; `None` when a concurrent call stored its key or id first.
+async fn insert<C: GenericClient + Sync>(
+    c: &C,
+    now: i64,
+    e: &NewEpisode,
+    d: &Derived,
+) -> Result<Option<i64>> {
+    fault("fts", &d.tags)?;
+    let k = cols(e, now);
+    let seq: Option<i64> = c
+        .query_opt(
+            "INSERT INTO episodes (id, namespace, agent, domain, task_type, outcome, at, importance, tags, version,
+                 created_at, updated_at, idempotency_key, body_hash, bytes, content, embedding, terms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT DO NOTHING RETURNING seq",
+            &[
+                &e.id,
+                &e.namespace,
+                &e.content.agent,
+                &e.content.domain,
+                &e.content.task_type,
+                &k.outcome,
+                &k.at,
+                &e.importance,
+                &k.tags,
+                &now,
+                &e.idempotency_key,
+                &e.body_hash,
+                &e.bytes,
+                &k.content,
+                &k.embedding,
+                &d.terms,
+            ],
+        )
+        .await
+        .map_err(pg_err)?
+        .map(|r| r.col(0))
+        .transpose()?;
+    if let Some(seq) = seq {
+        write_side_rows(c, seq, d).await?;
+    }
+    Ok(seq)
+}
+
 async fn add<C: GenericClient + Sync>(
     c: &C,
     now: i64,
@@ -171,11 +222,18 @@ async fn add<C: GenericClient + Sync>(
     fx: &mut Effects,
 ) -> Result<Vec<AddOutcome>> {
     let dims = batch_dims(c, batch).await?;
-    let mut stored = Vec::with_capacity(batch.len());
-    for e in batch {
-        stored.push(stored_for(c, e).await?);
-    }
+    // Statements issued together are pipelined on the one connection: a batch costs a few
+    // round trips, not several per episode.
+    let stored = try_join_all(batch.iter().map(|e| stored_for(c, e))).await?;
     let plan = decide(batch, &stored, &dims, batch.len() == 1)?;
+    let fresh: Vec<(&NewEpisode, Derived)> = batch
+        .iter()
+        .zip(&plan)
+        .filter(|(_, dup)| dup.is_none())
+        .map(|(e, _)| (e, derived(&e.namespace, &e.content, &e.tags, e.embedding.as_deref())))
+        .collect();
+    let seqs = try_join_all(fresh.iter().map(|(e, d)| insert(c, now, e, d))).await?;
+    let mut inserted = fresh.iter().zip(seqs);
     let mut out = Vec::with_capacity(batch.len());
     let mut counts: BTreeMap<&str, (i64, i64, Option<i32>)> = BTreeMap::new();
     for (e, dup) in batch.iter().zip(plan) {
@@ -183,36 +241,8 @@ async fn add<C: GenericClient + Sync>(
             out.push(AddOutcome { id, created_at: None, duplicate: true });
             continue;
         }
-        let k = cols(e, now);
-        let seq: Option<i64> = c
-            .query_opt(
-                "INSERT INTO episodes (id, namespace, agent, domain, task_type, outcome, at, importance, tags, version,
-                     created_at, updated_at, idempotency_key, body_hash, bytes, content, embedding)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10, $11, $12, $13, $14, $15)
-                 ON CONFLICT DO NOTHING RETURNING seq",
-                &[
-                    &e.id,
-                    &e.namespace,
-                    &e.content.agent,
-                    &e.content.domain,
-                    &e.content.task_type,
-                    &k.outcome,
-                    &k.at,
-                    &e.importance,
-                    &k.tags,
-                    &now,
-                    &e.idempotency_key,
-                    &e.body_hash,
-                    &e.bytes,
-                    &k.content,
-                    &k.embedding,
-                ],
-            )
-            .await
-            .map_err(pg_err)?
-            .map(|r| r.col(0))
-            .transpose()?;
-        let Some(seq) = seq else {
+        let Some((_, seq)) = inserted.next() else { return Err(corrupt_conflict(e)) };
+        if seq.is_none() {
             // A concurrent call stored this key (or id) and committed after this one looked: the
             // answer it would have had coming second.
             match stored_for(c, e).await? {
@@ -223,8 +253,7 @@ async fn add<C: GenericClient + Sync>(
                 Some((id, _)) => return Err(stored_conflict(e, id)),
                 None => return Err(corrupt_conflict(e)),
             }
-        };
-        write_derived(c, seq, &derived(&e.namespace, &e.content, &e.tags, e.embedding.as_deref())).await?;
+        }
         let n = counts.entry(e.namespace.as_str()).or_insert((0, 0, None));
         n.0 += 1;
         n.1 += e.bytes;
