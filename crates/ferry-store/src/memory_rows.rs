@@ -3,7 +3,7 @@
 //! implies, and the search itself (candidates from the backend, ranking from
 //! `ferry_core::memory`), so SQLite and PostgreSQL cannot drift apart.
 
-use crate::contract::{CandidateQuery, CandidateSet, EpisodeFilter, MemoryStore};
+use crate::contract::{CandidateQuery, CandidateSet, EpisodeFilter, EpisodeList, MemoryStore};
 use ferry_core::memory::{
     self, Candidate, Episode, EpisodeContent, NewEpisode, OutcomeStatus, Ranked, Ranking,
 };
@@ -383,6 +383,19 @@ impl Sql {
         }
         if c.is_empty() { "TRUE".into() } else { c.join(" AND ") }
     }
+}
+
+/// A list page's statement (newest first, `limit + 1` rows, older than the cursor) in the
+/// dialect of `pg`, with its parameters.
+pub fn list_sql(pg: bool, l: &EpisodeList) -> (String, Vec<Param>) {
+    let mut sql = Sql::new(pg);
+    let cond = sql.filter(&l.filter);
+    let before = sql.bind(Param::Int(l.before.unwrap_or(i64::MAX)));
+    let lim = sql.bind(Param::Int(l.limit as i64 + 1));
+    let text = format!(
+        "SELECT {EPISODE_COLS} FROM episodes e WHERE {cond} AND e.seq < {before} ORDER BY e.seq DESC LIMIT {lim}"
+    );
+    (text, sql.params)
 }
 
 /// A candidate's row: `(seq, id, at, importance, outcome, terms, vector bytes)`.

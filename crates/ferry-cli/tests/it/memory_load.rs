@@ -815,6 +815,77 @@ async fn add_token(http: &reqwest::Client, base: &str, n: u64) -> (u16, Option<S
     }
 }
 
+/// Episodes carrying their own tokens (`dfull<n>`): those acknowledged, and the next number.
+#[derive(Default)]
+struct Tokens {
+    acked: Vec<(u64, String)>,
+    n: u64,
+}
+
+impl Tokens {
+    /// Adds `count` episodes that must all be stored.
+    async fn stored(&mut self, http: &reqwest::Client, base: &str, count: usize) {
+        for _ in 0..count {
+            let (s, id) = add_token(http, base, self.n).await;
+            assert_eq!(s, 201);
+            self.acked.push((self.n, id.unwrap()));
+            self.n += 1;
+        }
+    }
+
+    /// Adds until 20 are refused or 30 s pass (a stored one is acknowledged); the refusals.
+    async fn until_refused(&mut self, http: &reqwest::Client, base: &str) -> u32 {
+        let (t0, mut refused) = (Instant::now(), 0);
+        while refused < 20 && t0.elapsed() < Duration::from_secs(30) {
+            match add_token(http, base, self.n).await {
+                (201, Some(id)) => self.acked.push((self.n, id)),
+                _ => {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            self.n += 1;
+        }
+        refused
+    }
+
+    /// Adds until one is stored, within 15 s of `since` (what made room).
+    async fn stored_again(&mut self, http: &reqwest::Client, base: &str, since: &str) {
+        let t1 = Instant::now();
+        loop {
+            if let (201, Some(id)) = add_token(http, base, self.n).await {
+                self.acked.push((self.n, id));
+                return;
+            }
+            self.n += 1;
+            assert!(t1.elapsed() < Duration::from_secs(15), "no add stored within 15 s of {since}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops `server` cleanly and starts it again on its data: every acknowledged episode reads
+    /// back and every fifth is found by its token; reconcile is clean; no panic.
+    async fn check_after_restart(&self, http: &reqwest::Client, mut server: Server) -> Server {
+        assert_no_panic(&server);
+        server.stop();
+        let server = start(None, server.take_dir(), "").await;
+        for (n, id) in &self.acked {
+            let r = http.get(server.at(&format!("/v1/memory/episodes/{id}"))).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "acknowledged episode {n} after the restart");
+        }
+        for (n, id) in self.acked.iter().step_by(5) {
+            let body = json!({"namespace": "full", "text": format!("dfull{n}"), "k": 5});
+            let v = post_json(http, &server.at("/v1/memory/search"), &body).await;
+            let ids: Vec<&str> =
+                v["results"].as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
+            assert_eq!(ids, [id.as_str()], "episode {n} found by its token");
+        }
+        assert_eq!(reconcile_all(http, &server.url).await.1, [0, 0, 0]);
+        assert_no_panic(&server);
+        server
+    }
+}
+
 /// SQLite on a small tmpfs that a filler file makes full: adds answer 201 or 503 (nothing else)
 /// while it is full, and the same process stores again once the filler is gone; after a clean
 /// restart every acknowledged episode reads back and is found by its token, and reconcile is
@@ -830,60 +901,17 @@ async fn disk_full_sqlite() {
     };
     tokio::time::timeout(Duration::from_secs(120), async {
         // Declared after `fs`, so the server is gone before the tmpfs is unmounted.
-        let mut server = start(None, tempfile::tempdir_in(fs.path()).unwrap(), "").await;
+        let server = start(None, tempfile::tempdir_in(fs.path()).unwrap(), "").await;
         let http = reqwest::Client::new();
-        let mut acked: Vec<(u64, String)> = Vec::new();
-        let mut n = 0u64;
-        for _ in 0..20 {
-            let (s, id) = add_token(&http, &server.url, n).await;
-            assert_eq!(s, 201);
-            acked.push((n, id.unwrap()));
-            n += 1;
-        }
+        let mut tokens = Tokens::default();
+        tokens.stored(&http, &server.url, 20).await;
         let filler = fs.fill();
-        let (t0, mut refused) = (Instant::now(), 0);
-        while refused < 20 && t0.elapsed() < Duration::from_secs(30) {
-            match add_token(&http, &server.url, n).await {
-                (201, Some(id)) => acked.push((n, id)),
-                _ => {
-                    refused += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            n += 1;
-        }
+        let refused = tokens.until_refused(&http, &server.url).await;
         assert!(refused > 0, "adds on a full disk were refused ({} free)", fs.free());
         std::fs::remove_file(filler).unwrap();
-        let t1 = Instant::now();
-        loop {
-            if let (201, Some(id)) = add_token(&http, &server.url, n).await {
-                acked.push((n, id));
-                break;
-            }
-            n += 1;
-            assert!(
-                t1.elapsed() < Duration::from_secs(15),
-                "no add stored within 15 s of the disk having room"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_no_panic(&server);
-        server.stop();
-        let mut server = start(None, server.take_dir(), "").await;
-        for (n, id) in &acked {
-            let r = http.get(server.at(&format!("/v1/memory/episodes/{id}"))).send().await.unwrap();
-            assert_eq!(r.status().as_u16(), 200, "acknowledged episode {n} after the restart");
-        }
-        for (n, id) in acked.iter().step_by(5) {
-            let body = json!({"namespace": "full", "text": format!("dfull{n}"), "k": 5});
-            let v = post_json(&http, &server.at("/v1/memory/search"), &body).await;
-            let ids: Vec<&str> =
-                v["results"].as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
-            assert_eq!(ids, [id.as_str()], "episode {n} found by its token");
-        }
-        assert_eq!(reconcile_all(&http, &server.url).await.1, [0, 0, 0]);
-        eprintln!("disk full: {} acknowledged, {refused} refused", acked.len());
-        assert_no_panic(&server);
+        tokens.stored_again(&http, &server.url, "the disk having room").await;
+        let mut server = tokens.check_after_restart(&http, server).await;
+        eprintln!("disk full: {} acknowledged, {refused} refused", tokens.acked.len());
         server.stop();
     })
     .await
@@ -932,8 +960,8 @@ impl Drop for Immutable {
 
 /// The SQLite database and its WAL turn read-only (immutable) under a running server: adds
 /// answer 201 or 503 (nothing else), and reads 200 or the open breaker's 503; once the files
-/// are writable again the same process stores again; after a clean restart every acknowledged episode reads back and is found by its token, and reconcile is
-/// clean. Skipped, with a printed reason, where `chattr` cannot set the attribute (not root, or
+/// are writable again the same process stores again; after a clean restart every acknowledged
+/// episode reads back and is found by its token, and reconcile is clean. Skipped, with a printed reason, where `chattr` cannot set the attribute (not root, or
 /// a file system without it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_file_sqlite() {
@@ -946,15 +974,10 @@ async fn read_only_file_sqlite() {
     }
     immutable(&probe, false).unwrap();
     tokio::time::timeout(Duration::from_secs(120), async {
-        let mut server = start(None, dir, "").await;
+        let server = start(None, dir, "").await;
         let http = reqwest::Client::new();
-        let (mut acked, mut n) = (Vec::new(), 0u64);
-        for _ in 0..20 {
-            let (s, id) = add_token(&http, &server.url, n).await;
-            assert_eq!(s, 201);
-            acked.push((n, id.unwrap()));
-            n += 1;
-        }
+        let mut tokens = Tokens::default();
+        tokens.stored(&http, &server.url, 20).await;
         let files: Vec<std::path::PathBuf> = ["ferry.db", "ferry.db-wal"]
             .iter()
             .map(|f| server.dir.path().join(f))
@@ -962,18 +985,8 @@ async fn read_only_file_sqlite() {
             .collect();
         assert!(!files.is_empty(), "no database file in {}", server.dir.path().display());
         let guard = Immutable::set(files);
-        let (t0, mut refused) = (Instant::now(), 0);
-        while refused < 20 && t0.elapsed() < Duration::from_secs(30) {
-            match add_token(&http, &server.url, n).await {
-                (201, Some(id)) => acked.push((n, id)),
-                _ => {
-                    refused += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            n += 1;
-        }
-        let (k, id) = &acked[3];
+        let refused = tokens.until_refused(&http, &server.url).await;
+        let (k, id) = &tokens.acked[3];
         let r = http.get(server.at(&format!("/v1/memory/episodes/{id}"))).send().await.unwrap();
         let read_while_read_only = (r.status().as_u16(), r.text().await.unwrap());
         let body = json!({"namespace": "full", "text": format!("dfull{k}"), "k": 5});
@@ -988,36 +1001,9 @@ async fn read_only_file_sqlite() {
                 "a {what} while the file is read-only: {status} {body}"
             );
         }
-        let t1 = Instant::now();
-        loop {
-            if let (201, Some(id)) = add_token(&http, &server.url, n).await {
-                acked.push((n, id));
-                break;
-            }
-            n += 1;
-            assert!(
-                t1.elapsed() < Duration::from_secs(15),
-                "no add stored within 15 s of the file being writable"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_no_panic(&server);
-        server.stop();
-        let mut server = start(None, server.take_dir(), "").await;
-        for (n, id) in &acked {
-            let r = http.get(server.at(&format!("/v1/memory/episodes/{id}"))).send().await.unwrap();
-            assert_eq!(r.status().as_u16(), 200, "acknowledged episode {n} after the restart");
-        }
-        for (n, id) in acked.iter().step_by(5) {
-            let body = json!({"namespace": "full", "text": format!("dfull{n}"), "k": 5});
-            let v = post_json(&http, &server.at("/v1/memory/search"), &body).await;
-            let ids: Vec<&str> =
-                v["results"].as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
-            assert_eq!(ids, [id.as_str()], "episode {n} found by its token");
-        }
-        assert_eq!(reconcile_all(&http, &server.url).await.1, [0, 0, 0]);
-        eprintln!("read-only file: {} acknowledged, {refused} refused", acked.len());
-        assert_no_panic(&server);
+        tokens.stored_again(&http, &server.url, "the file being writable").await;
+        let mut server = tokens.check_after_restart(&http, server).await;
+        eprintln!("read-only file: {} acknowledged, {refused} refused", tokens.acked.len());
         server.stop();
     })
     .await

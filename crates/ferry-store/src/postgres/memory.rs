@@ -232,8 +232,7 @@ async fn add<C: GenericClient + Sync>(
         .filter(|(_, dup)| dup.is_none())
         .map(|(e, _)| (e, derived(&e.namespace, &e.content, &e.tags, e.embedding.as_deref())))
         .collect();
-    let seqs = try_join_all(fresh.iter().map(|(e, d)| insert(c, now, e, d))).await?;
-    let mut inserted = fresh.iter().zip(seqs);
+    let mut seqs = try_join_all(fresh.iter().map(|(e, d)| insert(c, now, e, d))).await?.into_iter();
     let mut out = Vec::with_capacity(batch.len());
     let mut counts: BTreeMap<&str, (i64, i64, Option<i32>)> = BTreeMap::new();
     for (e, dup) in batch.iter().zip(plan) {
@@ -241,7 +240,7 @@ async fn add<C: GenericClient + Sync>(
             out.push(AddOutcome { id, created_at: None, duplicate: true });
             continue;
         }
-        let Some((_, seq)) = inserted.next() else { return Err(corrupt_conflict(e)) };
+        let Some(seq) = seqs.next() else { return Err(corrupt_conflict(e)) };
         if seq.is_none() {
             // A concurrent call stored this key (or id) and committed after this one looked: the
             // answer it would have had coming second.
@@ -450,18 +449,6 @@ fn edge_sql(q: &CandidateQuery, from: i64) -> (String, Vec<Param>) {
     (text, sql.params)
 }
 
-/// A list page's statement.
-fn list_sql(l: &EpisodeList) -> (String, Vec<Param>) {
-    let mut sql = Sql::new(true);
-    let cond = sql.filter(&l.filter);
-    let before = sql.bind(Param::Int(l.before.unwrap_or(i64::MAX)));
-    let lim = sql.bind(Param::Int(l.limit as i64 + 1));
-    let text = format!(
-        "SELECT {EPISODE_COLS} FROM episodes e WHERE {cond} AND e.seq < {before} ORDER BY e.seq DESC LIMIT {lim}"
-    );
-    (text, sql.params)
-}
-
 async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Result<CandidateSet> {
     let (text, params) = candidates_sql(q);
     let found = read_candidates(c, &text, params).await?;
@@ -504,7 +491,7 @@ async fn windowed<C: GenericClient + Sync>(
 }
 
 async fn list<C: GenericClient + Sync>(c: &C, l: &EpisodeList) -> Result<(Vec<Episode>, Option<i64>)> {
-    let (text, params) = list_sql(l);
+    let (text, params) = list_sql(true, l);
     let b = boxed(params);
     let rows = c.query(&text, &refs(&b)).await.map_err(pg_err)?;
     let mut out: Vec<(i64, Episode)> = rows.iter().map(|r| episode_from(row(r)?)).collect::<Result<_>>()?;
@@ -675,7 +662,7 @@ impl PgStore {
         l: &EpisodeList,
     ) -> Result<Vec<(&'static str, String)>> {
         let statements =
-            [("candidates", candidates_sql(q)), ("edge", edge_sql(q, i64::MIN)), ("list", list_sql(l))];
+            [("candidates", candidates_sql(q)), ("edge", edge_sql(q, i64::MIN)), ("list", list_sql(true, l))];
         self.read(|c| {
             Box::pin(async move {
                 let mut out = Vec::with_capacity(statements.len());

@@ -271,8 +271,10 @@ fn candidates(conn: &Connection, q: &CandidateQuery) -> Result<CandidateSet> {
     // Episodes past `inside` are within the scan window whatever the namespace holds: fewer
     // than `max_scanned` episodes of any namespace are newer. A common term's candidates are
     // all there; a rare term's walk stops there instead of seeking through the whole history.
-    let newest: i64 =
-        conn.query_row("SELECT coalesce(max(seq), 0) FROM episode_scan", [], |r| r.get(0)).map_err(db_err)?;
+    let newest: i64 = conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM episode_scan")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(db_err)?;
     let inside = newest - q.max_scanned as i64;
     let mut found = matches(conn, q, m.clone(), (Some(inside), None), q.limit + 1)?;
     if found.len() > q.limit {
@@ -351,15 +353,9 @@ fn read_candidates(
 }
 
 fn list(conn: &Connection, l: &EpisodeList) -> Result<(Vec<Episode>, Option<i64>)> {
-    let mut sql = Sql::new(false);
-    let cond = sql.filter(&l.filter);
-    let before = sql.bind(Param::Int(l.before.unwrap_or(i64::MAX)));
-    let lim = sql.bind(Param::Int(l.limit as i64 + 1));
-    let text = format!(
-        "SELECT {EPISODE_COLS} FROM episodes e WHERE {cond} AND e.seq < {before} ORDER BY e.seq DESC LIMIT {lim}"
-    );
+    let (text, params) = list_sql(false, l);
     let mut s = conn.prepare_cached(&text).map_err(db_err)?;
-    let rows = s.query_map(params_from_iter(values(sql.params)), row).map_err(db_err)?;
+    let rows = s.query_map(params_from_iter(values(params)), row).map_err(db_err)?;
     let mut out: Vec<(i64, Episode)> =
         rows.map(|r| r.map_err(db_err).and_then(episode_from)).collect::<Result<_>>()?;
     let next = (out.len() > l.limit).then(|| {
