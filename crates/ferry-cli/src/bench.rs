@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// Memory: searches per kind (flat, hierarchical; a tenth of them for the commonest term).
     #[arg(long, default_value_t = 2_000)]
     pub(crate) memory_searches: usize,
+    /// Memory: search this existing namespace (one an earlier run filled: its ingest line names
+    /// it) instead of ingesting; the ingest and jobs measurements are skipped.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub(crate) memory_reuse: Option<String>,
     /// Rounds per single-job client.
     #[arg(long, default_value_t = 50)]
     rounds: usize,

@@ -143,18 +143,28 @@ async fn searches(
 /// The memory phase.
 pub async fn memory(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
     let fail = |what: &str, e: ClientError| eprintln!("ferry: memory {what} failed: {e}");
-    let ns = format!("bench-mem-{run_id}");
-    let n = a.memory_episodes as u64;
-    let enq = enqueue_rate(nodes, &format!("bench-mem-jobs-{run_id}"), 20_000)
-        .await
-        .map_err(|e| fail("enqueue", e))?;
-    let rss0 = rss(&nodes[0]).await;
-    let rate = ingest(nodes, &ns, 0, n).await.map_err(|e| fail("ingest", e))?;
-    println!(
-        "memory    ingest {n} 30-word episodes in batches of 100: {rate:.0} episodes/s = {:.3} x the batch enqueue rate ({enq:.0} jobs/s); server memory {rss0} before, {} after",
-        rate / enq,
-        rss(&nodes[0]).await
-    );
+    let (ns, n) = match &a.memory_reuse {
+        Some(ns) => {
+            let stats = nodes[0].memory_stats(Some(ns)).await.map_err(|e| fail("stats", e))?;
+            println!("memory    searching namespace {ns} as it is: {} episodes", stats.episodes);
+            (ns.clone(), stats.episodes)
+        }
+        None => {
+            let ns = format!("bench-mem-{run_id}");
+            let n = a.memory_episodes as u64;
+            let enq = enqueue_rate(nodes, &format!("bench-mem-jobs-{run_id}"), 20_000)
+                .await
+                .map_err(|e| fail("enqueue", e))?;
+            let rss0 = rss(&nodes[0]).await;
+            let rate = ingest(nodes, &ns, 0, n).await.map_err(|e| fail("ingest", e))?;
+            println!(
+                "memory    ingest {n} 30-word episodes in batches of 100 into {ns}: {rate:.0} episodes/s = {:.3} x the batch enqueue rate ({enq:.0} jobs/s); server memory {rss0} before, {} after",
+                rate / enq,
+                rss(&nodes[0]).await
+            );
+            (ns, n)
+        }
+    };
     let vocab_word = |seed: u64| {
         let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         format!("w{}", r.word(VOCABULARY))
@@ -208,6 +218,9 @@ pub async fn memory(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(),
     println!(
         "memory    the commonest term (in every episode) at {n} episodes: p50 {p50:.2} ms, p99 {p99:.2} ms (server p99 {server:.2} ms)"
     );
+    if a.memory_reuse.is_some() {
+        return if a.soak { soak(a, nodes, &ns, n).await } else { Ok(()) };
+    }
     // Ingest beside the jobs' end to end: its cost to their rate.
     let alone = jobs_end_to_end(a, nodes, &format!("bench-mem-e2e-{run_id}-a"), None)
         .await

@@ -420,74 +420,103 @@ async fn read_candidates<C: GenericClient + Sync>(
         .collect()
 }
 
-/// The candidates' statement: filter-passing (and, with terms, term-matching) episodes newest
-/// first, `limit + 1` of them.
-fn candidates_sql(q: &CandidateQuery) -> (String, Vec<Param>) {
+/// A candidate's columns, read from rows aliased `e`.
+fn candidate_cols(q: &CandidateQuery) -> String {
     let vec_col =
         if q.vectors { "(SELECT vec FROM episode_vectors v WHERE v.seq = e.seq)" } else { "NULL::bytea" };
-    let cols = format!("e.seq, e.id, e.at, e.importance, e.outcome::text, e.terms::text, {vec_col}");
-    let mut sql = Sql::new(true);
-    let cond = sql.filter(&q.filter);
-    let mut extra = String::new();
-    if let Some(terms) = &q.terms {
-        let m = sql.bind(Param::Text(ts_query(terms)));
-        extra.push_str(&format!(" AND e.tsv @@ {m}::text::tsquery"));
-    }
-    let lim = sql.bind(Param::Int(q.limit as i64 + 1));
-    (format!("SELECT {cols} FROM episodes e WHERE {cond}{extra} ORDER BY e.seq DESC LIMIT {lim}"), sql.params)
+    format!("e.seq, e.id, e.at, e.importance, e.outcome::text, e.terms::text, {vec_col}")
 }
 
-/// The scan window's edge: the newest filter-passing episode past the newest `max_scanned`,
-/// looked for no further back than `from`.
-fn edge_sql(q: &CandidateQuery, from: i64) -> (String, Vec<Param>) {
+/// The filter, and with terms the match, as one condition on rows aliased `e`.
+fn condition(sql: &mut Sql, q: &CandidateQuery) -> String {
+    let mut cond = sql.filter(&q.filter);
+    if let Some(terms) = &q.terms {
+        let m = sql.bind(Param::Text(ts_query(terms)));
+        cond.push_str(&format!(" AND e.tsv @@ {m}::text::tsquery"));
+    }
+    cond
+}
+
+/// The span of the newest `rows` filter-passing episodes: `(oldest, newest position, count)`,
+/// read from the filter's index alone.
+fn span_sql(q: &CandidateQuery, rows: usize) -> (String, Vec<Param>) {
     let mut sql = Sql::new(true);
     let cond = sql.filter(&q.filter);
-    let (from, off) = (sql.bind(Param::Int(from)), sql.bind(Param::Int(q.max_scanned as i64)));
+    let rows = sql.bind(Param::Int(rows as i64));
     let text = format!(
-        "SELECT e.seq FROM episodes e WHERE {cond} AND e.seq >= {from} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}"
+        "SELECT min(seq), max(seq), count(*) FROM (SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT {rows}) s"
     );
     (text, sql.params)
 }
 
-async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Result<CandidateSet> {
-    let (text, params) = candidates_sql(q);
-    let found = read_candidates(c, &text, params).await?;
-    if q.terms.is_none() {
-        return Ok(cut(found, q.limit, false));
-    }
-    windowed(c, q, found).await
+/// Up to `limit` filter-passing (and, with terms, term-matching) episodes with positions in
+/// `[lo, hi]`, newest first. Both bounds come from the filter's own episodes, so whatever plan
+/// PostgreSQL picks (a walk along an index, or the terms' postings) stays inside them: it cannot
+/// walk the whole table's newest rows past other namespaces' episodes.
+fn range_sql(q: &CandidateQuery, (lo, hi): (i64, i64), limit: usize) -> (String, Vec<Param>) {
+    let mut sql = Sql::new(true);
+    let cond = condition(&mut sql, q);
+    let (lo, hi) = (sql.bind(Param::Int(lo)), sql.bind(Param::Int(hi)));
+    let lim = sql.bind(Param::Int(limit as i64));
+    let text = format!(
+        "SELECT {} FROM episodes e WHERE {cond} AND e.seq BETWEEN {lo} AND {hi} ORDER BY e.seq DESC LIMIT {lim}",
+        candidate_cols(q)
+    );
+    (text, sql.params)
 }
 
-/// Term matches (newest first, `limit + 1` of them) cut to the scan window: the newest
-/// `max_scanned` filter-passing episodes; its edge is walked to only as far back as the answer
-/// reaches (as on SQLite: `sqlite::memory::windowed`).
-async fn windowed<C: GenericClient + Sync>(
-    c: &C,
-    q: &CandidateQuery,
-    mut found: Vec<ferry_core::memory::Candidate>,
-) -> Result<CandidateSet> {
-    let total: i64 = c
-        .query_opt(
-            "SELECT episodes FROM memory_namespaces WHERE namespace = $1",
-            &[&q.filter.namespace.as_deref().unwrap_or_default()],
-        )
-        .await
-        .map_err(pg_err)?
-        .map(|r| r.col(0))
-        .transpose()?
-        .unwrap_or(0);
-    if total as usize <= q.max_scanned {
+/// The position of the `nth` newest filter-passing episode (from 1), read from the filter's
+/// index alone; with `nth = max_scanned + 1`, the scan window's edge: it and older ones are out
+/// of reach.
+fn nth_sql(q: &CandidateQuery, nth: usize) -> (String, Vec<Param>) {
+    let mut sql = Sql::new(true);
+    let cond = sql.filter(&q.filter);
+    let off = sql.bind(Param::Int(nth.saturating_sub(1) as i64));
+    (
+        format!("SELECT e.seq FROM episodes e WHERE {cond} ORDER BY e.seq DESC LIMIT 1 OFFSET {off}"),
+        sql.params,
+    )
+}
+
+/// Filter-passing episodes searched first: a common term fills its candidates among them.
+const FIRST_SPAN: usize = 4_000;
+
+/// The candidates of `q`, cut to its scan window (the newest `max_scanned` filter-passing
+/// episodes): the terms' matches among the newest few thousand first; only if they do not fill
+/// the candidates, the window's edge and the matches between it and them.
+async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Result<CandidateSet> {
+    let need = q.limit + 1;
+    let first = if q.terms.is_some() { FIRST_SPAN.max(need).min(q.max_scanned) } else { need };
+    let (text, params) = span_sql(q, first);
+    let b = boxed(params);
+    let r = c.query_one(&text, &refs(&b)).await.map_err(pg_err)?;
+    let (lo, hi, n): (Option<i64>, Option<i64>, i64) = (r.col(0)?, r.col(1)?, r.col(2)?);
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(CandidateSet::default());
+    };
+    let (text, params) = range_sql(q, (lo, hi), need);
+    let mut found = read_candidates(c, &text, params).await?;
+    if q.terms.is_none() || found.len() >= need || (n as usize) < first {
         return Ok(cut(found, q.limit, false));
     }
-    let from = if found.len() > q.limit { found[q.limit.saturating_sub(1)].seq } else { i64::MIN };
-    let (text, params) = edge_sql(q, from);
-    let b = boxed(params);
-    let edge: Option<i64> = match c.query_opt(&text, &refs(&b)).await.map_err(pg_err)? {
-        Some(r) => Some(r.col(0)?),
-        None => None,
-    };
-    found.retain(|c| edge.is_none_or(|e| c.seq > e));
+    let edge = position(c, nth_sql(q, q.max_scanned + 1)).await?;
+    if first < q.max_scanned {
+        let (text, params) = range_sql(q, (edge.map_or(i64::MIN, |e| e + 1), lo - 1), need - found.len());
+        found.extend(read_candidates(c, &text, params).await?);
+    }
     Ok(cut(found, q.limit, edge.is_some()))
+}
+
+/// The position a [`nth_sql`] statement finds, if any.
+async fn position<C: GenericClient + Sync>(
+    c: &C,
+    (text, params): (String, Vec<Param>),
+) -> Result<Option<i64>> {
+    let b = boxed(params);
+    match c.query_opt(&text, &refs(&b)).await.map_err(pg_err)? {
+        Some(r) => Ok(Some(r.col(0)?)),
+        None => Ok(None),
+    }
 }
 
 async fn list<C: GenericClient + Sync>(c: &C, l: &EpisodeList) -> Result<(Vec<Episode>, Option<i64>)> {
@@ -535,7 +564,7 @@ async fn stats<C: GenericClient + Sync>(
             let at = c
                 .query_opt(
                     &format!(
-                        "SELECT created_at FROM episodes WHERE namespace = $1 ORDER BY seq {order} LIMIT 1"
+                        "SELECT created_at FROM episodes WHERE seq = (SELECT seq FROM episodes WHERE namespace = $1 ORDER BY seq {order} LIMIT 1)"
                     ),
                     &[n],
                 )
@@ -653,26 +682,37 @@ pub async fn invariants(c: &deadpool_postgres::ClientWrapper) -> Result<Vec<Stri
 }
 
 impl PgStore {
-    /// `EXPLAIN` of the statements a search for `q` runs (its candidates, then its scan
-    /// window's edge at the widest) and of the list page `l`, by name: tests pin their plan
-    /// shapes, and an operator sees why a search is slow.
+    /// `EXPLAIN` of the statements a search for `q` may run (the first span and its matches,
+    /// the scan window's edge, the matches past the span; on the data as it is) and of the list page `l`, by name: tests pin their plan shapes, and an
+    /// operator sees why a search is slow.
     pub async fn explain_memory(
         &self,
         q: &CandidateQuery,
         l: &EpisodeList,
     ) -> Result<Vec<(&'static str, String)>> {
-        let statements =
-            [("candidates", candidates_sql(q)), ("edge", edge_sql(q, i64::MIN)), ("list", list_sql(true, l))];
-        self.read(|c| {
+        let (q, l) = (q.clone(), l.clone());
+        self.read(move |c| {
             Box::pin(async move {
-                let mut out = Vec::with_capacity(statements.len());
-                for (name, (text, params)) in statements {
+                let explain = |(text, params): (String, Vec<Param>)| async move {
                     let b = boxed(params);
                     let rows = c.query(&format!("EXPLAIN {text}"), &refs(&b)).await.map_err(pg_err)?;
                     let lines: Vec<String> = rows.iter().map(|r| r.col(0)).collect::<Result<_>>()?;
-                    out.push((name, lines.join("\n")));
-                }
-                Ok(out)
+                    Ok::<_, ferry_core::Error>(lines.join("\n"))
+                };
+                let first = FIRST_SPAN.max(q.limit + 1).min(q.max_scanned);
+                let (text, params) = span_sql(&q, first);
+                let b = boxed(params);
+                let r = c.query_one(&text, &refs(&b)).await.map_err(pg_err)?;
+                let (lo, hi): (Option<i64>, Option<i64>) = (r.col(0)?, r.col(1)?);
+                let (lo, hi) = (lo.unwrap_or(0), hi.unwrap_or(0));
+                let edge = position(&**c, nth_sql(&q, q.max_scanned + 1)).await?.unwrap_or(i64::MIN);
+                Ok(vec![
+                    ("span", explain(span_sql(&q, first)).await?),
+                    ("first", explain(range_sql(&q, (lo, hi), q.limit + 1)).await?),
+                    ("edge", explain(nth_sql(&q, q.max_scanned + 1)).await?),
+                    ("rest", explain(range_sql(&q, (edge, lo - 1), q.limit + 1)).await?),
+                    ("list", explain(list_sql(true, &l)).await?),
+                ])
             })
         })
         .await

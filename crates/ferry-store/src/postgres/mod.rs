@@ -459,14 +459,16 @@ async fn listen(
 /// Advisory lock key letting one node vacuum at a time ("fvac" in ASCII).
 const VACUUM_LOCK: i64 = 0x6676_6163;
 
-/// Dead row versions a table may hold before ferry vacuums it: the larger of this and a tenth
-/// of its live rows.
-const VACUUM_MIN_DEAD: i64 = 20_000;
+/// Dead row versions, new rows or changed rows a table may gather before ferry vacuums and
+/// analyses it: the larger of this and a tenth of its live rows.
+const VACUUM_MIN_ROWS: i64 = 20_000;
 
 /// Every claim and completion leaves a dead row version in `jobs`; claims walk past them until
 /// a vacuum clears them, so throughput and table size depend on it. Autovacuum may be off or
 /// too slow for a table that turns over thousands of times a second, so each node checks the
-/// counts on a timer and, holding an advisory lock, vacuums what needs it.
+/// counts on a timer and, holding an advisory lock, vacuums what needs it. Inserts count too:
+/// an append-mostly table (episodes) needs its statistics for good plans and its visibility map
+/// for index-only scans, and with autovacuum off nothing else gives them.
 async fn vacuum_loop(pool: Pool, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
@@ -496,7 +498,8 @@ async fn vacuum_loop(pool: Pool, every: Duration) {
     }
 }
 
-/// ferry's tables holding enough dead row versions to vacuum.
+/// ferry's tables holding enough dead row versions, new rows or changes since their last
+/// `ANALYZE` (each past a tenth of the table, and at least `VACUUM_MIN_ROWS`) to vacuum.
 async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<String>> {
     let rows = client
         .query(
@@ -506,8 +509,10 @@ async fn vacuum_due(client: &deadpool_postgres::ClientWrapper) -> Result<Vec<Str
                                                                  'convoys',
                                                                  'ledger_accounts', 'ledger_transfers', 'ledger_head', 'threads', 'checkpoints', 'checkpoint_blobs', 'checkpoint_writes',
                                                                  'episodes', 'episode_tags', 'episode_vectors', 'memory_namespaces')
-               AND n_dead_tup > greatest($1, n_live_tup / 10)",
-            &[&VACUUM_MIN_DEAD],
+               AND (n_dead_tup > greatest($1, n_live_tup / 10)
+                    OR n_ins_since_vacuum > greatest($1, n_live_tup / 10)
+                    OR n_mod_since_analyze > greatest($1, n_live_tup / 10))",
+            &[&VACUUM_MIN_ROWS],
         )
         .await
         .map_err(pg_err)?;

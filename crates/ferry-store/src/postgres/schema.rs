@@ -457,6 +457,11 @@ CREATE TABLE memory_namespaces (
     dims      INTEGER
 );
 "#,
+    // A domain filter without a task type walks its episodes newest first (its scan window's
+    // edge sorted 100,000 entries of `episodes_task` at 1,000,000 episodes).
+    r#"
+CREATE INDEX episodes_domain ON episodes (namespace, domain, seq);
+"#,
 ];
 
 /// The schema version this build writes.
