@@ -251,22 +251,43 @@ const SOAK_SEARCHERS: u64 = 1_000;
 struct SoakTally {
     writes: Vec<f64>,
     searches: Vec<f64>,
+    /// The searches' own `took_ms`: the server's share of their latency (a gap to `searches`
+    /// is time outside the handler: HTTP, scheduling, the load generator itself).
+    took: Vec<f64>,
     write_errors: u64,
     search_errors: u64,
     /// Of the errors, the server's "later" (429/503): refusals under load.
     refused: u64,
+    /// Errors by request and kind (`search 503 server_saturated`, `write transport`).
+    kinds: std::collections::BTreeMap<String, u64>,
 }
 
+/// One soak request's outcome: for a search, the server's `took_ms`.
+type SoakOutcome = Result<Option<f64>, ClientError>;
+
 impl SoakTally {
-    fn record(tally: &Mutex<SoakTally>, write: bool, started: Instant, r: Result<(), ClientError>) {
+    fn record(tally: &Mutex<SoakTally>, write: bool, started: Instant, r: SoakOutcome) {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut t = tally.lock().expect("tally");
         match (write, r) {
-            (true, Ok(())) => t.writes.push(ms),
-            (false, Ok(())) => t.searches.push(ms),
+            (true, Ok(_)) => t.writes.push(ms),
+            (false, Ok(took)) => {
+                t.searches.push(ms);
+                t.took.extend(took);
+            }
             (w, Err(e)) => {
                 t.refused += u64::from(matches!(e, ClientError::Api { status: 429 | 503, .. }));
-                if w { t.write_errors += 1 } else { t.search_errors += 1 }
+                if w {
+                    t.write_errors += 1
+                } else {
+                    t.search_errors += 1
+                }
+                let kind = match &e {
+                    ClientError::Api { status, error } => format!("{status} {}", error.code.as_str()),
+                    ClientError::Transport(_) => "transport".into(),
+                    ClientError::Decode(_) => "decode".into(),
+                };
+                *t.kinds.entry(format!("{} {kind}", if w { "write" } else { "search" })).or_default() += 1;
             }
         }
     }
@@ -274,18 +295,43 @@ impl SoakTally {
     fn absorb(&mut self, other: SoakTally) {
         self.writes.extend(other.writes);
         self.searches.extend(other.searches);
+        self.took.extend(other.took);
         self.write_errors += other.write_errors;
         self.search_errors += other.search_errors;
         self.refused += other.refused;
+        for (k, n) in other.kinds {
+            *self.kinds.entry(k).or_default() += n;
+        }
     }
 
-    /// (write p99, search p99, error share) in ms and percent.
-    fn figures(&mut self) -> (f64, f64, f64) {
+    /// (write p99, search p99, the searches' server p99, error share) in ms and percent.
+    fn figures(&mut self) -> (f64, f64, f64, f64) {
         self.writes.sort_by(f64::total_cmp);
         self.searches.sort_by(f64::total_cmp);
+        self.took.sort_by(f64::total_cmp);
         let errors = self.write_errors + self.search_errors;
         let all = self.writes.len() as u64 + self.searches.len() as u64 + errors;
-        (pct(&self.writes, 0.99), pct(&self.searches, 0.99), 100.0 * errors as f64 / all.max(1) as f64)
+        let share = 100.0 * errors as f64 / all.max(1) as f64;
+        (pct(&self.writes, 0.99), pct(&self.searches, 0.99), pct(&self.took, 0.99), share)
+    }
+
+    /// The errors by kind, or `none`.
+    fn kinds_line(&self) -> String {
+        if self.kinds.is_empty() {
+            return "none".into();
+        }
+        self.kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The server's SQLite WAL size, from its metrics (`-` on PostgreSQL or when unreadable): a
+/// log that grows between reports means checkpoints do not keep up with the readers.
+async fn wal(c: &Client) -> String {
+    let text = c.metrics().await.unwrap_or_default();
+    let line = text.lines().find(|l| l.starts_with("ferry_db_size_bytes{file=\"wal\"}"));
+    match line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok()) {
+        Some(b) => format!("{:.1} MiB", b / 1_048_576.0),
+        None => "-".into(),
     }
 }
 
@@ -318,7 +364,7 @@ async fn soak(a: &BenchArgs, nodes: &[Client], ns: &str, ingested: u64) -> Resul
             while Instant::now() < deadline {
                 jittered(write_every, &mut rng).await;
                 let t = Instant::now();
-                let r = c.add_episode(&episode(&ns, i, &mut rng)).await.map(|_| ());
+                let r = c.add_episode(&episode(&ns, i, &mut rng)).await.map(|_| None);
                 SoakTally::record(&tally, true, t, r);
                 i += SOAK_WRITERS;
             }
@@ -341,7 +387,7 @@ async fn soak(a: &BenchArgs, nodes: &[Client], ns: &str, ingested: u64) -> Resul
                     ..Default::default()
                 };
                 let t = Instant::now();
-                let r = c.search_memory(&body).await.map(|_| ());
+                let r = c.search_memory(&body).await.map(|r| Some(r.took_ms));
                 SoakTally::record(&tally, false, t, r);
             }
         });
@@ -352,28 +398,29 @@ async fn soak(a: &BenchArgs, nodes: &[Client], ns: &str, ingested: u64) -> Resul
     while Instant::now() < deadline {
         tokio::time::sleep(every.min(deadline.saturating_duration_since(Instant::now()))).await;
         let mut part = std::mem::take(&mut *tally.lock().expect("tally"));
-        let (w99, s99, err) = part.figures();
+        let (w99, s99, took99, err) = part.figures();
         println!(
-            "memory    soak t={:>5} s  writes {:>5.0}/s (p99 {w99:.2} ms)  searches {:>5.0}/s (p99 {s99:.2} ms)  errors {:.4}% ({} refused)  server memory {}",
+            "memory    soak t={:>5} s  writes {:>5.0}/s (p99 {w99:.2} ms)  searches {:>5.0}/s (p99 {s99:.2} ms, server {took99:.2} ms)  errors {err:.4}% ({})  server memory {}  WAL {}",
             t0.elapsed().as_secs(),
             part.writes.len() as f64 / every.as_secs_f64(),
             part.searches.len() as f64 / every.as_secs_f64(),
-            err,
-            part.refused,
-            rss(&nodes[0]).await
+            part.kinds_line(),
+            rss(&nodes[0]).await,
+            wal(&nodes[0]).await
         );
         total.absorb(part);
     }
     while tasks.join_next().await.is_some() {}
     total.absorb(std::mem::take(&mut *tally.lock().expect("tally")));
-    let (w99, s99, err) = total.figures();
+    let (w99, s99, took99, err) = total.figures();
     let go = s99 < 100.0 && err < 0.01 && w99 < 50.0;
     println!(
-        "memory    soak go/no-go: {} ({} writes, {} searches; query p99 {s99:.2} ms < 100, errors {err:.4}% < 0.01% ({} refused), write p99 {w99:.2} ms < 50)",
+        "memory    soak go/no-go: {} ({} writes, {} searches; query p99 {s99:.2} ms < 100 (server {took99:.2} ms), errors {err:.4}% < 0.01% ({} refused), write p99 {w99:.2} ms < 50)",
         if go { "GO" } else { "NO-GO" },
         total.writes.len(),
         total.searches.len(),
         total.refused
     );
+    println!("memory    soak errors by kind: {}", total.kinds_line());
     if go { Ok(()) } else { Err(()) }
 }

@@ -660,7 +660,8 @@ async fn sigkill_mid_batch(db: Option<&TestDb>) {
         let base = server.url.clone();
         let seen = sample(&book);
         let snapshot = book.lock().unwrap().clone();
-        check_batches(&http, &base, &snapshot, &seen, &format!("restart {cycle}")).await;
+        let what = format!("restart {cycle}");
+        within(&server, &what, check_batches(&http, &base, &snapshot, &seen, &what)).await;
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = batch_writers(&http, &base, &book, &stop, &next);
         let pause = 200 + (cycle as u64 * 7919) % 600;
@@ -668,12 +669,17 @@ async fn sigkill_mid_batch(db: Option<&TestDb>) {
         assert_no_panic(&server);
         server.kill();
         stop.store(true, Ordering::Relaxed);
-        while let Some(r) = tasks.join_next().await {
-            let (c, b) = r.unwrap();
-            // The client goes on after its last batch, answered or not: keys never repeat.
-            next[c] = b;
-        }
+        let joined = tokio::time::timeout(STEP_LIMIT, async {
+            while let Some(r) = tasks.join_next().await {
+                let (c, b) = r.unwrap();
+                // The client goes on after its last batch, answered or not: keys never repeat.
+                next[c] = b;
+            }
+        });
+        joined.await.unwrap_or_else(|_| panic!("cycle {cycle}: the writers did not end after the kill"));
         dir = server.take_dir();
+        let b = book.lock().unwrap();
+        eprintln!("cycle {cycle}: {} batches acknowledged, {} unanswered", b.acked.len(), b.unknown.len());
     }
     let mut server = start(db, dir, "").await;
     let base = server.url.clone();
@@ -685,10 +691,23 @@ async fn sigkill_mid_batch(db: Option<&TestDb>) {
         all.unknown.len()
     );
     assert!(!all.acked.is_empty(), "batches were acknowledged");
-    check_batches(&http, &base, &all, &seen, "after the last restart").await;
-    check_listed(&http, &base, &all, &format!("after {kills} kills")).await;
+    within(&server, "last restart", check_batches(&http, &base, &all, &seen, "after the last restart")).await;
+    within(&server, "listing", check_listed(&http, &base, &all, &format!("after {kills} kills"))).await;
     assert_no_panic(&server);
     server.stop();
+}
+
+/// How long one check of a kill cycle may take before the test dumps the server's threads.
+const STEP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `step`; past `STEP_LIMIT` fails with the server's threads and its last log lines, so
+/// a stall names where it stalls.
+async fn within(server: &Server, what: &str, step: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(STEP_LIMIT, step).await.is_err() {
+        let log = server.log.lock().unwrap();
+        let tail = log.iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n");
+        panic!("{what}: no answer in {STEP_LIMIT:?}\n{}\nlast log lines:\n{tail}", thread_dump(server.pid()));
+    }
 }
 
 /// Every batch ever acknowledged is there whole, by listing; the unanswered whole or absent.

@@ -486,12 +486,8 @@ const FIRST_SPAN: usize = 4_000;
 /// the candidates, the window's edge and the matches between it and them.
 async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Result<CandidateSet> {
     let need = q.limit + 1;
-    let first = if q.terms.is_some() { FIRST_SPAN.max(need).min(q.max_scanned) } else { need };
-    let (text, params) = span_sql(q, first);
-    let b = boxed(params);
-    let r = c.query_one(&text, &refs(&b)).await.map_err(pg_err)?;
-    let (lo, hi, n): (Option<i64>, Option<i64>, i64) = (r.col(0)?, r.col(1)?, r.col(2)?);
-    let (Some(lo), Some(hi)) = (lo, hi) else {
+    let first = first_span(q);
+    let Some((lo, hi, n)) = span(c, q, first).await? else {
         return Ok(CandidateSet::default());
     };
     let (text, params) = range_sql(q, (lo, hi), need);
@@ -505,6 +501,27 @@ async fn candidates<C: GenericClient + Sync>(c: &C, q: &CandidateQuery) -> Resul
         found.extend(read_candidates(c, &text, params).await?);
     }
     Ok(cut(found, q.limit, edge.is_some()))
+}
+
+/// How many of the filter's newest episodes a search reads first: with terms, enough for a
+/// common term to fill its candidates; without, the candidates themselves.
+fn first_span(q: &CandidateQuery) -> usize {
+    let need = q.limit + 1;
+    if q.terms.is_some() { FIRST_SPAN.max(need).min(q.max_scanned) } else { need }
+}
+
+/// The oldest and newest position of the filter's newest `first` episodes and how many there
+/// are; `None` when no episode passes the filter.
+async fn span<C: GenericClient + Sync>(
+    c: &C,
+    q: &CandidateQuery,
+    first: usize,
+) -> Result<Option<(i64, i64, i64)>> {
+    let (text, params) = span_sql(q, first);
+    let b = boxed(params);
+    let r = c.query_one(&text, &refs(&b)).await.map_err(pg_err)?;
+    let (lo, hi, n): (Option<i64>, Option<i64>, i64) = (r.col(0)?, r.col(1)?, r.col(2)?);
+    Ok(lo.zip(hi).map(|(lo, hi)| (lo, hi, n)))
 }
 
 /// The position a [`nth_sql`] statement finds, if any.
@@ -683,8 +700,9 @@ pub async fn invariants(c: &deadpool_postgres::ClientWrapper) -> Result<Vec<Stri
 
 impl PgStore {
     /// `EXPLAIN` of the statements a search for `q` may run (the first span and its matches,
-    /// the scan window's edge, the matches past the span; on the data as it is) and of the list page `l`, by name: tests pin their plan shapes, and an
-    /// operator sees why a search is slow.
+    /// the scan window's edge, the matches past the span; on the data as it is) and of the
+    /// list page `l`, by name: tests pin their plan shapes, and an operator sees why a search
+    /// is slow.
     pub async fn explain_memory(
         &self,
         q: &CandidateQuery,
@@ -699,12 +717,8 @@ impl PgStore {
                     let lines: Vec<String> = rows.iter().map(|r| r.col(0)).collect::<Result<_>>()?;
                     Ok::<_, ferry_core::Error>(lines.join("\n"))
                 };
-                let first = FIRST_SPAN.max(q.limit + 1).min(q.max_scanned);
-                let (text, params) = span_sql(&q, first);
-                let b = boxed(params);
-                let r = c.query_one(&text, &refs(&b)).await.map_err(pg_err)?;
-                let (lo, hi): (Option<i64>, Option<i64>) = (r.col(0)?, r.col(1)?);
-                let (lo, hi) = (lo.unwrap_or(0), hi.unwrap_or(0));
+                let first = first_span(&q);
+                let (lo, hi, _) = span(&**c, &q, first).await?.unwrap_or((0, 0, 0));
                 let edge = position(&**c, nth_sql(&q, q.max_scanned + 1)).await?.unwrap_or(i64::MIN);
                 Ok(vec![
                     ("span", explain(span_sql(&q, first)).await?),
