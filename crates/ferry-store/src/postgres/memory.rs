@@ -701,19 +701,20 @@ pub async fn invariants(c: &deadpool_postgres::ClientWrapper) -> Result<Vec<Stri
 impl PgStore {
     /// `EXPLAIN` of the statements a search for `q` may run (the first span and its matches,
     /// the scan window's edge, the matches past the span; on the data as it is) and of the
-    /// list page `l`, by name: tests pin their plan shapes, and an operator sees why a search
-    /// is slow.
+    /// list page `l`, by name, on a search connection (its settings listed): tests pin their
+    /// plan shapes, and an operator sees why a search is slow.
     pub async fn explain_memory(
         &self,
         q: &CandidateQuery,
         l: &EpisodeList,
     ) -> Result<Vec<(&'static str, String)>> {
         let (q, l) = (q.clone(), l.clone());
-        self.read(move |c| {
+        self.search_read(move |c| {
             Box::pin(async move {
                 let explain = |(text, params): (String, Vec<Param>)| async move {
                     let b = boxed(params);
-                    let rows = c.query(&format!("EXPLAIN {text}"), &refs(&b)).await.map_err(pg_err)?;
+                    let rows =
+                        c.query(&format!("EXPLAIN (SETTINGS) {text}"), &refs(&b)).await.map_err(pg_err)?;
                     let lines: Vec<String> = rows.iter().map(|r| r.col(0)).collect::<Result<_>>()?;
                     Ok::<_, ferry_core::Error>(lines.join("\n"))
                 };

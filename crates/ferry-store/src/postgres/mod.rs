@@ -216,7 +216,8 @@ impl PgStore {
         let pool = build_pool(&pg, config.pool_size, wait, "connection pool")?;
         // Memory searches read through connections of their own (as many as the server's
         // search permits), so writers queued on a namespace's counters cannot starve them.
-        let search_pool = build_pool(&pg, (config.pool_size / 2).max(1), wait, "search connection pool")?;
+        let search_pool =
+            build_pool(&search_config(&pg), (config.pool_size / 2).max(1), wait, "search connection pool")?;
         {
             let mut client = pool.get().await.map_err(pool_err)?;
             schema::migrate(&mut client).await?;
@@ -395,6 +396,24 @@ where
 {
     let client = pool.get().await.map_err(pool_err)?;
     f(&client).await
+}
+
+/// `work_mem` of the search pool's connections. A rare pair's postings ANDed with a filter's
+/// range make a bitmap over up to every heap page of the history; at PostgreSQL's default 4 MB
+/// it turns lossy past ~100,000 pages and every row of those pages is rechecked (110 ms at
+/// 1,000,000 episodes). The search pool holds at most `pg_pool_size / 2` connections, each
+/// with one bitmap at a time.
+const SEARCH_WORK_MEM: &str = "32MB";
+
+/// The search pool's connection settings: `pg`'s, with [`SEARCH_WORK_MEM`].
+fn search_config(pg: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut search = pg.clone();
+    let options = match pg.get_options() {
+        Some(o) => format!("{o} -c work_mem={SEARCH_WORK_MEM}"),
+        None => format!("-c work_mem={SEARCH_WORK_MEM}"),
+    };
+    search.options(options);
+    search
 }
 
 /// A pool of at most `size` connections to `pg` whose callers wait at most `wait` for one.

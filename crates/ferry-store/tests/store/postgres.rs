@@ -264,7 +264,7 @@ async fn plan_corpus(store: &PgStore, guard: &SchemaGuard) {
 /// (namespace, domain, domain and task type, agent) backwards, from the index alone, instead of
 /// sorting the filter's rows (a tag filter excepted: its edge reads every tagged episode
 /// whatever the plan); a common term walks newest first; a rare one reads the `tsvector`'s GIN
-/// index past the first span.
+/// index past the first span. Every plan is made with the search connections' `work_mem`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_plans_keep_their_shapes() {
     use ferry_store::{CandidateQuery, EpisodeFilter, EpisodeList};
@@ -335,6 +335,11 @@ async fn memory_plans_keep_their_shapes() {
                 continue;
             }
             assert!(!plan.contains("Seq Scan"), "{name}: {stmt} reads a whole table:\n{plan}");
+            // Search connections keep a bitmap over the whole history exact (not lossy).
+            assert!(
+                plan.contains("work_mem = '32MB'"),
+                "{name}: {stmt} without the search work_mem:\n{plan}"
+            );
             if matches!(*stmt, "edge" | "span") && q.filter.tags_any.is_empty() {
                 assert!(
                     plan.contains("Scan Backward"),
