@@ -254,11 +254,10 @@ struct SoakTally {
     /// The searches' own `took_ms`: the server's share of their latency (a gap to `searches`
     /// is time outside the handler: HTTP, scheduling, the load generator itself).
     took: Vec<f64>,
-    write_errors: u64,
-    search_errors: u64,
     /// Of the errors, the server's "later" (429/503): refusals under load.
     refused: u64,
-    /// Errors by request and kind (`search 503 server_saturated`, `write transport`).
+    /// Errors by request and kind (`search 503 server_saturated`, `write transport`); their
+    /// sum is the error count.
     kinds: std::collections::BTreeMap<String, u64>,
 }
 
@@ -277,11 +276,6 @@ impl SoakTally {
             }
             (w, Err(e)) => {
                 t.refused += u64::from(matches!(e, ClientError::Api { status: 429 | 503, .. }));
-                if w {
-                    t.write_errors += 1
-                } else {
-                    t.search_errors += 1
-                }
                 let kind = match &e {
                     ClientError::Api { status, error } => format!("{status} {}", error.code.as_str()),
                     ClientError::Transport(_) => "transport".into(),
@@ -296,8 +290,6 @@ impl SoakTally {
         self.writes.extend(other.writes);
         self.searches.extend(other.searches);
         self.took.extend(other.took);
-        self.write_errors += other.write_errors;
-        self.search_errors += other.search_errors;
         self.refused += other.refused;
         for (k, n) in other.kinds {
             *self.kinds.entry(k).or_default() += n;
@@ -309,7 +301,7 @@ impl SoakTally {
         self.writes.sort_by(f64::total_cmp);
         self.searches.sort_by(f64::total_cmp);
         self.took.sort_by(f64::total_cmp);
-        let errors = self.write_errors + self.search_errors;
+        let errors: u64 = self.kinds.values().sum();
         let all = self.writes.len() as u64 + self.searches.len() as u64 + errors;
         let share = 100.0 * errors as f64 / all.max(1) as f64;
         (pct(&self.writes, 0.99), pct(&self.searches, 0.99), pct(&self.took, 0.99), share)
