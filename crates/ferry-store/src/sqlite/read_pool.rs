@@ -1,4 +1,5 @@
-//! A small pool of read-only SQLite connections; reads never wait for the writer (WAL).
+//! A small pool of read-only SQLite connections; reads never wait for the writer (WAL). Each
+//! read runs in one read transaction, so all of its statements see the same snapshot.
 
 use ferry_core::{Error, Result};
 use rusqlite::Connection;
@@ -26,7 +27,9 @@ impl ReadPool {
         (self.size - self.permits.available_permits(), self.size)
     }
 
-    /// Runs `f` on a pooled connection in a blocking task.
+    /// Runs `f` on a pooled connection in a blocking task, inside one read transaction: a read
+    /// of several statements (a reconcile page, a search's window and candidates) never sees a
+    /// write land between two of them.
     pub async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -38,8 +41,13 @@ impl ReadPool {
         tokio::task::spawn_blocking(move || {
             let conn =
                 pool.conns.lock().expect("read pool lock").pop().expect("a permit implies a connection");
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)))
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| snapshot(&conn, f)))
                 .unwrap_or_else(|_| Err(Error::internal("a read panicked")));
+            if !conn.is_autocommit() {
+                // A read that failed or panicked inside its transaction: end it before the
+                // connection serves again (nothing was written, so nothing is lost).
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             pool.conns.lock().expect("read pool lock").push(conn);
             drop(permit);
             out
@@ -47,4 +55,13 @@ impl ReadPool {
         .await
         .map_err(|e| Error::internal(format!("read task failed: {e}")))?
     }
+}
+
+/// Runs `f` inside a deferred transaction on a read-only connection: the snapshot is taken at
+/// its first statement and held until `COMMIT`, which only releases it.
+fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.prepare_cached("BEGIN").and_then(|mut s| s.execute([])).map_err(super::db_err)?;
+    let out = f(conn)?;
+    conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(super::db_err)?;
+    Ok(out)
 }
