@@ -108,13 +108,26 @@ impl WorkerSightings {
             }
             let now = store.clock().now_ms();
             match store.release_lost_workers(now - timeout_ms, 1_000).await {
-                Ok(lost) if !lost.is_empty() => {
-                    tracing::warn!(workers = ?lost, "workers lost: silent past {timeout_ms} ms, leases released")
-                }
-                Ok(_) => {}
+                Ok(lost) => report_lost(lost, timeout_ms),
                 Err(e) => tracing::warn!(error = %e.message, "cannot check for lost workers"),
             }
         }
+    }
+}
+
+/// Warns of the silent workers that held leases (their jobs were taken back); workers that
+/// held none only went quiet, which idle workers and one-off claims (a `curl`) do, so they are
+/// noted at debug level.
+fn report_lost(lost: Vec<ferry_store::LostWorker>, timeout_ms: i64) {
+    let (holding, idle): (Vec<_>, Vec<_>) = lost.into_iter().partition(|w| w.leases_released > 0);
+    if !holding.is_empty() {
+        let leases: u64 = holding.iter().map(|w| w.leases_released).sum();
+        let names: Vec<&str> = holding.iter().map(|w| w.name.as_str()).collect();
+        tracing::warn!(workers = ?names, leases, "workers lost: silent past {timeout_ms} ms, leases released");
+    }
+    if !idle.is_empty() {
+        let names: Vec<&str> = idle.iter().map(|w| w.name.as_str()).collect();
+        tracing::debug!(workers = ?names, "idle workers silent past {timeout_ms} ms marked lost (they held no lease)");
     }
 }
 

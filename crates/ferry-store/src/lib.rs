@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use contract::{
     AccountFilter, AgentFilter, CheckpointFilter, CheckpointStore, CheckpointSweep, ConvoyStore, EventPrune,
-    EventStore, HostStore, ItemFilter, ItemStore, JobStore, LedgerStore, MAX_SCAN, MessageStore,
+    EventStore, HostStore, ItemFilter, ItemStore, JobStore, LedgerStore, LostWorker, MAX_SCAN, MessageStore,
     MessageSweep, PageKey, QueueLimitStore, QueueStore, ScheduleStore, Store, StoreCore, SweepOutcome,
     ThreadFilter, TokenStore, WorkerStore,
 };

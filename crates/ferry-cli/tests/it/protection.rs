@@ -541,6 +541,9 @@ async fn cli_tokens_bootstrap_auth_and_open_listeners_are_refused() {
 async fn silent_workers_are_lost_and_their_leases_released() {
     let s = start("[health]\nworker_timeout_ms = 1500\n", &[]);
     bounded(60, async {
+        // A one-off claim that found nothing (the quick start's `curl`): its worker goes
+        // quiet holding no lease, so it is marked lost without a warning.
+        assert!(claim(&s, "empty", "idle", 1).await.is_empty());
         assert_eq!(
             post(&s, "/v1/jobs", json!({"queue": "w", "payload": {}, "lease_ms": 600000})).await.status,
             201
@@ -553,7 +556,7 @@ async fn silent_workers_are_lost_and_their_leases_released() {
         let seen = loop {
             let a = get(&s, "/v1/workers").await;
             let ws = a.body["workers"].as_array().unwrap().clone();
-            if ws.len() == 2 || Instant::now() > deadline {
+            if ws.len() == 3 || Instant::now() > deadline {
                 break ws;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -581,6 +584,14 @@ async fn silent_workers_are_lost_and_their_leases_released() {
         let ws = get(&s, "/v1/workers").await.body["workers"].as_array().unwrap().clone();
         assert_eq!(ws.iter().find(|w| w["name"] == "doomed").unwrap()["status"], "lost");
         assert_eq!(ws.iter().find(|w| w["name"] == "alive").unwrap()["status"], "active");
+        assert_eq!(ws.iter().find(|w| w["name"] == "idle").unwrap()["status"], "lost");
+        let warned: Vec<String> =
+            s.log.lock().unwrap().iter().filter(|l| l.contains("workers lost")).cloned().collect();
+        assert!(
+            warned.iter().any(|l| l.contains("doomed")),
+            "the worker holding a lease is reported: {warned:?}"
+        );
+        assert!(!warned.iter().any(|l| l.contains("idle")), "a worker without a lease is not: {warned:?}");
     })
     .await;
 }

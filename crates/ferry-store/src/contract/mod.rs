@@ -44,7 +44,7 @@ pub use messages::{AgentFilter, MessageStore, MessageSweep};
 pub use queues::QueueStore;
 pub use schedules::ScheduleStore;
 pub use tokens::TokenStore;
-pub use workers::WorkerStore;
+pub use workers::{LostWorker, WorkerStore};
 
 use crate::metrics::StoreMetrics;
 use crate::{EventBus, Notifier};

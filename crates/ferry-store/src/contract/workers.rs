@@ -16,6 +16,17 @@ pub trait WorkerStore: Send + Sync {
 
     /// Marks `active` workers last seen before `silent_before_ms` as `lost` and releases
     /// their leases at once (each running job is handled as an expired lease would be, with
-    /// the error kind `worker_lost`); returns the names marked lost (at most `max`).
-    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>>;
+    /// the error kind `worker_lost`); returns the workers marked lost (at most `max`, by name)
+    /// with the leases each held.
+    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<LostWorker>>;
+}
+
+/// A worker marked lost and the leases it held: only one that held some lost work, so only
+/// that one is worth a warning (an idle worker going quiet is normal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostWorker {
+    /// Its name.
+    pub name: String,
+    /// Leases released with it.
+    pub leases_released: u64,
 }

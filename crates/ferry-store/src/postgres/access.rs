@@ -5,6 +5,7 @@
 
 use super::jobs;
 use super::{RowExt, pg_err};
+use crate::LostWorker;
 use crate::effects::Effects;
 use crate::rows::*;
 use deadpool_postgres::{ClientWrapper as Client, Transaction};
@@ -202,7 +203,7 @@ pub async fn release_lost_workers(
     max: usize,
     limits: &Limits,
     w: &mut Effects,
-) -> Result<Vec<String>> {
+) -> Result<Vec<LostWorker>> {
     let rows = tx
         .query(
             &tx.prepare_cached(
@@ -220,7 +221,7 @@ pub async fn release_lost_workers(
     let mut lost: Vec<String> = rows.iter().map(|r| r.col(0)).collect::<Result<_>>()?;
     lost.sort();
     if lost.is_empty() {
-        return Ok(lost);
+        return Ok(Vec::new());
     }
     let held = tx
         .query(
@@ -234,12 +235,17 @@ pub async fn release_lost_workers(
         .await
         .map_err(pg_err)?;
     let mut moves = Vec::new();
+    let mut released: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for r in held {
         let worker: String = r.col(1)?;
         jobs::take_back(tx, now, r.col(0)?, Expiry::WorkerLost(&worker), limits, &mut moves, w).await?;
+        *released.entry(worker).or_default() += 1;
     }
     super::convoys::members_moved(tx, now, moves, limits, w).await?;
-    Ok(lost)
+    Ok(lost
+        .into_iter()
+        .map(|name| LostWorker { leases_released: released.get(&name).copied().unwrap_or(0), name })
+        .collect())
 }
 
 /// Registers a host; `conflict` if the name is taken.

@@ -2,7 +2,7 @@
 //! [`WorkerStore`](crate::WorkerStore) domain of the contract.
 
 use super::{PgStore, access};
-use crate::WorkerStore;
+use crate::{LostWorker, WorkerStore};
 use async_trait::async_trait;
 use ferry_core::{Result, WorkerInfo};
 
@@ -16,7 +16,7 @@ impl WorkerStore for PgStore {
         self.read(|c| boxed!(access::list_workers(c).await)).await
     }
 
-    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>> {
+    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<LostWorker>> {
         let limits = self.limits.clone();
         self.tx("release_lost_workers", move |tx, now, w| {
             boxed!(access::release_lost_workers(tx, now, silent_before_ms, max, &limits, w).await)

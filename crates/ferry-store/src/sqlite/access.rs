@@ -7,6 +7,7 @@
 
 use super::db_err;
 use super::jobs::take_back;
+use crate::LostWorker;
 use crate::effects::Effects;
 use crate::rows::*;
 use ferry_core::{HostRecord, Limits, QueueLimits, Result, TokenRecord, WorkerInfo};
@@ -162,7 +163,7 @@ pub fn release_lost_workers(
     max: usize,
     limits: &Limits,
     fx: &mut Effects,
-) -> Result<Vec<String>> {
+) -> Result<Vec<LostWorker>> {
     let mut lost: Vec<String> = conn
         .prepare_cached(
             "UPDATE workers SET status = 'lost'
@@ -178,16 +179,19 @@ pub fn release_lost_workers(
             "SELECT id, lease FROM jobs INDEXED BY jobs_running WHERE state = 'running' AND worker = ?1 ORDER BY seq",
         )
         .map_err(db_err)?;
-    for name in &lost {
+    let mut out = Vec::with_capacity(lost.len());
+    for name in lost {
         let jobs: Vec<(Uuid, String)> = held
-            .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(|m| m.collect())
             .map_err(db_err)?;
+        let leases_released = jobs.len() as u64;
         for (id, lease) in jobs {
-            take_back(conn, now, id, &lease, Expiry::WorkerLost(name), limits, fx)?;
+            take_back(conn, now, id, &lease, Expiry::WorkerLost(&name), limits, fx)?;
         }
+        out.push(LostWorker { name, leases_released });
     }
-    Ok(lost)
+    Ok(out)
 }
 
 /// Registers a host; `conflict` if the name is taken.

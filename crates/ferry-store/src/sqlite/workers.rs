@@ -2,7 +2,7 @@
 //! [`WorkerStore`](crate::WorkerStore) domain of the contract.
 
 use super::{SqliteStore, access};
-use crate::WorkerStore;
+use crate::{LostWorker, WorkerStore};
 use async_trait::async_trait;
 use ferry_core::{Result, WorkerInfo};
 
@@ -16,7 +16,7 @@ impl WorkerStore for SqliteStore {
         self.readers.read(access::list_workers).await
     }
 
-    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<String>> {
+    async fn release_lost_workers(&self, silent_before_ms: i64, max: usize) -> Result<Vec<LostWorker>> {
         let limits = self.limits.clone();
         self.write("release_lost_workers", move |c, now, fx| {
             access::release_lost_workers(c, now, silent_before_ms, max, &limits, fx)

@@ -4,6 +4,7 @@
 
 use super::{Harness, T0, complete, enqueue1, fail, job, job_with, state};
 use ferry_core::*;
+use ferry_store::LostWorker;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -55,7 +56,8 @@ pub async fn lost_workers_release_their_leases(h: Harness) {
     assert_eq!(kept[0].id, other);
     h.clock.advance(20_000); // the leases (30 s) are still live
     let lost = h.store.release_lost_workers(T0 + 5_000, 10).await.unwrap();
-    assert_eq!(lost, vec!["w1".to_string()], "only the worker silent since before the cut-off");
+    let w1_lost = LostWorker { name: "w1".into(), leases_released: 2 };
+    assert_eq!(lost, vec![w1_lost], "only the worker silent since before the cut-off, with its leases");
     // Its jobs come back at once, handled as expired leases are.
     let ja = h.store.get_job(a).await.unwrap();
     assert_eq!((ja.state, ja.attempt, ja.errors.len()), (JobState::Ready, 1, 1));
@@ -111,7 +113,9 @@ pub async fn lost_workers_release_their_leases(h: Harness) {
     );
     // `max` bounds one pass.
     h.store.touch_workers((0..5).map(|i| (format!("x{i}"), T0)).collect()).await.unwrap();
-    assert_eq!(h.store.release_lost_workers(T0 + 1, 3).await.unwrap().len(), 3);
+    let first = h.store.release_lost_workers(T0 + 1, 3).await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(|w| w.leases_released == 0), "idle workers held nothing: {first:?}");
     assert_eq!(h.store.release_lost_workers(T0 + 1, 3).await.unwrap().len(), 2);
     h.finish().await;
 }
