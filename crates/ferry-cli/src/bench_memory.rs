@@ -280,6 +280,7 @@ impl SoakTally {
                     ClientError::Api { status, error } => format!("{status} {}", error.code.as_str()),
                     ClientError::Transport(_) => "transport".into(),
                     ClientError::Decode(_) => "decode".into(),
+                    ClientError::Invalid(_) => "invalid".into(),
                 };
                 *t.kinds.entry(format!("{} {kind}", if w { "write" } else { "search" })).or_default() += 1;
             }

@@ -37,10 +37,14 @@ pub enum ClientError {
         /// The server's error.
         error: Error,
     },
-    /// The request did not get an answer (connection refused, reset, timeout).
+    /// The request did not get an answer (connection refused, reset, timeout); the text says
+    /// where it went and what to check.
     Transport(String),
     /// The answer was not what the API promises.
     Decode(String),
+    /// The request cannot be made as given (a server URL without `http://`): retrying cannot
+    /// help, so it is not transient.
+    Invalid(String),
 }
 
 impl ClientError {
@@ -49,7 +53,7 @@ impl ClientError {
         match self {
             ClientError::Transport(_) => true,
             ClientError::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
-            ClientError::Decode(_) => false,
+            ClientError::Decode(_) | ClientError::Invalid(_) => false,
         }
     }
 
@@ -77,8 +81,11 @@ impl ClientError {
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ClientError::Api { status: 401, error } => {
+                write!(f, "401: {error}; pass a token with --token or FERRY_TOKEN")
+            }
             ClientError::Api { status, error } => write!(f, "{status}: {error}"),
-            ClientError::Transport(e) => write!(f, "cannot reach ferry: {e}"),
+            ClientError::Transport(e) | ClientError::Invalid(e) => write!(f, "{e}"),
             ClientError::Decode(e) => write!(f, "unexpected answer from ferry: {e}"),
         }
     }
@@ -143,13 +150,48 @@ impl Client {
     /// Sends with this client's token and name; a 4xx/5xx becomes `ClientError::Api` with the
     /// server's error body. Returns the status and the raw body.
     async fn fetch(&self, req: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes)> {
-        let resp = self.identify(req).send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = self.identify(req).send().await.map_err(|e| self.unreachable(&e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let url = resp.url().to_string();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
         if status >= 400 {
-            return Err(api_error(status, &bytes));
+            return Err(api_error(status, &bytes, &url));
         }
         Ok((status, bytes))
+    }
+
+    /// A request that got no answer, said so that a person knows what to check: the URL it
+    /// went to, the cause at the bottom of the error chain, and for a refused connection
+    /// whether the server runs at all.
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        if e.is_builder() {
+            let hint = if self.base.contains("://") {
+                String::new()
+            } else {
+                format!(": a server URL starts with http:// or https://, e.g. http://{}", self.base)
+            };
+            return ClientError::Invalid(format!(
+                "invalid ferry URL {:?}{hint} (--url / FERRY_URL)",
+                self.base
+            ));
+        }
+        let mut cause: &dyn std::error::Error = e;
+        let mut refused = false;
+        while let Some(next) = cause.source() {
+            if let Some(io) = next.downcast_ref::<std::io::Error>() {
+                refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            }
+            cause = next;
+        }
+        if refused {
+            return ClientError::Transport(format!(
+                "cannot reach ferry at {}: connection refused; is ferry serve running? (--url / FERRY_URL)",
+                self.base
+            ));
+        }
+        let why = if e.is_timeout() { "timed out".to_string() } else { cause.to_string() };
+        let what = if e.is_connect() { "cannot reach ferry at" } else { "lost the answer from ferry at" };
+        ClientError::Transport(format!("{what} {}: {why}", self.base))
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<(u16, T)> {
@@ -475,11 +517,12 @@ impl Client {
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }
-        let resp = self.identify(req).send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = self.identify(req).send().await.map_err(|e| self.unreachable(&e))?;
         let status = resp.status().as_u16();
         if status >= 400 {
-            let bytes = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
-            return Err(api_error(status, &bytes));
+            let url = resp.url().to_string();
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+            return Err(api_error(status, &bytes, &url));
         }
         Ok(EventStream::new(resp))
     }
@@ -490,7 +533,7 @@ impl Client {
         let req = self
             .identify(self.http.get(format!("{}/v1/ws", self.base)).query(query))
             .build()
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(|e| self.unreachable(&e))?;
         EventSocket::connect(req).await
     }
 
@@ -1009,12 +1052,35 @@ fn segment(id: &str) -> String {
 }
 
 /// The error a 4xx/5xx answer stands for: the server's error body, or its text.
-fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+fn api_error(status: u16, bytes: &[u8], url: &str) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
         Ok(b) => ClientError::Api { status, error: b.error },
-        Err(_) => ClientError::Api {
-            status,
-            error: Error::new(ferry_core::ErrorCode::Internal, String::from_utf8_lossy(bytes).into_owned()),
-        },
+        Err(_) => ClientError::Api { status, error: foreign_error(status, bytes, url) },
     }
+}
+
+/// An error answer without ferry's error body: something else answered at that address (a
+/// proxy, another web server). The code follows the status, so a proxy's 502/503 stays
+/// transient; the text says what answered and what to check.
+fn foreign_error(status: u16, bytes: &[u8], url: &str) -> Error {
+    use ferry_core::ErrorCode as C;
+    let code = match status {
+        401 => C::Unauthorized,
+        403 => C::Forbidden,
+        404 => C::NotFound,
+        413 => C::PayloadTooLarge,
+        429 => C::RateLimited,
+        502..=504 => C::Unavailable,
+        400..=499 => C::BadRequest,
+        _ => C::Internal,
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let snippet: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(60).collect();
+    let shown = if snippet.is_empty() { "an empty body".to_string() } else { format!("{snippet:?}…") };
+    Error::new(
+        code,
+        format!(
+            "{url} answered {status} with {shown}, which is not ferry's API: is --url / FERRY_URL pointing at a ferry server?"
+        ),
+    )
 }

@@ -51,7 +51,11 @@ impl EventStream {
             match self.resp.chunk().await {
                 Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
                 Ok(None) => return None,
-                Err(e) => return Some(Err(ClientError::Transport(e.to_string()))),
+                Err(e) => {
+                    return Some(Err(ClientError::Transport(format!(
+                        "lost the event stream from ferry: {e}"
+                    ))));
+                }
             }
         }
     }
@@ -71,22 +75,29 @@ impl EventSocket {
         let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
         url.set_scheme(scheme)
             .map_err(|()| ClientError::Transport(format!("cannot use {url} for a WebSocket")))?;
-        let mut ws_req =
-            url.as_str().into_client_request().map_err(|e| ClientError::Transport(e.to_string()))?;
+        let mut ws_req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::Invalid(format!("cannot open a WebSocket to {url}: {e}")))?;
         ws_req.headers_mut().extend(req.headers().clone());
         match tokio_tungstenite::connect_async(ws_req).await {
             Ok((ws, _)) => Ok(EventSocket { ws }),
-            Err(tungstenite::Error::Http(resp)) => {
-                Err(api_error(resp.status().as_u16(), resp.body().as_deref().unwrap_or_default()))
-            }
-            Err(e) => Err(ClientError::Transport(e.to_string())),
+            Err(tungstenite::Error::Http(resp)) => Err(api_error(
+                resp.status().as_u16(),
+                resp.body().as_deref().unwrap_or_default(),
+                url.as_str(),
+            )),
+            Err(e) => Err(ClientError::Transport(format!("cannot open a WebSocket to ferry at {url}: {e}"))),
         }
     }
 
     /// Sends a request; its answer arrives through [`EventSocket::next`] as a notice.
     pub async fn send(&mut self, msg: &ClientMsg) -> Result<()> {
         let text = serde_json::to_string(msg).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.ws.send(Message::Text(text.into())).await.map_err(|e| ClientError::Transport(e.to_string()))
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| ClientError::Transport(format!("lost the WebSocket to ferry: {e}")))
     }
 
     /// Joins rooms: `queue:<name>`, `job:<id>`, `tag:<t>`, or `*` for every event.
@@ -115,7 +126,7 @@ impl EventSocket {
                 }
                 Ok(Message::Close(_)) => None,
                 Ok(_) => continue,
-                Err(e) => Some(Err(ClientError::Transport(e.to_string()))),
+                Err(e) => Some(Err(ClientError::Transport(format!("lost the WebSocket to ferry: {e}")))),
             };
         }
     }

@@ -7,6 +7,7 @@ mod common;
 
 mod api_errors;
 mod checkpoints;
+mod cli_errors;
 mod convoys;
 mod e2e;
 mod events;
