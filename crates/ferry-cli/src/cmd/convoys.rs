@@ -66,9 +66,10 @@ pub enum ConvoysCmd {
         client: ClientOpts,
     },
     /// Convoys, oldest first.
+    #[command(after_help = "Example: ferry convoys list --state open --queue render")]
     List {
-        /// Only this state (open, sealed, completed, failed, cancelled).
-        #[arg(long)]
+        /// Only this state.
+        #[arg(long, value_parser = ["open", "sealed", "completed", "failed", "cancelled"])]
         state: Option<String>,
         /// Only this queue.
         #[arg(long)]
@@ -79,11 +80,12 @@ pub enum ConvoysCmd {
         client: ClientOpts,
     },
     /// A convoy's members in the order added.
+    #[command(after_help = "Example: ferry convoys members <id> --state held")]
     Members {
         /// The convoy's id.
         id: String,
-        /// Only this job state (held, ready, running, scheduled, completed, dead, cancelled).
-        #[arg(long)]
+        /// Only this job state.
+        #[arg(long, value_parser = super::jobs::JOB_STATES)]
         state: Option<String>,
         #[command(flatten)]
         page: crate::PageArgs,

@@ -244,12 +244,13 @@ pub enum JobsCmd {
         client: ClientOpts,
     },
     /// List jobs, oldest first.
+    #[command(after_help = "Example: ferry jobs list --queue emails --state dead")]
     List {
         /// Only this queue.
         #[arg(long)]
         queue: Option<String>,
         /// Only this state.
-        #[arg(long)]
+        #[arg(long, value_parser = JOB_STATES)]
         state: Option<String>,
         #[command(flatten)]
         page: crate::PageArgs,
@@ -267,6 +268,10 @@ pub enum JobsCmd {
         client: ClientOpts,
     },
 }
+
+/// The job states `--state` takes (`JobState::ALL`'s names), listed by `--help`.
+pub const JOB_STATES: [&str; 8] =
+    ["scheduled", "waiting", "held", "ready", "running", "completed", "dead", "cancelled"];
 
 /// Runs `ferry jobs`.
 pub async fn jobs(cmd: JobsCmd) -> i32 {

@@ -77,3 +77,20 @@ fn a_missing_token_names_the_token_flag() {
     assert!(err.starts_with("ferry: 401: unauthorized:"), "{err}");
     assert!(err.contains("pass a token with --token or FERRY_TOKEN"), "{err}");
 }
+
+#[test]
+fn state_flags_list_every_state_and_refuse_others() {
+    let (code, err) = ferry(&["jobs", "list", "--state", "finished"]);
+    assert_eq!(code, 2, "clap refuses it before any request: {err}");
+    let listed = format!(
+        "[possible values: {}]",
+        ferry_core::JobState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    assert!(err.contains(&listed), "every job state, in order: {err}");
+    let help = Command::new(env!("CARGO_BIN_EXE_ferry")).args(["jobs", "list", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains(&listed) && help.contains("Example: ferry jobs list"), "{help}");
+    let (code, err) = ferry(&["convoys", "list", "--state", "done"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("[possible values: open, sealed, completed, failed, cancelled]"), "{err}");
+}
