@@ -97,7 +97,7 @@ enum Command {
     Workers(ClientOpts),
     /// Key figures over the last 1 m, 5 m and 1 h (throughput, errors, latencies, backlog).
     Stats(ClientOpts),
-    /// The scaling advisor's verdict: STAY, PLAN MIGRATION or MIGRATE NOW, and why.
+    /// The scaling advisor's verdict (STAY, PLAN MIGRATION, ACT, MIGRATE NOW), its cause and remedy.
     Advise(cmd::advise::AdviseArgs),
     /// Registered hosts and their probed health: list, add, rm.
     Hosts {

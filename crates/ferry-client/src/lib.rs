@@ -456,8 +456,9 @@ impl Client {
     }
 
     /// The scaling advisor's verdict now (the server records it in its history).
-    pub async fn advice(&self) -> Result<Advice> {
-        self.get("/v1/advice", &[]).await
+    pub async fn advice(&self, record: bool) -> Result<Advice> {
+        let q: &[(&str, String)] = if record { &[("record", "true".to_string())] } else { &[] };
+        self.get("/v1/advice", q).await
     }
 
     /// The advisor's past verdicts, oldest first.

@@ -237,6 +237,67 @@ impl Error {
     }
 }
 
+/// Why a storage call failed, as far as the database says: the advisor and the runbook pick
+/// the remedy by it (a full disk wants space, a busy writer wants capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// No space left (SQLite `SQLITE_FULL`, PostgreSQL `53100`).
+    DiskFull,
+    /// The database refuses writes (a read-only file or mount, or a PostgreSQL standby).
+    ReadOnly,
+    /// The operating system failed a read or write, or could not open the file.
+    Io,
+    /// A lock or the writer stayed busy past its timeout, or a serialization conflict.
+    Busy,
+    /// The database server cannot be reached (down, restarting, failing over).
+    Unreachable,
+    /// Anything else (an unexpected database error).
+    Other,
+}
+
+impl StorageFault {
+    /// Every fault, in wire order.
+    pub const ALL: [StorageFault; 6] = [
+        StorageFault::DiskFull,
+        StorageFault::ReadOnly,
+        StorageFault::Io,
+        StorageFault::Busy,
+        StorageFault::Unreachable,
+        StorageFault::Other,
+    ];
+
+    /// The wire name in `details.storage_fault`, e.g. `disk_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageFault::DiskFull => "disk_full",
+            StorageFault::ReadOnly => "read_only",
+            StorageFault::Io => "io_error",
+            StorageFault::Busy => "busy",
+            StorageFault::Unreachable => "unreachable",
+            StorageFault::Other => "other",
+        }
+    }
+
+    /// Whether the fault lies in the volume or file itself (fixed by the operator, not by
+    /// more capacity).
+    pub fn is_storage(self) -> bool {
+        matches!(self, StorageFault::DiskFull | StorageFault::ReadOnly | StorageFault::Io)
+    }
+}
+
+impl Error {
+    /// Notes the storage fault behind this error in `details.storage_fault`.
+    pub fn with_fault(self, fault: StorageFault) -> Self {
+        self.with_details(serde_json::json!({ "storage_fault": fault.as_str() }))
+    }
+
+    /// The storage fault noted by [`Error::with_fault`], if any.
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        let name = self.details.as_ref()?.get("storage_fault")?.as_str()?;
+        StorageFault::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.field {
@@ -326,5 +387,15 @@ mod tests {
         let wire = serde_json::to_value(&e).unwrap();
         assert_eq!(wire["details"]["current"], 3);
         assert_eq!(serde_json::from_value::<Error>(wire).unwrap(), e);
+    }
+
+    #[test]
+    fn storage_faults_round_trip_through_details() {
+        for f in StorageFault::ALL {
+            let e = Error::unavailable("x").with_fault(f);
+            let wire: Error = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
+            assert_eq!(wire.storage_fault(), Some(f));
+        }
+        assert_eq!(Error::unavailable("x").storage_fault(), None);
     }
 }

@@ -30,7 +30,7 @@ pub mod wire;
 pub use access::{HostRecord, QueueLimits, ResourceKind, Scope, TokenRecord, WorkerInfo, WorkerStatus};
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, ErrorCode, Result};
+pub use error::{Error, ErrorCode, Result, StorageFault};
 pub use event::{Event, EventFilter, EventType, Room, Subject, SubjectKind};
 pub use job::*;
 pub use limits::Limits;

@@ -336,6 +336,18 @@ impl prometheus_client::collector::Collector for StoreCollector {
             ConstCounter::new(self.conflicts[i].load(Ordering::Relaxed))
                 .encode(f.encode_family(&[("kind", *kind)])?)?;
         }
+        let c = ConstCounter::new(0u64);
+        let mut f = enc.encode_descriptor(
+            "ferry_store_write_faults",
+            "Failed store writes by what the database said: disk_full, read_only, io_error (the \
+             storage itself), busy (a lock or writer past its timeout), unreachable, other",
+            None,
+            c.metric_type(),
+        )?;
+        for (i, fault) in ferry_core::StorageFault::ALL.iter().enumerate() {
+            ConstCounter::new(m.write_faults[i].load(Ordering::Relaxed))
+                .encode(f.encode_family(&[("fault", fault.as_str())])?)?;
+        }
         let (in_use, max) = self.store.connections();
         gauge(&mut enc, "ferry_db_connections_in_use", "Database connections in use", in_use as i64)?;
         gauge(&mut enc, "ferry_db_connections_max", "Database connections there can be", max as i64)?;
@@ -541,11 +553,16 @@ impl Metrics {
         }
     }
 
+    /// Free and total bytes of the filesystem holding the SQLite database (None on PostgreSQL).
+    pub fn disk_space(&self) -> Option<(u64, u64)> {
+        self.sqlite_path.as_deref().and_then(disk_space)
+    }
+
     /// The text exposition (reads queue counts and database sizes first).
     pub async fn render(&self) -> String {
         let queues = self.store.queue_stats().await.unwrap_or_default();
         let sizes = self.sizes().await;
-        let disk = self.sqlite_path.as_deref().and_then(disk_space);
+        let disk = self.disk_space();
         let items = self.store.item_counts().await.unwrap_or_default();
         let inbox = self.store.message_counts().await.unwrap_or_default();
         let convoys = self.store.convoy_gauges().await.unwrap_or_default();

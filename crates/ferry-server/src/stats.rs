@@ -4,9 +4,9 @@
 //! oldest kept, with the seconds actually covered reported).
 
 use crate::AppState;
-use ferry_core::JobState;
 use ferry_core::measure::HistogramSnapshot;
 use ferry_core::wire::{Gauges, WindowStats};
+use ferry_core::{JobState, StorageFault};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -33,6 +33,7 @@ struct Sample {
     busy_waits: u64,
     rejections: u64,
     dlq: u64,
+    write_faults: [u64; StorageFault::ALL.len()],
 }
 
 /// The node's samples and the hosts its claims came from.
@@ -107,6 +108,7 @@ impl Stats {
             busy_waits: m.busy_waits.load(Relaxed),
             rejections: st.protection.rejected.iter().map(|r| r.load(Relaxed)).sum(),
             dlq,
+            write_faults: std::array::from_fn(|i| m.write_faults[i].load(Relaxed)),
         }
     }
 
@@ -186,6 +188,13 @@ fn diff(a: &Sample, b: &Sample, secs: f64, writers: f64, claim_hosts: u64) -> Wi
             a.checkpoint_writes[0] + a.checkpoint_writes[1],
             b.checkpoint_writes[0] + b.checkpoint_writes[1],
         ),
+        write_fault_rates: StorageFault::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_str().to_string(), b.write_faults[i].saturating_sub(a.write_faults[i])))
+            .filter(|(_, n)| *n > 0)
+            .map(|(f, n)| (f, share(n, writes)))
+            .collect(),
         checkpoint_write_error_rate: share(
             b.checkpoint_writes[1].saturating_sub(a.checkpoint_writes[1]),
             (b.checkpoint_writes[0] + b.checkpoint_writes[1])
@@ -203,12 +212,23 @@ pub async fn gauges(st: &AppState) -> Gauges {
             g.backlog += c(JobState::Ready) + c(JobState::Scheduled);
             g.running += c(JobState::Running);
             g.dlq += c(JobState::Dead);
-            g.oldest_ready_age_s =
-                g.oldest_ready_age_s.max(q.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0);
+            let age_s = q.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
+            if age_s > g.oldest_ready_age_s {
+                g.oldest_ready_age_s = age_s;
+                g.oldest_ready_queue = Some(q.queue.clone());
+            }
         }
     }
     g.db_bytes = st.metrics.sizes().await.iter().map(|(_, b)| b).sum();
     g.hosts = st.store.list_hosts().await.map_or(0, |h| h.len() as u64);
+    if let Some((free, total)) = st.metrics.disk_space() {
+        (g.disk_free_bytes, g.disk_total_bytes) = (Some(free), Some(total));
+    }
+    g.workers_active = st
+        .store
+        .list_workers()
+        .await
+        .map_or(0, |w| w.iter().filter(|w| w.status == ferry_core::WorkerStatus::Active).count() as u64);
     g
 }
 

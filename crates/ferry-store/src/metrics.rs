@@ -4,7 +4,7 @@
 //! size of group commits, waits for the writer or a connection, and the writer's busy time.
 
 use ferry_core::measure::{BATCH_BOUNDS, CounterVec, Histogram, JOB_BOUNDS_SECONDS, LATENCY_BOUNDS_SECONDS};
-use ferry_core::{Error, ErrorCode, Event, EventType, Result};
+use ferry_core::{Error, ErrorCode, Event, EventType, Result, StorageFault};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -56,6 +56,9 @@ pub struct StoreMetrics {
     pub message_wait_seconds: Histogram,
     /// Reports refused because the lease was not the job's current one.
     pub stale_leases: AtomicU64,
+    /// Failed writes by their [`StorageFault`], in [`StorageFault::ALL`] order: the advisor
+    /// tells a full disk from a busy writer by them.
+    pub write_faults: [AtomicU64; StorageFault::ALL.len()],
     /// Whether writing calls are timed and counted (off only to measure what that costs).
     timing: std::sync::atomic::AtomicBool,
 }
@@ -76,6 +79,7 @@ impl StoreMetrics {
             job_run_seconds: Histogram::new(JOB_BOUNDS_SECONDS),
             message_wait_seconds: Histogram::new(JOB_BOUNDS_SECONDS),
             stale_leases: AtomicU64::new(0),
+            write_faults: Default::default(),
             timing: std::sync::atomic::AtomicBool::new(true),
         }
     }
@@ -158,6 +162,11 @@ impl StoreMetrics {
             self.stale_leases.fetch_add(1, Relaxed);
         }
         self.writes.add(op, usize::from(failed), 1);
+        if failed {
+            let fault = err.and_then(Error::storage_fault).unwrap_or(StorageFault::Other);
+            let i = StorageFault::ALL.iter().position(|f| *f == fault).expect("every fault is listed");
+            self.write_faults[i].fetch_add(1, Relaxed);
+        }
         self.write_seconds.observe(took.as_secs_f64());
     }
 

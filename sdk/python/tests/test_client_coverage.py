@@ -71,7 +71,7 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     assert "/v1/jobs" in (await c("openapi"))["paths"]
     assert "ferry_" in await c("metrics")
     assert set((await c("stats"))["windows"]) >= {"1m", "5m", "1h"}
-    assert (await c("advice"))["verdict"] in ("STAY", "PLAN MIGRATION", "MIGRATE NOW")
+    assert (await c("advice"))["verdict"] in ("STAY", "PLAN MIGRATION", "ACT", "MIGRATE NOW")
     assert isinstance(await c("advice_history"), list)
 
     # Jobs: enqueue, batch, import.

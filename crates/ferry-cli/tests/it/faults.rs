@@ -958,6 +958,21 @@ async fn sqlite_disk_full_opens_the_breaker_and_recovers() {
             assert!(out.enqueue(r), "an enqueue failed after recovery: {:?}", out.bad.last());
         }
         eprintln!("disk full: recovered {:?} after the filler was deleted", room.elapsed());
+        // The advisor names the full disk from the failed writes of the window, and its remedy
+        // is the volume, not a migration (the writer was idle throughout).
+        let advice: Value = http.get(server.at("/v1/advice")).send().await.unwrap().json().await.unwrap();
+        eprintln!("disk full: advice {advice}");
+        assert_eq!(advice["verdict"], "ACT", "{advice}");
+        let cause = advice["cause"].as_str().unwrap();
+        assert!(cause.contains("writes fail because the disk holding the database is full"), "{advice}");
+        assert!(advice["remedy"].as_str().unwrap().starts_with("free or grow the volume"), "{advice}");
+        assert!(!advice["action"].as_str().unwrap().contains("PostgreSQL"), "{advice}");
+        let metrics = http.get(server.at("/metrics")).send().await.unwrap().text().await.unwrap();
+        let full = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ferry_store_write_faults_total{fault=\"disk_full\"} "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(full.is_some_and(|n| n > 0.0), "no disk_full write faults counted");
         assert_none("answers other than 201 or 503 unavailable/circuit_open with Retry-After", &out.bad);
         assert_none("breaker probes", &seen.bad);
         out.acked.extend(before.acked);

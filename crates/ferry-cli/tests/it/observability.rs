@@ -167,7 +167,9 @@ async fn stats_windows_and_a_real_verdict_with_history() {
         let text = advice["justification"].as_str().unwrap();
         assert!(text.starts_with("STAY - "), "{text}");
         for metric in [
-            "write errors",
+            "storage write errors",
+            "write errors from a busy writer",
+            "disk free",
             "writer utilization",
             "hosts claiming",
             "busy waits",
@@ -179,14 +181,35 @@ async fn stats_windows_and_a_real_verdict_with_history() {
         ] {
             assert!(text.contains(metric), "{metric:?} missing: {text}");
         }
-        assert_eq!(advice["findings"].as_array().unwrap().len(), 10);
-        // The CLI shows the same.
+        assert_eq!(advice["findings"].as_array().unwrap().len(), 14);
+        assert_eq!(advice["cause"], "every measurement is within its threshold");
+        assert_eq!(advice["remedy"], "no change needed");
+        // The CLI shows the same, a line per finding; asking records nothing...
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["advise", "--url", &s.url])
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("STAY - "));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("STAY: every measurement is within its threshold\nremedy: no change needed\n")
+        );
+        let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("  STAY ")).collect();
+        assert_eq!(lines.len(), 14, "{stdout}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with("writer utilization 0% <= 70%") || l.contains("writer utilization"))
+        );
+        assert_eq!(get_json(&s, "/v1/advice/history").await["decisions"].as_array().unwrap().len(), 0);
+        // ...unless asked to.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["advise", "--record", "--url", &s.url])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let recorded = get_json(&s, "/v1/advice?record=true").await;
+        assert_eq!(recorded["verdict"], "STAY");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["stats", "--url", &s.url])
             .output()
@@ -204,9 +227,11 @@ async fn stats_windows_and_a_real_verdict_with_history() {
     bounded(60, async {
         workload(&s, "adv", 300, 0).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let advice = get_json(&s, "/v1/advice").await;
+        let advice = get_json(&s, "/v1/advice?record=true").await;
         assert_eq!(advice["verdict"], "PLAN MIGRATION", "{advice}");
         assert!(advice["justification"].as_str().unwrap().starts_with("PLAN MIGRATION - writer utilization"));
+        assert!(advice["cause"].as_str().unwrap().starts_with("the single writer is busy"), "{advice}");
+        assert!(advice["remedy"].as_str().unwrap().contains("PostgreSQL"));
         assert!(advice["action"].as_str().unwrap().contains("PostgreSQL"));
     })
     .await;
@@ -286,4 +311,90 @@ async fn request_ids_rotated_log_files_and_the_audit_log() {
         assert!(first.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "file lines are JSON");
     })
     .await;
+}
+
+/// A queue nobody consumes is a matter of workers, not of a migration: the advisor says ACT,
+/// names the queue, and asks for workers; once one claims but too slowly, it asks for more.
+async fn backlog_is_a_matter_of_workers(args: &[&str], backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ferry.toml"),
+        "stats_sample_ms = 100\n[advisor]\noldest_ready_age_s = 0.5\ndisk_free_share = 0.0\n",
+    )
+    .unwrap();
+    let s = Server::start_with(args, dir);
+    bounded(60, async {
+        let jobs: Vec<Value> = (0..3).map(|_| json!({"queue": "orphans", "payload": {}})).collect();
+        assert_eq!(post(&s, "/v1/jobs", json!({"jobs": jobs})).await.0, 201);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let advice = get_json(&s, "/v1/advice").await;
+        assert_eq!(advice["backend"], backend);
+        assert_eq!(advice["verdict"], "ACT", "{advice}");
+        let cause = advice["cause"].as_str().unwrap();
+        assert!(cause.starts_with("no worker is consuming: queue \"orphans\" has waited"), "{advice}");
+        assert!(cause.contains("with 0 active workers"), "{advice}");
+        assert!(
+            advice["remedy"].as_str().unwrap().starts_with("start workers for queue \"orphans\""),
+            "{advice}"
+        );
+        assert!(!advice["action"].as_str().unwrap().contains("migrate"), "{advice}");
+        // One worker takes one job and leaves two waiting.
+        let (st, body) = post(&s, "/v1/queues/orphans/claim", json!({"worker": "slow", "max": 1})).await;
+        assert_eq!((st, body["jobs"].as_array().unwrap().len()), (200, 1), "{body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let advice = get_json(&s, "/v1/advice").await;
+        assert_eq!(advice["verdict"], "ACT", "{advice}");
+        assert!(
+            advice["cause"].as_str().unwrap().starts_with("too few consumers: queue \"orphans\""),
+            "{advice}"
+        );
+        assert!(advice["cause"].as_str().unwrap().contains("while 1 workers start"), "{advice}");
+        assert!(
+            advice["remedy"].as_str().unwrap().starts_with("add workers for queue \"orphans\""),
+            "{advice}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_is_a_matter_of_workers_sqlite() {
+    backlog_is_a_matter_of_workers(&[], "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_is_a_matter_of_workers_postgres() {
+    let Some(db) = crate::common::pg::TestDb::create("ferry_adv").await else { return };
+    backlog_is_a_matter_of_workers(&["--database", &db.url], "postgres").await;
+}
+
+/// A nearly full volume (here: a threshold over any real free share) is answered with the
+/// volume and retention, never a migration; under the threshold nothing is said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_is_answered_with_space_not_a_migration() {
+    for (share, verdict) in [("0.0", "STAY"), ("1.01", "ACT")] {
+        let s = start(&format!("[advisor]\ndisk_free_share = {share}\n"));
+        bounded(30, async {
+            let advice = get_json(&s, "/v1/advice").await;
+            assert_eq!(advice["verdict"], verdict, "{advice}");
+            let disk =
+                advice["findings"].as_array().unwrap().iter().find(|f| f["metric"] == "disk_free_share");
+            let disk = disk.unwrap_or_else(|| panic!("no disk finding: {advice}"));
+            assert_eq!(disk["verdict"], verdict, "{disk}");
+            if verdict == "ACT" {
+                assert!(
+                    disk["cause"].as_str().unwrap().starts_with("the volume holding the database has"),
+                    "{disk}"
+                );
+                assert!(
+                    advice["remedy"].as_str().unwrap().starts_with("free or grow the volume"),
+                    "{advice}"
+                );
+                assert!(!advice["action"].as_str().unwrap().contains("PostgreSQL"), "{advice}");
+            }
+            let stats = get_json(&s, "/v1/stats").await;
+            assert!(stats["now"]["disk_total_bytes"].as_u64().unwrap() > 0, "{stats}");
+        })
+        .await;
+    }
 }

@@ -6,7 +6,7 @@ use super::stats::{Gauges, WindowStats};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The three verdicts, mildest first.
+/// The verdicts, mildest first: only rules a migration fixes say migrate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub enum Verdict {
     /// The current setup has room.
@@ -15,6 +15,10 @@ pub enum Verdict {
     /// Start planning: a limit is near.
     #[serde(rename = "PLAN MIGRATION")]
     PlanMigration,
+    /// Something other than a migration needs doing now (a full disk, a queue nobody
+    /// consumes, failing jobs): the remedy names it.
+    #[serde(rename = "ACT")]
+    Act,
     /// A limit is reached or data is at risk.
     #[serde(rename = "MIGRATE NOW")]
     MigrateNow,
@@ -26,6 +30,7 @@ impl Verdict {
         match self {
             Verdict::Stay => "STAY",
             Verdict::PlanMigration => "PLAN MIGRATION",
+            Verdict::Act => "ACT",
             Verdict::MigrateNow => "MIGRATE NOW",
         }
     }
@@ -55,6 +60,12 @@ pub struct Finding {
     pub verdict: Verdict,
     /// The finding in words, e.g. `write errors 1.8% > 1%`.
     pub text: String,
+    /// What the measurement means, when over its threshold (empty otherwise).
+    #[serde(default)]
+    pub cause: String,
+    /// What fixes that cause, when over its threshold (empty otherwise).
+    #[serde(default)]
+    pub remedy: String,
 }
 
 /// One evaluation.
@@ -64,7 +75,13 @@ pub struct Advice {
     pub verdict: Verdict,
     /// `MIGRATE NOW - write errors 1.8% > 1%; ...`: every metric, value and threshold.
     pub justification: String,
-    /// What to do about it on this backend.
+    /// Why: the causes of the deciding findings (or that every measurement is within bounds).
+    #[serde(default)]
+    pub cause: String,
+    /// What fixes those causes on this backend.
+    #[serde(default)]
+    pub remedy: String,
+    /// Every remedy of every finding over its threshold, the deciding ones first.
     pub action: String,
     /// Every rule's finding.
     pub findings: Vec<Finding>,
@@ -83,4 +100,13 @@ pub struct Advice {
 pub struct AdviceHistory {
     /// Past decisions, oldest first.
     pub decisions: Vec<Advice>,
+}
+
+/// `GET /v1/advice` query.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AdviceQuery {
+    /// Keep this verdict in the history (`GET /v1/advice/history`); by default a requested
+    /// verdict is only returned and logged, so asking does not push scheduled ones out.
+    pub record: Option<bool>,
 }

@@ -55,6 +55,11 @@ pub struct WindowStats {
     /// Share of those that failed in storage (0..1).
     #[serde(default)]
     pub checkpoint_write_error_rate: f64,
+    /// Share of store writes that failed, by what the database said (`disk_full`,
+    /// `read_only`, `io_error`, `busy`, `unreachable`, `other`; only those seen): the sum is
+    /// `write_error_rate`.
+    #[serde(default)]
+    pub write_fault_rates: std::collections::BTreeMap<String, f64>,
 }
 
 /// Current readings.
@@ -72,6 +77,18 @@ pub struct Gauges {
     pub db_bytes: u64,
     /// Registered hosts.
     pub hosts: u64,
+    /// Free bytes on the filesystem holding the database (SQLite; absent on PostgreSQL).
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
+    /// Size of that filesystem, bytes.
+    #[serde(default)]
+    pub disk_total_bytes: Option<u64>,
+    /// Workers heard from and not lost (the registry behind `GET /v1/workers`).
+    #[serde(default)]
+    pub workers_active: u64,
+    /// The queue holding the oldest ready job.
+    #[serde(default)]
+    pub oldest_ready_queue: Option<String>,
 }
 
 /// `GET /v1/stats` answer.

@@ -2,11 +2,12 @@
 //! `/v1/server`, and the OpenAPI document.
 
 use crate::AppState;
+use crate::error::ApiQuery;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ferry_core::wire::{Advice, AdviceHistory, HealthResponse, ServerInfo, StatsResponse};
+use ferry_core::wire::{Advice, AdviceHistory, AdviceQuery, HealthResponse, ServerInfo, StatsResponse};
 use std::sync::Arc;
 
 /// Liveness: the process answers HTTP.
@@ -95,15 +96,17 @@ pub async fn stats(State(st): State<AppState>) -> Json<StatsResponse> {
     Json(StatsResponse { backend: st.store.backend().into(), windows, now })
 }
 
-/// The scaling advisor's verdict on this node's measurements now (logged and kept in the
-/// history): `STAY`, `PLAN MIGRATION` or `MIGRATE NOW`, with its justification.
-#[utoipa::path(get, path = "/v1/advice", tag = "health",
-    responses((status = 200, description = "the verdict now, with its justification", body = Advice)))]
-pub async fn advice(State(st): State<AppState>) -> Json<Advice> {
-    Json(st.advisor.advise(&st, "request").await)
+/// The scaling advisor's verdict on this node's measurements now (logged; kept in the history
+/// only with `record=true`): `STAY`, `PLAN MIGRATION`, `ACT` or `MIGRATE NOW`, with its
+/// justification, cause and remedy.
+#[utoipa::path(get, path = "/v1/advice", tag = "health", params(AdviceQuery),
+    responses((status = 200, description = "the verdict now, with its justification, cause and remedy", body = Advice),
+    (status = 400, description = "bad_request: `record` is not true or false", body = ferry_core::wire::ErrorBody)))]
+pub async fn advice(State(st): State<AppState>, ApiQuery(q): ApiQuery<AdviceQuery>) -> Json<Advice> {
+    Json(st.advisor.advise(&st, "request", q.record.unwrap_or(false)).await)
 }
 
-/// Past verdicts of the advisor (scheduled and requested), oldest first.
+/// Past verdicts of the advisor (scheduled, and requested with `record=true`), oldest first.
 #[utoipa::path(get, path = "/v1/advice/history", tag = "health",
     responses((status = 200, description = "past verdicts, oldest first", body = AdviceHistory)))]
 pub async fn advice_history(State(st): State<AppState>) -> Json<AdviceHistory> {

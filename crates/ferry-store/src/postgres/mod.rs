@@ -38,7 +38,7 @@ use crate::events::EventBus;
 use crate::notify::Notifier;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use ferry_core::{Clock, Error, ErrorCode, Limits, Result};
+use ferry_core::{Clock, Error, ErrorCode, Limits, Result, StorageFault};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::FromSql;
@@ -121,7 +121,9 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
         });
     let class = e.code().map(|c| &c.code()[..2]);
     if transient {
-        Error::unavailable(format!("database unavailable: {e}"))
+        let busy = e.code().is_some_and(|c| matches!(c.code(), "53300" | "40001" | "40P01"));
+        let fault = if busy { StorageFault::Busy } else { StorageFault::Unreachable };
+        Error::unavailable(format!("database unavailable: {e}")).with_fault(fault)
     } else if class == Some("22") {
         // A data exception (a value the database cannot store) is the input's fault, not the
         // storage's: a 422 that never counts toward the circuit breaker.
@@ -131,7 +133,14 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
     } else {
         // `db error` alone names nothing: the server's own message says what went wrong.
         let detail = e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{e}: {}", d.message()));
-        Error::internal(format!("database error: {detail}"))
+        let fault = match e.code().map(|c| c.code()) {
+            Some("53100") => StorageFault::DiskFull,
+            Some("25006") => StorageFault::ReadOnly,
+            Some("58030") => StorageFault::Io,
+            Some("55P03" | "57014") => StorageFault::Busy,
+            _ => StorageFault::Other,
+        };
+        Error::internal(format!("database error: {detail}")).with_fault(fault)
     }
 }
 
@@ -143,7 +152,7 @@ pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> Error {
             ErrorCode::ServerSaturated,
             "no database connection came free within limits.max_pool_wait_ms; retry shortly",
         ),
-        e => Error::unavailable(format!("database unavailable: {e}")),
+        e => Error::unavailable(format!("database unavailable: {e}")).with_fault(StorageFault::Unreachable),
     }
 }
 

@@ -30,7 +30,7 @@ use crate::events::EventBus;
 use crate::notify::Notifier;
 use async_trait::async_trait;
 use counts::{Counts, CountsCell};
-use ferry_core::{Clock, Error, ErrorCode, Limits, Result};
+use ferry_core::{Clock, Error, ErrorCode, Limits, Result, StorageFault};
 use read_pool::ReadPool;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::PathBuf;
@@ -217,20 +217,27 @@ pub(crate) fn db_err(e: rusqlite::Error) -> Error {
         rusqlite::Error::SqliteFailure(f, _) if f.code == C::ConstraintViolation => {
             Error::new(ErrorCode::Conflict, format!("the database refused this change: {e}"))
         }
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                C::DatabaseBusy
-                    | C::DatabaseLocked
-                    | C::SystemIoFailure
-                    | C::DiskFull
-                    | C::ReadOnly
-                    | C::CannotOpen
-            ) =>
-        {
-            Error::unavailable(format!("storage unavailable: {e}"))
-        }
-        _ => Error::internal(format!("storage error: {e}")),
+        _ => match fault_of(&e) {
+            StorageFault::Other => {
+                Error::internal(format!("storage error: {e}")).with_fault(StorageFault::Other)
+            }
+            fault => Error::unavailable(format!("storage unavailable: {e}")).with_fault(fault),
+        },
+    }
+}
+
+/// What a SQLite error says of the storage: busy, full, read-only, failing, or other.
+pub(crate) fn fault_of(e: &rusqlite::Error) -> StorageFault {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            C::DatabaseBusy | C::DatabaseLocked => StorageFault::Busy,
+            C::DiskFull => StorageFault::DiskFull,
+            C::ReadOnly => StorageFault::ReadOnly,
+            C::SystemIoFailure | C::CannotOpen => StorageFault::Io,
+            _ => StorageFault::Other,
+        },
+        _ => StorageFault::Other,
     }
 }
 
@@ -448,5 +455,31 @@ impl StoreCore for SqliteStore {
         self.checkpointer.close().await;
         self.writer.close().await;
         self.lock.lock().expect("lock handle").take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_errors_name_their_storage_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t (v INTEGER UNIQUE)").unwrap();
+        let ro = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let e = db_err(ro.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert_eq!(
+            (e.code, e.storage_fault()),
+            (ErrorCode::Unavailable, Some(StorageFault::ReadOnly)),
+            "{e}"
+        );
+        let rw = Connection::open(&path).unwrap();
+        rw.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        // A broken constraint is the request's conflict, not a fault of the storage.
+        let e = db_err(rw.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert_eq!((e.code, e.storage_fault()), (ErrorCode::Conflict, None), "{e}");
+        let e = db_err(rw.execute("INSERT INTO nowhere VALUES (1)", []).unwrap_err());
+        assert_eq!((e.code, e.storage_fault()), (ErrorCode::Internal, Some(StorageFault::Other)), "{e}");
     }
 }

@@ -16,7 +16,7 @@ use super::counts::{CountsCell, Deltas};
 use crate::effects::Effects;
 use crate::events::EventBus;
 use crate::notify::Notifier;
-use ferry_core::{Error, Result};
+use ferry_core::{Error, Result, StorageFault};
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -29,9 +29,10 @@ type Reply = Box<dyn FnOnce(Result<()>) + Send>;
 /// does as a whole (settling the holds of the paid jobs its commands ended). An error rolls the
 /// group back, its commands answered `unavailable`.
 pub(crate) type BeforeCommit = Box<dyn Fn(&Connection, &mut Effects) -> Result<()> + Send>;
-/// A command: runs on the writer's connection, says whether it poisoned the transaction,
-/// and returns how to answer its caller once the commit outcome is known.
-type Op = Box<dyn FnOnce(&Connection, &mut Effects) -> (bool, Reply) + Send>;
+/// A command: runs on the writer's connection, says whether it poisoned the transaction (and
+/// with which fault, passed on to its batch mates), and returns how to answer its caller once
+/// the commit outcome is known.
+type Op = Box<dyn FnOnce(&Connection, &mut Effects) -> (Option<StorageFault>, Reply) + Send>;
 
 enum Msg {
     Op(Op),
@@ -86,9 +87,12 @@ impl Writer {
             let poisoned = match &outcome {
                 Ok(_) => {
                     fx.merge(local);
-                    false
+                    None
                 }
-                Err(e) => crate::rows::is_storage_error(e) || conn.total_changes() != before,
+                Err(e) if crate::rows::is_storage_error(e) || conn.total_changes() != before => {
+                    Some(e.storage_fault().unwrap_or(StorageFault::Other))
+                }
+                Err(_) => None,
             };
             (
                 poisoned,
@@ -176,25 +180,31 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
                 pending.by_ref().for_each(drop); // dropping an op answers its caller `unavailable`
                 break;
             }
-            let mut poisoned = false;
+            let mut poisoned: Option<StorageFault> = None;
             for op in pending.by_ref() {
                 let (bad, reply) = op(&conn, &mut fx);
                 replies.push(reply);
-                if bad {
-                    poisoned = true;
+                if bad.is_some() {
+                    poisoned = bad;
                     break;
                 }
             }
-            if !poisoned && let Some(hook) = &before_commit {
+            if poisoned.is_none()
+                && let Some(hook) = &before_commit
+            {
                 let hooked = catch_unwind(AssertUnwindSafe(|| hook(&conn, &mut fx)));
                 if !matches!(hooked, Ok(Ok(()))) {
                     tracing::error!("the writer's group step failed; the batch is rolled back");
-                    poisoned = true;
+                    let fault = match hooked {
+                        Ok(Err(e)) => e.storage_fault(),
+                        _ => None,
+                    };
+                    poisoned = Some(fault.unwrap_or(StorageFault::Other));
                 }
             }
             // The group's events, numbered after the last committed cursor, in one row.
             let head = bus.head();
-            if !poisoned && !fx.events.is_empty() {
+            if poisoned.is_none() && !fx.events.is_empty() {
                 for (i, e) in fx.events.iter_mut().enumerate() {
                     e.cursor = head + 1 + i as u64;
                 }
@@ -209,20 +219,21 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
                     ],
                 ) {
                     tracing::error!(error = %e, "writer could not record events; the batch is rolled back");
-                    poisoned = true;
+                    poisoned = Some(super::fault_of(&e));
                 }
             }
             counts.begin_commit();
-            let commit = if poisoned {
+            let commit = if let Some(fault) = poisoned {
                 let _ = conn.execute_batch("ROLLBACK");
                 Err(Error::unavailable(
                     "a storage command failed mid-write; its group of writes was rolled back, retry",
-                ))
+                )
+                .with_fault(fault))
             } else {
                 conn.execute_batch("COMMIT").map_err(|e| {
                     tracing::error!(error = %e, "writer commit failed; the batch is rolled back");
                     let _ = conn.execute_batch("ROLLBACK");
-                    Error::unavailable(format!("storage commit failed: {e}"))
+                    Error::unavailable(format!("storage commit failed: {e}")).with_fault(super::fault_of(&e))
                 })
             };
             counts.end_commit(commit.is_ok().then_some(&fx.deltas));

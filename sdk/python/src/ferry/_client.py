@@ -1885,9 +1885,11 @@ class AsyncClient:
         return cast(Stats, await self._t.call("GET", "/v1/stats"))
 
     @operation("GET", "/v1/advice")
-    async def advice(self) -> Advice:
-        """The scaling advisor's verdict now, with its justification."""
-        return cast(Advice, await self._t.call("GET", "/v1/advice"))
+    async def advice(self, *, record: bool = False) -> Advice:
+        """The scaling advisor's verdict now, with its cause and remedy (`record` keeps it in
+        the history)."""
+        params = {"record": "true"} if record else None
+        return cast(Advice, await self._t.call("GET", "/v1/advice", params=params))
 
     @operation("GET", "/v1/advice/history")
     async def advice_history(self) -> list[Advice]:

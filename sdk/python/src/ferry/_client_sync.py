@@ -1830,9 +1830,11 @@ class Client:
         return cast(Stats, self._t.call("GET", "/v1/stats"))
 
     @operation("GET", "/v1/advice")
-    def advice(self) -> Advice:
-        """The scaling advisor's verdict now, with its justification."""
-        return cast(Advice, self._t.call("GET", "/v1/advice"))
+    def advice(self, *, record: bool = False) -> Advice:
+        """The scaling advisor's verdict now, with its cause and remedy (`record` keeps it in
+        the history)."""
+        params = {"record": "true"} if record else None
+        return cast(Advice, self._t.call("GET", "/v1/advice", params=params))
 
     @operation("GET", "/v1/advice/history")
     def advice_history(self) -> list[Advice]:

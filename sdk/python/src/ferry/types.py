@@ -974,10 +974,13 @@ class Stats(TypedDict):
 
 
 class Advice(TypedDict):
-    """The scaling advisor's verdict (`STAY`, `PLAN MIGRATION`, `MIGRATE NOW`) and why."""
+    """The scaling advisor's verdict (`STAY`, `PLAN MIGRATION`, `ACT`, `MIGRATE NOW`), its
+    cause and the remedy that fixes it."""
 
     verdict: str
     justification: str
+    cause: str
+    remedy: str
     action: str
     findings: list[dict[str, Any]]
     backend: str
