@@ -32,7 +32,7 @@ command -v python3 >/dev/null 2>&1 || { echo "check: python3 not found" >&2; exi
 counters=(
   ferry_jobs_enqueued ferry_jobs_started ferry_jobs_completed ferry_jobs_failed
   ferry_jobs_retried ferry_jobs_dead ferry_jobs_cancelled ferry_jobs_replayed
-  ferry_store_writes ferry_store_busy_waits ferry_store_busy_wait_seconds
+  ferry_store_writes ferry_store_write_faults ferry_store_busy_waits ferry_store_busy_wait_seconds
   ferry_store_writer_busy_seconds ferry_conflicts ferry_rejections ferry_circuit_opened
   ferry_http_requests ferry_convoy_limit_changes ferry_memory_searches
 )

@@ -24,5 +24,6 @@ mod observability;
 mod pg_outage;
 mod protection;
 mod restricted;
+mod runbook;
 mod security;
 mod slowloris;
