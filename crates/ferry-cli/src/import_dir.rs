@@ -259,5 +259,11 @@ pub async fn run(a: ImportDirArgs) -> i32 {
             );
         }
     }
+    // Rejected files need a look: a script (or CI) sees it in the exit code.
+    let rejected: u64 = rows.iter().map(|r| r.rejected).sum();
+    if rejected > 0 {
+        eprintln!("import-dir: {rejected} files rejected (see {})", root.join("rejected").display());
+        return 1;
+    }
     0
 }

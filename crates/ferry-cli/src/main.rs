@@ -59,6 +59,11 @@ enum Command {
     /// Run the server (SQLite in ./ferry-data/ by default).
     Serve(ServeArgs),
     /// Enqueue a job (payload from an argument, --file or stdin) or, with --batch, JSON lines.
+    #[command(
+        after_help = "Examples:\n  ferry enqueue emails '{\"to\":\"ann@example.com\"}' --priority 5\n  \
+                            ferry enqueue emails --batch --file examples/jobs.jsonl\n  \
+                            ferry enqueue emails --batch --file jobs.jsonl --skip 5000 --unique-key-field id"
+    )]
     Enqueue(cmd::jobs::EnqueueArgs),
     /// Show, list or cancel jobs.
     Jobs {
@@ -86,7 +91,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Copy a SQLite database into PostgreSQL (batches, progress, verification, --resume).
     Migrate(migrate::MigrateArgs),
-    /// Import a legacy file-based queue (*.job.json, *.claimed, *.result.json).
+    /// Import a legacy file-based queue (*.job.json, *.claimed, *.result.json); exit 1 if any file was rejected.
     ImportDir(import_dir::ImportDirArgs),
     /// API tokens: create (prints the secret once), list, revoke.
     Tokens {

@@ -41,6 +41,27 @@ fn advice_history_path(config: &Config) -> Option<std::path::PathBuf> {
     dir.is_dir().then(|| dir.join("advice-history.jsonl"))
 }
 
+/// Refuses a listen address that is not `host:port` (a bare port such as `7702`, say) with
+/// the form it needs, before anything else is checked or opened.
+pub fn check_listen(listen: &str) -> Result<(), Error> {
+    let port_ok = |p: &str| !p.is_empty() && p.parse::<u16>().is_ok();
+    let ok = match listen.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port_ok(port),
+        None => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let example = if port_ok(listen) { listen } else { "7700" };
+    Err(Error::new(
+        ErrorCode::ValidationFailed,
+        format!(
+            "listen address {listen:?} is not host:port; give e.g. 127.0.0.1:{example} (this machine only) \
+             or 0.0.0.0:{example} (every interface, with auth) (--listen / FERRY_LISTEN / listen in ferry.toml)"
+        ),
+    ))
+}
+
 /// Whether `listen` binds only the loopback interface.
 pub fn is_loopback(listen: &str) -> bool {
     let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
@@ -93,6 +114,7 @@ pub fn redact(url: &str) -> String {
 /// Runs the server until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish (long-polls return early), stops the background loops and flushes the writer.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    check_listen(&config.listen)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (store, where_data) = open_store(&config, clock).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -717,6 +717,16 @@ pub async fn sqlite_to_postgres(
     if !from.exists() {
         return Err(Error::invalid("from", format!("no SQLite database at {}", from.display())));
     }
+    if from.is_dir() {
+        // A data directory: name the database file inside it (and leave no lock file behind).
+        let inside = from.join("ferry.db");
+        let hint = if inside.is_file() {
+            format!("pass the database file inside it: --from {}", inside.display())
+        } else {
+            format!("it holds no ferry.db; pass the SQLite database file (e.g. {})", inside.display())
+        };
+        return Err(Error::invalid("from", format!("{} is a directory; {hint}", from.display())));
+    }
     // A running server holds this lock: copying a database that is still changing is refused.
     let _lock = lock_file(from).map_err(|e| {
         Error::new(
@@ -748,7 +758,8 @@ pub async fn sqlite_to_postgres(
     if let Some(s) = &opts.schema {
         pg.options(format!("-c search_path={s}"));
     }
-    let (mut client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(pg_err)?;
+    let (mut client, conn) =
+        pg.connect(tokio_postgres::NoTls).await.map_err(|e| crate::postgres::unreachable(&pg, &e))?;
     let driver = tokio::spawn(conn);
 
     if !opts.resume {

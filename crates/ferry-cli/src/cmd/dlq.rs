@@ -6,8 +6,10 @@ use crate::output::{show, table};
 use clap::{Args, Subcommand};
 use ferry_core::wire::DlqSelectorBody;
 
-/// Which dead jobs: `--id` (repeatable) or `--queue`.
+/// Which dead jobs: `--id` (repeatable) or `--queue`; one of them is required, so that a bare
+/// `ferry dlq purge` is refused by naming the flags, before any request.
 #[derive(Args, Debug)]
+#[group(required = true, multiple = true)]
 pub struct DlqSelect {
     /// A dead job's id (repeatable).
     #[arg(long = "id")]
@@ -27,6 +29,7 @@ impl DlqSelect {
 #[derive(Subcommand, Debug)]
 pub enum DlqCmd {
     /// List dead jobs.
+    #[command(after_help = "Example:\n  ferry dlq list --queue emails --limit 20")]
     List {
         /// Only this queue.
         #[arg(long)]
@@ -37,6 +40,9 @@ pub enum DlqCmd {
         client: ClientOpts,
     },
     /// Return dead jobs to ready (attempts reset, history kept).
+    #[command(
+        after_help = "Examples:\n  ferry dlq replay --queue emails\n  ferry dlq replay --id 01J9Z... --id 01J9Y..."
+    )]
     Replay {
         #[command(flatten)]
         select: DlqSelect,
@@ -44,6 +50,7 @@ pub enum DlqCmd {
         client: ClientOpts,
     },
     /// Delete dead jobs.
+    #[command(after_help = "Examples:\n  ferry dlq purge --queue emails\n  ferry dlq purge --id 01J9Z...")]
     Purge {
         #[command(flatten)]
         select: DlqSelect,

@@ -50,6 +50,14 @@ pub struct EnqueueArgs {
     /// Jobs per request with --batch.
     #[arg(long, default_value_t = 1000)]
     pub chunk: usize,
+    /// With --batch, skip this many input lines first: resumes a run that stopped, from the
+    /// line count it printed.
+    #[arg(long, default_value_t = 0, requires = "batch")]
+    pub skip: usize,
+    /// With --batch, use this payload field as each job's unique key, so that a re-run
+    /// enqueues nothing twice while the first run's jobs are unfinished.
+    #[arg(long, requires = "batch")]
+    pub unique_key_field: Option<String>,
     /// Higher runs first.
     #[arg(long)]
     pub priority: Option<i64>,
@@ -153,6 +161,115 @@ pub async fn enqueue(a: EnqueueArgs) -> i32 {
     })
 }
 
+/// Where a `--batch` run stands: what is committed, by input line, so that a failure can say
+/// how to resume.
+struct BatchRun {
+    /// Jobs acknowledged by the server (duplicates included).
+    sent: usize,
+    /// Of those, duplicates of unfinished jobs with the same unique key.
+    dups: usize,
+    /// Input lines through which every job is committed (what `--skip` takes).
+    committed_lines: usize,
+    /// Jobs read and not yet sent, with their input line numbers.
+    pending: Vec<(usize, JobSpec)>,
+}
+
+impl BatchRun {
+    /// Why the run stopped, what was committed, and how to resume.
+    fn stopped(&self, why: String, a: &EnqueueArgs) -> i32 {
+        let skip = a.skip + self.committed_lines;
+        let idempotent = match &a.unique_key_field {
+            Some(_) => {
+                "; re-running with the same --unique-key-field enqueues nothing twice while those jobs are unfinished"
+            }
+            None => ", or add --unique-key-field FIELD so that a re-run skips jobs already enqueued",
+        };
+        fail(format!(
+            "{why}\n{} jobs were committed ({} duplicates), from input lines 1-{skip}; nothing after line {skip} was. \
+             Fix the input and resume with --skip {skip}{idempotent}",
+            self.sent, self.dups
+        ))
+    }
+}
+
+/// Input lines in `path`, for the progress bar's length (None for stdin).
+fn count_lines(path: Option<&PathBuf>) -> Option<u64> {
+    let f = std::fs::File::open(path?).ok()?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut n = 0u64;
+    loop {
+        let buf = r.fill_buf().ok()?;
+        if buf.is_empty() {
+            return Some(n);
+        }
+        n += buf.iter().filter(|b| **b == b'\n').count() as u64;
+        let len = buf.len();
+        r.consume(len);
+    }
+}
+
+/// A bar counting jobs with a whole-number rate (a spinner when the total is unknown).
+fn jobs_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.0} jobs/s", s.per_sec());
+    };
+    let (bar, template) = match total {
+        Some(n) => {
+            (indicatif::ProgressBar::new(n), "{bar:40} {human_pos}/{human_len} lines  {rate}  eta {eta}")
+        }
+        None => (indicatif::ProgressBar::new_spinner(), "{spinner} {human_pos} lines  {rate}"),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template).expect("template").with_key("rate", rate),
+    );
+    Some(bar)
+}
+
+/// The payload field named by `--unique-key-field`, as a unique key.
+fn key_from(spec: &JobSpec, field: &str) -> Result<String, String> {
+    let payload = spec.payload.as_ref().map_or("null", |p| p.get());
+    let v: serde_json::Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+    match v.get(field) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(n @ serde_json::Value::Number(_)) => Ok(n.to_string()),
+        _ => Err(format!("its payload has no string or number field {field:?} (--unique-key-field)")),
+    }
+}
+
+async fn flush(client: &Client, run: &mut BatchRun) -> Result<(), String> {
+    let Some(&(last, _)) = run.pending.last() else { return Ok(()) };
+    let lines: Vec<usize> = run.pending.iter().map(|(n, _)| *n).collect();
+    let specs: Vec<JobSpec> = run.pending.drain(..).map(|(_, s)| s).collect();
+    match client.enqueue_batch(&specs).await {
+        Ok(r) => {
+            run.sent += r.ids.len();
+            run.dups += r.duplicates.len();
+            run.committed_lines = last;
+            Ok(())
+        }
+        Err(e) => {
+            // A refused batch is refused whole; name the line of the job it points at.
+            let at = match &e {
+                ClientError::Api { error, .. } => error
+                    .field
+                    .as_deref()
+                    .and_then(|f| f.strip_prefix("jobs["))
+                    .and_then(|f| f.split(']').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| lines.get(i)),
+                _ => None,
+            };
+            Err(match at {
+                Some(line) => format!("line {line}: {e}"),
+                None => format!("lines {}-{last}: {e}", lines[0]),
+            })
+        }
+    }
+}
+
 async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
     let reader: Box<dyn BufRead> = match &a.file {
         Some(p) => match std::fs::File::open(p) {
@@ -161,74 +278,77 @@ async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
         },
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
-    let total_bytes = a.file.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
-    let bar = match total_bytes {
-        Some(n) if n > 1 << 20 && std::io::stderr().is_terminal() => {
-            let b = indicatif::ProgressBar::new(n);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}")
-                    .expect("template"),
-            );
-            Some(b)
-        }
-        _ => None,
-    };
+    let bar = jobs_bar(count_lines(a.file.as_ref()).map(|n| n.saturating_sub(a.skip as u64)));
     let chunk = a.chunk.clamp(1, 10_000);
     let payment = a.payment();
-    let mut pending: Vec<JobSpec> = Vec::with_capacity(chunk);
-    let (mut sent, mut dups) = (0usize, 0usize);
-    let flush =
-        async |pending: &mut Vec<JobSpec>, sent: &mut usize, dups: &mut usize| -> Result<(), ClientError> {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let r = client.enqueue_batch(pending).await?;
-            *sent += r.ids.len();
-            *dups += r.duplicates.len();
-            pending.clear();
-            Ok(())
-        };
-    for (n, line) in reader.lines().enumerate() {
+    let mut run = BatchRun { sent: 0, dups: 0, committed_lines: 0, pending: Vec::with_capacity(chunk) };
+    // Line numbers below count from the first line after --skip; messages add it back.
+    for (i, line) in reader.lines().skip(a.skip).enumerate() {
+        let n = i + 1;
+        let at = a.skip + n;
         let line = match line {
             Ok(l) => l,
-            Err(e) => return fail(format!("cannot read line {}: {e}", n + 1)),
+            Err(e) => return run.stopped(format!("cannot read line {at}: {e}"), a),
         };
         if let Some(b) = &bar {
-            b.inc(line.len() as u64 + 1);
+            b.inc(1);
         }
         if line.trim().is_empty() {
+            if run.pending.is_empty() {
+                run.committed_lines = n;
+            }
             continue;
         }
-        let mut spec = match &a.queue {
-            Some(q) => match raw(&line, &format!("line {}", n + 1)) {
-                Ok(p) => JobSpec { queue: q.clone(), payload: Some(p), ..Default::default() },
-                Err(e) => return fail(e),
-            },
-            None => match serde_json::from_str::<JobSpec>(&line) {
-                Ok(s) => s,
-                Err(e) => return fail(format!("line {} is not a job object: {e}", n + 1)),
-            },
+        let parsed = match &a.queue {
+            Some(q) => raw(&line, &format!("line {at}")).map(|p| JobSpec {
+                queue: q.clone(),
+                payload: Some(p),
+                ..Default::default()
+            }),
+            None => serde_json::from_str::<JobSpec>(&line)
+                .map_err(|e| format!("line {at} is not a job object: {e}")),
+        };
+        let mut spec = match parsed {
+            Ok(s) => s,
+            Err(why) => {
+                // What was read before the bad line is sent, so the resume point is that line.
+                if let Err(e) = flush(client, &mut run).await {
+                    return run.stopped(e, a);
+                }
+                return run.stopped(why, a);
+            }
         };
         if spec.payment.is_none() {
             spec.payment = payment.clone();
         }
-        pending.push(spec);
-        if pending.len() == chunk
-            && let Err(e) = flush(&mut pending, &mut sent, &mut dups).await
+        if let (Some(field), None) = (&a.unique_key_field, &spec.unique_key) {
+            match key_from(&spec, field) {
+                Ok(k) => spec.unique_key = Some(k),
+                Err(why) => {
+                    if let Err(e) = flush(client, &mut run).await {
+                        return run.stopped(e, a);
+                    }
+                    return run.stopped(format!("line {at}: {why}"), a);
+                }
+            }
+        }
+        run.pending.push((n, spec));
+        if run.pending.len() == chunk
+            && let Err(e) = flush(client, &mut run).await
         {
-            return fail(format!("{e} (after {sent} jobs were enqueued)"));
+            return run.stopped(e, a);
         }
     }
-    if let Err(e) = flush(&mut pending, &mut sent, &mut dups).await {
-        return fail(format!("{e} (after {sent} jobs were enqueued)"));
+    if let Err(e) = flush(client, &mut run).await {
+        return run.stopped(e, a);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     if a.client.json {
-        print_json(&serde_json::json!({"enqueued": sent, "duplicates": dups}));
+        print_json(&serde_json::json!({"enqueued": run.sent, "duplicates": run.dups}));
     } else {
-        println!("enqueued {sent} jobs ({dups} duplicates)");
+        println!("enqueued {} jobs ({} duplicates)", run.sent, run.dups);
     }
     0
 }

@@ -54,7 +54,9 @@ async fn a_legacy_directory_is_imported_once_and_nothing_is_dropped() {
     write(d, "notes.txt", "left alone");
 
     let (ok, out, err) = import(&s.url, d);
-    assert!(ok, "{out}{err}");
+    // Rejected files make the run fail (exit 1), after importing everything else.
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("import-dir: 3 files rejected (see "), "{err}");
     assert!(out.contains("KIND"), "a summary table: {out}");
     // (rejected, already, imported) per kind, read from the right.
     assert_eq!(line_of(&out, "jobs"), vec!["3", "1", "1"], "{out}"); // a.job.json is already imported as a's result

@@ -144,6 +144,50 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
     }
 }
 
+/// Where a connection was looked for (host:port, database, user), for messages.
+pub(crate) fn target(pg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() { "localhost:5432".to_string() } else { hosts.join(",") };
+    let user = pg.get_user().unwrap_or("(the OS user)");
+    let db = pg.get_dbname().unwrap_or(user);
+    format!("{hosts}, database {db}, user {user}")
+}
+
+/// A failed connection, said with where it was looked for and the cause underneath.
+pub(crate) fn unreachable(pg: &tokio_postgres::Config, e: &tokio_postgres::Error) -> Error {
+    let mut cause = match e.as_db_error() {
+        Some(d) => d.message().to_string(),
+        None => e.to_string(),
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !cause.contains(&text) {
+            cause = format!("{cause}: {text}");
+        }
+        source = s.source();
+    }
+    Error::unavailable(format!(
+        "cannot connect to PostgreSQL at {}: {cause}; is PostgreSQL running there, and is the URL right? \
+         (--database / FERRY_DATABASE_URL)",
+        target(pg)
+    ))
+    .with_fault(StorageFault::Unreachable)
+}
+
 pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> Error {
     match e {
         // Every pooled connection stayed busy for `limits.max_pool_wait_ms`: load, not an
@@ -152,6 +196,12 @@ pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> Error {
             ErrorCode::ServerSaturated,
             "no database connection came free within limits.max_pool_wait_ms; retry shortly",
         ),
+        // The pool could not open a connection: say why, not only that an object failed.
+        deadpool_postgres::PoolError::Backend(e) => {
+            let mut err = pg_err(e);
+            err.message = format!("database unavailable: cannot open a connection: {}", err.message);
+            err
+        }
         e => Error::unavailable(format!("database unavailable: {e}")).with_fault(StorageFault::Unreachable),
     }
 }
@@ -211,7 +261,7 @@ impl PgStore {
         let (channel, events_channel, msg_channel) = match &config.schema {
             Some(s) => {
                 valid_schema(s)?;
-                let (client, conn) = pg.connect(NoTls).await.map_err(pg_err)?;
+                let (client, conn) = pg.connect(NoTls).await.map_err(|e| unreachable(&pg, &e))?;
                 let driver = tokio::spawn(conn);
                 client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {s}")).await.map_err(pg_err)?;
                 drop(client);
@@ -221,6 +271,14 @@ impl PgStore {
             }
             None => ("ferry_wake".to_string(), "ferry_events".to_string(), "ferry_msg".to_string()),
         };
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(10));
+        }
+        // One connection first, so that an unreachable database is reported with where it was
+        // looked for and why it failed, not as a pool's failure to create an object.
+        let (probe, conn) = pg.connect(NoTls).await.map_err(|e| unreachable(&pg, &e))?;
+        drop(probe);
+        drop(conn);
         let wait = Duration::from_millis(config.limits.max_pool_wait_ms.max(1));
         let pool = build_pool(&pg, config.pool_size, wait, "connection pool")?;
         // Memory searches read through connections of their own (as many as the server's
