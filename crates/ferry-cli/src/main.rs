@@ -91,6 +91,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Copy a SQLite database into PostgreSQL (batches, progress, verification, --resume).
     Migrate(migrate::MigrateArgs),
+    /// Copy a running SQLite server's database to a file, online, verified (admin token).
+    #[command(after_help = "Example:\n  ferry backup --to /backups/ferry-$(date +%F).db")]
+    Backup(cmd::backup::BackupArgs),
+    /// Put a backup in place as a data directory's database (its server stopped).
+    #[command(
+        after_help = "Example:\n  ferry restore --from /backups/ferry-2026-12-05.db --data-dir ./ferry-data --force"
+    )]
+    Restore(cmd::backup::RestoreArgs),
     /// Import a legacy file-based queue (*.job.json, *.claimed, *.result.json); exit 1 if any file was rejected.
     ImportDir(import_dir::ImportDirArgs),
     /// API tokens: create (prints the secret once), list, revoke.
@@ -319,6 +327,8 @@ async fn main() {
         Command::Watch(args) => cmd::watch::watch(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Backup(a) => cmd::backup::backup(a).await,
+        Command::Restore(a) => cmd::backup::restore(a),
         Command::ImportDir(args) => import_dir::run(args).await,
         Command::Tokens { cmd } => cmd::tokens::tokens(cmd).await,
         Command::Workers(o) => cmd::workers::workers(o).await,

@@ -47,6 +47,15 @@ pub enum ClientError {
     Invalid(String),
 }
 
+/// What [`Client::backup`] received, verified against what the server stated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReceipt {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Their lower-case hex SHA-256.
+    pub sha256: String,
+}
+
 impl ClientError {
     /// Worth retrying: no answer, or the server said "later" (429, 502, 503, 504).
     pub fn is_transient(&self) -> bool {
@@ -459,6 +468,44 @@ impl Client {
     pub async fn advice(&self, record: bool) -> Result<Advice> {
         let q: &[(&str, String)] = if record { &[("record", "true".to_string())] } else { &[] };
         self.get("/v1/advice", q).await
+    }
+
+    /// Streams a consistent copy of the server's SQLite database (`GET /v1/backup`, admin) into
+    /// `out`, checking that what arrived has the size and SHA-256 the server stated; a short or
+    /// altered copy is an error, so a receipt means the bytes written are the server's copy.
+    pub async fn backup(&self, out: &mut (dyn std::io::Write + Send)) -> Result<BackupReceipt> {
+        use sha2::Digest;
+        let req = self.http.get(format!("{}/v1/backup", self.base));
+        let mut resp = self.identify(req).send().await.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let url = resp.url().to_string();
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+            return Err(api_error(status, &bytes, &url));
+        }
+        let stated = resp
+            .headers()
+            .get("x-ferry-backup-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Decode("the backup answer has no x-ferry-backup-sha256".into()))?;
+        let length = resp.content_length();
+        let mut digest = sha2::Sha256::new();
+        let mut bytes = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(&e))? {
+            digest.update(&chunk);
+            bytes += chunk.len() as u64;
+            out.write_all(&chunk)
+                .map_err(|e| ClientError::Invalid(format!("cannot write the backup: {e}")))?;
+        }
+        let sha256: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if sha256 != stated || length.is_some_and(|n| n != bytes) {
+            return Err(ClientError::Decode(format!(
+                "the backup arrived altered or short: {bytes} bytes with SHA-256 {sha256}, the server sent \
+                 {length:?} bytes with SHA-256 {stated}"
+            )));
+        }
+        Ok(BackupReceipt { bytes, sha256 })
     }
 
     /// The advisor's past verdicts, oldest first.

@@ -56,6 +56,8 @@ pub struct AppState {
     pub ledger_guard: Arc<crate::api::ledger::LedgerGuard>,
     /// Memory settings, the search gate and the rebuild's progress.
     pub memory: Arc<crate::api::memory::Memory>,
+    /// The one backup a node makes at a time.
+    pub backups: Arc<crate::api::backup::Backups>,
 }
 
 impl AppState {
@@ -107,6 +109,7 @@ impl AppState {
                 config.maintenance.batch,
             )),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
+            backups: Default::default(),
         }
     }
 }

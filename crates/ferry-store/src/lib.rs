@@ -5,6 +5,7 @@
 //! conformance suite (`tests/store/conformance`, one file per domain). Nothing backend-specific leaks above the
 //! contract: the server, the maintenance loops and the long-poll claim only see `dyn Store`.
 
+pub mod backup;
 mod checkpoint_rows;
 mod contract;
 mod convoy_rows;

@@ -4,9 +4,12 @@ and each method works against the real server (sync and async, same scenario).""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,6 +76,16 @@ async def scenario(server: FerryServer, client: Any, tag: str) -> set[tuple[str,
     assert set((await c("stats"))["windows"]) >= {"1m", "5m", "1h"}
     assert (await c("advice"))["verdict"] in ("STAY", "PLAN MIGRATION", "ACT", "MIGRATE NOW")
     assert isinstance(await c("advice_history"), list)
+    assert (await c("advice", record=True))["trigger"] == "request"
+
+    # A verified copy of the database, and no partial file left beside it.
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / f"backup-{tag}.db"
+        receipt = await c("backup", copy)
+        assert receipt["bytes"] == copy.stat().st_size > 0
+        assert receipt["sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
+        assert copy.read_bytes()[:16] == b"SQLite format 3\x00"
+        assert sorted(p.name for p in Path(tmp).iterdir()) == [copy.name]
 
     # Jobs: enqueue, batch, import.
     one = await c("enqueue", q, {"n": 0}, unique_key=f"{tag}-0", timeout_ms=60_000)

@@ -3,6 +3,7 @@
 
 pub mod advise;
 pub mod agents;
+pub mod backup;
 pub mod broadcasts;
 pub mod checkpoints;
 pub mod convoys;

@@ -453,6 +453,7 @@ async fn openapi_document_covers_every_route() {
         ("get", "/v1/stats"),
         ("get", "/v1/advice"),
         ("get", "/v1/advice/history"),
+        ("get", "/v1/backup"),
         ("post", "/v1/items"),
         ("get", "/v1/items"),
         ("get", "/v1/items/{id}"),

@@ -6,6 +6,7 @@
 mod common;
 
 mod api_errors;
+mod backup;
 mod checkpoints;
 mod cli_errors;
 mod convoys;

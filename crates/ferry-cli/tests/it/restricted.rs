@@ -1590,6 +1590,7 @@ fn variants(key: &str, fx: &Fx, who: usize) -> Option<Vec<Variant>> {
             v("metrics", get("/metrics?queue=a")).forbidden(),
             v("metrics without ?queue", get("/metrics")).forbidden(),
         ],
+        "GET /v1/backup" => vec![v("a copy of the whole database", get("/v1/backup")).forbidden()],
         "GET /v1/stats" => reads("/v1/stats"),
         "GET /v1/advice" => reads("/v1/advice"),
         "GET /v1/advice/history" => reads("/v1/advice/history"),

@@ -3,6 +3,7 @@
 //! miss a route.
 
 pub mod access;
+pub mod backup;
 pub mod checkpoints;
 pub mod convoys;
 pub mod dlq;
@@ -95,6 +96,7 @@ fn routes() -> Routes {
     let r = ledger::routes(r);
     let r = checkpoints::routes(r);
     let r = memory::routes(r);
+    let r = backup::routes(r);
     health::routes(r)
 }
 

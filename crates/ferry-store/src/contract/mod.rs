@@ -86,6 +86,20 @@ pub trait StoreCore: Send + Sync + 'static {
     /// operators and the soak benchmark can see whether it grows.
     async fn storage_bytes(&self) -> Result<u64>;
 
+    /// Writes a consistent copy of the whole database beside it, online (writes go on), and
+    /// returns its path; the caller owns the file. Only a file database can: PostgreSQL is
+    /// backed up with its own tools, so the default refuses.
+    async fn backup(&self) -> Result<std::path::PathBuf> {
+        Err(ferry_core::Error::new(
+            ferry_core::ErrorCode::InvalidState,
+            format!(
+                "online backup through the API is for SQLite; back up {} with its own tools (pg_dump, \
+                 or the provider's snapshots and point-in-time recovery)",
+                self.backend()
+            ),
+        ))
+    }
+
     /// Checks storage integrity and ferry's invariants; returns every violation found.
     async fn check_invariants(&self) -> Result<Vec<String>>;
 

@@ -197,10 +197,12 @@ pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> Error {
             "no database connection came free within limits.max_pool_wait_ms; retry shortly",
         ),
         // The pool could not open a connection: say why, not only that an object failed.
+        // (A connection that cannot be opened is an outage whatever the reason: 503, counted by
+        // the breaker.)
         deadpool_postgres::PoolError::Backend(e) => {
-            let mut err = pg_err(e);
-            err.message = format!("database unavailable: cannot open a connection: {}", err.message);
-            err
+            let why = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+            Error::unavailable(format!("database unavailable: cannot open a connection: {why}"))
+                .with_fault(StorageFault::Unreachable)
         }
         e => Error::unavailable(format!("database unavailable: {e}")).with_fault(StorageFault::Unreachable),
     }

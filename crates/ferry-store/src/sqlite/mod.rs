@@ -395,6 +395,27 @@ impl StoreCore for SqliteStore {
         &self.bus
     }
 
+    async fn backup(&self) -> Result<PathBuf> {
+        // `VACUUM INTO` on a connection of its own reads one snapshot (WAL: the writer is not
+        // held back) and writes a compact, self-contained copy; it refuses an existing file.
+        let src = self.path.clone();
+        let mut name = src.file_name().unwrap_or_default().to_owned();
+        name.push(format!(".backup-{}.tmp", uuid::Uuid::now_v7()));
+        let out = src.with_file_name(name);
+        let target = out.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_conn(&src, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let path = target.to_str().ok_or_else(|| Error::internal("the backup path is not UTF-8"))?;
+            conn.execute("VACUUM INTO ?1", [path]).map_err(db_err).inspect_err(|_| {
+                let _ = std::fs::remove_file(&target);
+            })?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("backup task failed: {e}")))??;
+        Ok(out)
+    }
+
     async fn storage_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for suffix in ["", "-wal", "-shm"] {

@@ -15,7 +15,9 @@ generated module is not current.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar, cast
 
@@ -61,6 +63,7 @@ from ferry.types import (
     Advice,
     AgentInfo,
     AgentsPage,
+    BackupReceipt,
     BatchResult,
     BroadcastResult,
     ChannelCursor,
@@ -1895,6 +1898,13 @@ class AsyncClient:
     async def advice_history(self) -> list[Advice]:
         """The advisor's past verdicts, oldest first."""
         return cast("list[Advice]", (await self._t.call("GET", "/v1/advice/history"))["decisions"])
+
+    @operation("GET", "/v1/backup")
+    async def backup(self, to: str | os.PathLike[str]) -> BackupReceipt:
+        """A consistent copy of the server's SQLite database (admin scope), taken online and
+        written to `to` once its size and SHA-256 match what the server stated."""
+        out = await self._t.download("/v1/backup", Path(to), "x-ferry-backup-sha256")
+        return cast(BackupReceipt, out)
 
     @operation("GET", "/metrics")
     async def metrics(self) -> str:

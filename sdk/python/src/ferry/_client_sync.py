@@ -6,8 +6,10 @@ names and arguments as `ferry.AsyncClient`, not awaited.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar, cast
 
@@ -41,6 +43,7 @@ from ferry.types import (
     Advice,
     AgentInfo,
     AgentsPage,
+    BackupReceipt,
     BatchResult,
     BroadcastResult,
     ChannelCursor,
@@ -1840,6 +1843,13 @@ class Client:
     def advice_history(self) -> list[Advice]:
         """The advisor's past verdicts, oldest first."""
         return cast("list[Advice]", self._t.call("GET", "/v1/advice/history")["decisions"])
+
+    @operation("GET", "/v1/backup")
+    def backup(self, to: str | os.PathLike[str]) -> BackupReceipt:
+        """A consistent copy of the server's SQLite database (admin scope), taken online and
+        written to `to` once its size and SHA-256 match what the server stated."""
+        out = self._t.download("/v1/backup", Path(to), "x-ferry-backup-sha256")
+        return cast(BackupReceipt, out)
 
     @operation("GET", "/metrics")
     def metrics(self) -> str:

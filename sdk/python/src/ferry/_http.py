@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -41,6 +42,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -222,6 +224,29 @@ def _decode(resp: httpx.Response, kind: int) -> Any:
     return None
 
 
+_DOWNLOAD_CHUNK: Final = 1 << 20
+
+
+def _part_of(to: Path) -> Path:
+    """Where a download is written until it is verified."""
+    return to.with_name(to.name + ".part")
+
+
+def _finish_download(
+    part: Path, to: Path, got: int, digest: str, stated: str | None, length: str | None
+) -> dict[str, Any]:
+    """Names the verified download `to`, or deletes it and says how it differs."""
+    if stated is None or digest != stated or (length is not None and int(length) != got):
+        part.unlink(missing_ok=True)
+        raise FerryError(
+            f"the download arrived altered or short: {got} bytes with SHA-256 {digest}, "
+            f"the server sent {length} bytes with SHA-256 {stated}",
+            code="decode",
+        )
+    os.replace(part, to)
+    return {"bytes": got, "sha256": digest}
+
+
 class SyncTransport(_Base):
     """Blocking requests over one keep-alive pool (thread-safe, as httpx.Client is)."""
 
@@ -283,6 +308,29 @@ class SyncTransport(_Base):
     def close(self) -> None:
         """Closes the connection pool."""
         self.http.close()
+
+    def download(self, path: str, to: Path, digest_header: str) -> dict[str, Any]:
+        """Streams `path` into `to` (through `to`.part, renamed once the size and the SHA-256
+        in `digest_header` match); no retries, no overall timeout (a large file takes long)."""
+        part = _part_of(to)
+        digest, got = hashlib.sha256(), 0
+        try:
+            with self.http.stream("GET", path, timeout=httpx.Timeout(None, connect=10.0)) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise error_of_parts(resp.status_code, resp.content, resp.headers.get("retry-after"))
+                with open(part, "wb") as f:
+                    for chunk in resp.iter_bytes(_DOWNLOAD_CHUNK):
+                        digest.update(chunk)
+                        got += len(chunk)
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                stated, length = resp.headers.get(digest_header), resp.headers.get("content-length")
+        except httpx.TransportError as exc:
+            part.unlink(missing_ok=True)
+            raise _connection_error(exc, self.url) from exc
+        return _finish_download(part, to, got, digest.hexdigest(), stated, length)
 
 
 class AsyncTransport(_Base):
@@ -361,6 +409,29 @@ class AsyncTransport(_Base):
                 raise err from cause
             await asyncio.sleep(delay)
             attempt += 1
+
+    async def download(self, path: str, to: Path, digest_header: str) -> dict[str, Any]:
+        """Streams `path` into `to` (through `to`.part, renamed once the size and the SHA-256
+        in `digest_header` match); no retries, no overall timeout (a large file takes long)."""
+        part = _part_of(to)
+        digest, got = hashlib.sha256(), 0
+        try:
+            async with self.http.stream("GET", path, timeout=httpx.Timeout(None, connect=10.0)) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise error_of_parts(resp.status_code, resp.content, resp.headers.get("retry-after"))
+                with open(part, "wb") as f:
+                    async for chunk in resp.aiter_bytes(_DOWNLOAD_CHUNK):
+                        digest.update(chunk)
+                        got += len(chunk)
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                stated, length = resp.headers.get(digest_header), resp.headers.get("content-length")
+        except httpx.TransportError as exc:
+            part.unlink(missing_ok=True)
+            raise _connection_error(exc, self.url) from exc
+        return _finish_download(part, to, got, digest.hexdigest(), stated, length)
 
     async def aclose(self) -> None:
         """Closes the connection pools."""

@@ -973,6 +973,13 @@ class Stats(TypedDict):
     now: dict[str, Any]
 
 
+class BackupReceipt(TypedDict):
+    """What `backup` wrote: its size and SHA-256, both checked against the server's."""
+
+    bytes: int
+    sha256: str
+
+
 class Advice(TypedDict):
     """The scaling advisor's verdict (`STAY`, `PLAN MIGRATION`, `ACT`, `MIGRATE NOW`), its
     cause and the remedy that fixes it."""
