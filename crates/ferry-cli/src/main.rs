@@ -89,7 +89,7 @@ enum Command {
     Watch(cmd::watch::WatchArgs),
     /// Benchmark a live server: enqueue in batches, then work the jobs with SDK workers.
     Bench(bench::BenchArgs),
-    /// Copy a SQLite database into PostgreSQL (batches, progress, verification, --resume).
+    /// Copy a SQLite database into PostgreSQL, or back (batches, progress, verification, --resume).
     Migrate(migrate::MigrateArgs),
     /// Copy a running SQLite server's database to a file, online, verified (admin token).
     #[command(after_help = "Example:\n  ferry backup --to /backups/ferry-$(date +%F).db")]

@@ -1,17 +1,19 @@
-//! `ferry migrate`: SQLite → PostgreSQL with a progress bar, then a per-table summary of rows
-//! and checksums (see `ferry_store::migrate`).
+//! `ferry migrate`: SQLite → PostgreSQL, or PostgreSQL → SQLite (the rollback), with a
+//! progress bar, then a per-table summary of rows and checksums (see `ferry_store::migrate`).
 
-use ferry_store::migrate::{MigrateOptions, Progress, sqlite_to_postgres};
+use ferry_store::migrate::{MigrateOptions, Progress, postgres_to_sqlite, sqlite_to_postgres};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 /// Options of `ferry migrate`.
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
-    /// Source: a SQLite file path or sqlite: URL (the server using it must be stopped).
+    /// Source: a SQLite file path or sqlite: URL, or a postgres:// URL to copy back (the
+    /// servers using it must be stopped).
     #[arg(long)]
     from: String,
-    /// Target: a postgres:// URL (an empty database, unless --resume).
+    /// Target: a postgres:// URL, or (from PostgreSQL) a SQLite file path (an empty
+    /// database, unless --resume).
     #[arg(long)]
     to: String,
     /// Continue an interrupted migration into a non-empty target.
@@ -24,12 +26,21 @@ pub struct MigrateArgs {
 
 /// Runs the migration; prints the summary; returns the exit code.
 pub async fn run(a: MigrateArgs) -> i32 {
-    let path = a.from.strip_prefix("sqlite://").or_else(|| a.from.strip_prefix("sqlite:")).unwrap_or(&a.from);
-    let from = PathBuf::from(path);
+    let is_pg = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
+    let sqlite_path = |s: &str| {
+        PathBuf::from(s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")).unwrap_or(s))
+    };
+    let back = is_pg(&a.from);
+    if back == is_pg(&a.to) {
+        return crate::output::fail(
+            "one side of a migration is SQLite and the other PostgreSQL: --from ./ferry-data/ferry.db --to \
+             postgres://..., or back with --from postgres://... --to ./ferry-data/ferry.db",
+        );
+    }
     let opts = MigrateOptions { resume: a.resume, batch: a.batch.clamp(1, 2_000), schema: None };
     let show_bar = std::io::stderr().is_terminal();
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let result = sqlite_to_postgres(&from, &a.to, &opts, |p| match p {
+    let mut show = |p| match p {
         Progress::Table { name, total, skipped } => {
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
@@ -60,15 +71,20 @@ pub async fn run(a: MigrateArgs) -> i32 {
             }
             eprintln!("verified {name}: {rows} rows, checksum {checksum:016x} on both sides");
         }
-    })
-    .await;
+    };
+    let result = if back {
+        postgres_to_sqlite(&a.from, &sqlite_path(&a.to), &opts, &mut show).await
+    } else {
+        sqlite_to_postgres(&sqlite_path(&a.from), &a.to, &opts, &mut show).await
+    };
     match result {
         Ok(reports) => {
             println!("{:<10} {:>10} {:>10}  {:<16}", "TABLE", "ROWS", "COPIED", "CHECKSUM");
             for r in reports {
                 println!("{:<10} {:>10} {:>10}  {:016x}", r.name, r.rows, r.copied, r.checksum);
             }
-            println!("migration complete: start ferry with --database {}", ferry_server::redact(&a.to));
+            let target = if back { a.to.clone() } else { ferry_server::redact(&a.to) };
+            println!("migration complete: start ferry with --database {target}");
             0
         }
         Err(e) => crate::output::fail(e.message),

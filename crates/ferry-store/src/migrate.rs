@@ -1,5 +1,5 @@
-//! `ferry migrate`: copies a SQLite database into PostgreSQL, table by table, in batches,
-//! then verifies row counts and checksums per table.
+//! `ferry migrate`: copies a SQLite database into PostgreSQL, or back (the rollback), table
+//! by table, in batches, then verifies row counts and checksums per table.
 //!
 //! [`TABLES`] is the one registry of migrated tables; a test compares it with the tables both
 //! schemas really have, so a table added later cannot be forgotten here. The copy is
@@ -919,6 +919,231 @@ pub async fn sqlite_to_postgres(
     let _ = driver.await;
     rebuild_memory(to, opts).await?;
     Ok(reports)
+}
+
+/// The checksum and row count of `t` in a SQLite database, in key order.
+fn sqlite_checksum(conn: &rusqlite::Connection, t: &Table) -> Result<(u64, u64)> {
+    let cols: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+    let sql = format!("SELECT {} FROM {} ORDER BY {}", cols.join(", "), t.name, t.key.join(", "));
+    let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let (mut h, mut n) = (Fnv::new(), 0u64);
+    while let Some(r) = rows.next().map_err(db_err)? {
+        for (i, (_, c)) in t.columns.iter().enumerate() {
+            sqlite_val(r, i, *c)?.feed(&mut h);
+        }
+        n += 1;
+    }
+    Ok((n, h.0))
+}
+
+/// The checksum and row count of `t` in PostgreSQL, in key order.
+async fn pg_checksum(client: &tokio_postgres::Client, t: &Table) -> Result<(u64, u64)> {
+    let cols: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+    let sql = format!("SELECT {} FROM {} ORDER BY {}", cols.join(", "), t.name, t.key.join(", "));
+    let no_params: [&(dyn ToSql + Sync); 0] = [];
+    let stream = client.query_raw(&sql, no_params.iter().map(|p| *p as &dyn ToSql)).await.map_err(pg_err)?;
+    futures_util::pin_mut!(stream);
+    let (mut h, mut n) = (Fnv::new(), 0u64);
+    while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream).await.map_err(pg_err)? {
+        for (i, (_, c)) in t.columns.iter().enumerate() {
+            pg_val(&r, i, *c)?.feed(&mut h);
+        }
+        n += 1;
+    }
+    Ok((n, h.0))
+}
+
+impl Val {
+    /// The value as SQLite stores it (booleans 0/1, UUIDs as 16 bytes).
+    fn to_sqlite(&self) -> rusqlite::types::Value {
+        use rusqlite::types::Value as V;
+        match self {
+            Val::Null(_) => V::Null,
+            Val::I64(v) => V::Integer(*v),
+            Val::I32(v) => V::Integer(i64::from(*v)),
+            Val::Bool(v) => V::Integer(i64::from(*v)),
+            Val::F64(v) => V::Real(*v),
+            Val::Text(v) => V::Text(v.clone()),
+            Val::Uuid(v) => V::Blob(v.as_bytes().to_vec()),
+            Val::Bytes(v) => V::Blob(v.clone()),
+        }
+    }
+}
+
+/// Copies the PostgreSQL database at `from` into the SQLite database at `to` (created if
+/// missing): the rollback of [`sqlite_to_postgres`], with the same registry, batches,
+/// progress, verification and `resume`. The servers using `from` must be stopped (nothing
+/// can lock a PostgreSQL database for us); `to` is locked against a server for the whole copy.
+pub async fn postgres_to_sqlite(
+    from: &str,
+    to: &Path,
+    opts: &MigrateOptions,
+    mut progress: impl FnMut(Progress),
+) -> Result<Vec<TableReport>> {
+    assert!(opts.batch >= 1);
+    if to.is_dir() {
+        return Err(Error::invalid(
+            "to",
+            format!(
+                "{} is a directory; name the database file, e.g. {}",
+                to.display(),
+                to.join("ferry.db").display()
+            ),
+        ));
+    }
+    let mut pg: tokio_postgres::Config =
+        from.parse().map_err(|e| Error::invalid("from", format!("bad PostgreSQL URL: {e}")))?;
+    if let Some(s) = &opts.schema {
+        pg.options(format!("-c search_path={s}"));
+    }
+    let (client, conn) =
+        pg.connect(tokio_postgres::NoTls).await.map_err(|e| crate::postgres::unreachable(&pg, &e))?;
+    let driver = tokio::spawn(conn);
+    let version: Option<String> = client
+        .query_opt("SELECT value FROM ferry_meta WHERE key = 'schema_version'", &[])
+        .await
+        .map_err(|e| Error::invalid("from", format!("{from} is not a ferry database: {e}")))?
+        .map(|r| r.get(0));
+    let want = crate::postgres::schema::SCHEMA_VERSION.to_string();
+    if version.as_deref() != Some(want.as_str()) {
+        return Err(Error::invalid(
+            "from",
+            format!(
+                "source schema version {} is not the one this ferry writes ({want}); open it with `ferry serve` first",
+                version.as_deref().unwrap_or("(none)")
+            ),
+        ));
+    }
+    // Create (or migrate) the target schema through the backend itself, then hold its lock.
+    let store = crate::SqliteStore::open(crate::SqliteConfig::new(to), Arc::new(SystemClock))?;
+    crate::StoreCore::close(&store).await;
+    drop(store);
+    let _lock = lock_file(to)
+        .map_err(|e| Error::new(ErrorCode::InvalidState, format!("{}; stop the server first", e.message)))?;
+    let mut dst = rusqlite::Connection::open(to).map_err(db_err)?;
+    dst.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+    if !opts.resume {
+        for t in TABLES {
+            let n: i64 = dst
+                .query_row(&format!("SELECT count(*) FROM {}", t.name), [], |r| r.get(0))
+                .map_err(db_err)?;
+            if n > 0 {
+                return Err(Error::new(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "the target already has {n} rows in {}; migrate into a new file, or pass --resume",
+                        t.name
+                    ),
+                ));
+            }
+        }
+    }
+    let mut reports = Vec::new();
+    for t in TABLES {
+        let cols: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+        let col_list = cols.join(", ");
+        let key_list = t.key.join(", ");
+        let total: i64 =
+            client.query_one(&format!("SELECT count(*) FROM {}", t.name), &[]).await.map_err(pg_err)?.get(0);
+        let mut after: Option<i64> = None;
+        let mut skipped = 0u64;
+        if opts.resume {
+            if t.resumable {
+                after = dst
+                    .query_row(&format!("SELECT max({key_list}) FROM {}", t.name), [], |r| r.get(0))
+                    .map_err(db_err)?;
+                skipped = dst
+                    .query_row(&format!("SELECT count(*) FROM {}", t.name), [], |r| r.get::<_, i64>(0))
+                    .map_err(db_err)? as u64;
+            } else {
+                dst.execute(&format!("DELETE FROM {}", t.name), []).map_err(db_err)?;
+            }
+        }
+        progress(Progress::Table { name: t.name, total: total as u64, skipped });
+        let sql = format!(
+            "SELECT {col_list} FROM {} {} ORDER BY {key_list}",
+            t.name,
+            if after.is_some() { format!("WHERE {} > $1", t.key[0]) } else { String::new() }
+        );
+        let params: Vec<&(dyn ToSql + Sync)> = match &after {
+            Some(a) => vec![a],
+            None => vec![],
+        };
+        let stream = client.query_raw(&sql, params.iter().map(|p| *p as &dyn ToSql)).await.map_err(pg_err)?;
+        futures_util::pin_mut!(stream);
+        let insert = format!(
+            "INSERT INTO {} ({col_list}) VALUES ({})",
+            t.name,
+            (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut copied = 0u64;
+        let mut batch: Vec<Vec<Val>> = Vec::with_capacity(opts.batch);
+        loop {
+            let row = futures_util::TryStreamExt::try_next(&mut stream).await.map_err(pg_err)?;
+            if let Some(r) = &row {
+                let vals = t
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, c))| pg_val(r, i, *c))
+                    .collect::<Result<Vec<_>>>()?;
+                batch.push(vals);
+            }
+            let done = row.is_none();
+            if batch.len() == opts.batch || (done && !batch.is_empty()) {
+                // One transaction per batch: an interruption leaves whole batches, which
+                // `resume` continues after.
+                let tx = dst.transaction().map_err(db_err)?;
+                {
+                    let mut stmt = tx.prepare_cached(&insert).map_err(db_err)?;
+                    for vals in &batch {
+                        let values: Vec<rusqlite::types::Value> = vals.iter().map(Val::to_sqlite).collect();
+                        stmt.execute(rusqlite::params_from_iter(values)).map_err(db_err)?;
+                    }
+                }
+                tx.commit().map_err(db_err)?;
+                copied += batch.len() as u64;
+                progress(Progress::Rows(batch.len() as u64));
+                batch.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        let (n_src, h_src) = pg_checksum(&client, t).await?;
+        let (n_dst, h_dst) = sqlite_checksum(&dst, t)?;
+        if n_src != n_dst || h_src != h_dst {
+            return Err(Error::internal(format!(
+                "verification failed for {}: source {n_src} rows (checksum {h_src:016x}), target {n_dst} rows (checksum {h_dst:016x})",
+                t.name
+            )));
+        }
+        progress(Progress::Verified { name: t.name, rows: n_src, checksum: h_src });
+        reports.push(TableReport { name: t.name, rows: n_src, copied, checksum: h_src });
+    }
+    drop(client);
+    let _ = driver.await;
+    drop(dst);
+    drop(_lock);
+    // The search rows SQLite keeps beside each episode (FTS, scan rows) are derived again.
+    let store = crate::SqliteStore::open(crate::SqliteConfig::new(to), Arc::new(SystemClock))?;
+    let out = rebuild_derived(&store, opts.batch).await;
+    crate::StoreCore::close(&store).await;
+    out?;
+    Ok(reports)
+}
+
+/// Rewrites every episode's derived rows in `store`, batch by batch.
+async fn rebuild_derived(store: &dyn crate::MemoryStore, batch: usize) -> Result<()> {
+    let mut after = 0;
+    loop {
+        let pass = crate::DerivedPass { namespace: None, after, batch, mode: crate::PassMode::Rewrite };
+        match store.memory_pass(pass).await?.next {
+            Some(n) => after = n,
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Derives every copied episode's tokens (and tag and vector rows) in PostgreSQL, batch by batch.

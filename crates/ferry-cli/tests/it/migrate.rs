@@ -258,3 +258,78 @@ fn rusqlite_tables(path: &std::path::Path) -> Vec<String> {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
 }
+
+/// The rows and checksums of the summary table `ferry migrate` prints, by table.
+fn summary(stdout: &str) -> BTreeMap<String, (String, String)> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("TABLE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("migration complete"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), (f[1].to_string(), f[3].to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_thousand_jobs_go_to_postgres_and_back_unchanged() {
+    let Some(db) = TestDb::create("ferry_back").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("ferry.db");
+    let expected = build_source(&src).await;
+    let src_str = src.to_str().unwrap().to_string();
+    let out = ferry(&["migrate", "--from", &src_str, "--to", &db.url]);
+    let there = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{there}{}", String::from_utf8_lossy(&out.stderr));
+
+    // Back into a new file: the same rows and checksums for every table, both ways.
+    let back = dir.path().join("back/ferry.db");
+    std::fs::create_dir_all(back.parent().unwrap()).unwrap();
+    let back_str = back.to_str().unwrap().to_string();
+    // A directory as the target is named as such.
+    let out = ferry(&["migrate", "--from", &db.url, "--to", back.parent().unwrap().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory; name the database file"));
+    let out = ferry(&["migrate", "--from", &db.url, "--to", &back_str, "--batch", "700"]);
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("verified jobs: 200000 rows"), "{stderr}");
+    assert!(
+        stdout.contains(&format!("migration complete: start ferry with --database {back_str}")),
+        "{stdout}"
+    );
+    let (a, b) = (summary(&there), summary(&stdout));
+    assert!(a.len() >= 30, "{there}");
+    assert_eq!(a, b, "rows and checksums per table: SQLite -> PostgreSQL vs PostgreSQL -> SQLite");
+
+    // A second run into the same file is refused; --resume after a lost part completes it.
+    let out = ferry(&["migrate", "--from", &db.url, "--to", &back_str]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --resume"));
+    {
+        let conn = rusqlite::Connection::open(&back).unwrap();
+        conn.execute("DELETE FROM jobs WHERE seq > (SELECT max(seq) - 50000 FROM jobs)", []).unwrap();
+    }
+    let out = ferry(&["migrate", "--from", &db.url, "--to", &back_str, "--resume"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&stdout), a, "after --resume");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("jobs") && l.split_whitespace().nth(2) == Some("50000")),
+        "{stdout}"
+    );
+
+    // The original's invariants hold in the copy, and a server on it serves the same jobs.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = SqliteStore::open(SqliteConfig::new(&back), clock).unwrap();
+    assert_eq!(store.check_invariants().await.unwrap(), Vec::<String>::new());
+    store.close().await;
+    let server = Server::start_with(&["--database", &back_str], tempfile::tempdir().unwrap());
+    let c = Client::new(&server.url);
+    let got: BTreeMap<String, BTreeMap<JobState, u64>> =
+        c.queues().await.unwrap().queues.into_iter().map(|q| (q.queue, q.counts)).collect();
+    assert_eq!(got, expected, "counts per queue and state after the round trip");
+}
