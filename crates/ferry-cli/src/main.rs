@@ -57,6 +57,10 @@ impl ClientOpts {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (SQLite in ./ferry-data/ by default).
+    #[command(
+        after_help = "Examples:\n  ferry serve\n  ferry serve --listen 0.0.0.0:7700 --data-dir /var/lib/ferry\n  \
+                            ferry serve --database postgres://ferry@db-host/ferry --listen 127.0.0.1:7701"
+    )]
     Serve(ServeArgs),
     /// Enqueue a job (payload from an argument, --file or stdin) or, with --batch, JSON lines.
     #[command(
@@ -86,10 +90,15 @@ enum Command {
         cmd: cmd::schedules::SchedulesCmd,
     },
     /// Print events live (job, queue and schedule changes).
+    #[command(after_help = "Examples:\n  ferry watch --queue emails\n  ferry watch --since 0")]
     Watch(cmd::watch::WatchArgs),
     /// Benchmark a live server: enqueue in batches, then work the jobs with SDK workers.
     Bench(bench::BenchArgs),
     /// Copy a SQLite database into PostgreSQL, or back (batches, progress, verification, --resume).
+    #[command(
+        after_help = "Examples:\n  ferry migrate --from ./ferry-data/ferry.db --to postgres://ferry@db-host/ferry\n  \
+                            ferry migrate --from postgres://ferry@db-host/ferry --to ./ferry-back/ferry.db"
+    )]
     Migrate(migrate::MigrateArgs),
     /// Copy a running SQLite server's database to a file, online, verified (admin token).
     #[command(after_help = "Example:\n  ferry backup --to /backups/ferry-$(date +%F).db")]
@@ -100,6 +109,7 @@ enum Command {
     )]
     Restore(cmd::backup::RestoreArgs),
     /// Import a legacy file-based queue (*.job.json, *.claimed, *.result.json); exit 1 if any file was rejected.
+    #[command(after_help = "Example:\n  ferry import-dir ./queue-dir --url http://127.0.0.1:7700")]
     ImportDir(import_dir::ImportDirArgs),
     /// API tokens: create (prints the secret once), list, revoke.
     Tokens {
@@ -107,10 +117,13 @@ enum Command {
         cmd: cmd::tokens::TokensCmd,
     },
     /// Workers registered by their claims and heartbeats.
+    #[command(after_help = "Example:\n  ferry workers --url http://127.0.0.1:7700")]
     Workers(ClientOpts),
     /// Key figures over the last 1 m, 5 m and 1 h (throughput, errors, latencies, backlog).
+    #[command(after_help = "Example:\n  ferry stats --json")]
     Stats(ClientOpts),
     /// The scaling advisor's verdict (STAY, PLAN MIGRATION, ACT, MIGRATE NOW), its cause and remedy.
+    #[command(after_help = "Examples:\n  ferry advise\n  ferry advise --record\n  ferry advise --history")]
     Advise(cmd::advise::AdviseArgs),
     /// Registered hosts and their probed health: list, add, rm.
     Hosts {

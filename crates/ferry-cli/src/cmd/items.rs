@@ -89,7 +89,7 @@ pub enum ItemsCmd {
     },
     /// List items by id.
     List {
-        /// Only items in this status.
+        /// Only items in this status: todo, in_progress, blocked, done, failed or cancelled.
         #[arg(long, value_parser = parse_status)]
         status: Option<ItemStatus>,
         /// Only items held by this agent.
@@ -128,7 +128,7 @@ pub enum ItemsCmd {
         /// Clear the holder.
         #[arg(long)]
         unassign: bool,
-        /// Target status.
+        /// Target status: todo, in_progress, blocked, done, failed or cancelled.
         #[arg(long, value_parser = parse_status)]
         status: Option<ItemStatus>,
         /// Leave a terminal status (strict writes only).

@@ -87,7 +87,7 @@ pub enum MemoryCmd {
         /// Only episodes with this tag.
         #[arg(long)]
         tag: Option<String>,
-        /// Only this outcome.
+        /// Only this outcome: success, partial, failure or abandoned.
         #[arg(long, value_parser = parse_outcome)]
         outcome: Option<OutcomeStatus>,
         /// Only episodes that ended at or after this time (RFC 3339).
@@ -118,7 +118,7 @@ pub enum MemoryCmd {
         /// ... and this task type.
         #[arg(long)]
         task_type: Option<String>,
-        /// Only this outcome.
+        /// Only this outcome: success, partial, failure or abandoned.
         #[arg(long, value_parser = parse_outcome)]
         outcome: Option<OutcomeStatus>,
         /// Results wanted.

@@ -243,3 +243,45 @@ async fn a_batch_that_stops_says_what_was_committed_and_how_to_resume() {
     assert!(err.contains("2 jobs were committed"), "{err}");
     assert!(err.contains("--skip 2"), "{err}");
 }
+
+#[test]
+fn flags_with_values_list_them_and_commands_show_an_example() {
+    let help = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push("--help");
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry")).args(&all).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (cmd, values) in [
+        (&["items", "list"][..], "todo, in_progress, blocked, done, failed or cancelled"),
+        (&["items", "patch"][..], "todo, in_progress, blocked, done, failed or cancelled"),
+        (&["memory", "search"][..], "success, partial, failure or abandoned"),
+        (&["memory", "search"][..], "auto, hierarchical or flat"),
+        (&["checkpoints", "prune"][..], "keep_latest (default) or delete"),
+        (&["serve"][..], "[possible values: full, normal]"),
+    ] {
+        assert!(help(cmd).contains(values), "{cmd:?} help lacks {values:?}");
+    }
+    for cmd in [
+        &["serve"][..],
+        &["enqueue"],
+        &["watch"],
+        &["migrate"],
+        &["backup"],
+        &["restore"],
+        &["import-dir"],
+        &["workers"],
+        &["stats"],
+        &["advise"],
+        &["dlq", "list"],
+        &["dlq", "replay"],
+        &["dlq", "purge"],
+        &["jobs", "list"],
+    ] {
+        let text = help(cmd);
+        assert!(text.contains("\nExample"), "{cmd:?} help has no example:\n{text}");
+        let example: String = text.split("\nExample").nth(1).unwrap().lines().take(2).collect();
+        assert!(example.contains(&format!("ferry {}", cmd.join(" "))), "{cmd:?}: {example:?}");
+    }
+}
