@@ -1,6 +1,6 @@
 //! The scaling advisor: turns the node's own measurements over a window into a verdict —
-//! `STAY`, `PLAN MIGRATION` or `MIGRATE NOW` — with a justification naming every metric, its
-//! measured value and its threshold. [`evaluate`] is pure (tested on synthetic measurements);
+//! `STAY`, `PLAN MIGRATION`, `ACT` or `MIGRATE NOW` — with a justification naming every
+//! metric, its measured value and its threshold, and the cause and remedy of what it found. [`evaluate`] is pure (tested on synthetic measurements);
 //! the loop evaluates on a schedule (daily by default), logs each verdict, and keeps a decision
 //! history in `<data_dir>/advice-history.jsonl` (the newest `history_max` kept).
 //!
@@ -404,7 +404,7 @@ fn backlog_rules(r: &mut Rules, m: &Measurements) {
             (
                 format!("{growth} jobs failed past their retries in the window"),
                 "see why with ferry dlq list (each job's last error), fix the handler or its input, \
-                 then ferry dlq retry; a migration does not fix failing jobs"
+                 then ferry dlq replay; a migration does not fix failing jobs"
                     .into(),
             )
         },
@@ -432,8 +432,9 @@ fn backlog_rules(r: &mut Rules, m: &Measurements) {
                         now.workers_active, w.started_per_sec
                     ),
                     format!(
-                        "start workers for queue {queue:?} (ferry worker, or the Python SDK's @worker), and \
-                         check their queue names and token scopes; check the queue is not paused (ferry queues)"
+                        "start workers for queue {queue:?} (a ferry.Worker in Python, ferry_client::Worker in \
+                         Rust), and check their queue names and token scopes; check the queue is not paused \
+                         (ferry queues list)"
                     ),
                 )
             } else if writer_busy {
@@ -457,7 +458,7 @@ fn backlog_rules(r: &mut Rules, m: &Measurements) {
                     ),
                     format!(
                         "add workers for queue {queue:?} or raise their concurrency, and check the queue's \
-                         limits and pause (ferry queues)"
+                         limits and pause (ferry queues list, ferry queues limit)"
                     ),
                 )
             }
@@ -527,15 +528,18 @@ fn summarize(found: Vec<Finding>) -> Evaluation {
         }
         seen.join("; ")
     };
+    // What only an operator fixes (a full disk, no workers) is said even when a migration
+    // decides the verdict: first, since a migration would not fix it.
+    let both = |pick: &dyn Fn(&Finding) -> &str| {
+        let act = if verdict == Verdict::Act { String::new() } else { distinct(pick, Some(Verdict::Act)) };
+        let decided = distinct(pick, Some(verdict));
+        [act, decided].into_iter().filter(|x| !x.is_empty()).collect::<Vec<_>>().join("; ")
+    };
     let (cause, remedy, action) = if verdict == Verdict::Stay {
         let all = "every measurement is within its threshold".to_string();
         (all, "no change needed".to_string(), "no change needed".to_string())
     } else {
-        (
-            distinct(&|x| &x.cause, Some(verdict)),
-            distinct(&|x| &x.remedy, Some(verdict)),
-            distinct(&|x| &x.remedy, None),
-        )
+        (both(&|x| &x.cause), both(&|x| &x.remedy), distinct(&|x| &x.remedy, None))
     };
     Evaluation { verdict, justification, cause, remedy, action, findings: found }
 }
@@ -925,6 +929,22 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_named_first_even_when_a_migration_decides() {
+        let mut m = base("sqlite");
+        fault(&mut m, "disk_full", 0.05);
+        m.window.writer_utilization = 0.95;
+        let e = eval(&m);
+        assert_eq!(e.verdict, Verdict::MigrateNow);
+        assert!(
+            e.cause.starts_with("5% of writes fail because the disk holding the database is full; "),
+            "{}",
+            e.cause
+        );
+        assert!(e.remedy.starts_with("free or grow the volume"), "{}", e.remedy);
+        assert!(e.remedy.contains("move to PostgreSQL now"), "{}", e.remedy);
+    }
+
+    #[test]
     fn a_backlog_behind_a_busy_writer_plans_the_migration() {
         let mut m = base("sqlite");
         m.now.oldest_ready_age_s = 400.0;
@@ -945,6 +965,7 @@ mod tests {
         let e = eval(&m);
         assert_eq!(e.verdict, Verdict::Act);
         assert!(e.action.starts_with("see why with ferry dlq list"), "{}", e.action);
+        assert!(e.action.contains("then ferry dlq replay"), "{}", e.action);
         assert!(e.action.contains("plan the move to PostgreSQL"), "{}", e.action);
     }
 

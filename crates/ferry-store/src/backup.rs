@@ -78,26 +78,52 @@ pub fn restore(from: &Path, data_dir: &Path, replace: bool) -> Result<Restored> 
         Error::invalid("data_dir", format!("cannot create data directory {}: {e}", data_dir.display()))
     })?;
     let target = data_dir.join("ferry.db");
-    let _lock = lock_file(&target).map_err(|e| {
-        Error::new(ErrorCode::InvalidState, format!("{}; stop the server first, then restore", e.message))
-    })?;
+    if let (Ok(a), Ok(b)) = (from.canonicalize(), target.canonicalize())
+        && a == b
+    {
+        return Err(Error::invalid("from", format!("{} is the database being replaced", from.display())));
+    }
+    let _lock =
+        lock_file(&target).map_err(|e| match e.message.contains("in use by another ferry process") {
+            true => Error::new(
+                ErrorCode::InvalidState,
+                format!("{}; stop the server first, then restore", e.message),
+            ),
+            false => e,
+        })?;
     let sibling = |suffix: &str| {
         let mut s = target.as_os_str().to_owned();
         s.push(suffix);
         PathBuf::from(s)
     };
     let io = |what: &str, e: std::io::Error| Error::unavailable(format!("cannot {what}: {e}"));
+    if target.exists() && !replace {
+        return Err(Error::new(
+            ErrorCode::InvalidState,
+            format!(
+                "{} already holds a database; pass --force to replace it (the old one is kept beside it)",
+                data_dir.display()
+            ),
+        ));
+    }
+    // The new file is written and synced first, read through the copy's own WAL if it has one
+    // (`VACUUM INTO`, not a byte copy, so committed writes still in a WAL come along); only
+    // then is the old database moved aside, so a failure leaves the old one in place.
+    let partial = sibling(".restore.tmp");
+    let _ = std::fs::remove_file(&partial);
+    let made = (|| {
+        let src = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db_err)?;
+        let out =
+            partial.to_str().ok_or_else(|| Error::invalid("data_dir", "the data directory is not UTF-8"))?;
+        src.execute("VACUUM INTO ?1", [out]).map_err(db_err)?;
+        std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| io("sync the copy", e))
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
     let mut kept = None;
     if target.exists() {
-        if !replace {
-            return Err(Error::new(
-                ErrorCode::InvalidState,
-                format!(
-                    "{} already holds a database; pass --force to replace it (the old one is kept beside it)",
-                    data_dir.display()
-                ),
-            ));
-        }
         let stamp =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let old = sibling(&format!(".before-restore-{stamp}"));
@@ -107,7 +133,11 @@ pub fn restore(from: &Path, data_dir: &Path, replace: bool) -> Result<Restored> 
         if wal.exists() {
             let mut old_wal = old.as_os_str().to_owned();
             old_wal.push("-wal");
-            std::fs::rename(&wal, old_wal).map_err(|e| io("keep the old WAL", e))?;
+            if let Err(e) = std::fs::rename(&wal, old_wal) {
+                let _ = std::fs::rename(&old, &target);
+                let _ = std::fs::remove_file(&partial);
+                return Err(io("keep the old WAL", e));
+            }
         }
         kept = Some(old);
     } else {
@@ -116,9 +146,6 @@ pub fn restore(from: &Path, data_dir: &Path, replace: bool) -> Result<Restored> 
         let _ = std::fs::remove_file(sibling("-wal"));
     }
     let _ = std::fs::remove_file(sibling("-shm"));
-    let partial = sibling(".restore.tmp");
-    std::fs::copy(from, &partial).map_err(|e| io("copy the backup", e))?;
-    std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| io("sync the copy", e))?;
     std::fs::rename(&partial, &target).map_err(|e| io("put the copy in place", e))?;
     std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(|e| io("sync the data directory", e))?;
     Ok(Restored { database: target, kept, copy })

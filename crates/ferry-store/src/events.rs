@@ -140,46 +140,101 @@ pub(crate) fn encode(events: &[Event]) -> String {
     out
 }
 
-/// Reads a stored batch back, numbering its events from `first`.
-pub(crate) fn decode(first: i64, body: &str) -> Result<Vec<Event>> {
-    let rows: Vec<Stored> = serde_json::from_str(body)
-        .map_err(|e| Error::internal(format!("corrupt event batch {first}: {e}")))?;
+/// Appends to `out` the events of a stored batch (numbered from `first`) whose cursors are
+/// after `after`, until `out` holds `limit`. Only those are decoded: the batch is split into
+/// its elements first (a scan, no allocation per element), so a reader that needs ten events
+/// of a thousand-event batch pays for ten.
+pub(crate) fn decode_into(
+    first: i64,
+    body: &str,
+    after: u64,
+    limit: usize,
+    out: &mut Vec<Event>,
+) -> Result<()> {
     let corrupt = |what: String| Error::internal(format!("corrupt event batch {first}: {what}"));
-    rows.into_iter()
-        .enumerate()
-        .map(|(i, Stored(code, at, queue, id, tags, data, subject))| {
-            let kind = EventType::from_code(code).ok_or_else(|| corrupt(format!("type {code}")))?;
-            let (queue, job_id, data) =
-                (queue.into_owned(), id.map(uuid::Uuid::from_u128), data.into_owned());
-            let subject = match subject {
-                Some((k, id)) => {
-                    Subject::new(SubjectKind::from_code(k).ok_or_else(|| corrupt(format!("kind {k}")))?, id)
-                }
-                None => Implied::of(kind, queue.as_deref(), job_id, data.as_ref())
-                    .map(Implied::subject)
-                    .ok_or_else(|| corrupt(format!("event {} has no subject", first as u64 + i as u64)))?,
-            };
-            Ok(Event {
-                cursor: first as u64 + i as u64,
-                kind,
-                subject,
-                at: Timestamp(at),
-                queue,
-                job_id,
-                tags: tags.into_owned(),
-                data,
-            })
-        })
-        .collect()
+    let rows: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(body).map_err(|e| corrupt(e.to_string()))?;
+    let first = first as u64;
+    let skip = after.saturating_add(1).saturating_sub(first).min(rows.len() as u64) as usize;
+    for (i, raw) in rows.iter().enumerate().skip(skip) {
+        if out.len() >= limit {
+            break;
+        }
+        let Stored(code, at, queue, id, tags, data, subject) =
+            serde_json::from_str(raw.get()).map_err(|e| corrupt(e.to_string()))?;
+        let cursor = first + i as u64;
+        let kind = EventType::from_code(code).ok_or_else(|| corrupt(format!("type {code}")))?;
+        let (queue, job_id, data) = (queue.into_owned(), id.map(uuid::Uuid::from_u128), data.into_owned());
+        let subject = match subject {
+            Some((k, id)) => {
+                Subject::new(SubjectKind::from_code(k).ok_or_else(|| corrupt(format!("kind {k}")))?, id)
+            }
+            None => Implied::of(kind, queue.as_deref(), job_id, data.as_ref())
+                .map(Implied::subject)
+                .ok_or_else(|| corrupt(format!("event {cursor} has no subject")))?,
+        };
+        out.push(Event {
+            cursor,
+            kind,
+            subject,
+            at: Timestamp(at),
+            queue,
+            job_id,
+            tags: tags.into_owned(),
+            data,
+        });
+    }
+    Ok(())
 }
 
-/// Keeps the events after `after` from decoded batches, at most `limit`.
-pub(crate) fn after(batches: Vec<Vec<Event>>, after: u64, limit: usize) -> Vec<Event> {
-    batches.into_iter().flatten().filter(|e| e.cursor > after).take(limit).collect()
-}
+/// Stored batch rows a catch-up read looks at, at most: with batches of one event it returns
+/// this many, with larger ones it stops as soon as it has `limit` events.
+pub(crate) const MAX_BATCH_ROWS_PER_READ: usize = 1_000;
 
 /// The first cursor after `after`, as stored (an `i64`): saturating, so a cursor from a client
 /// at the top of the range reads nothing rather than overflowing.
 pub(crate) fn cursor_bound(after: u64) -> i64 {
     i64::try_from(after).unwrap_or(i64::MAX).saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                cursor: 0,
+                kind: EventType::JobEnqueued,
+                subject: Subject::job(uuid::Uuid::from_u128(i as u128 + 1)),
+                at: Timestamp(1_000 + i as i64),
+                queue: Some("q".into()),
+                job_id: Some(uuid::Uuid::from_u128(i as u128 + 1)),
+                tags: vec![],
+                data: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_read_decodes_only_what_it_returns_and_numbers_it_from_the_batch() {
+        let body = encode(&batch(10));
+        // The batch holds cursors 101..=110.
+        let mut out = Vec::new();
+        decode_into(101, &body, 103, 4, &mut out).unwrap();
+        let cursors: Vec<u64> = out.iter().map(|e| e.cursor).collect();
+        assert_eq!(cursors, vec![104, 105, 106, 107]);
+        assert_eq!(out[0].job_id, Some(uuid::Uuid::from_u128(4)), "the element at its offset");
+        // Continues into `out` until the limit, across batches.
+        decode_into(111, &encode(&batch(3)), 107, 7, &mut out).unwrap();
+        assert_eq!(out.len(), 7);
+        assert_eq!(out[6].cursor, 113);
+        // A cursor past the batch reads nothing; one before it reads it whole.
+        let mut none = Vec::new();
+        decode_into(101, &body, 500, 10, &mut none).unwrap();
+        assert!(none.is_empty());
+        decode_into(101, &body, 0, 100, &mut none).unwrap();
+        assert_eq!(none.iter().map(|e| e.cursor).collect::<Vec<_>>(), (101..=110).collect::<Vec<_>>());
+        assert!(decode_into(1, "[1,", 0, 10, &mut none).is_err(), "a corrupt batch is an error");
+    }
 }

@@ -168,7 +168,8 @@ struct BatchRun {
     sent: usize,
     /// Of those, duplicates of unfinished jobs with the same unique key.
     dups: usize,
-    /// Input lines through which every job is committed (what `--skip` takes).
+    /// Input lines (counted from the first, skipped ones included) through which every job is
+    /// committed: what `--skip` takes to resume.
     committed_lines: usize,
     /// Jobs read and not yet sent, with their input line numbers.
     pending: Vec<(usize, JobSpec)>,
@@ -177,7 +178,7 @@ struct BatchRun {
 impl BatchRun {
     /// Why the run stopped, what was committed, and how to resume.
     fn stopped(&self, why: String, a: &EnqueueArgs) -> i32 {
-        let skip = a.skip + self.committed_lines;
+        let skip = self.committed_lines;
         let idempotent = match &a.unique_key_field {
             Some(_) => {
                 "; re-running with the same --unique-key-field enqueues nothing twice while those jobs are unfinished"
@@ -262,9 +263,16 @@ async fn flush(client: &Client, run: &mut BatchRun) -> Result<(), String> {
                     .and_then(|i| lines.get(i)),
                 _ => None,
             };
+            // Without an answer the batch may have been committed all the same.
+            let maybe = match &e {
+                ClientError::Api { .. } => "",
+                _ => {
+                    " (no answer came: that batch may have been committed too; a re-run with --unique-key-field is safe)"
+                }
+            };
             Err(match at {
                 Some(line) => format!("line {line}: {e}"),
-                None => format!("lines {}-{last}: {e}", lines[0]),
+                None => format!("lines {}-{last}: {e}{maybe}", lines[0]),
             })
         }
     }
@@ -281,11 +289,10 @@ async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
     let bar = jobs_bar(count_lines(a.file.as_ref()).map(|n| n.saturating_sub(a.skip as u64)));
     let chunk = a.chunk.clamp(1, 10_000);
     let payment = a.payment();
-    let mut run = BatchRun { sent: 0, dups: 0, committed_lines: 0, pending: Vec::with_capacity(chunk) };
-    // Line numbers below count from the first line after --skip; messages add it back.
+    let mut run = BatchRun { sent: 0, dups: 0, committed_lines: a.skip, pending: Vec::with_capacity(chunk) };
+    // Line numbers count from the input's first line, skipped ones included.
     for (i, line) in reader.lines().skip(a.skip).enumerate() {
-        let n = i + 1;
-        let at = a.skip + n;
+        let at = a.skip + i + 1;
         let line = match line {
             Ok(l) => l,
             Err(e) => return run.stopped(format!("cannot read line {at}: {e}"), a),
@@ -295,7 +302,7 @@ async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
         }
         if line.trim().is_empty() {
             if run.pending.is_empty() {
-                run.committed_lines = n;
+                run.committed_lines = at;
             }
             continue;
         }
@@ -332,7 +339,7 @@ async fn enqueue_batch(client: &Client, a: &EnqueueArgs) -> i32 {
                 }
             }
         }
-        run.pending.push((n, spec));
+        run.pending.push((at, spec));
         if run.pending.len() == chunk
             && let Err(e) = flush(client, &mut run).await
         {

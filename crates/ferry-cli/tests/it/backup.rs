@@ -257,6 +257,15 @@ async fn restore_refuses_a_running_target_and_keeps_what_it_replaces() {
     let copy_s = copy.to_str().unwrap();
     let data = s.dir.path().to_str().unwrap().to_string();
     assert_eq!(ferry(&["backup", "--to", copy_s, "--url", &s.url]).0, 0);
+    let left: Vec<String> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".backup-"))
+        .collect();
+    assert!(left.is_empty(), "the server's copy is deleted once sent: {left:?}");
+    // A job after the backup: the restore must take the directory back to one.
+    let (code, _, err) = ferry(&["enqueue", "q", "{\"n\":2}", "--url", &s.url]);
+    assert_eq!(code, 0, "{err}");
     // The file is not overwritten by accident.
     let (code, _, err) = ferry(&["backup", "--to", copy_s, "--url", &s.url]);
     assert_eq!(code, 1);
@@ -279,6 +288,10 @@ async fn restore_refuses_a_running_target_and_keeps_what_it_replaces() {
         .filter(|n| n.contains("before-restore"))
         .collect();
     assert!(!kept.is_empty(), "{kept:?}");
+    // The kept database, read with its WAL, still has both jobs.
+    let db = kept.iter().find(|n| !n.ends_with("-wal") && !n.ends_with("-shm")).unwrap();
+    let info = ferry_store::backup::verify(&Path::new(&data).join(db)).unwrap();
+    assert_eq!(info.jobs, 2, "the replaced database is kept whole");
     // Not a ferry database, or a damaged one: refused before anything is touched.
     std::fs::write(dir.path().join("junk.db"), b"not a database at all, not even close").unwrap();
     let (code, _, err) = ferry(&[

@@ -242,6 +242,15 @@ async fn a_batch_that_stops_says_what_was_committed_and_how_to_resume() {
     assert!(err.contains("line 3: "), "{err}");
     assert!(err.contains("2 jobs were committed"), "{err}");
     assert!(err.contains("--skip 2"), "{err}");
+    // Resumed past the first line, the refused job keeps its line number in the input.
+    let (code, _, err) = ferry_in(
+        dir.path(),
+        &["enqueue", "--batch", "--file", "bad.jsonl", "--chunk", "2", "--skip", "1", "--url", &s.url],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("line 3: "), "{err}");
+    assert!(err.contains("0 jobs were committed (0 duplicates), from input lines 1-1"), "{err}");
+    assert!(err.contains("--skip 1"), "{err}");
 }
 
 #[test]

@@ -609,7 +609,9 @@ async fn cli_commands_work_and_fail_with_the_servers_message() {
         assert_eq!(code, 0);
         assert!(out.starts_with("ID"));
         let (code, _, err) = ferry_cli(&url, &["dlq", "replay"], None);
-        assert_eq!(code, 1, "neither ids nor queue is an error: {err}");
+        // Neither ids nor a queue: refused before any request, naming the flags.
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("<--id <IDS>|--queue <QUEUE>>"), "{err}");
     })
     .await
     .unwrap();

@@ -1165,7 +1165,7 @@ enum Judge {
     Json,
     /// Only the status (SSE and WebSocket: the headers are read, the stream is dropped).
     Stream,
-    /// Only the status (`/metrics` is Prometheus text).
+    /// Only the status (`/metrics` is Prometheus text, `/v1/backup` a SQLite file).
     Text,
 }
 
@@ -1193,7 +1193,8 @@ fn operations(doc: &Value) -> Vec<Op> {
                 .collect();
             let judge = match path.as_str() {
                 "/v1/events/stream" | "/v1/ws" => Judge::Stream,
-                "/metrics" => Judge::Text,
+                // Prometheus text, and the database file a backup streams.
+                "/metrics" | "/v1/backup" => Judge::Text,
                 _ => Judge::Json,
             };
             let body = op["requestBody"]["content"]["application/json"].get("schema").cloned();

@@ -38,8 +38,7 @@ impl Default for Backups {
     responses(
         (status = 200, description = "the database file, from one consistent snapshot (`x-ferry-backup-sha256`: its SHA-256)",
             content_type = "application/vnd.sqlite3", body = String),
-        (status = 409, description = "invalid_state: the server runs on PostgreSQL (use pg_dump), or conflict: a backup is already running", body = ferry_core::wire::ErrorBody),
-        (status = 503, description = "unavailable: the copy could not be written (`details.storage_fault`, e.g. disk_full)", body = ferry_core::wire::ErrorBody)))]
+        (status = 409, description = "invalid_state: the server runs on PostgreSQL (use pg_dump), not enough free space beside the database, or the copy could not be written; conflict: a backup is already running", body = ferry_core::wire::ErrorBody)))]
 pub async fn backup(State(st): State<AppState>) -> ApiResult<Response> {
     let permit = st.backups.0.clone().try_acquire_owned().map_err(|_| {
         ApiError(Error::new(
@@ -47,15 +46,36 @@ pub async fn backup(State(st): State<AppState>) -> ApiResult<Response> {
             "a backup is already running on this node; retry when it ends",
         ))
     })?;
-    let copy = st.store.backup().await?;
-    let path = tempfile::TempPath::try_from_path(&copy)
-        .map_err(|e| Error::internal(format!("backup copy {}: {e}", copy.display())))?;
-    let (file, bytes, sha) = {
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || hash(&path))
-            .await
-            .map_err(|e| Error::internal(format!("backup hash task failed: {e}")))??
-    };
+    // The copy is made by a task of its own that owns the permit and, from the moment the
+    // file exists, a guard deleting it: a client that goes away mid-copy leaves no file behind
+    // and no second copy starts before this one ends.
+    let store = st.store.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let made = async {
+            let copy = store.backup().await?;
+            let path = tempfile::TempPath::try_from_path(&copy)
+                .map_err(|e| Error::internal(format!("backup copy {}: {e}", copy.display())))?;
+            let hashed = path.to_path_buf();
+            let (file, bytes, sha) = tokio::task::spawn_blocking(move || hash(&hashed))
+                .await
+                .map_err(|e| Error::internal(format!("backup hash task failed: {e}")))??;
+            Ok::<_, Error>((path, file, bytes, sha))
+        }
+        .await;
+        // Unsent (the client left): the guard and the permit drop here, deleting the copy.
+        let _ = tx.send((made, permit));
+    });
+    let (made, permit) = rx.await.map_err(|_| Error::internal("the backup task ended without an answer"))?;
+    let (path, file, bytes, sha) = made.map_err(|e| {
+        // A copy that could not be made is this request's failure, not the store's: it must
+        // not count toward the circuit breaker.
+        if e.code == ErrorCode::Unavailable || e.code == ErrorCode::Internal {
+            Error::new(ErrorCode::InvalidState, format!("the backup could not be made: {}", e.message))
+        } else {
+            e
+        }
+    })?;
     tracing::info!(bytes, sha256 = %sha, "backup streamed to a client");
     // The temporary copy and the permit live as long as the stream: the file is deleted once
     // sent (or when the client goes away).

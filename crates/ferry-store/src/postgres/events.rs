@@ -10,7 +10,7 @@
 
 use super::PgStore;
 use super::{RowExt, pg_err};
-use crate::events::{EventBus, decode};
+use crate::events::EventBus;
 use crate::{EventPrune, EventStore};
 use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper as Client, Pool};
@@ -30,21 +30,56 @@ pub const EVENT_POLL_MS: u64 = 200;
 
 /// Events after cursor `after`, from the numbered rows only.
 pub async fn read_events(c: &Client, after: u64, limit: usize) -> Result<Vec<Event>> {
-    let rows = c
+    // First the batch sizes, then only the bodies that hold the `limit` events wanted: a
+    // thousand-event batch is not fetched, nor decoded, to return ten events of it.
+    let from = crate::events::cursor_bound(after);
+    let sizes = c
         .query(
             &c.prepare_cached(
-                "SELECT first_cursor, body FROM event_log
+                "SELECT first_cursor, n FROM event_log
                  WHERE first_cursor >= coalesce((SELECT max(first_cursor) FROM event_log WHERE first_cursor <= $1), 0)
                  ORDER BY first_cursor LIMIT $2",
             )
             .await
             .map_err(pg_err)?,
-            &[&crate::events::cursor_bound(after), &(limit.clamp(1, 1_000) as i64)],
+            &[&from, &(crate::events::MAX_BATCH_ROWS_PER_READ as i64)],
         )
         .await
         .map_err(pg_err)?;
-    let batches = rows.iter().map(|r| decode(r.col(0)?, r.col::<&str>(1)?)).collect::<Result<Vec<_>>>()?;
-    Ok(crate::events::after(batches, after, limit))
+    let limit = limit.max(1);
+    let (mut rows, mut events) = (0i64, 0u64);
+    for r in &sizes {
+        let (first, n): (i64, i32) = (r.col(0)?, r.col(1)?);
+        let end = first + i64::from(n) - 1;
+        events += end.saturating_sub(from - 1).clamp(0, i64::from(n)) as u64;
+        rows += 1;
+        if events >= limit as u64 {
+            break;
+        }
+    }
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let first_row: i64 = sizes[0].col(0)?;
+    let bodies = c
+        .query(
+            &c.prepare_cached(
+                "SELECT first_cursor, body FROM event_log WHERE first_cursor >= $1 ORDER BY first_cursor LIMIT $2",
+            )
+            .await
+            .map_err(pg_err)?,
+            &[&first_row, &rows],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut out = Vec::with_capacity(limit.min(1_024));
+    for r in &bodies {
+        if out.len() >= limit {
+            break;
+        }
+        crate::events::decode_into(r.col(0)?, r.col::<&str>(1)?, after, limit, &mut out)?;
+    }
+    Ok(out)
 }
 
 /// The highest cursor numbered so far.

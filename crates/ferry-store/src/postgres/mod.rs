@@ -260,6 +260,9 @@ impl PgStore {
             .url
             .parse()
             .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("bad PostgreSQL URL: {e}")))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(10));
+        }
         let (channel, events_channel, msg_channel) = match &config.schema {
             Some(s) => {
                 valid_schema(s)?;
@@ -273,14 +276,13 @@ impl PgStore {
             }
             None => ("ferry_wake".to_string(), "ferry_events".to_string(), "ferry_msg".to_string()),
         };
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(Duration::from_secs(10));
-        }
         // One connection first, so that an unreachable database is reported with where it was
-        // looked for and why it failed, not as a pool's failure to create an object.
+        // looked for and why it failed, not as a pool's failure to create an object; closed
+        // cleanly (its driver runs to the end), so the server logs no unexpected EOF.
         let (probe, conn) = pg.connect(NoTls).await.map_err(|e| unreachable(&pg, &e))?;
+        let driver = tokio::spawn(conn);
         drop(probe);
-        drop(conn);
+        let _ = driver.await;
         let wait = Duration::from_millis(config.limits.max_pool_wait_ms.max(1));
         let pool = build_pool(&pg, config.pool_size, wait, "connection pool")?;
         // Memory searches read through connections of their own (as many as the server's

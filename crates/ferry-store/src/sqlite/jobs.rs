@@ -1036,19 +1036,31 @@ pub fn invariants(conn: &Connection) -> Result<Vec<String>> {
 
 /// Events after cursor `after`: the batch holding `after + 1`, then the ones after it.
 pub fn read_events(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Event>> {
-    let rows: Vec<(i64, String)> = conn
+    // From the batch holding the first cursor after `after`, row by row, decoding only the
+    // events returned and stopping once there are `limit` of them: memory and work per read
+    // are bounded by `limit`, not by the size of the batches.
+    let mut stmt = conn
         .prepare_cached(
             "SELECT first_cursor, body FROM event_log
              WHERE first_cursor >= coalesce((SELECT max(first_cursor) FROM event_log WHERE first_cursor <= ?1), 0)
              ORDER BY first_cursor LIMIT ?2",
         )
-        .and_then(|mut s| {
-            s.query_map(params![crate::events::cursor_bound(after), limit.clamp(1, 1_000) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
         .map_err(db_err)?;
-    let batches = rows.iter().map(|(f, b)| crate::events::decode(*f, b)).collect::<Result<Vec<_>>>()?;
-    Ok(crate::events::after(batches, after, limit))
+    let max_rows = crate::events::MAX_BATCH_ROWS_PER_READ as i64;
+    let mut rows = stmt.query(params![crate::events::cursor_bound(after), max_rows]).map_err(db_err)?;
+    let limit = limit.max(1);
+    let mut out = Vec::with_capacity(limit.min(1_024));
+    while out.len() < limit {
+        let Some(row) = rows.next().map_err(db_err)? else { break };
+        let first: i64 = row.get(0).map_err(db_err)?;
+        let body = row
+            .get_ref(1)
+            .map_err(db_err)?
+            .as_str()
+            .map_err(|e| Error::internal(format!("event batch {first}: {e}")))?;
+        crate::events::decode_into(first, body, after, limit, &mut out)?;
+    }
+    Ok(out)
 }
 
 /// Deletes old event batches (see `Store::prune_events`).

@@ -226,6 +226,27 @@ pub(crate) fn db_err(e: rusqlite::Error) -> Error {
     }
 }
 
+/// Infix of the temporary copies `backup` writes beside the database (`ferry.db.backup-<id>.tmp`).
+const BACKUP_MARK: &str = ".backup-";
+
+/// Deletes backup copies a crash or a killed request left beside the database (only this
+/// process, holding the database's lock, can be writing one).
+fn remove_stale_backups(db: &std::path::Path) {
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else { return };
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    let prefix = format!("{}{BACKUP_MARK}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::warn!(file = %n, "removed a backup copy left by an interrupted backup"),
+                Err(err) => tracing::warn!(file = %n, error = %err, "cannot remove a stale backup copy"),
+            }
+        }
+    }
+}
+
 /// What a SQLite error says of the storage: busy, full, read-only, failing, or other.
 pub(crate) fn fault_of(e: &rusqlite::Error) -> StorageFault {
     use rusqlite::ErrorCode as C;
@@ -264,6 +285,7 @@ impl SqliteStore {
             })?;
         }
         let lock = lock_file(&config.path)?;
+        remove_stale_backups(&config.path);
         let mut conn =
             open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         let sync = match config.synchronous {
@@ -398,10 +420,29 @@ impl StoreCore for SqliteStore {
     async fn backup(&self) -> Result<PathBuf> {
         // `VACUUM INTO` on a connection of its own reads one snapshot (WAL: the writer is not
         // held back) and writes a compact, self-contained copy; it refuses an existing file.
+        // The copy needs about the database's size beside it: refused up front rather than
+        // filling the volume the live writes need.
         let src = self.path.clone();
-        let mut name = src.file_name().unwrap_or_default().to_owned();
-        name.push(format!(".backup-{}.tmp", uuid::Uuid::now_v7()));
-        let out = src.with_file_name(name);
+        let need = self.storage_bytes().await?.saturating_add(64 << 20);
+        let dir = src.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if let Ok(st) = rustix::fs::statvfs(dir) {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            if free < need {
+                return Err(Error::new(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "not enough free space for a backup beside the database: it needs about {} MiB, {} MiB are free",
+                        need >> 20,
+                        free >> 20
+                    ),
+                ));
+            }
+        }
+        let out = src.with_file_name(format!(
+            "{}{BACKUP_MARK}{}.tmp",
+            src.file_name().unwrap_or_default().to_string_lossy(),
+            uuid::Uuid::now_v7()
+        ));
         let target = out.clone();
         tokio::task::spawn_blocking(move || {
             let conn = open_conn(&src, OpenFlags::SQLITE_OPEN_READ_ONLY)?;

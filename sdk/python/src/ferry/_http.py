@@ -330,6 +330,10 @@ class SyncTransport(_Base):
         except httpx.TransportError as exc:
             part.unlink(missing_ok=True)
             raise _connection_error(exc, self.url) from exc
+        except BaseException:
+            # A full disk, an interrupt: no partial file is left behind.
+            part.unlink(missing_ok=True)
+            raise
         return _finish_download(part, to, got, digest.hexdigest(), stated, length)
 
 
@@ -424,13 +428,17 @@ class AsyncTransport(_Base):
                     async for chunk in resp.aiter_bytes(_DOWNLOAD_CHUNK):
                         digest.update(chunk)
                         got += len(chunk)
-                        f.write(chunk)
+                        await asyncio.to_thread(f.write, chunk)
                     f.flush()
-                    os.fsync(f.fileno())
+                    await asyncio.to_thread(os.fsync, f.fileno())
                 stated, length = resp.headers.get(digest_header), resp.headers.get("content-length")
         except httpx.TransportError as exc:
             part.unlink(missing_ok=True)
             raise _connection_error(exc, self.url) from exc
+        except BaseException:
+            # A full disk, a cancellation: no partial file is left behind.
+            part.unlink(missing_ok=True)
+            raise
         return _finish_download(part, to, got, digest.hexdigest(), stated, length)
 
     async def aclose(self) -> None:
