@@ -878,42 +878,9 @@ pub async fn sqlite_to_postgres(
                 .map_err(pg_err)?;
         }
         // Verify: same row count and the same checksum over every row in key order.
-        let mut h_src = Fnv::new();
-        let mut stmt =
-            src.prepare(&format!("SELECT {col_list} FROM {} ORDER BY {key_list}", t.name)).map_err(db_err)?;
-        let mut rows = stmt.query([]).map_err(db_err)?;
-        let mut n_src = 0u64;
-        while let Some(r) = rows.next().map_err(db_err)? {
-            for (i, (_, c)) in t.columns.iter().enumerate() {
-                sqlite_val(r, i, *c)?.feed(&mut h_src);
-            }
-            n_src += 1;
-        }
-        let mut h_dst = Fnv::new();
-        let mut n_dst = 0u64;
-        let no_params: [&(dyn ToSql + Sync); 0] = [];
-        let stream = client
-            .query_raw(
-                &format!("SELECT {col_list} FROM {} ORDER BY {key_list}", t.name),
-                no_params.iter().map(|p| *p as &dyn ToSql),
-            )
-            .await
-            .map_err(pg_err)?;
-        futures_util::pin_mut!(stream);
-        while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream).await.map_err(pg_err)? {
-            for (i, (_, c)) in t.columns.iter().enumerate() {
-                pg_val(&r, i, *c)?.feed(&mut h_dst);
-            }
-            n_dst += 1;
-        }
-        if n_src != n_dst || h_src.0 != h_dst.0 {
-            return Err(Error::internal(format!(
-                "verification failed for {}: source {n_src} rows (checksum {:016x}), target {n_dst} rows (checksum {:016x})",
-                t.name, h_src.0, h_dst.0
-            )));
-        }
-        progress(Progress::Verified { name: t.name, rows: n_src, checksum: h_src.0 });
-        reports.push(TableReport { name: t.name, rows: n_src, copied, checksum: h_src.0 });
+        let (n_src, h_src) = verified(t, sqlite_checksum(&src, t)?, pg_checksum(&client, t).await?)?;
+        progress(Progress::Verified { name: t.name, rows: n_src, checksum: h_src });
+        reports.push(TableReport { name: t.name, rows: n_src, copied, checksum: h_src });
     }
     drop(client);
     let _ = driver.await;
@@ -921,7 +888,20 @@ pub async fn sqlite_to_postgres(
     Ok(reports)
 }
 
-/// The checksum and row count of `t` in a SQLite database, in key order.
+/// The source's `(rows, checksum)` of `t` when the target's are the same; an error naming
+/// both otherwise.
+fn verified(t: &Table, src: (u64, u64), dst: (u64, u64)) -> Result<(u64, u64)> {
+    let ((n_src, h_src), (n_dst, h_dst)) = (src, dst);
+    if src != dst {
+        return Err(Error::internal(format!(
+            "verification failed for {}: source {n_src} rows (checksum {h_src:016x}), target {n_dst} rows (checksum {h_dst:016x})",
+            t.name
+        )));
+    }
+    Ok(src)
+}
+
+/// The row count and checksum of `t` in a SQLite database, in key order.
 fn sqlite_checksum(conn: &rusqlite::Connection, t: &Table) -> Result<(u64, u64)> {
     let cols: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
     let sql = format!("SELECT {} FROM {} ORDER BY {}", cols.join(", "), t.name, t.key.join(", "));
@@ -937,7 +917,7 @@ fn sqlite_checksum(conn: &rusqlite::Connection, t: &Table) -> Result<(u64, u64)>
     Ok((n, h.0))
 }
 
-/// The checksum and row count of `t` in PostgreSQL, in key order.
+/// The row count and checksum of `t` in PostgreSQL, in key order.
 async fn pg_checksum(client: &tokio_postgres::Client, t: &Table) -> Result<(u64, u64)> {
     let cols: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
     let sql = format!("SELECT {} FROM {} ORDER BY {}", cols.join(", "), t.name, t.key.join(", "));
@@ -1111,14 +1091,7 @@ pub async fn postgres_to_sqlite(
                 break;
             }
         }
-        let (n_src, h_src) = pg_checksum(&client, t).await?;
-        let (n_dst, h_dst) = sqlite_checksum(&dst, t)?;
-        if n_src != n_dst || h_src != h_dst {
-            return Err(Error::internal(format!(
-                "verification failed for {}: source {n_src} rows (checksum {h_src:016x}), target {n_dst} rows (checksum {h_dst:016x})",
-                t.name
-            )));
-        }
+        let (n_src, h_src) = verified(t, pg_checksum(&client, t).await?, sqlite_checksum(&dst, t)?)?;
         progress(Progress::Verified { name: t.name, rows: n_src, checksum: h_src });
         reports.push(TableReport { name: t.name, rows: n_src, copied, checksum: h_src });
     }
@@ -1151,18 +1124,7 @@ async fn rebuild_memory(to: &str, opts: &MigrateOptions) -> Result<()> {
     let mut cfg = PgConfig::new(to);
     cfg.schema = opts.schema.clone();
     let store = PgStore::open(cfg, Arc::new(SystemClock)).await?;
-    let mut after = 0;
-    let out = loop {
-        let pass =
-            crate::DerivedPass { namespace: None, after, batch: opts.batch, mode: crate::PassMode::Rewrite };
-        match crate::MemoryStore::memory_pass(&store, pass).await {
-            Ok(o) => match o.next {
-                Some(n) => after = n,
-                None => break Ok(()),
-            },
-            Err(e) => break Err(e),
-        }
-    };
+    let out = rebuild_derived(&store, opts.batch).await;
     crate::StoreCore::close(&store).await;
     out
 }
