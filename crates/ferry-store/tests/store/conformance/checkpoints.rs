@@ -4,7 +4,7 @@
 //! or the newest, lists with filters and cursors, thread settings, delete, copy, prune with the
 //! delta keep-set, delete by run, the retention pass, lease fencing, and counts that match.
 
-use super::{Harness, events_after};
+use super::{Harness, event_of, events_after};
 use ferry_core::checkpoint::{Blob, NewCheckpoint, NewWrites, Typed};
 use ferry_core::wire::checkpoints::{PutCheckpointBody, PutTarget, Version, WriteBody, WritesBody};
 use ferry_core::*;
@@ -344,8 +344,7 @@ pub async fn retention_pass_expires_idle_and_applies_keep_last(h: Harness) {
     super::complete(&h, running.id, &running.lease).await.unwrap();
     assert_eq!(h.store.sweep_checkpoints(sweep).await.unwrap().checkpoints_pruned, 3, "its job ended");
     assert_eq!(h.store.get_thread("busy").await.unwrap().unwrap().checkpoints, 2);
-    let evs = events_after(&h, 0, 1).await;
-    let deleted = evs.iter().find(|e| e.kind == EventType::ThreadDeleted).expect("thread.deleted");
+    let deleted = event_of(&h, 0, EventType::ThreadDeleted).await;
     assert_eq!(deleted.data.as_ref().unwrap()["reason"], json!("idle_ttl"));
     h.finish().await;
 }

@@ -249,6 +249,21 @@ async fn waiter(h: &Harness, queue: &str) -> tokio::task::JoinHandle<(Vec<Claime
 
 /// Waits until the bus has published up to `cursor` (PostgreSQL numbers events shortly after
 /// commit), then reads the stored log after `after`.
+/// The first stored event of `kind` after `after`, waited for: on PostgreSQL events are
+/// numbered by a sequencer pass after their commit, so the one a test wants may not be
+/// readable yet when others already are.
+async fn event_of(h: &Harness, after: u64, kind: ferry_core::EventType) -> Event {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = h.store.read_events(after, 100_000).await.unwrap();
+        if let Some(e) = got.into_iter().find(|e| e.kind == kind) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no {kind:?} event after {after} within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn events_after(h: &Harness, after: u64, at_least: usize) -> Vec<Event> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
