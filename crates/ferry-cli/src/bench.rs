@@ -19,6 +19,8 @@
 //!    each creating 10-member convoys and long-polling each to its end, `--rounds` times;
 //!
 //! 7. (`memory`, only when named) episodic memory: see `bench_memory.rs`;
+//! 8. (`catchup`, only when named) readers catching up with the stored event log: see
+//!    `bench_catchup.rs`;
 //!
 //! and the server's resident memory after each phase (from `GET /v1/server`).
 //!
@@ -49,7 +51,7 @@ pub struct BenchArgs {
     token: Option<String>,
     /// Jobs for the end-to-end phase.
     #[arg(long, default_value_t = 100_000)]
-    jobs: usize,
+    pub(crate) jobs: usize,
     /// Jobs per enqueue request.
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
@@ -130,7 +132,16 @@ pub struct BenchArgs {
     /// Messages: receivers long-polling channel `all` during the broadcast fan-out.
     #[arg(long, default_value_t = 1_000)]
     broadcast_agents: usize,
-    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages, convoy, ledger and memory only
+    /// Catchup: events stored, then replayed to each reader.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) catchup_events: u64,
+    /// Catchup: events per long-poll page (at most the server's `limits.max_page_size`).
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) catchup_page: usize,
+    /// Catchup: readers replaying at once (for memory, and beside the end-to-end phase).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) catchup_readers: usize,
+    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages, convoy, ledger, memory and catchup only
     /// when named); e2e, latency, clients by default. `messages` needs the server started with
     /// `[messages] rate_per_min = 0`; its ring uses the largest --agents count and
     /// --fanout-secs, its broadcast fan-out --broadcast-agents and --fanout-secs.
@@ -217,7 +228,15 @@ pub async fn run(a: BenchArgs) -> i32 {
         (a.phases.is_empty()
             && !matches!(
                 p,
-                "soak" | "fanout" | "overload" | "agents" | "messages" | "convoy" | "ledger" | "memory"
+                "soak"
+                    | "fanout"
+                    | "overload"
+                    | "agents"
+                    | "messages"
+                    | "convoy"
+                    | "ledger"
+                    | "memory"
+                    | "catchup"
             ))
             || a.phases.iter().any(|x| x == p)
     };
@@ -404,26 +423,30 @@ pub async fn run(a: BenchArgs) -> i32 {
     if want("ledger") && ledger(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
+    if want("catchup") && crate::bench_catchup::catchup(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
     if want("memory") && crate::bench_memory::memory(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
     0
 }
 
-/// Enqueues `n` jobs of `queue` in batches (4 in flight), each paid by `payer` when given, and
+/// Enqueues `jobs` jobs of `queue` in batches (4 in flight), each paid by `payer` when given, and
 /// works them with SDK workers; returns the end-to-end rate.
 pub(crate) async fn jobs_end_to_end(
     a: &BenchArgs,
     nodes: &[Client],
     queue: &str,
     payer: Option<&str>,
+    jobs: usize,
 ) -> Result<f64, ClientError> {
     use ferry_core::wire::PaymentSpec;
     let t0 = Instant::now();
     let workers = CountingWorkers::spawn(a, nodes, queue, "bench-ledger");
     let sem = Arc::new(tokio::sync::Semaphore::new(4));
     let mut sends = tokio::task::JoinSet::new();
-    let mut left = a.jobs;
+    let mut left = jobs;
     let mut i = 0;
     while left > 0 {
         let n = left.min(a.batch);
@@ -442,12 +465,12 @@ pub(crate) async fn jobs_end_to_end(
     while let Some(r) = sends.join_next().await {
         r.expect("task")?;
     }
-    while workers.done() < a.jobs as u64 {
+    while workers.done() < jobs as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
     workers.stop().await;
-    Ok(a.jobs as f64 / secs)
+    Ok(jobs as f64 / secs)
 }
 
 /// One client's single transfers `from` → `to` until `stop`, or `rounds` of them; latencies in ms.
@@ -558,11 +581,11 @@ async fn ledger(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()>
         pct(&all, 0.99)
     );
     // Paid against unpaid jobs.
-    let unpaid = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-unpaid"), None)
+    let unpaid = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-unpaid"), None, a.jobs)
         .await
         .map_err(|e| fail("unpaid jobs", e))?;
     let payer = acct("payer");
-    let paid = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-paid"), Some(&payer))
+    let paid = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-paid"), Some(&payer), a.jobs)
         .await
         .map_err(|e| fail("paid jobs", e))?;
     println!(
@@ -578,7 +601,7 @@ async fn ledger(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()>
         tasks.spawn(transfer_client(c, format!("{}-m{i}", acct("t")), pair, usize::MAX, stop.clone()));
     }
     let t0 = Instant::now();
-    let beside = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-beside"), None)
+    let beside = jobs_end_to_end(a, nodes, &format!("bench-ledger-{run_id}-beside"), None, a.jobs)
         .await
         .map_err(|e| fail("jobs beside transfers", e))?;
     let secs = t0.elapsed().as_secs_f64();

@@ -222,13 +222,13 @@ pub async fn memory(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(),
         return if a.soak { soak(a, nodes, &ns, n).await } else { Ok(()) };
     }
     // Ingest beside the jobs' end to end: its cost to their rate.
-    let alone = jobs_end_to_end(a, nodes, &format!("bench-mem-e2e-{run_id}-a"), None)
+    let alone = jobs_end_to_end(a, nodes, &format!("bench-mem-e2e-{run_id}-a"), None, a.jobs)
         .await
         .map_err(|e| fail("e2e", e))?;
     let beside_nodes = nodes.to_vec();
     let (ns5, extra) = (format!("{ns}-beside"), (n / 4).max(1_000));
     let side = tokio::spawn(async move { ingest(&beside_nodes, &ns5, 0, extra).await });
-    let with = jobs_end_to_end(a, nodes, &format!("bench-mem-e2e-{run_id}-b"), None)
+    let with = jobs_end_to_end(a, nodes, &format!("bench-mem-e2e-{run_id}-b"), None, a.jobs)
         .await
         .map_err(|e| fail("e2e", e))?;
     let side_rate = side.await.expect("task").map_err(|e| fail("ingest", e))?;

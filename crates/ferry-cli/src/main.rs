@@ -5,6 +5,7 @@
 //! `ferry: <message>` with exit code 1 on failure.
 
 mod bench;
+mod bench_catchup;
 mod bench_memory;
 mod cmd;
 mod import_dir;

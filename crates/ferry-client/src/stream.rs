@@ -11,28 +11,32 @@ use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 /// An open server-sent-event stream.
 pub struct EventStream {
     resp: reqwest::Response,
+    /// Bytes received and not yet parsed start at `start` (parsed lines are dropped once per
+    /// chunk, not once per line, so a chunk of many events is parsed in one pass).
     buf: Vec<u8>,
+    start: usize,
     data: Option<String>,
 }
 
 impl EventStream {
     pub(crate) fn new(resp: reqwest::Response) -> EventStream {
-        EventStream { resp, buf: Vec::new(), data: None }
+        EventStream { resp, buf: Vec::new(), start: 0, data: None }
     }
 
     /// The next message; `None` once the server ends the stream (after `lagged` or `error`,
     /// or at shutdown).
     pub async fn next(&mut self) -> Option<Result<StreamMessage>> {
         loop {
-            while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end_matches(['\n', '\r']);
+            while let Some(len) = self.buf[self.start..].iter().position(|b| *b == b'\n') {
+                let (from, end) = (self.start, self.start + len);
+                self.start = end + 1;
+                let line = String::from_utf8_lossy(&self.buf[from..end]);
+                let line = line.trim_end_matches('\r');
                 if line.is_empty() {
                     // A blank line ends an event; one without data (a keep-alive) is skipped.
                     if let Some(data) = self.data.take() {
                         return Some(
-                            serde_json::from_str(&data).map_err(|e| ClientError::Decode(e.to_string())),
+                            StreamMessage::parse(&data).map_err(|e| ClientError::Decode(e.to_string())),
                         );
                     }
                 } else if let Some(value) = line.strip_prefix("data:") {
@@ -48,6 +52,8 @@ impl EventStream {
                 // `id:` (the event's cursor, also in its JSON), `event:` (the JSON's `type`
                 // says the same) and `:` comments carry nothing more.
             }
+            self.buf.drain(..self.start);
+            self.start = 0;
             match self.resp.chunk().await {
                 Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
                 Ok(None) => return None,
@@ -122,7 +128,7 @@ impl EventSocket {
         loop {
             return match self.ws.next().await? {
                 Ok(Message::Text(t)) => {
-                    Some(serde_json::from_str(&t).map_err(|e| ClientError::Decode(e.to_string())))
+                    Some(StreamMessage::parse(&t).map_err(|e| ClientError::Decode(e.to_string())))
                 }
                 Ok(Message::Close(_)) => None,
                 Ok(_) => continue,

@@ -57,6 +57,10 @@ pub struct Limits {
     /// Events buffered per subscriber before it is told it lagged (pointers to shared events;
     /// above `max_batch`, so one full batch does not make a keeping-up consumer lag).
     pub event_buffer: usize,
+    /// Stored events per second one node reads for all its consumers catching up at once
+    /// (long-poll pages, SSE and WebSocket replays): replaying is background work, so a burst
+    /// of readers far behind cannot take the cores the job flow needs.
+    pub max_catchup_events_per_s: u64,
     /// Largest WebSocket message a client may send.
     pub max_ws_message_bytes: usize,
     /// Rooms one WebSocket may join.
@@ -209,6 +213,7 @@ impl Default for Limits {
             max_request_bytes: 32 << 20,
             max_subscribers: 10_000,
             event_buffer: 16_384,
+            max_catchup_events_per_s: 150_000,
             max_ws_message_bytes: 4_096,
             max_rooms: 256,
             max_schedules: 10_000,

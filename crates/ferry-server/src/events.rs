@@ -8,13 +8,17 @@
 //!   consumer cannot slow the server or other consumers;
 //! - a feed registers with the hub *before* it reads the stored log, and skips live events at
 //!   or below the last cursor it delivered, so the hand-over from catch-up to live delivery
-//!   neither loses nor repeats an event;
+//!   neither loses nor repeats an event; while it catches up the hub skips it (as if lagged),
+//!   and once the log is read to the end it reads it once more after rejoining;
 //! - an event is routed by index (room → subscribers), so the cost per event is a few hash
-//!   lookups, not a check per subscriber.
+//!   lookups, not a check per subscriber;
+//! - reading the stored log is background work: every feed catching up on the node draws on
+//!   one budget (`limits.max_catchup_events_per_s`), and holds at most a page of events.
 
 use ferry_core::{Error, ErrorCode, Event, EventFilter, Result, Room};
 use ferry_store::Store;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -88,10 +92,37 @@ impl Inner {
     }
 }
 
+/// The node's budget for reading the stored log, shared by every feed catching up: a token
+/// bucket of events per second, two pages deep (what refills while a page is read is kept).
+struct CatchupBudget {
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl CatchupBudget {
+    fn new(events_per_s: u64) -> CatchupBudget {
+        let rate = NonZeroU32::new(events_per_s.clamp(1, u64::from(u32::MAX)) as u32).expect("at least 1");
+        let depth = NonZeroU32::new(2 * CATCH_UP_PAGE as u32).expect("a page holds events");
+        CatchupBudget {
+            limiter: governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(depth)),
+        }
+    }
+
+    /// Waits until `n` more events read fit the budget.
+    async fn spend(&self, n: usize) {
+        use governor::clock::Clock as _;
+        let Some(n) = NonZeroU32::new(n.min(CATCH_UP_PAGE) as u32) else { return };
+        while let Ok(Err(not_until)) = self.limiter.check_n(n) {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// Routes committed events to this node's subscribers.
 pub struct Hub {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
+    catchup: CatchupBudget,
     store: Arc<dyn Store>,
     buffer: usize,
     max_subscribers: usize,
@@ -100,12 +131,19 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub over `store`'s bus; `run` must be spawned for events to flow.
-    pub fn new(store: Arc<dyn Store>, buffer: usize, max_subscribers: usize) -> Arc<Hub> {
+    /// A hub over `store`'s bus; `run` must be spawned for events to flow. Its feeds read the
+    /// stored log at most `catchup_events_per_s`, all together.
+    pub fn new(
+        store: Arc<dyn Store>,
+        buffer: usize,
+        max_subscribers: usize,
+        catchup_events_per_s: u64,
+    ) -> Arc<Hub> {
         assert!(buffer >= 1 && max_subscribers >= 1);
         Arc::new(Hub {
             inner: Mutex::new(Inner::default()),
             next_id: AtomicU64::new(1),
+            catchup: CatchupBudget::new(catchup_events_per_s),
             store,
             buffer,
             max_subscribers,
@@ -159,8 +197,10 @@ impl Hub {
         }
     }
 
-    /// Registers a subscriber; refused with 503 when the node serves `max_subscribers`.
-    pub fn subscribe(self: &Arc<Self>, filter: Option<EventFilter>) -> Result<Subscription> {
+    /// Registers a subscriber; refused with 503 when the node serves `max_subscribers`. One
+    /// that starts `behind` (catching up) is skipped, as a lagged one is, until its feed has
+    /// read the stored log to the end: live events would only fill its buffer meanwhile.
+    pub fn subscribe(self: &Arc<Self>, filter: Option<EventFilter>, behind: bool) -> Result<Subscription> {
         if self.count.fetch_add(1, Ordering::Relaxed) >= self.max_subscribers as u64 {
             self.count.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::new(
@@ -170,7 +210,7 @@ impl Hub {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let lagged = Arc::new(AtomicBool::new(behind));
         let mut inner = self.inner.lock().expect("hub lock");
         inner.index(id, &filter, true);
         inner.subs.insert(id, Entry { tx, lagged: lagged.clone(), filter });
@@ -231,15 +271,21 @@ pub struct Feed {
     scanned: u64,
     backlog: VecDeque<Arc<Delivered>>,
     catching_up: bool,
+    /// Resumed from a cursor with no room joined yet (a WebSocket before its first
+    /// subscribe): the stored log waits for the rooms instead of being skipped.
+    hold: bool,
 }
 
 impl Feed {
     /// A feed after cursor `since` (`None`: from now on).
     pub fn open(hub: &Arc<Hub>, filter: Option<EventFilter>, since: Option<u64>) -> Result<Feed> {
-        let sub = hub.subscribe(filter.clone())?;
-        // Registered first: everything after `head` reaches the subscription.
+        // Registered first: everything after `head` reaches the subscription. A feed resuming
+        // from a cursor starts as lagged: it takes live events only once it has read the
+        // stored log to the end (then it reads it once more, see `next_stored`).
+        let sub = hub.subscribe(filter.clone(), since.is_some())?;
         let last = since.unwrap_or_else(|| hub.store.events().head());
-        Ok(Feed { sub, filter, last, scanned: last, backlog: VecDeque::new(), catching_up: true })
+        let hold = since.is_some();
+        Ok(Feed { sub, filter, last, scanned: last, backlog: VecDeque::new(), catching_up: true, hold })
     }
 
     /// The last cursor delivered (or skipped as not matching).
@@ -265,7 +311,8 @@ impl Feed {
             if let Some(item) = self.next_stored().await? {
                 return Ok(item);
             }
-            if self.sub.lagged.load(Ordering::Relaxed) && self.sub.rx.is_empty() {
+            // (A feed held before its first rooms is still behind, not lagged: it waits.)
+            if !self.catching_up && self.sub.lagged.load(Ordering::Relaxed) && self.sub.rx.is_empty() {
                 return Ok(Item::Lagged(self.last));
             }
             match self.sub.rx.recv().await {
@@ -279,6 +326,25 @@ impl Feed {
         }
     }
 
+    /// The next event already at hand (the page read last, or the live buffer once caught up),
+    /// without reading the log or waiting: what a stream sends along with the event before it.
+    pub fn next_ready(&mut self) -> Option<Arc<Delivered>> {
+        if let Some(d) = self.backlog.pop_front() {
+            self.last = d.event.cursor;
+            return Some(d);
+        }
+        if self.catching_up {
+            return None;
+        }
+        while let Ok(d) = self.sub.rx.try_recv() {
+            if d.event.cursor > self.last {
+                self.last = d.event.cursor;
+                return Some(d);
+            }
+        }
+        None
+    }
+
     /// The next event that needs no waiting: from the backlog or the stored log. `None` once
     /// caught up (later events arrive live).
     pub async fn next_stored(&mut self) -> Result<Option<Item>> {
@@ -287,7 +353,7 @@ impl Feed {
                 self.last = d.event.cursor;
                 return Ok(Some(Item::Event(d)));
             }
-            if !self.catching_up {
+            if !self.catching_up || (self.hold && self.filter.is_none()) {
                 return Ok(None);
             }
             // Events read but not matching still move the cursor on.
@@ -295,11 +361,15 @@ impl Feed {
             let page = self.sub.hub.store.read_events(self.last, CATCH_UP_PAGE).await?;
             if let Some(end) = page.last().map(|e| e.cursor) {
                 self.scanned = end;
+                let n = page.len();
                 for e in page {
                     if self.filter.as_ref().is_some_and(|f| f.matches(&e)) {
                         self.backlog.push_back(Delivered::new(e));
                     }
                 }
+                // Paid once the page is kept, so a caller that gives up while waiting (a
+                // stream's keep-alive timer) loses nothing.
+                self.sub.hub.catchup.spend(n).await;
                 continue;
             }
             // Caught up. If the buffer overflowed meanwhile, the store still has it all.

@@ -63,7 +63,12 @@ pub struct AppState {
 impl AppState {
     /// State for `store` as configured, with its background loops not yet started.
     pub fn new(store: Arc<dyn Store>, config: &Config, shutdown: watch::Receiver<bool>) -> AppState {
-        let hub = events::Hub::new(store.clone(), config.limits.event_buffer, config.limits.max_subscribers);
+        let hub = events::Hub::new(
+            store.clone(),
+            config.limits.event_buffer,
+            config.limits.max_subscribers,
+            config.limits.max_catchup_events_per_s,
+        );
         let protection = Arc::new(protect::Protection::new(config.protection.clone(), &config.limits));
         let http = Arc::new(observe::HttpMetrics::default());
         AppState {

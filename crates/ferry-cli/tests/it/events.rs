@@ -507,3 +507,98 @@ async fn postgres_events_and_schedules_across_nodes() {
     drop(nodes);
     drop(db);
 }
+
+/// A server whose catch-up budget is `per_s` events per second, with `jobs` jobs enqueued in
+/// one batch (one `job.enqueued` event each, cursors 1..=jobs).
+async fn server_with_log(per_s: u64, jobs: usize) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(&cfg, format!("[limits]\nmax_catchup_events_per_s = {per_s}\n")).unwrap();
+    let s = Server::start_with(&["--config", cfg.to_str().unwrap()], dir);
+    let batch: Vec<Value> = (0..jobs).map(|_| json!({"queue": "log"})).collect();
+    enqueue(&s, json!({"jobs": batch})).await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_reads_pages_as_large_as_the_page_limit_and_replays_every_event_on_each_transport() {
+    let s = server_with_log(1_000_000, 2_500).await;
+    // Long-poll: pages of up to `limits.max_page_size` (1,000), one past it refused.
+    let (st, page) = poll(&s, "since=0&limit=1000").await;
+    assert_eq!(st, 200);
+    assert_eq!(cursors(&page), (1..=1000).collect::<Vec<_>>());
+    assert_eq!(page["next_cursor"], 1000);
+    let (st, err) = poll(&s, "since=0&limit=1001").await;
+    assert_eq!((st, err["error"]["field"].as_str()), (422, Some("limit")));
+    let (_, tail) = poll(&s, "since=2000&limit=1000").await;
+    assert_eq!(cursors(&tail), (2001..=2500).collect::<Vec<_>>());
+    // SSE: events sent together in one write still arrive one by one, in order, ids intact.
+    let mut stream = sse(&s, "since=0", None).await;
+    let all = sse_take(&mut stream, 2_500).await;
+    for (i, (id, kind, e)) in all.iter().enumerate() {
+        assert_eq!((id.as_str(), kind.as_str()), ((i + 1).to_string().as_str(), "message"));
+        assert_eq!(e["cursor"], i as u64 + 1);
+    }
+    // WebSocket: resuming from a cursor before naming any room holds the replay until the
+    // first subscribe, so `since` then `*` replays everything.
+    let mut c = ws(&s, "since=0").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sub = ws_send(&mut c, json!({"op": "subscribe", "rooms": ["*"]})).await;
+    assert_eq!((sub["type"].as_str(), sub["cursor"].as_u64()), (Some("subscribed"), Some(0)));
+    for want in 1..=2_500u64 {
+        assert_eq!(ws_next(&mut c).await["cursor"], want);
+    }
+    // Caught up, each goes on live.
+    enqueue(&s, json!({"queue": "log"})).await;
+    assert_eq!(ws_next(&mut c).await["cursor"], 2_501);
+    assert_eq!(sse_take(&mut stream, 1).await[0].0, "2501");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_shares_one_budget_per_node() {
+    // 2,000 events/s with a burst of two pages (2,000 events): 6,000 stored events take at
+    // least (6,000 - 2,000) / 2,000 = 2 s, even read by two readers at once.
+    let s = server_with_log(2_000, 6_000).await;
+    let read = |s: String| async move {
+        let mut since = 0u64;
+        while since < 3_000 {
+            let r: Value = http()
+                .get(format!("{s}/v1/events?since={since}&limit=1000"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            since = r["next_cursor"].as_u64().unwrap();
+        }
+    };
+    let t = Instant::now();
+    // Two readers of 3,000 each, 6,000 in all: one budget, so no faster than one reader.
+    let (a, b) = (tokio::spawn(read(s.url.clone())), tokio::spawn(read(s.url.clone())));
+    a.await.unwrap();
+    b.await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(secs >= 1.8, "6,000 events under a budget of 2,000/s took only {secs:.2} s");
+    // Live events are not catch-up: a caught-up reader gets a new one at once.
+    let waiter = tokio::spawn({
+        let url = s.url.clone();
+        async move {
+            let t = Instant::now();
+            let r: Value = http()
+                .get(format!("{url}/v1/events?since=6000&wait_ms=10000"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (cursors(&r), t.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    enqueue(&s, json!({"queue": "log"})).await;
+    let (got, waited) = waiter.await.unwrap();
+    assert_eq!(got, [6_001]);
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+}

@@ -187,6 +187,17 @@ pub enum StreamMessage {
     Event(Event),
 }
 
+impl StreamMessage {
+    /// Parses one message. Events, nearly every message, are decoded directly: the untagged
+    /// enum would first buffer each into a generic tree and decode it a second time.
+    pub fn parse(text: &str) -> serde_json::Result<StreamMessage> {
+        match serde_json::from_str::<Event>(text) {
+            Ok(e) => Ok(StreamMessage::Event(e)),
+            Err(_) => serde_json::from_str(text),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +218,12 @@ mod tests {
             StreamMessage::Event(ev) => assert_eq!((ev.cursor, ev.queue.as_deref()), (9, Some("q"))),
             other => panic!("not an event: {other:?}"),
         }
+        for text in [r#"{"cursor":3,"type":"lagged"}"#, e] {
+            let (a, b) =
+                (StreamMessage::parse(text).unwrap(), serde_json::from_str::<StreamMessage>(text).unwrap());
+            assert_eq!(serde_json::to_value(a).unwrap(), serde_json::to_value(b).unwrap());
+        }
+        assert!(StreamMessage::parse("{}").is_err());
     }
 
     #[test]

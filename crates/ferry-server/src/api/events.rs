@@ -10,16 +10,16 @@
 use crate::AppState;
 use crate::auth::Access;
 use crate::error::{ApiQuery, ApiResult};
-use crate::events::{Feed, Item};
-use axum::Json;
+use crate::events::{Delivered, Feed, Item};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use ferry_core::wire::room_of;
 use ferry_core::wire::{ClientMsg, ErrorBody, EventQuery, EventsResponse};
-use ferry_core::{Error, ErrorCode, Event, EventFilter, EventType, Room, Subject, SubjectKind};
+use ferry_core::{Error, ErrorCode, EventFilter, EventType, Room, Subject, SubjectKind};
+use futures_util::SinkExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds and validates a filter from the query; a restricted caller names only its queues and
@@ -53,17 +53,17 @@ pub async fn poll(
     State(st): State<AppState>,
     access: Access,
     ApiQuery(q): ApiQuery<EventQuery>,
-) -> ApiResult<Json<EventsResponse>> {
+) -> ApiResult<Response> {
     let filter = filter_of(&q, &st, &access)?;
     let (wait_ms, limit) = q.window(&st.limits)?;
     let mut feed = Feed::open(&st.hub, Some(filter), cursor_of(q.since.as_deref(), "since")?)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
     let mut shutdown = st.shutdown.clone();
-    let mut events: Vec<Event> = Vec::new();
+    let mut events: Vec<Arc<Delivered>> = Vec::new();
     // Stored events first (no waiting), then, if none matched, the first live one.
     while events.len() < limit {
         match feed.next_stored().await? {
-            Some(Item::Event(d)) => events.push(d.event.clone()),
+            Some(Item::Event(d)) => events.push(d),
             Some(Item::Lagged(_)) | None => break,
         }
     }
@@ -71,7 +71,7 @@ pub async fn poll(
         tokio::select! {
             r = tokio::time::timeout_at(deadline, feed.next()) => {
                 if let Ok(Ok(Item::Event(d))) = r {
-                    events.push(d.event.clone());
+                    events.push(d);
                 } else if let Ok(Err(e)) = r {
                     return Err(e.into());
                 }
@@ -79,7 +79,18 @@ pub async fn poll(
             _ = shutdown.changed() => {}
         }
     }
-    Ok(Json(EventsResponse { next_cursor: feed.cursor(), events }))
+    // The events' JSON is written once per event (`Delivered`) and joined here, so a page
+    // of a thousand costs no second serialization.
+    let mut body = String::with_capacity(32 + events.iter().map(|d| d.json.len() + 1).sum::<usize>());
+    body.push_str("{\"events\":[");
+    for (i, d) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&d.json);
+    }
+    body.push_str(&format!("],\"next_cursor\":{}}}", feed.cursor()));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// A cursor from the query: 400 if it is not a number, 422 past the int64 range cursors live in.
@@ -131,31 +142,63 @@ pub async fn stream(
             if done || *shutdown.borrow() {
                 return None;
             }
-            let item = tokio::select! {
-                r = feed.next() => r,
+            let first = tokio::select! {
+                r = tokio::time::timeout(SSE_KEEP_ALIVE, feed.next()) => r,
                 _ = shutdown.changed() => return None,
             };
-            let (ev, done) = match item {
-                Ok(Item::Event(d)) => {
-                    (SseEvent::default().id(d.event.cursor.to_string()).data(d.json.clone()), false)
+            let mut out = String::new();
+            let done = match first {
+                // Nothing for a while: a comment keeps proxies from closing the idle stream.
+                Err(_) => {
+                    out.push_str(":\n\n");
+                    false
                 }
-                Ok(Item::Lagged(c)) => (
-                    SseEvent::default()
-                        .event("lagged")
-                        .id(c.to_string())
-                        .data(serde_json::json!({ "type": "lagged", "cursor": c }).to_string()),
-                    true,
-                ),
-                Err(e) => (
-                    SseEvent::default()
-                        .event("error")
-                        .data(serde_json::json!({ "type": "error", "error": e }).to_string()),
-                    true,
-                ),
+                Ok(Ok(Item::Event(d))) => {
+                    sse_event(&mut out, &d);
+                    // What else is at hand goes in the same write.
+                    while out.len() < STREAM_CHUNK_BYTES {
+                        let Some(d) = feed.next_ready() else { break };
+                        sse_event(&mut out, &d);
+                    }
+                    false
+                }
+                Ok(Ok(Item::Lagged(c))) => {
+                    let data = serde_json::json!({ "type": "lagged", "cursor": c });
+                    out.push_str(&format!("event: lagged\nid: {c}\ndata: {data}\n\n"));
+                    true
+                }
+                Ok(Err(e)) => {
+                    let data = serde_json::json!({ "type": "error", "error": e });
+                    out.push_str(&format!("event: error\ndata: {data}\n\n"));
+                    true
+                }
             };
-            Some((Ok::<_, std::convert::Infallible>(ev), (feed, shutdown, done)))
+            Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(out)), (feed, shutdown, done)))
         });
-    Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+            (axum::http::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        axum::body::Body::from_stream(s),
+    )
+        .into_response())
+}
+
+/// Idle time after which a stream sends a keep-alive comment.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Most bytes of events a stream writes at once (past it the write ends with the event that
+/// crossed it): what is ready goes out together, so a consumer catching up gets a few large
+/// writes, not one per event.
+const STREAM_CHUNK_BYTES: usize = 64 << 10;
+
+/// Appends one event in SSE framing; its JSON is one line (compact JSON escapes newlines).
+fn sse_event(out: &mut String, d: &crate::events::Delivered) {
+    debug_assert!(!d.json.contains('\n'));
+    use std::fmt::Write as _;
+    let _ = write!(out, "id: {}\ndata: {}\n\n", d.event.cursor, d.json);
 }
 
 /// Applies a room change to the filter; `None` means no room yet.
@@ -226,7 +269,8 @@ fn rooms_of(f: Option<&EventFilter>) -> Vec<String> {
 /// WebSocket: join rooms with `{"op":"subscribe","rooms":["queue:mail","job:<id>","tag:vip"]}`
 /// (or `"*"` for all), leave with `{"op":"unsubscribe",...}`; events arrive as the same JSON
 /// as elsewhere. Query filters (`queue`, `job_id`, `tag`) join rooms at connect, `type`
-/// restricts types, `since` resumes. Replies: `subscribed`, `unsubscribed`, `pong`, `error`,
+/// restricts types, `since` resumes (with no room named at connect, the stored events wait
+/// for the first subscribe, so `since` then `subscribe ["*"]` replays everything). Replies: `subscribed`, `unsubscribed`, `pong`, `error`,
 /// and `lagged` (with the cursor to resume from) before the server closes a connection too
 /// slow for its buffer.
 #[utoipa::path(get, path = "/v1/ws", tag = "events", params(EventQuery),
@@ -277,7 +321,19 @@ async fn session(
         tokio::select! {
             item = feed.next() => match item {
                 Ok(Item::Event(d)) => {
-                    if socket.send(Message::Text(d.json.clone().into())).await.is_err() {
+                    // What else is at hand is queued with it and flushed once.
+                    let mut bytes = d.json.len();
+                    let mut next = Some(d);
+                    while let Some(d) = next.take() {
+                        if socket.feed(Message::Text(d.json.clone().into())).await.is_err() {
+                            return;
+                        }
+                        if bytes < STREAM_CHUNK_BYTES {
+                            next = feed.next_ready();
+                            bytes += next.as_ref().map_or(0, |d| d.json.len());
+                        }
+                    }
+                    if socket.flush().await.is_err() {
                         return;
                     }
                 }

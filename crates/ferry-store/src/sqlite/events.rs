@@ -9,7 +9,7 @@ use ferry_core::{Event, Result};
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.readers.read(move |c| jobs::read_events(c, after, limit)).await
+        self.log_readers.read(move |c| jobs::read_events(c, after, limit)).await
     }
 
     async fn prune_events(&self, prune: EventPrune) -> Result<u64> {

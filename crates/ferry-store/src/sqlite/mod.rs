@@ -51,6 +51,15 @@ pub enum Synchronous {
 /// Bytes of the database file each reader maps (SQLite caps it at its compile-time maximum).
 const READER_MMAP_BYTES: u64 = 1 << 30;
 
+/// Connections that read the event log for consumers catching up. They map nothing and keep
+/// a small page cache, so a reader replaying a large log costs the process a bounded amount of
+/// memory (the file's pages stay in the OS cache, outside the server's RSS), and catch-up
+/// never holds more than this many of the database's connections.
+const LOG_READERS: usize = 2;
+
+/// Page cache of each log reader, in KiB.
+const LOG_READER_CACHE_KIB: u64 = 2_048;
+
 /// How to open a SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteConfig {
@@ -89,6 +98,8 @@ impl SqliteConfig {
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<ReadPool>,
+    /// Reads of the event log by catching-up consumers (see [`LOG_READERS`]).
+    log_readers: Arc<ReadPool>,
     notifier: Arc<Notifier>,
     clock: Arc<dyn Clock>,
     limits: Arc<Limits>,
@@ -313,6 +324,15 @@ impl SqliteStore {
             .map_err(db_err)?;
             readers.push(r);
         }
+        let mut log_readers = Vec::with_capacity(LOG_READERS);
+        for _ in 0..LOG_READERS {
+            let r = open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            r.execute_batch(&format!(
+                "PRAGMA cache_size = -{LOG_READER_CACHE_KIB}; PRAGMA query_only = ON; PRAGMA mmap_size = 0;"
+            ))
+            .map_err(db_err)?;
+            log_readers.push(r);
+        }
         let mut wal = config.path.clone().into_os_string();
         wal.push("-wal");
         let checkpointer = Checkpointer::spawn(
@@ -348,6 +368,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             readers: ReadPool::new(readers),
+            log_readers: ReadPool::new(log_readers),
             notifier,
             clock,
             limits: Arc::new(config.limits),
