@@ -56,6 +56,15 @@ fn failed(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
+/// `n` readers of `r`, spread over the nodes, the three transports in turn.
+fn spawn_readers(nodes: &[Client], n: usize, r: &Replay) -> tokio::task::JoinSet<Result<(), String>> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        set.spawn(reader(nodes[i % nodes.len()].clone(), Transport::ALL[i % 3], r.clone()));
+    }
+    set
+}
+
 /// Reads `r.from`..=`r.to` once (or in a loop), counting every event.
 async fn reader(c: Client, t: Transport, r: Replay) -> Result<(), String> {
     loop {
@@ -193,9 +202,12 @@ async fn run(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), String
     // Three events a job (enqueued, started, completed); a second round covers any shortfall.
     let t = Instant::now();
     let mut round = 0;
-    while head(&c).await.map_err(|e| failed("reading the head", e))? < from + events {
-        let missing = from + events - head(&c).await.map_err(|e| failed("reading the head", e))?;
-        let jobs = (missing as usize).div_ceil(3);
+    loop {
+        let now = head(&c).await.map_err(|e| failed("reading the head", e))?;
+        if now >= from + events {
+            break;
+        }
+        let jobs = ((from + events - now) as usize).div_ceil(3);
         jobs_end_to_end(a, nodes, &format!("bench-catchup-{run_id}-{round}"), None, jobs)
             .await
             .map_err(|e| failed("filling the log", e))?;
@@ -242,10 +254,7 @@ async fn run(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), String
     let before = rss_bytes(&c).await;
     let peak = RssPeak::start(c.clone());
     let t0 = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        set.spawn(reader(nodes[i % nodes.len()].clone(), Transport::ALL[i % 3], r.clone()));
-    }
+    let mut set = spawn_readers(nodes, n, &r);
     while let Some(res) = set.join_next().await {
         res.map_err(|e| failed("reader task", e))??;
     }
@@ -275,10 +284,7 @@ async fn beside_e2e(
     };
     let alone_before = e2e(0).await?;
     let again = r.again.clone().expect("looping readers");
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        set.spawn(reader(nodes[i % nodes.len()].clone(), Transport::ALL[i % 3], r.clone()));
-    }
+    let mut set = spawn_readers(nodes, n, &r);
     // Let every reader be mid-replay before the jobs start.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let read0 = r.read.load(Ordering::Relaxed);

@@ -112,7 +112,7 @@ impl CatchupBudget {
         use governor::clock::Clock as _;
         let Some(n) = NonZeroU32::new(n.min(CATCH_UP_PAGE) as u32) else { return };
         while let Ok(Err(not_until)) = self.limiter.check_n(n) {
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            let wait = not_until.wait_time_from(self.limiter.clock().now());
             tokio::time::sleep(wait).await;
         }
     }
@@ -329,8 +329,7 @@ impl Feed {
     /// The next event already at hand (the page read last, or the live buffer once caught up),
     /// without reading the log or waiting: what a stream sends along with the event before it.
     pub fn next_ready(&mut self) -> Option<Arc<Delivered>> {
-        if let Some(d) = self.backlog.pop_front() {
-            self.last = d.event.cursor;
+        if let Some(d) = self.take_backlog() {
             return Some(d);
         }
         if self.catching_up {
@@ -345,12 +344,18 @@ impl Feed {
         None
     }
 
+    /// The next event of the page read last, delivered.
+    fn take_backlog(&mut self) -> Option<Arc<Delivered>> {
+        let d = self.backlog.pop_front()?;
+        self.last = d.event.cursor;
+        Some(d)
+    }
+
     /// The next event that needs no waiting: from the backlog or the stored log. `None` once
     /// caught up (later events arrive live).
     pub async fn next_stored(&mut self) -> Result<Option<Item>> {
         loop {
-            if let Some(d) = self.backlog.pop_front() {
-                self.last = d.event.cursor;
+            if let Some(d) = self.take_backlog() {
                 return Ok(Some(Item::Event(d)));
             }
             if !self.catching_up || (self.hold && self.filter.is_none()) {

@@ -275,7 +275,7 @@ impl ClientLimiter {
                 Ok((remaining, reset))
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
                 Err(wait.as_secs_f64().ceil().max(1.0) as u64)
             }
         }

@@ -769,15 +769,7 @@ pub async fn sqlite_to_postgres(
                 .await
                 .map_err(pg_err)?
                 .get(0);
-            if n > 0 {
-                return Err(Error::new(
-                    ErrorCode::InvalidState,
-                    format!(
-                        "the target already has {n} rows in {}; migrate into an empty database, or pass --resume",
-                        t.name
-                    ),
-                ));
-            }
+            refuse_filled(t.name, n, "migrate into an empty database")?;
         }
     }
 
@@ -886,6 +878,18 @@ pub async fn sqlite_to_postgres(
     let _ = driver.await;
     rebuild_memory(to, opts).await?;
     Ok(reports)
+}
+
+/// Refuses a target table that already holds `n` rows unless resuming; `hint` says where to
+/// migrate instead.
+fn refuse_filled(table: &str, n: i64, hint: &str) -> Result<()> {
+    if n > 0 {
+        return Err(Error::new(
+            ErrorCode::InvalidState,
+            format!("the target already has {n} rows in {table}; {hint}, or pass --resume"),
+        ));
+    }
+    Ok(())
 }
 
 /// The source's `(rows, checksum)` of `t` when the target's are the same; an error naming
@@ -1008,15 +1012,7 @@ pub async fn postgres_to_sqlite(
             let n: i64 = dst
                 .query_row(&format!("SELECT count(*) FROM {}", t.name), [], |r| r.get(0))
                 .map_err(db_err)?;
-            if n > 0 {
-                return Err(Error::new(
-                    ErrorCode::InvalidState,
-                    format!(
-                        "the target already has {n} rows in {}; migrate into a new file, or pass --resume",
-                        t.name
-                    ),
-                ));
-            }
+            refuse_filled(t.name, n, "migrate into a new file")?;
         }
     }
     let mut reports = Vec::new();

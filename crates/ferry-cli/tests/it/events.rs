@@ -21,7 +21,12 @@ async fn enqueue(s: &Server, body: Value) -> Value {
 }
 
 async fn poll(s: &Server, query: &str) -> (u16, Value) {
-    let r = http().get(s.at(&format!("/v1/events?{query}"))).send().await.unwrap();
+    poll_at(&s.url, query).await
+}
+
+/// `poll` by the server's URL, for tasks that do not hold the server.
+async fn poll_at(url: &str, query: &str) -> (u16, Value) {
+    let r = http().get(format!("{url}/v1/events?{query}")).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
@@ -562,14 +567,7 @@ async fn catch_up_shares_one_budget_per_node() {
     let read = |s: String| async move {
         let mut since = 0u64;
         while since < 3_000 {
-            let r: Value = http()
-                .get(format!("{s}/v1/events?since={since}&limit=1000"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let (_, r) = poll_at(&s, &format!("since={since}&limit=1000")).await;
             since = r["next_cursor"].as_u64().unwrap();
         }
     };
@@ -585,14 +583,7 @@ async fn catch_up_shares_one_budget_per_node() {
         let url = s.url.clone();
         async move {
             let t = Instant::now();
-            let r: Value = http()
-                .get(format!("{url}/v1/events?since=6000&wait_ms=10000"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let (_, r) = poll_at(&url, "since=6000&wait_ms=10000").await;
             (cursors(&r), t.elapsed())
         }
     });

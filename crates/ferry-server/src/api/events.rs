@@ -322,16 +322,13 @@ async fn session(
             item = feed.next() => match item {
                 Ok(Item::Event(d)) => {
                     // What else is at hand is queued with it and flushed once.
-                    let mut bytes = d.json.len();
-                    let mut next = Some(d);
-                    while let Some(d) = next.take() {
+                    let (mut next, mut bytes) = (Some(d), 0);
+                    while let Some(d) = next {
+                        bytes += d.json.len();
                         if socket.feed(Message::Text(d.json.clone().into())).await.is_err() {
                             return;
                         }
-                        if bytes < STREAM_CHUNK_BYTES {
-                            next = feed.next_ready();
-                            bytes += next.as_ref().map_or(0, |d| d.json.len());
-                        }
+                        next = if bytes < STREAM_CHUNK_BYTES { feed.next_ready() } else { None };
                     }
                     if socket.flush().await.is_err() {
                         return;

@@ -283,6 +283,21 @@ fn open_conn(path: &PathBuf, flags: OpenFlags) -> Result<Connection> {
     Ok(conn)
 }
 
+/// `n` read-only connections, each with a page cache of `cache_kib` and `mmap_bytes` of the
+/// file mapped.
+fn open_readers(path: &PathBuf, n: usize, cache_kib: u64, mmap_bytes: u64) -> Result<Vec<Connection>> {
+    (0..n)
+        .map(|_| {
+            let r = open_conn(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            r.execute_batch(&format!(
+                "PRAGMA cache_size = -{cache_kib}; PRAGMA query_only = ON; PRAGMA mmap_size = {mmap_bytes};"
+            ))
+            .map_err(db_err)?;
+            Ok(r)
+        })
+        .collect()
+}
+
 impl SqliteStore {
     /// Opens (creating and migrating if needed) the database.
     pub fn open(config: SqliteConfig, clock: Arc<dyn Clock>) -> Result<Self> {
@@ -311,28 +326,11 @@ impl SqliteStore {
         .map_err(db_err)?;
         schema::migrate(&mut conn)?;
         memory::reindex(&mut conn)?;
-        let mut readers = Vec::with_capacity(config.readers);
-        for _ in 0..config.readers {
-            let r = open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            // Readers map the file: pages come from the OS cache they share, not copied into each
-            // reader's own cache by a read call (a search touches thousands of pages).
-            let mmap = std::env::var("FERRY_SQLITE_READER_MMAP").ok().and_then(|v| v.parse::<u64>().ok());
-            r.execute_batch(&format!(
-                "PRAGMA cache_size = -16384; PRAGMA query_only = ON; PRAGMA mmap_size = {};",
-                mmap.unwrap_or(READER_MMAP_BYTES)
-            ))
-            .map_err(db_err)?;
-            readers.push(r);
-        }
-        let mut log_readers = Vec::with_capacity(LOG_READERS);
-        for _ in 0..LOG_READERS {
-            let r = open_conn(&config.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            r.execute_batch(&format!(
-                "PRAGMA cache_size = -{LOG_READER_CACHE_KIB}; PRAGMA query_only = ON; PRAGMA mmap_size = 0;"
-            ))
-            .map_err(db_err)?;
-            log_readers.push(r);
-        }
+        // Readers map the file: pages come from the OS cache they share, not copied into each
+        // reader's own cache by a read call (a search touches thousands of pages).
+        let mmap = std::env::var("FERRY_SQLITE_READER_MMAP").ok().and_then(|v| v.parse::<u64>().ok());
+        let readers = open_readers(&config.path, config.readers, 16_384, mmap.unwrap_or(READER_MMAP_BYTES))?;
+        let log_readers = open_readers(&config.path, LOG_READERS, LOG_READER_CACHE_KIB, 0)?;
         let mut wal = config.path.clone().into_os_string();
         wal.push("-wal");
         let checkpointer = Checkpointer::spawn(
