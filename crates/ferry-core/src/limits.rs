@@ -54,6 +54,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Event subscribers (WebSocket, SSE, waiting long-polls) one node serves at once.
     pub max_subscribers: usize,
+    /// MCP handshake sessions (revisions before 2026-07-28) one node keeps at once; beyond it a
+    /// new `initialize` is refused with 503 `unavailable`.
+    pub max_mcp_sessions: usize,
     /// Events buffered per subscriber before it is told it lagged (pointers to shared events;
     /// above `max_batch`, so one full batch does not make a keeping-up consumer lag).
     pub event_buffer: usize,
@@ -212,6 +215,7 @@ impl Default for Limits {
             max_page_size: 1000,
             max_request_bytes: 32 << 20,
             max_subscribers: 10_000,
+            max_mcp_sessions: 1_000,
             event_buffer: 16_384,
             max_catchup_events_per_s: 150_000,
             max_ws_message_bytes: 4_096,

@@ -299,19 +299,25 @@ impl Tokens {
 /// no other table of scopes, so a route cannot be added without saying what it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// The scope a token must carry; `None`: public, no token even when auth is on.
+    /// The scope a token must carry; `None`: any valid token, or none at all if `public`.
     pub scope: Option<Scope>,
     /// How a token restricted to some resources is checked before the handler runs.
     pub restriction: Restriction,
+    /// No token needed even when auth is on.
+    pub public: bool,
 }
 
 impl Policy {
     /// A route open to anyone (the liveness probe).
-    pub const PUBLIC: Policy = Policy { scope: None, restriction: Restriction::Open };
+    pub const PUBLIC: Policy = Policy { scope: None, restriction: Restriction::Open, public: true };
+
+    /// A route any valid token may call, whatever its scopes (`/mcp`, whose tools check the
+    /// scopes of the routes they wrap).
+    pub const ANY_TOKEN: Policy = Policy { scope: None, restriction: Restriction::Open, public: false };
 
     /// A route that needs `scope`, with `restriction` for restricted tokens.
     pub const fn needs(scope: Scope, restriction: Restriction) -> Policy {
-        Policy { scope: Some(scope), restriction }
+        Policy { scope: Some(scope), restriction, public: false }
     }
 }
 
@@ -401,7 +407,10 @@ pub fn authenticate(
         .get::<Arc<Policies>>()
         .expect("the router layers its policies outside the guard")
         .of(req.method(), template.as_deref());
-    let scope = policy.scope?;
+    if policy.public {
+        return None;
+    }
+    let scope = policy.scope;
     let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (st, path) = (st.clone(), req.uri().path().to_string());
     Some(async move { check(&st, (scope, policy.restriction), (template, path), bearer).await.map(Some) })
@@ -409,7 +418,7 @@ pub fn authenticate(
 
 async fn check(
     st: &AppState,
-    (scope, restriction): (Scope, Restriction),
+    (scope, restriction): (Option<Scope>, Restriction),
     (template, path): (Option<String>, String),
     bearer: Option<String>,
 ) -> Result<Principal, Error> {
@@ -449,7 +458,7 @@ async fn check(
         agents: rec.agents,
         namespaces: rec.namespaces,
     };
-    if !p.has(scope) {
+    if scope.is_some_and(|s| !p.has(s)) {
         return Err(forbidden());
     }
     let access = Access::of(Some(&p));

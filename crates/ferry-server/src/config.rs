@@ -69,6 +69,24 @@ pub struct Config {
     pub sqlite_readers: usize,
     /// Episodic memory: search bounds, backpressure, switches, retention.
     pub memory: crate::api::memory::MemoryConfig,
+    /// The MCP endpoint at `/mcp`.
+    pub mcp: McpConfig,
+}
+
+/// `[mcp]`: the Model Context Protocol endpoint, so agents reach ferry as tools.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// Serve `/mcp` (off: 404, as for any unknown path).
+    pub enabled: bool,
+    /// A handshake session unused this long is ended (its client re-initializes).
+    pub session_idle_ms: u64,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig { enabled: true, session_idle_ms: 600_000 }
+    }
 }
 
 /// `[checkpoints]`: retention of run checkpoints (each also settable per thread).
@@ -198,6 +216,7 @@ impl Default for Config {
             messages: MessagesConfig::default(),
             ledger: LedgerConfig::default(),
             checkpoints: CheckpointsConfig::default(),
+            mcp: McpConfig::default(),
             sqlite_readers: 4,
             memory: Default::default(),
         }

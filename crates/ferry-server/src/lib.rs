@@ -12,6 +12,7 @@ mod edge;
 mod error;
 mod events;
 mod health;
+mod mcp;
 mod metrics;
 mod observe;
 mod protect;

@@ -57,6 +57,14 @@ pub struct Metrics {
     scrape: Arc<Mutex<Scrape>>,
     sqlite_path: Option<PathBuf>,
     memory: MemoryMetrics,
+    mcp: McpMetrics,
+}
+
+/// MCP tool calls by tool and outcome, their durations, and the handshake sessions alive.
+struct McpMetrics {
+    calls: Family<Labels, Counter>,
+    seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    sessions: Gauge,
 }
 
 /// One label, as prometheus-client families take it.
@@ -516,7 +524,39 @@ impl Metrics {
             "Derived memory rows that differed from their episodes at the last reconcile",
             memory.mismatches.clone(),
         );
-        Metrics { registry, conflicts, store, scrape, sqlite_path, memory }
+        let mcp = McpMetrics {
+            calls: Family::default(),
+            seconds: Family::new_with_constructor(search_histogram),
+            sessions: Gauge::default(),
+        };
+        registry.register(
+            "ferry_mcp_tool_calls",
+            "MCP tool calls by tool and outcome (`ok` or the error code)",
+            mcp.calls.clone(),
+        );
+        registry.register(
+            "ferry_mcp_tool_call_duration_seconds",
+            "MCP tool call durations by tool",
+            mcp.seconds.clone(),
+        );
+        registry.register(
+            "ferry_mcp_sessions",
+            "MCP handshake sessions alive on this node",
+            mcp.sessions.clone(),
+        );
+        Metrics { registry, conflicts, store, scrape, sqlite_path, memory, mcp }
+    }
+
+    /// Records one MCP tool call.
+    pub fn mcp_call(&self, tool: &str, outcome: &str, seconds: f64) {
+        let labels = vec![("tool".into(), tool.into()), ("outcome".into(), outcome.into())];
+        self.mcp.calls.get_or_create(&labels).inc();
+        self.mcp.seconds.get_or_create(&vec![("tool".into(), tool.into())]).observe(seconds);
+    }
+
+    /// Sets the number of MCP handshake sessions alive.
+    pub fn mcp_sessions(&self, n: usize) {
+        self.mcp.sessions.set(n as i64);
     }
 
     /// Records one memory search.

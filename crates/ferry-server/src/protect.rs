@@ -546,13 +546,28 @@ fn refuse_unread(e: Error, unread: bool) -> Response {
     resp
 }
 
+/// Marks a request made inside the server for one that already passed [`guard`] (an MCP
+/// tool call), which is checked for auth, scope and the breaker but holds no second slot and
+/// is not counted again by the rate limit.
+#[derive(Debug, Clone, Copy)]
+pub struct InProcess;
+
+/// Ends a waiting claim early, as shutdown does, when the in-process caller gives up (an MCP
+/// client cancelled its call): the claim returns what it holds, so nothing is left leased
+/// unseen.
+#[derive(Debug, Clone)]
+pub struct StopWaiting(pub tokio::sync::watch::Receiver<bool>);
+
 /// The middleware every request passes; see the module doc for the order of checks.
 pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return next.run(req).await;
     }
-    let edge = crate::edge::check_sizes(&req, &st.limits)
+    // A tool call made in process for a request that passed this guard already (`/mcp`):
+    // its slot, rate-limit charge and edge checks were that request's.
+    let in_process = req.extensions().get::<InProcess>().is_some();
+    let edge = if in_process { Ok(()) } else { crate::edge::check_sizes(&req, &st.limits) }
         .and_then(|()| crate::edge::check_host(&req, st.tokens.active(), &st.server_names))
         .and_then(|()| crate::edge::check_origin(req.headers(), &st.cors_origins))
         .and_then(|()| crate::edge::check_url(req.uri()))
@@ -576,14 +591,18 @@ pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Resp
         Ok(r) => r,
         Err(e) => return refuse_unread(e, unread),
     };
-    let Ok(_slot) = st.protection.requests.clone().try_acquire_owned().map_err(|e| match e {
-        TryAcquireError::Closed | TryAcquireError::NoPermits => (),
-    }) else {
-        let e = Error::new(ErrorCode::ServerSaturated, "too many requests in flight on this node");
-        return refuse(&st, e, 1);
+    let _slot = match in_process {
+        true => None,
+        false => match st.protection.requests.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(TryAcquireError::Closed | TryAcquireError::NoPermits) => {
+                let e = Error::new(ErrorCode::ServerSaturated, "too many requests in flight on this node");
+                return refuse(&st, e, 1);
+            }
+        },
     };
     let mut headers = None;
-    if let Some(limiter) = &st.protection.limiter {
+    if let Some(limiter) = st.protection.limiter.as_ref().filter(|_| !in_process) {
         let key = client_key(&req, principal.as_ref());
         match limiter.check(&key) {
             Ok((remaining, reset)) => headers = Some((limiter.limit, remaining, reset)),

@@ -58,6 +58,8 @@ pub struct AppState {
     pub memory: Arc<crate::api::memory::Memory>,
     /// The one backup a node makes at a time.
     pub backups: Arc<crate::api::backup::Backups>,
+    /// MCP endpoint settings (`[mcp]`).
+    pub mcp: crate::config::McpConfig,
 }
 
 impl AppState {
@@ -115,6 +117,7 @@ impl AppState {
             )),
             prober: Arc::new(health::HostProber::new(config.health.clone())),
             backups: Default::default(),
+            mcp: config.mcp.clone(),
         }
     }
 }

@@ -52,13 +52,14 @@ fn restrict(f: &mut EventFilter, access: &Access) -> Result<(), Error> {
 pub async fn poll(
     State(st): State<AppState>,
     access: Access,
+    stop: Option<axum::Extension<crate::protect::StopWaiting>>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Response> {
     let filter = filter_of(&q, &st, &access)?;
     let (wait_ms, limit) = q.window(&st.limits)?;
     let mut feed = Feed::open(&st.hub, Some(filter), cursor_of(q.since.as_deref(), "since")?)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
-    let mut shutdown = st.shutdown.clone();
+    let mut shutdown = stop.map_or_else(|| st.shutdown.clone(), |axum::Extension(s)| s.0);
     let mut events: Vec<Arc<Delivered>> = Vec::new();
     // Stored events first (no waiting), then, if none matched, the first live one.
     while events.len() < limit {

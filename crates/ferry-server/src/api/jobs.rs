@@ -143,6 +143,7 @@ async fn check_new_jobs(st: &AppState, access: &Access, jobs: &[NewJob]) -> Resu
 pub async fn claim(
     State(st): State<AppState>,
     peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    stop: Option<Extension<crate::protect::StopWaiting>>,
     ApiPath(queue): ApiPath<String>,
     OptionalJson(body): OptionalJson<ClaimBody>,
 ) -> ApiResult<Json<ClaimResponse>> {
@@ -156,7 +157,8 @@ pub async fn claim(
     } else {
         let wait = Duration::from_millis(wait_ms as u64);
         let poll = st.protection.depth.flow_limited(&req.queue).then_some(Duration::from_millis(100));
-        ferry_store::claim_wait_until(st.store.as_ref(), req, wait, st.shutdown.clone(), poll).await?
+        let stop = stop.map_or_else(|| st.shutdown.clone(), |Extension(s)| s.0);
+        ferry_store::claim_wait_until(st.store.as_ref(), req, wait, stop, poll).await?
     };
     Ok(Json(ClaimResponse { jobs }))
 }

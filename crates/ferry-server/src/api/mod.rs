@@ -106,10 +106,24 @@ pub struct Document(pub String);
 /// Builds the HTTP router and its OpenAPI document (with the server's configured limits).
 pub fn router(state: AppState) -> (axum::Router, serde_json::Value) {
     let state_origins = state.cors_origins.clone();
-    let Routes { router, policies } = routes();
+    let Routes { router, mut policies } = routes();
     let (router, api) = router.with_state(state.clone()).split_for_parts();
     let doc = doc::complete(&api, &state.limits);
     let text = serde_json::to_string(&doc).expect("the OpenAPI document serializes");
+    // `/mcp` stays out of the document: it is a protocol endpoint, not a REST route.
+    let mcp = state.mcp.enabled.then(|| crate::mcp::Endpoint::new(state.clone(), &doc, &policies));
+    let router = match &mcp {
+        Some(ep) => {
+            for m in [axum::http::Method::GET, axum::http::Method::POST, axum::http::Method::DELETE] {
+                policies.declare(m, "/mcp", Policy::ANY_TOKEN);
+            }
+            let methods = axum::routing::get(crate::mcp::endpoint)
+                .post(crate::mcp::endpoint)
+                .delete(crate::mcp::endpoint);
+            router.merge(axum::Router::new().route("/mcp", methods).with_state(ep.clone()))
+        }
+        None => router,
+    };
     let router = router
         .layer(axum::Extension(std::sync::Arc::new(Document(text))))
         .fallback(not_found)
@@ -121,7 +135,11 @@ pub fn router(state: AppState) -> (axum::Router, serde_json::Value) {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError(Error::internal("the server hit a bug handling this request")).into_response()
         }));
-    (with_cors(router, &state_origins), doc)
+    let router = with_cors(router, &state_origins);
+    if let Some(ep) = &mcp {
+        ep.attach(router.clone());
+    }
+    (router, doc)
 }
 
 /// Lets the browser origins listed in `cors_origins` call the API (preflights included);
@@ -200,7 +218,7 @@ mod tests {
         assert!(operations >= 44, "the document lists every route ({operations})");
         let healthz = policies.of(&axum::http::Method::GET, Some("/healthz"));
         assert_eq!(healthz, Policy::PUBLIC, "only the liveness probe is public");
-        let public = policies.all().filter(|p| p.scope.is_none()).count();
+        let public = policies.all().filter(|p| p.public).count();
         assert_eq!(public, 1);
     }
 
