@@ -48,4 +48,4 @@ if [ -z "${FERRY_TEST_PG_URL:-}" ]; then
 fi
 cd "$here"
 "$modern/bin/pytest" -q -p no:cacheprovider --timeout 120 test_shared.py test_modern.py test_stdio.py test_inspector.py
-"$handshake/bin/pytest" -q -p no:cacheprovider --timeout 120 test_shared.py test_handshake.py
+"$handshake/bin/pytest" -q -p no:cacheprovider --timeout 120 test_shared.py test_handshake.py test_stdio.py

@@ -9,6 +9,7 @@ mod bench_catchup;
 mod bench_memory;
 mod cmd;
 mod import_dir;
+mod mcp_bridge;
 mod migrate;
 mod output;
 
@@ -164,6 +165,11 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::broadcasts::BroadcastsCmd,
     },
+    /// Bridge an MCP client that speaks only stdio to a server's /mcp (exits when stdin closes).
+    #[command(
+        after_help = "Example (a client's server command):\n  ferry mcp --url http://127.0.0.1:7700 --token $FERRY_TOKEN"
+    )]
+    Mcp(mcp_bridge::McpArgs),
     /// Agent inboxes: list, show, set channels.
     Agents {
         #[command(subcommand)]
@@ -339,6 +345,7 @@ async fn main() {
         Command::Queues { cmd } => cmd::queues::queues(cmd).await,
         Command::Schedules { cmd } => cmd::schedules::schedules(cmd).await,
         Command::Watch(args) => cmd::watch::watch(args).await,
+        Command::Mcp(args) => mcp_bridge::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Backup(a) => cmd::backup::backup(a).await,
