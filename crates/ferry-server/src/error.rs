@@ -63,6 +63,11 @@ impl IntoResponse for ApiError {
         if retry {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait_s));
         }
+        // RFC 9110: a 401 names the scheme that would pass (MCP clients read it too).
+        if code == ErrorCode::Unauthorized {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ferry\""));
+        }
         resp
     }
 }

@@ -16,6 +16,7 @@ mod faults;
 mod import_dir;
 mod items;
 mod ledger;
+mod mcp;
 mod memory;
 mod memory_load;
 mod messages;

@@ -115,9 +115,7 @@ pub async fn endpoint(State(ep): State<Endpoint>, req: Request) -> Response {
                 ErrorCode::Unavailable,
                 format!("this node keeps its maximum of {max} MCP sessions (limits.max_mcp_sessions)"),
             );
-            let mut resp = ApiError(e).into_response();
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-            return resp;
+            return ApiError(e).into_response();
         }
     }
     let delete = parts.method == Method::DELETE;
