@@ -23,6 +23,10 @@ make_venv() { # dir requirements
   fi
 }
 make_inspector() {
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "mcp: npm not found: install Debian's nodejs and npm (apt-get install nodejs npm)" >&2
+    return 1
+  fi
   if [ ! -d "$here/inspector/node_modules" ] || ! cmp -s "$here/inspector/package-lock.json" "$here/inspector/node_modules/.package-lock.json"; then
     (cd "$here/inspector" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
@@ -47,5 +51,7 @@ if [ -z "${FERRY_TEST_PG_URL:-}" ]; then
   fi
 fi
 cd "$here"
+"$modern/bin/ruff" check --quiet .
+"$modern/bin/ruff" format --check --quiet .
 "$modern/bin/pytest" -q -p no:cacheprovider --timeout 120 test_shared.py test_modern.py test_stdio.py test_inspector.py
 "$handshake/bin/pytest" -q -p no:cacheprovider --timeout 120 test_shared.py test_handshake.py test_stdio.py

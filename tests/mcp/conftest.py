@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,25 +30,31 @@ MODERN = MCP_MAJOR >= 2
 async def session(url: str, token: str | None, **kw: Any) -> AsyncIterator[Any]:
     """An MCP client connected to `url` (the server's `/mcp`) with `Authorization: Bearer token`."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # `event_hooks` (httpx's: {"request": [...], "response": [...]}) see every HTTP exchange.
+    hooks = kw.pop("event_hooks", None)
     if MODERN:
         import httpx2
         from mcp import Client
         from mcp.client.streamable_http import streamable_http_client
 
         mode = kw.pop("mode", "2026-07-28")
-        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60.0)) as http:
-            async with Client(streamable_http_client(url, http_client=http), mode=mode, **kw) as c:
-                yield c
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60.0), event_hooks=hooks) as http,
+            Client(streamable_http_client(url, http_client=http), mode=mode, **kw) as c,
+        ):
+            yield c
     else:
         import httpx
         from mcp import ClientSession
         from mcp.client.streamable_http import streamable_http_client
 
-        async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(60.0)) as http:
-            async with streamable_http_client(url, http_client=http) as (read, write, _):
-                async with ClientSession(read, write, **kw) as s:
-                    await s.initialize()
-                    yield s
+        async with (
+            httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(60.0), event_hooks=hooks) as http,
+            streamable_http_client(url, http_client=http) as (read, write, _),
+            ClientSession(read, write, **kw) as s,
+        ):
+            await s.initialize()
+            yield s
 
 
 def mcp_url(server: Any) -> str:
@@ -86,3 +93,85 @@ def text(result: Any) -> str:
 
 
 PG = bool(os.environ.get("FERRY_TEST_PG_URL"))
+
+
+def tool_json(tool: Any) -> dict[str, Any]:
+    """A listed tool as the wire has it (camelCase keys: `inputSchema`, `annotations.readOnlyHint`)."""
+    return dict(tool.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def error_of(result: Any) -> dict[str, Any]:
+    """The `error` object of an `isError` result (asserting it is one, with the text the issue asks)."""
+    assert is_error(result), f"expected an error result, got {structured(result)}"
+    body = structured(result)
+    assert isinstance(body, dict) and isinstance(body.get("error"), dict), body
+    e = body["error"]
+    assert text(result) == f"{e['code']}: {e['message']}", text(result)
+    return dict(e)
+
+
+async def call_ok(c: Any, name: str, args: dict[str, Any] | None = None) -> Any:
+    """Calls a tool that must succeed; its `structuredContent`, which the text repeats."""
+    r = await c.call_tool(name, args or {})
+    assert not is_error(r), f"{name}({args}) -> {text(r)}"
+    body = structured(r)
+    assert json.loads(text(r)) == body, f"{name}: the text is not the structured content"
+    return body
+
+
+async def read_json(c: Any, uri: str) -> Any:
+    """`resources/read` of `uri`: its one text content, parsed."""
+    if MODERN:
+        r = await c.read_resource(uri)
+    else:
+        from pydantic import AnyUrl
+
+        r = await c.read_resource(AnyUrl(uri))
+    assert len(r.contents) == 1, r
+    content = r.contents[0]
+    mime = content.mime_type if MODERN else content.mimeType
+    assert mime == "application/json", mime
+    return json.loads(content.text)
+
+
+def new_token(server: Any, scopes: list[str], **kw: Any) -> tuple[str, str]:
+    """A fresh token with `scopes` (and `queues=`, `agents=`, `namespaces=` restrictions): (secret, id)."""
+    made = server.client().create_token(f"mcp-{'-'.join(scopes)}", scopes, **kw)
+    return str(made["token"]), str(made["id"])
+
+
+def raw_post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP POST (no MCP client): (status, lower-cased headers, body)."""
+    req = urllib.request.Request(url, data=body, method="POST")
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Accept", "application/json, text/event-stream")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def run(fn: Any) -> Any:
+    """`anyio.run(fn)`, re-raising a lone exception out of the task groups' exception groups, so a
+    failed assertion reads as itself."""
+    import anyio
+
+    try:
+        return anyio.run(fn)
+    except BaseExceptionGroup as group:
+        leaves: list[BaseException] = []
+
+        def walk(e: BaseException) -> None:
+            if isinstance(e, BaseExceptionGroup):
+                for x in e.exceptions:
+                    walk(x)
+            else:
+                leaves.append(e)
+
+        walk(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from conftest import MODERN, is_error, structured, text
 from ferry.testing import FerryServer
 from ferry.testing._server import find_binary
+
+from conftest import MODERN, is_error, structured, text
 
 
 @contextlib.asynccontextmanager
@@ -75,8 +76,12 @@ def test_the_bridge_exits_0_when_stdin_closes(ferry_server: FerryServer) -> None
         stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stdout is not None
-    ping = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    ping = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     proc.stdin.write((json.dumps(ping) + "\n").encode())
     proc.stdin.flush()
     answer = json.loads(proc.stdout.readline())
