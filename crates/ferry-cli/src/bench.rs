@@ -21,6 +21,8 @@
 //! 7. (`memory`, only when named) episodic memory: see `bench_memory.rs`;
 //! 8. (`catchup`, only when named) readers catching up with the stored event log: see
 //!    `bench_catchup.rs`;
+//! 9. (`mcp`, only when named) the MCP endpoint with an rmcp client beside plain HTTP: see
+//!    `bench_mcp.rs`;
 //!
 //! and the server's resident memory after each phase (from `GET /v1/server`).
 //!
@@ -44,11 +46,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct BenchArgs {
     /// Server URL, or several comma-separated nodes of one database.
     #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:7700", value_delimiter = ',')]
-    url: Vec<String>,
+    pub(crate) url: Vec<String>,
     /// API token (scopes produce, work and read; items for `agents`; messages for `messages`),
     /// when the server has auth on.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Jobs for the end-to-end phase.
     #[arg(long, default_value_t = 100_000)]
     pub(crate) jobs: usize,
@@ -66,7 +68,7 @@ pub struct BenchArgs {
     claim: usize,
     /// Samples for the enqueue → start latency phase.
     #[arg(long, default_value_t = 500)]
-    latency_samples: usize,
+    pub(crate) latency_samples: usize,
     /// Concurrent single-job clients (memory: searching clients, at most 32).
     #[arg(long, default_value_t = 100)]
     pub(crate) clients: usize,
@@ -82,7 +84,7 @@ pub struct BenchArgs {
     pub(crate) memory_reuse: Option<String>,
     /// Rounds per single-job client.
     #[arg(long, default_value_t = 50)]
-    rounds: usize,
+    pub(crate) rounds: usize,
     /// Soak: seconds to hold the steady rate [default: 1200; the memory soak 3600].
     #[arg(long)]
     pub(crate) soak_secs: Option<u64>,
@@ -132,6 +134,10 @@ pub struct BenchArgs {
     /// Messages: receivers long-polling channel `all` during the broadcast fan-out.
     #[arg(long, default_value_t = 1_000)]
     broadcast_agents: usize,
+    /// MCP: concurrent sessions (each doing enqueue, claim, complete), one run per count; the
+    /// first count also runs beside the end-to-end phase.
+    #[arg(long, value_delimiter = ',', default_value = "50,100")]
+    pub(crate) mcp_sessions: Vec<usize>,
     /// Catchup: events stored, then replayed to each reader.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) catchup_events: u64,
@@ -141,7 +147,7 @@ pub struct BenchArgs {
     /// Catchup: readers replaying at once (for memory, and beside the end-to-end phase).
     #[arg(long, default_value_t = 10)]
     pub(crate) catchup_readers: usize,
-    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages, convoy, ledger, memory and catchup only
+    /// Phases to run (e2e, latency, clients; soak, fanout, overload, agents, messages, convoy, ledger, memory, catchup and mcp only
     /// when named); e2e, latency, clients by default. `messages` needs the server started with
     /// `[messages] rate_per_min = 0`; its ring uses the largest --agents count and
     /// --fanout-secs, its broadcast fan-out --broadcast-agents and --fanout-secs.
@@ -237,6 +243,7 @@ pub async fn run(a: BenchArgs) -> i32 {
                     | "ledger"
                     | "memory"
                     | "catchup"
+                    | "mcp"
             ))
             || a.phases.iter().any(|x| x == p)
     };
@@ -427,6 +434,9 @@ pub async fn run(a: BenchArgs) -> i32 {
         return 1;
     }
     if want("memory") && crate::bench_memory::memory(&a, &nodes, &run_id).await.is_err() {
+        return 1;
+    }
+    if want("mcp") && crate::bench_mcp::mcp(&a, &nodes, &run_id).await.is_err() {
         return 1;
     }
     0

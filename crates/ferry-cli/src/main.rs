@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_catchup;
+mod bench_mcp;
 mod bench_memory;
 mod cmd;
 mod import_dir;
