@@ -34,18 +34,18 @@ counters=(
   ferry_jobs_retried ferry_jobs_dead ferry_jobs_cancelled ferry_jobs_replayed
   ferry_store_writes ferry_store_write_faults ferry_store_busy_waits ferry_store_busy_wait_seconds
   ferry_store_writer_busy_seconds ferry_conflicts ferry_rejections ferry_circuit_opened
-  ferry_http_requests ferry_convoy_limit_changes ferry_memory_searches
+  ferry_http_requests ferry_convoy_limit_changes ferry_memory_searches ferry_mcp_tool_calls
 )
 gauges=(
   ferry_queue_jobs ferry_items ferry_inbox_messages ferry_convoys ferry_convoy_held_jobs ferry_ledger_pending_transfers ferry_ledger_writes_refused ferry_dlq_jobs ferry_queue_oldest_ready_age_seconds ferry_db_size_bytes
   ferry_store_writers ferry_db_connections_in_use ferry_db_connections_max
   ferry_circuit_state ferry_pending_writes ferry_http_requests_in_flight
-  ferry_disk_free_bytes ferry_disk_total_bytes ferry_memory_reconcile_mismatches
+  ferry_disk_free_bytes ferry_disk_total_bytes ferry_memory_reconcile_mismatches ferry_mcp_sessions
 )
 histograms=(
   ferry_store_write_duration_seconds ferry_store_batch_size ferry_job_wait_seconds
   ferry_job_run_seconds ferry_message_wait_seconds ferry_http_request_duration_seconds
-  ferry_memory_search_duration_seconds
+  ferry_memory_search_duration_seconds ferry_mcp_tool_call_duration_seconds
 )
 allowed=()
 for m in "${counters[@]}"; do allowed+=("${m}_total"); done
