@@ -138,6 +138,10 @@ pub struct BenchArgs {
     /// first count also runs beside the end-to-end phase.
     #[arg(long, value_delimiter = ',', default_value = "50,100")]
     pub(crate) mcp_sessions: Vec<usize>,
+    /// MCP: clients use the initialize handshake (2025-11-25 sessions) instead of the stateless
+    /// 2026-07-28 revision.
+    #[arg(long)]
+    pub(crate) mcp_handshake: bool,
     /// Catchup: events stored, then replayed to each reader.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) catchup_events: u64,

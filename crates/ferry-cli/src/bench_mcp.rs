@@ -1,5 +1,6 @@
-//! `ferry bench mcp`: the MCP endpoint measured with an rmcp client, beside the same
-//! operations over plain HTTP taken back to back.
+//! `ferry bench mcp`: the MCP endpoint measured with an rmcp client (revision 2026-07-28,
+//! stateless; `--mcp-handshake` for 2025-11-25 sessions), beside the same operations over
+//! plain HTTP taken back to back.
 //!
 //! 1. idle round trips: `jobs_get`, and enqueue → claim → complete, one at a time;
 //! 2. for each `--mcp-sessions` count: that many MCP sessions each doing enqueue(1) →
@@ -12,8 +13,8 @@ use ferry_client::Client;
 use ferry_core::validate::JobSpec;
 use ferry_core::wire::ClaimBody;
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, JsonObject};
-use rmcp::service::{RoleClient, RunningService};
+use rmcp::model::{CallToolRequestParams, JsonObject, ProtocolVersion};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
@@ -23,16 +24,23 @@ use std::time::Instant;
 
 type Session = RunningService<RoleClient, ()>;
 
-/// Opens one MCP session on `url` (the server's base URL).
-async fn connect(url: &str, token: Option<&str>) -> Result<Session, String> {
+/// Opens one MCP client on `url` (the server's base URL): stateless on 2026-07-28, or a
+/// handshake session (`--mcp-handshake`).
+async fn connect(a: &BenchArgs, url: &str) -> Result<Session, String> {
     let mut config =
         StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", url.trim_end_matches('/')));
-    if let Some(t) = token {
-        config = config.auth_header(t.to_string());
+    if let Some(t) = &a.token {
+        config = config.auth_header(t.clone());
     }
-    ().serve(StreamableHttpClientTransport::from_config(config))
-        .await
-        .map_err(|e| format!("MCP connect: {e}"))
+    let transport = StreamableHttpClientTransport::from_config(config);
+    let connected = if a.mcp_handshake {
+        ().serve(transport).await
+    } else {
+        let modern =
+            ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] };
+        ().serve_with_lifecycle(transport, modern).await
+    };
+    connected.map_err(|e| format!("MCP connect: {e}"))
 }
 
 /// Calls `tool` and returns its structured result; an `isError` result is an error.
@@ -68,7 +76,7 @@ async fn one_job(s: &Session, queue: &str) -> Result<[f64; 3], String> {
 async fn mcp_loops(a: &BenchArgs, sessions: usize, queue: &str) -> Result<(f64, Vec<f64>), String> {
     let mut open = Vec::with_capacity(sessions);
     for i in 0..sessions {
-        open.push(connect(&a.url[i % a.url.len()], a.token.as_deref()).await?);
+        open.push(connect(a, &a.url[i % a.url.len()]).await?);
     }
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -134,7 +142,7 @@ async fn http_loops(
 pub(crate) async fn mcp(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
     let fail = |e: String| eprintln!("ferry: bench mcp: {e}");
     // 1. Idle round trips.
-    let s = connect(&a.url[0], a.token.as_deref()).await.map_err(fail)?;
+    let s = connect(a, &a.url[0]).await.map_err(fail)?;
     let queue = format!("bench-mcp-idle-{run_id}");
     let id =
         call(&s, "jobs_enqueue", json!({"queue": queue, "payload": {}})).await.map_err(fail)?["id"].clone();
@@ -182,7 +190,7 @@ pub(crate) async fn mcp(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result
     let stop = Arc::new(AtomicBool::new(false));
     let mut busy = tokio::task::JoinSet::new();
     for i in 0..n {
-        let s = connect(&a.url[i % a.url.len()], a.token.as_deref()).await.map_err(fail)?;
+        let s = connect(a, &a.url[i % a.url.len()]).await.map_err(fail)?;
         let (stop, queue) = (stop.clone(), format!("bench-mcp-beside-{run_id}-{i}"));
         busy.spawn(async move {
             while !stop.load(Ordering::Relaxed) {

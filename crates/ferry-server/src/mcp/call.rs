@@ -21,6 +21,8 @@ pub struct Answer {
     pub status: StatusCode,
     /// Its JSON body (`{}` when it had none).
     pub body: Value,
+    /// The body as the route wrote it, when it is the body's text.
+    pub text: Option<String>,
 }
 
 /// Builds the route's request from the call's arguments; a missing path parameter or an
@@ -36,6 +38,15 @@ pub fn request(def: &ToolDef, args: JsonObject, auth: Option<&HeaderValue>) -> R
         }
         let encoded = percent_encoding::utf8_percent_encode(&text, COMPONENT).to_string();
         path = path.replace(&format!("{{{name}}}"), &encoded);
+    }
+    let mut headers = Vec::new();
+    for name in &def.header_params {
+        if let Some(value) = args.remove(name).filter(|v| !v.is_null()) {
+            let text = scalar(name, &value)?;
+            let value = HeaderValue::from_str(&text)
+                .map_err(|_| Error::invalid(name, format!("{name} must be visible ASCII")))?;
+            headers.push((name.clone(), value));
+        }
     }
     let mut query = Vec::new();
     for name in &def.query_params {
@@ -67,6 +78,9 @@ pub fn request(def: &ToolDef, args: JsonObject, auth: Option<&HeaderValue>) -> R
     if let Some(a) = auth {
         req = req.header(header::AUTHORIZATION, a.clone());
     }
+    for (name, value) in headers {
+        req = req.header(name, value);
+    }
     let mut req = req.body(body).map_err(|e| Error::invalid("arguments", e.to_string()))?;
     req.extensions_mut().insert(InProcess);
     Ok(req)
@@ -86,9 +100,11 @@ fn scalar(name: &str, v: &Value) -> Result<String, Error> {
 pub async fn run(
     router: axum::Router,
     mut req: Request<Body>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Answer {
-    req.extensions_mut().insert(StopWaiting(stop));
+    if let Some(stop) = stop {
+        req.extensions_mut().insert(StopWaiting(stop));
+    }
     let resp = match router.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -101,13 +117,17 @@ pub async fn run(
     } else {
         serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"text": String::from_utf8_lossy(&bytes)}))
     };
+    // The route's own JSON text serves as the result's text (no second serialization), unless
+    // the error gains details here.
+    let mut text = (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
     if let (Some(ms), Some(err)) = (retry, body.get_mut("error").and_then(Value::as_object_mut)) {
         let details = err.entry("details").or_insert_with(|| json!({}));
         if let Some(d) = details.as_object_mut() {
             d.entry("retry_after_ms").or_insert(json!(ms));
+            text = None;
         }
     }
-    Answer { status, body }
+    Answer { status, body, text }
 }
 
 fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
@@ -119,7 +139,7 @@ fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
 /// `isError` (with `<code>: <message>` as its text) when the route answered with an error.
 pub fn result(answer: Answer) -> CallToolResult {
     if answer.status.is_success() {
-        let text = answer.body.to_string();
+        let text = answer.text.unwrap_or_else(|| answer.body.to_string());
         let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
         r.structured_content = Some(answer.body);
         return r;

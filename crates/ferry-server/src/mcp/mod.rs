@@ -82,6 +82,9 @@ impl Endpoint {
             .disable_allowed_hosts()
             .disable_allowed_origins()
             .with_max_request_body_bytes(state.limits.max_request_bytes)
+            // A stateless (2026-07-28) answer that is one message goes back as plain JSON, not
+            // an SSE stream of one event.
+            .with_json_response(true)
             .with_cancellation_token(stop);
         let handler = Handler(shared.clone());
         let service = StreamableHttpService::new(move || Ok(handler.clone()), sessions.clone(), config);
@@ -202,7 +205,8 @@ impl ServerHandler for Handler {
         let result = match call::request(&def, request.arguments.unwrap_or_default(), auth.as_ref()) {
             Err(e) => call::error(e),
             Ok(req) => {
-                let stop = stop_on_cancel(&ctx, &self.0.state);
+                // Only a call that can wait needs to hear of its cancel while it runs.
+                let stop = def.waits.then(|| stop_on_cancel(&ctx, &self.0.state));
                 let answer = call::run(router.clone(), req, stop).await;
                 if ctx.ct.is_cancelled() && def.tool.name == "jobs_claim" {
                     release_claimed(&router, &answer.body, auth.as_ref()).await;

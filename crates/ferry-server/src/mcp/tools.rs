@@ -2,8 +2,9 @@
 //! cut from that route's operation in the OpenAPI document (the body's properties, with the
 //! path and query parameters beside them), so a tool cannot drift from the API it wraps.
 
-use crate::auth::{Policies, Policy, Principal, Restriction};
+use crate::auth::{Access, Policies, Policy, Principal, Restriction};
 use axum::http::Method;
+use ferry_core::ResourceKind;
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
@@ -135,7 +136,7 @@ fn specs() -> Vec<Spec> {
             "/v1/events",
             Read,
             "Sleep until something happens: returns the events after cursor `since` that match the filters \
-             (queues, job ids, item ids, agents, types…), waiting up to `wait_ms` for a first one. Call again \
+             (`queue`, `job_id`, `tag`, `type`: comma-separated lists), waiting up to `wait_ms` for a first one. Call again \
              with `since` = `next_cursor` to go on; without `since` only events from now on are seen.",
         ),
         spec(
@@ -358,19 +359,45 @@ pub struct ToolDef {
     pub path_params: Vec<String>,
     /// Names of the query parameters.
     pub query_params: Vec<String>,
+    /// Names of the header parameters (`If-Match`), sent as headers.
+    pub header_params: Vec<String>,
     /// Whether the route reads a JSON body (the remaining arguments).
     pub has_body: bool,
+    /// Whether a call can wait (`wait_ms`), so a cancel must reach it while it runs.
+    pub waits: bool,
     /// What the route asks of its caller.
     pub policy: Policy,
+    /// The kind of resource the tool's domain touches (for restricted tokens); `None` for
+    /// routes that narrow their answer instead of refusing.
+    kind: Option<ResourceKind>,
 }
 
 impl ToolDef {
-    /// Whether `caller` may call this tool (auth off: `None`, everything).
+    /// Whether `caller` may call this tool (auth off: `None`, everything): it holds the route's
+    /// scope and, if restricted, some resources of the kind the route touches (a kind a token
+    /// does not name allows nothing).
     pub fn visible_to(&self, caller: Option<&Principal>) -> bool {
         let Some(p) = caller else { return true };
-        let scoped = self.policy.scope.is_none_or(|s| p.has(s));
-        let restricted = p.queues.is_some() || p.agents.is_some() || p.namespaces.is_some();
-        scoped && !(restricted && self.policy.restriction == Restriction::Refused)
+        if self.policy.scope.is_some_and(|s| !p.has(s)) {
+            return false;
+        }
+        let access = Access::of(Some(p));
+        if !access.is_restricted() {
+            return true;
+        }
+        let kind = match self.policy.restriction {
+            Restriction::Open => return true,
+            Restriction::Refused => return false,
+            Restriction::Path(kind) | Restriction::Agents(kind) => kind,
+            Restriction::PathJob | Restriction::PathConvoy => ResourceKind::Queue,
+            // A handler that narrows what it returns to the token's resources (the queue
+            // list, the events) refuses no one.
+            Restriction::Handler => match self.kind {
+                Some(kind) => kind,
+                None => return true,
+            },
+        };
+        access.allowed(kind).is_some_and(|names| !names.is_empty())
     }
 }
 
@@ -399,7 +426,7 @@ fn build(s: Spec, doc: &Value, policies: &Policies) -> ToolDef {
     assert!(op.is_object(), "{} wraps {} {}, which the document lacks", s.name, s.method, s.path);
     let mut props = Map::new();
     let mut required = Vec::new();
-    let (mut path_params, mut query_params) = (Vec::new(), Vec::new());
+    let (mut path_params, mut query_params, mut header_params) = (Vec::new(), Vec::new(), Vec::new());
     for p in op["parameters"].as_array().into_iter().flatten() {
         let name = p["name"].as_str().expect("a parameter has a name").to_string();
         let mut schema = p["schema"].clone();
@@ -411,6 +438,7 @@ fn build(s: Spec, doc: &Value, policies: &Policies) -> ToolDef {
         }
         match p["in"].as_str() {
             Some("path") => path_params.push(name.clone()),
+            Some("header") => header_params.push(name.clone()),
             _ => query_params.push(name.clone()),
         }
         props.insert(name, schema);
@@ -451,6 +479,7 @@ fn build(s: Spec, doc: &Value, policies: &Policies) -> ToolDef {
             }
         }
     }
+    let waits = props.contains_key("wait_ms");
     if !props.is_empty() || !input.contains_key("oneOf") {
         input.insert("properties".into(), Value::Object(props));
     }
@@ -471,7 +500,29 @@ fn build(s: Spec, doc: &Value, policies: &Policies) -> ToolDef {
     if let Some(out) = output {
         tool = tool.with_raw_output_schema(Arc::new(as_object(out)));
     }
-    ToolDef { tool, method: s.method, path: s.path, path_params, query_params, has_body, policy }
+    let kind = match s.name {
+        "queues_stats" | "events_wait" => None,
+        _ if s.name.starts_with("items_")
+            || s.name.starts_with("messages_")
+            || s.name.starts_with("broadcasts_") =>
+        {
+            Some(ResourceKind::Agent)
+        }
+        _ if s.name.starts_with("memory_") => Some(ResourceKind::Namespace),
+        _ => Some(ResourceKind::Queue),
+    };
+    ToolDef {
+        tool,
+        method: s.method,
+        path: s.path,
+        path_params,
+        query_params,
+        header_params,
+        has_body,
+        waits,
+        policy,
+        kind,
+    }
 }
 
 /// `^[a-z0-9_]{1,64}$`, which every major model API accepts.
