@@ -447,7 +447,7 @@ fn status_code(status: u16) -> &'static str {
         403 => "forbidden",
         413 => "payload_too_large",
         429 => "rate_limited",
-        503 | 502 | 504 => "unavailable",
+        502..=504 => "unavailable",
         _ => "bad_request",
     }
 }

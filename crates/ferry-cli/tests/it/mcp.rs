@@ -45,9 +45,9 @@ async fn mcp(s: &Server, msg: &Value, extra: &[(&str, &str)]) -> Answer {
     // An SSE answer: the last `data:` line that holds a message.
     let body = text
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .last()
+        .find_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
         .unwrap_or_else(|| serde_json::from_str(&text).unwrap_or(Value::Null));
     Answer { status, headers, body }
 }
