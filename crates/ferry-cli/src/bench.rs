@@ -370,44 +370,17 @@ pub async fn run(a: BenchArgs) -> i32 {
         );
     }
     if want("clients") {
-        let queue = format!("bench-cli-{run_id}");
-        let t0 = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for c in 0..a.clients {
-            let (client, queue, rounds) = (node(c), format!("{queue}-{c}"), a.rounds);
-            tasks.spawn(async move {
-                let mut lat = Vec::with_capacity(rounds * 3);
-                for _ in 0..rounds {
-                    let t = Instant::now();
-                    client.enqueue(&JobSpec { queue: queue.clone(), ..Default::default() }).await?;
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                    let t = Instant::now();
-                    let body = ClaimBody { worker: Some("bench".into()), max: Some(1), ..Default::default() };
-                    let jobs = client.claim(&queue, &body).await?;
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                    let t = Instant::now();
-                    client.complete(jobs[0].id, &jobs[0].lease, None).await?;
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                Ok::<_, ferry_client::ClientError>(lat)
-            });
-        }
-        let mut all = Vec::new();
-        while let Some(r) = tasks.join_next().await {
-            match r.expect("task") {
-                Ok(l) => all.extend(l),
+        let (rate, all) =
+            match single_job_clients(&nodes, a.clients, a.rounds, &format!("bench-cli-{run_id}")).await {
+                Ok(r) => r,
                 Err(e) => {
                     eprintln!("ferry: client call failed: {e}");
                     return 1;
                 }
-            }
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        all.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+            };
         println!(
-            "clients   {} concurrent single-job clients (enqueue, claim, complete): {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms; server memory {}",
+            "clients   {} concurrent single-job clients (enqueue, claim, complete): {rate:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms; server memory {}",
             a.clients,
-            all.len() as f64 / secs,
             pct(&all, 0.5),
             pct(&all, 0.99),
             rss(&client).await
@@ -444,6 +417,44 @@ pub async fn run(a: BenchArgs) -> i32 {
         return 1;
     }
     0
+}
+
+/// `clients` SDK clients (spread over the nodes), each doing `rounds` times enqueue(1) →
+/// claim(1) → complete(1) on a queue of its own; (calls/s, the calls' latencies in ms, sorted).
+pub(crate) async fn single_job_clients(
+    nodes: &[Client],
+    clients: usize,
+    rounds: usize,
+    queue: &str,
+) -> Result<(f64, Vec<f64>), ClientError> {
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (client, queue) = (nodes[c % nodes.len()].clone(), format!("{queue}-{c}"));
+        tasks.spawn(async move {
+            let mut lat = Vec::with_capacity(rounds * 3);
+            for _ in 0..rounds {
+                let t = Instant::now();
+                client.enqueue(&JobSpec { queue: queue.clone(), ..Default::default() }).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                let t = Instant::now();
+                let body = ClaimBody { worker: Some("bench".into()), max: Some(1), ..Default::default() };
+                let jobs = client.claim(&queue, &body).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                let t = Instant::now();
+                client.complete(jobs[0].id, &jobs[0].lease, None).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, ClientError>(lat)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.expect("task")?);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    all.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
+    Ok((all.len() as f64 / secs, all))
 }
 
 /// Enqueues `jobs` jobs of `queue` in batches (4 in flight), each paid by `payer` when given, and

@@ -8,10 +8,8 @@
 //! 3. `ferry bench e2e` alone, then with `--mcp-sessions`' first count of sessions running the
 //!    loop of 2 beside it: the drop is reported.
 
-use crate::bench::{BenchArgs, jobs_end_to_end, pct};
+use crate::bench::{BenchArgs, jobs_end_to_end, pct, single_job_clients};
 use ferry_client::Client;
-use ferry_core::validate::JobSpec;
-use ferry_core::wire::ClaimBody;
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, JsonObject, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
@@ -100,44 +98,6 @@ async fn mcp_loops(a: &BenchArgs, sessions: usize, queue: &str) -> Result<(f64, 
     Ok((all.len() as f64 / secs, all))
 }
 
-/// The same loops over plain HTTP with `clients` SDK clients; (calls/s, sorted latencies).
-async fn http_loops(
-    a: &BenchArgs,
-    nodes: &[Client],
-    clients: usize,
-    queue: &str,
-) -> Result<(f64, Vec<f64>), String> {
-    let t0 = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..clients {
-        let (client, queue, rounds) = (nodes[c % nodes.len()].clone(), format!("{queue}-{c}"), a.rounds);
-        tasks.spawn(async move {
-            let mut lat = Vec::with_capacity(rounds * 3);
-            for _ in 0..rounds {
-                let t = Instant::now();
-                client.enqueue(&JobSpec { queue: queue.clone(), ..Default::default() }).await?;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                let t = Instant::now();
-                let body =
-                    ClaimBody { worker: Some("bench-http".into()), max: Some(1), ..Default::default() };
-                let jobs = client.claim(&queue, &body).await?;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                let t = Instant::now();
-                client.complete(jobs[0].id, &jobs[0].lease, None).await?;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            Ok::<_, ferry_client::ClientError>(lat)
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    all.sort_by(|x, y| x.partial_cmp(y).expect("finite"));
-    Ok((all.len() as f64 / secs, all))
-}
-
 /// The `mcp` phase.
 pub(crate) async fn mcp(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result<(), ()> {
     let fail = |e: String| eprintln!("ferry: bench mcp: {e}");
@@ -170,7 +130,9 @@ pub(crate) async fn mcp(a: &BenchArgs, nodes: &[Client], run_id: &str) -> Result
     for &n in &a.mcp_sessions {
         let (rate, lat) = mcp_loops(a, n, &format!("bench-mcp-{run_id}-{n}")).await.map_err(fail)?;
         let (http_rate, http_lat) =
-            http_loops(a, nodes, n, &format!("bench-mcp-http-{run_id}-{n}")).await.map_err(fail)?;
+            single_job_clients(nodes, n, a.rounds, &format!("bench-mcp-http-{run_id}-{n}"))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
         println!(
             "mcp       {n} sessions x {} rounds of enqueue(1), claim(1), complete(1): {rate:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms; \
              HTTP with {n} clients: {http_rate:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms; MCP/HTTP {:.2}",

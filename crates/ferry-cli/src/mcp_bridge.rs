@@ -195,18 +195,24 @@ impl Bridge {
         }
     }
 
-    /// POSTs `msg` and writes the JSON-RPC messages of the answer.
-    async fn post(&self, msg: &Value) -> Result<(), Failure> {
-        let session = self.session.lock().expect("session lock").clone();
-        let mut req = self
+    /// A POST of `msg` to `/mcp` with the token, accepting JSON or an SSE stream.
+    fn post_request(&self, msg: &Value) -> reqwest::RequestBuilder {
+        let req = self
             .http
             .post(&self.endpoint)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .body(msg.to_string());
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
+    }
+
+    /// POSTs `msg` and writes the JSON-RPC messages of the answer.
+    async fn post(&self, msg: &Value) -> Result<(), Failure> {
+        let session = self.session.lock().expect("session lock").clone();
+        let mut req = self.post_request(msg);
         if let Some(s) = &session.id {
             req = req.header("mcp-session-id", s);
         }
@@ -360,16 +366,7 @@ impl Bridge {
 
     /// POSTs an `initialize` without relaying its answer; the new session's id.
     async fn post_quiet(&self, init: &Value) -> Result<String, Failure> {
-        let mut req = self
-            .http
-            .post(&self.endpoint)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(init.to_string());
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let resp = self.post_request(init).send().await.map_err(|e| Failure::Unreachable(e.to_string()))?;
         let status = resp.status().as_u16();
         let id = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
         let _ = resp.bytes().await;
