@@ -208,3 +208,32 @@ def _agents(node_a: Any, node_b: Any, token_a: str, token_b: str) -> None:
         "bob",
         "disk full",
     )
+
+
+def test_a_listen_subscription_hears_of_its_job_and_only_of_it(ferry_server_any) -> None:
+    """`subscriptions/listen` (2026-07-28): a stream subscribed to `ferry://jobs/{id}` is told
+    within 1 s that the job completed, and nothing of another job's changes."""
+    server = ferry_server_any
+
+    async def main() -> None:
+        async with session(mcp_url(server), server.token) as c:
+            job = await call_ok(c, "jobs_enqueue", {"queue": "lq", "payload": {"n": 1}})
+            other = await call_ok(c, "jobs_enqueue", {"queue": "lq2", "payload": {"n": 2}})
+            uri = f"ferry://jobs/{job['id']}"
+            [claimed] = (await call_ok(c, "jobs_claim", {"queue": "lq", "worker": "w"}))["jobs"]
+            async with c.listen(resource_subscriptions=[uri, "ferry://nothing/here"]) as sub:
+                assert sub.honored.resource_subscriptions == [uri], sub.honored
+                # Another job's change first: it must not reach this stream.
+                await call_ok(c, "jobs_cancel", {"id": other["id"]})
+                with anyio.move_on_after(0.3) as quiet:
+                    stray = await sub.__anext__()
+                    raise AssertionError(f"another job's change reached the stream: {stray}")
+                assert quiet.cancelled_caught
+                completed_at = time.monotonic()
+                await call_ok(c, "jobs_complete", {"id": claimed["id"], "lease": claimed["lease"]})
+                with anyio.fail_after(1):
+                    event = await sub.__anext__()
+                assert getattr(event, "uri", None) == uri, event
+                assert time.monotonic() - completed_at < 1
+
+    run(main)

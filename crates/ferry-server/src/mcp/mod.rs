@@ -22,9 +22,9 @@ use ferry_core::{Error, ErrorCode};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, Implementation, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
-    ReadResourceResponse, ServerCapabilities, ServerConfig,
+    ReadResourceResponse, ServerCapabilities, ServerConfig, SubscriptionFilter,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -242,6 +242,17 @@ impl ServerHandler for Handler {
     ) -> Result<ReadResourceResponse, McpError> {
         let (_, auth) = caller(&ctx);
         resources::read(&self.0.router()?, &request.uri, auth.as_ref()).await
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let uris = requested.resource_subscriptions.iter().flatten().filter(|u| resources::known(u)).cloned();
+        Some(SubscriptionFilter::builder().resource_subscriptions(uris).build())
+    }
+
+    async fn listen(&self, ctx: SubscriptionContext) -> Result<(), McpError> {
+        let (_, auth) = caller(ctx.request_context());
+        let router = self.0.router()?;
+        resources::listen(&self.0.state, router, auth, ctx).await
     }
 
     #[allow(deprecated)]

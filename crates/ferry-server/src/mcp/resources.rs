@@ -1,7 +1,6 @@
 //! Resources: `ferry://queues`, `ferry://jobs/{id}` and `ferry://items/{id}`, read through the
-//! routes that serve them, and `resources/subscribe` (handshake revisions) pushed from the
-//! event hub. On 2026-07-28, where subscriptions moved to `subscriptions/listen`, `events_wait`
-//! serves instead.
+//! routes that serve them; their changes are pushed from the event hub, by
+//! `resources/subscribe` on the handshake revisions and `subscriptions/listen` on 2026-07-28.
 
 use crate::AppState;
 use crate::events::{Feed, Item};
@@ -11,7 +10,7 @@ use rmcp::model::{
     ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
     ResourceUpdatedNotificationParam,
 };
-use rmcp::service::Peer;
+use rmcp::service::{Peer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer};
 use tower::ServiceExt;
 
@@ -34,6 +33,11 @@ pub fn templates() -> Vec<ResourceTemplate> {
             .with_description("One work item (GET /v1/items/{id}); subscribe to hear of its changes")
             .with_mime_type("application/json"),
     ]
+}
+
+/// Whether `uri` names a resource ferry serves (for a subscription's filter).
+pub fn known(uri: &str) -> bool {
+    route(uri).is_ok()
 }
 
 /// The route a resource is read through and the event subject it changes with.
@@ -123,4 +127,57 @@ pub async fn subscribe(
         }
     });
     Ok(())
+}
+
+/// Serves one `subscriptions/listen` stream (2026-07-28): each accepted resource must be
+/// readable by the caller; then every event of its subject (any event, for the queues) sends
+/// `notifications/resources/updated` for it, until the client cancels or the server stops.
+pub async fn listen(
+    st: &AppState,
+    router: axum::Router,
+    auth: Option<HeaderValue>,
+    ctx: SubscriptionContext,
+) -> Result<(), McpError> {
+    let uris = ctx.accepted().resource_subscriptions.clone().unwrap_or_default();
+    let mut watched: Vec<(Option<Subject>, String)> = Vec::with_capacity(uris.len());
+    for uri in uris {
+        read(&router, &uri, auth.as_ref()).await?;
+        watched.push((route(&uri)?.1, uri));
+    }
+    // One feed for all of them: their rooms, or every event when the queues are watched.
+    let filter = (!watched.iter().any(|(s, _)| s.is_none())).then(|| {
+        let mut f = EventFilter::default();
+        for (s, _) in &watched {
+            f.join(Room::Subject(s.clone().expect("rooms only")));
+        }
+        f
+    });
+    if watched.is_empty() {
+        ctx.cancelled().await;
+        return Ok(());
+    }
+    let mut feed =
+        Feed::open(&st.hub, filter, None).map_err(|e| McpError::internal_error(e.message, None))?;
+    let mut shutdown = st.shutdown.clone();
+    loop {
+        let subject = tokio::select! {
+            next = feed.next() => match next {
+                Ok(Item::Event(d)) => Some(d.event.subject.clone()),
+                // Fell behind: anything may have changed.
+                Ok(Item::Lagged(_)) => None,
+                Err(e) => return Err(McpError::internal_error(e.message, None)),
+            },
+            _ = ctx.cancelled() => return Ok(()),
+            _ = shutdown.changed() => return Ok(()),
+        };
+        for (watched_subject, uri) in &watched {
+            let hit = match (watched_subject, &subject) {
+                (Some(w), Some(s)) => w == s,
+                _ => true,
+            };
+            if hit && ctx.sink().notify_resource_updated(uri.clone()).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
 }
