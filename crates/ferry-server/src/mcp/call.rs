@@ -5,7 +5,8 @@
 use super::tools::ToolDef;
 use crate::protect::{InProcess, StopWaiting};
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use ferry_core::{Error, ErrorCode};
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
 use serde_json::{Value, json};
@@ -65,24 +66,18 @@ pub fn request(def: &ToolDef, args: JsonObject, auth: Option<&HeaderValue>) -> R
         path.push_str(&query.join("&"));
     }
     let body = if def.has_body {
-        Body::from(serde_json::to_vec(&Value::Object(args)).expect("JSON serializes"))
+        Some(Value::Object(args))
     } else if let Some(extra) = args.keys().next() {
         return Err(Error::invalid(extra, format!("{} takes no argument {extra}", def.tool.name)));
     } else {
-        Body::empty()
+        None
     };
-    let mut req = Request::builder().method(def.method.clone()).uri(path);
-    if def.has_body {
-        req = req.header(header::CONTENT_TYPE, "application/json");
-    }
-    if let Some(a) = auth {
-        req = req.header(header::AUTHORIZATION, a.clone());
-    }
+    let mut req = in_process(def.method.clone(), &path, body.as_ref(), auth)?;
     for (name, value) in headers {
-        req = req.header(name, value);
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| Error::invalid(&name, e.to_string()))?;
+        req.headers_mut().insert(name, value);
     }
-    let mut req = req.body(body).map_err(|e| Error::invalid("arguments", e.to_string()))?;
-    req.extensions_mut().insert(InProcess);
     Ok(req)
 }
 
@@ -96,7 +91,38 @@ fn scalar(name: &str, v: &Value) -> Result<String, Error> {
     }
 }
 
-/// Runs `req` through `router` (the server's own) and reads its answer; `stop` ends a wait early.
+/// A request for `path` made inside the server for a caller whose `/mcp` request passed the
+/// guard: its bearer token goes along, and the request is marked [`InProcess`].
+pub fn in_process(
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    auth: Option<&HeaderValue>,
+) -> Result<Request<Body>, Error> {
+    let mut req = Request::builder().method(method).uri(path);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(a) = auth {
+        req = req.header(header::AUTHORIZATION, a.clone());
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(serde_json::to_vec(b).expect("JSON serializes")));
+    let mut req = req.body(body).map_err(|e| Error::invalid("arguments", e.to_string()))?;
+    req.extensions_mut().insert(InProcess);
+    Ok(req)
+}
+
+/// Runs an in-process request through `router` (the server's own): its status, headers and body.
+pub async fn send(router: axum::Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let resp = match router.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = resp.into_parts();
+    (parts.status, parts.headers, axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default())
+}
+
+/// Runs `req` through `router` and reads its answer; `stop` ends a wait early.
 pub async fn run(
     router: axum::Router,
     mut req: Request<Body>,
@@ -105,13 +131,8 @@ pub async fn run(
     if let Some(stop) = stop {
         req.extensions_mut().insert(StopWaiting(stop));
     }
-    let resp = match router.oneshot(req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
-    let status = resp.status();
-    let retry = retry_after_ms(resp.headers());
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap_or_default();
+    let (status, headers, bytes) = send(router, req).await;
+    let retry = retry_after_ms(&headers);
     let mut body = if bytes.is_empty() {
         json!({})
     } else {

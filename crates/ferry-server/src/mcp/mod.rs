@@ -288,20 +288,14 @@ fn stop_on_cancel(ctx: &RequestContext<RoleServer>, st: &AppState) -> tokio::syn
 async fn release_claimed(router: &axum::Router, body: &Value, auth: Option<&HeaderValue>) {
     for job in body["jobs"].as_array().into_iter().flatten() {
         let (Some(id), Some(lease)) = (job["id"].as_str(), job["lease"].as_str()) else { continue };
-        let mut req = axum::http::Request::post(format!("/v1/jobs/{id}/release"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(axum::body::Body::from(serde_json::json!({ "lease": lease }).to_string()))
-            .expect("a valid request");
-        if let Some(a) = auth {
-            req.headers_mut().insert(header::AUTHORIZATION, a.clone());
-        }
-        req.extensions_mut().insert(crate::protect::InProcess);
-        match router.clone().oneshot(req).await {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => {
-                tracing::warn!(job = id, status = %r.status(), "could not release a job claimed by a cancelled MCP call")
-            }
-            Err(never) => match never {},
+        let release = serde_json::json!({ "lease": lease });
+        let status =
+            match call::in_process(Method::POST, &format!("/v1/jobs/{id}/release"), Some(&release), auth) {
+                Ok(req) => call::send(router.clone(), req).await.0,
+                Err(_) => continue,
+            };
+        if !status.is_success() {
+            tracing::warn!(job = id, %status, "could not release a job claimed by a cancelled MCP call");
         }
     }
 }

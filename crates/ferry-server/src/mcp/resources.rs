@@ -4,7 +4,7 @@
 
 use crate::AppState;
 use crate::events::{Feed, Item};
-use axum::http::{HeaderValue, Request, header};
+use axum::http::{HeaderValue, Method};
 use ferry_core::event::{EventFilter, Room, Subject, SubjectKind};
 use rmcp::model::{
     ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
@@ -12,7 +12,6 @@ use rmcp::model::{
 };
 use rmcp::service::{Peer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer};
-use tower::ServiceExt;
 
 /// Resources at fixed addresses.
 pub fn fixed() -> Vec<Resource> {
@@ -75,23 +74,80 @@ pub async fn read(
 }
 
 async fn get(router: &axum::Router, path: &str, auth: Option<&HeaderValue>) -> Result<String, (u16, String)> {
-    let mut req = Request::get(path).body(axum::body::Body::empty()).expect("a valid request");
-    if let Some(a) = auth {
-        req.headers_mut().insert(header::AUTHORIZATION, a.clone());
-    }
-    req.extensions_mut().insert(crate::protect::InProcess);
-    let resp = match router.clone().oneshot(req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap_or_default();
+    let req = super::call::in_process(Method::GET, path, None, auth).map_err(|e| (400, e.message))?;
+    let (status, _, bytes) = super::call::send(router.clone(), req).await;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     if status.is_success() { Ok(text) } else { Err((status.as_u16(), text)) }
 }
 
-/// Subscribes the session to `uri`'s changes: the caller must be able to read it; each event
-/// of its subject then sends `notifications/resources/updated` until the session ends.
+/// The resources a subscription watches, each with the subject whose events change it
+/// (`None`: the queues, changed by any event); the caller must be able to read each.
+async fn watched(
+    router: &axum::Router,
+    uris: Vec<String>,
+    auth: Option<&HeaderValue>,
+) -> Result<Vec<(Option<Subject>, String)>, McpError> {
+    let mut watched = Vec::with_capacity(uris.len());
+    for uri in uris {
+        read(router, &uri, auth).await?;
+        watched.push((route(&uri)?.1, uri));
+    }
+    Ok(watched)
+}
+
+/// One feed for all `watched`: their rooms, or every event when the queues are among them.
+fn feed_for(st: &AppState, watched: &[(Option<Subject>, String)]) -> Result<Feed, McpError> {
+    let filter = watched.iter().map(|(s, _)| s.clone()).collect::<Option<Vec<Subject>>>().map(|subjects| {
+        let mut f = EventFilter::default();
+        for s in subjects {
+            f.join(Room::Subject(s));
+        }
+        f
+    });
+    Feed::open(&st.hub, filter, None).map_err(|e| McpError::internal_error(e.message, None))
+}
+
+/// Calls `notify` with each watched resource an event changes (all of them after a lag),
+/// until `stop` resolves, the server shuts down or `notify` returns false; a failing feed is
+/// an error.
+async fn pump<F, Fut>(
+    mut feed: Feed,
+    watched: &[(Option<Subject>, String)],
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
+    mut notify: F,
+) -> Result<(), ferry_core::Error>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::pin!(stop);
+    loop {
+        let subject = tokio::select! {
+            next = feed.next() => match next {
+                Ok(Item::Event(d)) => Some(d.event.subject.clone()),
+                // Fell behind: anything may have changed.
+                Ok(Item::Lagged(_)) => None,
+                Err(e) => return Err(e),
+            },
+            _ = &mut stop => return Ok(()),
+            _ = shutdown.changed() => return Ok(()),
+        };
+        for (watched_subject, uri) in watched {
+            let hit = match (watched_subject, &subject) {
+                (Some(w), Some(s)) => w == s,
+                _ => true,
+            };
+            if hit && !notify(uri.clone()).await {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Subscribes the session to `uri`'s changes (`resources/subscribe`, handshake revisions):
+/// the caller must be able to read it; each event of its subject then sends
+/// `notifications/resources/updated` until the session ends.
 pub async fn subscribe(
     st: &AppState,
     router: axum::Router,
@@ -99,32 +155,15 @@ pub async fn subscribe(
     auth: Option<HeaderValue>,
     peer: Peer<RoleServer>,
 ) -> Result<(), McpError> {
-    let (_, subject) = route(&uri)?;
-    read(&router, &uri, auth.as_ref()).await?;
-    // A job or an item: its own room; the queues: every event (counts change with each).
-    let filter = subject.map(|s| {
-        let mut f = EventFilter::default();
-        f.join(Room::Subject(s));
-        f
-    });
-    let feed = Feed::open(&st.hub, filter, None).map_err(|e| McpError::internal_error(e.message, None))?;
-    let mut shutdown = st.shutdown.clone();
+    let watched = watched(&router, vec![uri], auth.as_ref()).await?;
+    let feed = feed_for(st, &watched)?;
+    let shutdown = st.shutdown.clone();
     tokio::spawn(async move {
-        let mut feed = feed;
-        loop {
-            tokio::select! {
-                next = feed.next() => match next {
-                    Ok(Item::Event(_)) | Ok(Item::Lagged(_)) => {
-                        let note = ResourceUpdatedNotificationParam::new(uri.clone());
-                        if peer.notify_resource_updated(note).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                },
-                _ = shutdown.changed() => return,
-            }
-        }
+        let notify = |uri: String| {
+            let peer = peer.clone();
+            async move { peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri)).await.is_ok() }
+        };
+        let _ = pump(feed, &watched, shutdown, std::future::pending(), notify).await;
     });
     Ok(())
 }
@@ -139,45 +178,15 @@ pub async fn listen(
     ctx: SubscriptionContext,
 ) -> Result<(), McpError> {
     let uris = ctx.accepted().resource_subscriptions.clone().unwrap_or_default();
-    let mut watched: Vec<(Option<Subject>, String)> = Vec::with_capacity(uris.len());
-    for uri in uris {
-        read(&router, &uri, auth.as_ref()).await?;
-        watched.push((route(&uri)?.1, uri));
-    }
-    // One feed for all of them: their rooms, or every event when the queues are watched.
-    let filter = (!watched.iter().any(|(s, _)| s.is_none())).then(|| {
-        let mut f = EventFilter::default();
-        for (s, _) in &watched {
-            f.join(Room::Subject(s.clone().expect("rooms only")));
-        }
-        f
-    });
+    let watched = watched(&router, uris, auth.as_ref()).await?;
     if watched.is_empty() {
         ctx.cancelled().await;
         return Ok(());
     }
-    let mut feed =
-        Feed::open(&st.hub, filter, None).map_err(|e| McpError::internal_error(e.message, None))?;
-    let mut shutdown = st.shutdown.clone();
-    loop {
-        let subject = tokio::select! {
-            next = feed.next() => match next {
-                Ok(Item::Event(d)) => Some(d.event.subject.clone()),
-                // Fell behind: anything may have changed.
-                Ok(Item::Lagged(_)) => None,
-                Err(e) => return Err(McpError::internal_error(e.message, None)),
-            },
-            _ = ctx.cancelled() => return Ok(()),
-            _ = shutdown.changed() => return Ok(()),
-        };
-        for (watched_subject, uri) in &watched {
-            let hit = match (watched_subject, &subject) {
-                (Some(w), Some(s)) => w == s,
-                _ => true,
-            };
-            if hit && ctx.sink().notify_resource_updated(uri.clone()).await.is_err() {
-                return Ok(());
-            }
-        }
-    }
+    let feed = feed_for(st, &watched)?;
+    let ctx = &ctx;
+    let notify = |uri: String| async move { ctx.sink().notify_resource_updated(uri).await.is_ok() };
+    pump(feed, &watched, st.shutdown.clone(), ctx.cancelled(), notify)
+        .await
+        .map_err(|e| McpError::internal_error(e.message, None))
 }
