@@ -30,7 +30,16 @@ async fn connect(a: &BenchArgs, url: &str) -> Result<Session, String> {
     if let Some(t) = &a.token {
         config = config.auth_header(t.clone());
     }
-    let transport = StreamableHttpClientTransport::from_config(config);
+    // rmcp's default HTTP client opens a connection per request (no idle pool, to dodge a
+    // delayed-ACK stall after unread bodies); ferry answers with whole JSON bodies, so a
+    // pooled client keeps one connection per session, as an agent's long-lived client would.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let transport = StreamableHttpClientTransport::with_client(http, config);
     let connected = if a.mcp_handshake {
         ().serve(transport).await
     } else {

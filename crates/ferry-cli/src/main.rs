@@ -255,7 +255,11 @@ fn init_logs(
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+    // rmcp logs three INFO lines for every stateless MCP request; unless the filter names it,
+    // only its warnings reach the log.
+    let directives =
+        if config.log.contains("rmcp") { config.log.clone() } else { format!("{},rmcp=warn", config.log) };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .map_err(|e| format!("invalid log filter {:?}: {e}", config.log))?;
     let json = match config.log_format.as_str() {
         "json" => true,

@@ -197,3 +197,111 @@ async fn mcp_can_be_turned_off() {
     assert_eq!(a.status, 404, "{}", a.body);
     assert_eq!(a.body["error"]["code"], "not_found");
 }
+
+/// A stateless call sent so that it takes rmcp's path: a second `Accept` header is nothing the
+/// fast path judges, so it hands the request on.
+async fn modern_via_rmcp(s: &Server, params: Value) -> Answer {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    let name = params["name"].as_str().unwrap_or_default().to_string();
+    let msg = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params});
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", name.as_str()),
+        ("accept", "application/json"),
+    ];
+    mcp(s, &msg, &headers).await
+}
+
+#[tokio::test]
+async fn plain_stateless_calls_answer_as_rmcp_does_and_anything_unusual_goes_to_rmcp() {
+    let s = start("");
+    let made = modern(
+        &s,
+        "tools/call",
+        json!({"name": "jobs_enqueue", "arguments": {"queue": "q", "payload": {"a": 1}}}),
+        None,
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let id = made.body["result"]["structuredContent"]["id"].as_str().expect("an id").to_string();
+    // The same calls, a success and two kinds of tool error, by both paths: the same answers.
+    let calls = [
+        json!({"name": "jobs_get", "arguments": {"id": id}}),
+        json!({"name": "jobs_get", "arguments": {"id": "00000000-0000-0000-0000-000000000000"}}),
+        json!({"name": "jobs_get", "arguments": {}}),
+    ];
+    for call in calls {
+        let fast = modern(&s, "tools/call", call.clone(), None).await;
+        let slow = modern_via_rmcp(&s, call.clone()).await;
+        assert_eq!((fast.status, slow.status), (200, 200), "{call}: {} / {}", fast.body, slow.body);
+        assert_eq!(fast.header("content-type"), "application/json");
+        assert_eq!(fast.body, slow.body, "{call}");
+    }
+    let gone = modern(&s, "tools/call", json!({"name": "jobs_get", "arguments": {}}), None).await;
+    assert_eq!(gone.body["result"]["isError"], true, "{}", gone.body);
+    // A header that disagrees with the body is rmcp's to refuse.
+    let msg = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "jobs_get", "arguments": {"id": id}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let headers =
+        [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "queues_list")];
+    let mismatch = mcp(&s, &msg, &headers).await;
+    assert_eq!(mismatch.status, 400, "{}", mismatch.body);
+    assert!(mismatch.body["error"].is_object(), "{}", mismatch.body);
+    // An unknown tool too: a JSON-RPC error, not a tool result.
+    let unknown = modern(&s, "tools/call", json!({"name": "no_such_tool", "arguments": {}}), None).await;
+    assert!(unknown.body["error"].is_object(), "{}", unknown.body);
+}
+
+#[tokio::test]
+async fn a_waiting_claim_whose_client_hangs_up_stops_and_takes_nothing() {
+    let s = start("");
+    let mut params =
+        json!({"name": "jobs_claim", "arguments": {"queue": "hang", "worker": "w", "wait_ms": 3000}});
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    let msg = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params});
+    let hung_up = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .post(s.at("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "jobs_claim")
+        .body(msg.to_string())
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the claim waits past the client's timeout");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let made = modern(
+        &s,
+        "tools/call",
+        json!({"name": "jobs_enqueue", "arguments": {"queue": "hang", "payload": {}}}),
+        None,
+    )
+    .await;
+    let id = made.body["result"]["structuredContent"]["id"].clone();
+    // The abandoned claim stopped waiting, so the job is there for the next worker.
+    let claimed = modern(
+        &s,
+        "tools/call",
+        json!({"name": "jobs_claim", "arguments": {"queue": "hang", "worker": "w2"}}),
+        None,
+    )
+    .await;
+    let jobs = &claimed.body["result"]["structuredContent"]["jobs"];
+    assert_eq!(jobs[0]["id"], id, "{}", claimed.body);
+}

@@ -9,6 +9,7 @@
 //! sessions across nodes (a load balancer keeps them sticky), or OAuth.
 
 mod call;
+mod fast;
 mod resources;
 pub mod tools;
 
@@ -20,9 +21,10 @@ use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use ferry_core::{Error, ErrorCode};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
-    ReadResourceResponse, ServerCapabilities, ServerConfig, SubscriptionFilter,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+    SubscriptionFilter,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -32,6 +34,8 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tools::ToolDef;
 use tower::ServiceExt;
 
 /// The revisions served: the current one (stateless) and the two handshake ones before it.
@@ -69,7 +73,7 @@ impl Endpoint {
         let mut sessions = LocalSessionManager::default();
         sessions.session_config.keep_alive = Some(Duration::from_millis(state.mcp.session_idle_ms));
         let sessions = Arc::new(sessions);
-        let stop = tokio_util::sync::CancellationToken::new();
+        let stop = CancellationToken::new();
         let mut shutdown = state.shutdown.clone();
         let on_stop = stop.clone();
         tokio::spawn(async move {
@@ -102,14 +106,17 @@ impl Endpoint {
     }
 }
 
-/// `GET`, `POST` and `DELETE /mcp`: refuses a new handshake session past
-/// `limits.max_mcp_sessions`, then hands the request to rmcp.
+/// `GET`, `POST` and `DELETE /mcp`: answers a plain stateless tool call itself ([`fast`]),
+/// refuses a new handshake session past `limits.max_mcp_sessions`, and hands the rest to rmcp.
 pub async fn endpoint(State(ep): State<Endpoint>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
         Err(e) => return ApiError(Error::new(ErrorCode::BadRequest, e.to_string())).into_response(),
     };
+    if let Some(call) = fast::recognise(&parts, &bytes, &ep.shared.catalog) {
+        return fast::answer(ep.shared.clone(), call, fast::auth(&parts)).await;
+    }
     if parts.method == Method::POST && !parts.headers.contains_key("mcp-session-id") && is_initialize(&bytes)
     {
         let max = ep.shared.state.limits.max_mcp_sessions;
@@ -157,6 +164,34 @@ impl Shared {
     fn router(&self) -> Result<axum::Router, McpError> {
         self.router.get().cloned().ok_or_else(|| McpError::internal_error("the server is starting", None))
     }
+
+    /// Runs one tool call for the caller holding `auth`; `cancel` is the client's cancel (or
+    /// its disconnect), which a waiting tool hears while it runs.
+    async fn run_tool(
+        &self,
+        def: &ToolDef,
+        arguments: JsonObject,
+        auth: Option<HeaderValue>,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResult, McpError> {
+        let started = Instant::now();
+        let router = self.router()?;
+        let result = match call::request(def, arguments, auth.as_ref()) {
+            Err(e) => call::error(e),
+            Ok(req) => {
+                // Only a call that can wait needs to hear of its cancel while it runs.
+                let stop = def.waits.then(|| stop_on_cancel(cancel, &self.state));
+                let answer = call::run(router.clone(), req, stop).await;
+                if cancel.is_cancelled() && def.tool.name == "jobs_claim" {
+                    release_claimed(&router, &answer.body, auth.as_ref()).await;
+                }
+                call::result(answer)
+            }
+        };
+        let metrics = &self.state.metrics;
+        metrics.mcp_call(&def.tool.name, &call::outcome(&result), started.elapsed().as_secs_f64());
+        Ok(result)
+    }
 }
 
 impl ServerHandler for Handler {
@@ -199,23 +234,8 @@ impl ServerHandler for Handler {
         let Some(def) = self.0.catalog.get(&request.name).cloned() else {
             return Err(McpError::invalid_params(format!("no tool named {}", request.name), None));
         };
-        let started = Instant::now();
         let (_, auth) = caller(&ctx);
-        let router = self.0.router()?;
-        let result = match call::request(&def, request.arguments.unwrap_or_default(), auth.as_ref()) {
-            Err(e) => call::error(e),
-            Ok(req) => {
-                // Only a call that can wait needs to hear of its cancel while it runs.
-                let stop = def.waits.then(|| stop_on_cancel(&ctx, &self.0.state));
-                let answer = call::run(router.clone(), req, stop).await;
-                if ctx.ct.is_cancelled() && def.tool.name == "jobs_claim" {
-                    release_claimed(&router, &answer.body, auth.as_ref()).await;
-                }
-                call::result(answer)
-            }
-        };
-        let metrics = &self.0.state.metrics;
-        metrics.mcp_call(&def.tool.name, &call::outcome(&result), started.elapsed().as_secs_f64());
+        let result = self.0.run_tool(&def, request.arguments.unwrap_or_default(), auth, &ctx.ct).await?;
         Ok(CallToolResponse::Complete(result))
     }
 
@@ -269,9 +289,9 @@ impl ServerHandler for Handler {
 
 /// A watch that turns true when the client cancels the call or the server shuts down, so a
 /// waiting claim or long-poll returns at once with what it holds.
-fn stop_on_cancel(ctx: &RequestContext<RoleServer>, st: &AppState) -> tokio::sync::watch::Receiver<bool> {
+fn stop_on_cancel(cancel: &CancellationToken, st: &AppState) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let ct = ctx.ct.clone();
+    let ct = cancel.clone();
     let mut shutdown = st.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {

@@ -278,6 +278,10 @@ fn open_conn(path: &PathBuf, flags: OpenFlags) -> Result<Connection> {
     let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+    // A plan fixed at prepare time: without this, a statement like the claim's `queue = ?` is
+    // prepared again whenever the bound queue changes, because the planner checks the value
+    // against partial indexes' literals (7% of the writer's time with 50 queues in turn).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(db_err)?;
     // Every domain's statements stay prepared (the ledger alone has a few dozen).
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)

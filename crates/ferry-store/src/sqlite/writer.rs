@@ -147,6 +147,12 @@ pub(crate) struct Sinks {
     pub before_commit: Option<BeforeCommit>,
 }
 
+/// Runs one parameterless statement through the statement cache: a group commit's BEGIN and
+/// COMMIT are parsed once per connection, not once per transaction.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_ops: usize) {
     let Sinks { notifier, counts, bus, metrics, before_commit } = sinks;
     let mut ops: Vec<Op> = Vec::with_capacity(max_batch_ops);
@@ -175,7 +181,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
         // not yet run continue in a fresh one.
         loop {
             let mut fx = Effects::default();
-            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
                 tracing::error!(error = %e, "writer could not begin a transaction");
                 pending.by_ref().for_each(drop); // dropping an op answers its caller `unavailable`
                 break;
@@ -209,30 +215,32 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
                     e.cursor = head + 1 + i as u64;
                 }
                 let at = fx.events.last().map_or(0, |e| e.at.0);
-                if let Err(e) = conn.execute(
+                let insert = conn.prepare_cached(
                     "INSERT INTO event_log (first_cursor, n, at, body) VALUES (?1, ?2, ?3, ?4)",
-                    rusqlite::params![
+                );
+                if let Err(e) = insert.and_then(|mut s| {
+                    s.execute(rusqlite::params![
                         head as i64 + 1,
                         fx.events.len() as i64,
                         at,
                         crate::events::encode(&fx.events)
-                    ],
-                ) {
+                    ])
+                }) {
                     tracing::error!(error = %e, "writer could not record events; the batch is rolled back");
                     poisoned = Some(super::fault_of(&e));
                 }
             }
             counts.begin_commit();
             let commit = if let Some(fault) = poisoned {
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = exec_cached(&conn, "ROLLBACK");
                 Err(Error::unavailable(
                     "a storage command failed mid-write; its group of writes was rolled back, retry",
                 )
                 .with_fault(fault))
             } else {
-                conn.execute_batch("COMMIT").map_err(|e| {
+                exec_cached(&conn, "COMMIT").map_err(|e| {
                     tracing::error!(error = %e, "writer commit failed; the batch is rolled back");
-                    let _ = conn.execute_batch("ROLLBACK");
+                    let _ = exec_cached(&conn, "ROLLBACK");
                     Error::unavailable(format!("storage commit failed: {e}")).with_fault(super::fault_of(&e))
                 })
             };
