@@ -57,25 +57,34 @@ fn initialize(id: u64) -> Value {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "it", "version": "1"}}})
 }
 
-/// A stateless 2026-07-28 request, as a modern client sends it.
-async fn modern(s: &Server, method: &str, params: Value, token: Option<&str>) -> Answer {
+/// A 2026-07-28 message: `params` with the `_meta` the revision asks of every request.
+fn stateless(method: &str, params: Value) -> Value {
     let mut params = params;
     params["_meta"] = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "1"},
         "io.modelcontextprotocol/clientCapabilities": {}
     });
-    let name = params["name"].as_str().map(str::to_string);
-    let msg = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-    let bearer = token.map(|t| format!("Bearer {t}"));
+    json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params})
+}
+
+/// A stateless request with the standard headers a modern client sends, then `extra` ones.
+async fn modern_with(s: &Server, method: &str, params: Value, extra: &[(&str, &str)]) -> Answer {
+    let msg = stateless(method, params);
+    let name = msg["params"]["name"].as_str().map(str::to_string);
     let mut headers = vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", method)];
     if let Some(n) = &name {
         headers.push(("mcp-name", n.as_str()));
     }
-    if let Some(b) = &bearer {
-        headers.push(("authorization", b.as_str()));
-    }
+    headers.extend_from_slice(extra);
     mcp(s, &msg, &headers).await
+}
+
+/// A stateless 2026-07-28 request, as a modern client sends it.
+async fn modern(s: &Server, method: &str, params: Value, token: Option<&str>) -> Answer {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let auth: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+    modern_with(s, method, params, &auth).await
 }
 
 #[tokio::test]
@@ -201,21 +210,7 @@ async fn mcp_can_be_turned_off() {
 /// A stateless call sent so that it takes rmcp's path: a second `Accept` header is nothing the
 /// fast path judges, so it hands the request on.
 async fn modern_via_rmcp(s: &Server, params: Value) -> Answer {
-    let mut params = params;
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": {}
-    });
-    let name = params["name"].as_str().unwrap_or_default().to_string();
-    let msg = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params});
-    let headers = [
-        ("mcp-protocol-version", "2026-07-28"),
-        ("mcp-method", "tools/call"),
-        ("mcp-name", name.as_str()),
-        ("accept", "application/json"),
-    ];
-    mcp(s, &msg, &headers).await
+    modern_with(s, "tools/call", params, &[("accept", "application/json")]).await
 }
 
 #[tokio::test]
@@ -246,11 +241,7 @@ async fn plain_stateless_calls_answer_as_rmcp_does_and_anything_unusual_goes_to_
     let gone = modern(&s, "tools/call", json!({"name": "jobs_get", "arguments": {}}), None).await;
     assert_eq!(gone.body["result"]["isError"], true, "{}", gone.body);
     // A header that disagrees with the body is rmcp's to refuse.
-    let msg = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-        "name": "jobs_get", "arguments": {"id": id}, "_meta": {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "1"},
-            "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let msg = stateless("tools/call", json!({"name": "jobs_get", "arguments": {"id": id}}));
     let headers =
         [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "queues_list")];
     let mismatch = mcp(&s, &msg, &headers).await;
@@ -264,13 +255,9 @@ async fn plain_stateless_calls_answer_as_rmcp_does_and_anything_unusual_goes_to_
 #[tokio::test]
 async fn a_waiting_claim_whose_client_hangs_up_stops_and_takes_nothing() {
     let s = start("");
-    let mut params =
+    let params =
         json!({"name": "jobs_claim", "arguments": {"queue": "hang", "worker": "w", "wait_ms": 3000}});
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {}
-    });
-    let msg = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params});
+    let msg = stateless("tools/call", params);
     let hung_up = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
         .build()

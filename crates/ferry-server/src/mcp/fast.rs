@@ -28,6 +28,8 @@ pub(super) struct FastCall {
     id: Value,
     def: Arc<ToolDef>,
     arguments: JsonObject,
+    /// The caller's bearer token, which the route is run with.
+    auth: Option<HeaderValue>,
 }
 
 #[derive(Deserialize)]
@@ -85,7 +87,8 @@ pub(super) fn recognise(parts: &Parts, body: &[u8], catalog: &super::tools::Cata
         return None;
     }
     let def = catalog.get(&msg.params.name)?.clone();
-    Some(FastCall { id: msg.id, def, arguments: msg.params.arguments.unwrap_or_default() })
+    let auth = h.get(AUTHORIZATION).cloned();
+    Some(FastCall { id: msg.id, def, arguments: msg.params.arguments.unwrap_or_default(), auth })
 }
 
 /// The value of header `name` when it is sent exactly once as visible ASCII.
@@ -107,8 +110,8 @@ fn accepts_both(accept: &str) -> bool {
 /// Runs `call` and answers its JSON-RPC response. A waiting tool runs in its own task so a
 /// client that hangs up cancels it (its claim returns, and what it took is released) rather
 /// than dropping it mid-flight.
-pub(super) async fn answer(shared: Arc<Shared>, call: FastCall, auth: Option<HeaderValue>) -> Response {
-    let FastCall { id, def, arguments } = call;
+pub(super) async fn answer(shared: Arc<Shared>, call: FastCall) -> Response {
+    let FastCall { id, def, arguments, auth } = call;
     let outcome = if def.waits {
         let cancel = CancellationToken::new();
         let on_hangup = cancel.clone().drop_guard();
@@ -132,9 +135,4 @@ pub(super) async fn answer(shared: Arc<Shared>, call: FastCall, auth: Option<Hea
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-/// The bearer token a fast call runs its route with.
-pub(super) fn auth(parts: &Parts) -> Option<HeaderValue> {
-    parts.headers.get(AUTHORIZATION).cloned()
 }

@@ -115,7 +115,7 @@ pub async fn endpoint(State(ep): State<Endpoint>, req: Request) -> Response {
         Err(e) => return ApiError(Error::new(ErrorCode::BadRequest, e.to_string())).into_response(),
     };
     if let Some(call) = fast::recognise(&parts, &bytes, &ep.shared.catalog) {
-        return fast::answer(ep.shared.clone(), call, fast::auth(&parts)).await;
+        return fast::answer(ep.shared.clone(), call).await;
     }
     if parts.method == Method::POST && !parts.headers.contains_key("mcp-session-id") && is_initialize(&bytes)
     {

@@ -273,6 +273,12 @@ pub(crate) fn fault_of(e: &rusqlite::Error) -> StorageFault {
     }
 }
 
+/// Runs one parameterless statement (BEGIN, COMMIT, ROLLBACK) through the statement cache, so
+/// a transaction's bounds are parsed once per connection, not once per transaction.
+pub(crate) fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn open_conn(path: &PathBuf, flags: OpenFlags) -> Result<Connection> {
     // Each connection is used by one thread at a time: SQLite's own mutexes are pure cost.
     let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -46,7 +46,7 @@ impl ReadPool {
             if !conn.is_autocommit() {
                 // A read that failed or panicked inside its transaction: end it before the
                 // connection serves again (nothing was written, so nothing is lost).
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = super::exec_cached(&conn, "ROLLBACK");
             }
             pool.conns.lock().expect("read pool lock").push(conn);
             drop(permit);
@@ -60,8 +60,8 @@ impl ReadPool {
 /// Runs `f` inside a deferred transaction on a read-only connection: the snapshot is taken at
 /// its first statement and held until `COMMIT`, which only releases it.
 fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.prepare_cached("BEGIN").and_then(|mut s| s.execute([])).map_err(super::db_err)?;
+    super::exec_cached(conn, "BEGIN").map_err(super::db_err)?;
     let out = f(conn)?;
-    conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(super::db_err)?;
+    super::exec_cached(conn, "COMMIT").map_err(super::db_err)?;
     Ok(out)
 }

@@ -147,12 +147,6 @@ pub(crate) struct Sinks {
     pub before_commit: Option<BeforeCommit>,
 }
 
-/// Runs one parameterless statement through the statement cache: a group commit's BEGIN and
-/// COMMIT are parsed once per connection, not once per transaction.
-fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
 fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_ops: usize) {
     let Sinks { notifier, counts, bus, metrics, before_commit } = sinks;
     let mut ops: Vec<Op> = Vec::with_capacity(max_batch_ops);
@@ -181,7 +175,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
         // not yet run continue in a fresh one.
         loop {
             let mut fx = Effects::default();
-            if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
+            if let Err(e) = super::exec_cached(&conn, "BEGIN IMMEDIATE") {
                 tracing::error!(error = %e, "writer could not begin a transaction");
                 pending.by_ref().for_each(drop); // dropping an op answers its caller `unavailable`
                 break;
@@ -232,15 +226,15 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, sinks: Sinks, max_batch_op
             }
             counts.begin_commit();
             let commit = if let Some(fault) = poisoned {
-                let _ = exec_cached(&conn, "ROLLBACK");
+                let _ = super::exec_cached(&conn, "ROLLBACK");
                 Err(Error::unavailable(
                     "a storage command failed mid-write; its group of writes was rolled back, retry",
                 )
                 .with_fault(fault))
             } else {
-                exec_cached(&conn, "COMMIT").map_err(|e| {
+                super::exec_cached(&conn, "COMMIT").map_err(|e| {
                     tracing::error!(error = %e, "writer commit failed; the batch is rolled back");
-                    let _ = exec_cached(&conn, "ROLLBACK");
+                    let _ = super::exec_cached(&conn, "ROLLBACK");
                     Error::unavailable(format!("storage commit failed: {e}")).with_fault(super::fault_of(&e))
                 })
             };
