@@ -259,66 +259,32 @@ pub async fn run(a: BenchArgs) -> i32 {
         rss(&client).await
     );
     if want("e2e") {
-        let queue = format!("bench-e2e-{run_id}");
-        let t0 = Instant::now();
-        let mut left = a.jobs;
-        let mut batches = Vec::new();
-        while left > 0 {
-            let n = left.min(a.batch);
-            left -= n;
-            let specs: Vec<JobSpec> =
-                (0..n).map(|_| JobSpec { queue: queue.clone(), ..Default::default() }).collect();
-            batches.push(specs);
+        // Several nodes: the phase runs on the first node, then the first two, and so on, so
+        // one run shows what each node added.
+        for used in if nodes.len() > 1 { 1..=nodes.len() } else { 1..=1 } {
+            let queue = format!("bench-e2e-{run_id}-{used}");
+            let Ok((enq, work, total)) = e2e(&a, &nodes[..used], &queue).await else { return 1 };
+            let on =
+                if nodes.len() > 1 { format!(" ({used} of {} nodes)", nodes.len()) } else { String::new() };
+            println!(
+                "e2e{on}       enqueue {} jobs in batches of {}: {:.0} jobs/s",
+                a.jobs,
+                a.batch,
+                a.jobs as f64 / enq.as_secs_f64()
+            );
+            println!(
+                "e2e{on}       work them with {} SDK workers x {} handlers, claim {}: {:.0} jobs/s",
+                a.workers,
+                a.concurrency,
+                a.claim,
+                a.jobs as f64 / work.as_secs_f64()
+            );
+            println!(
+                "e2e{on}       end to end (enqueue + work): {:.0} jobs/s; server memory {}",
+                a.jobs as f64 / total.as_secs_f64(),
+                rss(&client).await
+            );
         }
-        let mut sends = tokio::task::JoinSet::new();
-        let sem = Arc::new(tokio::sync::Semaphore::new(4));
-        for (i, specs) in batches.into_iter().enumerate() {
-            let (c, sem) = (node(i), sem.clone());
-            sends.spawn(async move {
-                let _p = sem.acquire().await.expect("open");
-                c.enqueue_batch(&specs).await.map(|r| r.ids.len())
-            });
-        }
-        while let Some(r) = sends.join_next().await {
-            if let Err(e) = r.expect("task") {
-                eprintln!("ferry: enqueue failed: {e}");
-                return 1;
-            }
-        }
-        let enq = t0.elapsed();
-        let t1 = Instant::now();
-        let workers = CountingWorkers::spawn(&a, &nodes, &queue, "bench");
-        // Handlers first (cheap, local), then the server's count, so polling costs it little.
-        while workers.done() < a.jobs as u64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let mut completed = 0;
-        while completed < a.jobs as u64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let q = client.queues().await.ok().and_then(|r| r.queues.into_iter().find(|q| q.queue == queue));
-            completed = q.map_or(0, |q| q.counts.get(&ferry_core::JobState::Completed).copied().unwrap_or(0));
-        }
-        let work = t1.elapsed();
-        let total = t0.elapsed(); // before the workers' shutdown (their long-polls) is waited out
-        workers.stop().await;
-        println!(
-            "e2e       enqueue {} jobs in batches of {}: {:.0} jobs/s",
-            a.jobs,
-            a.batch,
-            a.jobs as f64 / enq.as_secs_f64()
-        );
-        println!(
-            "e2e       work them with {} SDK workers x {} handlers, claim {}: {:.0} jobs/s",
-            a.workers,
-            a.concurrency,
-            a.claim,
-            a.jobs as f64 / work.as_secs_f64()
-        );
-        println!(
-            "e2e       end to end (enqueue + work): {:.0} jobs/s; server memory {}",
-            a.jobs as f64 / total.as_secs_f64(),
-            rss(&client).await
-        );
     }
     if want("latency") {
         let queue = format!("bench-lat-{run_id}");
@@ -417,6 +383,54 @@ pub async fn run(a: BenchArgs) -> i32 {
         return 1;
     }
     0
+}
+
+/// The `e2e` phase on `nodes`: `a.jobs` jobs enqueued in batches (4 in flight, spread over the
+/// nodes), then worked by SDK workers spread over them; (enqueue time, work time, total).
+async fn e2e(a: &BenchArgs, nodes: &[Client], queue: &str) -> Result<(Duration, Duration, Duration), ()> {
+    let node = |i: usize| nodes[i % nodes.len()].clone();
+    let t0 = Instant::now();
+    let mut left = a.jobs;
+    let mut batches = Vec::new();
+    while left > 0 {
+        let n = left.min(a.batch);
+        left -= n;
+        let specs: Vec<JobSpec> =
+            (0..n).map(|_| JobSpec { queue: queue.to_string(), ..Default::default() }).collect();
+        batches.push(specs);
+    }
+    let mut sends = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    for (i, specs) in batches.into_iter().enumerate() {
+        let (c, sem) = (node(i), sem.clone());
+        sends.spawn(async move {
+            let _p = sem.acquire().await.expect("open");
+            c.enqueue_batch(&specs).await.map(|r| r.ids.len())
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        if let Err(e) = r.expect("task") {
+            eprintln!("ferry: enqueue failed: {e}");
+            return Err(());
+        }
+    }
+    let enq = t0.elapsed();
+    let t1 = Instant::now();
+    let workers = CountingWorkers::spawn(a, nodes, queue, "bench");
+    // Handlers first (cheap, local), then the server's count, so polling costs it little.
+    while workers.done() < a.jobs as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut completed = 0;
+    while completed < a.jobs as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let q = nodes[0].queues().await.ok().and_then(|r| r.queues.into_iter().find(|q| q.queue == queue));
+        completed = q.map_or(0, |q| q.counts.get(&ferry_core::JobState::Completed).copied().unwrap_or(0));
+    }
+    let work = t1.elapsed();
+    let total = t0.elapsed(); // before the workers' shutdown (their long-polls) is waited out
+    workers.stop().await;
+    Ok((enq, work, total))
 }
 
 /// `clients` SDK clients (spread over the nodes), each doing `rounds` times enqueue(1) →

@@ -71,6 +71,25 @@ pub struct Config {
     pub memory: crate::api::memory::MemoryConfig,
     /// The MCP endpoint at `/mcp`.
     pub mcp: McpConfig,
+    /// PostgreSQL group commit.
+    pub postgres: PostgresConfig,
+}
+
+/// `[postgres]`: how a node shares transactions among concurrent job commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Longest a request waits for batch mates (only while recent batches were larger than
+    /// what is waiting; a lone request on an idle node never waits). 0: never wait.
+    pub max_gather_us: u64,
+    /// Group-commit transactions in flight at once per node (each holds a pooled connection).
+    pub commit_lanes: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { max_gather_us: 500, commit_lanes: 4 }
+    }
 }
 
 /// `[mcp]`: the Model Context Protocol endpoint, so agents reach ferry as tools.
@@ -217,6 +236,7 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             checkpoints: CheckpointsConfig::default(),
             mcp: McpConfig::default(),
+            postgres: PostgresConfig::default(),
             sqlite_readers: 4,
             memory: Default::default(),
         }

@@ -78,6 +78,8 @@ pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<d
             cfg.limits = config.limits.clone();
             cfg.pool_size = config.pg_pool_size.max(1);
             cfg.ledger = config.ledger.settings();
+            cfg.max_gather_us = config.postgres.max_gather_us;
+            cfg.commit_lanes = config.postgres.commit_lanes.max(1);
             let store = PgStore::open(cfg, clock).await?;
             Ok((measured(config, Arc::new(store)), format!("postgres database {}", redact(&url))))
         }

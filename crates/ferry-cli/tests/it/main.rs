@@ -13,6 +13,7 @@ mod convoys;
 mod e2e;
 mod events;
 mod faults;
+mod group_commit;
 mod import_dir;
 mod items;
 mod ledger;

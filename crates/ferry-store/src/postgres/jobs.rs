@@ -6,6 +6,7 @@
 //! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
 
 use super::PgStore;
+use super::committer::{Done, Work};
 use super::{RowExt, pg_err};
 use crate::JobStore;
 use crate::convoy_rows::Move;
@@ -209,6 +210,42 @@ pub async fn enqueue(
     Ok(out)
 }
 
+/// Whether `job` can go into a shared multi-row insert: nothing about it can be refused
+/// once its request was validated (no unique key, dependency, import or payment).
+pub(super) fn is_plain(job: &NewJob) -> bool {
+    job.unique_key.is_none() && job.depends_on.is_empty() && job.import.is_none() && job.payment.is_none()
+}
+
+/// Inserts the plain jobs of several requests with one statement; each request's outcomes.
+pub(super) async fn enqueue_plain(
+    tx: &Transaction<'_>,
+    now: i64,
+    requests: &[&[NewJob]],
+    w: &mut Effects,
+) -> Result<Vec<Vec<EnqueueOutcome>>> {
+    let mut simple = SimpleBatch::default();
+    let mut out = Vec::with_capacity(requests.len());
+    for jobs in requests {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs.iter() {
+            debug_assert!(is_plain(job));
+            let run_at = job.run_at.resolve(now);
+            let state = initial_state(job, run_at, now, false, false);
+            match state {
+                JobState::Ready => w.wake(&job.queue),
+                _ => w.due(run_at),
+            }
+            let id = Uuid::now_v7();
+            w.events.push(enqueued_event(now, &job.queue, id, &job.tags, state));
+            simple.push(id, job.clone(), state, run_at);
+            outcomes.push(EnqueueOutcome { id, duplicate: false });
+        }
+        out.push(outcomes);
+    }
+    simple.flush(tx, now).await?;
+    Ok(out)
+}
+
 /// Jobs without unique key or dependencies, inserted together with one `unnest` statement.
 #[derive(Default)]
 struct SimpleBatch {
@@ -346,8 +383,8 @@ pub async fn claim(
             return Ok(Vec::new());
         }
     }
-    let rows = tx
-        .query(
+    let claim = tx
+        .prepare_cached(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1,
                 lease = seq::text || '.' || replace(gen_random_uuid()::text, '-', ''),
                 lease_expires_at = $1 + coalesce($2, lease_ms), worker = $3, started_at = $1, updated_at = $1
@@ -355,8 +392,11 @@ pub async fn claim(
                            ORDER BY priority DESC, run_at, seq LIMIT $5 FOR UPDATE SKIP LOCKED)
              RETURNING seq, id, payload, attempt, max_attempts, priority, tags, lease, lease_expires_at, run_at,
                 timeout_ms",
-            &[&now, &req.lease_ms, &req.worker, &req.queue, &(max as i64)],
         )
+        .await
+        .map_err(pg_err)?;
+    let rows = tx
+        .query(&claim, &[&now, &req.lease_ms, &req.worker, &req.queue, &(max as i64)])
         .await
         .map_err(pg_err)?;
     if let Some(tokens) = flow.tokens_now(now).filter(|_| !rows.is_empty()) {
@@ -1267,42 +1307,96 @@ pub async fn invariants(c: &Client) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Completions of one request or of a batch of them; a storage error fails them all.
+pub(super) async fn complete_batch(
+    tx: &Transaction<'_>,
+    now: i64,
+    items: Vec<CompleteItem>,
+    limits: &Limits,
+    w: &mut Effects,
+) -> Result<Vec<Result<()>>> {
+    let out = complete_many(tx, now, items, limits, w).await?;
+    if let Some(Err(e)) = out.iter().find(|r| matches!(r, Err(e) if is_storage_error(e))) {
+        return Err(e.clone());
+    }
+    Ok(out)
+}
+
+/// Failures of one request, item by item; a storage error fails them all.
+pub(super) async fn fail_batch(
+    tx: &Transaction<'_>,
+    now: i64,
+    items: Vec<FailItem>,
+    limits: &Limits,
+    w: &mut Effects,
+) -> Result<Vec<Result<FailOutcome>>> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut moves = Vec::new();
+    for item in items {
+        let u: f64 = rand::random();
+        match fail(tx, now, item, limits, u, &mut moves, w).await {
+            Err(e) if is_storage_error(&e) => return Err(e),
+            r => out.push(r),
+        }
+    }
+    super::convoys::members_moved(tx, now, moves, limits, w).await?;
+    Ok(out)
+}
+
+/// Lease extensions of one request, item by item; a storage error fails them all.
+pub(super) async fn heartbeat_batch(
+    tx: &Transaction<'_>,
+    now: i64,
+    items: Vec<HeartbeatRequest>,
+    limits: &Limits,
+    w: &mut Effects,
+) -> Result<Vec<Result<HeartbeatOutcome>>> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut moves = Vec::new();
+    for req in items {
+        match heartbeat(tx, now, &req, &mut moves).await {
+            Err(e) if is_storage_error(&e) => return Err(e),
+            r => out.push(r),
+        }
+    }
+    super::convoys::members_moved(tx, now, moves, limits, w).await?;
+    Ok(out)
+}
+
 #[async_trait]
 impl JobStore for PgStore {
     async fn enqueue(&self, new: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
         let settings = self.ledger;
         if new.iter().any(|j| j.payment.is_some()) {
+            // A hold may be refused after the jobs went in: this request needs its own
+            // transaction, which its refusal rolls back.
             self.paid.store(true, std::sync::atomic::Ordering::Relaxed);
+            return self
+                .tx("enqueue", move |tx, now, w| {
+                    boxed!(super::jobs::enqueue(tx, now, new, &settings, w).await)
+                })
+                .await;
         }
-        self.tx("enqueue", move |tx, now, w| boxed!(super::jobs::enqueue(tx, now, new, &settings, w).await))
-            .await
+        match self.grouped("enqueue", Work::Enqueue(new)).await? {
+            Done::Enqueue(out) => Ok(out),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>> {
         assert!(req.max >= 1, "claim max is validated above the store");
-        self.tx("claim", move |tx, now, w| boxed!(super::jobs::claim(tx, now, &req, w).await)).await
+        match self.grouped("claim", Work::Claim(req)).await? {
+            Done::Claim(out) => Ok(out),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn heartbeat(&self, items: Vec<HeartbeatRequest>) -> Result<Vec<Result<HeartbeatOutcome>>> {
-        let limits = self.limits.clone();
-        let out = self
-            .tx("heartbeat", move |tx, now, w| {
-                boxed!({
-                    let mut out = Vec::with_capacity(items.len());
-                    let mut moves = Vec::new();
-                    for req in items {
-                        out.push(match super::jobs::heartbeat(tx, now, &req, &mut moves).await {
-                            Err(e) if is_storage_error(&e) => {
-                                return Err(e);
-                            }
-                            r => r,
-                        });
-                    }
-                    super::convoys::members_moved(tx, now, moves, &limits, w).await?;
-                    Ok(out)
-                })
-            })
-            .await;
+        let out = match self.grouped("heartbeat", Work::Heartbeat(items)).await {
+            Ok(Done::Heartbeat(out)) => Ok(out),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(e),
+        };
         self.metrics.stale_items(out)
     }
 
@@ -1312,42 +1406,20 @@ impl JobStore for PgStore {
     }
 
     async fn complete(&self, items: Vec<CompleteItem>) -> Result<Vec<Result<()>>> {
-        let limits = self.limits.clone();
-        let out = self
-            .tx("complete", move |tx, now, w| {
-                boxed!({
-                    let out = super::jobs::complete_many(tx, now, items, &limits, w).await?;
-                    if let Some(Err(e)) = out.iter().find(|r| matches!(r, Err(e) if is_storage_error(e))) {
-                        return Err(e.clone());
-                    }
-                    Ok(out)
-                })
-            })
-            .await;
+        let out = match self.grouped("complete", Work::Complete(items)).await {
+            Ok(Done::Complete(out)) => Ok(out),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(e),
+        };
         self.metrics.stale_items(out)
     }
 
     async fn fail(&self, items: Vec<FailItem>) -> Result<Vec<Result<FailOutcome>>> {
-        let limits = self.limits.clone();
-        let out = self
-            .tx("fail", move |tx, now, w| {
-                boxed!({
-                    let mut out = Vec::with_capacity(items.len());
-                    let mut moves = Vec::new();
-                    for item in items {
-                        let u: f64 = rand::random();
-                        out.push(match super::jobs::fail(tx, now, item, &limits, u, &mut moves, w).await {
-                            Err(e) if is_storage_error(&e) => {
-                                return Err(e);
-                            }
-                            r => r,
-                        });
-                    }
-                    super::convoys::members_moved(tx, now, moves, &limits, w).await?;
-                    Ok(out)
-                })
-            })
-            .await;
+        let out = match self.grouped("fail", Work::Fail(items)).await {
+            Ok(Done::Fail(out)) => Ok(out),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(e),
+        };
         self.metrics.stale_items(out)
     }
 
@@ -1403,5 +1475,17 @@ impl JobStore for PgStore {
 
     async fn prune_finished(&self, before_ms: i64, max: usize) -> Result<u64> {
         self.tx("prune_finished", move |tx, _, _| boxed!(super::jobs::prune(tx, before_ms, max).await)).await
+    }
+}
+
+/// A batched command answered with another kind's outcome (a bug in the committer).
+fn mismatch() -> Error {
+    Error::internal("the committer answered a command with another kind's outcome")
+}
+
+impl PgStore {
+    /// Runs `work` in this node's group committer, timed and counted as `op`.
+    async fn grouped(&self, op: &'static str, work: Work) -> Result<Done> {
+        self.metrics.timed(op, self.committer.run(work)).await
     }
 }

@@ -17,6 +17,7 @@ macro_rules! boxed {
 
 mod access;
 mod checkpoints;
+mod committer;
 mod convoys;
 mod events;
 mod hosts;
@@ -63,6 +64,12 @@ pub struct PgConfig {
     pub vacuum_interval_ms: u64,
     /// The `[ledger]` settings the store applies.
     pub ledger: crate::LedgerSettings,
+    /// Longest the group committer holds a request back to gather batch mates (only while
+    /// recent batches were larger than what is waiting; a lone request on an idle node is
+    /// never held).
+    pub max_gather_us: u64,
+    /// Transactions of the group committer in flight at once (each on a pooled connection).
+    pub commit_lanes: usize,
 }
 
 impl PgConfig {
@@ -76,6 +83,8 @@ impl PgConfig {
             limits: Limits::default(),
             vacuum_interval_ms: 10_000,
             ledger: crate::LedgerSettings::default(),
+            max_gather_us: 500,
+            commit_lanes: 4,
         }
     }
 }
@@ -88,7 +97,6 @@ pub struct PgStore {
     notifier: Arc<Notifier>,
     clock: Arc<dyn Clock>,
     limits: Arc<Limits>,
-    channel: String,
     /// The NOTIFY channel of inbox wake-ups (agents and broadcast channels), apart from queues'.
     msg_channel: String,
     fallback_poll: Duration,
@@ -105,6 +113,10 @@ pub struct PgStore {
     paid: Arc<std::sync::atomic::AtomicBool>,
     /// This node's batcher of ledger transfer, post and void writes.
     ledger_batch: ledger::Batcher,
+    /// What write transactions do last and after they commit.
+    sinks: Sinks,
+    /// This node's group committer of job commands.
+    committer: committer::Committer,
 }
 
 /// Maps a PostgreSQL error: lost connections and server shutdowns are `unavailable`.
@@ -252,6 +264,81 @@ impl<T, F> TxBody<T> for F where
 {
 }
 
+/// What every write transaction does last (its events, ledger settlements and cross-node
+/// wake-ups, written in it) and after it commits (local wake-ups, metrics, the sequencer):
+/// shared by one-call transactions and the group committer.
+#[derive(Clone)]
+pub(crate) struct Sinks {
+    notifier: Arc<Notifier>,
+    metrics: Arc<crate::metrics::StoreMetrics>,
+    /// Effects this node's event sequencer after a commit that recorded events.
+    sequence: Arc<tokio::sync::Notify>,
+    channel: String,
+    msg_channel: String,
+    ledger: crate::LedgerSettings,
+    paid: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Sinks {
+    /// Settles the holds of paid jobs `fx` ended, records its events and sends its wake-ups
+    /// to the other nodes, all in `tx`.
+    async fn before_commit(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        // A paid job that ended in this transaction is paid (or its hold voided) in it.
+        if fx.jobs_ended() && self.paid.load(std::sync::atomic::Ordering::Relaxed) {
+            while ledger::settle_ended(tx, now, &self.ledger, fx).await? == 1_000 {}
+        }
+        if !fx.events.is_empty() {
+            let at = fx.events.last().map_or(now, |e| e.at.0);
+            tx.execute(
+                &tx.prepare_cached("INSERT INTO event_log (n, at, body) VALUES ($1, $2, $3)")
+                    .await
+                    .map_err(pg_err)?,
+                &[&(fx.events.len() as i32), &at, &crate::events::encode(&fx.events)],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        if !fx.wake.is_empty() {
+            // Inbox keys (`agent/…`, `channel/…`) go on their own channel: queue wake-ups
+            // never carry them, nor they queue names.
+            let (inbox, queues): (Vec<&String>, Vec<&String>) =
+                fx.wake.iter().partition(|k| k.starts_with("agent/") || k.starts_with("channel/"));
+            for (channel, keys) in [(&self.channel, queues), (&self.msg_channel, inbox)] {
+                if !keys.is_empty() {
+                    tx.execute(
+                        &tx.prepare_cached("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q")
+                            .await
+                            .map_err(pg_err)?,
+                        &[channel, &keys],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces a committed transaction's effects on this node.
+    fn after_commit(&self, fx: &Effects) {
+        self.metrics.committed(&fx.events);
+        for q in &fx.wake {
+            self.notifier.wake(q);
+        }
+        if let Some(d) = fx.due_ms {
+            self.notifier.due_at(d);
+        }
+        if !fx.events.is_empty() {
+            self.sequence.notify_one();
+        }
+    }
+}
+
 impl PgStore {
     /// Connects, creates the schema if asked, migrates, and starts listening for wake-ups.
     pub async fn open(config: PgConfig, clock: Arc<dyn Clock>) -> Result<Self> {
@@ -289,6 +376,17 @@ impl PgStore {
         // search permits), so writers queued on a namespace's counters cannot starve them.
         let search_pool =
             build_pool(&search_config(&pg), (config.pool_size / 2).max(1), wait, "search connection pool")?;
+        // The committer's connections of its own, one per lane: its statements are few and
+        // run thousands of times a second, so they keep their generic plans (planning was a
+        // third of PostgreSQL's time per batch); reads keep custom plans on the main pool.
+        let lanes = config.commit_lanes.max(1);
+        let mut commit_pg = pg.clone();
+        let options = match pg.get_options() {
+            Some(o) => format!("{o} -c plan_cache_mode=force_generic_plan"),
+            None => "-c plan_cache_mode=force_generic_plan".to_string(),
+        };
+        commit_pg.options(options);
+        let commit_pool = build_pool(&commit_pg, lanes, wait, "commit connection pool")?;
         {
             let mut client = pool.get().await.map_err(pool_err)?;
             schema::migrate(&mut client).await?;
@@ -329,22 +427,44 @@ impl PgStore {
                 Duration::from_millis(config.vacuum_interval_ms),
             )));
         }
+        let metrics = Arc::new(crate::metrics::StoreMetrics::new(config.pool_size.max(1) as u32));
+        let paid = Arc::new(std::sync::atomic::AtomicBool::new(paid));
+        let limits = Arc::new(config.limits);
+        let sinks = Sinks {
+            notifier: notifier.clone(),
+            metrics: metrics.clone(),
+            sequence: sequence.clone(),
+            channel: channel.clone(),
+            msg_channel: msg_channel.clone(),
+            ledger: config.ledger,
+            paid: paid.clone(),
+        };
+        let (committer, task) = committer::Committer::start(committer::Settings {
+            pool: commit_pool,
+            clock: clock.clone(),
+            limits: limits.clone(),
+            sinks: sinks.clone(),
+            max_gather: Duration::from_micros(config.max_gather_us),
+            lanes,
+        });
+        tasks.push(task);
         Ok(PgStore {
             pool,
             search_pool,
             notifier,
             clock,
-            limits: Arc::new(config.limits),
-            channel,
+            limits,
             msg_channel,
             fallback_poll: Duration::from_millis(config.fallback_poll_ms),
             bus,
             sequence,
             tasks,
-            metrics: Arc::new(crate::metrics::StoreMetrics::new(config.pool_size.max(1) as u32)),
+            metrics,
             ledger: config.ledger,
-            paid: Arc::new(std::sync::atomic::AtomicBool::new(paid)),
+            paid,
             ledger_batch: ledger::Batcher::default(),
+            sinks,
+            committer,
         })
     }
 
@@ -387,16 +507,7 @@ impl PgStore {
         };
         tx.commit().await.map_err(pg_err)?;
         self.metrics.transaction(1, started.elapsed());
-        self.metrics.committed(&fx.events);
-        for q in &fx.wake {
-            self.notifier.wake(q);
-        }
-        if let Some(d) = fx.due_ms {
-            self.notifier.due_at(d);
-        }
-        if !fx.events.is_empty() {
-            self.sequence.notify_one();
-        }
+        self.sinks.after_commit(&fx);
         Ok(out)
     }
 
@@ -409,34 +520,7 @@ impl PgStore {
         f: F,
     ) -> Result<T> {
         let out = f(tx, now, fx).await?;
-        // A paid job that ended in this transaction is paid (or its hold voided) in it.
-        if fx.jobs_ended() && self.paid.load(std::sync::atomic::Ordering::Relaxed) {
-            while ledger::settle_ended(tx, now, &self.ledger, fx).await? == 1_000 {}
-        }
-        if !fx.events.is_empty() {
-            let at = fx.events.last().map_or(now, |e| e.at.0);
-            tx.execute(
-                &tx.prepare_cached("INSERT INTO event_log (n, at, body) VALUES ($1, $2, $3)")
-                    .await
-                    .map_err(pg_err)?,
-                &[&(fx.events.len() as i32), &at, &crate::events::encode(&fx.events)],
-            )
-            .await
-            .map_err(pg_err)?;
-        }
-        if !fx.wake.is_empty() {
-            // Inbox keys (`agent/…`, `channel/…`) go on their own channel: queue wake-ups
-            // never carry them, nor they queue names.
-            let (inbox, queues): (Vec<&String>, Vec<&String>) =
-                fx.wake.iter().partition(|k| k.starts_with("agent/") || k.starts_with("channel/"));
-            for (channel, keys) in [(&self.channel, queues), (&self.msg_channel, inbox)] {
-                if !keys.is_empty() {
-                    tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[channel, &keys])
-                        .await
-                        .map_err(pg_err)?;
-                }
-            }
-        }
+        self.sinks.before_commit(tx, now, fx).await?;
         Ok(out)
     }
 
