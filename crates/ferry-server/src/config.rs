@@ -92,6 +92,30 @@ impl Default for PostgresConfig {
     }
 }
 
+impl PostgresConfig {
+    /// Longest `max_gather_us`: past 0.1 s a request's wait would dwarf its commit.
+    pub const MAX_GATHER_US: u64 = 100_000;
+    /// Most `commit_lanes`: each holds a connection of its own.
+    pub const MAX_COMMIT_LANES: usize = 64;
+
+    /// Refuses settings outside their bounds, naming the key.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.max_gather_us > Self::MAX_GATHER_US {
+            return Err(Error::invalid(
+                "postgres.max_gather_us",
+                format!("postgres.max_gather_us is at most {} (0.1 s)", Self::MAX_GATHER_US),
+            ));
+        }
+        if !(1..=Self::MAX_COMMIT_LANES).contains(&self.commit_lanes) {
+            return Err(Error::invalid(
+                "postgres.commit_lanes",
+                format!("postgres.commit_lanes is from 1 to {}", Self::MAX_COMMIT_LANES),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[mcp]`: the Model Context Protocol endpoint, so agents reach ferry as tools.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -297,6 +321,23 @@ mod tests {
         assert_eq!(c.database().unwrap(), Database::Postgres("postgres://localhost/db".into()));
         c.database = Some("sqlite:".into());
         assert!(c.database().is_err());
+    }
+
+    #[test]
+    fn postgres_group_commit_settings_are_bounded() {
+        let mut p = PostgresConfig::default();
+        p.check().unwrap();
+        p.max_gather_us = PostgresConfig::MAX_GATHER_US;
+        p.check().unwrap();
+        p.max_gather_us += 1;
+        assert!(p.check().unwrap_err().to_string().contains("postgres.max_gather_us"));
+        p.max_gather_us = 0;
+        p.commit_lanes = PostgresConfig::MAX_COMMIT_LANES;
+        p.check().unwrap();
+        for lanes in [0, PostgresConfig::MAX_COMMIT_LANES + 1] {
+            p.commit_lanes = lanes;
+            assert!(p.check().unwrap_err().to_string().contains("postgres.commit_lanes"));
+        }
     }
 
     #[test]

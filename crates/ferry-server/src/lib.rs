@@ -74,12 +74,13 @@ pub fn is_loopback(listen: &str) -> bool {
 pub async fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<(Arc<dyn Store>, String), Error> {
     match config.database()? {
         Database::Postgres(url) => {
+            config.postgres.check()?;
             let mut cfg = PgConfig::new(&url);
             cfg.limits = config.limits.clone();
             cfg.pool_size = config.pg_pool_size.max(1);
             cfg.ledger = config.ledger.settings();
             cfg.max_gather_us = config.postgres.max_gather_us;
-            cfg.commit_lanes = config.postgres.commit_lanes.max(1);
+            cfg.commit_lanes = config.postgres.commit_lanes;
             let store = PgStore::open(cfg, clock).await?;
             Ok((measured(config, Arc::new(store)), format!("postgres database {}", redact(&url))))
         }

@@ -115,7 +115,7 @@ async fn mixed_clients(url: &str) -> Seen {
                 // A job refused for a dependency that does not exist: nothing of it is kept.
                 let spec = JobSpec {
                     queue: "gc-refused".into(),
-                    depends_on: vec![uuid::Uuid::now_v7()],
+                    depends_on: Some(vec![uuid::Uuid::now_v7().to_string()]),
                     ..Default::default()
                 };
                 let e = client.enqueue(&spec).await.unwrap_err();

@@ -4,7 +4,7 @@
 //! writer already shares one commit among every caller waiting at that moment. This does the
 //! same for enqueues, claims, completions, failures and heartbeats: requests queue here, a
 //! batch of them runs in one transaction (enqueues of plain jobs in one `INSERT … unnest`,
-//! completions in one `UPDATE … FROM unnest`, claims of different queues pipelined), and each
+//! completions in one `UPDATE … FROM unnest`, the first claim of each queue in one `UPDATE`), and each
 //! caller is answered with its own outcome once that transaction committed.
 //!
 //! Invariants:
@@ -297,8 +297,10 @@ impl Settings {
         Ok(())
     }
 
-    /// Claims: one statement per request; different queues pipelined, one queue's in turn
-    /// (a limited queue's count and tokens are read under its lock by each claim).
+    /// Claims: the first claim of each queue that is neither paused nor limited goes into one
+    /// statement; further claims of a queue follow it one by one (a statement must not meet
+    /// its own locks), and a limited queue's claims run alone, each reading its count and
+    /// tokens under the queue's lock.
     async fn claims(
         &self,
         tx: &Transaction<'_>,
@@ -307,28 +309,37 @@ impl Settings {
         out: &mut [Option<Result<Done>>],
         fx: &mut Effects,
     ) -> Result<()> {
-        let mut by_queue: Vec<(&str, Vec<(usize, &ClaimRequest)>)> = Vec::new();
-        for (i, w) in work.iter().enumerate() {
-            let Work::Claim(req) = w else { continue };
-            match by_queue.iter_mut().find(|(q, _)| *q == req.queue) {
-                Some((_, reqs)) => reqs.push((i, req)),
-                None => by_queue.push((&req.queue, vec![(i, req)])),
+        let claims: Vec<(usize, &ClaimRequest)> = work
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| if let Work::Claim(r) = w { Some((i, r)) } else { None })
+            .collect();
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let mut queues: Vec<&str> = claims.iter().map(|(_, r)| r.queue.as_str()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        let held = jobs::held_queues(tx, &queues).await?;
+        let mut first: Vec<(usize, &ClaimRequest)> = Vec::new();
+        let mut rest: Vec<(usize, &ClaimRequest)> = Vec::new();
+        for (i, req) in claims {
+            match held.iter().find(|(q, _)| *q == req.queue) {
+                Some((_, true)) => out[i] = Some(Ok(Done::Claim(Vec::new()))),
+                Some((_, false)) => rest.push((i, req)),
+                None if first.iter().any(|(_, f)| f.queue == req.queue) => rest.push((i, req)),
+                None => first.push((i, req)),
             }
         }
-        let runs = by_queue.into_iter().map(|(_, reqs)| async move {
-            let mut own = Effects::default();
-            let mut got = Vec::with_capacity(reqs.len());
-            for (i, req) in reqs {
-                got.push((i, jobs::claim(tx, now, req, &mut own).await?));
-            }
-            Ok::<_, Error>((got, own))
-        });
-        for run in futures_util::future::join_all(runs).await {
-            let (got, own) = run?;
-            fx.merge(own);
-            for (i, jobs) in got {
+        if !first.is_empty() {
+            let reqs: Vec<&ClaimRequest> = first.iter().map(|(_, r)| *r).collect();
+            let got = jobs::claim_many(tx, now, &reqs, fx).await?;
+            for ((i, _), jobs) in first.into_iter().zip(got) {
                 out[i] = Some(Ok(Done::Claim(jobs)));
             }
+        }
+        for (i, req) in rest {
+            out[i] = Some(Ok(Done::Claim(jobs::claim(tx, now, req, fx).await?)));
         }
         Ok(())
     }
