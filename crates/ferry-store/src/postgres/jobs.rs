@@ -409,29 +409,44 @@ pub async fn claim(
         .await
         .map_err(pg_err)?;
     }
-    let mut jobs = Vec::with_capacity(rows.len());
-    for r in rows {
-        let job = ClaimedJob {
-            id: r.col(1)?,
-            queue: req.queue.clone(),
-            payload: raw(r.col(2)?)?,
-            attempt: r.col::<i32>(3)? as u32,
-            max_attempts: r.col::<i32>(4)? as u32,
-            priority: r.col(5)?,
-            tags: json_list(r.col(6)?)?,
-            lease: r.col(7)?,
-            lease_expires_at: Timestamp(r.col(8)?),
-            timeout_ms: r.col::<Option<i64>>(10)?.unwrap_or(DEFAULT_TIMEOUT_MS),
-        };
-        jobs.push((r.col::<i64>(0)?, r.col::<i64>(9)?, job));
-    }
+    let jobs = rows.iter().map(|r| claimed_from(r, 0, &req.queue)).collect::<Result<Vec<_>>>()?;
+    Ok(started(now, &req.worker, jobs, w))
+}
+
+/// A claimed row whose columns from `at` are seq, id, payload, attempt, max_attempts, priority,
+/// tags, lease, lease_expires_at, run_at, timeout_ms: (seq, run_at, the job).
+fn claimed_from(r: &Row, at: usize, queue: &str) -> Result<(i64, i64, ClaimedJob)> {
+    let job = ClaimedJob {
+        id: r.col(at + 1)?,
+        queue: queue.to_string(),
+        payload: raw(r.col(at + 2)?)?,
+        attempt: r.col::<i32>(at + 3)? as u32,
+        max_attempts: r.col::<i32>(at + 4)? as u32,
+        priority: r.col(at + 5)?,
+        tags: json_list(r.col(at + 6)?)?,
+        lease: r.col(at + 7)?,
+        lease_expires_at: Timestamp(r.col(at + 8)?),
+        timeout_ms: r.col::<Option<i64>>(at + 10)?.unwrap_or(DEFAULT_TIMEOUT_MS),
+    };
+    Ok((r.col(at)?, r.col(at + 9)?, job))
+}
+
+/// One claim's jobs, best first, with their `job.started` events.
+fn started(
+    now: i64,
+    worker: &str,
+    mut jobs: Vec<(i64, i64, ClaimedJob)>,
+    w: &mut Effects,
+) -> Vec<ClaimedJob> {
     jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
     for (_, run_at, j) in &jobs {
-        w.events.push(job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone()).with(
-            serde_json::json!({ "attempt": j.attempt, "worker": req.worker, "waited_ms": now - run_at }),
-        ));
+        w.events.push(
+            job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone()).with(
+                serde_json::json!({ "attempt": j.attempt, "worker": worker, "waited_ms": now - run_at }),
+            ),
+        );
     }
-    Ok(jobs.into_iter().map(|(_, _, j)| j).collect())
+    jobs.into_iter().map(|(_, _, j)| j).collect()
 }
 
 /// Queues of `queues` whose claims must each run alone: paused ones (`true`: nothing to
@@ -497,31 +512,9 @@ pub(super) async fn claim_many(
     for r in rows {
         let i = r.col::<i32>(0)? as usize;
         let req = reqs.get(i).ok_or_else(|| Error::internal("a claim row names no request"))?;
-        let job = ClaimedJob {
-            id: r.col(2)?,
-            queue: req.queue.clone(),
-            payload: raw(r.col(3)?)?,
-            attempt: r.col::<i32>(4)? as u32,
-            max_attempts: r.col::<i32>(5)? as u32,
-            priority: r.col(6)?,
-            tags: json_list(r.col(7)?)?,
-            lease: r.col(8)?,
-            lease_expires_at: Timestamp(r.col(9)?),
-            timeout_ms: r.col::<Option<i64>>(11)?.unwrap_or(DEFAULT_TIMEOUT_MS),
-        };
-        got[i].push((r.col(1)?, r.col(10)?, job));
+        got[i].push(claimed_from(&r, 1, &req.queue)?);
     }
-    let mut out = Vec::with_capacity(reqs.len());
-    for (req, mut jobs) in reqs.iter().zip(got) {
-        jobs.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
-        for (_, run_at, j) in &jobs {
-            w.events.push(job_event(EventType::JobStarted, now, &j.queue, j.id, j.tags.clone()).with(
-                serde_json::json!({ "attempt": j.attempt, "worker": req.worker, "waited_ms": now - run_at }),
-            ));
-        }
-        out.push(jobs.into_iter().map(|(_, _, j)| j).collect());
-    }
-    Ok(out)
+    Ok(reqs.iter().zip(got).map(|(req, jobs)| started(now, &req.worker, jobs, w)).collect())
 }
 
 pub(crate) async fn lease_failure(tx: &Transaction<'_>, id: Uuid) -> Result<Error> {
