@@ -77,22 +77,9 @@ pub async fn enqueue(
     let mut simple = SimpleBatch::default();
     let mut holds = Vec::new();
     for (i, (mut job, (pending, cancel_reason))) in jobs.into_iter().zip(resolved).enumerate() {
-        if job.unique_key.is_none()
-            && job.depends_on.is_empty()
-            && job.import.is_none()
-            && job.payment.is_none()
-        {
+        if is_plain(&job) {
             // The common case goes into one multi-row insert.
-            let run_at = job.run_at.resolve(now);
-            let state = initial_state(&job, run_at, now, false, false);
-            match state {
-                JobState::Ready => w.wake(&job.queue),
-                _ => w.due(run_at),
-            }
-            let id = Uuid::now_v7();
-            w.events.push(enqueued_event(now, &job.queue, id, &job.tags, state));
-            simple.push(id, job, state, run_at);
-            out.push(EnqueueOutcome { id, duplicate: false });
+            out.push(simple.push_plain(job, now, w));
             continue;
         }
         // Keep insertion order: what was batched so far goes in before this job.
@@ -228,17 +215,7 @@ pub(super) async fn enqueue_plain(
     for jobs in requests {
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs.iter() {
-            debug_assert!(is_plain(job));
-            let run_at = job.run_at.resolve(now);
-            let state = initial_state(job, run_at, now, false, false);
-            match state {
-                JobState::Ready => w.wake(&job.queue),
-                _ => w.due(run_at),
-            }
-            let id = Uuid::now_v7();
-            w.events.push(enqueued_event(now, &job.queue, id, &job.tags, state));
-            simple.push(id, job.clone(), state, run_at);
-            outcomes.push(EnqueueOutcome { id, duplicate: false });
+            outcomes.push(simple.push_plain(job.clone(), now, w));
         }
         out.push(outcomes);
     }
@@ -266,6 +243,22 @@ struct SimpleBatch {
 }
 
 impl SimpleBatch {
+    /// Adds a plain job ([`is_plain`]): its id, state, event and wake-up decided now, its row
+    /// written at the next flush.
+    fn push_plain(&mut self, job: NewJob, now: i64, w: &mut Effects) -> EnqueueOutcome {
+        debug_assert!(is_plain(&job));
+        let run_at = job.run_at.resolve(now);
+        let state = initial_state(&job, run_at, now, false, false);
+        match state {
+            JobState::Ready => w.wake(&job.queue),
+            _ => w.due(run_at),
+        }
+        let id = Uuid::now_v7();
+        w.events.push(enqueued_event(now, &job.queue, id, &job.tags, state));
+        self.push(id, job, state, run_at);
+        EnqueueOutcome { id, duplicate: false }
+    }
+
     fn push(&mut self, id: Uuid, job: NewJob, state: JobState, run_at: i64) {
         self.ids.push(id);
         self.states.push(state.as_str());

@@ -1,6 +1,8 @@
 //! The PostgreSQL backend: several ferry nodes on one database.
 //!
-//! Every call is one transaction on a pooled connection. Claims use `FOR UPDATE SKIP LOCKED`,
+//! Every call is one transaction on a pooled connection, except the job commands (enqueue,
+//! claim, complete, fail, heartbeat), which this node's group committer (`committer.rs`)
+//! gathers from concurrent requests into shared transactions. Claims use `FOR UPDATE SKIP LOCKED`,
 //! so concurrent claimers on any node never block on or double-lease a row; every
 //! read-then-write locks its row first (`FOR UPDATE`), and lease checks sit in the same
 //! statement as the change. Wake-ups cross nodes with `pg_notify` (one per queue per committed
