@@ -4,6 +4,11 @@
 //! kept with several writers: claims skip locked rows, read-then-write locks the row first,
 //! dependencies are read `FOR SHARE` so a dependency cannot finish unseen, and unique keys
 //! are settled by the partial unique index (`ON CONFLICT DO NOTHING`).
+//!
+//! A lease is checked as `CASE WHEN state = 'running' THEN … END`, never as plain conditions:
+//! the group committer's generic plans, built from statistics taken while few jobs ran, would
+//! otherwise serve the lookup from the `jobs_running` partial index and walk every running job
+//! (seen: 3 s for one batch of 500 completions) instead of using the primary key.
 
 use super::PgStore;
 use super::committer::{Done, Work};
@@ -530,7 +535,8 @@ pub async fn heartbeat(
     let row = tx
         .query_opt(
             "UPDATE jobs SET lease_expires_at = $1 + coalesce($2, lease_ms), updated_at = $1
-             WHERE seq = $5 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $1
+             WHERE seq = $5 AND id = $3 AND lease = $4
+                AND CASE WHEN state = 'running' THEN lease_expires_at > $1 ELSE false END
              RETURNING lease_expires_at, convoy_id",
             &[&now, &req.extend_ms, &id, &lease, &lease_seq(lease)],
         )
@@ -560,7 +566,8 @@ pub async fn release(
         .query_opt(
             "UPDATE jobs SET state = 'ready', attempt = attempt - 1, lease = NULL, lease_expires_at = NULL,
                 started_at = NULL, updated_at = $1
-             WHERE seq = $2 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $1
+             WHERE seq = $2 AND id = $3 AND lease = $4
+                AND CASE WHEN state = 'running' THEN lease_expires_at > $1 ELSE false END
              RETURNING queue",
             &[&now, &lease_seq(lease), &id, &lease],
         )
@@ -594,8 +601,8 @@ pub async fn complete_many(
                 "UPDATE jobs AS j SET state = 'completed', result = x.result, lease_expires_at = NULL,
                     finished_at = $1, updated_at = $1
                  FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[]) AS x(id, lease, seq, result)
-                 WHERE j.seq = x.seq AND j.id = x.id AND j.state = 'running' AND j.lease = x.lease
-                    AND j.lease_expires_at > $1
+                 WHERE j.seq = x.seq AND j.id = x.id AND j.lease = x.lease
+                    AND CASE WHEN j.state = 'running' THEN j.lease_expires_at > $1 ELSE false END
                  RETURNING j.id, j.lease, j.seq, j.has_dependants, j.queue, j.tags, j.started_at, j.convoy_id",
             )
             .await
@@ -649,7 +656,8 @@ pub async fn complete(
         .query_opt(
             "UPDATE jobs SET state = 'completed', result = $1, lease_expires_at = NULL, finished_at = $2,
                 updated_at = $2
-             WHERE seq = $5 AND id = $3 AND state = 'running' AND lease = $4 AND lease_expires_at > $2
+             WHERE seq = $5 AND id = $3 AND lease = $4
+                AND CASE WHEN state = 'running' THEN lease_expires_at > $2 ELSE false END
              RETURNING seq, has_dependants, queue, tags, started_at, convoy_id",
             &[&result, &now, &item.id, &item.lease, &lease_seq(&item.lease)],
         )
@@ -966,7 +974,7 @@ pub(super) async fn take_back(
             &tx.prepare_cached(
                 "UPDATE jobs SET state = $1, lease = NULL, lease_expires_at = NULL, errors = $2, updated_at = $3,
                     finished_at = $4
-                 WHERE seq = $5 AND state = 'running' AND lease = $6",
+                 WHERE seq = $5 AND lease = $6 AND CASE WHEN state = 'running' THEN true ELSE false END",
             )
             .await
             .map_err(pg_err)?,

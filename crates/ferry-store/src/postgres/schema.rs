@@ -462,6 +462,14 @@ CREATE TABLE memory_namespaces (
     r#"
 CREATE INDEX episodes_domain ON episodes (namespace, domain, seq);
 "#,
+    // Event bodies compress with lz4 where the server was built with it: pglz cost 2-3% of
+    // PostgreSQL's CPU under `bench e2e` (BENCHMARKS.md, issue #25). Older rows keep pglz.
+    r#"
+DO $$ BEGIN
+    ALTER TABLE event_log ALTER COLUMN body SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN NULL;
+END $$;
+"#,
 ];
 
 /// The schema version this build writes.
